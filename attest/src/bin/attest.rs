@@ -1,0 +1,204 @@
+//! `attest`: make keys, inspect any Heliostat message, and verify proof bundles offline or
+//! against the chain that anchors them.
+//!
+//! Exit codes: 0 when everything holds, 1 when a verification check fails (the message
+//! names the check), 2 for usage or I/O errors.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use attest::bundle::{AnchorRef, ProofBundle, VerifyOptions};
+use attest::msg::AnyMessage;
+use attest::{Envelope, KeyPair, PublicKey, TimestampMs, batch};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "attest", version, about = "Heliostat evidence tool: keys, message inspection, proof bundle verification")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate an ed25519 key pair; writes the secret seed (hex) with file mode 0600.
+    Keygen {
+        /// Where to write the secret seed. Refuses to overwrite.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Decode an envelope, a batch of envelopes or a proof bundle to JSON (signatures not checked).
+    Inspect {
+        /// The file: raw bytes, or hex text.
+        file: PathBuf,
+    },
+    /// Verify a proof bundle: signatures, chains, inclusion proofs, anchors, recomputed numbers.
+    Verify {
+        /// The bundle (JSON or postcard).
+        bundle: PathBuf,
+        /// JSON-RPC URL of an EVM node: also check that EVM-anchored roots are on chain.
+        #[arg(long)]
+        rpc: Option<String>,
+        /// Require local anchors to be signed by this controller key (hex).
+        #[arg(long)]
+        controller_key: Option<String>,
+        /// Print the full report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Keygen { out } => keygen(&out).map(|_| ExitCode::SUCCESS),
+        Cmd::Inspect { file } => inspect(&file).map(|_| ExitCode::SUCCESS),
+        Cmd::Verify { bundle, rpc, controller_key, json } => verify(&bundle, rpc.as_deref(), controller_key.as_deref(), json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("attest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn keygen(out: &Path) -> Result<()> {
+    let key = KeyPair::generate().context("reading the system random source")?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(out).with_context(|| format!("creating {}", out.display()))?;
+    writeln!(f, "{}", attest::hex::encode(&key.seed())).with_context(|| format!("writing {}", out.display()))?;
+    f.sync_all().with_context(|| format!("syncing {}", out.display()))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "device_id": key.device_id().to_string(),
+            "public_key": key.public().to_string(),
+            "secret_file": out.display().to_string(),
+        }))?
+    );
+    Ok(())
+}
+
+/// Reads a file as raw bytes, or as hex when it is entirely hex text.
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if let Ok(text) = std::str::from_utf8(&raw) {
+        let t = text.trim();
+        if !t.is_empty() && !t.starts_with('{') {
+            if let Ok(b) = attest::hex::decode(t) {
+                return Ok(b);
+            }
+        }
+    }
+    Ok(raw)
+}
+
+fn envelope_json(env: &Envelope) -> serde_json::Value {
+    let message = match AnyMessage::open(env) {
+        Ok(m) => serde_json::to_value(&m).unwrap_or_else(|e| json!({"error": e.to_string()})),
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    json!({
+        "version": env.as_bytes()[0],
+        "kind": env.kind().to_string(),
+        "length": env.as_bytes().len(),
+        "hash": env.hash().to_hex(),
+        "signature": attest::hex::encode(&env.signature()),
+        "decoded": message,
+    })
+}
+
+fn inspect(path: &Path) -> Result<()> {
+    let bytes = read_bytes(path)?;
+    let out = if batch::is_batch(&bytes) {
+        let items = batch::decode(&bytes).context("decoding batch")?;
+        json!({"batch": items.iter().map(|i| match i {
+            Ok(env) => envelope_json(env),
+            Err(e) => json!({"error": e.to_string()}),
+        }).collect::<Vec<_>>()})
+    } else {
+        match Envelope::decode(&bytes) {
+            Ok(env) => envelope_json(&env),
+            Err(env_err) => match ProofBundle::decode(&bytes) {
+                Ok(b) => serde_json::to_value(&b)?,
+                Err(b_err) => bail!("not an envelope ({env_err}) nor a bundle ({b_err})"),
+            },
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn verify(path: &Path, rpc: Option<&str>, controller_key: Option<&str>, as_json: bool) -> Result<ExitCode> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let controller_key = controller_key
+        .map(|k| attest::hex::decode_array::<32>(k).map(PublicKey))
+        .transpose()
+        .context("--controller-key")?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let opts = VerifyOptions { controller_key, now: TimestampMs(now) };
+    let report = match ProofBundle::decode(&bytes).and_then(|b| attest::bundle::verify(&b, &opts)) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("FAILED: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut onchain = Vec::new();
+    if let Some(url) = rpc {
+        for (epoch, head, anchor) in &report.anchors {
+            if let AnchorRef::Evm { chain_id, contract, tx_hash, block_number } = anchor {
+                match attest::evm::check_anchor(url, *epoch, head, *chain_id, contract, tx_hash, *block_number) {
+                    Ok(a) => onchain.push(json!({"epoch": epoch.0, "block": a.block_number, "root": a.root.to_hex()})),
+                    Err(e) => {
+                        println!("FAILED: check `anchor` failed: on chain: {e}");
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+            }
+        }
+    }
+    let s = &report.statement;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&json!({"ok": true, "report": report, "onchain": onchain}))?);
+    } else {
+        println!("OK: {:?}", s.subject);
+        println!("  evidence: {} chain messages ({} meter records), {} epoch(s)", report.evidence, report.records, report.anchors.len());
+        println!(
+            "  energy: load {:.6} kWh, solar {:.6} kWh, grid import {:.6} kWh",
+            s.energy.load.kwh(),
+            s.energy.solar.kwh(),
+            s.energy.grid_import.kwh()
+        );
+        println!(
+            "  renewable (hourly matched): {:.4} %, emissions {:.3} g CO2e ({})",
+            s.renewable_share_ppm as f64 / 10_000.0,
+            s.co2e_mg as f64 / 1000.0,
+            s.intensity_source
+        );
+        println!("  trust tier: {:?}", s.tier);
+        for (epoch, head, anchor) in &report.anchors {
+            match anchor {
+                AnchorRef::Local { controller_key, .. } => {
+                    println!("  epoch {epoch}: root {} ({} leaves), local log signed by {controller_key}", head.root, head.size)
+                }
+                AnchorRef::Evm { chain_id, block_number, .. } => println!(
+                    "  epoch {epoch}: root {} ({} leaves), EVM chain {chain_id} block {block_number}{}",
+                    head.root,
+                    head.size,
+                    if rpc.is_some() { " (checked on chain)" } else { " (not checked on chain: pass --rpc)" }
+                ),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,523 @@
+//! The proof bundle: everything a stranger needs to check a carbon statement, and the
+//! offline verifier that checks it.
+//!
+//! [`verify`] never trusts the stated numbers: it checks every signature (batch ed25519 with
+//! a fallback that names the bad one), every chain link, every inclusion proof and anchor
+//! entry, then recomputes the statement from the signed records with
+//! [`crate::account::compute_statement`] and compares field by field. It stops at the
+//! first failing check and names it ([`Check`]).
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+use ed25519_dalek::{Signature, VerifyingKey};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::account::{StatementInput, compute_statement};
+use crate::chain::{ChainPolicy, ChainVerifier, Outcome};
+use crate::envelope::{Envelope, Verified};
+use crate::hash::Hash32;
+use crate::id::{DeviceId, PublicKey};
+use crate::merkle::{InclusionProof, TreeHead, leaf_hash};
+use crate::msg::{AnchorEntry, ChainMessage, Hello, Statement};
+use crate::units::{EpochId, TimestampMs};
+
+/// The bundle format version this crate writes and reads.
+pub const BUNDLE_FORMAT: u8 = 1;
+
+/// Largest bundle accepted (either encoding), checked before decoding.
+pub const MAX_BUNDLE_LEN: usize = 256 * 1024 * 1024;
+
+/// A byte string: hex in JSON, length-prefixed bytes in postcard.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Blob(pub Vec<u8>);
+
+impl fmt::Debug for Blob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Blob({} bytes)", self.0.len())
+    }
+}
+impl Serialize for Blob {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        crate::hex::serde_bytes::serialize(&self.0, s)
+    }
+}
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::hex::serde_bytes::deserialize(d).map(Blob)
+    }
+}
+
+/// A 20-byte EVM address (hex in JSON).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Address(pub [u8; 20]);
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "0x{}", crate::hex::encode(&self.0))
+    }
+}
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+impl Serialize for Address {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        crate::hex::serde_fixed::serialize(&self.0, s)
+    }
+}
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::hex::serde_fixed::deserialize(d).map(Address)
+    }
+}
+
+/// A proof bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofBundle {
+    /// [`BUNDLE_FORMAT`].
+    pub format: u8,
+    /// The claim.
+    pub statement: Statement,
+    /// `Hello` envelopes of the devices involved (their keys and channel tiers).
+    pub devices: Vec<Blob>,
+    /// The signed chain messages the statement rests on, with their inclusion proofs.
+    pub evidence: Vec<Evidence>,
+    /// The epochs those proofs lead to, with their anchors.
+    pub epochs: Vec<EpochProof>,
+}
+
+/// One signed chain message and where it sits in an epoch's tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The envelope as the device signed it.
+    pub envelope: Blob,
+    /// The epoch whose tree holds it.
+    pub epoch: EpochId,
+    /// Its audit path in that tree (the leaf is the envelope's bytes).
+    pub proof: InclusionProof,
+}
+
+/// An epoch's tree head and where it is anchored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochProof {
+    /// The epoch.
+    pub epoch: EpochId,
+    /// Its tree head.
+    pub head: TreeHead,
+    /// Where the root is anchored.
+    pub anchor: AnchorRef,
+}
+
+/// Where an epoch root is anchored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnchorRef {
+    /// The controller's signed, hash-chained local log.
+    Local {
+        /// The `AnchorEntry` envelope.
+        entry: Blob,
+        /// The controller key that signed it (compare with the one you trust).
+        controller_key: PublicKey,
+    },
+    /// A transaction to the anchor contract on an EVM chain.
+    Evm {
+        /// The chain id (e.g. 31337 for a local anvil, 246 for Energy Web Chain).
+        chain_id: u64,
+        /// The anchor contract.
+        contract: Address,
+        /// The anchoring transaction.
+        tx_hash: Hash32,
+        /// The block that holds it.
+        block_number: u64,
+    },
+}
+
+/// The checks, in the order [`verify`] runs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// Bundle format version and structure.
+    Format,
+    /// Device hellos: signature, id derived from key.
+    Device,
+    /// Evidence envelopes decode as chain messages of known devices.
+    Decode,
+    /// Every evidence signature.
+    Signature,
+    /// Chain links: sequence, prev-hash, counters, time.
+    Chain,
+    /// Every inclusion proof against its epoch root.
+    Inclusion,
+    /// Every anchor (local: signed entry; EVM: on chain, with `--rpc`).
+    Anchor,
+    /// Energy by source recomputed from the counters.
+    Energy,
+    /// Renewable share, emissions and battery carried over, recomputed.
+    Carbon,
+    /// The trust tier recomputed from the channels used and the flags.
+    Tier,
+    /// A job's share and SCI recomputed from its receipt.
+    Job,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Check::Format => "format",
+            Check::Device => "device",
+            Check::Decode => "decode",
+            Check::Signature => "signature",
+            Check::Chain => "chain",
+            Check::Inclusion => "inclusion",
+            Check::Anchor => "anchor",
+            Check::Energy => "energy",
+            Check::Carbon => "carbon",
+            Check::Tier => "tier",
+            Check::Job => "job",
+        };
+        f.write_str(s)
+    }
+}
+
+/// The first check that failed, with what it found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("check `{check}` failed: {detail}")]
+pub struct VerifyError {
+    /// Which check.
+    pub check: Check,
+    /// What it found, in words.
+    pub detail: String,
+}
+
+fn fail<T>(check: Check, detail: impl Into<String>) -> Result<T, VerifyError> {
+    Err(VerifyError { check, detail: detail.into() })
+}
+
+/// Settings of a verification.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// The controller key to require on local anchors; `None` accepts the bundle's own
+    /// (and the report says which key it was).
+    pub controller_key: Option<PublicKey>,
+    /// The verifier's clock, for the future-timestamp check.
+    pub now: TimestampMs,
+}
+
+/// What a successful verification established.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The statement, now known to follow from the evidence.
+    pub statement: Statement,
+    /// Chain messages checked.
+    pub evidence: usize,
+    /// Meter records among them.
+    pub records: usize,
+    /// Epochs and how each is anchored.
+    pub anchors: Vec<(EpochId, TreeHead, AnchorRef)>,
+    /// Whether some anchors are on an EVM chain and were only checked offline
+    /// (the CLI's `--rpc` checks them).
+    pub onchain_unchecked: bool,
+}
+
+impl ProofBundle {
+    /// Human-readable JSON.
+    #[cfg(feature = "std")]
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("bundle types serialise to JSON")
+    }
+
+    /// Compact postcard encoding.
+    pub fn to_postcard(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("bundle types serialise to postcard")
+    }
+
+    /// Decodes either encoding (JSON when the first non-blank byte is `{`), bounded.
+    pub fn decode(bytes: &[u8]) -> Result<ProofBundle, VerifyError> {
+        if bytes.len() > MAX_BUNDLE_LEN {
+            return fail(Check::Format, format!("bundle is {} bytes, at most {MAX_BUNDLE_LEN}", bytes.len()));
+        }
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        let b: ProofBundle = if first == Some(&b'{') {
+            #[cfg(feature = "std")]
+            {
+                serde_json::from_slice(bytes).or_else(|e| fail(Check::Format, format!("JSON bundle: {e}")))?
+            }
+            #[cfg(not(feature = "std"))]
+            {
+                return fail(Check::Format, "JSON bundles need the std feature");
+            }
+        } else {
+            let (b, rest) =
+                postcard::take_from_bytes(bytes).or_else(|e| fail(Check::Format, format!("postcard bundle: {e}")))?;
+            if !rest.is_empty() {
+                return fail(Check::Format, format!("{} trailing bytes after the bundle", rest.len()));
+            }
+            b
+        };
+        Ok(b)
+    }
+}
+
+struct Item {
+    index: usize,
+    envelope: Envelope,
+    msg: ChainMessage,
+}
+
+/// Verifies a bundle offline. See the module documentation for what is checked.
+pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, VerifyError> {
+    // Format.
+    if bundle.format != BUNDLE_FORMAT {
+        return fail(Check::Format, format!("bundle format {} (this verifier reads {BUNDLE_FORMAT})", bundle.format));
+    }
+    if bundle.evidence.is_empty() {
+        return fail(Check::Format, "the bundle holds no evidence");
+    }
+
+    // Devices.
+    let mut hellos: BTreeMap<DeviceId, Hello> = BTreeMap::new();
+    for (i, blob) in bundle.devices.iter().enumerate() {
+        let env = Envelope::decode(&blob.0).or_else(|e| fail(Check::Device, format!("device #{i}: {e}")))?;
+        let hello: Hello = env.open().or_else(|e| fail(Check::Device, format!("device #{i}: {e}")))?;
+        env.verify(&hello.public_key)
+            .or_else(|e| fail(Check::Device, format!("device #{i} ({}): hello {e}", hello.device)))?;
+        hellos.insert(hello.device, hello);
+    }
+    let subject_device = bundle.statement.subject.device();
+    let Some(subject_hello) = hellos.get(&subject_device) else {
+        return fail(Check::Device, format!("no hello for the statement's device {subject_device}"));
+    };
+
+    // Decode evidence.
+    let mut items = Vec::with_capacity(bundle.evidence.len());
+    for (index, ev) in bundle.evidence.iter().enumerate() {
+        let envelope =
+            Envelope::decode(&ev.envelope.0).or_else(|e| fail(Check::Decode, format!("evidence #{index}: {e}")))?;
+        let msg = ChainMessage::open(&envelope).or_else(|e| fail(Check::Decode, format!("evidence #{index}: {e}")))?;
+        if !hellos.contains_key(&msg.link().device) {
+            return fail(Check::Decode, format!("evidence #{index}: no hello for device {}", msg.link().device));
+        }
+        items.push(Item { index, envelope, msg });
+    }
+
+    // Signatures, in one batch; on failure, one by one to name the bad one.
+    verify_signatures(&items, &hellos)?;
+
+    // Chains, per device, in sequence order.
+    items.sort_by_key(|it| (it.msg.link().device, it.msg.link().seq));
+    let mut chain: Vec<ChainMessage> = Vec::with_capacity(items.len());
+    let mut verifier: Option<ChainVerifier> = None;
+    for it in &items {
+        let device = it.msg.link().device;
+        if verifier.as_ref().is_none_or(|v| v.device() != device) {
+            let key = &hellos[&device].public_key;
+            let policy = ChainPolicy { window: 1, ..ChainPolicy::default() };
+            verifier = Some(
+                ChainVerifier::trust_first(key, policy)
+                    .or_else(|_| fail(Check::Device, format!("device {device}: bad public key")))?,
+            );
+        }
+        let v = verifier.as_mut().expect("set above");
+        match v.feed_checked(&it.envelope, it.msg.clone(), opts.now) {
+            Ok(Outcome::Accepted(verified)) => {
+                let (_, msg) = Verified::into_parts(verified);
+                if device == subject_device {
+                    chain.push(msg);
+                }
+            }
+            Ok(Outcome::Duplicate { seq }) => {
+                return fail(Check::Chain, format!("evidence #{}: seq {seq} appears twice", it.index));
+            }
+            Err(e) => return fail(Check::Chain, format!("evidence #{}: {e}", it.index)),
+        }
+    }
+
+    // Inclusion proofs.
+    let mut epochs: BTreeMap<EpochId, &EpochProof> = BTreeMap::new();
+    for ep in &bundle.epochs {
+        if epochs.insert(ep.epoch, ep).is_some() {
+            return fail(Check::Format, format!("epoch {} listed twice", ep.epoch));
+        }
+    }
+    for (index, ev) in bundle.evidence.iter().enumerate() {
+        let Some(ep) = epochs.get(&ev.epoch) else {
+            return fail(Check::Inclusion, format!("evidence #{index}: epoch {} is not in the bundle", ev.epoch));
+        };
+        ep.head
+            .verify_inclusion(&leaf_hash(&ev.envelope.0), &ev.proof)
+            .or_else(|e| fail(Check::Inclusion, format!("evidence #{index} in epoch {}: {e}", ev.epoch)))?;
+    }
+
+    // Anchors.
+    let mut onchain_unchecked = false;
+    for ep in &bundle.epochs {
+        match &ep.anchor {
+            AnchorRef::Local { entry, controller_key } => {
+                check_local_anchor(ep, entry, controller_key, opts.controller_key.as_ref())?
+            }
+            AnchorRef::Evm { .. } => onchain_unchecked = true,
+        }
+    }
+
+    // Recompute the statement from the records and compare.
+    let stated = &bundle.statement;
+    let intensities: BTreeMap<u64, u32> = stated.hours.iter().map(|h| (h.hour, h.intensity_mg_per_kwh)).collect();
+    let intensity = |hour: u64| intensities.get(&hour).copied().unwrap_or(0);
+    let (embodied_mg, functional_units) = stated.sci.as_ref().map_or((0, 0), |s| (s.embodied_mg, s.functional_units));
+    let input = StatementInput {
+        subject: stated.subject,
+        hello: subject_hello,
+        chain: &chain,
+        intensity: &intensity,
+        intensity_source: stated.intensity_source.clone(),
+        battery_initial: stated.battery_initial,
+        flags: stated.flags.clone(),
+        embodied_mg,
+        functional_units,
+    };
+    let computed = match compute_statement(&input) {
+        Ok(s) => s,
+        Err(e @ crate::account::AccountError::Carbon(_)) => return fail(Check::Energy, e.to_string()),
+        Err(e @ crate::account::AccountError::NoRecords) => return fail(Check::Energy, e.to_string()),
+        Err(e) => return fail(Check::Job, e.to_string()),
+    };
+    compare(stated, &computed)?;
+
+    Ok(Report {
+        statement: computed,
+        evidence: bundle.evidence.len(),
+        records: chain.iter().filter(|m| m.as_record().is_some()).count(),
+        anchors: bundle.epochs.iter().map(|e| (e.epoch, e.head, e.anchor.clone())).collect(),
+        onchain_unchecked,
+    })
+}
+
+fn verify_signatures(items: &[Item], hellos: &BTreeMap<DeviceId, Hello>) -> Result<(), VerifyError> {
+    let mut keys: BTreeMap<DeviceId, VerifyingKey> = BTreeMap::new();
+    for (id, h) in hellos {
+        let vk = h
+            .public_key
+            .verifying_key()
+            .or_else(|_| fail(Check::Device, format!("device {id}: bad public key")))?;
+        keys.insert(*id, vk);
+    }
+    let messages: Vec<&[u8]> = items.iter().map(|it| it.envelope.signed_bytes()).collect();
+    let signatures: Vec<Signature> = items.iter().map(|it| Signature::from_bytes(&it.envelope.signature())).collect();
+    let vks: Vec<VerifyingKey> = items.iter().map(|it| keys[&it.msg.link().device]).collect();
+    if ed25519_dalek::verify_batch(&messages, &signatures, &vks).is_ok() {
+        return Ok(());
+    }
+    for (i, it) in items.iter().enumerate() {
+        if vks[i].verify_strict(messages[i], &signatures[i]).is_err() {
+            return fail(
+                Check::Signature,
+                format!("evidence #{} (seq {}): bad signature", it.index, it.msg.link().seq),
+            );
+        }
+    }
+    fail(Check::Signature, "batch verification failed but no single signature did")
+}
+
+fn check_local_anchor(
+    ep: &EpochProof,
+    entry: &Blob,
+    key: &PublicKey,
+    pinned: Option<&PublicKey>,
+) -> Result<(), VerifyError> {
+    let e = ep.epoch;
+    if let Some(p) = pinned {
+        if p != key {
+            return fail(Check::Anchor, format!("epoch {e}: anchor signed by {key}, not the trusted controller {p}"));
+        }
+    }
+    let env = Envelope::decode(&entry.0).or_else(|err| fail(Check::Anchor, format!("epoch {e}: {err}")))?;
+    env.verify(key)
+        .or_else(|err| fail(Check::Anchor, format!("epoch {e}: anchor entry {err}")))?;
+    let a: AnchorEntry = env.open().or_else(|err| fail(Check::Anchor, format!("epoch {e}: {err}")))?;
+    if a.epoch != ep.epoch || a.root != ep.head.root || a.tree_size != ep.head.size {
+        return fail(
+            Check::Anchor,
+            format!(
+                "epoch {e}: anchor entry records epoch {} root {} size {}, bundle says root {} size {}",
+                a.epoch, a.root, a.tree_size, ep.head.root, ep.head.size
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn compare(stated: &Statement, computed: &Statement) -> Result<(), VerifyError> {
+    if stated.from != computed.from || stated.to != computed.to {
+        return fail(
+            Check::Energy,
+            format!(
+                "period stated {}..{} but the records span {}..{}",
+                stated.from.0, stated.to.0, computed.from.0, computed.to.0
+            ),
+        );
+    }
+    if stated.hours.len() != computed.hours.len() {
+        return fail(
+            Check::Energy,
+            format!("{} hour lines stated, the records give {}", stated.hours.len(), computed.hours.len()),
+        );
+    }
+    for (s, c) in stated.hours.iter().zip(&computed.hours) {
+        if s.hour != c.hour || s.energy != c.energy {
+            return fail(Check::Energy, format!("hour {}: stated energy {:?}, recomputed {:?}", s.hour, s.energy, c.energy));
+        }
+    }
+    if stated.energy != computed.energy {
+        return fail(Check::Energy, format!("stated total {:?}, recomputed {:?}", stated.energy, computed.energy));
+    }
+    for (s, c) in stated.hours.iter().zip(&computed.hours) {
+        if s.renewable != c.renewable || s.co2e_mg != c.co2e_mg {
+            return fail(
+                Check::Carbon,
+                format!(
+                    "hour {}: stated renewable {} / {} mg, recomputed {} / {} mg",
+                    s.hour, s.renewable, s.co2e_mg, c.renewable, c.co2e_mg
+                ),
+            );
+        }
+    }
+    if stated.renewable != computed.renewable
+        || stated.renewable_share_ppm != computed.renewable_share_ppm
+        || stated.co2e_mg != computed.co2e_mg
+        || stated.battery_final != computed.battery_final
+    {
+        return fail(
+            Check::Carbon,
+            format!(
+                "stated renewable {} ({} ppm), {} mg CO2e, battery {:?}; recomputed {} ({} ppm), {} mg, {:?}",
+                stated.renewable,
+                stated.renewable_share_ppm,
+                stated.co2e_mg,
+                stated.battery_final,
+                computed.renewable,
+                computed.renewable_share_ppm,
+                computed.co2e_mg,
+                computed.battery_final
+            ),
+        );
+    }
+    if stated.tier != computed.tier {
+        return fail(Check::Tier, format!("stated {:?}, recomputed {:?}", stated.tier, computed.tier));
+    }
+    if stated.job != computed.job || stated.sci != computed.sci {
+        return fail(
+            Check::Job,
+            format!("stated {:?} {:?}, recomputed {:?} {:?}", stated.job, stated.sci, computed.job, computed.sci),
+        );
+    }
+    Ok(())
+}
+
+/// The leaf data of a chain message in an epoch tree: its envelope bytes.
+pub fn leaf_of(envelope: &Envelope) -> Hash32 {
+    leaf_hash(envelope.as_bytes())
+}

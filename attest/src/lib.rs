@@ -1,0 +1,46 @@
+//! `attest`: the shared truth of Heliostat.
+//!
+//! Everything that crosses the wire, and everything a stranger needs to check a carbon
+//! claim, is defined here and nowhere else. The core is `no_std` + `alloc` so a meter's
+//! microcontroller can sign with it; the `std` feature adds JSON helpers and key
+//! generation, and `cli` adds the `attest` tool.
+//!
+//! Map of the crate:
+//! - [`units`]: newtypes that carry their meaning (`SeqNo`, `Millijoules`, `TimestampMs`...).
+//! - [`hash`]: the 32-byte SHA-256 digest type, compared in constant time.
+//! - [`id`]: device identity: ed25519 keys and the self-certifying [`id::DeviceId`].
+//! - [`envelope`]: the signed frame (version, kind, postcard payload, signature).
+//! - [`msg`]: every message kind, one file each (`Hello`, `MeterRecord`, `JobReceipt`,
+//!   `ChainRestart`, `Command`, `Ack`, `AnchorEntry`, `Statement`).
+//! - [`batch`]: many envelopes in one MQTT payload (catch-up after an outage).
+//! - [`chain`]: the sans-IO hash-chain checker (Accepted / Duplicate / typed rejection).
+//! - [`merkle`]: RFC 6962 trees, inclusion and consistency proofs.
+//! - [`carbon`]: pure carbon arithmetic (energy deltas, hourly matching, emissions, SCI).
+//! - [`bundle`]: the proof bundle and its offline verifier.
+//! - [`evm`] (std): the on-chain anchor call used by `attest verify --rpc`.
+//!
+//! The byte-level specification is `docs/protocol.md` at the repository root.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod account;
+pub mod batch;
+pub mod bundle;
+pub mod carbon;
+pub mod chain;
+pub mod envelope;
+#[cfg(feature = "cli")]
+pub mod evm;
+pub mod hash;
+pub mod hex;
+pub mod id;
+pub mod merkle;
+pub mod msg;
+pub mod units;
+
+pub use envelope::{DecodeError, Envelope, Kind, Verified};
+pub use hash::Hash32;
+pub use id::{DeviceId, DeviceKey, KeyPair, PublicKey};
+pub use units::{ChannelId, EpochId, Millijoules, Milliwatts, SeqNo, TimestampMs};

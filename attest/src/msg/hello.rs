@@ -1,0 +1,120 @@
+//! `Hello`: a device introduces itself on every connect.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+use super::{ChannelKind, MAX_CHANNELS, TrustTier, check_len, check_text};
+use crate::envelope::{DecodeError, Kind, Message};
+use crate::id::{DeviceId, PublicKey};
+use crate::units::{ChannelId, TimestampMs};
+
+/// At most this many GPUs in one hello.
+pub const MAX_GPUS: usize = 16;
+
+/// A device's self-description, signed by its own key (whose id it must carry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The device id; must derive from `public_key`.
+    pub device: DeviceId,
+    /// The device's ed25519 public key.
+    pub public_key: PublicKey,
+    /// When the hello was made.
+    pub timestamp: TimestampMs,
+    /// The agent's version string.
+    pub agent_version: String,
+    /// What compute the device offers.
+    pub hardware: Hardware,
+    /// Where it is and what powers it.
+    pub site: Site,
+    /// Its meter channels, with where each number comes from and how far it is trusted.
+    pub channels: Vec<ChannelInfo>,
+    /// Asking price, micro-credits per GPU-hour.
+    pub price_micro_per_gpu_hour: u64,
+}
+
+/// Compute hardware.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hardware {
+    /// Board or host model (e.g. "Jetson AGX Orin 64GB").
+    pub board: String,
+    /// GPUs offered.
+    pub gpus: Vec<Gpu>,
+}
+
+/// One GPU.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gpu {
+    /// Model name.
+    pub model: String,
+    /// Memory in MiB.
+    pub vram_mib: u32,
+    /// Architecture (e.g. "sm_87").
+    pub arch: String,
+}
+
+/// Where a device is and what powers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    /// Latitude in microdegrees (north positive), -90e6..=90e6.
+    pub lat_microdeg: i32,
+    /// Longitude in microdegrees (east positive), -180e6..=180e6.
+    pub lon_microdeg: i32,
+    /// Solar array rating, watts-peak.
+    pub panel_watts_peak: u32,
+    /// Battery capacity, watt-hours.
+    pub battery_wh: u32,
+    /// Battery reserve kept for the device itself, watt-hours.
+    pub battery_reserve_wh: u32,
+    /// Grid region code for carbon intensity (e.g. "DE", "US-CAL-CISO").
+    pub grid_region: String,
+}
+
+/// One meter channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    /// The channel's id in records.
+    pub channel: ChannelId,
+    /// What it measures.
+    pub kind: ChannelKind,
+    /// The source that measures it (e.g. "vedirect:/dev/ttyUSB0", "ina3221:VDD_GPU_SOC").
+    pub source: String,
+    /// How far its numbers can be trusted.
+    pub tier: TrustTier,
+}
+
+impl Message for Hello {
+    const KIND: Kind = Kind::Hello;
+
+    fn validate(&self) -> Result<(), DecodeError> {
+        check_text("agent_version", &self.agent_version)?;
+        check_text("board", &self.hardware.board)?;
+        check_len("gpus", &self.hardware.gpus, MAX_GPUS)?;
+        for g in &self.hardware.gpus {
+            check_text("gpu model", &g.model)?;
+            check_text("gpu arch", &g.arch)?;
+        }
+        check_text("grid_region", &self.site.grid_region)?;
+        check_len("channels", &self.channels, MAX_CHANNELS)?;
+        for c in &self.channels {
+            check_text("channel source", &c.source)?;
+        }
+        if !(-90_000_000..=90_000_000).contains(&self.site.lat_microdeg) {
+            return Err(DecodeError::Invalid { what: "latitude" });
+        }
+        if !(-180_000_000..=180_000_000).contains(&self.site.lon_microdeg) {
+            return Err(DecodeError::Invalid { what: "longitude" });
+        }
+        if self.device != self.public_key.device_id() {
+            return Err(DecodeError::Invalid { what: "device id (does not derive from public_key)" });
+        }
+        Ok(())
+    }
+}
+
+impl Hello {
+    /// The trust tier of a channel, if the hello declares it.
+    pub fn channel_tier(&self, channel: ChannelId) -> Option<TrustTier> {
+        self.channels.iter().find(|c| c.channel == channel).map(|c| c.tier)
+    }
+}

@@ -1,0 +1,5 @@
+//! `fleet-controller`: only `--version` works until the controller issue lands.
+
+fn main() {
+    println!("fleet-controller {}", fleet_controller::VERSION);
+}

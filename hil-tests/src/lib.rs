@@ -1,0 +1,2 @@
+//! Hardware-in-the-loop harness. Scenarios arrive with the agent and controller issues;
+//! `images/` holds the device image recipes they boot.
