@@ -8,11 +8,12 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use crate::carbon::{
-    self, BatteryState, CarbonError, HourInput, bucket_by_hour, effective_intensity, match_hours, pro_rata,
-    share_ppm, totals,
+    self, BatteryState, CarbonError, HourInput, bucket_by_hour, effective_intensity, match_hours,
+    pro_rata, share_ppm, totals,
 };
 use crate::msg::{
-    ChainMessage, ChannelKind, Flag, Hello, JobAccount, JobId, JobReceipt, MeterRecord, Statement, Subject, TrustTier,
+    ChainMessage, ChannelKind, Flag, Hello, JobAccount, JobId, JobReceipt, MeterRecord, Statement,
+    Subject, TrustTier,
 };
 use crate::units::Millijoules;
 
@@ -33,7 +34,12 @@ pub enum AccountError {
     ReceiptWithoutCounters(JobId),
     /// The records do not cover the job's run.
     #[error("records span {from}..{to} ms but job ran {started}..{ended} ms")]
-    JobOutsideRecords { from: u64, to: u64, started: u64, ended: u64 },
+    JobOutsideRecords {
+        from: u64,
+        to: u64,
+        started: u64,
+        ended: u64,
+    },
 }
 
 /// What a statement is computed from.
@@ -85,7 +91,11 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
     }
     let inputs: Vec<HourInput> = hourly
         .into_iter()
-        .map(|(hour, energy)| HourInput { hour, energy, intensity_mg_per_kwh: (input.intensity)(hour) })
+        .map(|(hour, energy)| HourInput {
+            hour,
+            energy,
+            intensity_mg_per_kwh: (input.intensity)(hour),
+        })
         .collect();
     let (hours, battery_final) = match_hours(&inputs, input.battery_initial);
     let (energy, renewable, co2e_mg) = totals(&hours);
@@ -93,7 +103,12 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
     let mut tier = TrustTier::AttestedAgent;
     for r in &records {
         for c in &r.channels {
-            tier = tier.min(input.hello.channel_tier(c.channel).unwrap_or(TrustTier::SoftwareEstimate));
+            tier = tier.min(
+                input
+                    .hello
+                    .channel_tier(c.channel)
+                    .unwrap_or(TrustTier::SoftwareEstimate),
+            );
         }
     }
     if !input.flags.is_empty() {
@@ -107,7 +122,9 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
                 .chain
                 .iter()
                 .find_map(|m| match m {
-                    ChainMessage::JobReceipt(r) if r.job == job && r.link.device == device => Some(r),
+                    ChainMessage::JobReceipt(r) if r.job == job && r.link.device == device => {
+                        Some(r)
+                    }
                     _ => None,
                 })
                 .ok_or(AccountError::NoReceipt(job))?;

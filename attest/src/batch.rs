@@ -110,13 +110,18 @@ pub fn decode(payload: &[u8]) -> Result<Vec<Result<Envelope, DecodeError>>, Batc
         let item = &payload[at..end];
         at = end;
         out.push(if item.len() > MAX_ENVELOPE_LEN {
-            Err(DecodeError::TooLong { len: item.len(), max: MAX_ENVELOPE_LEN })
+            Err(DecodeError::TooLong {
+                len: item.len(),
+                max: MAX_ENVELOPE_LEN,
+            })
         } else {
             Envelope::decode(item)
         });
     }
     if at != payload.len() {
-        return Err(BatchError::TrailingBytes { count: payload.len() - at });
+        return Err(BatchError::TrailingBytes {
+            count: payload.len() - at,
+        });
     }
     Ok(out)
 }

@@ -194,7 +194,10 @@ pub struct VerifyError {
 }
 
 fn fail<T>(check: Check, detail: impl Into<String>) -> Result<T, VerifyError> {
-    Err(VerifyError { check, detail: detail.into() })
+    Err(VerifyError {
+        check,
+        detail: detail.into(),
+    })
 }
 
 /// Settings of a verification.
@@ -238,23 +241,30 @@ impl ProofBundle {
     /// Decodes either encoding (JSON when the first non-blank byte is `{`), bounded.
     pub fn decode(bytes: &[u8]) -> Result<ProofBundle, VerifyError> {
         if bytes.len() > MAX_BUNDLE_LEN {
-            return fail(Check::Format, format!("bundle is {} bytes, at most {MAX_BUNDLE_LEN}", bytes.len()));
+            return fail(
+                Check::Format,
+                format!("bundle is {} bytes, at most {MAX_BUNDLE_LEN}", bytes.len()),
+            );
         }
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         let b: ProofBundle = if first == Some(&b'{') {
             #[cfg(feature = "std")]
             {
-                serde_json::from_slice(bytes).or_else(|e| fail(Check::Format, format!("JSON bundle: {e}")))?
+                serde_json::from_slice(bytes)
+                    .or_else(|e| fail(Check::Format, format!("JSON bundle: {e}")))?
             }
             #[cfg(not(feature = "std"))]
             {
                 return fail(Check::Format, "JSON bundles need the std feature");
             }
         } else {
-            let (b, rest) =
-                postcard::take_from_bytes(bytes).or_else(|e| fail(Check::Format, format!("postcard bundle: {e}")))?;
+            let (b, rest) = postcard::take_from_bytes(bytes)
+                .or_else(|e| fail(Check::Format, format!("postcard bundle: {e}")))?;
             if !rest.is_empty() {
-                return fail(Check::Format, format!("{} trailing bytes after the bundle", rest.len()));
+                return fail(
+                    Check::Format,
+                    format!("{} trailing bytes after the bundle", rest.len()),
+                );
             }
             b
         };
@@ -272,7 +282,13 @@ struct Item {
 pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, VerifyError> {
     // Format.
     if bundle.format != BUNDLE_FORMAT {
-        return fail(Check::Format, format!("bundle format {} (this verifier reads {BUNDLE_FORMAT})", bundle.format));
+        return fail(
+            Check::Format,
+            format!(
+                "bundle format {} (this verifier reads {BUNDLE_FORMAT})",
+                bundle.format
+            ),
+        );
     }
     if bundle.evidence.is_empty() {
         return fail(Check::Format, "the bundle holds no evidence");
@@ -281,27 +297,48 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
     // Devices.
     let mut hellos: BTreeMap<DeviceId, Hello> = BTreeMap::new();
     for (i, blob) in bundle.devices.iter().enumerate() {
-        let env = Envelope::decode(&blob.0).or_else(|e| fail(Check::Device, format!("device #{i}: {e}")))?;
-        let hello: Hello = env.open().or_else(|e| fail(Check::Device, format!("device #{i}: {e}")))?;
-        env.verify(&hello.public_key)
-            .or_else(|e| fail(Check::Device, format!("device #{i} ({}): hello {e}", hello.device)))?;
+        let env = Envelope::decode(&blob.0)
+            .or_else(|e| fail(Check::Device, format!("device #{i}: {e}")))?;
+        let hello: Hello = env
+            .open()
+            .or_else(|e| fail(Check::Device, format!("device #{i}: {e}")))?;
+        env.verify(&hello.public_key).or_else(|e| {
+            fail(
+                Check::Device,
+                format!("device #{i} ({}): hello {e}", hello.device),
+            )
+        })?;
         hellos.insert(hello.device, hello);
     }
     let subject_device = bundle.statement.subject.device();
     let Some(subject_hello) = hellos.get(&subject_device) else {
-        return fail(Check::Device, format!("no hello for the statement's device {subject_device}"));
+        return fail(
+            Check::Device,
+            format!("no hello for the statement's device {subject_device}"),
+        );
     };
 
     // Decode evidence.
     let mut items = Vec::with_capacity(bundle.evidence.len());
     for (index, ev) in bundle.evidence.iter().enumerate() {
-        let envelope =
-            Envelope::decode(&ev.envelope.0).or_else(|e| fail(Check::Decode, format!("evidence #{index}: {e}")))?;
-        let msg = ChainMessage::open(&envelope).or_else(|e| fail(Check::Decode, format!("evidence #{index}: {e}")))?;
+        let envelope = Envelope::decode(&ev.envelope.0)
+            .or_else(|e| fail(Check::Decode, format!("evidence #{index}: {e}")))?;
+        let msg = ChainMessage::open(&envelope)
+            .or_else(|e| fail(Check::Decode, format!("evidence #{index}: {e}")))?;
         if !hellos.contains_key(&msg.link().device) {
-            return fail(Check::Decode, format!("evidence #{index}: no hello for device {}", msg.link().device));
+            return fail(
+                Check::Decode,
+                format!(
+                    "evidence #{index}: no hello for device {}",
+                    msg.link().device
+                ),
+            );
         }
-        items.push(Item { index, envelope, msg });
+        items.push(Item {
+            index,
+            envelope,
+            msg,
+        });
     }
 
     // Signatures, in one batch; on failure, one by one to name the bad one.
@@ -315,11 +352,14 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
         let device = it.msg.link().device;
         if verifier.as_ref().is_none_or(|v| v.device() != device) {
             let key = &hellos[&device].public_key;
-            let policy = ChainPolicy { window: 1, ..ChainPolicy::default() };
-            verifier = Some(
-                ChainVerifier::trust_first(key, policy)
-                    .or_else(|_| fail(Check::Device, format!("device {device}: bad public key")))?,
-            );
+            let policy = ChainPolicy {
+                window: 1,
+                ..ChainPolicy::default()
+            };
+            verifier =
+                Some(ChainVerifier::trust_first(key, policy).or_else(|_| {
+                    fail(Check::Device, format!("device {device}: bad public key"))
+                })?);
         }
         let v = verifier.as_mut().expect("set above");
         match v.feed_checked(&it.envelope, it.msg.clone(), opts.now) {
@@ -330,7 +370,10 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
                 }
             }
             Ok(Outcome::Duplicate { seq }) => {
-                return fail(Check::Chain, format!("evidence #{}: seq {seq} appears twice", it.index));
+                return fail(
+                    Check::Chain,
+                    format!("evidence #{}: seq {seq} appears twice", it.index),
+                );
             }
             Err(e) => return fail(Check::Chain, format!("evidence #{}: {e}", it.index)),
         }
@@ -345,29 +388,45 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
     }
     for (index, ev) in bundle.evidence.iter().enumerate() {
         let Some(ep) = epochs.get(&ev.epoch) else {
-            return fail(Check::Inclusion, format!("evidence #{index}: epoch {} is not in the bundle", ev.epoch));
+            return fail(
+                Check::Inclusion,
+                format!("evidence #{index}: epoch {} is not in the bundle", ev.epoch),
+            );
         };
         ep.head
             .verify_inclusion(&leaf_hash(&ev.envelope.0), &ev.proof)
-            .or_else(|e| fail(Check::Inclusion, format!("evidence #{index} in epoch {}: {e}", ev.epoch)))?;
+            .or_else(|e| {
+                fail(
+                    Check::Inclusion,
+                    format!("evidence #{index} in epoch {}: {e}", ev.epoch),
+                )
+            })?;
     }
 
     // Anchors.
     let mut onchain_unchecked = false;
     for ep in &bundle.epochs {
         match &ep.anchor {
-            AnchorRef::Local { entry, controller_key } => {
-                check_local_anchor(ep, entry, controller_key, opts.controller_key.as_ref())?
-            }
+            AnchorRef::Local {
+                entry,
+                controller_key,
+            } => check_local_anchor(ep, entry, controller_key, opts.controller_key.as_ref())?,
             AnchorRef::Evm { .. } => onchain_unchecked = true,
         }
     }
 
     // Recompute the statement from the records and compare.
     let stated = &bundle.statement;
-    let intensities: BTreeMap<u64, u32> = stated.hours.iter().map(|h| (h.hour, h.intensity_mg_per_kwh)).collect();
+    let intensities: BTreeMap<u64, u32> = stated
+        .hours
+        .iter()
+        .map(|h| (h.hour, h.intensity_mg_per_kwh))
+        .collect();
     let intensity = |hour: u64| intensities.get(&hour).copied().unwrap_or(0);
-    let (embodied_mg, functional_units) = stated.sci.as_ref().map_or((0, 0), |s| (s.embodied_mg, s.functional_units));
+    let (embodied_mg, functional_units) = stated
+        .sci
+        .as_ref()
+        .map_or((0, 0), |s| (s.embodied_mg, s.functional_units));
     let input = StatementInput {
         subject: stated.subject,
         hello: subject_hello,
@@ -381,8 +440,12 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
     };
     let computed = match compute_statement(&input) {
         Ok(s) => s,
-        Err(e @ crate::account::AccountError::Carbon(_)) => return fail(Check::Energy, e.to_string()),
-        Err(e @ crate::account::AccountError::NoRecords) => return fail(Check::Energy, e.to_string()),
+        Err(e @ crate::account::AccountError::Carbon(_)) => {
+            return fail(Check::Energy, e.to_string());
+        }
+        Err(e @ crate::account::AccountError::NoRecords) => {
+            return fail(Check::Energy, e.to_string());
+        }
         Err(e) => return fail(Check::Job, e.to_string()),
     };
     compare(stated, &computed)?;
@@ -391,12 +454,19 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
         statement: computed,
         evidence: bundle.evidence.len(),
         records: chain.iter().filter(|m| m.as_record().is_some()).count(),
-        anchors: bundle.epochs.iter().map(|e| (e.epoch, e.head, e.anchor.clone())).collect(),
+        anchors: bundle
+            .epochs
+            .iter()
+            .map(|e| (e.epoch, e.head, e.anchor.clone()))
+            .collect(),
         onchain_unchecked,
     })
 }
 
-fn verify_signatures(items: &[Item], hellos: &BTreeMap<DeviceId, Hello>) -> Result<(), VerifyError> {
+fn verify_signatures(
+    items: &[Item],
+    hellos: &BTreeMap<DeviceId, Hello>,
+) -> Result<(), VerifyError> {
     let mut keys: BTreeMap<DeviceId, VerifyingKey> = BTreeMap::new();
     for (id, h) in hellos {
         let vk = h
@@ -406,7 +476,10 @@ fn verify_signatures(items: &[Item], hellos: &BTreeMap<DeviceId, Hello>) -> Resu
         keys.insert(*id, vk);
     }
     let messages: Vec<&[u8]> = items.iter().map(|it| it.envelope.signed_bytes()).collect();
-    let signatures: Vec<Signature> = items.iter().map(|it| Signature::from_bytes(&it.envelope.signature())).collect();
+    let signatures: Vec<Signature> = items
+        .iter()
+        .map(|it| Signature::from_bytes(&it.envelope.signature()))
+        .collect();
     let vks: Vec<VerifyingKey> = items.iter().map(|it| keys[&it.msg.link().device]).collect();
     if ed25519_dalek::verify_batch(&messages, &signatures, &vks).is_ok() {
         return Ok(());
@@ -415,11 +488,18 @@ fn verify_signatures(items: &[Item], hellos: &BTreeMap<DeviceId, Hello>) -> Resu
         if vks[i].verify_strict(messages[i], &signatures[i]).is_err() {
             return fail(
                 Check::Signature,
-                format!("evidence #{} (seq {}): bad signature", it.index, it.msg.link().seq),
+                format!(
+                    "evidence #{} (seq {}): bad signature",
+                    it.index,
+                    it.msg.link().seq
+                ),
             );
         }
     }
-    fail(Check::Signature, "batch verification failed but no single signature did")
+    fail(
+        Check::Signature,
+        "batch verification failed but no single signature did",
+    )
 }
 
 fn check_local_anchor(
@@ -431,13 +511,19 @@ fn check_local_anchor(
     let e = ep.epoch;
     if let Some(p) = pinned {
         if p != key {
-            return fail(Check::Anchor, format!("epoch {e}: anchor signed by {key}, not the trusted controller {p}"));
+            return fail(
+                Check::Anchor,
+                format!("epoch {e}: anchor signed by {key}, not the trusted controller {p}"),
+            );
         }
     }
-    let env = Envelope::decode(&entry.0).or_else(|err| fail(Check::Anchor, format!("epoch {e}: {err}")))?;
+    let env = Envelope::decode(&entry.0)
+        .or_else(|err| fail(Check::Anchor, format!("epoch {e}: {err}")))?;
     env.verify(key)
         .or_else(|err| fail(Check::Anchor, format!("epoch {e}: anchor entry {err}")))?;
-    let a: AnchorEntry = env.open().or_else(|err| fail(Check::Anchor, format!("epoch {e}: {err}")))?;
+    let a: AnchorEntry = env
+        .open()
+        .or_else(|err| fail(Check::Anchor, format!("epoch {e}: {err}")))?;
     if a.epoch != ep.epoch || a.root != ep.head.root || a.tree_size != ep.head.size {
         return fail(
             Check::Anchor,
@@ -463,16 +549,32 @@ fn compare(stated: &Statement, computed: &Statement) -> Result<(), VerifyError> 
     if stated.hours.len() != computed.hours.len() {
         return fail(
             Check::Energy,
-            format!("{} hour lines stated, the records give {}", stated.hours.len(), computed.hours.len()),
+            format!(
+                "{} hour lines stated, the records give {}",
+                stated.hours.len(),
+                computed.hours.len()
+            ),
         );
     }
     for (s, c) in stated.hours.iter().zip(&computed.hours) {
         if s.hour != c.hour || s.energy != c.energy {
-            return fail(Check::Energy, format!("hour {}: stated energy {:?}, recomputed {:?}", s.hour, s.energy, c.energy));
+            return fail(
+                Check::Energy,
+                format!(
+                    "hour {}: stated energy {:?}, recomputed {:?}",
+                    s.hour, s.energy, c.energy
+                ),
+            );
         }
     }
     if stated.energy != computed.energy {
-        return fail(Check::Energy, format!("stated total {:?}, recomputed {:?}", stated.energy, computed.energy));
+        return fail(
+            Check::Energy,
+            format!(
+                "stated total {:?}, recomputed {:?}",
+                stated.energy, computed.energy
+            ),
+        );
     }
     for (s, c) in stated.hours.iter().zip(&computed.hours) {
         if s.renewable != c.renewable || s.co2e_mg != c.co2e_mg {
@@ -506,12 +608,18 @@ fn compare(stated: &Statement, computed: &Statement) -> Result<(), VerifyError> 
         );
     }
     if stated.tier != computed.tier {
-        return fail(Check::Tier, format!("stated {:?}, recomputed {:?}", stated.tier, computed.tier));
+        return fail(
+            Check::Tier,
+            format!("stated {:?}, recomputed {:?}", stated.tier, computed.tier),
+        );
     }
     if stated.job != computed.job || stated.sci != computed.sci {
         return fail(
             Check::Job,
-            format!("stated {:?} {:?}, recomputed {:?} {:?}", stated.job, stated.sci, computed.job, computed.sci),
+            format!(
+                "stated {:?} {:?}, recomputed {:?} {:?}",
+                stated.job, stated.sci, computed.job, computed.sci
+            ),
         );
     }
     Ok(())

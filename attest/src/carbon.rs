@@ -23,7 +23,12 @@ use crate::units::{ChannelId, MJ_PER_KWH, MS_PER_HOUR, Millijoules, SeqNo, Times
 pub enum CarbonError {
     /// A counter is lower in the later record.
     #[error("channel {channel} counter went backwards at seq {seq}: {before} -> {after}")]
-    CounterBackwards { channel: ChannelId, seq: SeqNo, before: Millijoules, after: Millijoules },
+    CounterBackwards {
+        channel: ChannelId,
+        seq: SeqNo,
+        before: Millijoules,
+        after: Millijoules,
+    },
     /// A channel changed kind between records.
     #[error("channel {channel} changed kind at seq {seq}")]
     KindChanged { channel: ChannelId, seq: SeqNo },
@@ -96,16 +101,25 @@ pub fn channel_deltas(
 ) -> Result<Vec<(ChannelId, ChannelKind, Millijoules)>, CarbonError> {
     let mut out = Vec::with_capacity(b.channels.len());
     for cb in &b.channels {
-        let Some(ca) = a.channel(cb.channel) else { continue };
+        let Some(ca) = a.channel(cb.channel) else {
+            continue;
+        };
         if ca.kind != cb.kind {
-            return Err(CarbonError::KindChanged { channel: cb.channel, seq: b.link.seq });
+            return Err(CarbonError::KindChanged {
+                channel: cb.channel,
+                seq: b.link.seq,
+            });
         }
-        let d = cb.energy.0.checked_sub(ca.energy.0).ok_or(CarbonError::CounterBackwards {
-            channel: cb.channel,
-            seq: b.link.seq,
-            before: ca.energy,
-            after: cb.energy,
-        })?;
+        let d = cb
+            .energy
+            .0
+            .checked_sub(ca.energy.0)
+            .ok_or(CarbonError::CounterBackwards {
+                channel: cb.channel,
+                seq: b.link.seq,
+                before: ca.energy,
+                after: cb.energy,
+            })?;
         out.push((cb.channel, cb.kind, Millijoules(d)));
     }
     Ok(out)
@@ -127,9 +141,11 @@ pub fn hour_of(t: TimestampMs) -> u64 {
 
 /// Spreads the counter deltas of consecutive records of one chain segment over UTC hours.
 ///
-/// A delta over `[t0, t1]` goes to each hour in proportion to the milliseconds of the
-/// interval inside it (floor), and what floor rounding leaves goes to the last hour, so the
-/// hours sum exactly to the delta. A delta with `t1 == t0` goes wholly to `t1`'s hour.
+/// A delta over the interval `(t0, t1]` goes to each hour it touches in proportion to the
+/// milliseconds of the interval inside that hour (floor), and what floor rounding leaves goes
+/// to the last hour, so the hours sum exactly to the delta. An interval ending exactly on
+/// an hour boundary belongs wholly to the hour before; a delta with `t1 == t0` goes wholly to
+/// `t1`'s hour.
 /// Returns hours in ascending order.
 pub fn bucket_by_hour(records: &[&MeterRecord]) -> Result<Vec<(u64, EnergyBySource)>, CarbonError> {
     let mut hours: BTreeMap<u64, EnergyBySource> = BTreeMap::new();
@@ -139,14 +155,19 @@ pub fn bucket_by_hour(records: &[&MeterRecord]) -> Result<Vec<(u64, EnergyBySour
         if t1 < t0 {
             return Err(CarbonError::TimeBackwards { seq: b.link.seq });
         }
+        // The interval is (t0, t1]: an interval that ends exactly on the hour belongs to
+        // the hour before.
+        let (h0, h1) = (t0 / MS_PER_HOUR, t1.saturating_sub(1) / MS_PER_HOUR);
         for (_, kind, d) in channel_deltas(a, b)? {
-            if t1 == t0 || t0 / MS_PER_HOUR == t1 / MS_PER_HOUR {
-                hours.entry(t1 / MS_PER_HOUR).or_default().add(kind, d);
+            if t1 == t0 || h0 >= h1 {
+                hours
+                    .entry(if t1 == t0 { t1 / MS_PER_HOUR } else { h0 })
+                    .or_default()
+                    .add(kind, d);
                 continue;
             }
             let span = (t1 - t0) as u128;
             let mut given = 0u64;
-            let (h0, h1) = (t0 / MS_PER_HOUR, t1 / MS_PER_HOUR);
             for h in h0..=h1 {
                 let share = if h == h1 {
                     d.0 - given
@@ -214,7 +235,11 @@ pub fn share_ppm(part: Millijoules, whole: Millijoules) -> u32 {
 }
 
 fn mul_div(a: u64, b: u64, c: u64) -> u64 {
-    if c == 0 { 0 } else { (a as u128 * b as u128 / c as u128) as u64 }
+    if c == 0 {
+        0
+    } else {
+        (a as u128 * b as u128 / c as u128) as u64
+    }
 }
 
 /// Hourly matching.
@@ -231,7 +256,10 @@ fn mul_div(a: u64, b: u64, c: u64) -> u64 {
 ///
 /// Returns the hour lines and the battery state after the last hour.
 pub fn match_hours(inputs: &[HourInput], initial: BatteryState) -> (Vec<HourLine>, BatteryState) {
-    let mut bat = BatteryState { stored: initial.stored, renewable: initial.renewable.min(initial.stored) };
+    let mut bat = BatteryState {
+        stored: initial.stored,
+        renewable: initial.renewable.min(initial.stored),
+    };
     let mut lines = Vec::with_capacity(inputs.len());
     for h in inputs {
         let e = &h.energy;
@@ -285,9 +313,20 @@ pub struct Sci {
 }
 
 /// SCI from energy, intensity, embodied share and functional units (R = 0 is taken as 1).
-pub fn sci(energy: Millijoules, intensity_mg_per_kwh: u32, embodied_mg: u64, functional_units: u64) -> Sci {
+pub fn sci(
+    energy: Millijoules,
+    intensity_mg_per_kwh: u32,
+    embodied_mg: u64,
+    functional_units: u64,
+) -> Sci {
     let operational_mg = emissions_mg(energy, intensity_mg_per_kwh);
-    sci_from_operational(energy, intensity_mg_per_kwh, operational_mg, embodied_mg, functional_units)
+    sci_from_operational(
+        energy,
+        intensity_mg_per_kwh,
+        operational_mg,
+        embodied_mg,
+        functional_units,
+    )
 }
 
 /// SCI where O is already known (for a job: its share of the period's emissions).
@@ -312,12 +351,18 @@ pub fn sci_from_operational(
 /// SCI's embodied share: `M = TE x (TiR / EL) x (RR / ToR)`, floor.
 /// `TE` total embodied emissions (mg), `TiR` time reserved and `EL` expected life (same
 /// unit), `RR` resources reserved of `ToR` total resources.
-pub fn embodied_share_mg(total_mg: u64, time_reserved: u64, expected_life: u64, reserved: u64, total: u64) -> u64 {
+pub fn embodied_share_mg(
+    total_mg: u64,
+    time_reserved: u64,
+    expected_life: u64,
+    reserved: u64,
+    total: u64,
+) -> u64 {
     if expected_life == 0 || total == 0 {
         return 0;
     }
-    (total_mg as u128 * time_reserved as u128 * reserved as u128 / (expected_life as u128 * total as u128))
-        as u64
+    (total_mg as u128 * time_reserved as u128 * reserved as u128
+        / (expected_life as u128 * total as u128)) as u64
 }
 
 /// The effective intensity of energy that caused `co2e_mg`: `floor(mg x 3.6e9 / mJ)`.
@@ -366,14 +411,33 @@ mod tests {
 
     #[test]
     fn energy_between_two_records_is_the_counter_difference() {
-        let a = rec(1, 0, &[(0, ChannelKind::Solar, 100), (1, ChannelKind::Load, 50)]);
-        let b = rec(2, 10_000, &[(0, ChannelKind::Solar, 350), (1, ChannelKind::Load, 80), (2, ChannelKind::Gpu, 9)]);
+        let a = rec(
+            1,
+            0,
+            &[(0, ChannelKind::Solar, 100), (1, ChannelKind::Load, 50)],
+        );
+        let b = rec(
+            2,
+            10_000,
+            &[
+                (0, ChannelKind::Solar, 350),
+                (1, ChannelKind::Load, 80),
+                (2, ChannelKind::Gpu, 9),
+            ],
+        );
         let e = energy_between(&a, &b).unwrap();
         assert_eq!(e.solar, Millijoules(250));
         assert_eq!(e.load, Millijoules(30));
-        assert_eq!(e.gpu, Millijoules(0), "a channel without a baseline is left out");
+        assert_eq!(
+            e.gpu,
+            Millijoules(0),
+            "a channel without a baseline is left out"
+        );
         let back = rec(3, 20_000, &[(0, ChannelKind::Solar, 349)]);
-        assert!(matches!(energy_between(&b, &back), Err(CarbonError::CounterBackwards { .. })));
+        assert!(matches!(
+            energy_between(&b, &back),
+            Err(CarbonError::CounterBackwards { .. })
+        ));
     }
 
     #[test]
@@ -383,8 +447,26 @@ mod tests {
         let b = rec(2, h + 2_000, &[(0, ChannelKind::Load, 1_000)]);
         let buckets = bucket_by_hour(&[&a, &b]).unwrap();
         assert_eq!(buckets.len(), 2);
-        assert_eq!(buckets[0], (0, EnergyBySource { load: Millijoules(333), ..Default::default() }));
-        assert_eq!(buckets[1], (1, EnergyBySource { load: Millijoules(667), ..Default::default() }));
+        assert_eq!(
+            buckets[0],
+            (
+                0,
+                EnergyBySource {
+                    load: Millijoules(333),
+                    ..Default::default()
+                }
+            )
+        );
+        assert_eq!(
+            buckets[1],
+            (
+                1,
+                EnergyBySource {
+                    load: Millijoules(667),
+                    ..Default::default()
+                }
+            )
+        );
     }
 
     #[test]
@@ -411,8 +493,18 @@ mod tests {
         };
         let (lines, bat) = match_hours(&[day, night], BatteryState::default());
         assert_eq!(lines[0].renewable, Millijoules(400));
-        assert_eq!(lines[1].renewable, Millijoules(300), "battery energy from the sun is renewable");
-        assert_eq!(bat, BatteryState { stored: Millijoules(300), renewable: Millijoules(300) });
+        assert_eq!(
+            lines[1].renewable,
+            Millijoules(300),
+            "battery energy from the sun is renewable"
+        );
+        assert_eq!(
+            bat,
+            BatteryState {
+                stored: Millijoules(300),
+                renewable: Millijoules(300)
+            }
+        );
         assert_eq!(lines[1].co2e_mg, emissions_mg(Millijoules(100), 400_000));
     }
 
@@ -441,7 +533,13 @@ mod tests {
         assert_eq!(bat.stored, Millijoules(500));
         assert_eq!(bat.renewable, Millijoules(0));
         // Discharge beyond what the accounting knows was stored counts as non-renewable.
-        let (lines, _) = match_hours(&[use_it], BatteryState { stored: Millijoules(100), renewable: Millijoules(100) });
+        let (lines, _) = match_hours(
+            &[use_it],
+            BatteryState {
+                stored: Millijoules(100),
+                renewable: Millijoules(100),
+            },
+        );
         assert_eq!(lines[0].renewable, Millijoules(100));
     }
 

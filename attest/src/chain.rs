@@ -27,7 +27,10 @@ pub struct ChainPolicy {
 
 impl Default for ChainPolicy {
     fn default() -> Self {
-        ChainPolicy { max_future_skew_ms: 120_000, window: 256 }
+        ChainPolicy {
+            max_future_skew_ms: 120_000,
+            window: 256,
+        }
     }
 }
 
@@ -91,16 +94,30 @@ pub enum Rejection {
     PrevMismatch { seq: SeqNo },
     /// A cumulative counter decreased.
     #[error("channel {channel} counter went backwards at seq {seq}: {before} -> {after}")]
-    CounterBackwards { seq: SeqNo, channel: ChannelId, before: Millijoules, after: Millijoules },
+    CounterBackwards {
+        seq: SeqNo,
+        channel: ChannelId,
+        before: Millijoules,
+        after: Millijoules,
+    },
     /// A channel id changed what it measures.
     #[error("channel {channel} changed kind at seq {seq}")]
     ChannelKindChanged { seq: SeqNo, channel: ChannelId },
     /// The timestamp is further ahead of the checker's clock than the policy allows.
     #[error("seq {seq} timestamp {timestamp} is more than {skew_ms} ms ahead of {now}")]
-    FutureTimestamp { seq: SeqNo, timestamp: TimestampMs, now: TimestampMs, skew_ms: u64 },
+    FutureTimestamp {
+        seq: SeqNo,
+        timestamp: TimestampMs,
+        now: TimestampMs,
+        skew_ms: u64,
+    },
     /// The timestamp is before the previous message's.
     #[error("seq {seq} timestamp {timestamp} is before the previous {previous}")]
-    TimeBackwards { seq: SeqNo, timestamp: TimestampMs, previous: TimestampMs },
+    TimeBackwards {
+        seq: SeqNo,
+        timestamp: TimestampMs,
+        previous: TimestampMs,
+    },
 }
 
 impl Rejection {
@@ -149,7 +166,11 @@ impl ChainVerifier {
     }
 
     /// A checker that continues after a known tip (for example after a controller restart).
-    pub fn resume(key: &PublicKey, policy: ChainPolicy, tip: Tip) -> Result<ChainVerifier, BadPublicKey> {
+    pub fn resume(
+        key: &PublicKey,
+        policy: ChainPolicy,
+        tip: Tip,
+    ) -> Result<ChainVerifier, BadPublicKey> {
         let mut v = Self::new(key, policy)?;
         v.recent.push_back((tip.seq, tip.hash));
         v.tip = Some(tip);
@@ -158,7 +179,10 @@ impl ChainVerifier {
 
     /// A checker that takes the first message as the starting point without checking its
     /// `prev`: for verifying an excerpt of a chain (a bundle's period).
-    pub fn trust_first(key: &PublicKey, policy: ChainPolicy) -> Result<ChainVerifier, BadPublicKey> {
+    pub fn trust_first(
+        key: &PublicKey,
+        policy: ChainPolicy,
+    ) -> Result<ChainVerifier, BadPublicKey> {
         let mut v = Self::new(key, policy)?;
         v.start = Start::TrustFirst;
         Ok(v)
@@ -207,10 +231,17 @@ impl ChainVerifier {
         };
         let link = *msg.link();
         if link.device != self.device {
-            return Err(Rejection::WrongDevice { expected: self.device, got: link.device });
+            return Err(Rejection::WrongDevice {
+                expected: self.device,
+                got: link.device,
+            });
         }
         let hash = env.hash();
-        let seen = self.recent.iter().find(|(s, _)| *s == link.seq).map(|(_, h)| *h);
+        let seen = self
+            .recent
+            .iter()
+            .find(|(s, _)| *s == link.seq)
+            .map(|(_, h)| *h);
         if seen == Some(hash) {
             // Identical bytes were verified when first accepted.
             return Ok(Outcome::Duplicate { seq: link.seq });
@@ -225,7 +256,10 @@ impl ChainVerifier {
             if link.seq <= tip.seq {
                 return Err(match seen {
                     Some(_) => Rejection::Fork { seq: link.seq },
-                    None => Rejection::BelowWindow { seq: link.seq, tip: tip.seq },
+                    None => Rejection::BelowWindow {
+                        seq: link.seq,
+                        tip: tip.seq,
+                    },
                 });
             }
         }
@@ -246,7 +280,10 @@ impl ChainVerifier {
             (None, false) => {
                 if self.start == Start::Genesis {
                     if link.seq != SeqNo(0) {
-                        return Err(Rejection::SequenceGap { expected: SeqNo(0), got: link.seq });
+                        return Err(Rejection::SequenceGap {
+                            expected: SeqNo(0),
+                            got: link.seq,
+                        });
                     }
                     if link.prev != Hash32::ZERO {
                         return Err(Rejection::PrevMismatch { seq: link.seq });
@@ -256,7 +293,10 @@ impl ChainVerifier {
             (Some(tip), false) => {
                 let expected = SeqNo(tip.seq.0.saturating_add(1));
                 if link.seq != expected {
-                    return Err(Rejection::SequenceGap { expected, got: link.seq });
+                    return Err(Rejection::SequenceGap {
+                        expected,
+                        got: link.seq,
+                    });
                 }
                 if link.prev != tip.hash {
                     return Err(Rejection::PrevMismatch { seq: link.seq });
@@ -276,7 +316,10 @@ impl ChainVerifier {
                 match counters.iter_mut().find(|(id, _, _)| *id == c.channel) {
                     Some((_, kind, before)) => {
                         if *kind != c.kind {
-                            return Err(Rejection::ChannelKindChanged { seq: link.seq, channel: c.channel });
+                            return Err(Rejection::ChannelKindChanged {
+                                seq: link.seq,
+                                channel: c.channel,
+                            });
                         }
                         if c.energy < *before {
                             return Err(Rejection::CounterBackwards {
@@ -292,11 +335,19 @@ impl ChainVerifier {
                 }
             }
         }
-        self.tip = Some(Tip { seq: link.seq, hash, timestamp: link.timestamp, counters });
+        self.tip = Some(Tip {
+            seq: link.seq,
+            hash,
+            timestamp: link.timestamp,
+            counters,
+        });
         self.recent.push_back((link.seq, hash));
         while self.recent.len() > self.policy.window.max(1) {
             self.recent.pop_front();
         }
-        Ok(Outcome::Accepted(Verified::assume_signature_checked(env.clone(), msg)))
+        Ok(Outcome::Accepted(Verified::assume_signature_checked(
+            env.clone(),
+            msg,
+        )))
     }
 }

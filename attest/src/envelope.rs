@@ -34,7 +34,9 @@ pub const SIGNATURE_LEN: usize = 64;
 pub const MIN_ENVELOPE_LEN: usize = 2 + SIGNATURE_LEN;
 
 /// What a message is; the second byte of every envelope.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 #[repr(u8)]
 pub enum Kind {
@@ -86,14 +88,19 @@ impl Kind {
     /// Who must have signed an envelope of this kind.
     pub fn signer(self) -> Signer {
         match self {
-            Kind::Hello | Kind::MeterRecord | Kind::JobReceipt | Kind::ChainRestart => Signer::Device,
+            Kind::Hello | Kind::MeterRecord | Kind::JobReceipt | Kind::ChainRestart => {
+                Signer::Device
+            }
             Kind::Command | Kind::Ack | Kind::AnchorEntry | Kind::Statement => Signer::Controller,
         }
     }
 
     /// Whether messages of this kind are links of a device's hash chain.
     pub fn is_chained(self) -> bool {
-        matches!(self, Kind::MeterRecord | Kind::JobReceipt | Kind::ChainRestart)
+        matches!(
+            self,
+            Kind::MeterRecord | Kind::JobReceipt | Kind::ChainRestart
+        )
     }
 }
 
@@ -142,7 +149,11 @@ pub enum DecodeError {
     NonCanonical { kind: Kind },
     /// A list longer than the protocol allows.
     #[error("{what}: {count} items, at most {max}")]
-    TooMany { what: &'static str, count: usize, max: usize },
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
     /// A field value the protocol forbids.
     #[error("invalid {what}")]
     Invalid { what: &'static str },
@@ -181,7 +192,9 @@ impl Envelope {
     /// Checks the frame of untrusted bytes: bounds first, then version and kind.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         Self::check_frame(bytes)?;
-        Ok(Envelope { bytes: bytes.to_vec() })
+        Ok(Envelope {
+            bytes: bytes.to_vec(),
+        })
     }
 
     /// Like [`Envelope::decode`] but takes ownership, avoiding a copy.
@@ -192,7 +205,10 @@ impl Envelope {
 
     fn check_frame(bytes: &[u8]) -> Result<Kind, DecodeError> {
         if bytes.len() > MAX_ENVELOPE_LEN {
-            return Err(DecodeError::TooLong { len: bytes.len(), max: MAX_ENVELOPE_LEN });
+            return Err(DecodeError::TooLong {
+                len: bytes.len(),
+                max: MAX_ENVELOPE_LEN,
+            });
         }
         if bytes.len() < MIN_ENVELOPE_LEN {
             return Err(DecodeError::TooShort { len: bytes.len() });
@@ -210,7 +226,8 @@ impl Envelope {
         bytes.push(M::KIND as u8);
         // Serialising our own types into a Vec cannot fail: no maps with non-string keys,
         // no sequences of unknown length.
-        let bytes = postcard::to_extend(msg, bytes).expect("postcard encoding of a Heliostat message");
+        let bytes =
+            postcard::to_extend(msg, bytes).expect("postcard encoding of a Heliostat message");
         let sig = key.sign(&bytes);
         let mut bytes = bytes;
         bytes.extend_from_slice(&sig);
@@ -269,7 +286,10 @@ impl Envelope {
     pub fn open<M: Message>(&self) -> Result<M, DecodeError> {
         let kind = self.kind();
         if kind != M::KIND {
-            return Err(DecodeError::WrongKind { expected: M::KIND, got: kind });
+            return Err(DecodeError::WrongKind {
+                expected: M::KIND,
+                got: kind,
+            });
         }
         decode_payload::<M>(self.payload())
     }
@@ -278,13 +298,17 @@ impl Envelope {
 /// Decodes a canonical postcard payload of type `M` (used by [`Envelope::open`]).
 pub fn decode_payload<M: Message>(payload: &[u8]) -> Result<M, DecodeError> {
     let kind = M::KIND;
-    let (msg, rest): (M, &[u8]) =
-        postcard::take_from_bytes(payload).map_err(|reason| DecodeError::Malformed { kind, reason })?;
+    let (msg, rest): (M, &[u8]) = postcard::take_from_bytes(payload)
+        .map_err(|reason| DecodeError::Malformed { kind, reason })?;
     if !rest.is_empty() {
-        return Err(DecodeError::TrailingBytes { kind, count: rest.len() });
+        return Err(DecodeError::TrailingBytes {
+            kind,
+            count: rest.len(),
+        });
     }
     msg.validate()?;
-    let again = postcard::to_allocvec(&msg).map_err(|reason| DecodeError::Malformed { kind, reason })?;
+    let again =
+        postcard::to_allocvec(&msg).map_err(|reason| DecodeError::Malformed { kind, reason })?;
     if again != payload {
         return Err(DecodeError::NonCanonical { kind });
     }
@@ -293,7 +317,13 @@ pub fn decode_payload<M: Message>(payload: &[u8]) -> Result<M, DecodeError> {
 
 impl fmt::Debug for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Envelope({}, {} bytes, {})", self.kind(), self.bytes.len(), self.hash())
+        write!(
+            f,
+            "Envelope({}, {} bytes, {})",
+            self.kind(),
+            self.bytes.len(),
+            self.hash()
+        )
     }
 }
 
@@ -320,7 +350,11 @@ impl<M> Verified<M> {
     /// Wraps a message whose signature was checked elsewhere (batch verification).
     pub(crate) fn assume_signature_checked(envelope: Envelope, msg: M) -> Verified<M> {
         let hash = envelope.hash();
-        Verified { envelope, msg, hash }
+        Verified {
+            envelope,
+            msg,
+            hash,
+        }
     }
 
     /// The decoded message.

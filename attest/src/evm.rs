@@ -56,7 +56,10 @@ pub struct OnChainAnchor {
 pub enum EvmError {
     /// The node could not be reached or answered garbage.
     #[error("RPC {method}: {detail}")]
-    Rpc { method: &'static str, detail: String },
+    Rpc {
+        method: &'static str,
+        detail: String,
+    },
     /// The node is on another chain.
     #[error("node is on chain {got}, the bundle says {expected}")]
     WrongChain { expected: u64, got: u64 },
@@ -64,8 +67,16 @@ pub enum EvmError {
     #[error("transaction {tx}: {detail}")]
     Transaction { tx: Hash32, detail: String },
     /// The contract holds another root or size for the epoch (or none).
-    #[error("epoch {epoch}: contract records root {got_root} size {got_size}, bundle says root {root} size {size}")]
-    RootMismatch { epoch: EpochId, root: Hash32, size: u64, got_root: Hash32, got_size: u64 },
+    #[error(
+        "epoch {epoch}: contract records root {got_root} size {got_size}, bundle says root {root} size {size}"
+    )]
+    RootMismatch {
+        epoch: EpochId,
+        root: Hash32,
+        size: u64,
+        got_root: Hash32,
+        got_size: u64,
+    },
 }
 
 fn rpc(url: &str, method: &'static str, params: Value) -> Result<Value, EvmError> {
@@ -75,18 +86,28 @@ fn rpc(url: &str, method: &'static str, params: Value) -> Result<Value, EvmError
         .header("content-type", "application/json")
         .send(body.as_bytes())
         .map_err(|e| err(format!("{e}")))?;
-    let text = resp.body_mut().read_to_string().map_err(|e| err(format!("{e}")))?;
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| err(format!("{e}")))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| err(format!("bad JSON: {e}")))?;
     if let Some(e) = v.get("error") {
         return Err(err(format!("node error: {e}")));
     }
-    v.get("result").cloned().ok_or_else(|| err("no result".into()))
+    v.get("result")
+        .cloned()
+        .ok_or_else(|| err("no result".into()))
 }
 
 fn hex_u64(v: &Value, method: &'static str) -> Result<u64, EvmError> {
-    let s = v.as_str().ok_or(EvmError::Rpc { method, detail: "expected a hex quantity".into() })?;
-    u64::from_str_radix(s.trim_start_matches("0x"), 16)
-        .map_err(|e| EvmError::Rpc { method, detail: format!("bad quantity {s}: {e}") })
+    let s = v.as_str().ok_or(EvmError::Rpc {
+        method,
+        detail: "expected a hex quantity".into(),
+    })?;
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| EvmError::Rpc {
+        method,
+        detail: format!("bad quantity {s}: {e}"),
+    })
 }
 
 /// Decodes `getAnchor`'s ABI return value.
@@ -121,31 +142,52 @@ pub fn check_anchor(
 ) -> Result<OnChainAnchor, EvmError> {
     let got = hex_u64(&rpc(url, "eth_chainId", json!([]))?, "eth_chainId")?;
     if got != chain_id {
-        return Err(EvmError::WrongChain { expected: chain_id, got });
+        return Err(EvmError::WrongChain {
+            expected: chain_id,
+            got,
+        });
     }
     let tx = format!("0x{}", tx_hash.to_hex());
     let receipt = rpc(url, "eth_getTransactionReceipt", json!([tx]))?;
-    let terr = |detail: String| EvmError::Transaction { tx: *tx_hash, detail };
+    let terr = |detail: String| EvmError::Transaction {
+        tx: *tx_hash,
+        detail,
+    };
     if receipt.is_null() {
         return Err(terr("not found on chain".into()));
     }
     if receipt.get("status").and_then(Value::as_str) != Some("0x1") {
         return Err(terr("did not succeed (status is not 1)".into()));
     }
-    let block = hex_u64(receipt.get("blockNumber").unwrap_or(&Value::Null), "eth_getTransactionReceipt")?;
+    let block = hex_u64(
+        receipt.get("blockNumber").unwrap_or(&Value::Null),
+        "eth_getTransactionReceipt",
+    )?;
     if block != block_number {
-        return Err(terr(format!("is in block {block}, the bundle says {block_number}")));
+        return Err(terr(format!(
+            "is in block {block}, the bundle says {block_number}"
+        )));
     }
-    let to = receipt.get("to").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+    let to = receipt
+        .get("to")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     if to != format!("{contract}") {
-        return Err(terr(format!("went to {to}, not the anchor contract {contract}")));
+        return Err(terr(format!(
+            "went to {to}, not the anchor contract {contract}"
+        )));
     }
     let call = json!([{"to": format!("{contract}"), "data": format!("0x{}", crate::hex::encode(&get_anchor_calldata(epoch)))}, "latest"]);
     let out = rpc(url, "eth_call", call)?;
-    let data = crate::hex::decode(out.as_str().unwrap_or_default())
-        .map_err(|e| EvmError::Rpc { method: "eth_call", detail: format!("bad hex: {e}") })?;
-    let a = decode_get_anchor(&data)
-        .ok_or(EvmError::Rpc { method: "eth_call", detail: format!("unexpected {}-byte result", data.len()) })?;
+    let data = crate::hex::decode(out.as_str().unwrap_or_default()).map_err(|e| EvmError::Rpc {
+        method: "eth_call",
+        detail: format!("bad hex: {e}"),
+    })?;
+    let a = decode_get_anchor(&data).ok_or(EvmError::Rpc {
+        method: "eth_call",
+        detail: format!("unexpected {}-byte result", data.len()),
+    })?;
     if a.root != head.root || a.leaf_count != head.size {
         return Err(EvmError::RootMismatch {
             epoch,
@@ -184,7 +226,10 @@ mod tests {
         data[63] = 5;
         data[95] = 9;
         let a = decode_get_anchor(&data).unwrap();
-        assert_eq!((a.root, a.leaf_count, a.block_number), (Hash32([7; 32]), 5, 9));
+        assert_eq!(
+            (a.root, a.leaf_count, a.block_number),
+            (Hash32([7; 32]), 5, 9)
+        );
         data[40] = 1;
         assert_eq!(decode_get_anchor(&data), None);
         assert_eq!(decode_get_anchor(&data[..64]), None);

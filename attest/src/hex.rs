@@ -54,8 +54,10 @@ pub fn decode(s: &str) -> Result<Vec<u8>, HexError> {
 /// Decodes hex into an array of exactly `N` bytes.
 pub fn decode_array<const N: usize>(s: &str) -> Result<[u8; N], HexError> {
     let v = decode(s)?;
-    v.try_into()
-        .map_err(|v: Vec<u8>| HexError::WrongLength { expected: N, got: v.len() })
+    v.try_into().map_err(|v: Vec<u8>| HexError::WrongLength {
+        expected: N,
+        got: v.len(),
+    })
 }
 
 /// Serde helpers that write fixed byte arrays as hex for humans and as raw bytes for postcard.
@@ -98,7 +100,9 @@ pub(crate) mod serde_fixed {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
         if d.is_human_readable() {
             d.deserialize_str(Fixed::<N>)
         } else {
@@ -169,7 +173,10 @@ mod tests {
         assert_eq!(decode("zz"), Err(HexError::BadChar('z', 0)));
         assert_eq!(
             decode_array::<2>("00"),
-            Err(HexError::WrongLength { expected: 2, got: 1 })
+            Err(HexError::WrongLength {
+                expected: 2,
+                got: 1
+            })
         );
     }
 }

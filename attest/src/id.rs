@@ -59,7 +59,9 @@ impl DeviceId {
 
     /// Parses the human form, checking the checksum.
     pub fn parse(s: &str) -> Result<DeviceId, IdError> {
-        let body = s.strip_prefix(DEVICE_ID_PREFIX).ok_or(IdError::MissingPrefix)?;
+        let body = s
+            .strip_prefix(DEVICE_ID_PREFIX)
+            .ok_or(IdError::MissingPrefix)?;
         if body.len() != 29 {
             return Err(IdError::WrongLength(body.chars().count()));
         }
@@ -110,12 +112,18 @@ impl fmt::Display for DeviceId {
             nbits += 8;
             while nbits >= 5 {
                 nbits -= 5;
-                f.write_fmt(format_args!("{}", CROCKFORD[((acc >> nbits) & 31) as usize] as char))?;
+                f.write_fmt(format_args!(
+                    "{}",
+                    CROCKFORD[((acc >> nbits) & 31) as usize] as char
+                ))?;
             }
             acc &= (1 << nbits) - 1;
         }
         if nbits > 0 {
-            f.write_fmt(format_args!("{}", CROCKFORD[((acc << (5 - nbits)) & 31) as usize] as char))?;
+            f.write_fmt(format_args!(
+                "{}",
+                CROCKFORD[((acc << (5 - nbits)) & 31) as usize] as char
+            ))?;
         }
         Ok(())
     }
@@ -214,7 +222,9 @@ pub type DeviceKey = KeyPair;
 impl KeyPair {
     /// Builds a key pair from its 32-byte secret seed.
     pub fn from_seed(seed: &[u8; 32]) -> KeyPair {
-        KeyPair { signing: SigningKey::from_bytes(seed) }
+        KeyPair {
+            signing: SigningKey::from_bytes(seed),
+        }
     }
 
     /// Generates a fresh key pair from the operating system's random source.
@@ -265,7 +275,10 @@ mod tests {
             assert_eq!(s.len(), 32, "{s}");
             assert!(s.starts_with("hs-"));
             assert_eq!(DeviceId::parse(&s), Ok(id));
-            assert_eq!(DeviceId::parse(&s.to_ascii_uppercase().replace("HS-", "hs-")), Ok(id));
+            assert_eq!(
+                DeviceId::parse(&s.to_ascii_uppercase().replace("HS-", "hs-")),
+                Ok(id)
+            );
         }
     }
 

@@ -17,7 +17,8 @@
 //! - [`merkle`]: RFC 6962 trees, inclusion and consistency proofs.
 //! - [`carbon`]: pure carbon arithmetic (energy deltas, hourly matching, emissions, SCI).
 //! - [`bundle`]: the proof bundle and its offline verifier.
-//! - [`evm`] (std): the on-chain anchor call used by `attest verify --rpc`.
+//! - [`sample`] (std): deterministic sample devices, chains and bundles for tests and demos.
+//! - [`evm`] (cli): the on-chain anchor call used by `attest verify --rpc`.
 //!
 //! The byte-level specification is `docs/protocol.md` at the repository root.
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -38,6 +39,8 @@ pub mod hex;
 pub mod id;
 pub mod merkle;
 pub mod msg;
+#[cfg(feature = "std")]
+pub mod sample;
 pub mod units;
 
 pub use envelope::{DecodeError, Envelope, Kind, Verified};

@@ -108,7 +108,11 @@ impl TreeHead {
     }
 
     /// Checks that `leaf` (the leaf's data hash, see [`leaf_hash`]) is in this tree.
-    pub fn verify_inclusion(&self, leaf: &Hash32, proof: &InclusionProof) -> Result<(), MerkleError> {
+    pub fn verify_inclusion(
+        &self,
+        leaf: &Hash32,
+        proof: &InclusionProof,
+    ) -> Result<(), MerkleError> {
         if proof.tree_size != self.size {
             return Err(MerkleError::WrongProofLength);
         }
@@ -120,7 +124,11 @@ impl TreeHead {
     }
 
     /// Checks that `newer` extends this tree (RFC 9162 section 2.1.4.2).
-    pub fn verify_consistency(&self, newer: &TreeHead, proof: &ConsistencyProof) -> Result<(), MerkleError> {
+    pub fn verify_consistency(
+        &self,
+        newer: &TreeHead,
+        proof: &ConsistencyProof,
+    ) -> Result<(), MerkleError> {
         let (size1, size2) = (self.size, newer.size);
         if proof.size1 != size1 || proof.size2 != size2 {
             return Err(MerkleError::WrongProofLength);
@@ -132,7 +140,11 @@ impl TreeHead {
             if !proof.path.is_empty() {
                 return Err(MerkleError::WrongProofLength);
             }
-            return if self.root == newer.root { Ok(()) } else { Err(MerkleError::RootMismatch) };
+            return if self.root == newer.root {
+                Ok(())
+            } else {
+                Err(MerkleError::RootMismatch)
+            };
         }
         if proof.path.is_empty() || proof.path.len() > MAX_PROOF_LEN {
             return Err(MerkleError::WrongProofLength);
@@ -251,7 +263,10 @@ impl MerkleTree {
             Some(r) if self.size() > 0 => *r,
             _ => Hash32::digest(&[]),
         };
-        TreeHead { size: self.size(), root }
+        TreeHead {
+            size: self.size(),
+            root,
+        }
     }
 
     /// The leaf hash at `index`.
@@ -274,7 +289,11 @@ impl MerkleTree {
             }
             i >>= 1;
         }
-        Ok(InclusionProof { leaf_index: index, tree_size: size, path })
+        Ok(InclusionProof {
+            leaf_index: index,
+            tree_size: size,
+            path,
+        })
     }
 
     /// The root of leaves `[lo, hi)` (RFC 6962's MTH of that range), using stored perfect
@@ -289,11 +308,18 @@ impl MerkleTree {
             return self.levels[level][(lo >> level) as usize];
         }
         let k = split_point(n);
-        node_hash(&self.subtree_root(lo, lo + k), &self.subtree_root(lo + k, hi))
+        node_hash(
+            &self.subtree_root(lo, lo + k),
+            &self.subtree_root(lo + k, hi),
+        )
     }
 
     /// A consistency proof from the first `size1` leaves to the first `size2` leaves.
-    pub fn consistency_proof(&self, size1: u64, size2: u64) -> Result<ConsistencyProof, MerkleError> {
+    pub fn consistency_proof(
+        &self,
+        size1: u64,
+        size2: u64,
+    ) -> Result<ConsistencyProof, MerkleError> {
         if size1 == 0 || size1 > size2 || size2 > self.size() {
             return Err(MerkleError::BadSizes { size1, size2 });
         }
@@ -338,10 +364,19 @@ mod tests {
     }
 
     fn leaves() -> Vec<Vec<u8>> {
-        ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"]
-            .iter()
-            .map(|s| crate::hex::decode(s).unwrap())
-            .collect()
+        [
+            "",
+            "00",
+            "10",
+            "2021",
+            "3031",
+            "40414243",
+            "5051525354555657",
+            "606162636465666768696a6b6c6d6e6f",
+        ]
+        .iter()
+        .map(|s| crate::hex::decode(s).unwrap())
+        .collect()
     }
 
     const ROOTS: [&str; 9] = [
@@ -357,7 +392,10 @@ mod tests {
     ];
 
     fn head(size: u64) -> TreeHead {
-        TreeHead { size, root: h(ROOTS[size as usize]) }
+        TreeHead {
+            size,
+            root: h(ROOTS[size as usize]),
+        }
     }
 
     #[test]
@@ -365,8 +403,16 @@ mod tests {
         let l = leaves();
         for n in 0..=8usize {
             let hashes: Vec<Hash32> = l[..n].iter().map(|d| leaf_hash(d)).collect();
-            assert_eq!(TreeHead::from_leaf_hashes(&hashes).root, h(ROOTS[n]), "streaming, size {n}");
-            assert_eq!(MerkleTree::from_leaves(&l[..n]).head().root, h(ROOTS[n]), "levels, size {n}");
+            assert_eq!(
+                TreeHead::from_leaf_hashes(&hashes).root,
+                h(ROOTS[n]),
+                "streaming, size {n}"
+            );
+            assert_eq!(
+                MerkleTree::from_leaves(&l[..n]).head().root,
+                h(ROOTS[n]),
+                "levels, size {n}"
+            );
         }
     }
 
@@ -375,22 +421,38 @@ mod tests {
         // (0-based leaf index, tree size, path)
         let cases: Vec<(u64, u64, Vec<&str>)> = vec![
             (0, 1, vec![]),
-            (0, 8, vec![
-                "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
-                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-                "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
-            ]),
-            (5, 8, vec![
-                "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-                "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
-                "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-            ]),
-            (2, 3, vec!["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
-            (1, 5, vec![
-                "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
-                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-                "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-            ]),
+            (
+                0,
+                8,
+                vec![
+                    "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+                ],
+            ),
+            (
+                5,
+                8,
+                vec![
+                    "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                    "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+                ],
+            ),
+            (
+                2,
+                3,
+                vec!["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"],
+            ),
+            (
+                1,
+                5,
+                vec![
+                    "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                ],
+            ),
         ];
         let l = leaves();
         for (index, size, path) in cases {
@@ -401,11 +463,18 @@ mod tests {
             let leaf = leaf_hash(&l[index as usize]);
             head(size).verify_inclusion(&leaf, &proof).unwrap();
             // The wrong leaf, a changed node or a wrong index must fail.
-            assert!(head(size).verify_inclusion(&leaf_hash(b"other"), &proof).is_err());
+            assert!(
+                head(size)
+                    .verify_inclusion(&leaf_hash(b"other"), &proof)
+                    .is_err()
+            );
             if !proof.path.is_empty() {
                 let mut bad = proof.clone();
                 bad.path[0].0[0] ^= 1;
-                assert_eq!(head(size).verify_inclusion(&leaf, &bad), Err(MerkleError::RootMismatch));
+                assert_eq!(
+                    head(size).verify_inclusion(&leaf, &bad),
+                    Err(MerkleError::RootMismatch)
+                );
                 let mut short = proof.clone();
                 short.path.pop();
                 assert!(head(size).verify_inclusion(&leaf, &short).is_err());
@@ -423,25 +492,41 @@ mod tests {
     fn consistency_proofs_match_the_vectors_and_verify() {
         let cases: Vec<(u64, u64, Vec<&str>)> = vec![
             (1, 1, vec![]),
-            (1, 8, vec![
-                "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
-                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-                "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
-            ]),
-            (6, 8, vec![
-                "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
-                "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
-                "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-            ]),
-            (2, 5, vec![
-                "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
-                "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
-            ]),
-            (6, 7, vec![
-                "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
-                "b08693ec2e721597130641e8211e7eedccb4c26413963eee6c1e2ed16ffb1a5f",
-                "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
-            ]),
+            (
+                1,
+                8,
+                vec![
+                    "96a296d224f285c67bee93c30f8a309157f0daa35dc5b87e410b78630a09cfc7",
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
+                ],
+            ),
+            (
+                6,
+                8,
+                vec![
+                    "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+                    "ca854ea128ed050b41b35ffc1b87b8eb2bde461e9e3b5596ece6b9d5975a0ae0",
+                    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+                ],
+            ),
+            (
+                2,
+                5,
+                vec![
+                    "5f083f0a1a33ca076a95279832580db3e0ef4584bdff1f54c8a360f50de3031e",
+                    "bc1a0643b12e4d2d7c77918f44e0f4f79a838b6cf9ec5b5c283e1f4d88599e6b",
+                ],
+            ),
+            (
+                6,
+                7,
+                vec![
+                    "0ebc5d3437fbe2db158b9f126a1d118e308181031d0a949f8dededebc558ef6a",
+                    "b08693ec2e721597130641e8211e7eedccb4c26413963eee6c1e2ed16ffb1a5f",
+                    "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+                ],
+            ),
         ];
         let tree = MerkleTree::from_leaves(&leaves());
         for (s1, s2, path) in cases {
@@ -453,17 +538,27 @@ mod tests {
                 let mut bad = proof.clone();
                 bad.path[0].0[31] ^= 0x80;
                 assert!(head(s1).verify_consistency(&head(s2), &bad).is_err());
-                let wrong_new = TreeHead { size: s2, root: h(ROOTS[0]) };
+                let wrong_new = TreeHead {
+                    size: s2,
+                    root: h(ROOTS[0]),
+                };
                 assert!(head(s1).verify_consistency(&wrong_new, &proof).is_err());
             }
         }
         // Negative cases from the same test suites.
-        let empty = |a, b| ConsistencyProof { size1: a, size2: b, path: vec![] };
+        let empty = |a, b| ConsistencyProof {
+            size1: a,
+            size2: b,
+            path: vec![],
+        };
         assert!(head(1).verify_consistency(&head(0), &empty(1, 0)).is_err());
         assert!(head(2).verify_consistency(&head(1), &empty(2, 1)).is_err());
         assert!(head(1).verify_consistency(&head(2), &empty(1, 2)).is_err());
         assert!(head(0).verify_consistency(&head(1), &empty(0, 1)).is_err());
-        let diff = TreeHead { size: 1, root: h(ROOTS[2]) };
+        let diff = TreeHead {
+            size: 1,
+            root: h(ROOTS[2]),
+        };
         assert!(head(1).verify_consistency(&diff, &empty(1, 1)).is_err());
     }
 
@@ -476,11 +571,13 @@ mod tests {
             let hashes: Vec<Hash32> = data[..n].iter().map(|d| leaf_hash(d)).collect();
             assert_eq!(TreeHead::from_leaf_hashes(&hashes), hd);
             for i in 0..n as u64 {
-                hd.verify_inclusion(&tree.leaf(i).unwrap(), &tree.inclusion_proof(i).unwrap()).unwrap();
+                hd.verify_inclusion(&tree.leaf(i).unwrap(), &tree.inclusion_proof(i).unwrap())
+                    .unwrap();
             }
             for m in 1..=n as u64 {
                 let old = MerkleTree::from_leaves(&data[..m as usize]).head();
-                old.verify_consistency(&hd, &tree.consistency_proof(m, n as u64).unwrap()).unwrap();
+                old.verify_consistency(&hd, &tree.consistency_proof(m, n as u64).unwrap())
+                    .unwrap();
             }
         }
     }

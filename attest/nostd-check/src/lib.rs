@@ -13,7 +13,12 @@ use attest::{ChannelId, Envelope, Hash32, KeyPair, Millijoules, Milliwatts, SeqN
 pub fn sign_and_check(seed: &[u8; 32], energy_mj: u64) -> Option<usize> {
     let key = KeyPair::from_seed(seed);
     let rec = MeterRecord {
-        link: Link { device: key.device_id(), seq: SeqNo(0), timestamp: TimestampMs(0), prev: Hash32::ZERO },
+        link: Link {
+            device: key.device_id(),
+            seq: SeqNo(0),
+            timestamp: TimestampMs(0),
+            prev: Hash32::ZERO,
+        },
         channels: alloc::vec![ChannelReading {
             channel: ChannelId(0),
             kind: ChannelKind::Solar,

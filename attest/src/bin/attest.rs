@@ -17,7 +17,11 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "attest", version, about = "Heliostat evidence tool: keys, message inspection, proof bundle verification")]
+#[command(
+    name = "attest",
+    version,
+    about = "Heliostat evidence tool: keys, message inspection, proof bundle verification"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -57,7 +61,12 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Keygen { out } => keygen(&out).map(|_| ExitCode::SUCCESS),
         Cmd::Inspect { file } => inspect(&file).map(|_| ExitCode::SUCCESS),
-        Cmd::Verify { bundle, rpc, controller_key, json } => verify(&bundle, rpc.as_deref(), controller_key.as_deref(), json),
+        Cmd::Verify {
+            bundle,
+            rpc,
+            controller_key,
+            json,
+        } => verify(&bundle, rpc.as_deref(), controller_key.as_deref(), json),
     };
     match result {
         Ok(code) => code,
@@ -74,9 +83,13 @@ fn keygen(out: &Path) -> Result<()> {
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(out).with_context(|| format!("creating {}", out.display()))?;
-    writeln!(f, "{}", attest::hex::encode(&key.seed())).with_context(|| format!("writing {}", out.display()))?;
-    f.sync_all().with_context(|| format!("syncing {}", out.display()))?;
+    let mut f = opts
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    writeln!(f, "{}", attest::hex::encode(&key.seed()))
+        .with_context(|| format!("writing {}", out.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", out.display()))?;
     println!(
         "{}",
         serde_json::to_string_pretty(&json!({
@@ -138,14 +151,25 @@ fn inspect(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn verify(path: &Path, rpc: Option<&str>, controller_key: Option<&str>, as_json: bool) -> Result<ExitCode> {
+fn verify(
+    path: &Path,
+    rpc: Option<&str>,
+    controller_key: Option<&str>,
+    as_json: bool,
+) -> Result<ExitCode> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let controller_key = controller_key
         .map(|k| attest::hex::decode_array::<32>(k).map(PublicKey))
         .transpose()
         .context("--controller-key")?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let opts = VerifyOptions { controller_key, now: TimestampMs(now) };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let opts = VerifyOptions {
+        controller_key,
+        now: TimestampMs(now),
+    };
     let report = match ProofBundle::decode(&bytes).and_then(|b| attest::bundle::verify(&b, &opts)) {
         Ok(r) => r,
         Err(e) => {
@@ -156,9 +180,25 @@ fn verify(path: &Path, rpc: Option<&str>, controller_key: Option<&str>, as_json:
     let mut onchain = Vec::new();
     if let Some(url) = rpc {
         for (epoch, head, anchor) in &report.anchors {
-            if let AnchorRef::Evm { chain_id, contract, tx_hash, block_number } = anchor {
-                match attest::evm::check_anchor(url, *epoch, head, *chain_id, contract, tx_hash, *block_number) {
-                    Ok(a) => onchain.push(json!({"epoch": epoch.0, "block": a.block_number, "root": a.root.to_hex()})),
+            if let AnchorRef::Evm {
+                chain_id,
+                contract,
+                tx_hash,
+                block_number,
+            } = anchor
+            {
+                match attest::evm::check_anchor(
+                    url,
+                    *epoch,
+                    head,
+                    *chain_id,
+                    contract,
+                    tx_hash,
+                    *block_number,
+                ) {
+                    Ok(a) => onchain.push(
+                        json!({"epoch": epoch.0, "block": a.block_number, "root": a.root.to_hex()}),
+                    ),
                     Err(e) => {
                         println!("FAILED: check `anchor` failed: on chain: {e}");
                         return Ok(ExitCode::from(1));
@@ -169,10 +209,20 @@ fn verify(path: &Path, rpc: Option<&str>, controller_key: Option<&str>, as_json:
     }
     let s = &report.statement;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&json!({"ok": true, "report": report, "onchain": onchain}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"ok": true, "report": report, "onchain": onchain})
+            )?
+        );
     } else {
         println!("OK: {:?}", s.subject);
-        println!("  evidence: {} chain messages ({} meter records), {} epoch(s)", report.evidence, report.records, report.anchors.len());
+        println!(
+            "  evidence: {} chain messages ({} meter records), {} epoch(s)",
+            report.evidence,
+            report.records,
+            report.anchors.len()
+        );
         println!(
             "  energy: load {:.6} kWh, solar {:.6} kWh, grid import {:.6} kWh",
             s.energy.load.kwh(),
@@ -189,13 +239,24 @@ fn verify(path: &Path, rpc: Option<&str>, controller_key: Option<&str>, as_json:
         for (epoch, head, anchor) in &report.anchors {
             match anchor {
                 AnchorRef::Local { controller_key, .. } => {
-                    println!("  epoch {epoch}: root {} ({} leaves), local log signed by {controller_key}", head.root, head.size)
+                    println!(
+                        "  epoch {epoch}: root {} ({} leaves), local log signed by {controller_key}",
+                        head.root, head.size
+                    )
                 }
-                AnchorRef::Evm { chain_id, block_number, .. } => println!(
+                AnchorRef::Evm {
+                    chain_id,
+                    block_number,
+                    ..
+                } => println!(
                     "  epoch {epoch}: root {} ({} leaves), EVM chain {chain_id} block {block_number}{}",
                     head.root,
                     head.size,
-                    if rpc.is_some() { " (checked on chain)" } else { " (not checked on chain: pass --rpc)" }
+                    if rpc.is_some() {
+                        " (checked on chain)"
+                    } else {
+                        " (not checked on chain: pass --rpc)"
+                    }
                 ),
             }
         }

@@ -46,13 +46,15 @@ impl Message for Command {
 
     fn validate(&self) -> Result<(), DecodeError> {
         if self.expires < self.issued {
-            return Err(DecodeError::Invalid { what: "command expiry (before issue time)" });
+            return Err(DecodeError::Invalid {
+                what: "command expiry (before issue time)",
+            });
         }
         match &self.body {
             CommandBody::RunJob(spec) => spec.validate(),
-            CommandBody::Resend { from, to } if to < from => {
-                Err(DecodeError::Invalid { what: "resend range (to < from)" })
-            }
+            CommandBody::Resend { from, to } if to < from => Err(DecodeError::Invalid {
+                what: "resend range (to < from)",
+            }),
             _ => Ok(()),
         }
     }

@@ -106,7 +106,9 @@ impl Message for Hello {
             return Err(DecodeError::Invalid { what: "longitude" });
         }
         if self.device != self.public_key.device_id() {
-            return Err(DecodeError::Invalid { what: "device id (does not derive from public_key)" });
+            return Err(DecodeError::Invalid {
+                what: "device id (does not derive from public_key)",
+            });
         }
         Ok(())
     }
@@ -115,6 +117,9 @@ impl Message for Hello {
 impl Hello {
     /// The trust tier of a channel, if the hello declares it.
     pub fn channel_tier(&self, channel: ChannelId) -> Option<TrustTier> {
-        self.channels.iter().find(|c| c.channel == channel).map(|c| c.tier)
+        self.channels
+            .iter()
+            .find(|c| c.channel == channel)
+            .map(|c| c.tier)
     }
 }

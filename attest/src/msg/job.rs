@@ -61,7 +61,13 @@ pub enum Workload {
     /// A kernel the agent ships (e.g. "sha256_batch", "mandelbrot", "matmul_f32").
     Builtin { kernel: String, params: Vec<Param> },
     /// A PTX module fetched by hash, with the kernel to launch and its shape.
-    Ptx { module: Hash32, kernel: String, grid: [u32; 3], block: [u32; 3], shared_mem_bytes: u32 },
+    Ptx {
+        module: Hash32,
+        kernel: String,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_mem_bytes: u32,
+    },
 }
 
 /// A named integer parameter.
@@ -169,7 +175,9 @@ impl Message for JobReceipt {
             check_text("backend", s)?;
         }
         if self.ended < self.started {
-            return Err(DecodeError::Invalid { what: "job times (ended before started)" });
+            return Err(DecodeError::Invalid {
+                what: "job times (ended before started)",
+            });
         }
         Ok(())
     }
@@ -180,7 +188,10 @@ impl JobReceipt {
     /// and the counter did not go backwards.
     pub fn energy(&self, kind: super::ChannelKind) -> Option<Millijoules> {
         let start = self.start_counters.iter().find(|c| c.kind == kind)?;
-        let end = self.end_counters.iter().find(|c| c.channel == start.channel)?;
+        let end = self
+            .end_counters
+            .iter()
+            .find(|c| c.channel == start.channel)?;
         end.energy.0.checked_sub(start.energy.0).map(Millijoules)
     }
 }

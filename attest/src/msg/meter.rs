@@ -41,10 +41,14 @@ impl Message for MeterRecord {
         check_len("channels", &self.channels, MAX_CHANNELS)?;
         for (i, c) in self.channels.iter().enumerate() {
             if self.channels[..i].iter().any(|o| o.channel == c.channel) {
-                return Err(DecodeError::Invalid { what: "channels (duplicate channel id)" });
+                return Err(DecodeError::Invalid {
+                    what: "channels (duplicate channel id)",
+                });
             }
             if c.soc_permille.is_some_and(|s| s > 1000) {
-                return Err(DecodeError::Invalid { what: "soc_permille (above 1000)" });
+                return Err(DecodeError::Invalid {
+                    what: "soc_permille (above 1000)",
+                });
             }
         }
         Ok(())

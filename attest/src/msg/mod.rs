@@ -108,14 +108,22 @@ pub struct CounterSnapshot {
 
 pub(crate) fn check_text(what: &'static str, s: &str) -> Result<(), DecodeError> {
     if s.len() > MAX_TEXT {
-        return Err(DecodeError::TooMany { what, count: s.len(), max: MAX_TEXT });
+        return Err(DecodeError::TooMany {
+            what,
+            count: s.len(),
+            max: MAX_TEXT,
+        });
     }
     Ok(())
 }
 
 pub(crate) fn check_len<T>(what: &'static str, v: &[T], max: usize) -> Result<(), DecodeError> {
     if v.len() > max {
-        return Err(DecodeError::TooMany { what, count: v.len(), max });
+        return Err(DecodeError::TooMany {
+            what,
+            count: v.len(),
+            max,
+        });
     }
     Ok(())
 }
@@ -176,7 +184,12 @@ impl ChainMessage {
             Kind::MeterRecord => ChainMessage::MeterRecord(env.open()?),
             Kind::JobReceipt => ChainMessage::JobReceipt(env.open()?),
             Kind::ChainRestart => ChainMessage::ChainRestart(env.open()?),
-            got => return Err(DecodeError::WrongKind { expected: Kind::MeterRecord, got }),
+            got => {
+                return Err(DecodeError::WrongKind {
+                    expected: Kind::MeterRecord,
+                    got,
+                });
+            }
         })
     }
 
@@ -197,4 +210,3 @@ impl ChainMessage {
         }
     }
 }
-

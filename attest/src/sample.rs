@@ -1,0 +1,285 @@
+//! Deterministic sample devices, chains and bundles for tests, benchmarks, the shipped
+//! test vectors and demos. Everything is derived from small seeds, so the same call gives
+//! the same bytes on every machine (ed25519 signatures are deterministic).
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use crate::account::{StatementInput, compute_statement};
+use crate::bundle::{AnchorRef, BUNDLE_FORMAT, Blob, EpochProof, Evidence, ProofBundle};
+use crate::carbon::BatteryState;
+use crate::envelope::Envelope;
+use crate::hash::Hash32;
+use crate::id::KeyPair;
+use crate::merkle::MerkleTree;
+use crate::msg::{
+    AnchorEntry, ChainMessage, ChannelInfo, ChannelKind, ChannelReading, Gpu, Hardware, Hello,
+    Link, MeterRecord, Site, Subject, TrustTier,
+};
+use crate::units::{ChannelId, EpochId, Millijoules, Milliwatts, SeqNo, TimestampMs};
+
+/// 2026-06-21T00:00:00Z, the start of every sample chain.
+pub const SAMPLE_START: TimestampMs = TimestampMs(1_782_000_000_000);
+
+/// The channels of a sample device, in channel-id order.
+pub const SAMPLE_CHANNELS: [ChannelKind; 6] = [
+    ChannelKind::Solar,
+    ChannelKind::BatteryCharge,
+    ChannelKind::BatteryDischarge,
+    ChannelKind::GridImport,
+    ChannelKind::Load,
+    ChannelKind::Gpu,
+];
+
+/// A simulated solar rig with a battery, a grid connection and a GPU, producing a signed
+/// hash chain of meter records.
+#[derive(Clone, Debug)]
+pub struct SampleDevice {
+    /// The device key.
+    pub key: KeyPair,
+    seq: u64,
+    prev: Hash32,
+    counters: [u64; 6],
+    battery_mj: u64,
+    capacity_mj: u64,
+    last_t: Option<u64>,
+}
+
+impl SampleDevice {
+    /// A device whose key is derived from `seed`.
+    pub fn new(seed: u8) -> SampleDevice {
+        SampleDevice {
+            key: KeyPair::from_seed(&[seed; 32]),
+            seq: 0,
+            prev: Hash32::ZERO,
+            counters: [0; 6],
+            // 1 kWh battery at 30 %, 20 % reserve: the first night needs some grid energy.
+            battery_mj: 1_080_000_000,
+            capacity_mj: 3_600_000_000,
+            last_t: None,
+        }
+    }
+
+    /// The device's signed hello.
+    pub fn hello(&self) -> Envelope {
+        let hello = Hello {
+            device: self.key.device_id(),
+            public_key: self.key.public(),
+            timestamp: SAMPLE_START,
+            agent_version: "sample".to_string(),
+            hardware: Hardware {
+                board: "Jetson AGX Orin 64GB".to_string(),
+                gpus: alloc::vec![Gpu {
+                    model: "Orin (nvgpu)".to_string(),
+                    vram_mib: 65_536,
+                    arch: "sm_87".to_string()
+                }],
+            },
+            site: Site {
+                lat_microdeg: 52_520_000,
+                lon_microdeg: 13_405_000,
+                panel_watts_peak: 400,
+                battery_wh: 1_000,
+                battery_reserve_wh: 200,
+                grid_region: "DE".to_string(),
+            },
+            channels: SAMPLE_CHANNELS
+                .iter()
+                .enumerate()
+                .map(|(i, &kind)| ChannelInfo {
+                    channel: ChannelId(i as u8),
+                    kind,
+                    source: String::from(match kind {
+                        ChannelKind::Gpu => "ina3221:VDD_GPU_SOC",
+                        ChannelKind::GridImport => "sunspec:203",
+                        _ => "vedirect:/dev/ttyUSB0",
+                    }),
+                    tier: TrustTier::HardwareMeter,
+                })
+                .collect(),
+            price_micro_per_gpu_hour: 250_000,
+        };
+        Envelope::seal(&hello, &self.key)
+    }
+
+    /// Solar, load and GPU power (mW) at `t`: a clear-sky bell from 04:00 to 20:00 UTC
+    /// peaking at 320 W, a 45 W base load and a 35 W GPU job from 08:00 to 22:00.
+    pub fn powers_at(t: u64) -> (u64, u64, u64) {
+        let day_ms = t % 86_400_000;
+        let hour_x1000 = day_ms / 3_600;
+        let solar = if (4_000..20_000).contains(&hour_x1000) {
+            // Parabola 0 at 4h and 20h, 1 at 12h.
+            let x = hour_x1000 as i64 - 12_000;
+            let shape = 64_000_000 - x * x; // scaled by 64e6
+            (320_000 * shape.max(0) as u64) / 64_000_000
+        } else {
+            0
+        };
+        let gpu = if (8_000..22_000).contains(&hour_x1000) {
+            35_000
+        } else {
+            0
+        };
+        (solar, 45_000 + gpu, gpu)
+    }
+
+    /// Makes the next signed record at time `t` (ms), integrating power since the last one.
+    pub fn record_at(&mut self, t: u64) -> Envelope {
+        let dt = self.last_t.map_or(0, |l| t.saturating_sub(l));
+        self.last_t = Some(t);
+        let (solar_mw, load_mw, gpu_mw) = Self::powers_at(t);
+        let e = |mw: u64| mw * dt / 1000; // mW x ms / 1000 = mJ
+        let (solar, load) = (e(solar_mw), e(load_mw));
+        let (mut charge, mut discharge, mut grid) = (0, 0, 0);
+        if solar >= load {
+            charge = (solar - load).min(self.capacity_mj - self.battery_mj);
+            self.battery_mj += charge;
+        } else {
+            let deficit = load - solar;
+            let reserve = self.capacity_mj / 5;
+            discharge = deficit.min(self.battery_mj.saturating_sub(reserve));
+            self.battery_mj -= discharge;
+            grid = deficit - discharge;
+        }
+        for (c, add) in
+            self.counters
+                .iter_mut()
+                .zip([solar, charge, discharge, grid, load, e(gpu_mw)])
+        {
+            *c += add;
+        }
+        let mw = |mj: u64| if dt == 0 { 0 } else { (mj * 1000 / dt) as u32 };
+        let soc = (self.battery_mj * 1000 / self.capacity_mj) as u16;
+        let channels = SAMPLE_CHANNELS
+            .iter()
+            .enumerate()
+            .map(|(i, &kind)| ChannelReading {
+                channel: ChannelId(i as u8),
+                kind,
+                energy: Millijoules(self.counters[i]),
+                power: Milliwatts(match kind {
+                    ChannelKind::Solar => mw(solar),
+                    ChannelKind::BatteryCharge => mw(charge),
+                    ChannelKind::BatteryDischarge => mw(discharge),
+                    ChannelKind::GridImport => mw(grid),
+                    ChannelKind::Load => mw(load),
+                    _ => gpu_mw as u32,
+                }),
+                voltage_mv: matches!(
+                    kind,
+                    ChannelKind::BatteryCharge | ChannelKind::BatteryDischarge
+                )
+                .then_some(25_600),
+                soc_permille: matches!(kind, ChannelKind::BatteryCharge).then_some(soc),
+            })
+            .collect();
+        let rec = MeterRecord {
+            link: Link {
+                device: self.key.device_id(),
+                seq: SeqNo(self.seq),
+                timestamp: TimestampMs(t),
+                prev: self.prev,
+            },
+            channels,
+        };
+        self.seal_chained(&rec)
+    }
+
+    /// Seals any chain message with this device's key and advances the chain.
+    pub fn seal_chained<M: crate::envelope::Message>(&mut self, msg: &M) -> Envelope {
+        let env = Envelope::seal(msg, &self.key);
+        self.prev = env.hash();
+        self.seq += 1;
+        env
+    }
+
+    /// The link the next chain message must carry at time `t`.
+    pub fn next_link(&self, t: u64) -> Link {
+        Link {
+            device: self.key.device_id(),
+            seq: SeqNo(self.seq),
+            timestamp: TimestampMs(t),
+            prev: self.prev,
+        }
+    }
+
+    /// `n` records every `interval_ms` from [`SAMPLE_START`].
+    pub fn chain(&mut self, n: usize, interval_ms: u64) -> Vec<Envelope> {
+        (0..n as u64)
+            .map(|i| self.record_at(SAMPLE_START.0 + i * interval_ms))
+            .collect()
+    }
+}
+
+/// Grid intensity used by sample statements: 380 g CO2e/kWh, every hour.
+pub const SAMPLE_INTENSITY_MG_PER_KWH: u32 = 380_000;
+
+/// A complete, valid bundle: `n` records of sample device `seed` every `interval_ms`, in
+/// one epoch anchored in a local log signed by `controller`.
+pub fn bundle(seed: u8, n: usize, interval_ms: u64, controller: &KeyPair) -> ProofBundle {
+    let mut dev = SampleDevice::new(seed);
+    let hello = dev.hello();
+    let chain = dev.chain(n, interval_ms);
+    bundle_from_chain(&hello, &chain, controller, EpochId(0))
+}
+
+/// A bundle over given chain envelopes (all in one epoch, local anchor).
+pub fn bundle_from_chain(
+    hello: &Envelope,
+    chain: &[Envelope],
+    controller: &KeyPair,
+    epoch: EpochId,
+) -> ProofBundle {
+    let hello_msg: Hello = hello.open().expect("sample hello decodes");
+    let tree = MerkleTree::from_leaves(&chain.iter().map(|e| e.as_bytes()).collect::<Vec<_>>());
+    let head = tree.head();
+    let entry = AnchorEntry {
+        index: epoch.0,
+        prev: Hash32::ZERO,
+        epoch,
+        tree_size: head.size,
+        root: head.root,
+        timestamp: TimestampMs(SAMPLE_START.0 + 86_400_000),
+    };
+    let messages: Vec<ChainMessage> = chain
+        .iter()
+        .map(|e| ChainMessage::open(e).expect("sample decodes"))
+        .collect();
+    let intensity = |_h: u64| SAMPLE_INTENSITY_MG_PER_KWH;
+    let statement = compute_statement(&StatementInput {
+        subject: Subject::DevicePeriod {
+            device: hello_msg.device,
+        },
+        hello: &hello_msg,
+        chain: &messages,
+        intensity: &intensity,
+        intensity_source: "sample:constant-380g".to_string(),
+        battery_initial: BatteryState::default(),
+        flags: Vec::new(),
+        embodied_mg: 0,
+        functional_units: 0,
+    })
+    .expect("sample statement computes");
+    ProofBundle {
+        format: BUNDLE_FORMAT,
+        statement,
+        devices: alloc::vec![Blob(hello.as_bytes().to_vec())],
+        evidence: chain
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Evidence {
+                envelope: Blob(e.as_bytes().to_vec()),
+                epoch,
+                proof: tree.inclusion_proof(i as u64).expect("index in range"),
+            })
+            .collect(),
+        epochs: alloc::vec![EpochProof {
+            epoch,
+            head,
+            anchor: AnchorRef::Local {
+                entry: Blob(Envelope::seal(&entry, controller).into_bytes()),
+                controller_key: controller.public(),
+            },
+        }],
+    }
+}
