@@ -12,7 +12,6 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
-use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::account::{StatementInput, compute_statement};
@@ -311,7 +310,7 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
         hellos.insert(hello.device, hello);
     }
     let subject_device = bundle.statement.subject.device();
-    let Some(subject_hello) = hellos.get(&subject_device) else {
+    let Some(subject_hello) = hellos.get(&subject_device).cloned() else {
         return fail(
             Check::Device,
             format!("no hello for the statement's device {subject_device}"),
@@ -341,14 +340,27 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
         });
     }
 
-    // Signatures, in one batch; on failure, one by one to name the bad one.
+    // Signatures, in one batch (split over the cores with std); on failure, one by one to
+    // name the bad one.
     verify_signatures(&items, &hellos)?;
+    checks_after_signatures(bundle, opts, &items, &hellos, &subject_hello)
+}
 
+/// Chain, inclusion, anchor and recomputation checks (everything after signatures).
+fn checks_after_signatures(
+    bundle: &ProofBundle,
+    opts: &VerifyOptions,
+    items: &[Item],
+    hellos: &BTreeMap<DeviceId, Hello>,
+    subject_hello: &Hello,
+) -> Result<Report, VerifyError> {
+    let subject_device = subject_hello.device;
     // Chains, per device, in sequence order.
-    items.sort_by_key(|it| (it.msg.link().device, it.msg.link().seq));
+    let mut order: Vec<&Item> = items.iter().collect();
+    order.sort_by_key(|it| (it.msg.link().device, it.msg.link().seq));
     let mut chain: Vec<ChainMessage> = Vec::with_capacity(items.len());
     let mut verifier: Option<ChainVerifier> = None;
-    for it in &items {
+    for it in order {
         let device = it.msg.link().device;
         if verifier.as_ref().is_none_or(|v| v.device() != device) {
             let key = &hellos[&device].public_key;
@@ -364,7 +376,7 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
         let v = verifier.as_mut().expect("set above");
         match v.feed_checked(&it.envelope, it.msg.clone(), opts.now) {
             Ok(Outcome::Accepted(verified)) => {
-                let (_, msg) = Verified::into_parts(verified);
+                let (_, msg) = Verified::into_parts(*verified);
                 if device == subject_device {
                     chain.push(msg);
                 }
@@ -386,15 +398,19 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
             return fail(Check::Format, format!("epoch {} listed twice", ep.epoch));
         }
     }
+    let mut checkers: BTreeMap<EpochId, crate::merkle::InclusionChecker> = epochs
+        .iter()
+        .map(|(id, ep)| (*id, crate::merkle::InclusionChecker::new(ep.head)))
+        .collect();
     for (index, ev) in bundle.evidence.iter().enumerate() {
-        let Some(ep) = epochs.get(&ev.epoch) else {
+        let Some(checker) = checkers.get_mut(&ev.epoch) else {
             return fail(
                 Check::Inclusion,
                 format!("evidence #{index}: epoch {} is not in the bundle", ev.epoch),
             );
         };
-        ep.head
-            .verify_inclusion(&leaf_hash(&ev.envelope.0), &ev.proof)
+        checker
+            .verify(&leaf_hash(&ev.envelope.0), &ev.proof)
             .or_else(|e| {
                 fail(
                     Check::Inclusion,
@@ -467,25 +483,19 @@ fn verify_signatures(
     items: &[Item],
     hellos: &BTreeMap<DeviceId, Hello>,
 ) -> Result<(), VerifyError> {
-    let mut keys: BTreeMap<DeviceId, VerifyingKey> = BTreeMap::new();
-    for (id, h) in hellos {
-        let vk = h
-            .public_key
-            .verifying_key()
-            .or_else(|_| fail(Check::Device, format!("device {id}: bad public key")))?;
-        keys.insert(*id, vk);
-    }
-    let messages: Vec<&[u8]> = items.iter().map(|it| it.envelope.signed_bytes()).collect();
-    let signatures: Vec<Signature> = items
+    let batch: Vec<crate::sigbatch::Item<'_>> = items
         .iter()
-        .map(|it| Signature::from_bytes(&it.envelope.signature()))
+        .map(|it| crate::sigbatch::Item {
+            message: it.envelope.signed_bytes(),
+            signature: it.envelope.signature(),
+            key: &hellos[&it.msg.link().device].public_key,
+        })
         .collect();
-    let vks: Vec<VerifyingKey> = items.iter().map(|it| keys[&it.msg.link().device]).collect();
-    if ed25519_dalek::verify_batch(&messages, &signatures, &vks).is_ok() {
+    if crate::sigbatch::verify_all(&batch) {
         return Ok(());
     }
-    for (i, it) in items.iter().enumerate() {
-        if vks[i].verify_strict(messages[i], &signatures[i]).is_err() {
+    for (it, b) in items.iter().zip(&batch) {
+        if it.envelope.verify(b.key).is_err() {
             return fail(
                 Check::Signature,
                 format!(
@@ -509,13 +519,11 @@ fn check_local_anchor(
     pinned: Option<&PublicKey>,
 ) -> Result<(), VerifyError> {
     let e = ep.epoch;
-    if let Some(p) = pinned {
-        if p != key {
-            return fail(
-                Check::Anchor,
-                format!("epoch {e}: anchor signed by {key}, not the trusted controller {p}"),
-            );
-        }
+    if let Some(p) = pinned.filter(|p| *p != key) {
+        return fail(
+            Check::Anchor,
+            format!("epoch {e}: anchor signed by {key}, not the trusted controller {p}"),
+        );
     }
     let env = Envelope::decode(&entry.0)
         .or_else(|err| fail(Check::Anchor, format!("epoch {e}: {err}")))?;

@@ -6,6 +6,7 @@
 //! the reason. It holds no sockets, files or clocks: the caller stores what is accepted and
 //! decides what to do with gaps (wait, or ask for a resend).
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -60,7 +61,7 @@ pub struct Tip {
 #[derive(Clone, Debug)]
 pub enum Outcome {
     /// New, valid, linked: store it.
-    Accepted(Verified<ChainMessage>),
+    Accepted(Box<Verified<ChainMessage>>),
     /// Seen before, byte for byte: nothing to do.
     Duplicate { seq: SeqNo },
 }
@@ -252,16 +253,14 @@ impl ChainVerifier {
                 .verify_strict(env.signed_bytes(), &sig)
                 .map_err(|_| Rejection::BadSignature { seq: link.seq })?;
         }
-        if let Some(tip) = &self.tip {
-            if link.seq <= tip.seq {
-                return Err(match seen {
-                    Some(_) => Rejection::Fork { seq: link.seq },
-                    None => Rejection::BelowWindow {
-                        seq: link.seq,
-                        tip: tip.seq,
-                    },
-                });
-            }
+        if let Some(tip) = self.tip.as_ref().filter(|t| link.seq <= t.seq) {
+            return Err(match seen {
+                Some(_) => Rejection::Fork { seq: link.seq },
+                None => Rejection::BelowWindow {
+                    seq: link.seq,
+                    tip: tip.seq,
+                },
+            });
         }
         if link.timestamp.0 > now.0.saturating_add(self.policy.max_future_skew_ms) {
             return Err(Rejection::FutureTimestamp {
@@ -345,9 +344,8 @@ impl ChainVerifier {
         while self.recent.len() > self.policy.window.max(1) {
             self.recent.pop_front();
         }
-        Ok(Outcome::Accepted(Verified::assume_signature_checked(
-            env.clone(),
-            msg,
+        Ok(Outcome::Accepted(Box::new(
+            Verified::assume_signature_checked(env.clone(), msg),
         )))
     }
 }

@@ -42,7 +42,7 @@ fn nibble(c: u8, at: usize) -> Result<u8, HexError> {
 pub fn decode(s: &str) -> Result<Vec<u8>, HexError> {
     let s = s.strip_prefix("0x").unwrap_or(s);
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return Err(HexError::OddLength(b.len()));
     }
     b.chunks_exact(2)

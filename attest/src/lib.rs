@@ -13,6 +13,7 @@
 //! - [`msg`]: every message kind, one file each (`Hello`, `MeterRecord`, `JobReceipt`,
 //!   `ChainRestart`, `Command`, `Ack`, `AnchorEntry`, `Statement`).
 //! - [`batch`]: many envelopes in one MQTT payload (catch-up after an outage).
+//! - [`sigbatch`]: ed25519 batch verification coalesced by key.
 //! - [`chain`]: the sans-IO hash-chain checker (Accepted / Duplicate / typed rejection).
 //! - [`merkle`]: RFC 6962 trees, inclusion and consistency proofs.
 //! - [`carbon`]: pure carbon arithmetic (energy deltas, hourly matching, emissions, SCI).
@@ -41,6 +42,7 @@ pub mod merkle;
 pub mod msg;
 #[cfg(feature = "std")]
 pub mod sample;
+pub mod sigbatch;
 pub mod units;
 
 pub use envelope::{DecodeError, Envelope, Kind, Verified};

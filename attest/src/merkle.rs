@@ -220,6 +220,147 @@ pub fn root_from_inclusion(leaf: &Hash32, proof: &InclusionProof) -> Result<Hash
     Ok(r)
 }
 
+/// Verifies many inclusion proofs against one tree head, sharing work: a node that an
+/// earlier proof already tied to the root ends the walk for later proofs that reach it, so
+/// `n` neighbouring leaves cost about `2n` hashes instead of `n log n`.
+#[derive(Debug)]
+pub struct InclusionChecker {
+    head: TreeHead,
+    /// (level, index) -> node hash, for nodes proven to lead to the root.
+    known: NodeMap,
+}
+
+/// Node positions are small integers: with std a hash map with a multiply-shift hash is
+/// several times faster than a B-tree here; without std the B-tree does.
+#[cfg(feature = "std")]
+type NodeMap =
+    std::collections::HashMap<(u32, u64), Hash32, core::hash::BuildHasherDefault<PositionHasher>>;
+#[cfg(not(feature = "std"))]
+type NodeMap = alloc::collections::BTreeMap<(u32, u64), Hash32>;
+
+/// A fast hasher for node positions (not for untrusted keys chosen to collide: positions
+/// come from proofs whose length is bounded, so the worst case is a slow bundle, not a DoS).
+#[cfg(feature = "std")]
+#[derive(Default)]
+struct PositionHasher(u64);
+
+#[cfg(feature = "std")]
+impl core::hash::Hasher for PositionHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(v as u64);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl InclusionChecker {
+    /// A checker for proofs against `head`.
+    pub fn new(head: TreeHead) -> InclusionChecker {
+        InclusionChecker {
+            head,
+            known: Default::default(),
+        }
+    }
+
+    /// Checks one leaf hash with its proof; same verdicts as [`TreeHead::verify_inclusion`].
+    pub fn verify(&mut self, leaf: &Hash32, proof: &InclusionProof) -> Result<(), MerkleError> {
+        if proof.tree_size != self.head.size {
+            return Err(MerkleError::WrongProofLength);
+        }
+        let (index, size) = (proof.leaf_index, proof.tree_size);
+        if index >= size {
+            return Err(MerkleError::IndexOutOfRange { index, size });
+        }
+        if proof.path.len() != expected_path_len(index, size) {
+            return Err(MerkleError::WrongProofLength);
+        }
+        // The RFC 9162 walk, tracking where each node sits in the tree kept level by level
+        // (a lone last node is carried up: shifts without hashing). Once the walk meets a node
+        // an earlier proof tied to the root, it stops hashing but still checks every later
+        // sibling against the ones that proof used, so a padded or altered path is refused.
+        let (mut fn_, mut sn, mut level) = (index, size - 1, 0u32);
+        let mut r = *leaf;
+        let mut proven = false;
+        let mut seen: Vec<((u32, u64), Hash32)> = Vec::with_capacity(2 * proof.path.len());
+        let meet = |pos: (u32, u64), r: &Hash32, proven: &mut bool, seen: &mut Vec<_>| {
+            if *proven {
+                return Ok(());
+            }
+            match self.known.get(&pos) {
+                Some(k) if k != r => Err(MerkleError::RootMismatch),
+                Some(_) => {
+                    *proven = true;
+                    Ok(())
+                }
+                None => {
+                    seen.push((pos, *r));
+                    Ok(())
+                }
+            }
+        };
+        for p in &proof.path {
+            meet((level, fn_), &r, &mut proven, &mut seen)?;
+            let left = fn_ & 1 == 1 || fn_ == sn;
+            if left {
+                while fn_ & 1 == 0 && fn_ != 0 {
+                    fn_ >>= 1;
+                    sn >>= 1;
+                    level += 1;
+                    meet((level, fn_), &r, &mut proven, &mut seen)?;
+                }
+            }
+            let sibling = (level, if left { fn_.wrapping_sub(1) } else { fn_ + 1 });
+            match self.known.get(&sibling) {
+                Some(k) if k != p => return Err(MerkleError::RootMismatch),
+                Some(_) => {}
+                None if proven => return Err(MerkleError::RootMismatch),
+                None => seen.push((sibling, *p)),
+            }
+            if !proven {
+                r = if left {
+                    node_hash(p, &r)
+                } else {
+                    node_hash(&r, p)
+                };
+            }
+            fn_ >>= 1;
+            sn >>= 1;
+            level += 1;
+        }
+        if !proven && r != self.head.root {
+            return Err(MerkleError::RootMismatch);
+        }
+        self.known.extend(seen);
+        Ok(())
+    }
+}
+
+/// How many hashes an inclusion proof for `index` in a tree of `size` leaves has.
+fn expected_path_len(index: u64, size: u64) -> usize {
+    let (mut fn_, mut sn, mut n) = (index, size - 1, 0);
+    while sn != 0 {
+        if fn_ & 1 == 1 || fn_ == sn {
+            while fn_ & 1 == 0 && fn_ != 0 {
+                fn_ >>= 1;
+                sn >>= 1;
+            }
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+        n += 1;
+    }
+    n
+}
+
 /// A whole tree kept level by level, for producing proofs. Level 0 holds the leaf hashes;
 /// a level's last node without a sibling is carried up unchanged, which gives exactly the
 /// RFC 6962 shape (the left subtree is always the largest perfect one).
@@ -303,7 +444,7 @@ impl MerkleTree {
         if n == 1 {
             return self.levels[0][lo as usize];
         }
-        if is_pow2(n) && lo % n == 0 {
+        if is_pow2(n) && lo.is_multiple_of(n) {
             let level = n.trailing_zeros() as usize;
             return self.levels[level][(lo >> level) as usize];
         }
@@ -560,6 +701,35 @@ mod tests {
             root: h(ROOTS[2]),
         };
         assert!(head(1).verify_consistency(&diff, &empty(1, 1)).is_err());
+    }
+
+    #[test]
+    fn the_shared_work_checker_agrees_with_single_proofs() {
+        let data: Vec<[u8; 4]> = (0u32..70).map(|i| i.to_le_bytes()).collect();
+        for n in 1..=data.len() {
+            let tree = MerkleTree::from_leaves(&data[..n]);
+            let mut c = InclusionChecker::new(tree.head());
+            for i in (0..n as u64).rev().chain(0..n as u64) {
+                let proof = tree.inclusion_proof(i).unwrap();
+                assert_eq!(proof.path.len(), expected_path_len(i, n as u64));
+                c.verify(&tree.leaf(i).unwrap(), &proof)
+                    .unwrap_or_else(|e| panic!("n={n} i={i}: {e}"));
+                // A wrong leaf, a wrong node or a padded path is refused even when the walk
+                // meets nodes already known.
+                assert!(c.verify(&leaf_hash(b"x"), &proof).is_err());
+                if let Some(first) = proof.path.first() {
+                    let mut bad = proof.clone();
+                    bad.path[0] = node_hash(first, first);
+                    assert!(c.verify(&tree.leaf(i).unwrap(), &bad).is_err());
+                }
+                let mut long = proof.clone();
+                long.path.push(Hash32::ZERO);
+                assert_eq!(
+                    c.verify(&tree.leaf(i).unwrap(), &long),
+                    Err(MerkleError::WrongProofLength)
+                );
+            }
+        }
     }
 
     #[test]

@@ -148,7 +148,7 @@ impl SampleDevice {
         {
             *c += add;
         }
-        let mw = |mj: u64| if dt == 0 { 0 } else { (mj * 1000 / dt) as u32 };
+        let mw = |mj: u64| (mj * 1000).checked_div(dt).unwrap_or(0) as u32;
         let soc = (self.battery_mj * 1000 / self.capacity_mj) as u16;
         let channels = SAMPLE_CHANNELS
             .iter()

@@ -218,15 +218,13 @@ fn random_and_mutated_inputs_never_panic_any_decoder() {
                 let at = (rng.next() as usize) % b.len();
                 b[at] ^= 1 << (rng.next() % 8);
             }
-            if rng.next() % 4 == 0 {
+            if rng.next().is_multiple_of(4) {
                 b.truncate((rng.next() as usize) % b.len());
             }
             b
         };
-        if let Ok(env) = Envelope::decode(&bytes) {
-            if AnyMessage::open(&env).is_ok() {
-                decoded_ok += 1;
-            }
+        if Envelope::decode(&bytes).is_ok_and(|env| AnyMessage::open(&env).is_ok()) {
+            decoded_ok += 1;
         }
         let _ = batch::decode(&bytes);
         let _ = attest::bundle::ProofBundle::decode(&bytes);

@@ -106,10 +106,11 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if let Ok(text) = std::str::from_utf8(&raw) {
         let t = text.trim();
-        if !t.is_empty() && !t.starts_with('{') {
-            if let Ok(b) = attest::hex::decode(t) {
-                return Ok(b);
-            }
+        if let Some(b) = Some(t)
+            .filter(|t| !t.is_empty() && !t.starts_with('{'))
+            .and_then(|t| attest::hex::decode(t).ok())
+        {
+            return Ok(b);
         }
     }
     Ok(raw)
