@@ -47,6 +47,7 @@ fn a_signed_four_channel_record_encodes_in_at_most_200_bytes() {
     let dev = SampleDevice::new(1);
     let env = Envelope::seal(&four_channel_record(&dev), &dev.key);
     let len = env.as_bytes().len();
+    eprintln!("4-channel signed record: {len} bytes");
     assert!(len <= 200, "4-channel signed record is {len} bytes");
     // And it opens to the same value.
     assert_eq!(
