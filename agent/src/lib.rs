@@ -1,8 +1,18 @@
 //! The Heliostat device agent as a library (the binary is a thin wrapper, and the demo
 //! fleet runs this same code in-process).
 //!
-//! Its parts arrive with their issues: power sources, meter, durable outbox, MQTT link,
-//! job runner and power governor. Today it knows its identity.
+//! Map:
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`identity`]: the device key file (created on first start, mode 0600).
+//! - [`power`]: power sources behind one trait (simulator, Jetson INA3221, VE.Direct).
+//! - [`meter`]: integrates samples into cumulative counters and seals hash-chained records.
+//! - [`outbox`]: the durable store-and-forward log, deleted only on the controller's ack.
+
+pub mod config;
+pub mod identity;
+pub mod meter;
+pub mod outbox;
+pub mod power;
 
 pub use attest::DeviceId;
 

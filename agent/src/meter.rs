@@ -1,0 +1,323 @@
+//! The meter: integrates power samples into cumulative per-channel energy counters and
+//! seals signed, hash-chained `MeterRecord`s. Sans-IO: time and samples are inputs.
+//!
+//! Counters are kept in microjoules (trapezoid rule over samples, or the source's own
+//! cumulative counter where it has one) and published in millijoules, floor. They never go
+//! down, and they keep accumulating while records cannot be stored (full outbox, full disk),
+//! so a later record carries all the energy: a lost record costs resolution, never energy.
+//!
+//! Sealing is separate from committing: [`Meter::seal`] makes the next record without
+//! changing anything; the caller stores it durably, then calls [`Meter::commit`]. A crash in
+//! between re-seals the same sequence number with newer counters, which the controller sees
+//! as one record (it never received the other).
+
+use attest::msg::{
+    ChainRestart, ChannelKind, ChannelReading, Link, MeterRecord, RestartReason, TrustTier,
+};
+use attest::{ChannelId, Envelope, Hash32, KeyPair, Millijoules, Milliwatts, SeqNo, TimestampMs};
+use serde::{Deserialize, Serialize};
+
+use crate::power::Sample;
+
+/// A channel the meter keeps.
+#[derive(Debug, Clone)]
+struct Channel {
+    id: ChannelId,
+    kind: ChannelKind,
+    energy_uj: u64,
+    last: Option<(u64, u64)>,
+    device_counter_mj: Option<u64>,
+    voltage_mv: Option<u32>,
+    soc_permille: Option<u16>,
+    at_last_record_mj: u64,
+}
+
+/// What must survive a restart for the chain to continue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainState {
+    /// The next sequence number to use.
+    pub next_seq: u64,
+    /// Hash of the last sealed and stored chain message.
+    pub prev: Hash32,
+    /// Timestamp of that message.
+    pub last_timestamp: u64,
+    /// Each channel's counter in microjoules, by channel id.
+    pub counters_uj: Vec<(u8, u64)>,
+}
+
+/// The meter for one device.
+#[derive(Debug)]
+pub struct Meter {
+    channels: Vec<Channel>,
+    state: ChainState,
+}
+
+impl Meter {
+    /// A meter over `channels` (id = position), continuing from `state` when given.
+    pub fn new(channels: &[(ChannelKind, TrustTier)], state: Option<ChainState>) -> Meter {
+        let state = state.unwrap_or(ChainState {
+            next_seq: 0,
+            prev: Hash32::ZERO,
+            last_timestamp: 0,
+            counters_uj: vec![],
+        });
+        let channels = channels
+            .iter()
+            .enumerate()
+            .map(|(i, (kind, _))| {
+                let uj = state
+                    .counters_uj
+                    .iter()
+                    .find(|(id, _)| *id as usize == i)
+                    .map_or(0, |(_, e)| *e);
+                Channel {
+                    id: ChannelId(i as u8),
+                    kind: *kind,
+                    energy_uj: uj,
+                    last: None,
+                    device_counter_mj: None,
+                    voltage_mv: None,
+                    soc_permille: None,
+                    at_last_record_mj: uj / 1000,
+                }
+            })
+            .collect();
+        Meter { channels, state }
+    }
+
+    /// The chain state (to persist after each commit).
+    pub fn state(&self) -> &ChainState {
+        &self.state
+    }
+
+    /// Feeds one channel's sample taken at `t_ms`; `None` (no reading) holds the last power.
+    pub fn feed(&mut self, channel: usize, t_ms: u64, sample: Option<Sample>) {
+        let Some(c) = self.channels.get_mut(channel) else {
+            return;
+        };
+        let Some(s) = sample else {
+            // Keep integrating at the last known power across a missed sample.
+            if let Some((t0, p0)) = c.last {
+                c.energy_uj += p0 * t_ms.saturating_sub(t0);
+                c.last = Some((t_ms, p0));
+            }
+            return;
+        };
+        let counted_by_device = match (s.energy_mj, c.device_counter_mj) {
+            (Some(now), Some(before)) if now >= before => {
+                c.energy_uj += (now - before) * 1000;
+                true
+            }
+            _ => false,
+        };
+        if let Some((t0, p0)) = c.last.filter(|_| !counted_by_device) {
+            // Trapezoid: mW x ms = uJ.
+            c.energy_uj += (p0 + s.power_mw) * t_ms.saturating_sub(t0) / 2;
+        }
+        c.device_counter_mj = s.energy_mj;
+        c.last = Some((t_ms, s.power_mw));
+        c.voltage_mv = s.voltage_mv.or(c.voltage_mv);
+        c.soc_permille = s.soc_permille.or(c.soc_permille);
+    }
+
+    /// The next record at `t_ms`, signed; nothing changes until [`Meter::commit`].
+    pub fn seal(&self, t_ms: u64, key: &KeyPair) -> (MeterRecord, Envelope) {
+        let dt = t_ms.saturating_sub(self.state.last_timestamp).max(1);
+        let rec = MeterRecord {
+            link: Link {
+                device: key.device_id(),
+                seq: SeqNo(self.state.next_seq),
+                timestamp: TimestampMs(t_ms),
+                prev: self.state.prev,
+            },
+            channels: self
+                .channels
+                .iter()
+                .map(|c| {
+                    let mj = c.energy_uj / 1000;
+                    let mean = if self.state.last_timestamp == 0 {
+                        c.last.map_or(0, |(_, p)| p)
+                    } else {
+                        (mj - c.at_last_record_mj) * 1000 / dt
+                    };
+                    ChannelReading {
+                        channel: c.id,
+                        kind: c.kind,
+                        energy: Millijoules(mj),
+                        power: Milliwatts(mean.min(u32::MAX as u64) as u32),
+                        voltage_mv: c.voltage_mv,
+                        soc_permille: c.soc_permille,
+                    }
+                })
+                .collect(),
+        };
+        let env = Envelope::seal(&rec, key);
+        (rec, env)
+    }
+
+    /// Marks a sealed record as durably stored: the chain moves on.
+    pub fn commit(&mut self, rec: &MeterRecord, env: &Envelope) {
+        self.advance(rec.link.seq.0, env.hash(), rec.link.timestamp.0);
+        for (c, r) in self.channels.iter_mut().zip(&rec.channels) {
+            c.at_last_record_mj = r.energy.0;
+        }
+        self.state.counters_uj = self
+            .channels
+            .iter()
+            .map(|c| (c.id.0, c.energy_uj))
+            .collect();
+    }
+
+    fn advance(&mut self, seq: u64, hash: Hash32, t_ms: u64) {
+        self.state.next_seq = seq + 1;
+        self.state.prev = hash;
+        self.state.last_timestamp = t_ms;
+    }
+
+    /// After lost or corrupt chain state: a signed `ChainRestart` whose sequence number is
+    /// above anything the device can have used (`max(first_seq_floor, now in ms)`: records
+    /// advance by one per interval, far slower than the clock), and counters from zero.
+    pub fn restart(
+        &mut self,
+        reason: RestartReason,
+        t_ms: u64,
+        first_seq_floor: u64,
+        key: &KeyPair,
+    ) -> Envelope {
+        let seq = first_seq_floor.max(t_ms);
+        let msg = ChainRestart {
+            link: Link {
+                device: key.device_id(),
+                seq: SeqNo(seq),
+                timestamp: TimestampMs(t_ms),
+                prev: Hash32::ZERO,
+            },
+            reason,
+            last_known: None,
+            last_known_hash: None,
+        };
+        Envelope::seal(&msg, key)
+    }
+
+    /// Marks a stored `ChainRestart` as the chain's new start.
+    pub fn commit_restart(&mut self, env: &Envelope) {
+        if let Ok(r) = env.open::<ChainRestart>() {
+            self.advance(r.link.seq.0, env.hash(), r.link.timestamp.0);
+            for c in &mut self.channels {
+                c.energy_uj = 0;
+                c.at_last_record_mj = 0;
+            }
+            self.state.counters_uj = self.channels.iter().map(|c| (c.id.0, 0)).collect();
+        }
+    }
+
+    /// Continues the chain after a record found in the outbox that the saved state had not
+    /// caught up with (a crash between storing a record and saving the state).
+    pub fn catch_up(&mut self, env: &Envelope) {
+        let Ok(rec) = env.open::<MeterRecord>() else {
+            if env.open::<ChainRestart>().is_ok() {
+                self.commit_restart(env);
+            }
+            return;
+        };
+        if rec.link.seq.0 < self.state.next_seq {
+            return;
+        }
+        for (c, r) in self.channels.iter_mut().zip(&rec.channels) {
+            c.energy_uj = c.energy_uj.max(r.energy.0 * 1000);
+        }
+        self.commit(&rec, env);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attest::chain::{ChainPolicy, ChainVerifier, Outcome};
+
+    fn meter() -> Meter {
+        Meter::new(
+            &[
+                (ChannelKind::Solar, TrustTier::SoftwareEstimate),
+                (ChannelKind::Load, TrustTier::SoftwareEstimate),
+            ],
+            None,
+        )
+    }
+
+    fn s(mw: u64) -> Option<Sample> {
+        Some(Sample {
+            power_mw: mw,
+            ..Sample::default()
+        })
+    }
+
+    #[test]
+    fn power_integrates_into_counters_and_records_chain() {
+        let key = KeyPair::from_seed(&[3; 32]);
+        let mut m = meter();
+        let mut v = ChainVerifier::new(&key.public(), ChainPolicy::default()).unwrap();
+        let t0 = 1_782_000_000_000;
+        for i in 0..=30u64 {
+            let t = t0 + i * 1000;
+            m.feed(0, t, s(100_000)); // 100 W
+            m.feed(1, t, s(40_000));
+            if i % 10 == 0 {
+                let (rec, env) = m.seal(t, &key);
+                assert!(matches!(
+                    v.feed(&env, TimestampMs(t)),
+                    Ok(Outcome::Accepted(_))
+                ));
+                m.commit(&rec, &env);
+            }
+        }
+        // 30 s at 100 W = 3000 J.
+        let (rec, _) = m.seal(t0 + 30_000, &key);
+        assert_eq!(rec.channels[0].energy, Millijoules(3_000_000));
+        assert_eq!(rec.channels[1].energy, Millijoules(1_200_000));
+        assert_eq!(m.state().next_seq, 4);
+    }
+
+    #[test]
+    fn the_mean_power_of_a_record_is_its_counter_delta_over_the_interval() {
+        let key = KeyPair::from_seed(&[3; 32]);
+        let mut m = meter();
+        let t0 = 1_782_000_000_000;
+        m.feed(0, t0, s(0));
+        let (r, e) = m.seal(t0, &key);
+        m.commit(&r, &e);
+        m.feed(0, t0 + 10_000, s(200_000)); // ramp 0 -> 200 W over 10 s: 1000 J
+        let (r, _) = m.seal(t0 + 10_000, &key);
+        assert_eq!(r.channels[0].energy, Millijoules(1_000_000));
+        assert_eq!(r.channels[0].power, Milliwatts(100_000));
+    }
+
+    #[test]
+    fn state_survives_a_restart_and_a_restart_message_starts_fresh() {
+        let key = KeyPair::from_seed(&[3; 32]);
+        let mut m = meter();
+        let t0 = 1_782_000_000_000;
+        m.feed(0, t0, s(50_000));
+        m.feed(0, t0 + 10_000, s(50_000));
+        let (r, e) = m.seal(t0 + 10_000, &key);
+        m.commit(&r, &e);
+        let saved = m.state().clone();
+        let m2 = Meter::new(
+            &[
+                (ChannelKind::Solar, TrustTier::SoftwareEstimate),
+                (ChannelKind::Load, TrustTier::SoftwareEstimate),
+            ],
+            Some(saved),
+        );
+        let (r2, _) = m2.seal(t0 + 20_000, &key);
+        assert_eq!(r2.link.seq, SeqNo(1));
+        assert_eq!(r2.link.prev, e.hash());
+        assert_eq!(r2.channels[0].energy, Millijoules(500_000));
+        let mut m3 = meter();
+        let restart = m3.restart(RestartReason::StateLost, t0 + 30_000, 0, &key);
+        m3.commit_restart(&restart);
+        let (r3, _) = m3.seal(t0 + 40_000, &key);
+        assert_eq!(r3.link.seq, SeqNo(t0 + 30_000 + 1));
+        assert_eq!(r3.link.prev, restart.hash());
+    }
+}
