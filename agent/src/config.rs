@@ -25,9 +25,67 @@ pub struct AgentConfig {
     /// Durable outbox limits and fsync policy.
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// The MQTT link.
+    pub link: LinkConfig,
     /// Power sources, in channel order.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
+}
+
+/// The MQTT link to the broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port (1883 plain, 8883 TLS).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// The controller's public key (hex): acks and commands must be signed by it.
+    pub controller_key: String,
+    /// Username, when the broker wants one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for `username`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS: a CA bundle (PEM) turns TLS on.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// TLS client certificate (PEM), with `tls_client_key`.
+    #[serde(default)]
+    pub tls_client_cert: Option<PathBuf>,
+    /// TLS client key (PEM).
+    #[serde(default)]
+    pub tls_client_key: Option<PathBuf>,
+    /// MQTT keep-alive, seconds.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_s: u64,
+    /// Sent but unacknowledged records are offered again after this long.
+    #[serde(default = "default_resend_ms")]
+    pub resend_after_ms: u64,
+    /// Most records in one batch message when draining a backlog.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    /// Longest wait between reconnection attempts (backoff doubles up to it, with jitter).
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+const fn default_port() -> u16 {
+    1883
+}
+const fn default_keepalive() -> u64 {
+    30
+}
+const fn default_resend_ms() -> u64 {
+    30_000
+}
+const fn default_batch_max() -> usize {
+    500
+}
+const fn default_backoff_max_ms() -> u64 {
+    30_000
 }
 
 /// Site metadata.
@@ -154,6 +212,11 @@ pub enum ConfigError {
 }
 
 impl AgentConfig {
+    /// The pinned controller key (validated).
+    pub fn controller_key(&self) -> attest::PublicKey {
+        attest::PublicKey(attest::hex::decode_array(&self.link.controller_key).expect("validated"))
+    }
+
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -229,6 +292,101 @@ impl AgentConfig {
         for s in &self.sources {
             s.validate()?;
         }
+        let l = &self.link;
+        if attest::hex::decode_array::<32>(&l.controller_key).is_err() {
+            return bad(
+                "link.controller_key",
+                "must be the controller's 32-byte public key in hex".into(),
+            );
+        }
+        if l.password.is_some() && l.username.is_none() {
+            return bad("link.password", "needs link.username".into());
+        }
+        if l.tls_client_cert.is_some() != l.tls_client_key.is_some() {
+            return bad(
+                "link.tls_client_cert",
+                "set both tls_client_cert and tls_client_key, or neither".into(),
+            );
+        }
+        if l.tls_client_cert.is_some() && l.tls_ca_file.is_none() {
+            return bad(
+                "link.tls_ca_file",
+                "client certificates need TLS: set tls_ca_file".into(),
+            );
+        }
+        if !(1..=attest::batch::MAX_BATCH_ITEMS).contains(&l.batch_max) {
+            return bad(
+                "link.batch_max",
+                format!("must be within 1..={}", attest::batch::MAX_BATCH_ITEMS),
+            );
+        }
+        if l.keepalive_s < 5 {
+            return bad("link.keepalive_s", "must be at least 5".into());
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../agent.example.toml");
+
+    #[test]
+    fn the_example_file_loads() {
+        let c = AgentConfig::parse(EXAMPLE).unwrap();
+        assert_eq!(c.meter.record_interval_ms, 10_000);
+        assert_eq!(c.sources.len(), 1);
+        assert_eq!(c.outbox.fsync, FsyncPolicy::Always);
+        assert_eq!(c.link.port, 1883);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let unknown = EXAMPLE.replace(
+            "grid_region = \"DE\"",
+            "grid_region = \"DE\"\ncolour = \"red\"",
+        );
+        let e = AgentConfig::parse(&unknown).unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        let reserve = EXAMPLE.replace("battery_reserve_wh = 200", "battery_reserve_wh = 2000");
+        let e = AgentConfig::parse(&reserve).unwrap_err().to_string();
+        assert!(e.contains("site.battery_reserve_wh"), "{e}");
+        let interval = EXAMPLE.replace("record_interval_ms = 10000", "record_interval_ms = 10500");
+        assert!(
+            AgentConfig::parse(&interval)
+                .unwrap_err()
+                .to_string()
+                .contains("meter.record_interval_ms")
+        );
+        let key = EXAMPLE.replace("8a88e3dd", "zz88e3dd");
+        assert!(
+            AgentConfig::parse(&key)
+                .unwrap_err()
+                .to_string()
+                .contains("link.controller_key")
+        );
+        let src = EXAMPLE.replace("cloudiness = 0.3", "cloudiness = 3.0");
+        assert!(
+            AgentConfig::parse(&src)
+                .unwrap_err()
+                .to_string()
+                .contains("cloudiness")
+        );
+        let typo = EXAMPLE.replace("type = \"simulator\"", "type = \"simulater\"");
+        assert!(
+            AgentConfig::parse(&typo)
+                .unwrap_err()
+                .to_string()
+                .contains("simulater")
+        );
+        let unknown_in_source = EXAMPLE.replace("seed = 7", "seed = 7\nsead = 8");
+        assert!(
+            AgentConfig::parse(&unknown_in_source)
+                .unwrap_err()
+                .to_string()
+                .contains("sead")
+        );
     }
 }

@@ -7,12 +7,16 @@
 //! - [`power`]: power sources behind one trait (simulator, Jetson INA3221, VE.Direct).
 //! - [`meter`]: integrates samples into cumulative counters and seals hash-chained records.
 //! - [`outbox`]: the durable store-and-forward log, deleted only on the controller's ack.
+//! - [`sender`]: what to publish next (fresh first, backlog in batches, resend on timeout).
+//! - [`runtime`]: the running agent: ticks, the MQTT link (rumqttc), acks and commands.
 
 pub mod config;
 pub mod identity;
 pub mod meter;
 pub mod outbox;
 pub mod power;
+pub mod runtime;
+pub mod sender;
 
 pub use attest::DeviceId;
 

@@ -1,2 +1,188 @@
-//! Hardware-in-the-loop harness. Scenarios arrive with the agent and controller issues;
-//! `images/` holds the device image recipes they boot.
+//! Test support shared by every crate's real-process tests: a private Mosquitto broker per
+//! test, temporary directories and free ports, all cleaned up on drop.
+//!
+//! Services the machine may lack are found through [`require`], which fails with a clear
+//! message naming the package (`scripts/setup` installs them, so CI skips nothing).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Finds an executable, or panics naming what to install.
+pub fn require(binary: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
+        let p = Path::new(dir).join(binary);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{binary} not found: install the Debian package `{package}` (scripts/setup does)");
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A fresh directory named after the test.
+    pub fn new(name: &str) -> TempDir {
+        let d = std::env::temp_dir().join(format!(
+            "heliostat-{name}-{}-{}",
+            std::process::id(),
+            nanos()
+        ));
+        std::fs::create_dir_all(&d).expect("creating a temp dir");
+        TempDir(d)
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A private Mosquitto broker on a free port: no persistence, deliberate queue limits.
+pub struct Mosquitto {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    dir: TempDir,
+    extra: String,
+}
+
+impl Mosquitto {
+    /// Starts a broker.
+    pub fn start() -> Mosquitto {
+        Self::start_with("")
+    }
+
+    /// Starts a broker with extra configuration lines.
+    pub fn start_with(extra: &str) -> Mosquitto {
+        let mut m = Mosquitto {
+            child: None,
+            port: free_port(),
+            dir: TempDir::new("mosquitto"),
+            extra: extra.into(),
+        };
+        m.restart();
+        m
+    }
+
+    /// The broker's config directory (for password files and such).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the broker at once (SIGKILL): whatever it held in memory is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (killing it first if it runs).
+    pub fn restart(&mut self) {
+        self.kill();
+        let bin = require("mosquitto", "mosquitto");
+        let conf = self.dir.path().join("mosquitto.conf");
+        let text = format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 200000\n\
+             max_inflight_messages 200\nmessage_size_limit 0\nlog_dest none\n{}\n",
+            self.port, self.extra
+        );
+        std::fs::write(&conf, text).expect("writing mosquitto.conf");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let child = Command::new(&bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting mosquitto");
+            self.child = Some(child);
+            if wait_for_port(self.port, Duration::from_secs(2)) {
+                return;
+            }
+            // The port may still be held by the killed instance: try again.
+            self.kill();
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start on port {}",
+                self.port
+            );
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// Kills it with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// Asks it to stop (SIGTERM) and waits up to `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,619 @@
+//! The running agent: samples the sources, seals records into the outbox, and keeps the
+//! MQTT link (rumqttc) publishing whatever the controller has not acknowledged.
+//!
+//! One task owns all the state (meter, outbox, send queue) and reacts to three clocks and
+//! one channel: the sample tick, the send tick, the link's events (the MQTT event loop runs
+//! in its own task and forwards events), and shutdown. Nothing here blocks for long: source
+//! reads are small sysfs or in-memory reads, outbox appends are one write and one fsync.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use attest::msg::{
+    Ack, ChannelInfo, Command, CommandBody, Hardware, Hello, MeterRecord, RestartReason, Site,
+};
+use attest::{Envelope, KeyPair, PublicKey, TimestampMs};
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport,
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::AgentConfig;
+use crate::meter::{ChainState, Meter};
+use crate::outbox::{Outbox, OutboxError};
+use crate::power::PowerSource;
+use crate::sender::{Plan, SendPolicy, SendQueue};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// MQTT topics of one device (DESIGN.md, "Wire protocol").
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub hello: String,
+    pub records: String,
+    pub status: String,
+    pub ack: String,
+    pub cmd: String,
+}
+
+impl Topics {
+    /// The topics under `heliostat/v1/dev/{id}/`.
+    pub fn for_device(id: &attest::DeviceId) -> Topics {
+        let base = format!("heliostat/v1/dev/{id}");
+        Topics {
+            hello: format!("{base}/hello"),
+            records: format!("{base}/records"),
+            status: format!("{base}/status"),
+            ack: format!("{base}/ack"),
+            cmd: format!("{base}/cmd"),
+        }
+    }
+}
+
+/// Paths inside the data directory.
+pub fn key_path(data: &Path) -> PathBuf {
+    data.join("device.key")
+}
+fn state_path(data: &Path) -> PathBuf {
+    data.join("chain-state.json")
+}
+/// Where the agent writes its status for `heliostat-agent status`.
+pub fn status_path(data: &Path) -> PathBuf {
+    data.join("status.json")
+}
+
+struct OpenSource {
+    source: Box<dyn PowerSource>,
+    first_channel: usize,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+/// What `heliostat-agent status` prints.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub device_id: String,
+    pub sources: Vec<SourceStatus>,
+    pub last_record: Option<serde_json::Value>,
+    pub outbox: OutboxStatus,
+    pub link: LinkStatus,
+    pub updated_ms: u64,
+}
+
+/// One source in the status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceStatus {
+    pub source: String,
+    pub channels: Vec<String>,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+/// The outbox in the status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OutboxStatus {
+    pub depth: usize,
+    pub bytes: u64,
+    pub acked: Option<u64>,
+    pub in_flight: usize,
+    pub quarantined: u64,
+    pub refused: u64,
+    /// Why records are not being stored right now (full outbox, full disk), if so.
+    pub blocked: Option<String>,
+}
+
+/// The link in the status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LinkStatus {
+    pub broker: String,
+    pub connected: bool,
+    pub last_error: Option<String>,
+    pub connects: u64,
+    pub acks_rejected: u64,
+    pub commands_rejected: u64,
+}
+
+enum LinkEvent {
+    Mqtt(Event),
+    Down(String),
+}
+
+/// The agent's state.
+pub struct Agent {
+    cfg: AgentConfig,
+    key: KeyPair,
+    controller: PublicKey,
+    topics: Topics,
+    outbox: Outbox,
+    meter: Meter,
+    sources: Vec<OpenSource>,
+    channel_infos: Vec<ChannelInfo>,
+    queue: SendQueue,
+    status: Status,
+    last_record_slot: u64,
+    seen_nonces: std::collections::VecDeque<u64>,
+}
+
+fn save_state(data: &Path, state: &ChainState) -> Result<()> {
+    let tmp = data.join("chain-state.json.tmp");
+    let bytes = serde_json::to_vec(state)?;
+    {
+        use std::io::Write;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, state_path(data))?;
+    crate::outbox::sync_dir(data)?;
+    Ok(())
+}
+
+impl Agent {
+    /// Opens everything: key, outbox (with recovery), chain state, sources. Emits a
+    /// `ChainRestart` when the chain state was lost and cannot be rebuilt from the outbox.
+    pub fn start(cfg: AgentConfig) -> Result<Agent> {
+        let data = cfg.data_dir.clone();
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        let (key, created) = crate::identity::load_or_create(&key_path(&data))?;
+        let mut outbox = Outbox::open(&data.join("outbox"), cfg.outbox.clone())?;
+
+        let mut sources = Vec::new();
+        let mut channel_infos = Vec::new();
+        let mut kinds = Vec::new();
+        let mut status_sources = Vec::new();
+        for sc in &cfg.sources {
+            match sc.open(&cfg.site) {
+                Ok(source) => {
+                    let first_channel = kinds.len();
+                    for spec in source.channels() {
+                        channel_infos.push(ChannelInfo {
+                            channel: attest::ChannelId(kinds.len() as u8),
+                            kind: spec.kind,
+                            source: format!("{}:{}", source.describe(), spec.name),
+                            tier: spec.tier,
+                        });
+                        kinds.push((spec.kind, spec.tier));
+                    }
+                    status_sources.push(SourceStatus {
+                        source: source.describe(),
+                        channels: source.channels().iter().map(|c| c.name.clone()).collect(),
+                        ..SourceStatus::default()
+                    });
+                    sources.push(OpenSource {
+                        source,
+                        first_channel,
+                        errors: 0,
+                        last_error: None,
+                    });
+                }
+                Err(e) => {
+                    // A source that cannot be opened is skipped loudly; the others report.
+                    tracing::error!(error = %e, "power source unavailable, skipped");
+                    status_sources.push(SourceStatus {
+                        source: format!("{sc:?}"),
+                        errors: 1,
+                        last_error: Some(e.to_string()),
+                        ..SourceStatus::default()
+                    });
+                }
+            }
+        }
+        if sources.is_empty() {
+            anyhow::bail!("no power source could be opened");
+        }
+
+        let (saved, reason) = match std::fs::read(state_path(&data)) {
+            Ok(bytes) => match serde_json::from_slice::<ChainState>(&bytes) {
+                Ok(s) => (Some(s), None),
+                Err(_) => (None, Some(RestartReason::StateCorrupt)),
+            },
+            Err(_) if created => (None, None),
+            Err(_) => (None, Some(RestartReason::StateLost)),
+        };
+        let mut meter = Meter::new(&kinds, saved);
+        // The outbox may hold a message stored after the last state save.
+        let mut recovered = false;
+        if let Some(last) = outbox.last_seq()
+            && let Some(bytes) = outbox.read(last)?
+            && let Ok(env) = Envelope::decode(&bytes)
+        {
+            meter.catch_up(&env);
+            recovered = true;
+        }
+        if let (Some(reason), false) = (reason, recovered) {
+            let floor = outbox.acked().map_or(0, |a| a + 1);
+            let env = meter.restart(reason.clone(), now_ms(), floor, &key);
+            let seq = env
+                .open::<attest::msg::ChainRestart>()
+                .map(|r| r.link.seq.0)
+                .unwrap_or(floor);
+            outbox.append(seq, env.as_bytes())?;
+            meter.commit_restart(&env);
+            tracing::warn!(?reason, seq, "chain state lost: started a new chain");
+        }
+        save_state(&data, meter.state())?;
+
+        let topics = Topics::for_device(&key.device_id());
+        let queue = SendQueue::new(SendPolicy {
+            resend_after_ms: cfg.link.resend_after_ms,
+            batch_max: cfg.link.batch_max,
+            fresh_per_tick: 1,
+        });
+        let status = Status {
+            device_id: key.device_id().to_string(),
+            sources: status_sources,
+            link: LinkStatus {
+                broker: format!("{}:{}", cfg.link.host, cfg.link.port),
+                ..LinkStatus::default()
+            },
+            ..Status::default()
+        };
+        tracing::info!(device = %key.device_id(), pending = outbox.depth(), "agent started");
+        Ok(Agent {
+            controller: cfg.controller_key(),
+            cfg,
+            key,
+            topics,
+            outbox,
+            meter,
+            sources,
+            channel_infos,
+            queue,
+            status,
+            last_record_slot: 0,
+            seen_nonces: Default::default(),
+        })
+    }
+
+    /// The device's signed hello.
+    pub fn hello(&self) -> Envelope {
+        let s = &self.cfg.site;
+        let board = std::fs::read_to_string("/proc/device-tree/model")
+            .map(|m| m.trim_end_matches('\0').trim().to_string())
+            .unwrap_or_else(|_| std::env::consts::ARCH.to_string());
+        let hello = Hello {
+            device: self.key.device_id(),
+            public_key: self.key.public(),
+            timestamp: TimestampMs(now_ms()),
+            agent_version: crate::VERSION.to_string(),
+            hardware: Hardware {
+                board,
+                gpus: vec![],
+            },
+            site: Site {
+                lat_microdeg: (s.lat * 1e6).round() as i32,
+                lon_microdeg: (s.lon * 1e6).round() as i32,
+                panel_watts_peak: s.panel_watts_peak,
+                battery_wh: s.battery_wh,
+                battery_reserve_wh: s.battery_reserve_wh,
+                grid_region: s.grid_region.clone(),
+            },
+            channels: self.channel_infos.clone(),
+            price_micro_per_gpu_hour: s.price_micro_per_gpu_hour,
+        };
+        Envelope::seal(&hello, &self.key)
+    }
+
+    /// Samples every source and, on a record boundary, seals and stores a record.
+    pub fn tick_meter(&mut self, now: u64) {
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            let n = s.source.channels().len();
+            match s.source.sample(now) {
+                Ok(samples) => {
+                    for (c, sample) in samples.into_iter().enumerate().take(n) {
+                        self.meter.feed(s.first_channel + c, now, sample);
+                    }
+                }
+                Err(e) => {
+                    s.errors += 1;
+                    if s.last_error.as_deref() != Some(&e.to_string()) {
+                        tracing::warn!(source = %s.source.describe(), error = %e, "source read failed");
+                    }
+                    s.last_error = Some(e.to_string());
+                    for c in 0..n {
+                        self.meter.feed(s.first_channel + c, now, None);
+                    }
+                }
+            }
+            if let Some(st) = self.status.sources.get_mut(i) {
+                st.errors = s.errors;
+                st.last_error = s.last_error.clone();
+            }
+        }
+        let slot = now / self.cfg.meter.record_interval_ms;
+        if slot > self.last_record_slot {
+            self.last_record_slot = slot;
+            self.record(now);
+        }
+    }
+
+    fn record(&mut self, now: u64) {
+        let (rec, env) = self.meter.seal(now, &self.key);
+        match self.outbox.append(rec.link.seq.0, env.as_bytes()) {
+            Ok(()) => {
+                self.meter.commit(&rec, &env);
+                if let Err(e) = save_state(&self.cfg.data_dir, self.meter.state()) {
+                    // The outbox holds the record; the next start catches up from it.
+                    tracing::error!(error = %e, "saving chain state failed");
+                }
+                if self.status.outbox.blocked.take().is_some() {
+                    tracing::info!("outbox accepts records again");
+                }
+                self.status.last_record = serde_json::to_value(&rec).ok();
+            }
+            Err(e) => {
+                let why = match &e {
+                    OutboxError::Full { .. } => {
+                        format!("{e}: records paused, counters keep every joule")
+                    }
+                    _ => format!("{e}: records paused (disk full?), counters keep every joule"),
+                };
+                if self.status.outbox.blocked.as_deref() != Some(&why) {
+                    tracing::error!(reason = %why, "OUTBOX CANNOT STORE RECORDS");
+                }
+                self.status.outbox.blocked = Some(why);
+            }
+        }
+        self.write_status(now);
+    }
+
+    fn write_status(&mut self, now: u64) {
+        let o = &mut self.status.outbox;
+        o.depth = self.outbox.depth();
+        o.bytes = self.outbox.pending_bytes();
+        o.acked = self.outbox.acked();
+        o.in_flight = self.queue.in_flight();
+        o.quarantined = self.outbox.stats.quarantined;
+        o.refused = self.outbox.stats.refused;
+        self.status.updated_ms = now;
+        let path = status_path(&self.cfg.data_dir);
+        let tmp = path.with_extension("json.tmp");
+        if let Ok(bytes) = serde_json::to_vec_pretty(&self.status)
+            && std::fs::write(&tmp, bytes).is_ok()
+        {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+
+    /// Publishes what is due.
+    fn tick_send(&mut self, client: &AsyncClient, now: u64) {
+        if !self.status.link.connected {
+            return;
+        }
+        let pending: Vec<u64> = self.outbox.pending().collect();
+        for plan in self.queue.plan(now, &pending) {
+            let payload = match &plan {
+                Plan::Single(s) => self.outbox.read(*s).ok().flatten(),
+                Plan::Batch(seqs) => {
+                    let items: Vec<Vec<u8>> = seqs
+                        .iter()
+                        .filter_map(|s| self.outbox.read(*s).ok().flatten())
+                        .collect();
+                    Some(attest::batch::encode(items.iter().map(|v| v.as_slice())))
+                }
+            };
+            let Some(payload) = payload else { continue };
+            if client
+                .try_publish(&self.topics.records, QoS::AtLeastOnce, false, payload)
+                .is_err()
+            {
+                self.queue.unsend(&plan);
+                break;
+            }
+        }
+    }
+
+    fn on_connect(&mut self, client: &AsyncClient) {
+        self.status.link.connected = true;
+        self.status.link.connects += 1;
+        self.status.link.last_error = None;
+        self.queue.on_disconnect();
+        let _ = client.try_subscribe(&self.topics.ack, QoS::AtLeastOnce);
+        let _ = client.try_subscribe(&self.topics.cmd, QoS::AtLeastOnce);
+        let _ = client.try_publish(
+            &self.topics.hello,
+            QoS::AtLeastOnce,
+            false,
+            self.hello().into_bytes(),
+        );
+        let online = serde_json::json!({"state": "online", "agent": crate::VERSION}).to_string();
+        let _ = client.try_publish(&self.topics.status, QoS::AtLeastOnce, true, online);
+        tracing::info!(broker = %self.status.link.broker, pending = self.outbox.depth(), "connected");
+    }
+
+    fn on_ack(&mut self, payload: &[u8]) {
+        let check = || -> Result<Ack, String> {
+            let env = Envelope::decode(payload).map_err(|e| e.to_string())?;
+            env.verify(&self.controller)
+                .map_err(|e| format!("ack {e}"))?;
+            let ack: Ack = env.open().map_err(|e| e.to_string())?;
+            if ack.device != self.key.device_id() {
+                return Err("ack for another device".into());
+            }
+            if self.outbox.last_seq().is_none_or(|l| ack.up_to.0 > l) {
+                return Err(format!("ack up to {} is beyond what was stored", ack.up_to));
+            }
+            if let Ok(Some(bytes)) = self.outbox.read(ack.up_to.0)
+                && attest::Hash32::digest(&bytes) != ack.hash
+            {
+                return Err(format!(
+                    "ack hash for {} does not match the stored record",
+                    ack.up_to
+                ));
+            }
+            Ok(ack)
+        };
+        match check() {
+            Ok(ack) => {
+                if let Err(e) = self.outbox.ack(ack.up_to.0) {
+                    tracing::error!(error = %e, "recording an ack failed");
+                    return;
+                }
+                self.queue.on_ack(ack.up_to.0);
+            }
+            Err(why) => {
+                self.status.link.acks_rejected += 1;
+                tracing::warn!(reason = %why, "ack rejected");
+            }
+        }
+    }
+
+    fn on_command(&mut self, payload: &[u8], now: u64) {
+        let check = || -> Result<Command, String> {
+            let env = Envelope::decode(payload).map_err(|e| e.to_string())?;
+            env.verify(&self.controller)
+                .map_err(|e| format!("command {e}"))?;
+            let cmd: Command = env.open().map_err(|e| e.to_string())?;
+            if cmd.device != self.key.device_id() {
+                return Err("command for another device".into());
+            }
+            if cmd.expires.0 < now {
+                return Err("command expired".into());
+            }
+            if self.seen_nonces.contains(&cmd.nonce) {
+                return Err("command replayed (nonce seen)".into());
+            }
+            Ok(cmd)
+        };
+        match check() {
+            Ok(cmd) => {
+                self.seen_nonces.push_back(cmd.nonce);
+                if self.seen_nonces.len() > 4096 {
+                    self.seen_nonces.pop_front();
+                }
+                match cmd.body {
+                    CommandBody::Resend { from, to } => self.queue.resend(from.0, to.0),
+                    other => {
+                        tracing::warn!(command = ?other, "command not supported by this agent yet")
+                    }
+                }
+            }
+            Err(why) => {
+                self.status.link.commands_rejected += 1;
+                tracing::warn!(reason = %why, "command rejected");
+            }
+        }
+    }
+}
+
+fn mqtt_options(cfg: &AgentConfig, id: &attest::DeviceId, topics: &Topics) -> Result<MqttOptions> {
+    let l = &cfg.link;
+    let mut o = MqttOptions::new(format!("heliostat-agent-{id}"), &l.host, l.port);
+    o.set_keep_alive(Duration::from_secs(l.keepalive_s));
+    o.set_clean_session(true);
+    o.set_max_packet_size(
+        2 * attest::batch::MAX_BATCH_LEN,
+        2 * attest::batch::MAX_BATCH_LEN,
+    );
+    let offline = serde_json::json!({"state": "offline"}).to_string();
+    o.set_last_will(LastWill::new(
+        &topics.status,
+        offline,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some(u) = &l.username {
+        o.set_credentials(u, l.password.clone().unwrap_or_default());
+    }
+    if let Some(ca) = &l.tls_ca_file {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        let client_auth = match (&l.tls_client_cert, &l.tls_client_key) {
+            (Some(c), Some(k)) => Some((
+                std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
+                std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
+            )),
+            _ => None,
+        };
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    Ok(o)
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let mut agent = Agent::start(cfg)?;
+    let opts = mqtt_options(&agent.cfg, &agent.key.device_id(), &agent.topics)?;
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let (tx, mut rx) = mpsc::channel::<LinkEvent>(1024);
+    let backoff_max = agent.cfg.link.backoff_max_ms;
+    tokio::spawn(async move {
+        let mut backoff = 100u64;
+        let mut jitter = now_ms() | 1;
+        loop {
+            match eventloop.poll().await {
+                Ok(ev) => {
+                    if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
+                        backoff = 100;
+                    }
+                    if tx.send(LinkEvent::Mqtt(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if tx.send(LinkEvent::Down(e.to_string())).await.is_err() {
+                        return;
+                    }
+                    jitter ^= jitter << 13;
+                    jitter ^= jitter >> 7;
+                    jitter ^= jitter << 17;
+                    let wait = backoff / 2 + jitter % backoff.max(1);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    backoff = (backoff * 2).min(backoff_max);
+                }
+            }
+        }
+    });
+    let mut sample =
+        tokio::time::interval(Duration::from_millis(agent.cfg.meter.sample_interval_ms));
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut send = tokio::time::interval(Duration::from_millis(50));
+    send.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = sample.tick() => agent.tick_meter(now_ms()),
+            _ = send.tick() => agent.tick_send(&client, now_ms()),
+            ev = rx.recv() => match ev {
+                Some(LinkEvent::Mqtt(Event::Incoming(Packet::ConnAck(_)))) => agent.on_connect(&client),
+                Some(LinkEvent::Mqtt(Event::Incoming(Packet::Publish(p)))) => {
+                    if p.topic == agent.topics.ack {
+                        agent.on_ack(&p.payload);
+                    } else if p.topic == agent.topics.cmd {
+                        agent.on_command(&p.payload, now_ms());
+                    }
+                }
+                Some(LinkEvent::Mqtt(_)) => {}
+                Some(LinkEvent::Down(e)) => {
+                    if agent.status.link.connected || agent.status.link.last_error.as_deref() != Some(&e) {
+                        tracing::warn!(error = %e, "broker connection down; retrying with backoff");
+                    }
+                    agent.status.link.connected = false;
+                    agent.status.link.last_error = Some(e);
+                    agent.queue.on_disconnect();
+                }
+                None => break,
+            },
+        }
+    }
+    let _ = client.try_disconnect();
+    Ok(())
+}
+
+/// Reads a stored record back (for tests and `status`).
+pub fn decode_record(bytes: &[u8]) -> Option<MeterRecord> {
+    Envelope::decode(bytes).ok()?.open().ok()
+}

@@ -1,0 +1,158 @@
+//! What to publish next: the outbox's sent/acknowledged bookkeeping as a sans-IO struct.
+//!
+//! Every stored, unacknowledged record is either unsent, or sent at some instant. Each tick
+//! [`SendQueue::plan`] picks, in this order: the newest unsent records one by one (fresh
+//! data first, never starved by a backlog), then one batch of the oldest unsent records
+//! (draining the backlog), and marks them sent. A sent record that stays unacknowledged for
+//! `resend_after_ms` becomes unsent again; a reconnect makes every sent record unsent.
+
+use std::collections::BTreeMap;
+
+/// Tunables.
+#[derive(Debug, Clone, Copy)]
+pub struct SendPolicy {
+    /// Re-offer a sent record after this long without an ack.
+    pub resend_after_ms: u64,
+    /// Most records in one batch message.
+    pub batch_max: usize,
+    /// Newest records sent one per message each tick, ahead of the backlog.
+    pub fresh_per_tick: usize,
+}
+
+/// One message to publish: a single record or a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// One record alone.
+    Single(u64),
+    /// Many records in one batch payload.
+    Batch(Vec<u64>),
+}
+
+/// Sent/acknowledged bookkeeping.
+#[derive(Debug)]
+pub struct SendQueue {
+    policy: SendPolicy,
+    sent: BTreeMap<u64, u64>,
+}
+
+impl SendQueue {
+    /// An empty queue.
+    pub fn new(policy: SendPolicy) -> SendQueue {
+        SendQueue {
+            policy,
+            sent: BTreeMap::new(),
+        }
+    }
+
+    /// The controller stored everything up to `up_to`.
+    pub fn on_ack(&mut self, up_to: u64) {
+        self.sent.retain(|s, _| *s > up_to);
+    }
+
+    /// The connection dropped: nothing sent is known to have arrived.
+    pub fn on_disconnect(&mut self) {
+        self.sent.clear();
+    }
+
+    /// The controller asked for `from..=to` again.
+    pub fn resend(&mut self, from: u64, to: u64) {
+        self.sent.retain(|s, _| *s < from || *s > to);
+    }
+
+    /// Records sent and awaiting an ack.
+    pub fn in_flight(&self) -> usize {
+        self.sent.len()
+    }
+
+    /// Picks what to publish now from `pending` (stored, unacknowledged, ascending).
+    pub fn plan(&mut self, now_ms: u64, pending: &[u64]) -> Vec<Plan> {
+        let due = |s: &u64, sent: &BTreeMap<u64, u64>| {
+            sent.get(s)
+                .is_none_or(|at| now_ms.saturating_sub(*at) >= self.policy.resend_after_ms)
+        };
+        let mut out = Vec::new();
+        let mut taken = Vec::new();
+        for s in pending.iter().rev().take(self.policy.fresh_per_tick) {
+            if due(s, &self.sent) {
+                out.push(Plan::Single(*s));
+                taken.push(*s);
+            }
+        }
+        let backlog: Vec<u64> = pending
+            .iter()
+            .filter(|s| !taken.contains(s) && due(s, &self.sent))
+            .take(self.policy.batch_max)
+            .copied()
+            .collect();
+        match backlog.len() {
+            0 => {}
+            1 => out.push(Plan::Single(backlog[0])),
+            _ => out.push(Plan::Batch(backlog.clone())),
+        }
+        for s in taken.into_iter().chain(backlog) {
+            self.sent.insert(s, now_ms);
+        }
+        out
+    }
+
+    /// Forgets that a planned message was sent (the client refused it): it goes again.
+    pub fn unsend(&mut self, plan: &Plan) {
+        match plan {
+            Plan::Single(s) => {
+                self.sent.remove(s);
+            }
+            Plan::Batch(v) => {
+                for s in v {
+                    self.sent.remove(s);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q() -> SendQueue {
+        SendQueue::new(SendPolicy {
+            resend_after_ms: 1_000,
+            batch_max: 100,
+            fresh_per_tick: 1,
+        })
+    }
+
+    #[test]
+    fn fresh_records_go_first_and_the_backlog_drains_in_batches() {
+        let mut q = q();
+        let pending: Vec<u64> = (0..250).collect();
+        let p = q.plan(0, &pending);
+        assert_eq!(p[0], Plan::Single(249), "the newest first");
+        assert_eq!(p[1], Plan::Batch((0..100).collect()));
+        let p = q.plan(10, &pending);
+        assert_eq!(p, vec![Plan::Batch((100..200).collect())]);
+        // A new record arrives while the backlog drains: it goes out at once.
+        let mut pending = pending;
+        pending.push(250);
+        let p = q.plan(20, &pending);
+        assert_eq!(p[0], Plan::Single(250));
+        assert_eq!(p[1], Plan::Batch((200..249).collect()));
+        assert!(q.plan(30, &pending).is_empty());
+    }
+
+    #[test]
+    fn unacknowledged_records_are_resent_after_the_timeout_and_on_reconnect() {
+        let mut q = q();
+        let pending = vec![1, 2, 3];
+        assert_eq!(q.plan(0, &pending).len(), 2);
+        assert!(q.plan(500, &pending).is_empty());
+        q.on_ack(1);
+        let p = q.plan(1_000, &[2, 3]);
+        assert_eq!(p, vec![Plan::Single(3), Plan::Single(2)]);
+        q.on_disconnect();
+        assert_eq!(q.plan(1_001, &[2, 3]).len(), 2);
+        q.resend(2, 2);
+        assert_eq!(q.plan(1_002, &[2, 3]), vec![Plan::Single(2)]);
+        assert_eq!(q.in_flight(), 2);
+    }
+}
