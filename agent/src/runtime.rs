@@ -302,8 +302,9 @@ impl Agent {
         Envelope::seal(&hello, &self.key)
     }
 
-    /// Samples every source and, on a record boundary, seals and stores a record.
-    pub fn tick_meter(&mut self, now: u64) {
+    /// Samples every source and, on a record boundary, seals and stores a record; returns
+    /// whether it was a record boundary.
+    pub fn tick_meter(&mut self, now: u64) -> bool {
         for (i, s) in self.sources.iter_mut().enumerate() {
             let n = s.source.channels().len();
             match s.source.sample(now) {
@@ -332,7 +333,31 @@ impl Agent {
         if slot > self.last_record_slot {
             self.last_record_slot = slot;
             self.record(now);
+            return true;
         }
+        false
+    }
+
+    /// Publishes the retained status (online, outbox depth, whether records are blocked).
+    fn publish_status(&self, client: &AsyncClient) {
+        if !self.status.link.connected {
+            return;
+        }
+        let o = &self.status.outbox;
+        let body = serde_json::json!({
+            "state": "online",
+            "agent": crate::VERSION,
+            "next_seq": self.meter.state().next_seq,
+            "outbox_depth": o.depth,
+            "outbox_blocked": o.blocked,
+            "quarantined": o.quarantined,
+        });
+        let _ = client.try_publish(
+            &self.topics.status,
+            QoS::AtLeastOnce,
+            true,
+            body.to_string(),
+        );
     }
 
     fn record(&mut self, now: u64) {
@@ -585,7 +610,11 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = sample.tick() => agent.tick_meter(now_ms()),
+            _ = sample.tick() => {
+                if agent.tick_meter(now_ms()) {
+                    agent.publish_status(&client);
+                }
+            }
             _ = send.tick() => agent.tick_send(&client, now_ms()),
             ev = rx.recv() => match ev {
                 Some(LinkEvent::Mqtt(Event::Incoming(Packet::ConnAck(_)))) => agent.on_connect(&client),

@@ -5,109 +5,17 @@
 //! sequence number the agent produced must arrive, exactly one content per number, and the
 //! chain must verify with `attest`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use attest::chain::{ChainPolicy, ChainVerifier, Outcome};
-use attest::msg::Ack;
-use attest::{Envelope, KeyPair, SeqNo, TimestampMs};
+use attest::{Envelope, KeyPair, TimestampMs};
+use hil_tests::collector::Collector;
 use hil_tests::{Mosquitto, Proc, TempDir};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-
-#[derive(Default)]
-struct Received {
-    records: BTreeMap<u64, Vec<u8>>,
-    wire_messages: u64,
-    forks: Vec<u64>,
-    device: Option<attest::DeviceId>,
-}
-
-impl Received {
-    fn contiguous(&self) -> Option<u64> {
-        let mut next = 0;
-        while self.records.contains_key(&next) {
-            next += 1;
-        }
-        next.checked_sub(1)
-    }
-}
 
 fn controller() -> KeyPair {
     KeyPair::from_seed(&[0xc0; 32])
-}
-
-/// The controller's part: collect, dedup, ack (retained, re-published on every reconnect).
-fn start_subscriber(port: u16, got: Arc<Mutex<Received>>) {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut o = MqttOptions::new("test-controller", "127.0.0.1", port);
-            o.set_max_packet_size(4 << 20, 4 << 20);
-            o.set_keep_alive(Duration::from_secs(5));
-            let (client, mut ev) = AsyncClient::new(o, 1024);
-            let mut acked: Option<u64> = None;
-            loop {
-                match ev.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ =
-                            client.try_subscribe("heliostat/v1/dev/+/records", QoS::AtLeastOnce);
-                        acked = None; // the broker lost the retained ack: publish it again
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let items: Vec<Envelope> = if attest::batch::is_batch(&p.payload) {
-                            attest::batch::decode(&p.payload)
-                                .unwrap()
-                                .into_iter()
-                                .map(Result::unwrap)
-                                .collect()
-                        } else {
-                            vec![Envelope::decode(&p.payload).unwrap()]
-                        };
-                        let mut g = got.lock().unwrap();
-                        g.wire_messages += 1;
-                        for env in items {
-                            let m = attest::msg::ChainMessage::open(&env).unwrap();
-                            let seq = m.link().seq.0;
-                            g.device = Some(m.link().device);
-                            match g.records.get(&seq) {
-                                Some(old) if old != env.as_bytes() => g.forks.push(seq),
-                                Some(_) => {}
-                                None => {
-                                    g.records.insert(seq, env.into_bytes());
-                                }
-                            }
-                        }
-                        if let (Some(c), Some(dev)) = (g.contiguous(), g.device)
-                            && acked != Some(c)
-                        {
-                            let ack = Ack {
-                                device: dev,
-                                up_to: SeqNo(c),
-                                hash: attest::Hash32::digest(&g.records[&c]),
-                                timestamp: TimestampMs(0),
-                            };
-                            let env = Envelope::seal(&ack, &controller());
-                            let topic = format!("heliostat/v1/dev/{dev}/ack");
-                            if client
-                                .try_publish(topic, QoS::AtLeastOnce, true, env.into_bytes())
-                                .is_ok()
-                            {
-                                acked = Some(c);
-                            }
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-    });
 }
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
@@ -174,8 +82,7 @@ fn next_seq(data: &Path) -> u64 {
 fn every_record_arrives_exactly_once_through_broker_restarts_and_agent_kill_9() {
     let tmp = TempDir::new("nothing-lost");
     let mut broker = Mosquitto::start();
-    let got = Arc::new(Mutex::new(Received::default()));
-    start_subscriber(broker.port, got.clone());
+    let collector = Collector::start(broker.port, controller(), true);
     let config = write_config(tmp.path(), broker.port);
     let log = tmp.path().join("agent.log");
     let mut agent = start_agent(&config, &log);
@@ -199,7 +106,7 @@ fn every_record_arrives_exactly_once_through_broker_restarts_and_agent_kill_9() 
     let _agent = start_agent(&config, &log);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let c = got.lock().unwrap().contiguous();
+        let c = collector.contiguous();
         if c.is_some_and(|c| c + 1 >= produced) {
             break;
         }
@@ -211,7 +118,7 @@ fn every_record_arrives_exactly_once_through_broker_restarts_and_agent_kill_9() 
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let g = got.lock().unwrap();
+    let g = collector.got.lock().unwrap();
     assert!(
         g.forks.is_empty(),
         "different contents for seqs {:?}",

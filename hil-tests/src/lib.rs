@@ -4,6 +4,8 @@
 //! Services the machine may lack are found through [`require`], which fails with a clear
 //! message naming the package (`scripts/setup` installs them, so CI skips nothing).
 
+pub mod collector;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
