@@ -71,6 +71,8 @@ pub fn status_path(data: &Path) -> PathBuf {
 
 struct OpenSource {
     source: Box<dyn PowerSource>,
+    /// Its entry in `Status::sources` (which also lists sources that failed to open).
+    status_index: usize,
     first_channel: usize,
     errors: u64,
     last_error: Option<String>,
@@ -189,6 +191,7 @@ impl Agent {
                     });
                     sources.push(OpenSource {
                         source,
+                        status_index: status_sources.len() - 1,
                         first_channel,
                         errors: 0,
                         last_error: None,
@@ -305,7 +308,7 @@ impl Agent {
     /// Samples every source and, on a record boundary, seals and stores a record; returns
     /// whether it was a record boundary.
     pub fn tick_meter(&mut self, now: u64) -> bool {
-        for (i, s) in self.sources.iter_mut().enumerate() {
+        for s in self.sources.iter_mut() {
             let n = s.source.channels().len();
             match s.source.sample(now) {
                 Ok(samples) => {
@@ -324,7 +327,7 @@ impl Agent {
                     }
                 }
             }
-            if let Some(st) = self.status.sources.get_mut(i) {
+            if let Some(st) = self.status.sources.get_mut(s.status_index) {
                 st.errors = s.errors;
                 st.last_error = s.last_error.clone();
             }
@@ -645,4 +648,93 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
 /// Reads a stored record back (for tests and `status`).
 pub fn decode_record(bytes: &[u8]) -> Option<MeterRecord> {
     Envelope::decode(bytes).ok()?.open().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, sources: &str) -> AgentConfig {
+        AgentConfig::parse(&format!(
+            r#"data_dir = "{}"
+[site]
+lat = 10.0
+lon = 20.0
+battery_wh = 500
+[link]
+host = "127.0.0.1"
+controller_key = "{}"
+{sources}"#,
+            dir.display(),
+            KeyPair::from_seed(&[0xc0; 32]).public()
+        ))
+        .unwrap()
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("runtime-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn a_source_that_cannot_open_is_skipped_and_reported_while_the_others_run() {
+        let dir = tmp("skip");
+        let cfg = config(
+            &dir,
+            "[[source]]\ntype = \"vedirect\"\nport = \"/dev/does-not-exist\"\n[[source]]\ntype = \"simulator\"\n",
+        );
+        let mut a = Agent::start(cfg).unwrap();
+        assert!(
+            a.status.sources[0]
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("/dev/does-not-exist"))
+        );
+        let t = now_ms();
+        assert!(a.tick_meter(t), "the first tick records");
+        assert!(!a.tick_meter(t + 1), "not a record boundary");
+        assert!(a.tick_meter(t + 20_000), "a record boundary");
+        assert_eq!(a.outbox.depth(), 2);
+        assert_eq!(
+            a.status.sources[1].errors, 0,
+            "the simulator's status is its own"
+        );
+        let hello: Hello = a.hello().open().unwrap();
+        assert_eq!(hello.channels.len(), 6, "only the simulator's channels");
+        assert_eq!(hello.site.lat_microdeg, 10_000_000);
+    }
+
+    #[test]
+    fn lost_chain_state_restarts_the_chain_and_a_lagging_one_catches_up_from_the_outbox() {
+        let dir = tmp("state");
+        let cfg = || config(&dir, "[[source]]\ntype = \"simulator\"\n");
+        let mut a = Agent::start(cfg()).unwrap();
+        let t = now_ms();
+        for i in 0..3 {
+            a.tick_meter(t + i * 10_000);
+        }
+        let next = a.meter.state().next_seq;
+        assert_eq!(next, 3);
+        // A state file one record behind (a crash between append and save): catch up.
+        let mut behind = a.meter.state().clone();
+        behind.next_seq = 2;
+        drop(a);
+        save_state(&dir, &behind).unwrap();
+        let a = Agent::start(cfg()).unwrap();
+        assert_eq!(a.meter.state().next_seq, 3);
+        drop(a);
+        // No state file at all, outbox acknowledged and emptied: a ChainRestart.
+        std::fs::remove_file(state_path(&dir)).unwrap();
+        std::fs::remove_dir_all(dir.join("outbox")).unwrap();
+        let a = Agent::start(cfg()).unwrap();
+        let restart_seq = a.outbox.last_seq().unwrap();
+        assert!(
+            restart_seq >= t,
+            "a restart sequence above anything used before"
+        );
+        let env = Envelope::decode(&a.outbox.read(restart_seq).unwrap().unwrap()).unwrap();
+        let r: attest::msg::ChainRestart = env.open().unwrap();
+        assert_eq!(r.reason, RestartReason::StateLost);
+    }
 }

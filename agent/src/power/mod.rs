@@ -6,8 +6,10 @@
 //!   seeded clouds (or a CSV trace); used by the demo and the tests.
 //! - [`hwmon`]: Jetson INA3221 rails through the kernel's hwmon files.
 //! - [`vedirect`]: Victron solar charge controllers over the VE.Direct text protocol.
+//! - [`nvml`]: NVIDIA discrete GPUs through NVML, loaded at run time.
 
 pub mod hwmon;
+pub mod nvml;
 pub mod simulator;
 pub mod vedirect;
 
@@ -78,6 +80,8 @@ pub enum SourceConfig {
     Hwmon(hwmon::HwmonConfig),
     /// A VE.Direct solar charge controller.
     Vedirect(vedirect::VeDirectConfig),
+    /// An NVIDIA GPU through NVML.
+    Nvml(nvml::NvmlConfig),
 }
 
 impl SourceConfig {
@@ -87,6 +91,7 @@ impl SourceConfig {
             SourceConfig::Simulator(_) => simulator::CHANNELS.len(),
             SourceConfig::Hwmon(c) => c.rails.len(),
             SourceConfig::Vedirect(_) => vedirect::CHANNELS.len(),
+            SourceConfig::Nvml(_) => 1,
         }
     }
 
@@ -95,7 +100,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Simulator(c) => c.validate(),
             SourceConfig::Hwmon(c) => c.validate(),
-            SourceConfig::Vedirect(_) => Ok(()),
+            SourceConfig::Vedirect(_) | SourceConfig::Nvml(_) => Ok(()),
         }
     }
 
@@ -108,6 +113,7 @@ impl SourceConfig {
             SourceConfig::Simulator(c) => Box::new(simulator::Simulator::new(c.clone(), site)),
             SourceConfig::Hwmon(c) => Box::new(hwmon::Hwmon::open(c)?),
             SourceConfig::Vedirect(c) => Box::new(vedirect::VeDirect::open(c)?),
+            SourceConfig::Nvml(c) => Box::new(nvml::NvmlSource::open(c)?),
         })
     }
 }
