@@ -1,0 +1,93 @@
+//! Backlog drain rate after a 24-hour outage: fills an outbox with a day of 10-second
+//! records (8,640), then starts the agent against a real Mosquitto with a collector that
+//! acknowledges, and times until every record has arrived. Prints the figure for
+//! BENCHMARKS.md.
+//!
+//! `cargo run --release -p heliostat-agent --example drain_bench [RECORDS]`
+
+use std::time::{Duration, Instant};
+
+use attest::KeyPair;
+use attest::msg::{ChannelKind, TrustTier};
+use heliostat_agent::config::{AgentConfig, FsyncPolicy, OutboxConfig};
+use heliostat_agent::meter::Meter;
+use heliostat_agent::outbox::Outbox;
+use heliostat_agent::power::Sample;
+use hil_tests::collector::Collector;
+use hil_tests::{Mosquitto, TempDir};
+
+fn main() {
+    let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(8_640);
+    let tmp = TempDir::new("drain-bench");
+    let data = tmp.path().join("data");
+    let controller = KeyPair::from_seed(&[0xc0; 32]);
+    let broker = Mosquitto::start();
+    let cfg = AgentConfig::parse(&format!(
+        r#"data_dir = "{}"
+[site]
+lat = 52.5
+lon = 13.4
+battery_wh = 1000
+[outbox]
+fsync = "always"
+[link]
+host = "127.0.0.1"
+port = {}
+controller_key = "{}"
+[[source]]
+type = "simulator"
+"#,
+        data.display(),
+        broker.port,
+        controller.public()
+    ))
+    .unwrap();
+
+    // A day of records as the agent would have stored them during an outage.
+    std::fs::create_dir_all(&data).unwrap();
+    let (key, _) = heliostat_agent::identity::load_or_create(&data.join("device.key")).unwrap();
+    let kinds: Vec<(ChannelKind, TrustTier)> = heliostat_agent::power::simulator::CHANNELS
+        .iter()
+        .map(|(_, k)| (*k, TrustTier::SoftwareEstimate))
+        .collect();
+    let mut meter = Meter::new(&kinds, None);
+    let mut outbox = Outbox::open(&data.join("outbox"), OutboxConfig { fsync: FsyncPolicy::Never, ..cfg.outbox.clone() })
+        .unwrap();
+    let start = heliostat_agent::runtime::now_ms() - n * 10_000;
+    let t0 = Instant::now();
+    for i in 0..n {
+        let t = start + i * 10_000;
+        for c in 0..kinds.len() {
+            meter.feed(c, t, Some(Sample { power_mw: 50_000 + c as u64, ..Sample::default() }));
+        }
+        let (rec, env) = meter.seal(t, &key);
+        outbox.append(rec.link.seq.0, env.as_bytes()).unwrap();
+        meter.commit(&rec, &env);
+    }
+    let fill = t0.elapsed();
+    std::fs::write(data.join("chain-state.json"), serde_json::to_vec(meter.state()).unwrap()).unwrap();
+    drop(outbox);
+
+    let collector = Collector::start(broker.port, controller, true);
+    std::thread::sleep(Duration::from_millis(300));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let t1 = Instant::now();
+    let target = n - 1;
+    let c2 = collector.clone();
+    rt.block_on(heliostat_agent::runtime::run(cfg, async move {
+        while c2.contiguous().is_none_or(|c| c < target) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }))
+    .unwrap();
+    let drain = t1.elapsed();
+    let g = collector.got.lock().unwrap();
+    println!("backlog: {n} records ({} bytes each on average)", g.records.values().map(|v| v.len()).sum::<usize>() / g.records.len());
+    println!("filled the outbox in {:.2} s (signing + append, fsync off)", fill.as_secs_f64());
+    println!(
+        "drained in {:.2} s: {:.0} records/s, {} MQTT messages",
+        drain.as_secs_f64(),
+        n as f64 / drain.as_secs_f64(),
+        g.wire_messages
+    );
+}
