@@ -17,7 +17,10 @@ use hil_tests::collector::Collector;
 use hil_tests::{Mosquitto, TempDir};
 
 fn main() {
-    let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(8_640);
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(8_640);
     let tmp = TempDir::new("drain-bench");
     let data = tmp.path().join("data");
     let controller = KeyPair::from_seed(&[0xc0; 32]);
@@ -51,26 +54,46 @@ type = "simulator"
         .map(|(_, k)| (*k, TrustTier::SoftwareEstimate))
         .collect();
     let mut meter = Meter::new(&kinds, None);
-    let mut outbox = Outbox::open(&data.join("outbox"), OutboxConfig { fsync: FsyncPolicy::Never, ..cfg.outbox.clone() })
-        .unwrap();
+    let mut outbox = Outbox::open(
+        &data.join("outbox"),
+        OutboxConfig {
+            fsync: FsyncPolicy::Never,
+            ..cfg.outbox.clone()
+        },
+    )
+    .unwrap();
     let start = heliostat_agent::runtime::now_ms() - n * 10_000;
     let t0 = Instant::now();
     for i in 0..n {
         let t = start + i * 10_000;
         for c in 0..kinds.len() {
-            meter.feed(c, t, Some(Sample { power_mw: 50_000 + c as u64, ..Sample::default() }));
+            meter.feed(
+                c,
+                t,
+                Some(Sample {
+                    power_mw: 50_000 + c as u64,
+                    ..Sample::default()
+                }),
+            );
         }
         let (rec, env) = meter.seal(t, &key);
         outbox.append(rec.link.seq.0, env.as_bytes()).unwrap();
         meter.commit(&rec, &env);
     }
     let fill = t0.elapsed();
-    std::fs::write(data.join("chain-state.json"), serde_json::to_vec(meter.state()).unwrap()).unwrap();
+    std::fs::write(
+        data.join("chain-state.json"),
+        serde_json::to_vec(meter.state()).unwrap(),
+    )
+    .unwrap();
     drop(outbox);
 
     let collector = Collector::start(broker.port, controller, true);
     std::thread::sleep(Duration::from_millis(300));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let t1 = Instant::now();
     let target = n - 1;
     let c2 = collector.clone();
@@ -82,8 +105,14 @@ type = "simulator"
     .unwrap();
     let drain = t1.elapsed();
     let g = collector.got.lock().unwrap();
-    println!("backlog: {n} records ({} bytes each on average)", g.records.values().map(|v| v.len()).sum::<usize>() / g.records.len());
-    println!("filled the outbox in {:.2} s (signing + append, fsync off)", fill.as_secs_f64());
+    println!(
+        "backlog: {n} records ({} bytes each on average)",
+        g.records.values().map(|v| v.len()).sum::<usize>() / g.records.len()
+    );
+    println!(
+        "filled the outbox in {:.2} s (signing + append, fsync off)",
+        fill.as_secs_f64()
+    );
     println!(
         "drained in {:.2} s: {:.0} records/s, {} MQTT messages",
         drain.as_secs_f64(),

@@ -7,10 +7,12 @@
 //! - [`hwmon`]: Jetson INA3221 rails through the kernel's hwmon files.
 //! - [`vedirect`]: Victron solar charge controllers over the VE.Direct text protocol.
 //! - [`nvml`]: NVIDIA discrete GPUs through NVML, loaded at run time.
+//! - [`sunspec`]: SunSpec Modbus TCP meters (grid) and inverters (solar).
 
 pub mod hwmon;
 pub mod nvml;
 pub mod simulator;
+pub mod sunspec;
 pub mod vedirect;
 
 use attest::msg::{ChannelKind, TrustTier};
@@ -82,6 +84,8 @@ pub enum SourceConfig {
     Vedirect(vedirect::VeDirectConfig),
     /// An NVIDIA GPU through NVML.
     Nvml(nvml::NvmlConfig),
+    /// A SunSpec Modbus TCP meter or inverter.
+    Sunspec(sunspec::SunSpecConfig),
 }
 
 impl SourceConfig {
@@ -92,6 +96,7 @@ impl SourceConfig {
             SourceConfig::Hwmon(c) => c.rails.len(),
             SourceConfig::Vedirect(_) => vedirect::CHANNELS.len(),
             SourceConfig::Nvml(_) => 1,
+            SourceConfig::Sunspec(c) => c.measures.channels().len(),
         }
     }
 
@@ -100,7 +105,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Simulator(c) => c.validate(),
             SourceConfig::Hwmon(c) => c.validate(),
-            SourceConfig::Vedirect(_) | SourceConfig::Nvml(_) => Ok(()),
+            SourceConfig::Vedirect(_) | SourceConfig::Nvml(_) | SourceConfig::Sunspec(_) => Ok(()),
         }
     }
 
@@ -114,6 +119,7 @@ impl SourceConfig {
             SourceConfig::Hwmon(c) => Box::new(hwmon::Hwmon::open(c)?),
             SourceConfig::Vedirect(c) => Box::new(vedirect::VeDirect::open(c)?),
             SourceConfig::Nvml(c) => Box::new(nvml::NvmlSource::open(c)?),
+            SourceConfig::Sunspec(c) => Box::new(sunspec::SunSpec::open(c)?),
         })
     }
 }

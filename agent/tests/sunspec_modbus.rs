@@ -1,0 +1,178 @@
+//! The SunSpec source against a Modbus TCP server simulator speaking real Modbus TCP
+//! (tokio-modbus's server): discovery, scale factors, counters, exceptions and timeouts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use heliostat_agent::power::PowerSource;
+use heliostat_agent::power::sunspec::{Measures, SunSpec, SunSpecConfig, meter_image};
+use tokio_modbus::prelude::{ExceptionCode, Request, Response};
+use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
+
+#[derive(Clone)]
+struct Simulator(Arc<Mutex<HashMap<u16, u16>>>);
+
+impl tokio_modbus::server::Service for Simulator {
+    type Request = Request<'static>;
+    type Response = Response;
+    type Exception = ExceptionCode;
+    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        let regs = self.0.lock().unwrap();
+        std::future::ready(match req {
+            Request::ReadHoldingRegisters(addr, n) => (addr..addr.saturating_add(n))
+                .map(|a| {
+                    regs.get(&a)
+                        .copied()
+                        .ok_or(ExceptionCode::IllegalDataAddress)
+                })
+                .collect::<Result<Vec<u16>, _>>()
+                .map(Response::ReadHoldingRegisters),
+            _ => Err(ExceptionCode::IllegalFunction),
+        })
+    }
+}
+
+/// Serves `image` on a free loopback port from a thread of its own.
+fn serve(image: Arc<Mutex<HashMap<u16, u16>>>) -> SocketAddr {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            let service = Simulator(image);
+            let new_service = move |_| Ok(Some(service.clone()));
+            let on_connected = |stream, socket_addr| {
+                let new_service = new_service.clone();
+                async move { accept_tcp_connection(stream, socket_addr, new_service) }
+            };
+            let _ = Server::new(listener).serve(&on_connected, |_| {}).await;
+        });
+    });
+    addr
+}
+
+fn config(address: SocketAddr) -> SunSpecConfig {
+    SunSpecConfig {
+        address,
+        unit_id: 1,
+        measures: Measures::Grid,
+        poll_ms: 50,
+        timeout_ms: 300,
+    }
+}
+
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_meter_is_discovered_and_read_over_modbus_tcp() {
+    let image = Arc::new(Mutex::new(meter_image(40_000, 12_345, -1, 1_000, 20)));
+    let addr = serve(image.clone());
+    let mut src = SunSpec::open(&config(addr)).unwrap();
+    let s = wait_for("a reading", || src.sample(0).ok());
+    assert_eq!(s[0].unwrap().power_mw, 1_234_500, "import: 12345 x 10^-1 W");
+    assert_eq!(s[0].unwrap().energy_mj, Some(1_000 * 3_600_000));
+    assert_eq!(s[1].unwrap().power_mw, 0);
+    assert_eq!(s[1].unwrap().energy_mj, Some(20 * 3_600_000));
+    assert_eq!(s[0].unwrap().voltage_mv, Some(230_100));
+    assert_eq!(
+        src.description().as_deref(),
+        Some("Heliostat Labs HL-3P-100 (serial SN0042)")
+    );
+    // The meter starts exporting: the values follow.
+    *image.lock().unwrap() = meter_image(40_000, -300, 0, 1_000, 21);
+    let s = wait_for("export", || {
+        src.sample(0)
+            .ok()
+            .filter(|s| s[1].unwrap().power_mw == 300_000)
+    });
+    assert_eq!(s[0].unwrap().power_mw, 0);
+}
+
+#[test]
+fn a_meter_at_base_zero_is_found_after_an_exception_at_40000() {
+    let addr = serve(Arc::new(Mutex::new(meter_image(0, 100, 0, 5, 0))));
+    let mut src = SunSpec::open(&config(addr)).unwrap();
+    let s = wait_for("a reading", || src.sample(0).ok());
+    assert_eq!(s[0].unwrap().power_mw, 100_000);
+}
+
+#[test]
+fn a_device_without_sunspec_or_without_a_meter_model_is_a_clear_error() {
+    let addr = serve(Arc::new(Mutex::new(HashMap::new())));
+    let mut src = SunSpec::open(&config(addr)).unwrap();
+    let e = wait_for("an error", || {
+        src.sample(0)
+            .err()
+            .filter(|e| e.to_string().contains("SunS"))
+    });
+    assert!(e.to_string().contains("no SunS marker"), "{e}");
+
+    let addr = serve(Arc::new(Mutex::new(meter_image(40_000, 1, 0, 0, 0))));
+    let mut src = SunSpec::open(&SunSpecConfig {
+        measures: Measures::Solar,
+        ..config(addr)
+    })
+    .unwrap();
+    let e = wait_for("an error", || {
+        src.sample(0)
+            .err()
+            .filter(|e| e.to_string().contains("model"))
+    });
+    assert!(e.to_string().contains("no SunSpec model 101-103"), "{e}");
+}
+
+#[test]
+fn a_device_that_never_answers_times_out_without_blocking_the_caller() {
+    // Accepts connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in silent.incoming() {
+            held.push(s);
+        }
+    });
+    let mut src = SunSpec::open(&config(addr)).unwrap();
+    let t = Instant::now();
+    let e = wait_for("a timeout", || {
+        src.sample(0)
+            .err()
+            .filter(|e| e.to_string().contains("timeout"))
+    });
+    assert!(e.to_string().contains("timeout"), "{e}");
+    // Sampling itself never waited on the network.
+    let t2 = Instant::now();
+    let _ = src.sample(0);
+    assert!(t2.elapsed() < Duration::from_millis(500));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    // No device at all: connection refused, said so.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut src = SunSpec::open(&config(gone)).unwrap();
+    let e = wait_for("refusal", || {
+        src.sample(0)
+            .err()
+            .filter(|e| e.to_string().contains("connecting"))
+    });
+    assert!(e.to_string().contains(&gone.to_string()), "{e}");
+}
