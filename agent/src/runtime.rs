@@ -737,4 +737,62 @@ controller_key = "{}"
         let r: attest::msg::ChainRestart = env.open().unwrap();
         assert_eq!(r.reason, RestartReason::StateLost);
     }
+
+    #[test]
+    fn only_acks_signed_by_the_pinned_controller_for_stored_records_delete_anything() {
+        let dir = tmp("acks");
+        let mut a = Agent::start(config(&dir, "[[source]]\ntype = \"simulator\"\n")).unwrap();
+        let t = now_ms();
+        for i in 0..5 {
+            a.tick_meter(t + i * 10_000);
+        }
+        assert_eq!(a.outbox.depth(), 5);
+        let hash = |s: u64| attest::Hash32::digest(&a.outbox.read(s).unwrap().unwrap());
+        let ack = |up_to: u64, hash: attest::Hash32, device| Ack {
+            device,
+            up_to: attest::SeqNo(up_to),
+            hash,
+            timestamp: TimestampMs(t),
+        };
+        let me = a.key.device_id();
+        let controller = KeyPair::from_seed(&[0xc0; 32]);
+        let forger = KeyPair::from_seed(&[0x66; 32]);
+        let h2 = hash(2);
+        // Forged, for another device, beyond what is stored, wrong hash, garbage: refused.
+        a.on_ack(Envelope::seal(&ack(2, h2, me), &forger).as_bytes());
+        a.on_ack(Envelope::seal(&ack(2, h2, KeyPair::from_seed(&[1; 32]).device_id()), &controller).as_bytes());
+        a.on_ack(Envelope::seal(&ack(99, h2, me), &controller).as_bytes());
+        a.on_ack(Envelope::seal(&ack(3, h2, me), &controller).as_bytes());
+        a.on_ack(b"\x01\x06garbage");
+        assert_eq!(a.status.link.acks_rejected, 5);
+        assert_eq!(a.outbox.depth(), 5, "nothing deleted");
+        // The real one deletes what it covers.
+        a.on_ack(Envelope::seal(&ack(2, h2, me), &controller).as_bytes());
+        assert_eq!(a.outbox.pending().collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(a.status.link.acks_rejected, 5);
+    }
+
+    #[test]
+    fn forged_expired_and_replayed_commands_are_refused_and_a_valid_resend_is_obeyed() {
+        let dir = tmp("cmds");
+        let mut a = Agent::start(config(&dir, "[[source]]\ntype = \"simulator\"\n")).unwrap();
+        let t = now_ms();
+        let me = a.key.device_id();
+        let cmd = |nonce, expires| Command {
+            device: me,
+            nonce,
+            issued: TimestampMs(t),
+            expires: TimestampMs(expires),
+            body: CommandBody::Resend { from: attest::SeqNo(0), to: attest::SeqNo(3) },
+        };
+        let controller = KeyPair::from_seed(&[0xc0; 32]);
+        a.on_command(Envelope::seal(&cmd(1, t + 60_000), &KeyPair::from_seed(&[0x66; 32])).as_bytes(), t);
+        a.on_command(Envelope::seal(&cmd(2, t - 1), &controller).as_bytes(), t);
+        assert_eq!(a.status.link.commands_rejected, 2);
+        let valid = Envelope::seal(&cmd(3, t + 60_000), &controller);
+        a.on_command(valid.as_bytes(), t);
+        assert_eq!(a.status.link.commands_rejected, 2);
+        a.on_command(valid.as_bytes(), t);
+        assert_eq!(a.status.link.commands_rejected, 3, "a replayed nonce is refused");
+    }
 }
