@@ -760,7 +760,13 @@ controller_key = "{}"
         let h2 = hash(2);
         // Forged, for another device, beyond what is stored, wrong hash, garbage: refused.
         a.on_ack(Envelope::seal(&ack(2, h2, me), &forger).as_bytes());
-        a.on_ack(Envelope::seal(&ack(2, h2, KeyPair::from_seed(&[1; 32]).device_id()), &controller).as_bytes());
+        a.on_ack(
+            Envelope::seal(
+                &ack(2, h2, KeyPair::from_seed(&[1; 32]).device_id()),
+                &controller,
+            )
+            .as_bytes(),
+        );
         a.on_ack(Envelope::seal(&ack(99, h2, me), &controller).as_bytes());
         a.on_ack(Envelope::seal(&ack(3, h2, me), &controller).as_bytes());
         a.on_ack(b"\x01\x06garbage");
@@ -783,16 +789,25 @@ controller_key = "{}"
             nonce,
             issued: TimestampMs(t),
             expires: TimestampMs(expires),
-            body: CommandBody::Resend { from: attest::SeqNo(0), to: attest::SeqNo(3) },
+            body: CommandBody::Resend {
+                from: attest::SeqNo(0),
+                to: attest::SeqNo(3),
+            },
         };
         let controller = KeyPair::from_seed(&[0xc0; 32]);
-        a.on_command(Envelope::seal(&cmd(1, t + 60_000), &KeyPair::from_seed(&[0x66; 32])).as_bytes(), t);
+        a.on_command(
+            Envelope::seal(&cmd(1, t + 60_000), &KeyPair::from_seed(&[0x66; 32])).as_bytes(),
+            t,
+        );
         a.on_command(Envelope::seal(&cmd(2, t - 1), &controller).as_bytes(), t);
         assert_eq!(a.status.link.commands_rejected, 2);
         let valid = Envelope::seal(&cmd(3, t + 60_000), &controller);
         a.on_command(valid.as_bytes(), t);
         assert_eq!(a.status.link.commands_rejected, 2);
         a.on_command(valid.as_bytes(), t);
-        assert_eq!(a.status.link.commands_rejected, 3, "a replayed nonce is refused");
+        assert_eq!(
+            a.status.link.commands_rejected, 3,
+            "a replayed nonce is refused"
+        );
     }
 }

@@ -22,8 +22,10 @@ pub struct Received {
     pub wire_messages: u64,
     /// Sequence numbers that arrived with two different contents.
     pub forks: Vec<u64>,
-    /// The device seen.
+    /// The device seen last.
     pub device: Option<attest::DeviceId>,
+    /// Every device seen.
+    pub devices: std::collections::BTreeSet<attest::DeviceId>,
     /// Every status message, as text.
     pub statuses: Vec<String>,
 }
@@ -108,6 +110,7 @@ async fn collect(
                         let m = attest::msg::ChainMessage::open(&env).expect("chain message");
                         let seq = m.link().seq.0;
                         g.device = Some(m.link().device);
+                        g.devices.insert(m.link().device);
                         match g.records.get(&seq) {
                             Some(old) if old != env.as_bytes() => g.forks.push(seq),
                             Some(_) => {}

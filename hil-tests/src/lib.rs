@@ -81,7 +81,7 @@ pub struct Mosquitto {
     /// Its port.
     pub port: u16,
     dir: TempDir,
-    extra: String,
+    config: String,
 }
 
 impl Mosquitto {
@@ -90,13 +90,25 @@ impl Mosquitto {
         Self::start_with("")
     }
 
-    /// Starts a broker with extra configuration lines.
+    /// Starts a broker with extra configuration lines after the default listener's.
     pub fn start_with(extra: &str) -> Mosquitto {
+        let port = free_port();
+        let config = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_queued_messages 200000\nmax_inflight_messages 200\nmessage_size_limit 0\n\
+             log_dest none\n{extra}\n"
+        );
+        Self::start_config(port, config)
+    }
+
+    /// Starts a broker with a whole configuration of the test's own (its main listener on
+    /// `port`), for TLS and authentication tests.
+    pub fn start_config(port: u16, config: String) -> Mosquitto {
         let mut m = Mosquitto {
             child: None,
-            port: free_port(),
+            port,
             dir: TempDir::new("mosquitto"),
-            extra: extra.into(),
+            config,
         };
         m.restart();
         m
@@ -120,12 +132,7 @@ impl Mosquitto {
         self.kill();
         let bin = require("mosquitto", "mosquitto");
         let conf = self.dir.path().join("mosquitto.conf");
-        let text = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 200000\n\
-             max_inflight_messages 200\nmessage_size_limit 0\nlog_dest none\n{}\n",
-            self.port, self.extra
-        );
-        std::fs::write(&conf, text).expect("writing mosquitto.conf");
+        std::fs::write(&conf, &self.config).expect("writing mosquitto.conf");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let child = Command::new(&bin)

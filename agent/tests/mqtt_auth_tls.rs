@@ -1,0 +1,239 @@
+//! The link's security settings against a real Mosquitto: username/password, and TLS with
+//! client certificates (certificates made by openssl for the test). A wrong password or a
+//! broker certificate from another CA must keep the agent out (and say why in its log).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use attest::KeyPair;
+use hil_tests::collector::Collector;
+use hil_tests::{Mosquitto, Proc, TempDir, free_port, require};
+
+fn controller() -> KeyPair {
+    KeyPair::from_seed(&[0xc0; 32])
+}
+
+fn agent(dir: &Path, port: u16, link_extra: &str) -> (Proc, PathBuf) {
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"data_dir = "{data}"
+[site]
+lat = 1.0
+lon = 2.0
+[meter]
+sample_interval_ms = 50
+record_interval_ms = 100
+[link]
+host = "127.0.0.1"
+port = {port}
+controller_key = "{key}"
+backoff_max_ms = 300
+{link_extra}
+[[source]]
+type = "simulator"
+"#,
+            data = dir.join("data").display(),
+            key = controller().public()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("agent.log");
+    let p = Command::new(env!("CARGO_BIN_EXE_heliostat-agent"))
+        .args(["--config", cfg.to_str().unwrap(), "run"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (Proc(p), log)
+}
+
+fn arrives(c: &Collector, n: usize, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if c.got.lock().unwrap().records.len() >= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn username_and_password_let_the_agent_in_and_a_wrong_password_does_not() {
+    let tmp = TempDir::new("auth");
+    let passwd = tmp.path().join("passwd");
+    let ok = Command::new(require("mosquitto_passwd", "mosquitto"))
+        .args(["-b", "-c"])
+        .arg(&passwd)
+        .args(["rig-17", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let (port, open) = (free_port(), free_port());
+    let _broker = Mosquitto::start_config(
+        port,
+        format!(
+            "per_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
+             listener {open} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n",
+            passwd.display()
+        ),
+    );
+    let collector = Collector::start(open, controller(), true);
+
+    let bad_dir = TempDir::new("auth-bad");
+    let (_bad, bad_log) = agent(
+        bad_dir.path(),
+        port,
+        "username = \"rig-17\"\npassword = \"wrong\"",
+    );
+    let good_dir = TempDir::new("auth-good");
+    let (_good, _) = agent(
+        good_dir.path(),
+        port,
+        "username = \"rig-17\"\npassword = \"s3cret\"",
+    );
+    assert!(
+        arrives(&collector, 10, Duration::from_secs(10)),
+        "no records with the right password"
+    );
+    let g = collector.got.lock().unwrap();
+    let good_id = std::fs::read_to_string(good_dir.path().join("data/device.key")).unwrap();
+    let good = KeyPair::from_seed(&attest::hex::decode_array(good_id.trim()).unwrap()).device_id();
+    assert_eq!(
+        g.devices.iter().copied().collect::<Vec<_>>(),
+        vec![good],
+        "only the agent with the right password got through"
+    );
+    drop(g);
+    let log = std::fs::read_to_string(bad_log).unwrap();
+    assert!(
+        log.contains("connection down"),
+        "the refused agent says so:\n{log}"
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl.
+fn make_pki(dir: &Path, name: &str) {
+    let openssl = require("openssl", "openssl");
+    let run = |args: &[&str]| {
+        let ok = Command::new(&openssl)
+            .current_dir(dir)
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "openssl {args:?}");
+    };
+    let ca = format!("{name}-ca");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &format!("{ca}.key"),
+        "-out",
+        &format!("{ca}.pem"),
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={ca}"),
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    for who in ["server", "client"] {
+        let base = format!("{name}-{who}");
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{base}.key"),
+            "-out",
+            &format!("{base}.csr"),
+            "-subj",
+            &format!("/CN={who}"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{base}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{base}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+    }
+    // Mosquitto started as root drops to its own user: let it read the test's files.
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let _ = std::fs::set_permissions(e.unwrap().path(), std::fs::Permissions::from_mode(0o644));
+    }
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+}
+
+#[test]
+fn tls_with_client_certificates_connects_and_a_foreign_ca_is_refused() {
+    let tmp = TempDir::new("tls");
+    let d = tmp.path();
+    make_pki(d, "good");
+    make_pki(d, "other");
+    let (port, open) = (free_port(), free_port());
+    let _broker = Mosquitto::start_config(
+        port,
+        format!(
+            "per_listener_settings true\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
+             cafile {d}/good-ca.pem\ncertfile {d}/good-server.pem\nkeyfile {d}/good-server.key\n\
+             require_certificate true\nlistener {open} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n",
+            d = d.display()
+        ),
+    );
+    let collector = Collector::start(open, controller(), true);
+    let tls = |ca: &str, client: &str| {
+        format!(
+            "tls_ca_file = \"{d}/{ca}-ca.pem\"\ntls_client_cert = \"{d}/{client}-client.pem\"\ntls_client_key = \"{d}/{client}-client.key\"",
+            d = d.display()
+        )
+    };
+    // Trusts another CA: must not connect.
+    let wrong = TempDir::new("tls-wrong");
+    let (_w, wrong_log) = agent(wrong.path(), port, &tls("other", "good"));
+    // Right CA, but a client certificate the broker does not trust: refused by the broker.
+    let stranger = TempDir::new("tls-stranger");
+    let (_s, _) = agent(stranger.path(), port, &tls("good", "other"));
+    let right = TempDir::new("tls-right");
+    let (_r, _) = agent(right.path(), port, &tls("good", "good"));
+    assert!(
+        arrives(&collector, 10, Duration::from_secs(10)),
+        "no records over TLS"
+    );
+    let seed = std::fs::read_to_string(right.path().join("data/device.key")).unwrap();
+    let id = KeyPair::from_seed(&attest::hex::decode_array(seed.trim()).unwrap()).device_id();
+    let seen: Vec<_> = collector
+        .got
+        .lock()
+        .unwrap()
+        .devices
+        .iter()
+        .copied()
+        .collect();
+    assert_eq!(seen, vec![id], "only the well-configured agent got through");
+    let log = std::fs::read_to_string(wrong_log).unwrap();
+    assert!(log.contains("connection down"), "{log}");
+}
