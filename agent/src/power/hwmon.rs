@@ -3,8 +3,12 @@
 //! The mainline `ina3221` driver exposes, under `/sys/class/hwmon/hwmonN/` (with `name`
 //! reading `ina3221`): `inX_label` (the rail name), `inX_input` (bus voltage, mV) and
 //! `currX_input` (current, mA) for X in 1..=3; power is V x I (there is no power file).
-//! Channel 7 ("sum of shunt voltages") is not a rail and is ignored. JetPack 4's IIO layout
-//! (`ina3221x`) is not read yet.
+//! Channel 7 ("sum of shunt voltages") is not a rail and is ignored.
+//!
+//! JetPack 4 (L4T < 34) used the `ina3221x` IIO driver instead:
+//! `/sys/bus/i2c/drivers/ina3221x/*/iio:device*/rail_name_N` with `in_power{N}_input` (mW),
+//! `in_voltage{N}_input` (mV) and `in_current{N}_input` (mA); it is read when no hwmon
+//! INA3221 is found.
 //!
 //! Reported channels: `Load`, the sum of the configured rails (the module's consumption;
 //! the carrier board is not on these rails), and `Gpu`, the GPU rail alone.
@@ -32,6 +36,13 @@ pub struct HwmonConfig {
     /// The rail reported on its own as the `Gpu` channel (none: no GPU channel).
     #[serde(default = "default_gpu_rail")]
     pub gpu_rail: Option<String>,
+    /// Where JetPack 4's `ina3221x` IIO devices are (read when `root` has no INA3221).
+    #[serde(default = "default_iio_root")]
+    pub iio_root: PathBuf,
+}
+
+fn default_iio_root() -> PathBuf {
+    PathBuf::from("/sys/bus/i2c/drivers/ina3221x")
 }
 
 fn default_root() -> PathBuf {
@@ -67,9 +78,11 @@ impl HwmonConfig {
 
 /// Where one rail's files are.
 #[derive(Debug, Clone)]
-struct Rail {
-    voltage: PathBuf,
-    current: PathBuf,
+enum Rail {
+    /// hwmon: voltage (mV) and current (mA); power is their product.
+    Hwmon { voltage: PathBuf, current: PathBuf },
+    /// IIO: power (mW) and voltage (mV) files.
+    Iio { power: PathBuf, voltage: PathBuf },
 }
 
 /// An opened INA3221 source.
@@ -100,7 +113,7 @@ fn discover(root: &Path) -> Result<BTreeMap<String, Rail>, SourceError> {
             let label = label.trim().to_string();
             rails.insert(
                 label,
-                Rail {
+                Rail::Hwmon {
                     voltage: dir.join(format!("in{x}_input")),
                     current: dir.join(format!("curr{x}_input")),
                 },
@@ -108,6 +121,42 @@ fn discover(root: &Path) -> Result<BTreeMap<String, Rail>, SourceError> {
         }
     }
     Ok(rails)
+}
+
+/// Finds JetPack 4 `ina3221x` rails under `root/*/iio:device*/`.
+fn discover_iio(root: &Path) -> BTreeMap<String, Rail> {
+    let mut rails = BTreeMap::new();
+    let Ok(devices) = std::fs::read_dir(root) else {
+        return rails;
+    };
+    for dev in devices.flatten() {
+        let Ok(inner) = std::fs::read_dir(dev.path()) else {
+            continue;
+        };
+        for iio in inner.flatten() {
+            let dir = iio.path();
+            if !dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("iio:device"))
+            {
+                continue;
+            }
+            for n in 0..3 {
+                let Ok(label) = std::fs::read_to_string(dir.join(format!("rail_name_{n}"))) else {
+                    continue;
+                };
+                rails.insert(
+                    label.trim().to_string(),
+                    Rail::Iio {
+                        power: dir.join(format!("in_power{n}_input")),
+                        voltage: dir.join(format!("in_voltage{n}_input")),
+                    },
+                );
+            }
+        }
+    }
+    rails
 }
 
 fn read_milli(path: &Path) -> Result<i64, SourceError> {
@@ -125,19 +174,35 @@ fn read_milli(path: &Path) -> Result<i64, SourceError> {
 }
 
 fn rail_power(r: &Rail) -> Result<(u64, u32), SourceError> {
-    let mv = read_milli(&r.voltage)?;
-    let ma = read_milli(&r.current)?;
-    // Current can read slightly negative around zero; power drawn is never negative.
-    Ok((
-        (mv.max(0) * ma.max(0) / 1000) as u64,
-        mv.clamp(0, u32::MAX as i64) as u32,
-    ))
+    match r {
+        Rail::Hwmon { voltage, current } => {
+            let mv = read_milli(voltage)?;
+            let ma = read_milli(current)?;
+            // Current can read slightly negative around zero; power drawn is never negative.
+            Ok((
+                (mv.max(0) * ma.max(0) / 1000) as u64,
+                mv.clamp(0, u32::MAX as i64) as u32,
+            ))
+        }
+        Rail::Iio { power, voltage } => {
+            let mw = read_milli(power)?;
+            let mv = read_milli(voltage).unwrap_or(0);
+            Ok((mw.max(0) as u64, mv.clamp(0, u32::MAX as i64) as u32))
+        }
+    }
 }
 
 impl Hwmon {
     /// Discovers the configured rails; fails naming any that is missing.
     pub fn open(cfg: &HwmonConfig) -> Result<Hwmon, SourceError> {
-        let found = discover(&cfg.root)?;
+        let mut found = discover(&cfg.root).unwrap_or_default();
+        if found.is_empty() {
+            found = discover_iio(&cfg.iio_root);
+        }
+        if found.is_empty() {
+            // Say why in the words of the first layout tried.
+            discover(&cfg.root)?;
+        }
         let pick = |label: &String| {
             found
                 .get(label)
@@ -251,6 +316,7 @@ mod tests {
             root: root.clone(),
             rails: default_rails(),
             gpu_rail: default_gpu_rail(),
+            iio_root: root.join("none"),
         };
         let mut h = Hwmon::open(&cfg).unwrap();
         assert_eq!(h.channels().len(), 2);
@@ -269,6 +335,7 @@ mod tests {
             root: root.clone(),
             rails: vec!["VDD_IN".into()],
             gpu_rail: None,
+            iio_root: root.join("none"),
         };
         let e = Hwmon::open(&cfg).unwrap_err().to_string();
         assert!(e.contains("VDD_IN") && e.contains("VDD_GPU_SOC"), "{e}");
@@ -276,6 +343,7 @@ mod tests {
             root: root.clone(),
             rails: default_rails(),
             gpu_rail: None,
+            iio_root: root.join("none"),
         };
         let mut h = Hwmon::open(&cfg).unwrap();
         std::fs::remove_file(root.join("hwmon1/curr2_input")).unwrap();
@@ -286,7 +354,39 @@ mod tests {
             root: root.join("nope"),
             rails: default_rails(),
             gpu_rail: None,
+            iio_root: root.join("none"),
         };
         assert!(matches!(Hwmon::open(&cfg), Err(SourceError::Io { .. })));
+    }
+
+    #[test]
+    fn jetpack_4_iio_rails_are_read_when_there_is_no_hwmon_ina3221() {
+        let root = tmp("iio");
+        let iio = root.join("ina3221x/1-0040/iio:device0");
+        std::fs::create_dir_all(&iio).unwrap();
+        for (n, (label, mw, mv)) in [
+            ("VDD_IN", 5_000, 5_080),
+            ("VDD_CPU", 800, 5_080),
+            ("VDD_GPU", 1_200, 5_080),
+        ]
+        .iter()
+        .enumerate()
+        {
+            std::fs::write(iio.join(format!("rail_name_{n}")), format!("{label}\n")).unwrap();
+            std::fs::write(iio.join(format!("in_power{n}_input")), format!("{mw}\n")).unwrap();
+            std::fs::write(iio.join(format!("in_voltage{n}_input")), format!("{mv}\n")).unwrap();
+        }
+        std::fs::create_dir_all(root.join("hwmon")).unwrap();
+        let cfg = HwmonConfig {
+            root: root.join("hwmon"),
+            rails: vec!["VDD_IN".into()],
+            gpu_rail: Some("VDD_GPU".into()),
+            iio_root: root.join("ina3221x"),
+        };
+        let mut h = Hwmon::open(&cfg).unwrap();
+        let s = h.sample(0).unwrap();
+        assert_eq!(s[0].unwrap().power_mw, 5_000);
+        assert_eq!(s[1].unwrap().power_mw, 1_200);
+        assert_eq!(s[1].unwrap().voltage_mv, Some(5_080));
     }
 }
