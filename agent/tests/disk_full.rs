@@ -4,14 +4,14 @@
 //! Needs root (to mount tmpfs), as CI has.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use attest::chain::{ChainPolicy, ChainVerifier, Outcome};
 use attest::msg::{ChannelKind, MeterRecord};
-use attest::{Envelope, KeyPair, TimestampMs};
+use attest::{Envelope, TimestampMs};
 use hil_tests::collector::Collector;
-use hil_tests::{Mosquitto, Proc, TempDir};
+use hil_tests::{Mosquitto, TempDir};
 
 struct Tmpfs(PathBuf);
 
@@ -34,9 +34,7 @@ impl Drop for Tmpfs {
     }
 }
 
-fn controller() -> KeyPair {
-    KeyPair::from_seed(&[0xc0; 32])
-}
+use hil_tests::test_controller as controller;
 
 fn fill(dir: &Path) -> PathBuf {
     let p = dir.join("filler");
@@ -86,14 +84,7 @@ gpu_w = 0.0
     )
     .unwrap();
     let log = tmp.path().join("agent.log");
-    let mut agent = Proc(
-        Command::new(env!("CARGO_BIN_EXE_heliostat-agent"))
-            .args(["--config", config.to_str().unwrap(), "run"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut agent = hil_tests::spawn_agent(env!("CARGO_BIN_EXE_heliostat-agent"), &config, &log);
     std::thread::sleep(Duration::from_millis(1_500));
     let filler = fill(&data);
     std::thread::sleep(Duration::from_millis(300));
@@ -169,8 +160,7 @@ gpu_w = 0.0
 
     // The chain verifies, and across the outage the load counter grew by exactly what a
     // constant 40 W load used in that time (within one sample interval).
-    let seed = std::fs::read_to_string(data.join("device.key")).unwrap();
-    let key = KeyPair::from_seed(&attest::hex::decode_array(seed.trim()).unwrap());
+    let key = hil_tests::agent_key(&data);
     let mut v = ChainVerifier::new(&key.public(), ChainPolicy::default()).unwrap();
     let mut widest = (0u64, 0u64, 0u64);
     let mut prev: Option<MeterRecord> = None;

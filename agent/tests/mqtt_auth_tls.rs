@@ -6,13 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use attest::KeyPair;
 use hil_tests::collector::Collector;
 use hil_tests::{Mosquitto, Proc, TempDir, free_port, require};
 
-fn controller() -> KeyPair {
-    KeyPair::from_seed(&[0xc0; 32])
-}
+use hil_tests::test_controller as controller;
 
 fn agent(dir: &Path, port: u16, link_extra: &str) -> (Proc, PathBuf) {
     let cfg = dir.join("agent.toml");
@@ -41,13 +38,10 @@ type = "simulator"
     )
     .unwrap();
     let log = dir.join("agent.log");
-    let p = Command::new(env!("CARGO_BIN_EXE_heliostat-agent"))
-        .args(["--config", cfg.to_str().unwrap(), "run"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    (Proc(p), log)
+    (
+        hil_tests::spawn_agent(env!("CARGO_BIN_EXE_heliostat-agent"), &cfg, &log),
+        log,
+    )
 }
 
 fn arrives(c: &Collector, n: usize, within: Duration) -> bool {
@@ -100,8 +94,7 @@ fn username_and_password_let_the_agent_in_and_a_wrong_password_does_not() {
         "no records with the right password"
     );
     let g = collector.got.lock().unwrap();
-    let good_id = std::fs::read_to_string(good_dir.path().join("data/device.key")).unwrap();
-    let good = KeyPair::from_seed(&attest::hex::decode_array(good_id.trim()).unwrap()).device_id();
+    let good = hil_tests::agent_key(&good_dir.path().join("data")).device_id();
     assert_eq!(
         g.devices.iter().copied().collect::<Vec<_>>(),
         vec![good],
@@ -223,8 +216,7 @@ fn tls_with_client_certificates_connects_and_a_foreign_ca_is_refused() {
         arrives(&collector, 10, Duration::from_secs(10)),
         "no records over TLS"
     );
-    let seed = std::fs::read_to_string(right.path().join("data/device.key")).unwrap();
-    let id = KeyPair::from_seed(&attest::hex::decode_array(seed.trim()).unwrap()).device_id();
+    let id = hil_tests::agent_key(&right.path().join("data")).device_id();
     let seen: Vec<_> = collector
         .got
         .lock()

@@ -6,17 +6,14 @@
 //! chain must verify with `attest`.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use attest::chain::{ChainPolicy, ChainVerifier, Outcome};
-use attest::{Envelope, KeyPair, TimestampMs};
+use attest::{Envelope, TimestampMs};
 use hil_tests::collector::Collector;
 use hil_tests::{Mosquitto, Proc, TempDir};
 
-fn controller() -> KeyPair {
-    KeyPair::from_seed(&[0xc0; 32])
-}
+use hil_tests::test_controller as controller;
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
     let cfg = format!(
@@ -54,22 +51,7 @@ seed = 3
 }
 
 fn start_agent(config: &Path, log: &Path) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_heliostat-agent"))
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+    hil_tests::spawn_agent(env!("CARGO_BIN_EXE_heliostat-agent"), config, log)
 }
 
 fn next_seq(data: &Path) -> u64 {
@@ -128,8 +110,7 @@ fn every_record_arrives_exactly_once_through_broker_restarts_and_agent_kill_9() 
         assert!(g.records.contains_key(&s), "seq {s} missing");
     }
     // The chain verifies from genesis with the device's key.
-    let seed = std::fs::read_to_string(tmp.path().join("data/device.key")).unwrap();
-    let key = KeyPair::from_seed(&attest::hex::decode_array(seed.trim()).unwrap());
+    let key = hil_tests::agent_key(&tmp.path().join("data"));
     let mut v = ChainVerifier::new(&key.public(), ChainPolicy::default()).unwrap();
     for (seq, bytes) in g.records.range(..produced) {
         let env = Envelope::decode(bytes).unwrap();

@@ -195,3 +195,34 @@ impl Drop for Proc {
         self.kill9();
     }
 }
+
+/// The controller key the agent tests pin (seed `c0 x 32`, as in attest's test vectors).
+pub fn test_controller() -> attest::KeyPair {
+    attest::KeyPair::from_seed(&[0xc0; 32])
+}
+
+/// Starts an agent binary with `--config CONFIG run`, its log appended to `log`.
+pub fn spawn_agent(binary: &str, config: &Path, log: &Path) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("opening the agent log");
+    Proc(
+        Command::new(binary)
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting the agent"),
+    )
+}
+
+/// The device key an agent created in its data directory.
+pub fn agent_key(data_dir: &Path) -> attest::KeyPair {
+    let seed =
+        std::fs::read_to_string(data_dir.join("device.key")).expect("reading the agent's key");
+    attest::KeyPair::from_seed(&attest::hex::decode_array(seed.trim()).expect("a hex seed"))
+}
