@@ -1,0 +1,136 @@
+//! The store: the controller's source of truth, behind one narrow interface so that a
+//! PostgreSQL backend is an addition, not a rewrite. [`sqlite`] is the default backend.
+//!
+//! Invariants every backend keeps:
+//! - a chain message is stored at most once per (device, sequence) (a unique key, not
+//!   memory, removes duplicates), and a second, different message for a stored sequence
+//!   is refused, never overwritten;
+//! - a batch of messages is stored in one transaction: all or nothing;
+//! - messages from devices that are not approved are kept apart (`counted = false`) and
+//!   never enter accounting.
+
+pub mod sqlite;
+
+use attest::{DeviceId, Hash32, PublicKey};
+
+/// Where a device stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceState {
+    /// Said hello; waits for an operator (or an enrollment token).
+    Pending,
+    /// Counted.
+    Approved,
+    /// Kept apart, never counted again.
+    Revoked,
+}
+
+impl DeviceState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Pending => "pending",
+            DeviceState::Approved => "approved",
+            DeviceState::Revoked => "revoked",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<DeviceState> {
+        match s {
+            "pending" => Some(DeviceState::Pending),
+            "approved" => Some(DeviceState::Approved),
+            "revoked" => Some(DeviceState::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// A device as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    /// Its id.
+    pub id: DeviceId,
+    /// Its key.
+    pub public_key: PublicKey,
+    /// Where it stands.
+    pub state: DeviceState,
+    /// Its latest `Hello` envelope.
+    pub hello: Vec<u8>,
+    /// When it was first seen (controller clock, ms).
+    pub first_seen_ms: u64,
+    /// When it was last heard from.
+    pub last_seen_ms: u64,
+}
+
+/// A verified chain message to store.
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    /// The device.
+    pub device: DeviceId,
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its kind byte.
+    pub kind: u8,
+    /// Its timestamp (device clock).
+    pub timestamp_ms: u64,
+    /// Its envelope hash.
+    pub hash: Hash32,
+    /// The envelope as received.
+    pub envelope: Vec<u8>,
+    /// Whether it counts (the device was approved when it arrived).
+    pub counted: bool,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InsertReport {
+    /// New rows.
+    pub inserted: usize,
+    /// Rows already there with the same bytes (redelivery).
+    pub duplicates: usize,
+    /// Rows already there with other bytes (refused).
+    pub conflicts: usize,
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database said no.
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The database holds something this code cannot read.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The schema is newer than this code.
+    #[error("database schema version {found} is newer than this controller ({supported})")]
+    TooNew { found: u32, supported: u32 },
+}
+
+/// The narrow store interface.
+pub trait Store {
+    /// Records a device's hello: a new device gets `initial` (pending, or approved by an
+    /// enrollment token); a known one keeps its state and gets the newer hello.
+    fn upsert_device(
+        &mut self,
+        id: DeviceId,
+        key: PublicKey,
+        hello: &[u8],
+        now_ms: u64,
+        initial: DeviceState,
+    ) -> Result<DeviceRow, StoreError>;
+    /// A device.
+    fn device(&self, id: DeviceId) -> Result<Option<DeviceRow>, StoreError>;
+    /// Every device.
+    fn devices(&self) -> Result<Vec<DeviceRow>, StoreError>;
+    /// Sets a device's state; false when the device is unknown.
+    fn set_state(&mut self, id: DeviceId, state: DeviceState) -> Result<bool, StoreError>;
+    /// Stores verified chain messages in one transaction.
+    fn insert_items(&mut self, items: &[NewItem]) -> Result<InsertReport, StoreError>;
+    /// The stored message with the highest sequence number of a device: where its chain
+    /// checker resumes after a restart.
+    fn last_item(&self, id: DeviceId) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    /// Stored envelopes of a device with sequence numbers in `from..=to`, in order.
+    fn items(&self, id: DeviceId, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// How many messages are stored for a device.
+    fn count_items(&self, id: DeviceId) -> Result<u64, StoreError>;
+}

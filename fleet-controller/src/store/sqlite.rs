@@ -1,0 +1,375 @@
+//! The SQLite backend: WAL journal, versioned migrations, one connection owned by the
+//! writer (callers serialise access; the ingest task is the one writer).
+
+use std::path::Path;
+
+use attest::{DeviceId, PublicKey};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{DeviceRow, DeviceState, InsertReport, NewItem, Store, StoreError};
+
+/// Migrations in order; entry `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: devices and chain messages.
+    "CREATE TABLE devices (
+        id BLOB PRIMARY KEY,
+        public_key BLOB NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'revoked')),
+        hello BLOB NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE chain_items (
+        device BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        envelope BLOB NOT NULL,
+        counted INTEGER NOT NULL,
+        epoch INTEGER,
+        leaf_index INTEGER,
+        PRIMARY KEY (device, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX chain_items_epoch ON chain_items (epoch);",
+];
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// A SQLite store.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+fn id_of(bytes: Vec<u8>) -> Result<DeviceId, StoreError> {
+    bytes
+        .try_into()
+        .map(DeviceId)
+        .map_err(|_| StoreError::Corrupt("device id is not 16 bytes".into()))
+}
+
+fn to_i64(v: u64) -> i64 {
+    // Sequence numbers and milliseconds stay far below 2^63.
+    v.min(i64::MAX as u64) as i64
+}
+
+impl SqliteStore {
+    /// Opens (creating) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        Self::init(Connection::open(path)?)
+    }
+
+    /// A private in-memory database (tests).
+    pub fn in_memory() -> Result<SqliteStore, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<SqliteStore, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a commit is on disk when it returns (the ack to the device follows it).
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut s = SqliteStore { conn };
+        s.migrate()?;
+        Ok(s)
+    }
+
+    /// The schema version stored in the database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get::<_, u32>(0))?)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let found = self.schema_version()?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as u32)?;
+            tx.commit()?;
+            tracing::info!(version = i + 1, "database migrated");
+        }
+        Ok(())
+    }
+
+    fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDevice> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
+    }
+
+    fn device_row(raw: RawDevice) -> Result<DeviceRow, StoreError> {
+        let (id, key, state, hello, first, last) = raw;
+        Ok(DeviceRow {
+            id: id_of(id)?,
+            public_key: PublicKey(
+                key.try_into()
+                    .map_err(|_| StoreError::Corrupt("public key is not 32 bytes".into()))?,
+            ),
+            state: DeviceState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("device state {state}")))?,
+            hello,
+            first_seen_ms: first as u64,
+            last_seen_ms: last as u64,
+        })
+    }
+}
+
+/// A `devices` row as read: id, key, state, hello, first seen, last seen.
+type RawDevice = (Vec<u8>, Vec<u8>, String, Vec<u8>, i64, i64);
+
+const DEVICE_COLUMNS: &str = "id, public_key, state, hello, first_seen_ms, last_seen_ms";
+
+impl Store for SqliteStore {
+    fn upsert_device(
+        &mut self,
+        id: DeviceId,
+        key: PublicKey,
+        hello: &[u8],
+        now_ms: u64,
+        initial: DeviceState,
+    ) -> Result<DeviceRow, StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO devices (id, public_key, state, hello, first_seen_ms, last_seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+             ON CONFLICT (id) DO UPDATE SET hello = excluded.hello, last_seen_ms = excluded.last_seen_ms",
+            params![&id.0[..], &key.0[..], initial.as_str(), hello, to_i64(now_ms)],
+        )?;
+        tx.commit()?;
+        self.device(id)?
+            .ok_or_else(|| StoreError::Corrupt("device vanished after upsert".into()))
+    }
+
+    fn device(&self, id: DeviceId) -> Result<Option<DeviceRow>, StoreError> {
+        let raw = self
+            .conn
+            .query_row(
+                &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?1"),
+                params![&id.0[..]],
+                Self::row,
+            )
+            .optional()?;
+        raw.map(Self::device_row).transpose()
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceRow>, StoreError> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY first_seen_ms, id"
+        ))?;
+        let rows = st
+            .query_map([], Self::row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(Self::device_row).collect()
+    }
+
+    fn set_state(&mut self, id: DeviceId, state: DeviceState) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE devices SET state = ?2 WHERE id = ?1",
+            params![&id.0[..], state.as_str()],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn insert_items(&mut self, items: &[NewItem]) -> Result<InsertReport, StoreError> {
+        let mut report = InsertReport::default();
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO chain_items (device, seq, kind, timestamp_ms, hash, envelope, counted)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (device, seq) DO NOTHING",
+            )?;
+            let mut existing =
+                tx.prepare_cached("SELECT hash FROM chain_items WHERE device = ?1 AND seq = ?2")?;
+            for it in items {
+                let n = insert.execute(params![
+                    &it.device.0[..],
+                    to_i64(it.seq),
+                    it.kind,
+                    to_i64(it.timestamp_ms),
+                    &it.hash.0[..],
+                    &it.envelope,
+                    it.counted
+                ])?;
+                if n == 1 {
+                    report.inserted += 1;
+                    continue;
+                }
+                let hash: Vec<u8> =
+                    existing.query_row(params![&it.device.0[..], to_i64(it.seq)], |r| r.get(0))?;
+                if hash == it.hash.0 {
+                    report.duplicates += 1;
+                } else {
+                    report.conflicts += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(report)
+    }
+
+    fn last_item(&self, id: DeviceId) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT seq, envelope FROM chain_items WHERE device = ?1 ORDER BY seq DESC LIMIT 1",
+                params![&id.0[..]],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    fn items(&self, id: DeviceId, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, envelope FROM chain_items WHERE device = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
+        )?;
+        let rows = st
+            .query_map(params![&id.0[..], to_i64(from), to_i64(to)], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn count_items(&self, id: DeviceId) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM chain_items WHERE device = ?1",
+            params![&id.0[..]],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attest::sample::SampleDevice;
+
+    fn item(dev: &SampleDevice, env: &attest::Envelope, counted: bool) -> NewItem {
+        let m = attest::msg::ChainMessage::open(env).unwrap();
+        NewItem {
+            device: dev.key.device_id(),
+            seq: m.link().seq.0,
+            kind: env.kind() as u8,
+            timestamp_ms: m.link().timestamp.0,
+            hash: env.hash(),
+            envelope: env.as_bytes().to_vec(),
+            counted,
+        }
+    }
+
+    #[test]
+    fn records_are_stored_once_and_a_different_second_version_is_refused() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let mut dev = SampleDevice::new(1);
+        let chain = dev.chain(10, 10_000);
+        let items: Vec<NewItem> = chain.iter().map(|e| item(&dev, e, true)).collect();
+        assert_eq!(
+            s.insert_items(&items).unwrap(),
+            InsertReport {
+                inserted: 10,
+                duplicates: 0,
+                conflicts: 0
+            }
+        );
+        assert_eq!(
+            s.insert_items(&items[3..5]).unwrap(),
+            InsertReport {
+                inserted: 0,
+                duplicates: 2,
+                conflicts: 0
+            }
+        );
+        let mut forged = items[4].clone();
+        forged.hash.0[0] ^= 1;
+        assert_eq!(s.insert_items(&[forged]).unwrap().conflicts, 1);
+        assert_eq!(s.count_items(dev.key.device_id()).unwrap(), 10);
+        assert_eq!(
+            s.items(dev.key.device_id(), 4, 4).unwrap()[0].1,
+            chain[4].as_bytes()
+        );
+        assert_eq!(s.last_item(dev.key.device_id()).unwrap().unwrap().0, 9);
+    }
+
+    #[test]
+    fn devices_register_as_pending_keep_their_state_and_can_be_approved() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let dev = SampleDevice::new(2);
+        let hello = dev.hello();
+        let id = dev.key.device_id();
+        let row = s
+            .upsert_device(
+                id,
+                dev.key.public(),
+                hello.as_bytes(),
+                100,
+                DeviceState::Pending,
+            )
+            .unwrap();
+        assert_eq!(row.state, DeviceState::Pending);
+        assert!(s.set_state(id, DeviceState::Approved).unwrap());
+        let row = s
+            .upsert_device(
+                id,
+                dev.key.public(),
+                hello.as_bytes(),
+                200,
+                DeviceState::Pending,
+            )
+            .unwrap();
+        assert_eq!(
+            (row.state, row.first_seen_ms, row.last_seen_ms),
+            (DeviceState::Approved, 100, 200)
+        );
+        assert!(
+            !s.set_state(SampleDevice::new(3).key.device_id(), DeviceState::Approved)
+                .unwrap()
+        );
+        assert_eq!(s.devices().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_database_survives_reopening_and_refuses_a_newer_schema() {
+        let dir = std::env::temp_dir().join(format!("store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("controller.db");
+        let mut dev = SampleDevice::new(4);
+        let chain = dev.chain(3, 10_000);
+        {
+            let mut s = SqliteStore::open(&path).unwrap();
+            s.insert_items(
+                &chain
+                    .iter()
+                    .map(|e| item(&dev, e, false))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(s.count_items(dev.key.device_id()).unwrap(), 3);
+        s.conn
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(s);
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::TooNew { .. })
+        ));
+    }
+}
