@@ -1,9 +1,11 @@
 //! The Heliostat fleet controller as a library.
 //!
 //! Map (growing with the controller issue):
+//! - [`ingest`]: payloads in, verified evidence stored, acks out (sans-IO).
 //! - [`store`]: the narrow store interface and its SQLite backend (WAL, versioned migrations,
 //!   idempotent inserts on (device, sequence)).
 
+pub mod ingest;
 pub mod store;
 
 /// The controller's version.

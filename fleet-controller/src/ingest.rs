@@ -1,0 +1,658 @@
+//! Ingest: from MQTT payloads to stored evidence and acknowledgements. Sans-IO: it takes
+//! (topic, payload) pairs and the time, writes through the [`Store`], and returns the
+//! messages to publish; the MQTT task around it only moves bytes.
+//!
+//! Per batch of messages: hellos register devices (pending unless pre-approved); chain
+//! messages are decoded, their signatures checked in one batch equation coalesced by key
+//! (one by one only when the batch fails), each device's chain is checked by its
+//! [`ChainVerifier`] (resumed from the store after a restart), accepted messages are stored
+//! in one transaction, and only after that commit does each device get a controller-signed,
+//! retained `Ack` of its highest stored sequence number. Re-sent messages that are already
+//! stored are acknowledged again (the agent may have missed the ack). A gap that persists
+//! gets a signed `Resend` command. Every rejection is counted by reason and logged at most
+//! once a minute per device and reason.
+
+use std::collections::{BTreeMap, HashMap};
+
+use attest::chain::{ChainPolicy, ChainVerifier, Outcome, Rejection, Tip};
+use attest::msg::{Ack, ChainMessage, Command, CommandBody, Hello};
+use attest::{DeviceId, Envelope, KeyPair, SeqNo, TimestampMs};
+
+use crate::store::{DeviceState, NewItem, Store, StoreError};
+
+/// MQTT topic prefix of every device topic.
+pub const PREFIX: &str = "heliostat/v1/dev/";
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Retained?
+    pub retain: bool,
+}
+
+/// How devices get approved.
+#[derive(Debug, Clone, Default)]
+pub struct Enrollment {
+    /// Every new device is approved at once (demo and tests).
+    pub auto_approve: bool,
+    /// Devices pre-approved by id.
+    pub approved: Vec<DeviceId>,
+}
+
+/// Ingest settings.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Who gets approved on hello.
+    pub enrollment: Enrollment,
+    /// Chain checking tunables.
+    pub policy: ChainPolicy,
+    /// How long a gap may persist before a `Resend` is asked, ms.
+    pub resend_after_ms: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            enrollment: Enrollment::default(),
+            policy: ChainPolicy::default(),
+            resend_after_ms: 10_000,
+        }
+    }
+}
+
+/// Rejections counted by reason.
+pub type Counters = BTreeMap<&'static str, u64>;
+
+/// The ingest state.
+pub struct Ingest<S: Store> {
+    store: S,
+    key: KeyPair,
+    cfg: IngestConfig,
+    chains: HashMap<DeviceId, ChainVerifier>,
+    /// Rejections by reason.
+    pub rejected: Counters,
+    /// Messages stored since start.
+    pub stored: u64,
+    logged: HashMap<(Option<DeviceId>, &'static str), u64>,
+    gaps: HashMap<DeviceId, (u64, u64)>,
+    nonce: u64,
+}
+
+/// Splits `heliostat/v1/dev/{id}/{leaf}`.
+fn parse_topic(topic: &str) -> Option<(DeviceId, &str)> {
+    let rest = topic.strip_prefix(PREFIX)?;
+    let (id, leaf) = rest.split_once('/')?;
+    Some((DeviceId::parse(id).ok()?, leaf))
+}
+
+/// Where a resumed checker continues: the last stored message and the counters of the
+/// last record at or before it.
+fn tip_from(envelope: &[u8], earlier_record: Option<&[u8]>) -> Option<Tip> {
+    let env = Envelope::decode(envelope).ok()?;
+    let msg = ChainMessage::open(&env).ok()?;
+    let counters_of = |m: &ChainMessage| {
+        m.as_record().map(|r| {
+            r.channels
+                .iter()
+                .map(|c| (c.channel, c.kind, c.energy))
+                .collect::<Vec<_>>()
+        })
+    };
+    let counters = counters_of(&msg)
+        .or_else(|| {
+            let e = Envelope::decode(earlier_record?).ok()?;
+            counters_of(&ChainMessage::open(&e).ok()?)
+        })
+        .unwrap_or_default();
+    Some(Tip {
+        seq: msg.link().seq,
+        hash: env.hash(),
+        timestamp: msg.link().timestamp,
+        counters,
+    })
+}
+
+impl<S: Store> Ingest<S> {
+    /// Ingest over a store, signing acks and commands with `key`.
+    pub fn new(store: S, key: KeyPair, cfg: IngestConfig) -> Ingest<S> {
+        Ingest {
+            store,
+            key,
+            cfg,
+            chains: HashMap::new(),
+            rejected: Counters::new(),
+            stored: 0,
+            logged: HashMap::new(),
+            gaps: HashMap::new(),
+            nonce: 0,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The store, mutably (operator actions).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    fn reject(&mut self, device: Option<DeviceId>, reason: &'static str, detail: &str, now: u64) {
+        *self.rejected.entry(reason).or_default() += 1;
+        let last = self.logged.entry((device, reason)).or_insert(0);
+        if *last == 0 || now.saturating_sub(*last) >= 60_000 {
+            *last = now.max(1);
+            tracing::warn!(device = ?device.map(|d| d.to_string()), reason, detail, "rejected");
+        }
+    }
+
+    fn verifier(&mut self, id: DeviceId) -> Result<Option<&mut ChainVerifier>, StoreError> {
+        if !self.chains.contains_key(&id) {
+            let Some(dev) = self.store.device(id)? else {
+                return Ok(None);
+            };
+            let v = match self.store.last_item(id)? {
+                None => ChainVerifier::new(&dev.public_key, self.cfg.policy),
+                Some((seq, bytes)) => {
+                    let earlier = self.store.items(id, seq.saturating_sub(8), seq)?;
+                    let record = earlier
+                        .iter()
+                        .rev()
+                        .find(|(_, b)| b.get(1) == Some(&(attest::Kind::MeterRecord as u8)));
+                    match tip_from(&bytes, record.map(|(_, b)| b.as_slice())) {
+                        Some(tip) => ChainVerifier::resume(&dev.public_key, self.cfg.policy, tip),
+                        None => {
+                            return Err(StoreError::Corrupt(format!(
+                                "stored message {seq} of {id} does not decode"
+                            )));
+                        }
+                    }
+                }
+            };
+            match v {
+                Ok(v) => {
+                    self.chains.insert(id, v);
+                }
+                Err(_) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "device {id} has an invalid public key"
+                    )));
+                }
+            }
+        }
+        Ok(self.chains.get_mut(&id))
+    }
+
+    fn hello(&mut self, topic_id: DeviceId, payload: &[u8], now: u64) -> Result<(), StoreError> {
+        let checked = Envelope::decode(payload)
+            .map_err(|e| ("malformed", e.to_string()))
+            .and_then(|env| {
+                let hello: Hello = env.open().map_err(|e| ("malformed", e.to_string()))?;
+                env.verify(&hello.public_key)
+                    .map_err(|e| ("bad_signature", e.to_string()))?;
+                if hello.device != topic_id {
+                    return Err((
+                        "wrong_topic",
+                        format!("hello of {} on the topic of {topic_id}", hello.device),
+                    ));
+                }
+                Ok((env, hello))
+            });
+        match checked {
+            Ok((env, hello)) => {
+                let e = &self.cfg.enrollment;
+                let initial = if e.auto_approve || e.approved.contains(&hello.device) {
+                    DeviceState::Approved
+                } else {
+                    DeviceState::Pending
+                };
+                let row = self.store.upsert_device(
+                    hello.device,
+                    hello.public_key,
+                    env.as_bytes(),
+                    now,
+                    initial,
+                )?;
+                tracing::info!(device = %hello.device, state = row.state.as_str(), "hello");
+            }
+            Err((reason, detail)) => self.reject(Some(topic_id), reason, &detail, now),
+        }
+        Ok(())
+    }
+
+    /// Handles a batch of (topic, payload) messages; returns what to publish. A store error
+    /// means nothing of the batch was acknowledged: the devices will send it again.
+    pub fn handle(
+        &mut self,
+        batch: &[(String, Vec<u8>)],
+        now: u64,
+    ) -> Result<Vec<Outgoing>, StoreError> {
+        // 1. Hellos first, so records in the same batch find their device.
+        let mut chain_msgs: Vec<(DeviceId, Envelope, ChainMessage)> = Vec::new();
+        for (topic, payload) in batch {
+            let Some((id, leaf)) = parse_topic(topic) else {
+                self.reject(None, "bad_topic", topic, now);
+                continue;
+            };
+            match leaf {
+                "hello" => self.hello(id, payload, now)?,
+                "records" => {
+                    let envs = if attest::batch::is_batch(payload) {
+                        match attest::batch::decode(payload) {
+                            Ok(items) => items,
+                            Err(e) => {
+                                self.reject(Some(id), "malformed_batch", &e.to_string(), now);
+                                continue;
+                            }
+                        }
+                    } else {
+                        vec![Envelope::decode(payload)]
+                    };
+                    for env in envs {
+                        let decoded = env.map_err(|e| e.to_string()).and_then(|env| {
+                            let msg = ChainMessage::open(&env).map_err(|e| e.to_string())?;
+                            Ok((env, msg))
+                        });
+                        match decoded {
+                            Ok((env, msg)) if msg.link().device == id => {
+                                chain_msgs.push((id, env, msg))
+                            }
+                            Ok((_, msg)) => {
+                                let detail = format!(
+                                    "message of {} on the topic of {id}",
+                                    msg.link().device
+                                );
+                                self.reject(Some(id), "wrong_topic", &detail, now)
+                            }
+                            Err(e) => self.reject(Some(id), "malformed", &e, now),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        // 2. Signatures, in one batch per ingest batch.
+        let mut keys = HashMap::new();
+        let mut known: Vec<(DeviceId, Envelope, ChainMessage)> =
+            Vec::with_capacity(chain_msgs.len());
+        for (id, env, msg) in chain_msgs {
+            if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(id) {
+                match self.store.device(id)? {
+                    Some(d) => {
+                        slot.insert(d);
+                    }
+                    None => {
+                        self.reject(Some(id), "unknown_device", "no hello yet", now);
+                        continue;
+                    }
+                }
+            }
+            known.push((id, env, msg));
+        }
+        let items: Vec<attest::sigbatch::Item<'_>> = known
+            .iter()
+            .map(|(id, env, _)| attest::sigbatch::Item {
+                message: env.signed_bytes(),
+                signature: env.signature(),
+                key: &keys[id].public_key,
+            })
+            .collect();
+        let all_good = attest::sigbatch::verify_all(&items);
+        let good: Vec<bool> = if all_good {
+            vec![true; known.len()]
+        } else {
+            known
+                .iter()
+                .map(|(id, env, _)| env.verify(&keys[id].public_key).is_ok())
+                .collect()
+        };
+        drop(items);
+
+        // 3. Chains, per device in sequence order.
+        let mut known: Vec<((DeviceId, Envelope, ChainMessage), bool)> =
+            known.into_iter().zip(good).collect();
+        known.sort_by_key(|((id, _, m), _)| (*id, m.link().seq));
+        let mut to_store = Vec::new();
+        let mut touched: BTreeMap<DeviceId, ()> = BTreeMap::new();
+        for ((id, env, msg), sig_ok) in known {
+            if !sig_ok {
+                self.reject(
+                    Some(id),
+                    "bad_signature",
+                    &format!("seq {}", msg.link().seq),
+                    now,
+                );
+                continue;
+            }
+            let seq = msg.link().seq;
+            let Some(v) = self.verifier(id)? else {
+                continue;
+            };
+            match v.feed_checked(&env, msg, TimestampMs(now)) {
+                Ok(Outcome::Accepted(verified)) => {
+                    let counted = keys[&id].state == DeviceState::Approved;
+                    let m = verified.message();
+                    to_store.push(NewItem {
+                        device: id,
+                        seq: m.link().seq.0,
+                        kind: env.kind() as u8,
+                        timestamp_ms: m.link().timestamp.0,
+                        hash: verified.hash(),
+                        envelope: env.into_bytes(),
+                        counted,
+                    });
+                    touched.insert(id, ());
+                }
+                Ok(Outcome::Duplicate { .. }) => {
+                    touched.insert(id, ());
+                }
+                Err(Rejection::BelowWindow { .. }) | Err(Rejection::Fork { .. }) => {
+                    // Older than the checker remembers: the store decides.
+                    let stored = self.store.items(id, seq.0, seq.0)?;
+                    match stored.first() {
+                        Some((_, b)) if b == env.as_bytes() => {
+                            touched.insert(id, ());
+                        }
+                        _ => self.reject(Some(id), "fork", &format!("seq {seq}"), now),
+                    }
+                }
+                Err(Rejection::SequenceGap { expected, got }) => {
+                    self.reject(
+                        Some(id),
+                        "sequence_gap",
+                        &format!("expected {expected}, got {got}"),
+                        now,
+                    );
+                    let first = self.gaps.entry(id).or_insert((now, expected.0));
+                    if first.1 != expected.0 {
+                        *first = (now, expected.0);
+                    }
+                }
+                Err(e) => self.reject(Some(id), e.reason(), &e.to_string(), now),
+            }
+        }
+
+        // 4. Store in one transaction, then (and only then) acknowledge.
+        let report = match self.store.insert_items(&to_store) {
+            Ok(r) => r,
+            Err(e) => {
+                // The checkers moved on in memory but nothing was stored: forget them so they
+                // resume from the store, or a redelivery would be taken for a duplicate and
+                // acknowledged without being stored.
+                for id in touched.keys() {
+                    self.chains.remove(id);
+                }
+                return Err(e);
+            }
+        };
+        self.stored += report.inserted as u64;
+        if report.conflicts > 0 {
+            *self.rejected.entry("fork").or_default() += report.conflicts as u64;
+        }
+        let mut out = Vec::new();
+        for id in touched.keys() {
+            if let Some(tip) = self.chains.get(id).and_then(|v| v.tip()) {
+                let ack = Ack {
+                    device: *id,
+                    up_to: tip.seq,
+                    hash: tip.hash,
+                    timestamp: TimestampMs(now),
+                };
+                out.push(Outgoing {
+                    topic: format!("{PREFIX}{id}/ack"),
+                    payload: Envelope::seal(&ack, &self.key).into_bytes(),
+                    retain: true,
+                });
+            }
+        }
+        // 5. Gaps that persist: ask for the range again.
+        let due: Vec<(DeviceId, u64)> = self
+            .gaps
+            .iter()
+            .filter(|(_, (since, _))| now.saturating_sub(*since) >= self.cfg.resend_after_ms)
+            .map(|(id, (_, from))| (*id, *from))
+            .collect();
+        for (id, from) in due {
+            let still = self
+                .chains
+                .get(&id)
+                .and_then(|v| v.tip())
+                .is_none_or(|t| t.seq.0 < from);
+            self.gaps.remove(&id);
+            if !still {
+                continue;
+            }
+            self.nonce += 1;
+            let cmd = Command {
+                device: id,
+                nonce: now.wrapping_mul(1_000).wrapping_add(self.nonce),
+                issued: TimestampMs(now),
+                expires: TimestampMs(now + 60_000),
+                body: CommandBody::Resend {
+                    from: SeqNo(from),
+                    to: SeqNo(u64::MAX / 2),
+                },
+            };
+            out.push(Outgoing {
+                topic: format!("{PREFIX}{id}/cmd"),
+                payload: Envelope::seal(&cmd, &self.key).into_bytes(),
+                retain: false,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use attest::sample::SampleDevice;
+
+    fn ingest(auto: bool) -> Ingest<SqliteStore> {
+        let cfg = IngestConfig {
+            enrollment: Enrollment {
+                auto_approve: auto,
+                approved: vec![],
+            },
+            resend_after_ms: 1_000,
+            ..IngestConfig::default()
+        };
+        Ingest::new(
+            SqliteStore::in_memory().unwrap(),
+            KeyPair::from_seed(&[0xc0; 32]),
+            cfg,
+        )
+    }
+
+    fn topic(dev: &SampleDevice, leaf: &str) -> String {
+        format!("{PREFIX}{}/{leaf}", dev.key.device_id())
+    }
+
+    const NOW: u64 = attest::sample::SAMPLE_START.0 + 86_400_000;
+
+    fn acks(out: &[Outgoing]) -> Vec<Ack> {
+        out.iter()
+            .filter(|o| o.topic.ends_with("/ack"))
+            .map(|o| {
+                let env = Envelope::decode(&o.payload).unwrap();
+                env.verify(&KeyPair::from_seed(&[0xc0; 32]).public())
+                    .unwrap();
+                env.open().unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_are_stored_once_and_acknowledged_after_the_commit() {
+        let mut ing = ingest(true);
+        let mut dev = SampleDevice::new(1);
+        let chain = dev.chain(20, 10_000);
+        let mut batch = vec![(topic(&dev, "hello"), dev.hello().into_bytes())];
+        batch.push((
+            topic(&dev, "records"),
+            attest::batch::encode(chain[..10].iter().map(|e| e.as_bytes())),
+        ));
+        for e in &chain[10..] {
+            batch.push((topic(&dev, "records"), e.as_bytes().to_vec()));
+        }
+        let out = ing.handle(&batch, NOW).unwrap();
+        let a = acks(&out);
+        assert_eq!(a.len(), 1);
+        assert_eq!((a[0].up_to, a[0].hash), (SeqNo(19), chain[19].hash()));
+        assert_eq!(ing.store().count_items(dev.key.device_id()).unwrap(), 20);
+        // Redelivery stores nothing new and acknowledges again.
+        let out = ing
+            .handle(
+                &[(topic(&dev, "records"), chain[5].as_bytes().to_vec())],
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(acks(&out)[0].up_to, SeqNo(19));
+        assert_eq!(ing.stored, 20);
+        assert!(ing.rejected.is_empty(), "{:?}", ing.rejected);
+    }
+
+    #[test]
+    fn bad_input_is_rejected_by_reason_and_good_devices_keep_flowing() {
+        let mut ing = ingest(true);
+        let mut good = SampleDevice::new(1);
+        let mut other = SampleDevice::new(2);
+        let chain = good.chain(6, 10_000);
+        let theirs = other.chain(2, 10_000);
+        let mut forged = chain[3].as_bytes().to_vec();
+        let n = forged.len();
+        forged[n - 1] ^= 1;
+        let mut fork = attest::msg::MeterRecord::clone(&chain[2].open().unwrap());
+        fork.channels[0].energy.0 += 1;
+        let batch = vec![
+            (topic(&good, "hello"), good.hello().into_bytes()),
+            (topic(&good, "records"), vec![0xde, 0xad]),
+            (topic(&good, "records"), vec![1; 100_000]),
+            (topic(&good, "records"), forged),
+            (topic(&good, "records"), theirs[0].as_bytes().to_vec()), // another device's record on this topic
+            (topic(&other, "records"), theirs[0].as_bytes().to_vec()), // no hello yet
+            ("heliostat/v1/dev/not-an-id/records".to_string(), vec![1]),
+            (topic(&good, "records"), chain[0].as_bytes().to_vec()),
+            (topic(&good, "records"), chain[1].as_bytes().to_vec()),
+            (topic(&good, "records"), chain[2].as_bytes().to_vec()),
+        ];
+        ing.handle(&batch, NOW).unwrap();
+        let r = &ing.rejected;
+        assert_eq!(r.get("malformed"), Some(&2), "{r:?}");
+        assert_eq!(r.get("bad_signature"), Some(&1), "{r:?}");
+        assert_eq!(r.get("wrong_topic"), Some(&1), "{r:?}");
+        assert_eq!(r.get("unknown_device"), Some(&1), "{r:?}");
+        assert_eq!(r.get("bad_topic"), Some(&1), "{r:?}");
+        assert_eq!(ing.store().count_items(good.key.device_id()).unwrap(), 3);
+        // A fork of a stored record, a replay of an old one, and clock skew.
+        let fork = Envelope::seal(&fork, &good.key);
+        ing.handle(&[(topic(&good, "records"), fork.into_bytes())], NOW)
+            .unwrap();
+        assert_eq!(ing.rejected.get("fork"), Some(&1));
+        let out = ing
+            .handle(
+                &[(topic(&good, "records"), chain[1].as_bytes().to_vec())],
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(
+            acks(&out)[0].up_to,
+            SeqNo(2),
+            "a replay is a duplicate: re-acknowledged, not stored"
+        );
+        let early = ing.handle(
+            &[(topic(&good, "records"), chain[3].as_bytes().to_vec())],
+            attest::sample::SAMPLE_START.0 - 3_600_000,
+        );
+        assert!(early.unwrap().is_empty());
+        assert_eq!(ing.rejected.get("future_timestamp"), Some(&1));
+        // The good device keeps flowing.
+        ing.handle(
+            &[(
+                topic(&good, "records"),
+                attest::batch::encode(chain[3..].iter().map(|e| e.as_bytes())),
+            )],
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(ing.store().count_items(good.key.device_id()).unwrap(), 6);
+    }
+
+    #[test]
+    fn pending_devices_are_stored_apart_and_a_persistent_gap_asks_for_a_resend() {
+        let mut ing = ingest(false);
+        let mut dev = SampleDevice::new(3);
+        let chain = dev.chain(6, 10_000);
+        ing.handle(&[(topic(&dev, "hello"), dev.hello().into_bytes())], NOW)
+            .unwrap();
+        assert_eq!(
+            ing.store()
+                .device(dev.key.device_id())
+                .unwrap()
+                .unwrap()
+                .state,
+            DeviceState::Pending
+        );
+        let batch: Vec<_> = [0, 1, 4, 5]
+            .iter()
+            .map(|&i| (topic(&dev, "records"), chain[i].as_bytes().to_vec()))
+            .collect();
+        let out = ing.handle(&batch, NOW).unwrap();
+        assert_eq!(acks(&out)[0].up_to, SeqNo(1));
+        assert_eq!(ing.rejected.get("sequence_gap"), Some(&2));
+        let out = ing.handle(&[], NOW + 2_000).unwrap();
+        let cmd: Command = Envelope::decode(&out[0].payload).unwrap().open().unwrap();
+        assert!(out[0].topic.ends_with("/cmd"));
+        assert_eq!(
+            cmd.body,
+            CommandBody::Resend {
+                from: SeqNo(2),
+                to: SeqNo(u64::MAX / 2)
+            }
+        );
+    }
+
+    #[test]
+    fn after_a_restart_the_chain_resumes_from_the_store() {
+        let dir = std::env::temp_dir().join(format!("ingest-restart-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.db");
+        let mut dev = SampleDevice::new(4);
+        let chain = dev.chain(10, 10_000);
+        let key = KeyPair::from_seed(&[0xc0; 32]);
+        let cfg = IngestConfig {
+            enrollment: Enrollment {
+                auto_approve: true,
+                approved: vec![],
+            },
+            ..IngestConfig::default()
+        };
+        {
+            let mut ing = Ingest::new(SqliteStore::open(&path).unwrap(), key.clone(), cfg.clone());
+            let mut batch = vec![(topic(&dev, "hello"), dev.hello().into_bytes())];
+            batch.extend(
+                chain[..6]
+                    .iter()
+                    .map(|e| (topic(&dev, "records"), e.as_bytes().to_vec())),
+            );
+            ing.handle(&batch, NOW).unwrap();
+        }
+        let mut ing = Ingest::new(SqliteStore::open(&path).unwrap(), key, cfg);
+        let batch: Vec<_> = chain[3..]
+            .iter()
+            .map(|e| (topic(&dev, "records"), e.as_bytes().to_vec()))
+            .collect();
+        let out = ing.handle(&batch, NOW).unwrap();
+        assert_eq!(acks(&out)[0].up_to, SeqNo(9));
+        assert_eq!(ing.store().count_items(dev.key.device_id()).unwrap(), 10);
+        assert!(ing.rejected.is_empty(), "{:?}", ing.rejected);
+    }
+}
