@@ -9,6 +9,7 @@
 //! - [`units`]: newtypes that carry their meaning (`SeqNo`, `Millijoules`, `TimestampMs`...).
 //! - [`hash`]: the 32-byte SHA-256 digest type, compared in constant time.
 //! - [`id`]: device identity: ed25519 keys and the self-certifying [`id::DeviceId`].
+//! - [`keyfile`] (std): key files created with mode 0600 and refused when readable by others.
 //! - [`envelope`]: the signed frame (version, kind, postcard payload, signature).
 //! - [`msg`]: every message kind, one file each (`Hello`, `MeterRecord`, `JobReceipt`,
 //!   `ChainRestart`, `Command`, `Ack`, `AnchorEntry`, `Statement`).
@@ -38,6 +39,8 @@ pub mod evm;
 pub mod hash;
 pub mod hex;
 pub mod id;
+#[cfg(feature = "std")]
+pub mod keyfile;
 pub mod merkle;
 pub mod msg;
 #[cfg(feature = "std")]

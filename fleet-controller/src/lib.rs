@@ -1,11 +1,15 @@
 //! The Heliostat fleet controller as a library.
 //!
 //! Map (growing with the controller issue):
+//! - [`config`]: the TOML configuration.
+//! - [`runtime`]: the MQTT ingest loop around [`ingest`].
 //! - [`ingest`]: payloads in, verified evidence stored, acks out (sans-IO).
 //! - [`store`]: the narrow store interface and its SQLite backend (WAL, versioned migrations,
 //!   idempotent inserts on (device, sequence)).
 
+pub mod config;
 pub mod ingest;
+pub mod runtime;
 pub mod store;
 
 /// The controller's version.

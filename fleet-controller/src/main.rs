@@ -1,5 +1,111 @@
-//! `fleet-controller`: only `--version` works until the controller issue lands.
+//! `fleet-controller`: ingest and operator commands. (The demo, API, accounting and anchoring
+//! arrive with the rest of the controller issue.)
+//!
+//! - `fleet-controller --config FILE run`: ingest from the configured broker.
+//! - `fleet-controller --config FILE key`: the controller's public key (give it to agents).
+//! - `fleet-controller --config FILE devices`: every device with its state.
+//! - `fleet-controller --config FILE approve|revoke ID`.
 
-fn main() {
-    println!("fleet-controller {}", fleet_controller::VERSION);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fleet_controller::config::ControllerConfig;
+use fleet_controller::store::{DeviceState, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "fleet-controller",
+    version,
+    about = "Heliostat fleet controller"
+)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, default_value = "/etc/heliostat/controller.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Ingest from the broker.
+    Run,
+    /// Print the controller's public key.
+    Key,
+    /// List devices.
+    Devices,
+    /// Approve a device: its records count from now on.
+    Approve { id: String },
+    /// Revoke a device: its records are kept apart, never counted.
+    Revoke { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match inner(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-controller: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn inner(cli: Cli) -> anyhow::Result<()> {
+    let cfg = ControllerConfig::load(&cli.config)?;
+    match cli.cmd {
+        Cmd::Run => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(fleet_controller::runtime::run(cfg, async {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                }
+            }))
+        }
+        Cmd::Key => {
+            std::fs::create_dir_all(&cfg.data_dir)?;
+            let (key, _) = attest::keyfile::load_or_create(&cfg.key_path())?;
+            println!("{}", key.public());
+            Ok(())
+        }
+        Cmd::Devices => {
+            let ingest = fleet_controller::runtime::open(&cfg)?;
+            for d in ingest.store().devices()? {
+                println!(
+                    "{}\t{}\t{} messages\tlast seen {} ms",
+                    d.id,
+                    d.state.as_str(),
+                    ingest.store().count_items(d.id)?,
+                    d.last_seen_ms
+                );
+            }
+            Ok(())
+        }
+        Cmd::Approve { id } | Cmd::Revoke { id } if attest::DeviceId::parse(&id).is_err() => {
+            anyhow::bail!("{id}: {}", attest::DeviceId::parse(&id).unwrap_err())
+        }
+        Cmd::Approve { id } => set(&cfg, &id, DeviceState::Approved),
+        Cmd::Revoke { id } => set(&cfg, &id, DeviceState::Revoked),
+    }
+}
+
+fn set(cfg: &ControllerConfig, id: &str, state: DeviceState) -> anyhow::Result<()> {
+    let id = attest::DeviceId::parse(id)?;
+    let mut ingest = fleet_controller::runtime::open(cfg)?;
+    if !ingest.store_mut().set_state(id, state)? {
+        anyhow::bail!("no device {id} (it must say hello first)");
+    }
+    println!("{id}: {}", state.as_str());
+    Ok(())
 }

@@ -226,3 +226,19 @@ pub fn agent_key(data_dir: &Path) -> attest::KeyPair {
         std::fs::read_to_string(data_dir.join("device.key")).expect("reading the agent's key");
     attest::KeyPair::from_seed(&attest::hex::decode_array(seed.trim()).expect("a hex seed"))
 }
+
+/// A binary of another workspace package, next to this test's own binaries (built with
+/// `cargo build -p PACKAGE` when `cargo test` did not build it already).
+pub fn workspace_binary(own_binary: &str, package: &str, name: &str) -> PathBuf {
+    let dir = Path::new(own_binary).parent().expect("binary directory");
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = Command::new(cargo)
+            .args(["build", "-p", package, "--bin", name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok && path.exists(), "could not build {name}");
+    }
+    path
+}

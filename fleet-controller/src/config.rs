@@ -1,0 +1,142 @@
+//! The controller's configuration: one TOML file, unknown keys refused, errors naming the key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// Database, controller key and status file.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The MQTT broker to ingest from.
+    pub broker: BrokerConfig,
+    /// Who gets approved.
+    #[serde(default)]
+    pub enrollment: EnrollmentConfig,
+    /// Ingest tunables.
+    #[serde(default)]
+    pub ingest: IngestTuning,
+}
+
+/// An external MQTT broker (Mosquitto in tests and production).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Host.
+    pub host: String,
+    /// Port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Username.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Shared-subscription group: controllers in one group split the devices' messages.
+    #[serde(default = "default_group")]
+    pub share_group: String,
+}
+
+/// Enrollment.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentConfig {
+    /// Approve every device that says hello (demos and tests only).
+    #[serde(default)]
+    pub auto_approve: bool,
+    /// Device ids (`hs-...`) approved in advance.
+    #[serde(default)]
+    pub approved: Vec<String>,
+}
+
+/// Ingest tunables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestTuning {
+    /// Most MQTT messages handled in one store transaction.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    /// Longest wait to fill a batch, milliseconds.
+    #[serde(default = "default_batch_wait")]
+    pub batch_wait_ms: u64,
+    /// How far ahead of the controller's clock a message may be, milliseconds.
+    #[serde(default = "default_skew")]
+    pub max_future_skew_ms: u64,
+    /// How long a gap may persist before the device is asked to resend, milliseconds.
+    #[serde(default = "default_resend")]
+    pub resend_after_ms: u64,
+}
+
+impl Default for IngestTuning {
+    fn default() -> Self {
+        IngestTuning {
+            batch_max: default_batch_max(),
+            batch_wait_ms: default_batch_wait(),
+            max_future_skew_ms: default_skew(),
+            resend_after_ms: default_resend(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/heliostat-controller")
+}
+const fn default_port() -> u16 {
+    1883
+}
+fn default_group() -> String {
+    "heliostat-ingest".into()
+}
+const fn default_batch_max() -> usize {
+    1_000
+}
+const fn default_batch_wait() -> u64 {
+    20
+}
+const fn default_skew() -> u64 {
+    120_000
+}
+const fn default_resend() -> u64 {
+    10_000
+}
+
+impl ControllerConfig {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> anyhow::Result<ControllerConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let cfg: ControllerConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The rules between keys.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for id in &self.enrollment.approved {
+            attest::DeviceId::parse(id)
+                .map_err(|e| anyhow::anyhow!("config key `enrollment.approved`: {id}: {e}"))?;
+        }
+        if self.ingest.batch_max == 0 {
+            anyhow::bail!("config key `ingest.batch_max`: must be above 0");
+        }
+        if self.broker.password.is_some() && self.broker.username.is_none() {
+            anyhow::bail!("config key `broker.password`: needs broker.username");
+        }
+        Ok(())
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("controller.db")
+    }
+
+    /// The controller key file.
+    pub fn key_path(&self) -> PathBuf {
+        self.data_dir.join("controller.key")
+    }
+}

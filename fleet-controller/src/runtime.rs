@@ -1,0 +1,153 @@
+//! The running controller (ingest part): an MQTT client on an external broker with shared
+//! subscriptions, feeding batches to [`Ingest`] on a thread of its own (SQLite is blocking)
+//! and publishing what it returns (acks, resend commands).
+
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::ControllerConfig;
+use crate::ingest::{Enrollment, Ingest, IngestConfig, Outgoing};
+use crate::store::sqlite::SqliteStore;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the controller writes to `status.json` after every batch.
+#[derive(Debug, Default, Serialize)]
+pub struct IngestStatus {
+    /// Messages stored since start.
+    pub stored: u64,
+    /// Rejections by reason since start.
+    pub rejected: std::collections::BTreeMap<String, u64>,
+    /// When this was written.
+    pub updated_ms: u64,
+}
+
+/// Opens the store and the key as configured.
+pub fn open(cfg: &ControllerConfig) -> Result<Ingest<SqliteStore>> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let (key, _) = attest::keyfile::load_or_create(&cfg.key_path())?;
+    let store = SqliteStore::open(&cfg.db_path())?;
+    let approved = cfg
+        .enrollment
+        .approved
+        .iter()
+        .filter_map(|s| attest::DeviceId::parse(s).ok())
+        .collect();
+    let icfg = IngestConfig {
+        enrollment: Enrollment {
+            auto_approve: cfg.enrollment.auto_approve,
+            approved,
+        },
+        policy: attest::chain::ChainPolicy {
+            max_future_skew_ms: cfg.ingest.max_future_skew_ms,
+            ..Default::default()
+        },
+        resend_after_ms: cfg.ingest.resend_after_ms,
+    };
+    Ok(Ingest::new(store, key, icfg))
+}
+
+/// Runs ingest until `shutdown` resolves.
+pub async fn run(
+    cfg: ControllerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let mut ingest = open(&cfg)?;
+    let status_path = cfg.data_dir.join("status.json");
+    let (in_tx, in_rx) = std_mpsc::sync_channel::<(String, Vec<u8>)>(100_000);
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
+    let (batch_max, wait) = (
+        cfg.ingest.batch_max,
+        Duration::from_millis(cfg.ingest.batch_wait_ms),
+    );
+    std::thread::Builder::new().name("ingest".into()).spawn(move || {
+        while let Ok(first) = in_rx.recv() {
+            let mut batch = vec![first];
+            let deadline = Instant::now() + wait;
+            while batch.len() < batch_max {
+                match in_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            match ingest.handle(&batch, now_ms()) {
+                Ok(out) => {
+                    for o in out {
+                        let _ = out_tx.send(o);
+                    }
+                }
+                // Nothing of the batch was acknowledged; the agents send it again.
+                Err(e) => tracing::error!(error = %e, messages = batch.len(), "storing a batch failed"),
+            }
+            let status = IngestStatus {
+                stored: ingest.stored,
+                rejected: ingest.rejected.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                updated_ms: now_ms(),
+            };
+            if let Ok(b) = serde_json::to_vec_pretty(&status) {
+                let tmp = status_path.with_extension("json.tmp");
+                if std::fs::write(&tmp, b).is_ok() {
+                    let _ = std::fs::rename(&tmp, &status_path);
+                }
+            }
+        }
+    })?;
+
+    let b = &cfg.broker;
+    let mut o = MqttOptions::new(
+        format!("heliostat-controller-{}", std::process::id()),
+        &b.host,
+        b.port,
+    );
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(4 << 20, 4 << 20);
+    if let Some(u) = &b.username {
+        o.set_credentials(u, b.password.clone().unwrap_or_default());
+    }
+    let (client, mut events) = AsyncClient::new(o, 1024);
+    let topics = [
+        format!("$share/{}/heliostat/v1/dev/+/records", b.share_group),
+        format!("$share/{}/heliostat/v1/dev/+/hello", b.share_group),
+    ];
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(o) = out_rx.recv() => {
+                if let Err(e) = client.publish(o.topic, QoS::AtLeastOnce, o.retain, o.payload).await {
+                    tracing::error!(error = %e, "publishing an ack failed");
+                }
+            }
+            ev = events.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    for t in &topics {
+                        client.subscribe(t, QoS::AtLeastOnce).await?;
+                    }
+                    tracing::info!(broker = %format!("{}:{}", b.host, b.port), "controller connected");
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if in_tx.send((p.topic, p.payload.to_vec())).is_err() {
+                        anyhow::bail!("the ingest thread stopped");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "broker connection down; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            },
+        }
+    }
+    Ok(())
+}
