@@ -19,6 +19,63 @@ pub struct ControllerConfig {
     /// Ingest tunables.
     #[serde(default)]
     pub ingest: IngestTuning,
+    /// Epochs and anchoring.
+    #[serde(default)]
+    pub epochs: EpochConfig,
+    /// Carbon accounting inputs.
+    #[serde(default)]
+    pub accounting: AccountingConfig,
+}
+
+/// Epochs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochConfig {
+    /// How often an epoch closes and its root is anchored, milliseconds (default one hour).
+    #[serde(default = "default_epoch_ms")]
+    pub interval_ms: u64,
+}
+
+impl Default for EpochConfig {
+    fn default() -> Self {
+        EpochConfig {
+            interval_ms: default_epoch_ms(),
+        }
+    }
+}
+
+/// Accounting inputs. (A bundled per-region table and operator hourly series come with the
+/// accounting part of the controller issue; until then one flat intensity, named.)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountingConfig {
+    /// Grid carbon intensity, mg CO2e per kWh.
+    #[serde(default = "default_intensity")]
+    pub intensity_mg_per_kwh: u32,
+    /// Where that figure comes from (named in every statement).
+    #[serde(default = "default_intensity_source")]
+    pub intensity_source: String,
+}
+
+impl Default for AccountingConfig {
+    fn default() -> Self {
+        AccountingConfig {
+            intensity_mg_per_kwh: default_intensity(),
+            intensity_source: default_intensity_source(),
+        }
+    }
+}
+
+const fn default_epoch_ms() -> u64 {
+    3_600_000
+}
+const fn default_intensity() -> u32 {
+    // The world average grid intensity, about 480 g CO2e/kWh (Ember, Global Electricity
+    // Review 2024, CC-BY-4.0): a conservative default until a region table is configured.
+    480_000
+}
+fn default_intensity_source() -> String {
+    "config:flat-480g (world average, Ember 2024)".into()
 }
 
 /// An external MQTT broker (Mosquitto in tests and production).
@@ -120,6 +177,9 @@ impl ControllerConfig {
         for id in &self.enrollment.approved {
             attest::DeviceId::parse(id)
                 .map_err(|e| anyhow::anyhow!("config key `enrollment.approved`: {id}: {e}"))?;
+        }
+        if self.epochs.interval_ms < 100 {
+            anyhow::bail!("config key `epochs.interval_ms`: must be at least 100");
         }
         if self.ingest.batch_max == 0 {
             anyhow::bail!("config key `ingest.batch_max`: must be above 0");

@@ -2,12 +2,16 @@
 //!
 //! Map (growing with the controller issue):
 //! - [`config`]: the TOML configuration.
+//! - [`epochs`]: closing epochs into RFC 6962 trees anchored in the local, signed log.
+//! - [`bundles`]: proof bundles for a device-period that `attest verify` accepts.
 //! - [`runtime`]: the MQTT ingest loop around [`ingest`].
 //! - [`ingest`]: payloads in, verified evidence stored, acks out (sans-IO).
 //! - [`store`]: the narrow store interface and its SQLite backend (WAL, versioned migrations,
 //!   idempotent inserts on (device, sequence)).
 
+pub mod bundles;
 pub mod config;
+pub mod epochs;
 pub mod ingest;
 pub mod runtime;
 pub mod store;

@@ -39,6 +39,24 @@ enum Cmd {
     Approve { id: String },
     /// Revoke a device: its records are kept apart, never counted.
     Revoke { id: String },
+    /// Export a proof bundle for a device over a period (anchored epochs only).
+    Bundle {
+        /// The device id.
+        #[arg(long)]
+        device: String,
+        /// Period start, ms since the Unix epoch.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Period end, ms since the Unix epoch.
+        #[arg(long, default_value_t = u64::MAX / 2)]
+        to: u64,
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+        /// JSON instead of postcard.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,6 +112,42 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Approve { id } | Cmd::Revoke { id } if attest::DeviceId::parse(&id).is_err() => {
             anyhow::bail!("{id}: {}", attest::DeviceId::parse(&id).unwrap_err())
+        }
+        Cmd::Bundle {
+            device,
+            from,
+            to,
+            out,
+            json,
+        } => {
+            let id = attest::DeviceId::parse(&device)?;
+            let ingest = fleet_controller::runtime::open(&cfg)?;
+            let (key, _) = attest::keyfile::load_or_create(&cfg.key_path())?;
+            let intensity = fleet_controller::bundles::Intensity {
+                mg_per_kwh: cfg.accounting.intensity_mg_per_kwh,
+                source: cfg.accounting.intensity_source.clone(),
+            };
+            let b = fleet_controller::bundles::device_period(
+                ingest.store(),
+                key.public(),
+                id,
+                from,
+                to,
+                &intensity,
+            )?;
+            let bytes = if json {
+                b.to_json().into_bytes()
+            } else {
+                b.to_postcard()
+            };
+            std::fs::write(&out, bytes)?;
+            println!(
+                "{}: {} messages in {} epoch(s)",
+                out.display(),
+                b.evidence.len(),
+                b.epochs.len()
+            );
+            Ok(())
         }
         Cmd::Approve { id } => set(&cfg, &id, DeviceState::Approved),
         Cmd::Revoke { id } => set(&cfg, &id, DeviceState::Revoked),

@@ -19,7 +19,7 @@ fn controller_config(dir: &Path, port: u16) -> PathBuf {
     std::fs::write(
         &p,
         format!(
-            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n[enrollment]\nauto_approve = true\n[ingest]\nresend_after_ms = 2000\n",
+            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n[enrollment]\nauto_approve = true\n[ingest]\nresend_after_ms = 2000\n[epochs]\ninterval_ms = 500\n",
             dir.join("data").display()
         ),
     )

@@ -106,6 +106,36 @@ pub enum StoreError {
     TooNew { found: u32, supported: u32 },
 }
 
+/// A closed epoch: its tree head and its anchor-log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochRow {
+    /// The epoch number (0, 1, 2...).
+    pub epoch: u64,
+    /// Leaves in its tree.
+    pub tree_size: u64,
+    /// Its RFC 6962 root.
+    pub root: Hash32,
+    /// When it was closed (controller clock, ms).
+    pub closed_ms: u64,
+    /// The signed `AnchorEntry` envelope of the local anchor log.
+    pub anchor_entry: Vec<u8>,
+    /// Position of that entry in the log.
+    pub anchor_index: u64,
+}
+
+/// A stored chain message with where it sits in its epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedItem {
+    /// Sequence number.
+    pub seq: u64,
+    /// Timestamp (device clock).
+    pub timestamp_ms: u64,
+    /// The envelope.
+    pub envelope: Vec<u8>,
+    /// Its epoch and leaf index, once its epoch is closed.
+    pub placed: Option<(u64, u64)>,
+}
+
 /// The narrow store interface.
 pub trait Store {
     /// Records a device's hello: a new device gets `initial` (pending, or approved by an
@@ -133,4 +163,26 @@ pub trait Store {
     fn items(&self, id: DeviceId, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// How many messages are stored for a device.
     fn count_items(&self, id: DeviceId) -> Result<u64, StoreError>;
+    /// Counted messages not yet in any epoch, as (device, seq, envelope), in leaf order.
+    fn unplaced(&self) -> Result<Vec<(DeviceId, u64, Vec<u8>)>, StoreError>;
+    /// Closes an epoch in one transaction: its row, its anchor entry, and the leaf index
+    /// of each message `(device, seq)` in order. Refuses an epoch number already used.
+    fn commit_epoch(
+        &mut self,
+        epoch: &EpochRow,
+        leaves: &[(DeviceId, u64)],
+    ) -> Result<(), StoreError>;
+    /// The last closed epoch.
+    fn last_epoch(&self) -> Result<Option<EpochRow>, StoreError>;
+    /// A closed epoch.
+    fn epoch(&self, epoch: u64) -> Result<Option<EpochRow>, StoreError>;
+    /// The leaves (envelopes) of a closed epoch in leaf order.
+    fn epoch_leaves(&self, epoch: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// A device's messages with timestamps in `from..=to`, in sequence order.
+    fn items_between(
+        &self,
+        id: DeviceId,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<PlacedItem>, StoreError>;
 }

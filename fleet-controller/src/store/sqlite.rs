@@ -6,7 +6,9 @@ use std::path::Path;
 use attest::{DeviceId, PublicKey};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{DeviceRow, DeviceState, InsertReport, NewItem, Store, StoreError};
+use super::{
+    DeviceRow, DeviceState, EpochRow, InsertReport, NewItem, PlacedItem, Store, StoreError,
+};
 
 /// Migrations in order; entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -32,6 +34,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (device, seq)
     ) WITHOUT ROWID;
     CREATE INDEX chain_items_epoch ON chain_items (epoch);",
+    // 2: epochs and the local anchor log (one entry per epoch, never two).
+    "CREATE TABLE epochs (
+        epoch INTEGER PRIMARY KEY,
+        tree_size INTEGER NOT NULL,
+        root BLOB NOT NULL,
+        closed_ms INTEGER NOT NULL,
+        anchor_index INTEGER NOT NULL UNIQUE,
+        anchor_entry BLOB NOT NULL
+    );
+    CREATE INDEX chain_items_time ON chain_items (device, timestamp_ms);",
 ];
 
 /// The schema version this code writes.
@@ -133,6 +145,37 @@ impl SqliteStore {
 type RawDevice = (Vec<u8>, Vec<u8>, String, Vec<u8>, i64, i64);
 
 const DEVICE_COLUMNS: &str = "id, public_key, state, hello, first_seen_ms, last_seen_ms";
+
+/// An `epochs` row as read: epoch, size, root, closed, anchor entry, anchor index.
+type RawEpoch = (i64, i64, Vec<u8>, i64, Vec<u8>, i64);
+
+fn epoch_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEpoch> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+fn to_epoch(raw: RawEpoch) -> Result<EpochRow, StoreError> {
+    let (epoch, size, root, closed, entry, index) = raw;
+    Ok(EpochRow {
+        epoch: epoch as u64,
+        tree_size: size as u64,
+        root: attest::Hash32(
+            root.try_into()
+                .map_err(|_| StoreError::Corrupt("epoch root is not 32 bytes".into()))?,
+        ),
+        closed_ms: closed as u64,
+        anchor_entry: entry,
+        anchor_index: index as u64,
+    })
+}
+
+const EPOCH_COLUMNS: &str = "epoch, tree_size, root, closed_ms, anchor_entry, anchor_index";
 
 impl Store for SqliteStore {
     fn upsert_device(
@@ -240,6 +283,113 @@ impl Store for SqliteStore {
         let rows = st
             .query_map(params![&id.0[..], to_i64(from), to_i64(to)], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn unplaced(&self) -> Result<Vec<(DeviceId, u64, Vec<u8>)>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT device, seq, envelope FROM chain_items WHERE epoch IS NULL AND counted = 1 ORDER BY device, seq",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get(2)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(d, s, e)| Ok((id_of(d)?, s, e)))
+            .collect()
+    }
+
+    fn commit_epoch(&mut self, e: &EpochRow, leaves: &[(DeviceId, u64)]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            &format!("INSERT INTO epochs ({EPOCH_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+            params![
+                to_i64(e.epoch),
+                to_i64(e.tree_size),
+                &e.root.0[..],
+                to_i64(e.closed_ms),
+                &e.anchor_entry,
+                to_i64(e.anchor_index)
+            ],
+        )?;
+        {
+            let mut place = tx.prepare_cached(
+                "UPDATE chain_items SET epoch = ?3, leaf_index = ?4 WHERE device = ?1 AND seq = ?2 AND epoch IS NULL",
+            )?;
+            for (i, (d, s)) in leaves.iter().enumerate() {
+                let n = place.execute(params![&d.0[..], to_i64(*s), to_i64(e.epoch), i as i64])?;
+                if n != 1 {
+                    return Err(StoreError::Corrupt(format!(
+                        "message {d}/{s} is missing or already in an epoch"
+                    )));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn last_epoch(&self) -> Result<Option<EpochRow>, StoreError> {
+        let raw = self
+            .conn
+            .query_row(
+                &format!("SELECT {EPOCH_COLUMNS} FROM epochs ORDER BY epoch DESC LIMIT 1"),
+                [],
+                epoch_row,
+            )
+            .optional()?;
+        raw.map(to_epoch).transpose()
+    }
+
+    fn epoch(&self, epoch: u64) -> Result<Option<EpochRow>, StoreError> {
+        let raw = self
+            .conn
+            .query_row(
+                &format!("SELECT {EPOCH_COLUMNS} FROM epochs WHERE epoch = ?1"),
+                params![to_i64(epoch)],
+                epoch_row,
+            )
+            .optional()?;
+        raw.map(to_epoch).transpose()
+    }
+
+    fn epoch_leaves(&self, epoch: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT envelope FROM chain_items WHERE epoch = ?1 ORDER BY leaf_index",
+        )?;
+        let rows = st
+            .query_map(params![to_i64(epoch)], |r| r.get(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn items_between(
+        &self,
+        id: DeviceId,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<PlacedItem>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, timestamp_ms, envelope, epoch, leaf_index FROM chain_items
+             WHERE device = ?1 AND timestamp_ms BETWEEN ?2 AND ?3 ORDER BY seq",
+        )?;
+        let rows = st
+            .query_map(params![&id.0[..], to_i64(from_ms), to_i64(to_ms)], |r| {
+                let epoch: Option<i64> = r.get(3)?;
+                let leaf: Option<i64> = r.get(4)?;
+                Ok(PlacedItem {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    timestamp_ms: r.get::<_, i64>(1)? as u64,
+                    envelope: r.get(2)?,
+                    placed: epoch.zip(leaf).map(|(e, l)| (e as u64, l as u64)),
+                })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
