@@ -26,6 +26,9 @@ use crate::outbox::{Outbox, OutboxError};
 use crate::power::PowerSource;
 use crate::sender::{Plan, SendPolicy, SendQueue};
 
+/// How often the hello is repeated until the first ack after connecting.
+const HELLO_REPEAT_MS: u64 = 3_000;
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -141,6 +144,9 @@ pub struct Agent {
     status: Status,
     last_record_slot: u64,
     seen_nonces: std::collections::VecDeque<u64>,
+    /// While no ack has come since connecting, the hello is repeated at this time (a
+    /// controller that subscribed after our hello would otherwise never learn our key).
+    hello_due: Option<u64>,
 }
 
 fn save_state(data: &Path, state: &ChainState) -> Result<()> {
@@ -273,6 +279,7 @@ impl Agent {
             status,
             last_record_slot: 0,
             seen_nonces: Default::default(),
+            hello_due: None,
         })
     }
 
@@ -416,6 +423,15 @@ impl Agent {
         if !self.status.link.connected {
             return;
         }
+        if let Some(due) = self.hello_due.filter(|d| now >= *d) {
+            let _ = client.try_publish(
+                &self.topics.hello,
+                QoS::AtLeastOnce,
+                false,
+                self.hello().into_bytes(),
+            );
+            self.hello_due = Some(due.max(now) + HELLO_REPEAT_MS);
+        }
         let pending: Vec<u64> = self.outbox.pending().collect();
         for plan in self.queue.plan(now, &pending) {
             let payload = match &plan {
@@ -439,7 +455,8 @@ impl Agent {
         }
     }
 
-    fn on_connect(&mut self, client: &AsyncClient) {
+    fn on_connect(&mut self, client: &AsyncClient, now: u64) {
+        self.hello_due = Some(now + HELLO_REPEAT_MS);
         self.status.link.connected = true;
         self.status.link.connects += 1;
         self.status.link.last_error = None;
@@ -486,6 +503,7 @@ impl Agent {
                     return;
                 }
                 self.queue.on_ack(ack.up_to.0);
+                self.hello_due = None;
             }
             Err(why) => {
                 self.status.link.acks_rejected += 1;
@@ -620,7 +638,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
             }
             _ = send.tick() => agent.tick_send(&client, now_ms()),
             ev = rx.recv() => match ev {
-                Some(LinkEvent::Mqtt(Event::Incoming(Packet::ConnAck(_)))) => agent.on_connect(&client),
+                Some(LinkEvent::Mqtt(Event::Incoming(Packet::ConnAck(_)))) => agent.on_connect(&client, now_ms()),
                 Some(LinkEvent::Mqtt(Event::Incoming(Packet::Publish(p)))) => {
                     if p.topic == agent.topics.ack {
                         agent.on_ack(&p.payload);

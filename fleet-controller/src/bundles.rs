@@ -43,6 +43,8 @@ pub struct Intensity {
 }
 
 /// Builds the bundle for `device` over messages with timestamps in `from_ms..=to_ms`.
+/// With `trim_unanchored`, the period ends before the first message whose epoch is still
+/// open; without it, such a message is an error.
 pub fn device_period<S: Store>(
     store: &S,
     controller: PublicKey,
@@ -50,11 +52,16 @@ pub fn device_period<S: Store>(
     from_ms: u64,
     to_ms: u64,
     intensity: &Intensity,
+    trim_unanchored: bool,
 ) -> Result<ProofBundle, BundleError> {
     let dev = store
         .device(device)?
         .ok_or(BundleError::UnknownDevice(device))?;
-    let items = store.items_between(device, from_ms, to_ms)?;
+    let mut items = store.items_between(device, from_ms, to_ms)?;
+    if trim_unanchored {
+        let anchored = items.iter().take_while(|i| i.placed.is_some()).count();
+        items.truncate(anchored);
+    }
     if items.is_empty() {
         return Err(BundleError::Empty(device));
     }
@@ -174,13 +181,30 @@ mod tests {
             mg_per_kwh: 380_000,
             source: "test:flat".into(),
         };
-        let not_yet = device_period(ing.store(), key.public(), id, 0, u64::MAX, &intensity);
+        let not_yet = device_period(
+            ing.store(),
+            key.public(),
+            id,
+            0,
+            u64::MAX,
+            &intensity,
+            false,
+        );
         assert!(matches!(not_yet, Err(BundleError::NotAnchored { seq: 25 })));
         let e1 = close_epoch(ing.store_mut(), &key, now + 1)
             .unwrap()
             .unwrap();
         assert_eq!((e1.epoch, e1.tree_size, e1.anchor_index), (1, 15, 1));
-        let b = device_period(ing.store(), key.public(), id, 0, u64::MAX, &intensity).unwrap();
+        let b = device_period(
+            ing.store(),
+            key.public(),
+            id,
+            0,
+            u64::MAX,
+            &intensity,
+            false,
+        )
+        .unwrap();
         assert_eq!(b.epochs.len(), 2);
         let opts = VerifyOptions {
             controller_key: Some(key.public()),
@@ -200,6 +224,7 @@ mod tests {
             SAMPLE_START.0 + 10 * 60_000,
             SAMPLE_START.0 + 30 * 60_000,
             &intensity,
+            false,
         )
         .unwrap();
         assert_eq!(verify(&part, &opts).unwrap().records, 21);

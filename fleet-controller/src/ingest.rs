@@ -79,6 +79,8 @@ pub struct Ingest<S: Store> {
     pub stored: u64,
     logged: HashMap<(Option<DeviceId>, &'static str), u64>,
     gaps: HashMap<DeviceId, (u64, u64)>,
+    /// Devices whose records came before their hello (a controller that subscribed late).
+    unknown_seen: std::collections::HashSet<DeviceId>,
     nonce: u64,
 }
 
@@ -128,6 +130,7 @@ impl<S: Store> Ingest<S> {
             stored: 0,
             logged: HashMap::new(),
             gaps: HashMap::new(),
+            unknown_seen: Default::default(),
             nonce: 0,
         }
     }
@@ -218,6 +221,14 @@ impl<S: Store> Ingest<S> {
                     now,
                     initial,
                 )?;
+                if self.unknown_seen.remove(&hello.device) {
+                    // Its records were refused before its hello: ask for them again now.
+                    let from = self
+                        .store
+                        .last_item(hello.device)?
+                        .map_or(0, |(seq, _)| seq + 1);
+                    self.gaps.insert(hello.device, (0, from));
+                }
                 tracing::info!(device = %hello.device, state = row.state.as_str(), "hello");
             }
             Err((reason, detail)) => self.reject(Some(topic_id), reason, &detail, now),
@@ -289,6 +300,7 @@ impl<S: Store> Ingest<S> {
                     }
                     None => {
                         self.reject(Some(id), "unknown_device", "no hello yet", now);
+                        self.unknown_seen.insert(id);
                         continue;
                     }
                 }
@@ -614,6 +626,30 @@ mod tests {
             cmd.body,
             CommandBody::Resend {
                 from: SeqNo(2),
+                to: SeqNo(u64::MAX / 2)
+            }
+        );
+    }
+
+    #[test]
+    fn records_before_the_hello_are_asked_for_again_as_soon_as_the_hello_comes() {
+        let mut ing = ingest(true);
+        let mut dev = SampleDevice::new(6);
+        let chain = dev.chain(3, 10_000);
+        let early: Vec<_> = chain
+            .iter()
+            .map(|e| (topic(&dev, "records"), e.as_bytes().to_vec()))
+            .collect();
+        assert!(ing.handle(&early, NOW).unwrap().is_empty());
+        assert_eq!(ing.rejected.get("unknown_device"), Some(&3));
+        let out = ing
+            .handle(&[(topic(&dev, "hello"), dev.hello().into_bytes())], NOW)
+            .unwrap();
+        let cmd: Command = Envelope::decode(&out[0].payload).unwrap().open().unwrap();
+        assert_eq!(
+            cmd.body,
+            CommandBody::Resend {
+                from: SeqNo(0),
                 to: SeqNo(u64::MAX / 2)
             }
         );

@@ -47,9 +47,9 @@ enum Cmd {
         /// Period start, ms since the Unix epoch.
         #[arg(long, default_value_t = 0)]
         from: u64,
-        /// Period end, ms since the Unix epoch.
-        #[arg(long, default_value_t = u64::MAX / 2)]
-        to: u64,
+        /// Period end, ms since the Unix epoch (default: the last anchored message).
+        #[arg(long)]
+        to: Option<u64>,
         /// Where to write it.
         #[arg(long)]
         out: PathBuf,
@@ -132,8 +132,9 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
                 key.public(),
                 id,
                 from,
-                to,
+                to.unwrap_or(u64::MAX / 2),
                 &intensity,
+                to.is_none(),
             )?;
             let bytes = if json {
                 b.to_json().into_bytes()

@@ -71,8 +71,25 @@ pub async fn run(
         cfg.ingest.batch_max,
         Duration::from_millis(cfg.ingest.batch_wait_ms),
     );
+    let epoch_every = cfg.epochs.interval_ms;
+    let (key, _) = attest::keyfile::load_or_create(&cfg.key_path())?;
     std::thread::Builder::new().name("ingest".into()).spawn(move || {
-        while let Ok(first) = in_rx.recv() {
+        let mut next_epoch = now_ms() + epoch_every;
+        loop {
+            // Wake for the epoch timer even when no message comes.
+            let wait_ms = next_epoch.saturating_sub(now_ms()).clamp(1, 1_000);
+            let first = match in_rx.recv_timeout(Duration::from_millis(wait_ms)) {
+                Ok(m) => Some(m),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            if now_ms() >= next_epoch {
+                next_epoch = now_ms() + epoch_every;
+                if let Err(e) = crate::epochs::close_epoch(ingest.store_mut(), &key, now_ms()) {
+                    tracing::error!(error = %e, "closing an epoch failed; retried next interval");
+                }
+            }
+            let Some(first) = first else { continue };
             let mut batch = vec![first];
             let deadline = Instant::now() + wait;
             while batch.len() < batch_max {
@@ -116,9 +133,16 @@ pub async fn run(
         o.set_credentials(u, b.password.clone().unwrap_or_default());
     }
     let (client, mut events) = AsyncClient::new(o, 1024);
+    // An empty group means a plain subscription (one controller, or a broker without
+    // shared subscriptions).
+    let share = if b.share_group.is_empty() {
+        String::new()
+    } else {
+        format!("$share/{}/", b.share_group)
+    };
     let topics = [
-        format!("$share/{}/heliostat/v1/dev/+/records", b.share_group),
-        format!("$share/{}/heliostat/v1/dev/+/hello", b.share_group),
+        format!("{share}heliostat/v1/dev/+/records"),
+        format!("{share}heliostat/v1/dev/+/hello"),
     ];
     tokio::pin!(shutdown);
     loop {

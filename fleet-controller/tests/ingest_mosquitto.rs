@@ -167,6 +167,55 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
             "{bad} rejections: {status}"
         );
     }
+
+    // A proof bundle for the first agent's records, exported by the controller's CLI and
+    // verified offline by the attest tool with the controller's key pinned.
+    let (k0, n0) = &produced[0];
+    let last_ts = {
+        let (_, b) = store
+            .items(k0.device_id(), n0 - 1, n0 - 1)
+            .unwrap()
+            .remove(0);
+        attest::msg::ChainMessage::open(&Envelope::decode(&b).unwrap())
+            .unwrap()
+            .link()
+            .timestamp
+            .0
+    };
+    let out = tmp.path().join("agent0.bundle");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = std::process::Command::new(CONTROLLER)
+            .args([
+                "--config",
+                ccfg.to_str().unwrap(),
+                "bundle",
+                "--device",
+                &k0.device_id().to_string(),
+            ])
+            .args(["--to", &last_ts.to_string(), "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        if r.status.success() {
+            break;
+        }
+        // The last records may wait for their epoch to close.
+        assert!(
+            Instant::now() < deadline,
+            "bundle export failed: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let attest_bin = workspace_binary(CONTROLLER, "attest", "attest");
+    let v = std::process::Command::new(attest_bin)
+        .args(["verify", "--controller-key", &key])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(v.status.success(), "attest verify: {text}");
+    assert!(text.contains(&format!("{n0} meter records")), "{text}");
     drop(controller);
 }
 

@@ -1,0 +1,272 @@
+//! `heliostat-demo`: the whole system on one machine. An embedded MQTT broker (rumqttd),
+//! the fleet controller (SQLite in a data directory, local anchor log), and a fleet of real
+//! agents with simulated power sources at different sites and weather, publishing signed
+//! records over the real MQTT path. Prints where to look, and keeps running.
+//!
+//! `cargo run --release -p heliostat-demo` (README: the main job).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use fleet_controller::store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "heliostat-demo",
+    version,
+    about = "Heliostat on one machine: broker, controller and a simulated fleet"
+)]
+struct Args {
+    /// Where the controller's database, keys and the agents' data go.
+    #[arg(long, default_value = "demo-data")]
+    data_dir: PathBuf,
+    /// The embedded broker's port on 127.0.0.1.
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// How many simulated agents.
+    #[arg(long, default_value_t = 5)]
+    agents: usize,
+    /// Agent record interval, ms.
+    #[arg(long, default_value_t = 10_000)]
+    record_ms: u64,
+    /// Epoch interval (anchoring), ms.
+    #[arg(long, default_value_t = 60_000)]
+    epoch_ms: u64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    run_for_s: Option<u64>,
+}
+
+/// Sites of the simulated fleet: (name, lat, lon, panel W, battery Wh, region, cloudiness).
+const SITES: &[(&str, f64, f64, u32, u32, &str, f64)] = &[
+    ("Berlin rooftop", 52.52, 13.405, 400, 1_000, "DE", 0.5),
+    ("Seville farm", 37.39, -5.98, 800, 2_400, "ES", 0.1),
+    ("Nairobi school", -1.29, 36.82, 300, 1_200, "KE", 0.3),
+    ("Phoenix garage", 33.45, -112.07, 600, 1_800, "US-AZ", 0.05),
+    ("Bergen cabin", 60.39, 5.32, 250, 800, "NO", 0.7),
+    ("Chennai lab", 13.08, 80.27, 500, 1_500, "IN-TN", 0.35),
+    ("Adelaide shed", -34.93, 138.6, 450, 1_600, "AU-SA", 0.2),
+];
+
+fn start_broker(port: u16) -> Result<()> {
+    let text = format!(
+        r#"id = 0
+[router]
+id = 0
+max_connections = 10010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 1
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 2097152
+max_inflight_count = 200
+dynamic_filters = true
+"#
+    );
+    let cfg: rumqttd::Config = toml::from_str(&text).context("embedded broker configuration")?;
+    let mut broker = rumqttd::Broker::new(cfg);
+    std::thread::Builder::new()
+        .name("broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the embedded broker did not listen on 127.0.0.1:{port} (port taken?)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn controller_config(
+    dir: &Path,
+    port: u16,
+    epoch_ms: u64,
+) -> Result<(PathBuf, fleet_controller::config::ControllerConfig)> {
+    let text = format!(
+        "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\nshare_group = \"\"\n[enrollment]\nauto_approve = true\n[epochs]\ninterval_ms = {epoch_ms}\n",
+        dir.join("controller").display()
+    );
+    let path = dir.join("controller.toml");
+    std::fs::write(&path, &text)?;
+    Ok((
+        path.clone(),
+        fleet_controller::config::ControllerConfig::load(&path)?,
+    ))
+}
+
+fn agent_config(
+    dir: &Path,
+    i: usize,
+    port: u16,
+    key: &str,
+    record_ms: u64,
+) -> Result<heliostat_agent::config::AgentConfig> {
+    let (_, lat, lon, wp, wh, region, clouds) = SITES[i % SITES.len()];
+    let sample_ms = (record_ms / 10).clamp(100, 1_000);
+    let record_ms = record_ms.max(sample_ms).div_ceil(sample_ms) * sample_ms;
+    let text = format!(
+        r#"data_dir = "{data}"
+[site]
+lat = {lat}
+lon = {lon}
+panel_watts_peak = {wp}
+battery_wh = {wh}
+battery_reserve_wh = {reserve}
+grid_region = "{region}"
+price_micro_per_gpu_hour = {price}
+[meter]
+sample_interval_ms = {sample_ms}
+record_interval_ms = {record_ms}
+[outbox]
+fsync = "always"
+[link]
+host = "127.0.0.1"
+port = {port}
+controller_key = "{key}"
+resend_after_ms = 15000
+[[source]]
+type = "simulator"
+seed = {seed}
+cloudiness = {clouds}
+base_load_w = {base}
+gpu_w = {gpu}
+"#,
+        data = dir.join(format!("agent-{i}")).display(),
+        reserve = wh / 5,
+        price = 200_000 + 25_000 * i as u64,
+        seed = 1_000 + i,
+        base = 30 + 5 * (i % 4),
+        gpu = 40 + 20 * (i % 3),
+    );
+    Ok(heliostat_agent::config::AgentConfig::parse(&text)?)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,heliostat_demo=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data = std::fs::canonicalize(&args.data_dir)?;
+    start_broker(args.port)?;
+    let (ccfg_path, ccfg) = controller_config(&data, args.port, args.epoch_ms)?;
+    std::fs::create_dir_all(&ccfg.data_dir)?;
+    let (ckey, _) = attest::keyfile::load_or_create(&ccfg.key_path())?;
+    let ckey_hex = ckey.public().to_string();
+    let db = ccfg.db_path();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    rt.spawn({
+        let rx = stop_rx.clone();
+        async move {
+            if let Err(e) = fleet_controller::runtime::run(ccfg, stopped(rx)).await {
+                tracing::error!(error = %e, "controller stopped");
+            }
+        }
+    });
+    let mut ids = Vec::new();
+    for i in 0..args.agents {
+        let cfg = agent_config(&data, i, args.port, &ckey_hex, args.record_ms)?;
+        let key_file = heliostat_agent::runtime::key_path(&cfg.data_dir);
+        let rx = stop_rx.clone();
+        rt.spawn(async move {
+            if let Err(e) = heliostat_agent::runtime::run(cfg, stopped(rx)).await {
+                tracing::error!(error = %e, "agent stopped");
+            }
+        });
+        // The agent makes its own key on first start; wait for it to name the device.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !key_file.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (key, _) = heliostat_agent::identity::load_or_create(&key_file)?;
+        ids.push((SITES[i % SITES.len()].0, key.device_id()));
+    }
+
+    println!("Heliostat demo running");
+    println!("  embedded MQTT broker   127.0.0.1:{}", args.port);
+    println!("  controller database    {}", db.display());
+    println!("  controller public key  {ckey_hex}");
+    println!(
+        "  epochs anchored every  {} ms (local signed log)",
+        args.epoch_ms
+    );
+    for (site, id) in &ids {
+        println!("  agent {id}  {site}");
+    }
+    println!("Look at it:");
+    println!(
+        "  cargo run -p fleet-controller -- --config {} devices",
+        ccfg_path.display()
+    );
+    if let Some((_, id)) = ids.first() {
+        println!(
+            "  cargo run -p fleet-controller -- --config {} bundle --device {id} --out bundle.json --json",
+            ccfg_path.display()
+        );
+        println!("  cargo run -p attest -- verify bundle.json --controller-key {ckey_hex}");
+    }
+    println!("(Ctrl-C stops it; the HTTP API and web console come with the controller issue.)");
+
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = tick.tick() => {}
+            }
+            if args
+                .run_for_s
+                .is_some_and(|s| started.elapsed() >= Duration::from_secs(s))
+            {
+                break;
+            }
+            n += 1;
+            if !n.is_multiple_of(10) {
+                continue;
+            }
+            if let Ok(store) = fleet_controller::store::sqlite::SqliteStore::open(&db) {
+                let stored: u64 = ids
+                    .iter()
+                    .map(|(_, id)| store.count_items(*id).unwrap_or(0))
+                    .sum();
+                let epochs = store.last_epoch().ok().flatten().map_or(0, |e| e.epoch + 1);
+                println!(
+                    "[{:>5} s] {stored} signed records stored, {epochs} epoch(s) anchored",
+                    started.elapsed().as_secs()
+                );
+            }
+        }
+    });
+    let _ = stop_tx.send(true);
+    rt.shutdown_timeout(Duration::from_secs(3));
+    println!("stopped");
+    Ok(())
+}
