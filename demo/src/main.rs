@@ -34,6 +34,9 @@ struct Args {
     /// Epoch interval (anchoring), ms.
     #[arg(long, default_value_t = 60_000)]
     epoch_ms: u64,
+    /// The controller's HTTP API port on 127.0.0.1.
+    #[arg(long, default_value_t = 8080)]
+    api_port: u16,
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     run_for_s: Option<u64>,
@@ -94,9 +97,10 @@ fn controller_config(
     dir: &Path,
     port: u16,
     epoch_ms: u64,
+    api_port: u16,
 ) -> Result<(PathBuf, fleet_controller::config::ControllerConfig)> {
     let text = format!(
-        "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\nshare_group = \"\"\n[enrollment]\nauto_approve = true\n[epochs]\ninterval_ms = {epoch_ms}\n",
+        "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\nshare_group = \"\"\n[enrollment]\nauto_approve = true\n[epochs]\ninterval_ms = {epoch_ms}\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n",
         dir.join("controller").display()
     );
     let path = dir.join("controller.toml");
@@ -167,7 +171,7 @@ fn main() -> Result<()> {
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data = std::fs::canonicalize(&args.data_dir)?;
     start_broker(args.port)?;
-    let (ccfg_path, ccfg) = controller_config(&data, args.port, args.epoch_ms)?;
+    let (ccfg_path, ccfg) = controller_config(&data, args.port, args.epoch_ms, args.api_port)?;
     std::fs::create_dir_all(&ccfg.data_dir)?;
     let (ckey, _) = attest::keyfile::load_or_create(&ccfg.key_path())?;
     let ckey_hex = ckey.public().to_string();
@@ -211,6 +215,10 @@ fn main() -> Result<()> {
     println!("Heliostat demo running");
     println!("  embedded MQTT broker   127.0.0.1:{}", args.port);
     println!("  controller database    {}", db.display());
+    println!(
+        "  HTTP API               http://127.0.0.1:{}/api/v1/devices",
+        args.api_port
+    );
     println!("  controller public key  {ckey_hex}");
     println!(
         "  epochs anchored every  {} ms (local signed log)",
@@ -231,7 +239,8 @@ fn main() -> Result<()> {
         );
         println!("  cargo run -p attest -- verify bundle.json --controller-key {ckey_hex}");
     }
-    println!("(Ctrl-C stops it; the HTTP API and web console come with the controller issue.)");
+    println!("  curl http://127.0.0.1:{}/api/v1/epochs", args.api_port);
+    println!("(Ctrl-C stops it; the web console comes with the controller issue.)");
 
     let started = Instant::now();
     rt.block_on(async {

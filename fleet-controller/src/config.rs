@@ -25,6 +25,30 @@ pub struct ControllerConfig {
     /// Carbon accounting inputs.
     #[serde(default)]
     pub accounting: AccountingConfig,
+    /// The HTTP API.
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to listen on; empty turns the API off.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
 }
 
 /// Epochs.
@@ -177,6 +201,12 @@ impl ControllerConfig {
         for id in &self.enrollment.approved {
             attest::DeviceId::parse(id)
                 .map_err(|e| anyhow::anyhow!("config key `enrollment.approved`: {id}: {e}"))?;
+        }
+        if !self.api.listen.is_empty() && self.api.listen.parse::<std::net::SocketAddr>().is_err() {
+            anyhow::bail!(
+                "config key `api.listen`: {} is not an address:port",
+                self.api.listen
+            );
         }
         if self.epochs.interval_ms < 100 {
             anyhow::bail!("config key `epochs.interval_ms`: must be at least 100");

@@ -1,6 +1,7 @@
 //! The Heliostat fleet controller as a library.
 //!
 //! Map (growing with the controller issue):
+//! - [`api`]: the HTTP API (axum): devices, epochs, status, bundle download.
 //! - [`config`]: the TOML configuration.
 //! - [`epochs`]: closing epochs into RFC 6962 trees anchored in the local, signed log.
 //! - [`bundles`]: proof bundles for a device-period that `attest verify` accepts.
@@ -9,6 +10,7 @@
 //! - [`store`]: the narrow store interface and its SQLite backend (WAL, versioned migrations,
 //!   idempotent inserts on (device, sequence)).
 
+pub mod api;
 pub mod bundles;
 pub mod config;
 pub mod epochs;

@@ -73,6 +73,7 @@ pub async fn run(
     );
     let epoch_every = cfg.epochs.interval_ms;
     let (key, _) = attest::keyfile::load_or_create(&cfg.key_path())?;
+    let epoch_key = key.clone();
     std::thread::Builder::new().name("ingest".into()).spawn(move || {
         let mut next_epoch = now_ms() + epoch_every;
         loop {
@@ -85,7 +86,7 @@ pub async fn run(
             };
             if now_ms() >= next_epoch {
                 next_epoch = now_ms() + epoch_every;
-                if let Err(e) = crate::epochs::close_epoch(ingest.store_mut(), &key, now_ms()) {
+                if let Err(e) = crate::epochs::close_epoch(ingest.store_mut(), &epoch_key, now_ms()) {
                     tracing::error!(error = %e, "closing an epoch failed; retried next interval");
                 }
             }
@@ -121,6 +122,26 @@ pub async fn run(
         }
     })?;
 
+    if !cfg.api.listen.is_empty() {
+        let state = crate::api::ApiState {
+            db: cfg.db_path(),
+            status: cfg.data_dir.join("status.json"),
+            controller: key.public(),
+            intensity: crate::bundles::Intensity {
+                mg_per_kwh: cfg.accounting.intensity_mg_per_kwh,
+                source: cfg.accounting.intensity_source.clone(),
+            },
+        };
+        let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
+            .await
+            .with_context(|| format!("HTTP API on {}", cfg.api.listen))?;
+        tracing::info!(listen = %cfg.api.listen, "HTTP API listening");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, crate::api::app(state)).await {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
+    }
     let b = &cfg.broker;
     let mut o = MqttOptions::new(
         format!("heliostat-controller-{}", std::process::id()),

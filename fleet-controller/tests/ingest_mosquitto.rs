@@ -19,12 +19,42 @@ fn controller_config(dir: &Path, port: u16) -> PathBuf {
     std::fs::write(
         &p,
         format!(
-            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n[enrollment]\nauto_approve = true\n[ingest]\nresend_after_ms = 2000\n[epochs]\ninterval_ms = 500\n",
-            dir.join("data").display()
+            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n[enrollment]\nauto_approve = true\n[ingest]\nresend_after_ms = 2000\n[epochs]\ninterval_ms = 500\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
+            dir.join("data").display(),
+            api = api_port(dir)
         ),
     )
     .unwrap();
     p
+}
+
+/// The API port chosen for this test's controller (kept in a file beside its config).
+fn api_port(dir: &Path) -> u16 {
+    let f = dir.join("api.port");
+    if let Ok(p) = std::fs::read_to_string(&f) {
+        return p.trim().parse().unwrap();
+    }
+    let p = hil_tests::free_port();
+    std::fs::write(&f, p.to_string()).unwrap();
+    p
+}
+
+/// `GET path` on the controller's API over a plain socket: (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
 }
 
 fn controller_key(config: &Path) -> String {
@@ -207,6 +237,19 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The HTTP API of the running controller lists both devices, approved.
+    let (status_line, body) = http_get(api_port(&cdir), "/api/v1/devices");
+    assert!(status_line.contains("200"), "{status_line}");
+    let devices: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(devices.as_array().map(|a| a.len()), Some(2), "{body}");
+    assert!(
+        devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["state"] == "approved"),
+        "{body}"
+    );
     let attest_bin = workspace_binary(CONTROLLER, "attest", "attest");
     let v = std::process::Command::new(attest_bin)
         .args(["verify", "--controller-key", &key])
