@@ -98,15 +98,23 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Devices => {
+            use std::io::Write;
             let ingest = fleet_controller::runtime::open(&cfg)?;
+            let mut out = std::io::stdout().lock();
             for d in ingest.store().devices()? {
-                println!(
-                    "{}\t{}\t{} messages\tlast seen {} ms",
+                let n = ingest.store().count_items(d.id)?;
+                // A closed pipe (`| head`) ends the listing quietly.
+                if writeln!(
+                    out,
+                    "{}\t{}\t{n} messages\tlast seen {} ms",
                     d.id,
                     d.state.as_str(),
-                    ingest.store().count_items(d.id)?,
                     d.last_seen_ms
-                );
+                )
+                .is_err()
+                {
+                    break;
+                }
             }
             Ok(())
         }
