@@ -54,11 +54,7 @@ fn start_agent(config: &Path, log: &Path) -> Proc {
     hil_tests::spawn_agent(env!("CARGO_BIN_EXE_heliostat-agent"), config, log)
 }
 
-fn next_seq(data: &Path) -> u64 {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data.join("chain-state.json")).unwrap()).unwrap();
-    v["next_seq"].as_u64().unwrap()
-}
+use hil_tests::agent_next_seq as next_seq;
 
 #[test]
 fn every_record_arrives_exactly_once_through_broker_restarts_and_agent_kill_9() {

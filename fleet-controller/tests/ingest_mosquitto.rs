@@ -96,11 +96,7 @@ seed = {seed}
     p
 }
 
-fn next_seq(data: &Path) -> u64 {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data.join("chain-state.json")).unwrap()).unwrap();
-    v["next_seq"].as_u64().unwrap()
-}
+use hil_tests::agent_next_seq as next_seq;
 
 #[test]
 fn every_produced_record_is_stored_once_through_controller_agent_and_broker_crashes() {

@@ -242,3 +242,12 @@ pub fn workspace_binary(own_binary: &str, package: &str, name: &str) -> PathBuf 
     }
     path
 }
+
+/// The next sequence number an agent will use, from its saved chain state: how many chain
+/// messages it has produced on a fresh chain.
+pub fn agent_next_seq(data_dir: &Path) -> u64 {
+    let bytes =
+        std::fs::read(data_dir.join("chain-state.json")).expect("reading the agent's chain state");
+    let v: serde_json::Value = serde_json::from_slice(&bytes).expect("chain state is JSON");
+    v["next_seq"].as_u64().expect("next_seq is a number")
+}
