@@ -8,6 +8,7 @@
 //! | `GET /api/v1/devices` | every device: state, last seen, messages, site, channels |
 //! | `GET /api/v1/devices/{id}` | one device |
 //! | `GET /api/v1/devices/{id}/bundle?from=MS&to=MS&format=json\|postcard` | a proof bundle (anchored messages) |
+//! | `GET /api/v1/devices/{id}/hours?from=MS&to=MS` | hour-by-hour energy by source, renewable share, emissions |
 //! | `GET /api/v1/epochs` | closed epochs with their roots and local anchor entries |
 
 use std::path::PathBuf;
@@ -193,6 +194,67 @@ pub struct BundleQuery {
     format: Option<String>,
 }
 
+/// Query of the accounting route.
+#[derive(Debug, Deserialize)]
+pub struct PeriodQuery {
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+/// Hour-by-hour accounting of a device over stored records (anchored or not), computed
+/// with `attest`'s arithmetic: energy by source, hourly-matched renewable energy, emissions.
+async fn hours(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<PeriodQuery>,
+) -> Result<Json<Value>, AppError> {
+    let id = parse_id(&id)?;
+    blocking(move || {
+        let store = SqliteStore::open(&s.db)?;
+        let dev = store.device(id)?.ok_or(AppError::UnknownDevice(id))?;
+        let hello: Hello = Envelope::decode(&dev.hello)
+            .ok()
+            .and_then(|e| e.open().ok())
+            .ok_or_else(|| AppError::Internal("stored hello does not decode".into()))?;
+        let items = store.items_between(id, q.from.unwrap_or(0), q.to.unwrap_or(u64::MAX / 2))?;
+        let chain: Vec<attest::msg::ChainMessage> = items
+            .iter()
+            .filter_map(|i| {
+                Envelope::decode(&i.envelope)
+                    .ok()
+                    .and_then(|e| attest::msg::ChainMessage::open(&e).ok())
+            })
+            .collect();
+        let mg = s.intensity.mg_per_kwh;
+        let statement = attest::account::compute_statement(&attest::account::StatementInput {
+            subject: attest::msg::Subject::DevicePeriod { device: id },
+            hello: &hello,
+            chain: &chain,
+            intensity: &move |_| mg,
+            intensity_source: s.intensity.source.clone(),
+            battery_initial: Default::default(),
+            flags: Vec::new(),
+            embodied_mg: 0,
+            functional_units: 0,
+        })
+        .map_err(|e| AppError::NothingToProve(e.to_string()))?;
+        Ok(Json(json!({
+            "device": id.to_string(),
+            "from": statement.from.0,
+            "to": statement.to.0,
+            "intensity_source": statement.intensity_source,
+            "totals": {
+                "energy_mj": statement.energy,
+                "renewable_mj": statement.renewable.0,
+                "renewable_share_ppm": statement.renewable_share_ppm,
+                "co2e_mg": statement.co2e_mg,
+            },
+            "hours": statement.hours,
+        })))
+    })
+    .await
+}
+
 async fn bundle(
     State(s): State<ApiState>,
     Path(id): Path<String>,
@@ -233,6 +295,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{id}", get(device))
         .route("/api/v1/devices/{id}/bundle", get(bundle))
+        .route("/api/v1/devices/{id}/hours", get(hours))
         .route("/api/v1/epochs", get(epochs))
         .fallback(not_found)
         .with_state(state)
@@ -318,6 +381,13 @@ mod tests {
             now: attest::TimestampMs(u64::MAX / 2),
         };
         assert_eq!(attest::bundle::verify(&b, &opts).unwrap().records, 12);
+        let (s, v) = get_json(app(state.clone()), &format!("/api/v1/devices/{id}/hours")).await;
+        assert_eq!(s, StatusCode::OK);
+        // 12 records a minute apart from midnight: 11 minutes, all in the first hour.
+        assert_eq!(v["hours"].as_array().map(|h| h.len()), Some(1), "{v}");
+        let load: u64 = v["totals"]["energy_mj"]["load"].as_u64().unwrap();
+        assert_eq!(v["hours"][0]["energy"]["load"].as_u64().unwrap(), load);
+        assert!(load > 0);
         let (s, v) = get_json(app(state.clone()), "/api/v1/devices/hs-nope").await;
         assert_eq!(
             (s, v["reason"].as_str()),
