@@ -14,6 +14,7 @@
 //! - [`msg`]: every message kind, one file each (`Hello`, `MeterRecord`, `JobReceipt`,
 //!   `ChainRestart`, `Command`, `Ack`, `AnchorEntry`, `Statement`).
 //! - [`batch`]: many envelopes in one MQTT payload (catch-up after an outage).
+//! - [`solar`] (std): sun elevation and clear-sky fraction (simulator and plausibility).
 //! - [`sigbatch`]: ed25519 batch verification coalesced by key.
 //! - [`chain`]: the sans-IO hash-chain checker (Accepted / Duplicate / typed rejection).
 //! - [`merkle`]: RFC 6962 trees, inclusion and consistency proofs.
@@ -46,6 +47,8 @@ pub mod msg;
 #[cfg(feature = "std")]
 pub mod sample;
 pub mod sigbatch;
+#[cfg(feature = "std")]
+pub mod solar;
 pub mod units;
 
 pub use envelope::{DecodeError, Envelope, Kind, Verified};

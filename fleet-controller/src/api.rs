@@ -226,6 +226,7 @@ async fn hours(
             })
             .collect();
         let mg = s.intensity.mg_per_kwh;
+        let flags = crate::plausibility::check_chain(&hello.site, &chain);
         let statement = attest::account::compute_statement(&attest::account::StatementInput {
             subject: attest::msg::Subject::DevicePeriod { device: id },
             hello: &hello,
@@ -233,7 +234,7 @@ async fn hours(
             intensity: &move |_| mg,
             intensity_source: s.intensity.source.clone(),
             battery_initial: Default::default(),
-            flags: Vec::new(),
+            flags,
             embodied_mg: 0,
             functional_units: 0,
         })
@@ -250,6 +251,8 @@ async fn hours(
                 "co2e_mg": statement.co2e_mg,
             },
             "hours": statement.hours,
+            "tier": statement.tier,
+            "flags": statement.flags,
         })))
     })
     .await

@@ -1,6 +1,7 @@
 //! Proof bundles for a device-period: the signed messages in the period, their inclusion
 //! proofs in their epochs' trees, the epochs' local anchor entries, the device's hello, and
-//! the statement computed with `attest`'s own arithmetic, so `attest verify` accepts it.
+//! the statement computed with `attest`'s own arithmetic (with the plausibility flags the
+//! records raise, which lower its tier), so `attest verify` accepts it.
 
 use std::collections::BTreeMap;
 
@@ -112,6 +113,7 @@ pub fn device_period<S: Store>(
         .and_then(|e| e.open())
         .map_err(|e| StoreError::Corrupt(format!("stored hello: {e}")))?;
     let mg = intensity.mg_per_kwh;
+    let flags = crate::plausibility::check_chain(&hello.site, &chain);
     let statement = compute_statement(&StatementInput {
         subject: Subject::DevicePeriod { device },
         hello: &hello,
@@ -119,7 +121,7 @@ pub fn device_period<S: Store>(
         intensity: &move |_| mg,
         intensity_source: intensity.source.clone(),
         battery_initial: BatteryState::default(),
-        flags: Vec::new(),
+        flags,
         embodied_mg: 0,
         functional_units: 0,
     })
@@ -231,5 +233,72 @@ mod tests {
         let mut bad = part.clone();
         bad.statement.co2e_mg += 1;
         assert_eq!(verify(&bad, &opts).unwrap_err().check, Check::Carbon);
+    }
+
+    #[test]
+    fn implausible_records_are_flagged_in_the_statement_and_lower_its_tier() {
+        use attest::msg::{ChannelKind, ChannelReading, MeterRecord, TrustTier};
+        let key = KeyPair::from_seed(&[0xc0; 32]);
+        let cfg = IngestConfig {
+            enrollment: Enrollment {
+                auto_approve: true,
+                approved: vec![],
+            },
+            ..IngestConfig::default()
+        };
+        let mut ing = Ingest::new(SqliteStore::in_memory().unwrap(), key.clone(), cfg);
+        let mut dev = SampleDevice::new(7);
+        let id = dev.key.device_id();
+        let topic = |leaf: &str| format!("{PREFIX}{id}/{leaf}");
+        let mut batch = vec![(topic("hello"), dev.hello().into_bytes())];
+        // Solar energy at 01:00 UTC in Berlin (the sun is well below the horizon): 100 W.
+        for i in 0..3u64 {
+            let t = SAMPLE_START.0 + 3_600_000 + i * 10_000;
+            let rec = MeterRecord {
+                link: dev.next_link(t),
+                channels: vec![ChannelReading {
+                    channel: attest::ChannelId(0),
+                    kind: ChannelKind::Solar,
+                    energy: attest::Millijoules(i * 1_000_000),
+                    power: attest::Milliwatts(if i == 0 { 0 } else { 100_000 }),
+                    voltage_mv: None,
+                    soc_permille: None,
+                }],
+            };
+            batch.push((topic("records"), dev.seal_chained(&rec).into_bytes()));
+        }
+        let now = SAMPLE_START.0 + 86_400_000;
+        ing.handle(&batch, now).unwrap();
+        close_epoch(ing.store_mut(), &key, now).unwrap();
+        let intensity = Intensity {
+            mg_per_kwh: 380_000,
+            source: "test".into(),
+        };
+        let b = device_period(
+            ing.store(),
+            key.public(),
+            dev.key.device_id(),
+            0,
+            u64::MAX,
+            &intensity,
+            false,
+        )
+        .unwrap();
+        let codes: Vec<_> = b.statement.flags.iter().map(|f| f.code).collect();
+        assert_eq!(codes, vec![attest::msg::FlagCode::SolarAtNight; 2]);
+        assert_eq!(
+            b.statement.tier,
+            TrustTier::SoftwareEstimate,
+            "hardware meter lowered by the flags"
+        );
+        let opts = VerifyOptions {
+            controller_key: Some(key.public()),
+            now: attest::TimestampMs(now),
+        };
+        verify(&b, &opts).unwrap();
+        // Dropping the flags does not fool the verifier: the stated tier no longer follows.
+        let mut hidden = b.clone();
+        hidden.statement.flags.clear();
+        assert_eq!(verify(&hidden, &opts).unwrap_err().check, Check::Tier);
     }
 }

@@ -7,6 +7,7 @@
 //! - [`bundles`]: proof bundles for a device-period that `attest verify` accepts.
 //! - [`runtime`]: the MQTT ingest loop around [`ingest`].
 //! - [`ingest`]: payloads in, verified evidence stored, acks out (sans-IO).
+//! - [`plausibility`]: flags for physically implausible records (sun position, clear sky).
 //! - [`store`]: the narrow store interface and its SQLite backend (WAL, versioned migrations,
 //!   idempotent inserts on (device, sequence)).
 
@@ -15,6 +16,7 @@ pub mod bundles;
 pub mod config;
 pub mod epochs;
 pub mod ingest;
+pub mod plausibility;
 pub mod runtime;
 pub mod store;
 

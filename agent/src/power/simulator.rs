@@ -4,7 +4,6 @@
 //! Time is an input: [`Simulator::sample`] advances the model to the instant it is given,
 //! so a test can run a day in milliseconds.
 
-use std::f64::consts::PI;
 use std::path::PathBuf;
 
 use attest::msg::{ChannelKind, TrustTier};
@@ -138,16 +137,9 @@ impl Simulator {
         if let Some(trace) = &self.trace {
             return trace_at(trace, (t_ms / 1000 % 86_400) as f64);
         }
-        let elevation = sun_elevation(self.lat, self.lon, t_ms);
-        if elevation <= 0.0 {
-            return 0.0;
-        }
-        // Clear-sky irradiance on a tilted-to-noon panel, roughly: sin(elevation) with an
-        // air-mass attenuation (Meinel: 0.7^(AM^0.678)).
-        let am = 1.0 / elevation.sin().max(0.05);
-        let clear = elevation.sin() * 0.7f64.powf(am.powf(0.678)) / 0.7;
+        let clear = attest::solar::clear_sky_fraction(sun_elevation(self.lat, self.lon, t_ms));
         let clouds = 1.0 - self.cfg.cloudiness * cloud_noise(self.cfg.seed, t_ms / 60_000);
-        (self.panel_w * clear.clamp(0.0, 1.0) * clouds).max(0.0)
+        (self.panel_w * clear * clouds).max(0.0)
     }
 
     /// Load power (W) at `t_ms`: base load, GPU busy from 08:00 to 22:00 local solar time,
@@ -173,27 +165,7 @@ impl Simulator {
     }
 }
 
-/// Sun elevation (radians) at a site and instant (NOAA-style approximation: declination
-/// and equation of time from the day of the year).
-pub fn sun_elevation(lat_deg: f64, lon_deg: f64, t_ms: u64) -> f64 {
-    let days = t_ms as f64 / 86_400_000.0;
-    let day_of_year = (days.rem_euclid(365.2422)).floor();
-    let g = 2.0 * PI / 365.0 * (day_of_year + ((t_ms / 3_600_000 % 24) as f64 - 12.0) / 24.0);
-    let decl = 0.006918 - 0.399912 * g.cos() + 0.070257 * g.sin() - 0.006758 * (2.0 * g).cos()
-        + 0.000907 * (2.0 * g).sin()
-        - 0.002697 * (3.0 * g).cos()
-        + 0.00148 * (3.0 * g).sin();
-    let eqtime = 229.18
-        * (0.000075 + 0.001868 * g.cos()
-            - 0.032077 * g.sin()
-            - 0.014615 * (2.0 * g).cos()
-            - 0.040849 * (2.0 * g).sin());
-    let minutes_utc = (t_ms % 86_400_000) as f64 / 60_000.0;
-    let true_solar = minutes_utc + eqtime + 4.0 * lon_deg;
-    let hour_angle = (true_solar / 4.0 - 180.0).to_radians();
-    let lat = lat_deg.to_radians();
-    (lat.sin() * decl.sin() + lat.cos() * decl.cos() * hour_angle.cos()).asin()
-}
+pub use attest::solar::sun_elevation;
 
 /// Smooth pseudo-random cloud cover in 0..=1 from a seed and a minute index.
 fn cloud_noise(seed: u64, minute: u64) -> f64 {

@@ -1,0 +1,217 @@
+//! Plausibility: flags (never drops) records that are physically implausible. Flags travel
+//! into statements and lower the trust tier there. Sans-IO: two consecutive records and the
+//! site in, flags out.
+//!
+//! | flag | raised when |
+//! |---|---|
+//! | `solar_at_night` | a solar channel averaged more than max(2 % of peak, 2 W) while the sun stayed more than 4 degrees below the horizon |
+//! | `solar_above_clear_sky` | a solar channel averaged more than the panels can give facing the sun under a clear sky (x 1.2, + 5 % of peak + 10 W for diffuse light and rounding) |
+//! | `power_counter_mismatch` | a channel's stated mean power differs from its counter delta over the interval by more than 10 % and 1 W |
+//! | `counter_jump` | a counter grew faster than 50 kW, or a solar counter faster than twice the array's peak |
+
+use attest::msg::{ChannelKind, Flag, FlagCode, MeterRecord, Site};
+use attest::solar::{clear_sky_max_fraction, sun_elevation};
+
+/// Most any channel may plausibly average, mW.
+const MAX_ANY_MW: u64 = 50_000_000;
+
+/// Flags for the interval between two consecutive records of one chain.
+pub fn check_interval(site: &Site, prev: &MeterRecord, cur: &MeterRecord) -> Vec<Flag> {
+    let mut flags = Vec::new();
+    let (t0, t1) = (prev.link.timestamp.0, cur.link.timestamp.0);
+    if t1 <= t0 {
+        return flags;
+    }
+    let dt = t1 - t0;
+    let (lat, lon) = (
+        site.lat_microdeg as f64 / 1e6,
+        site.lon_microdeg as f64 / 1e6,
+    );
+    let elevations = [t0, t0 + dt / 2, t1].map(|t| sun_elevation(lat, lon, t));
+    let max_elevation = elevations.iter().copied().fold(f64::MIN, f64::max);
+    let peak_mw = site.panel_watts_peak as u64 * 1000;
+    let seq = cur.link.seq;
+    let mut flag = |code, detail: String| flags.push(Flag { code, seq, detail });
+    for c in &cur.channels {
+        let Some(p) = prev.channel(c.channel).filter(|p| p.kind == c.kind) else {
+            continue;
+        };
+        let Some(delta) = c.energy.0.checked_sub(p.energy.0) else {
+            continue;
+        };
+        let mean_mw = (delta as u128 * 1000 / dt as u128).min(u64::MAX as u128) as u64;
+        let stated = c.power.0 as u64;
+        if stated.abs_diff(mean_mw) > (stated.max(mean_mw) / 10).max(1_000) {
+            flag(
+                FlagCode::PowerCounterMismatch,
+                format!(
+                    "channel {}: stated {stated} mW, counters give {mean_mw} mW",
+                    c.channel
+                ),
+            );
+        }
+        let jump_limit = if c.kind == ChannelKind::Solar {
+            (2 * peak_mw).max(50_000)
+        } else {
+            MAX_ANY_MW
+        };
+        if mean_mw > jump_limit {
+            flag(
+                FlagCode::CounterJump,
+                format!("channel {}: {mean_mw} mW over {dt} ms", c.channel),
+            );
+            continue;
+        }
+        if c.kind != ChannelKind::Solar {
+            continue;
+        }
+        if max_elevation < (-4f64).to_radians() && mean_mw > (peak_mw / 50).max(2_000) {
+            flag(
+                FlagCode::SolarAtNight,
+                format!(
+                    "channel {}: {mean_mw} mW with the sun below the horizon",
+                    c.channel
+                ),
+            );
+        } else {
+            let fraction = elevations
+                .iter()
+                .map(|e| clear_sky_max_fraction(*e))
+                .fold(0.0, f64::max);
+            let bound = (peak_mw as f64 * (fraction * 1.2 + 0.05)) as u64 + 10_000;
+            if mean_mw > bound {
+                flag(
+                    FlagCode::SolarAboveClearSky,
+                    format!(
+                        "channel {}: {mean_mw} mW, a clear sky gives at most {bound} mW",
+                        c.channel
+                    ),
+                );
+            }
+        }
+    }
+    flags
+}
+
+/// Flags for every consecutive pair of records in a device's chain messages (restarts
+/// break the pairs: no interval spans one).
+pub fn check_chain(site: &Site, chain: &[attest::msg::ChainMessage]) -> Vec<Flag> {
+    let mut flags = Vec::new();
+    let mut prev: Option<&MeterRecord> = None;
+    for m in chain {
+        match m {
+            attest::msg::ChainMessage::MeterRecord(r) => {
+                if let Some(p) = prev {
+                    flags.extend(check_interval(site, p, r));
+                }
+                prev = Some(r);
+            }
+            attest::msg::ChainMessage::ChainRestart(_) => prev = None,
+            attest::msg::ChainMessage::JobReceipt(_) => {}
+        }
+    }
+    flags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use attest::msg::{ChannelReading, Link};
+    use attest::{ChannelId, DeviceId, Hash32, Millijoules, Milliwatts, SeqNo, TimestampMs};
+
+    fn site() -> Site {
+        Site {
+            lat_microdeg: 52_520_000,
+            lon_microdeg: 13_405_000,
+            panel_watts_peak: 400,
+            battery_wh: 1000,
+            battery_reserve_wh: 200,
+            grid_region: "DE".into(),
+        }
+    }
+
+    fn rec(
+        seq: u64,
+        t: u64,
+        solar_mj: u64,
+        solar_mw: u32,
+        load_mj: u64,
+        load_mw: u32,
+    ) -> MeterRecord {
+        let ch = |id, kind, e, p| ChannelReading {
+            channel: ChannelId(id),
+            kind,
+            energy: Millijoules(e),
+            power: Milliwatts(p),
+            voltage_mv: None,
+            soc_permille: None,
+        };
+        MeterRecord {
+            link: Link {
+                device: DeviceId([1; 16]),
+                seq: SeqNo(seq),
+                timestamp: TimestampMs(t),
+                prev: Hash32::ZERO,
+            },
+            channels: vec![
+                ch(0, ChannelKind::Solar, solar_mj, solar_mw),
+                ch(1, ChannelKind::Load, load_mj, load_mw),
+            ],
+        }
+    }
+
+    const MIDNIGHT: u64 = 1_782_000_000_000; // 2026-06-21T00:00Z
+    const NOON: u64 = MIDNIGHT + 11 * 3_600_000; // about solar noon in Berlin
+
+    fn codes(f: &[Flag]) -> Vec<FlagCode> {
+        f.iter().map(|f| f.code).collect()
+    }
+
+    #[test]
+    fn plausible_intervals_raise_nothing() {
+        // 10 s at noon: 300 W solar (of 400 Wp), 80 W load.
+        let a = rec(1, NOON, 1_000_000, 0, 500_000, 0);
+        let b = rec(2, NOON + 10_000, 4_000_000, 300_000, 1_300_000, 80_000);
+        assert!(
+            check_interval(&site(), &a, &b).is_empty(),
+            "{:?}",
+            check_interval(&site(), &a, &b)
+        );
+        // Night, no solar.
+        let a = rec(1, MIDNIGHT, 0, 0, 0, 0);
+        let b = rec(2, MIDNIGHT + 10_000, 0, 0, 400_000, 40_000);
+        assert!(check_interval(&site(), &a, &b).is_empty());
+    }
+
+    #[test]
+    fn solar_at_night_above_clear_sky_mismatches_and_jumps_are_flagged() {
+        let night = check_interval(
+            &site(),
+            &rec(1, MIDNIGHT, 0, 0, 0, 0),
+            &rec(2, MIDNIGHT + 10_000, 1_000_000, 100_000, 0, 0),
+        );
+        assert_eq!(codes(&night), vec![FlagCode::SolarAtNight]);
+        // 700 W from a 400 Wp array at noon.
+        let bright = check_interval(
+            &site(),
+            &rec(1, NOON, 0, 0, 0, 0),
+            &rec(2, NOON + 10_000, 7_000_000, 700_000, 0, 0),
+        );
+        assert_eq!(codes(&bright), vec![FlagCode::SolarAboveClearSky]);
+        // Load says 80 W but the counter moved 400 W worth.
+        let lie = check_interval(
+            &site(),
+            &rec(1, NOON, 0, 0, 0, 0),
+            &rec(2, NOON + 10_000, 0, 0, 4_000_000, 80_000),
+        );
+        assert_eq!(codes(&lie), vec![FlagCode::PowerCounterMismatch]);
+        // A load counter that jumped by a megawatt-second in 10 s.
+        let jump = check_interval(
+            &site(),
+            &rec(1, NOON, 0, 0, 0, 0),
+            &rec(2, NOON + 10_000, 0, 0, 1_000_000_000, 100_000_000),
+        );
+        assert_eq!(codes(&jump), vec![FlagCode::CounterJump]);
+        assert_eq!(jump[0].seq, SeqNo(2));
+    }
+}
