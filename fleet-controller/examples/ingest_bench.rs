@@ -1,0 +1,188 @@
+//! Ingest throughput through a real Mosquitto: N simulated devices' signed records published
+//! as fast as one client can (one record per message, then batches of 500), stored by the
+//! controller (in-process, SQLite on disk), timed until the last is stored; beside it,
+//! Mosquitto's raw publish-to-subscribe rate with the same message size and client library.
+//!
+//! `cargo run --release -p fleet-controller --example ingest_bench [DEVICES] [RECORDS_PER_DEVICE]`
+
+use std::time::{Duration, Instant};
+
+use attest::Envelope;
+use attest::sample::SampleDevice;
+use fleet_controller::store::Store;
+use fleet_controller::store::sqlite::SqliteStore;
+use hil_tests::{Mosquitto, TempDir, free_port};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+fn client(port: u16, name: &str) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut o = MqttOptions::new(name, "127.0.0.1", port);
+    o.set_max_packet_size(4 << 20, 4 << 20);
+    o.set_inflight(1000);
+    AsyncClient::new(o, 10_000)
+}
+
+/// Publishes every payload with QoS 1, driving the event loop until all are acknowledged.
+async fn publish_all(port: u16, name: &str, msgs: Vec<(String, Vec<u8>)>) {
+    let (c, mut ev) = client(port, name);
+    let n = msgs.len();
+    let pub_task = tokio::spawn(async move {
+        for (t, p) in msgs {
+            c.publish(t, QoS::AtLeastOnce, false, p).await.unwrap();
+        }
+        c
+    });
+    let mut acked = 0;
+    while acked < n {
+        if let Event::Incoming(Packet::PubAck(_)) = ev.poll().await.unwrap() {
+            acked += 1;
+        }
+    }
+    let _ = pub_task.await;
+}
+
+fn main() {
+    let devices: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(50);
+    let per: usize = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(400);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let broker = Mosquitto::start();
+    let port = broker.port;
+
+    // Signed material, made before any clock starts.
+    let mut fleet: Vec<SampleDevice> = (0..devices)
+        .map(|i| SampleDevice::new((i % 250) as u8 + 1))
+        .collect();
+    fleet.dedup_by_key(|d| d.key.device_id());
+    let chains: Vec<Vec<Envelope>> = fleet.iter_mut().map(|d| d.chain(2 * per, 10_000)).collect();
+    let size = chains[0][1].as_bytes().len();
+    let topic =
+        |d: &SampleDevice, leaf: &str| format!("heliostat/v1/dev/{}/{leaf}", d.key.device_id());
+
+    // Mosquitto's raw rate: same size, same library, a counting subscriber.
+    let raw_n = fleet.len() * per;
+    let raw = rt.block_on(async {
+        let (sub, mut sev) = client(port, "raw-sub");
+        sub.subscribe("bench/raw", QoS::AtLeastOnce).await.unwrap();
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = sev.poll().await.unwrap() {
+                break;
+            }
+        }
+        let counter = tokio::spawn(async move {
+            let mut got = 0;
+            while got < raw_n {
+                if let Event::Incoming(Packet::Publish(_)) = sev.poll().await.unwrap() {
+                    got += 1;
+                }
+            }
+        });
+        let msgs: Vec<(String, Vec<u8>)> = (0..raw_n)
+            .map(|_| ("bench/raw".to_string(), vec![7u8; size]))
+            .collect();
+        let t = Instant::now();
+        publish_all(port, "raw-pub", msgs).await;
+        counter.await.unwrap();
+        t.elapsed()
+    });
+
+    // The controller, in-process, ingesting from the broker.
+    let tmp = TempDir::new("ingest-bench");
+    let cfg_path = tmp.path().join("controller.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n[enrollment]\nauto_approve = true\n[api]\nlisten = \"127.0.0.1:{}\"\n",
+            tmp.path().join("data").display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let cfg = fleet_controller::config::ControllerConfig::load(&cfg_path).unwrap();
+    let db = cfg.db_path();
+    rt.spawn(fleet_controller::runtime::run(cfg, std::future::pending()));
+    std::thread::sleep(Duration::from_millis(500));
+    rt.block_on(publish_all(
+        port,
+        "hellos",
+        fleet
+            .iter()
+            .map(|d| (topic(d, "hello"), d.hello().into_bytes()))
+            .collect(),
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    let store = SqliteStore::open(&db).unwrap();
+    let stored = |store: &SqliteStore| -> u64 {
+        fleet
+            .iter()
+            .map(|d| store.count_items(d.key.device_id()).unwrap())
+            .sum()
+    };
+    let wait_for = |target: u64| {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while stored(&store) < target {
+            assert!(
+                Instant::now() < deadline,
+                "ingest stalled at {} of {target}",
+                stored(&store)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    // One record per message, round-robin over devices (as a live fleet sends).
+    let mut singles = Vec::new();
+    for i in 0..per {
+        for (d, c) in fleet.iter().zip(&chains) {
+            singles.push((topic(d, "records"), c[i].as_bytes().to_vec()));
+        }
+    }
+    let n1 = singles.len() as u64;
+    let t = Instant::now();
+    rt.block_on(publish_all(port, "singles", singles));
+    wait_for(n1);
+    let single = t.elapsed();
+
+    // The catch-up: batches of up to 500 records per message.
+    let mut batches = Vec::new();
+    for (d, c) in fleet.iter().zip(&chains) {
+        for chunk in c[per..].chunks(500) {
+            batches.push((
+                topic(d, "records"),
+                attest::batch::encode(chunk.iter().map(|e| e.as_bytes())),
+            ));
+        }
+    }
+    let t = Instant::now();
+    rt.block_on(publish_all(port, "batches", batches));
+    wait_for(2 * n1);
+    let batched = t.elapsed();
+
+    let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "{} devices x {per} records, {size}-byte signed records",
+        fleet.len()
+    );
+    println!(
+        "mosquitto raw publish->subscribe (QoS 1, {size} B): {:.0} msg/s",
+        rate(raw_n as u64, raw)
+    );
+    println!(
+        "ingest, one record per message: {:.0} records/s stored ({:.0} % of raw)",
+        rate(n1, single),
+        100.0 * rate(n1, single) / rate(raw_n as u64, raw)
+    );
+    println!(
+        "ingest, batches of 500: {:.0} records/s stored",
+        rate(n1, batched)
+    );
+    drop(broker);
+}
