@@ -144,8 +144,9 @@ pub struct Agent {
     status: Status,
     last_record_slot: u64,
     seen_nonces: std::collections::VecDeque<u64>,
-    /// While no ack has come since connecting, the hello is repeated at this time (a
-    /// controller that subscribed after our hello would otherwise never learn our key).
+    /// While no ack has come since connecting, the hello is repeated at this time. The hello
+    /// is also retained, so a controller that subscribes later gets it from the broker; the
+    /// repeat covers brokers that lost it (a restart without persistence).
     hello_due: Option<u64>,
 }
 
@@ -427,7 +428,7 @@ impl Agent {
             let _ = client.try_publish(
                 &self.topics.hello,
                 QoS::AtLeastOnce,
-                false,
+                true,
                 self.hello().into_bytes(),
             );
             self.hello_due = Some(due.max(now) + HELLO_REPEAT_MS);
@@ -466,7 +467,7 @@ impl Agent {
         let _ = client.try_publish(
             &self.topics.hello,
             QoS::AtLeastOnce,
-            false,
+            true,
             self.hello().into_bytes(),
         );
         let online = serde_json::json!({"state": "online", "agent": crate::VERSION}).to_string();
