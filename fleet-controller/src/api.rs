@@ -225,20 +225,8 @@ async fn hours(
                     .and_then(|e| attest::msg::ChainMessage::open(&e).ok())
             })
             .collect();
-        let mg = s.intensity.mg_per_kwh;
-        let flags = crate::plausibility::check_chain(&hello.site, &chain);
-        let statement = attest::account::compute_statement(&attest::account::StatementInput {
-            subject: attest::msg::Subject::DevicePeriod { device: id },
-            hello: &hello,
-            chain: &chain,
-            intensity: &move |_| mg,
-            intensity_source: s.intensity.source.clone(),
-            battery_initial: Default::default(),
-            flags,
-            embodied_mg: 0,
-            functional_units: 0,
-        })
-        .map_err(|e| AppError::NothingToProve(e.to_string()))?;
+        let statement = crate::bundles::device_statement(&hello, &chain, &s.intensity)
+            .map_err(|e| AppError::NothingToProve(e.to_string()))?;
         Ok(Json(json!({
             "device": id.to_string(),
             "from": statement.from.0,
@@ -308,7 +296,7 @@ pub fn app(state: ApiState) -> Router {
 mod tests {
     use super::*;
     use crate::epochs::close_epoch;
-    use crate::ingest::{Enrollment, Ingest, IngestConfig, PREFIX};
+    use crate::ingest::{Ingest, IngestConfig, PREFIX};
     use attest::KeyPair;
     use attest::sample::{SAMPLE_START, SampleDevice};
     use axum::body::{Body, to_bytes};
@@ -321,13 +309,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let db = dir.join("c.db");
         let key = KeyPair::from_seed(&[0xc0; 32]);
-        let cfg = IngestConfig {
-            enrollment: Enrollment {
-                auto_approve: true,
-                approved: vec![],
-            },
-            ..IngestConfig::default()
-        };
+        let cfg = IngestConfig::auto_approving();
         let mut ing = Ingest::new(SqliteStore::open(&db).unwrap(), key.clone(), cfg);
         let mut dev = SampleDevice::new(9);
         let topic = |leaf: &str| format!("{PREFIX}{}/{leaf}", dev.key.device_id());

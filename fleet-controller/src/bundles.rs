@@ -43,6 +43,30 @@ pub struct Intensity {
     pub source: String,
 }
 
+/// The statement for a device over its chain messages: `attest`'s arithmetic with the
+/// configured intensity, the plausibility flags the records raise, and no battery content
+/// assumed at the start. Shared by bundles and the API's hour view.
+pub fn device_statement(
+    hello: &Hello,
+    chain: &[ChainMessage],
+    intensity: &Intensity,
+) -> Result<attest::msg::Statement, attest::account::AccountError> {
+    let mg = intensity.mg_per_kwh;
+    compute_statement(&StatementInput {
+        subject: Subject::DevicePeriod {
+            device: hello.device,
+        },
+        hello,
+        chain,
+        intensity: &move |_| mg,
+        intensity_source: intensity.source.clone(),
+        battery_initial: BatteryState::default(),
+        flags: crate::plausibility::check_chain(&hello.site, chain),
+        embodied_mg: 0,
+        functional_units: 0,
+    })
+}
+
 /// Builds the bundle for `device` over messages with timestamps in `from_ms..=to_ms`.
 /// With `trim_unanchored`, the period ends before the first message whose epoch is still
 /// open; without it, such a message is an error.
@@ -112,20 +136,8 @@ pub fn device_period<S: Store>(
     let hello: Hello = Envelope::decode(&dev.hello)
         .and_then(|e| e.open())
         .map_err(|e| StoreError::Corrupt(format!("stored hello: {e}")))?;
-    let mg = intensity.mg_per_kwh;
-    let flags = crate::plausibility::check_chain(&hello.site, &chain);
-    let statement = compute_statement(&StatementInput {
-        subject: Subject::DevicePeriod { device },
-        hello: &hello,
-        chain: &chain,
-        intensity: &move |_| mg,
-        intensity_source: intensity.source.clone(),
-        battery_initial: BatteryState::default(),
-        flags,
-        embodied_mg: 0,
-        functional_units: 0,
-    })
-    .map_err(|e| BundleError::Statement(e.to_string()))?;
+    let statement = device_statement(&hello, &chain, intensity)
+        .map_err(|e| BundleError::Statement(e.to_string()))?;
     Ok(ProofBundle {
         format: BUNDLE_FORMAT,
         statement,
@@ -139,7 +151,7 @@ pub fn device_period<S: Store>(
 mod tests {
     use super::*;
     use crate::epochs::close_epoch;
-    use crate::ingest::{Enrollment, Ingest, IngestConfig, PREFIX};
+    use crate::ingest::{Ingest, IngestConfig, PREFIX};
     use crate::store::sqlite::SqliteStore;
     use attest::KeyPair;
     use attest::bundle::{Check, VerifyOptions, verify};
@@ -148,13 +160,7 @@ mod tests {
     #[test]
     fn a_bundle_over_two_anchored_epochs_verifies_and_an_unanchored_period_is_refused() {
         let key = KeyPair::from_seed(&[0xc0; 32]);
-        let cfg = IngestConfig {
-            enrollment: Enrollment {
-                auto_approve: true,
-                approved: vec![],
-            },
-            ..IngestConfig::default()
-        };
+        let cfg = IngestConfig::auto_approving();
         let mut ing = Ingest::new(SqliteStore::in_memory().unwrap(), key.clone(), cfg);
         let mut dev = SampleDevice::new(5);
         let chain = dev.chain(40, 60_000);
@@ -239,13 +245,7 @@ mod tests {
     fn implausible_records_are_flagged_in_the_statement_and_lower_its_tier() {
         use attest::msg::{ChannelKind, ChannelReading, MeterRecord, TrustTier};
         let key = KeyPair::from_seed(&[0xc0; 32]);
-        let cfg = IngestConfig {
-            enrollment: Enrollment {
-                auto_approve: true,
-                approved: vec![],
-            },
-            ..IngestConfig::default()
-        };
+        let cfg = IngestConfig::auto_approving();
         let mut ing = Ingest::new(SqliteStore::in_memory().unwrap(), key.clone(), cfg);
         let mut dev = SampleDevice::new(7);
         let id = dev.key.device_id();

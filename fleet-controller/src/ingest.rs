@@ -64,6 +64,19 @@ impl Default for IngestConfig {
     }
 }
 
+impl IngestConfig {
+    /// Defaults, approving every device that says hello (demos and tests).
+    pub fn auto_approving() -> IngestConfig {
+        IngestConfig {
+            enrollment: Enrollment {
+                auto_approve: true,
+                approved: vec![],
+            },
+            ..IngestConfig::default()
+        }
+    }
+}
+
 /// Rejections counted by reason.
 pub type Counters = BTreeMap<&'static str, u64>;
 
@@ -664,13 +677,7 @@ mod tests {
         let mut dev = SampleDevice::new(4);
         let chain = dev.chain(10, 10_000);
         let key = KeyPair::from_seed(&[0xc0; 32]);
-        let cfg = IngestConfig {
-            enrollment: Enrollment {
-                auto_approve: true,
-                approved: vec![],
-            },
-            ..IngestConfig::default()
-        };
+        let cfg = IngestConfig::auto_approving();
         {
             let mut ing = Ingest::new(SqliteStore::open(&path).unwrap(), key.clone(), cfg.clone());
             let mut batch = vec![(topic(&dev, "hello"), dev.hello().into_bytes())];

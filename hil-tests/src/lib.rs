@@ -251,3 +251,20 @@ pub fn agent_next_seq(data_dir: &Path) -> u64 {
     let v: serde_json::Value = serde_json::from_slice(&bytes).expect("chain state is JSON");
     v["next_seq"].as_u64().expect("next_seq is a number")
 }
+
+/// Asserts that `(seq, envelope)` pairs, in order, form a device's chain from its genesis
+/// under `key` (every message accepted by `attest`'s chain checker).
+pub fn assert_chain_from_genesis<'a>(
+    key: &attest::PublicKey,
+    items: impl IntoIterator<Item = (u64, &'a [u8])>,
+) {
+    use attest::chain::{ChainPolicy, ChainVerifier, Outcome};
+    let mut v = ChainVerifier::new(key, ChainPolicy::default()).expect("a valid key");
+    for (seq, bytes) in items {
+        let env = attest::Envelope::decode(bytes).unwrap_or_else(|e| panic!("seq {seq}: {e}"));
+        match v.feed(&env, attest::TimestampMs(u64::MAX / 2)) {
+            Ok(Outcome::Accepted(_)) => {}
+            other => panic!("seq {seq}: {other:?}"),
+        }
+    }
+}
