@@ -3,7 +3,10 @@
 //! controller (in-process, SQLite on disk), timed until the last is stored; beside it,
 //! Mosquitto's raw publish-to-subscribe rate with the same message size and client library.
 //!
-//! `cargo run --release -p fleet-controller --example ingest_bench [DEVICES] [RECORDS_PER_DEVICE]`
+//! Then, at a steady paced load, ingest latency p50/p99 from publish to the signed ack that
+//! covers the record.
+//!
+//! `cargo run --release -p fleet-controller --example ingest_bench [DEVICES] [RECORDS_PER_DEVICE] [PACE_PER_S]`
 
 use std::time::{Duration, Instant};
 
@@ -62,7 +65,7 @@ fn main() {
         .map(|i| SampleDevice::new((i % 250) as u8 + 1))
         .collect();
     fleet.dedup_by_key(|d| d.key.device_id());
-    let chains: Vec<Vec<Envelope>> = fleet.iter_mut().map(|d| d.chain(2 * per, 10_000)).collect();
+    let chains: Vec<Vec<Envelope>> = fleet.iter_mut().map(|d| d.chain(3 * per, 10_000)).collect();
     let size = chains[0][1].as_bytes().len();
     let topic =
         |d: &SampleDevice, leaf: &str| format!("heliostat/v1/dev/{}/{leaf}", d.key.device_id());
@@ -154,7 +157,7 @@ fn main() {
     // The catch-up: batches of up to 500 records per message.
     let mut batches = Vec::new();
     for (d, c) in fleet.iter().zip(&chains) {
-        for chunk in c[per..].chunks(500) {
+        for chunk in c[per..2 * per].chunks(500) {
             batches.push((
                 topic(d, "records"),
                 attest::batch::encode(chunk.iter().map(|e| e.as_bytes())),
@@ -165,6 +168,77 @@ fn main() {
     rt.block_on(publish_all(port, "batches", batches));
     wait_for(2 * n1);
     let batched = t.elapsed();
+
+    // Latency at a steady load: records paced at `pace` per second, one per message;
+    // latency is publish to the signed ack that covers the record (stored, committed and
+    // acknowledged: what the agent waits for).
+    let pace: f64 = std::env::args()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2_000.0);
+    let mut lat = rt.block_on(async {
+        let (sub, mut sev) = client(port, "acks");
+        sub.subscribe("heliostat/v1/dev/+/ack", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        // The retained acks of the phases before arrive first; wait for them to settle.
+        let settle = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(ev) = tokio::time::timeout_at(settle, sev.poll()).await {
+            ev.unwrap();
+        }
+        let devs: Vec<attest::DeviceId> = fleet.iter().map(|d| d.key.device_id()).collect();
+        let mut order = Vec::new();
+        for i in 2 * per..3 * per {
+            for (d, c) in fleet.iter().zip(&chains) {
+                order.push((
+                    d.key.device_id(),
+                    i as u64,
+                    topic(d, "records"),
+                    c[i].as_bytes().to_vec(),
+                ));
+            }
+        }
+        let n = order.len();
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(attest::DeviceId, u64, Instant)>();
+        let publisher = tokio::spawn(async move {
+            let (c, mut ev) = client(port, "paced");
+            tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+            let start = Instant::now();
+            for (k, (dev, seq, t, b)) in order.into_iter().enumerate() {
+                let due = start + Duration::from_secs_f64(k as f64 / pace);
+                tokio::time::sleep_until(due.into()).await;
+                let _ = tx.send((dev, seq, Instant::now()));
+                c.publish(t, QoS::AtLeastOnce, false, b).await.unwrap();
+            }
+        });
+        let mut sent: std::collections::HashMap<
+            attest::DeviceId,
+            std::collections::VecDeque<(u64, Instant)>,
+        > = devs.iter().map(|d| (*d, Default::default())).collect();
+        let mut lat = Vec::with_capacity(n);
+        while lat.len() < n {
+            tokio::select! {
+                Some((d, seq, t)) = rx.recv() => sent.get_mut(&d).unwrap().push_back((seq, t)),
+                ev = sev.poll() => {
+                    if let Event::Incoming(Packet::Publish(p)) = ev.unwrap() {
+                        let now = Instant::now();
+                        let Ok(env) = Envelope::decode(&p.payload) else { continue };
+                        let Ok(ack) = env.open::<attest::msg::Ack>() else { continue };
+                        let q = sent.get_mut(&ack.device).unwrap();
+                        while q.front().is_some_and(|(s, _)| *s <= ack.up_to.0) {
+                            let (_, t) = q.pop_front().unwrap();
+                            lat.push(now - t);
+                        }
+                    }
+                }
+            }
+        }
+        publisher.await.unwrap();
+        lat
+    });
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
 
     let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
     println!(
@@ -183,6 +257,13 @@ fn main() {
     println!(
         "ingest, batches of 500: {:.0} records/s stored",
         rate(n1, batched)
+    );
+    println!(
+        "ingest latency at {pace:.0} records/s (publish -> covering ack): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} records",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0),
+        lat.len()
     );
     drop(broker);
 }

@@ -9,7 +9,7 @@
 //! | `GET /api/v1/devices/{id}` | one device |
 //! | `GET /api/v1/devices/{id}/bundle?from=MS&to=MS&format=json\|postcard` | a proof bundle (anchored messages) |
 //! | `GET /api/v1/devices/{id}/hours?from=MS&to=MS` | hour-by-hour energy by source, renewable share, emissions |
-//! | `GET /api/v1/epochs` | closed epochs with their roots and local anchor entries |
+//! | `GET /api/v1/epochs` | closed epochs with their roots, local anchor entries and EVM anchors (tx, block, gas) |
 
 use std::path::PathBuf;
 
@@ -167,6 +167,15 @@ async fn epochs(State(s): State<ApiState>) -> Result<Json<Value>, AppError> {
                         "entry_hash": attest::Hash32::digest(&e.anchor_entry).to_hex(),
                         "entry": attest::hex::encode(&e.anchor_entry),
                     },
+                    "evm": store.evm_anchor(n)?.map(|a| json!({
+                        "chain_id": a.chain_id,
+                        "contract": format!("0x{}", attest::hex::encode(&a.contract)),
+                        "nonce": a.nonce,
+                        "tx_hash": format!("0x{}", a.tx_hash.to_hex()),
+                        "block_number": a.block_number,
+                        "gas_used": a.gas_used,
+                        "confirmed": a.block_number.is_some(),
+                    })),
                 }));
             }
         }

@@ -112,13 +112,24 @@ pub fn device_period<S: Store>(
                 ))
                 .into());
             }
-            epochs.push(EpochProof {
-                epoch: EpochId(epoch),
-                head: tree.head(),
-                anchor: AnchorRef::Local {
+            // An epoch confirmed on chain is proven there (`attest verify --rpc`);
+            // otherwise by the controller-signed local log.
+            let anchor = match store.evm_anchor(epoch)? {
+                Some(a) if a.block_number.is_some() => AnchorRef::Evm {
+                    chain_id: a.chain_id,
+                    contract: attest::bundle::Address(a.contract),
+                    tx_hash: a.tx_hash,
+                    block_number: a.block_number.unwrap_or_default(),
+                },
+                _ => AnchorRef::Local {
                     entry: Blob(row.anchor_entry.clone()),
                     controller_key: controller,
                 },
+            };
+            epochs.push(EpochProof {
+                epoch: EpochId(epoch),
+                head: tree.head(),
+                anchor,
             });
             slot.insert(tree);
         }

@@ -58,14 +58,69 @@ pub struct EpochConfig {
     /// How often an epoch closes and its root is anchored, milliseconds (default one hour).
     #[serde(default = "default_epoch_ms")]
     pub interval_ms: u64,
+    /// Where roots are anchored: `local` (the controller-signed, hash-chained log in the
+    /// database) or `evm` (the local log, and also the anchor contract on an EVM chain).
+    #[serde(default)]
+    pub anchor: AnchorBackend,
+    /// The EVM chain, for `anchor = "evm"`.
+    #[serde(default)]
+    pub evm: Option<EvmConfig>,
 }
 
 impl Default for EpochConfig {
     fn default() -> Self {
         EpochConfig {
             interval_ms: default_epoch_ms(),
+            anchor: AnchorBackend::Local,
+            evm: None,
         }
     }
+}
+
+/// Where epoch roots are anchored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnchorBackend {
+    /// The signed, hash-chained log in the database.
+    #[default]
+    Local,
+    /// The local log and the anchor contract on an EVM chain.
+    Evm,
+}
+
+/// The EVM anchor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvmConfig {
+    /// The node's JSON-RPC URL.
+    pub rpc_url: String,
+    /// The anchor contract (`0x` + 40 hex digits), as `fleet-controller deploy-anchor`
+    /// printed it.
+    pub contract: String,
+    /// File holding the sender's secp256k1 private key (hex, mode 0600); the contract only
+    /// accepts anchors from the account that deployed it.
+    pub key_file: PathBuf,
+    /// The chain id the node must report (a guard against a misconfigured URL).
+    pub chain_id: u64,
+    /// Blocks on top of the anchoring one before it counts as confirmed (1 = mined).
+    #[serde(default = "default_confirmations")]
+    pub confirmations: u64,
+    /// How often to poll for receipts, milliseconds.
+    #[serde(default = "default_poll")]
+    pub poll_ms: u64,
+    /// How long to wait for a receipt before re-broadcasting, milliseconds.
+    #[serde(default = "default_receipt_timeout")]
+    pub receipt_timeout_ms: u64,
+}
+
+const fn default_confirmations() -> u64 {
+    1
+}
+const fn default_poll() -> u64 {
+    500
+}
+const fn default_receipt_timeout() -> u64 {
+    120_000
 }
 
 /// Accounting inputs. (A bundled per-region table and operator hourly series come with the
@@ -210,6 +265,19 @@ impl ControllerConfig {
         }
         if self.epochs.interval_ms < 100 {
             anyhow::bail!("config key `epochs.interval_ms`: must be at least 100");
+        }
+        match (self.epochs.anchor, &self.epochs.evm) {
+            (AnchorBackend::Evm, None) => {
+                anyhow::bail!("config key `epochs.evm`: needed when epochs.anchor = \"evm\"")
+            }
+            (AnchorBackend::Evm, Some(e)) => {
+                crate::anchor_evm::parse_address(&e.contract)
+                    .map_err(|m| anyhow::anyhow!("config key `epochs.evm.contract`: {m}"))?;
+                if e.confirmations == 0 {
+                    anyhow::bail!("config key `epochs.evm.confirmations`: must be at least 1");
+                }
+            }
+            (AnchorBackend::Local, _) => {}
         }
         if self.ingest.batch_max == 0 {
             anyhow::bail!("config key `ingest.batch_max`: must be above 0");

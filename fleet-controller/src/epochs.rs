@@ -49,6 +49,7 @@ pub fn close_epoch<S: Store>(
     };
     let placed: Vec<(attest::DeviceId, u64)> = items.iter().map(|(d, s, _)| (*d, *s)).collect();
     store.commit_epoch(&row, &placed)?;
+    crate::crash::point("epoch-closed");
     tracing::info!(epoch, leaves = head.size, root = %head.root, "epoch anchored (local log)");
     Ok(Some(row))
 }

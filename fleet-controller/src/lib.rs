@@ -1,6 +1,8 @@
 //! The Heliostat fleet controller as a library.
 //!
 //! Map (growing with the controller issue):
+//! - [`anchor_evm`]: anchoring epoch roots on an EVM chain (alloy), crash-safe.
+//! - [`crash`]: named crash points for the kill -9 tests.
 //! - [`api`]: the HTTP API (axum): devices, epochs, status, bundle download.
 //! - [`config`]: the TOML configuration.
 //! - [`epochs`]: closing epochs into RFC 6962 trees anchored in the local, signed log.
@@ -11,9 +13,11 @@
 //! - [`store`]: the narrow store interface and its SQLite backend (WAL, versioned migrations,
 //!   idempotent inserts on (device, sequence)).
 
+pub mod anchor_evm;
 pub mod api;
 pub mod bundles;
 pub mod config;
+pub mod crash;
 pub mod epochs;
 pub mod ingest;
 pub mod plausibility;

@@ -1,10 +1,11 @@
-//! `fleet-controller`: ingest and operator commands. (The demo, API, accounting and anchoring
-//! arrive with the rest of the controller issue.)
+//! `fleet-controller`: ingest and operator commands.
 //!
 //! - `fleet-controller --config FILE run`: ingest from the configured broker.
 //! - `fleet-controller --config FILE key`: the controller's public key (give it to agents).
 //! - `fleet-controller --config FILE devices`: every device with its state.
 //! - `fleet-controller --config FILE approve|revoke ID`.
+//! - `fleet-controller --config FILE bundle --device ID --out FILE`: a proof bundle.
+//! - `fleet-controller deploy-anchor --rpc URL --key-file FILE`: deploy the anchor contract.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,16 @@ enum Cmd {
     /// Revoke a device: its records are kept apart, never counted.
     Revoke { id: String },
     /// Export a proof bundle for a device over a period (anchored epochs only).
+    /// Deploy the anchor contract from the key in KEY_FILE (needs no config file); prints
+    /// the contract address for `epochs.evm.contract`.
+    DeployAnchor {
+        /// The node's JSON-RPC URL.
+        #[arg(long)]
+        rpc: String,
+        /// File holding the sender's secp256k1 private key (hex).
+        #[arg(long)]
+        key_file: PathBuf,
+    },
     Bundle {
         /// The device id.
         #[arg(long)]
@@ -77,8 +88,20 @@ fn main() -> ExitCode {
 }
 
 fn inner(cli: Cli) -> anyhow::Result<()> {
+    if let Cmd::DeployAnchor { rpc, key_file } = &cli.cmd {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (addr, gas) = rt.block_on(fleet_controller::anchor_evm::EvmAnchor::deploy(
+            rpc, key_file,
+        ))?;
+        println!("{addr:#x}");
+        eprintln!("deployed the anchor contract at {addr:#x} (gas {gas})");
+        return Ok(());
+    }
     let cfg = ControllerConfig::load(&cli.config)?;
     match cli.cmd {
+        Cmd::DeployAnchor { .. } => unreachable!("handled above"),
         Cmd::Run => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -101,6 +101,9 @@ pub async fn run(
             }
             match ingest.handle(&batch, now_ms()) {
                 Ok(out) => {
+                    if !out.is_empty() {
+                        crate::crash::point("ingest-committed");
+                    }
                     for o in out {
                         let _ = out_tx.send(o);
                     }
@@ -122,6 +125,14 @@ pub async fn run(
         }
     })?;
 
+    if cfg.epochs.anchor == crate::config::AnchorBackend::Evm {
+        let evm = cfg
+            .epochs
+            .evm
+            .clone()
+            .context("epochs.evm is not configured")?;
+        crate::anchor_evm::spawn(evm, cfg.db_path())?;
+    }
     if !cfg.api.listen.is_empty() {
         let state = crate::api::ApiState {
             db: cfg.db_path(),

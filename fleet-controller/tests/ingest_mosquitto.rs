@@ -1,30 +1,89 @@
 //! End to end through a real Mosquitto: real agent processes publish, the real controller
-//! process stores in SQLite and acknowledges. The controller is kill -9'd mid-stream, an
-//! agent too, and the broker restarted; afterwards every sequence number each agent
-//! produced is stored exactly once and every chain verifies from genesis.
+//! process stores in SQLite, acknowledges, and anchors its epochs on a real local EVM node
+//! (anvil). The controller is kill -9'd mid-stream and aborted at each named crash point
+//! (after a batch's commit before its acks, right after an epoch closes, after an anchoring
+//! transaction is signed and stored, after it is sent); an agent is kill -9'd too and the
+//! broker restarted. Afterwards every sequence number each agent produced is stored
+//! exactly once, every chain verifies from genesis, every epoch is anchored on chain
+//! exactly once, and a bundle verifies against the chain with `attest verify --rpc`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use attest::Envelope;
+use fleet_controller::anchor_evm::EvmAnchor;
+use fleet_controller::config::EvmConfig;
 use fleet_controller::store::Store;
 use fleet_controller::store::sqlite::SqliteStore;
-use hil_tests::{Mosquitto, Proc, TempDir, spawn_agent, workspace_binary};
+use hil_tests::{Anvil, Mosquitto, Proc, TempDir, spawn_agent, workspace_binary};
 
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_fleet-controller");
 
-fn controller_config(dir: &Path, port: u16) -> PathBuf {
+fn controller_config(dir: &Path, port: u16, evm: &EvmConfig) -> PathBuf {
     let p = dir.join("controller.toml");
     std::fs::write(
         &p,
         format!(
-            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n[enrollment]\nauto_approve = true\n[ingest]\nresend_after_ms = 2000\n[epochs]\ninterval_ms = 300\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
+            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n[enrollment]\nauto_approve = true\n[ingest]\nresend_after_ms = 2000\n[epochs]\ninterval_ms = 300\nanchor = \"evm\"\n[epochs.evm]\nrpc_url = \"{}\"\ncontract = \"{}\"\nkey_file = \"{}\"\nchain_id = {}\npoll_ms = 100\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
             dir.join("data").display(),
+            evm.rpc_url,
+            evm.contract,
+            evm.key_file.display(),
+            evm.chain_id,
             api = api_port(dir)
         ),
     )
     .unwrap();
     p
+}
+
+/// Starts anvil and deploys the anchor contract with the controller's CLI.
+fn chain(dir: &Path) -> (Anvil, EvmConfig) {
+    let anvil = Anvil::start();
+    let key_file = Anvil::key_file(dir);
+    let out = std::process::Command::new(CONTROLLER)
+        .args(["deploy-anchor", "--rpc", &anvil.url(), "--key-file"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "deploy-anchor: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let contract = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        contract.starts_with("0x") && contract.len() == 42,
+        "{contract}"
+    );
+    let cfg = EvmConfig {
+        rpc_url: anvil.url(),
+        contract,
+        key_file,
+        chain_id: 31337,
+        confirmations: 1,
+        poll_ms: 100,
+        receipt_timeout_ms: 10_000,
+    };
+    (anvil, cfg)
+}
+
+/// Runs the controller with `HELIOSTAT_CRASH_AT=point` and waits for it to abort there.
+fn crash_at(config: &Path, log: &Path, point: &str) {
+    let mut p = spawn_controller_env(config, log, Some(point));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = p.0.try_wait().unwrap() {
+            assert!(!status.success(), "{point}: the controller exited cleanly");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the controller never reached crash point {point}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The API port chosen for this test's controller (kept in a file beside its config).
@@ -105,7 +164,8 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
     let mut broker = Mosquitto::start();
     let cdir = tmp.path().join("controller");
     std::fs::create_dir_all(&cdir).unwrap();
-    let ccfg = controller_config(&cdir, broker.port);
+    let (anvil, evm) = chain(&cdir);
+    let ccfg = controller_config(&cdir, broker.port, &evm);
     let key = controller_key(&ccfg);
     let clog = cdir.join("controller.log");
     let mut controller = spawn_controller(&ccfg, &clog);
@@ -128,6 +188,10 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
     std::thread::sleep(Duration::from_millis(2_500));
     controller.kill9();
     std::thread::sleep(Duration::from_millis(800));
+    // Abort at each crash point in turn while the agents keep publishing.
+    for point in ["ingest-committed", "epoch-closed", "evm-signed", "evm-sent"] {
+        crash_at(&ccfg, &clog, point);
+    }
     controller = spawn_controller(&ccfg, &clog);
     std::thread::sleep(Duration::from_millis(1_500));
     procs[0].kill9();
@@ -243,14 +307,33 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
         "{body}"
     );
     let attest_bin = workspace_binary(CONTROLLER, "attest", "attest");
-    let v = std::process::Command::new(attest_bin)
-        .args(["verify", "--controller-key", &key])
+    let v = std::process::Command::new(&attest_bin)
+        .args(["verify", "--controller-key", &key, "--rpc", &evm.rpc_url])
         .arg(&out)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&v.stdout);
     assert!(v.status.success(), "attest verify: {text}");
     assert!(text.contains(&format!("{n0} meter records")), "{text}");
+    assert!(
+        text.contains("EVM chain 31337") && text.contains("(checked on chain)"),
+        "the bundle's epochs are proven on chain: {text}"
+    );
+    // The same bundle against another chain (a fresh anvil: same chain id, no contract,
+    // no transactions) is refused at the anchor check.
+    let other = Anvil::start();
+    let v = std::process::Command::new(&attest_bin)
+        .args(["verify", "--rpc", &other.url()])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        !v.status.success(),
+        "verified against an empty chain: {text}"
+    );
+    assert!(text.contains("check `anchor` failed"), "{text}");
+    drop(other);
 
     // Epochs closed while the controller was being killed: numbered without holes, each
     // anchored once, the anchor log chained and signed, every root recomputed from its
@@ -293,21 +376,74 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
             assert!(leaves_seen.insert(l), "a message in two epochs");
         }
     }
-    drop(controller);
+
+    // With the agents gone, the controller anchors what is left; then the chain holds
+    // exactly one anchor per epoch, each with the database's root, and each epoch's
+    // recorded transaction is the one that put it there.
+    drop(_procs);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut quiet_since = Instant::now();
+    let mut last_seen = None;
+    loop {
+        let last = store.last_epoch().unwrap().map(|e| e.epoch);
+        if last != last_seen {
+            last_seen = last;
+            quiet_since = Instant::now();
+        }
+        let pending = store.epochs_not_on_chain().unwrap();
+        if pending.is_empty() && quiet_since.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "epochs {:?} not anchored on chain\n{}",
+            pending.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+            std::fs::read_to_string(&clog).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    controller.kill9();
+    let epochs = store.last_epoch().unwrap().unwrap().epoch + 1;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let a = EvmAnchor::connect(&evm).await.unwrap();
+        assert_eq!(
+            a.anchored_count().await.unwrap(),
+            epochs,
+            "one anchor per epoch on chain"
+        );
+        for n in 0..epochs {
+            let e = store.epoch(n).unwrap().unwrap();
+            let row = store.evm_anchor(n).unwrap().unwrap();
+            let (root, size, block) = a.on_chain(n).await.unwrap().expect("anchored");
+            assert_eq!((root, size), (e.root, e.tree_size), "epoch {n}");
+            assert_eq!(row.block_number, Some(block), "epoch {n}");
+            assert!(row.gas_used.unwrap() > 21_000, "epoch {n}");
+        }
+    });
+    drop(anvil);
 }
 
 fn spawn_controller(config: &Path, log: &Path) -> Proc {
+    spawn_controller_env(config, log, None)
+}
+
+fn spawn_controller_env(config: &Path, log: &Path, crash_at: Option<&str>) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    Proc(
-        std::process::Command::new(CONTROLLER)
-            .args(["--config", config.to_str().unwrap(), "run"])
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
+    let mut cmd = std::process::Command::new(CONTROLLER);
+    cmd.args(["--config", config.to_str().unwrap(), "run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    match crash_at {
+        Some(p) => cmd.env("HELIOSTAT_CRASH_AT", p),
+        None => cmd.env_remove("HELIOSTAT_CRASH_AT"),
+    };
+    Proc(cmd.spawn().unwrap())
 }

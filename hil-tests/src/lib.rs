@@ -268,3 +268,77 @@ pub fn assert_chain_from_genesis<'a>(
         }
     }
 }
+
+/// The first of anvil's default development accounts (its well-known key, funded with
+/// 10,000 ETH on every fresh anvil): only ever for local test chains.
+pub const ANVIL_KEY: &str = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+/// A real local EVM node: Foundry's anvil, from the npm package
+/// `@foundry-rs/anvil-linux-amd64` that `scripts/setup` installs into `tools/`. Each
+/// transaction is mined at once (automine); killed on drop.
+pub struct Anvil {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Anvil {
+    /// The anvil binary, or a panic naming what installs it.
+    pub fn binary() -> PathBuf {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/node_modules/.bin/anvil");
+        assert!(
+            p.exists(),
+            "{} not found: run scripts/setup (it installs tools/package.json with npm)",
+            p.display()
+        );
+        p
+    }
+
+    /// Starts a fresh chain (id 31337) on a free port.
+    pub fn start() -> Anvil {
+        let port = free_port();
+        let child = Command::new(Self::binary())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--host",
+                "127.0.0.1",
+                "--silent",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting anvil");
+        assert!(
+            wait_for_port(port, Duration::from_secs(20)),
+            "anvil did not listen on {port}"
+        );
+        Anvil {
+            child: Some(child),
+            port,
+        }
+    }
+
+    /// Its JSON-RPC URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Writes [`ANVIL_KEY`] to a key file (mode 0600) and returns its path.
+    pub fn key_file(dir: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("evm.key");
+        std::fs::write(&p, ANVIL_KEY).expect("writing evm.key");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        p
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

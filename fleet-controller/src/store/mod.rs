@@ -123,6 +123,32 @@ pub struct EpochRow {
     pub anchor_index: u64,
 }
 
+/// An epoch's anchor on an EVM chain: the transaction is signed and stored here *before*
+/// it is sent, so a controller killed between send and confirmation re-broadcasts the very
+/// same transaction (same nonce, same hash) instead of anchoring twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvmAnchorRow {
+    /// The epoch.
+    pub epoch: u64,
+    /// The chain it is (to be) anchored on.
+    pub chain_id: u64,
+    /// The anchor contract.
+    pub contract: [u8; 20],
+    /// The sender's nonce the transaction uses.
+    pub nonce: u64,
+    /// The transaction hash.
+    pub tx_hash: Hash32,
+    /// The signed transaction (EIP-2718 bytes); empty when the anchor was found on chain
+    /// rather than sent from this database.
+    pub raw_tx: Vec<u8>,
+    /// The block that holds it, once confirmed.
+    pub block_number: Option<u64>,
+    /// Gas it used, once confirmed.
+    pub gas_used: Option<u64>,
+    /// When it was signed (ms).
+    pub signed_ms: u64,
+}
+
 /// A stored chain message with where it sits in its epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlacedItem {
@@ -178,6 +204,15 @@ pub trait Store {
     fn epoch(&self, epoch: u64) -> Result<Option<EpochRow>, StoreError>;
     /// The leaves (envelopes) of a closed epoch in leaf order.
     fn epoch_leaves(&self, epoch: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// The EVM anchor of an epoch, sent or confirmed.
+    fn evm_anchor(&self, epoch: u64) -> Result<Option<EvmAnchorRow>, StoreError>;
+    /// Stores (or replaces, while unconfirmed) an epoch's EVM anchor. A confirmed anchor is
+    /// never replaced.
+    fn put_evm_anchor(&mut self, row: &EvmAnchorRow) -> Result<(), StoreError>;
+    /// Forgets an unconfirmed EVM anchor whose transaction can no longer be mined.
+    fn drop_unconfirmed_evm_anchor(&mut self, epoch: u64) -> Result<(), StoreError>;
+    /// Closed epochs without a confirmed EVM anchor, oldest first.
+    fn epochs_not_on_chain(&self) -> Result<Vec<EpochRow>, StoreError>;
     /// A device's messages with timestamps in `from..=to`, in sequence order.
     fn items_between(
         &self,

@@ -7,7 +7,8 @@ use attest::{DeviceId, PublicKey};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    DeviceRow, DeviceState, EpochRow, InsertReport, NewItem, PlacedItem, Store, StoreError,
+    DeviceRow, DeviceState, EpochRow, EvmAnchorRow, InsertReport, NewItem, PlacedItem, Store,
+    StoreError,
 };
 
 /// Migrations in order; entry `i` takes the schema from version `i` to `i + 1`.
@@ -44,6 +45,18 @@ const MIGRATIONS: &[&str] = &[
         anchor_entry BLOB NOT NULL
     );
     CREATE INDEX chain_items_time ON chain_items (device, timestamp_ms);",
+    // 3: EVM anchors, signed and stored before they are sent.
+    "CREATE TABLE evm_anchors (
+        epoch INTEGER PRIMARY KEY REFERENCES epochs (epoch),
+        chain_id INTEGER NOT NULL,
+        contract BLOB NOT NULL,
+        nonce INTEGER NOT NULL,
+        tx_hash BLOB NOT NULL UNIQUE,
+        raw_tx BLOB NOT NULL,
+        block_number INTEGER,
+        gas_used INTEGER,
+        signed_ms INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this code writes.
@@ -176,6 +189,56 @@ fn to_epoch(raw: RawEpoch) -> Result<EpochRow, StoreError> {
 }
 
 const EPOCH_COLUMNS: &str = "epoch, tree_size, root, closed_ms, anchor_entry, anchor_index";
+
+const EVM_COLUMNS: &str =
+    "epoch, chain_id, contract, nonce, tx_hash, raw_tx, block_number, gas_used, signed_ms";
+
+type RawEvm = (
+    i64,
+    i64,
+    Vec<u8>,
+    i64,
+    Vec<u8>,
+    Vec<u8>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+);
+
+fn evm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEvm> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+    ))
+}
+
+fn to_evm(raw: RawEvm) -> Result<EvmAnchorRow, StoreError> {
+    let (epoch, chain_id, contract, nonce, tx_hash, raw_tx, block, gas, signed) = raw;
+    Ok(EvmAnchorRow {
+        epoch: epoch as u64,
+        chain_id: chain_id as u64,
+        contract: contract
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("contract address is not 20 bytes".into()))?,
+        nonce: nonce as u64,
+        tx_hash: attest::Hash32(
+            tx_hash
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("tx hash is not 32 bytes".into()))?,
+        ),
+        raw_tx,
+        block_number: block.map(|b| b as u64),
+        gas_used: gas.map(|g| g as u64),
+        signed_ms: signed as u64,
+    })
+}
 
 impl Store for SqliteStore {
     fn upsert_device(
@@ -370,6 +433,76 @@ impl Store for SqliteStore {
         Ok(rows)
     }
 
+    fn evm_anchor(&self, epoch: u64) -> Result<Option<EvmAnchorRow>, StoreError> {
+        let raw = self
+            .conn
+            .query_row(
+                &format!("SELECT {EVM_COLUMNS} FROM evm_anchors WHERE epoch = ?1"),
+                [to_i64(epoch)],
+                evm_row,
+            )
+            .optional()?;
+        raw.map(to_evm).transpose()
+    }
+
+    fn put_evm_anchor(&mut self, r: &EvmAnchorRow) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let confirmed: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT block_number FROM evm_anchors WHERE epoch = ?1",
+                [to_i64(r.epoch)],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(Some(_)) = confirmed {
+            return Err(StoreError::Corrupt(format!(
+                "epoch {} is already anchored on chain; refusing to replace its anchor",
+                r.epoch
+            )));
+        }
+        tx.execute(
+            &format!(
+                "INSERT OR REPLACE INTO evm_anchors ({EVM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ),
+            params![
+                to_i64(r.epoch),
+                to_i64(r.chain_id),
+                &r.contract[..],
+                to_i64(r.nonce),
+                &r.tx_hash.0[..],
+                &r.raw_tx,
+                r.block_number.map(to_i64),
+                r.gas_used.map(to_i64),
+                to_i64(r.signed_ms)
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn drop_unconfirmed_evm_anchor(&mut self, epoch: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM evm_anchors WHERE epoch = ?1 AND block_number IS NULL",
+            [to_i64(epoch)],
+        )?;
+        Ok(())
+    }
+
+    fn epochs_not_on_chain(&self) -> Result<Vec<EpochRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM epochs e WHERE NOT EXISTS \
+             (SELECT 1 FROM evm_anchors a WHERE a.epoch = e.epoch AND a.block_number IS NOT NULL) \
+             ORDER BY e.epoch",
+            EPOCH_COLUMNS
+                .split(", ")
+                .map(|c| format!("e.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))?;
+        let rows = st.query_map([], epoch_row)?;
+        rows.map(|r| to_epoch(r?)).collect()
+    }
+
     fn items_between(
         &self,
         id: DeviceId,
@@ -490,6 +623,53 @@ mod tests {
                 .unwrap()
         );
         assert_eq!(s.devices().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_evm_anchor_is_replaced_while_unconfirmed_and_never_after() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let e = EpochRow {
+            epoch: 0,
+            tree_size: 3,
+            root: attest::Hash32([1; 32]),
+            closed_ms: 5,
+            anchor_entry: vec![1, 2, 3],
+            anchor_index: 0,
+        };
+        s.commit_epoch(&e, &[]).unwrap();
+        assert_eq!(s.epochs_not_on_chain().unwrap(), vec![e.clone()]);
+        let mut a = EvmAnchorRow {
+            epoch: 0,
+            chain_id: 31337,
+            contract: [9; 20],
+            nonce: 4,
+            tx_hash: attest::Hash32([2; 32]),
+            raw_tx: vec![0xaa; 10],
+            block_number: None,
+            gas_used: None,
+            signed_ms: 6,
+        };
+        s.put_evm_anchor(&a).unwrap();
+        // Sent but unconfirmed: still pending, and a re-signed transaction replaces it.
+        assert_eq!(s.epochs_not_on_chain().unwrap().len(), 1);
+        a.tx_hash = attest::Hash32([3; 32]);
+        a.nonce = 5;
+        s.put_evm_anchor(&a).unwrap();
+        assert_eq!(s.evm_anchor(0).unwrap().unwrap().nonce, 5);
+        a.block_number = Some(12);
+        a.gas_used = Some(74_000);
+        s.put_evm_anchor(&a).unwrap();
+        assert!(s.epochs_not_on_chain().unwrap().is_empty());
+        assert_eq!(s.evm_anchor(0).unwrap().unwrap(), a);
+        // Confirmed: never replaced, never dropped.
+        let mut other = a.clone();
+        other.tx_hash = attest::Hash32([4; 32]);
+        assert!(matches!(
+            s.put_evm_anchor(&other),
+            Err(StoreError::Corrupt(_))
+        ));
+        s.drop_unconfirmed_evm_anchor(0).unwrap();
+        assert_eq!(s.evm_anchor(0).unwrap().unwrap(), a);
     }
 
     #[test]
