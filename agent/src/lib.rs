@@ -4,6 +4,7 @@
 //! Map:
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`identity`]: the device key file (created on first start, mode 0600).
+//! - [`jobs`]: the job kernel layer: built-in kernels and PTX on CUDA or the CPU, in chunks.
 //! - [`power`]: power sources behind one trait (simulator, Jetson INA3221, VE.Direct).
 //! - [`meter`]: integrates samples into cumulative counters and seals hash-chained records.
 //! - [`outbox`]: the durable store-and-forward log, deleted only on the controller's ack.
@@ -12,6 +13,7 @@
 
 pub mod config;
 pub mod identity;
+pub mod jobs;
 pub mod meter;
 pub mod outbox;
 pub mod power;
