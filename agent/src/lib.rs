@@ -3,6 +3,8 @@
 //!
 //! Map:
 //! - [`config`]: the TOML configuration and its validation.
+//! - [`governor`]: the power budget (solar surplus, battery, grid allowance, cap) and the
+//!   control loop that holds a job to it (power limit, frequency cap, duty cycle, pause).
 //! - [`identity`]: the device key file (created on first start, mode 0600).
 //! - [`jobs`]: the job kernel layer: built-in kernels and PTX on CUDA or the CPU, in chunks.
 //! - [`power`]: power sources behind one trait (simulator, Jetson INA3221, VE.Direct).
@@ -12,6 +14,7 @@
 //! - [`runtime`]: the running agent: ticks, the MQTT link (rumqttc), acks and commands.
 
 pub mod config;
+pub mod governor;
 pub mod identity;
 pub mod jobs;
 pub mod meter;

@@ -12,7 +12,8 @@
 //! as one record (it never received the other).
 
 use attest::msg::{
-    ChainRestart, ChannelKind, ChannelReading, Link, MeterRecord, RestartReason, TrustTier,
+    ChainRestart, ChannelKind, ChannelReading, CounterSnapshot, JobReceipt, Link, MeterRecord,
+    RestartReason, TrustTier,
 };
 use attest::{ChannelId, Envelope, Hash32, KeyPair, Millijoules, Milliwatts, SeqNo, TimestampMs};
 use serde::{Deserialize, Serialize};
@@ -211,9 +212,71 @@ impl Meter {
         }
     }
 
+    /// Counters of the channels of `kinds`, as of the last committed record (so a
+    /// receipt's counters are the same numbers a signed record carries).
+    pub fn snapshot(&self, kinds: &[ChannelKind]) -> Vec<CounterSnapshot> {
+        self.channels
+            .iter()
+            .filter(|c| kinds.contains(&c.kind))
+            .map(|c| CounterSnapshot {
+                channel: c.id,
+                kind: c.kind,
+                energy: Millijoules(c.at_last_record_mj),
+            })
+            .collect()
+    }
+
+    /// The power last sampled on every channel of `kind`, summed, watts.
+    pub fn power_w(&self, kind: ChannelKind) -> f64 {
+        self.channels
+            .iter()
+            .filter(|c| c.kind == kind)
+            .filter_map(|c| c.last.map(|(_, p)| p as f64 / 1000.0))
+            .sum()
+    }
+
+    /// The cumulative counter of every channel of `kind` right now (not only at the last
+    /// record), summed, millijoules.
+    pub fn energy_mj(&self, kind: ChannelKind) -> u64 {
+        self.channels
+            .iter()
+            .filter(|c| c.kind == kind)
+            .map(|c| c.energy_uj / 1000)
+            .sum()
+    }
+
+    /// The battery's state of charge last reported by any channel, per mille.
+    pub fn soc_permille(&self) -> Option<u16> {
+        self.channels.iter().find_map(|c| c.soc_permille)
+    }
+
+    /// Seals `receipt` as the next chain message (its link is filled in here); nothing
+    /// changes until [`Meter::commit_link`].
+    pub fn seal_receipt(&self, mut receipt: JobReceipt, t_ms: u64, key: &KeyPair) -> Envelope {
+        receipt.link = Link {
+            device: key.device_id(),
+            seq: SeqNo(self.state.next_seq),
+            timestamp: TimestampMs(t_ms.max(self.state.last_timestamp)),
+            prev: self.state.prev,
+        };
+        Envelope::seal(&receipt, key)
+    }
+
+    /// Marks a stored chain message that is not a record (a job receipt) as the chain's
+    /// latest.
+    pub fn commit_link(&mut self, link: &Link, env: &Envelope) {
+        self.advance(link.seq.0, env.hash(), link.timestamp.0);
+    }
+
     /// Continues the chain after a record found in the outbox that the saved state had not
     /// caught up with (a crash between storing a record and saving the state).
     pub fn catch_up(&mut self, env: &Envelope) {
+        if let Ok(r) = env.open::<JobReceipt>() {
+            if r.link.seq.0 >= self.state.next_seq {
+                self.commit_link(&r.link, env);
+            }
+            return;
+        }
         let Ok(rec) = env.open::<MeterRecord>() else {
             if env.open::<ChainRestart>().is_ok() {
                 self.commit_restart(env);

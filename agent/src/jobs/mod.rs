@@ -4,6 +4,9 @@
 //! Map:
 //! - [`kernel`]: the built-in kernels parsed from a workload into a validated [`Builtin`]
 //!   (sizes, work estimates, chunk plans, the fixed-point and tolerance rules).
+//! - [`exec`]: one job's execution (sans-IO): run the next chunk, rest (duty cycle), pause,
+//!   or finish, given the governor's decision.
+//! - [`sim`]: jobs on the simulated rig with a simulated clock (governor tests, bench).
 //! - [`cpu`]: the CPU backend (every built-in; no PTX).
 //! - [`cuda`]: the CUDA backend (cudarc, loaded at run time; built-ins compiled by NVRTC,
 //!   and user PTX modules with the argument convention documented there).
@@ -29,7 +32,9 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod exec;
 pub mod kernel;
+pub mod sim;
 
 use attest::Hash32;
 use attest::msg::Workload;

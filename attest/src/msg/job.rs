@@ -150,6 +150,9 @@ pub enum JobOutcome {
     DeadlineMissed,
     /// Failed, with the reason.
     Failed(String),
+    /// Never started: the power budget cannot pay for it by its deadline (or it asks for
+    /// more energy than its own limit); the reason says which, for the scheduler.
+    Refused(String),
 }
 
 /// Where a job ran.
@@ -168,8 +171,8 @@ impl Message for JobReceipt {
     fn validate(&self) -> Result<(), DecodeError> {
         check_len("start_counters", &self.start_counters, MAX_CHANNELS)?;
         check_len("end_counters", &self.end_counters, MAX_CHANNELS)?;
-        if let JobOutcome::Failed(s) = &self.outcome {
-            check_text("failure reason", s)?;
+        if let JobOutcome::Failed(s) | JobOutcome::Refused(s) = &self.outcome {
+            check_text("outcome reason", s)?;
         }
         if let Backend::Cuda(s) = &self.backend {
             check_text("backend", s)?;
