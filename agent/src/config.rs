@@ -30,6 +30,98 @@ pub struct AgentConfig {
     /// Power sources, in channel order.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
+    /// Jobs and the power governor.
+    #[serde(default)]
+    pub jobs: JobsConfig,
+}
+
+/// `[jobs]`: running compute jobs inside the power budget.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Accept `RunJob` commands at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Use the GPU (CUDA, loaded at run time) when one is usable; the CPU otherwise.
+    #[serde(default = "yes")]
+    pub prefer_gpu: bool,
+    /// The job's draw at full speed until the meter has measured it, watts.
+    #[serde(default = "default_job_power")]
+    pub power_w: f64,
+    /// Never more than this for jobs, watts.
+    #[serde(default = "default_hard_cap")]
+    pub hard_cap_w: f64,
+    /// Grid power jobs may use, watts (0: only sun and battery).
+    #[serde(default)]
+    pub grid_allowance_w: f64,
+    /// Below this duty a job pauses instead (0..1).
+    #[serde(default = "default_min_duty")]
+    pub min_duty: f64,
+    /// The battery above reserve is spread over at least this long, seconds.
+    #[serde(default = "default_battery_horizon")]
+    pub battery_min_horizon_s: f64,
+    /// A Jetson GPU's devfreq directory (e.g. `/sys/class/devfreq/17000000.ga10b`): the
+    /// governor caps `max_freq` there. Empty: no frequency lever.
+    #[serde(default)]
+    pub devfreq_dir: Option<PathBuf>,
+    /// Set an NVML power limit on this GPU index (needs root). None: no power-limit lever.
+    #[serde(default)]
+    pub nvml_power_limit_gpu: Option<u32>,
+    /// Where job inputs and PTX modules are found by their SHA-256 (hex file names);
+    /// default `data_dir/blobs`.
+    #[serde(default)]
+    pub blob_dir: Option<PathBuf>,
+    /// For the simulator source: the simulated GPU's draw while a chunk runs, watts (the
+    /// CPU does the real compute; the simulator's load and GPU channels show this).
+    #[serde(default = "default_job_power")]
+    pub simulated_gpu_w: f64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            enabled: true,
+            prefer_gpu: true,
+            power_w: default_job_power(),
+            hard_cap_w: default_hard_cap(),
+            grid_allowance_w: 0.0,
+            min_duty: default_min_duty(),
+            battery_min_horizon_s: default_battery_horizon(),
+            devfreq_dir: None,
+            nvml_power_limit_gpu: None,
+            blob_dir: None,
+            simulated_gpu_w: default_job_power(),
+        }
+    }
+}
+
+impl JobsConfig {
+    /// The governor's policy.
+    pub fn governor(&self) -> crate::governor::GovernorConfig {
+        crate::governor::GovernorConfig {
+            grid_allowance_w: self.grid_allowance_w,
+            hard_cap_w: self.hard_cap_w,
+            job_power_w: self.power_w,
+            min_duty: self.min_duty,
+            battery_min_horizon_s: self.battery_min_horizon_s,
+        }
+    }
+}
+
+const fn yes() -> bool {
+    true
+}
+const fn default_job_power() -> f64 {
+    60.0
+}
+const fn default_hard_cap() -> f64 {
+    250.0
+}
+const fn default_min_duty() -> f64 {
+    0.1
+}
+const fn default_battery_horizon() -> f64 {
+    600.0
 }
 
 /// The MQTT link to the broker.
@@ -257,6 +349,19 @@ impl AgentConfig {
                 "site.battery_reserve_wh",
                 "must not exceed site.battery_wh".into(),
             );
+        }
+        let j = &self.jobs;
+        if !(j.power_w > 0.0 && j.power_w.is_finite()) {
+            return bad("jobs.power_w", "must be above 0".into());
+        }
+        if !(j.hard_cap_w >= 0.0 && j.grid_allowance_w >= 0.0 && j.simulated_gpu_w >= 0.0) {
+            return bad("jobs.hard_cap_w", "watts must not be negative".into());
+        }
+        if !(0.0..=1.0).contains(&j.min_duty) {
+            return bad("jobs.min_duty", "must be within 0..=1".into());
+        }
+        if j.battery_min_horizon_s < 1.0 {
+            return bad("jobs.battery_min_horizon_s", "must be at least 1".into());
         }
         if self.site.grid_region.len() > attest::msg::MAX_TEXT {
             return bad("site.grid_region", "too long".into());

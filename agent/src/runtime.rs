@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
+use crate::jobs::runner::Control;
 use crate::meter::{ChainState, Meter};
 use crate::outbox::{Outbox, OutboxError};
 use crate::power::PowerSource;
@@ -28,6 +29,19 @@ use crate::sender::{Plan, SendPolicy, SendQueue};
 
 /// How often the hello is repeated until the first ack after connecting.
 const HELLO_REPEAT_MS: u64 = 3_000;
+
+/// First throughput guesses (work units per second) for admission, before any chunk has
+/// run: deliberately modest; every chunk refines them.
+const CPU_WORK_PER_S: f64 = 2e9;
+const GPU_WORK_PER_S: f64 = 1e12;
+
+/// `cpu` or `cuda: NAME`.
+fn backend_name(b: &attest::msg::Backend) -> String {
+    match b {
+        attest::msg::Backend::Cpu => "cpu".into(),
+        attest::msg::Backend::Cuda(n) => format!("cuda: {n}"),
+    }
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -44,6 +58,8 @@ pub struct Topics {
     pub status: String,
     pub ack: String,
     pub cmd: String,
+    /// Job progress events (JSON, not retained; receipts go through `records`).
+    pub jobs: String,
 }
 
 impl Topics {
@@ -56,6 +72,7 @@ impl Topics {
             status: format!("{base}/status"),
             ack: format!("{base}/ack"),
             cmd: format!("{base}/cmd"),
+            jobs: format!("{base}/jobs"),
         }
     }
 }
@@ -66,6 +83,9 @@ pub fn key_path(data: &Path) -> PathBuf {
 }
 fn state_path(data: &Path) -> PathBuf {
     data.join("chain-state.json")
+}
+fn nonces_path(data: &Path) -> PathBuf {
+    data.join("command-nonces.json")
 }
 /// Where the agent writes its status for `heliostat-agent status`.
 pub fn status_path(data: &Path) -> PathBuf {
@@ -89,7 +109,71 @@ pub struct Status {
     pub last_record: Option<serde_json::Value>,
     pub outbox: OutboxStatus,
     pub link: LinkStatus,
+    pub jobs: JobsStatus,
     pub updated_ms: u64,
+}
+
+/// Jobs and the governor in the status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobsStatus {
+    pub enabled: bool,
+    /// Where jobs run (`cpu` or `cuda: NAME`).
+    pub backend: String,
+    /// Why the CPU, when a GPU was wanted.
+    pub cpu_fallback: Option<String>,
+    /// Hardware levers the governor uses before duty-cycling.
+    pub levers: Vec<String>,
+    /// The policy: grid allowance, hard cap, configured job power, min duty.
+    pub grid_allowance_w: f64,
+    pub hard_cap_w: f64,
+    pub job_power_w: f64,
+    pub min_duty: f64,
+    /// The governor's last decision (budget by source, duty, pause).
+    pub decision: Option<crate::governor::Decision>,
+    pub running: Option<RunningStatus>,
+    pub draining: bool,
+    pub completed: u64,
+    pub refused: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub deadline_missed: u64,
+    /// Rejected commands by reason.
+    pub commands_rejected: std::collections::BTreeMap<String, u64>,
+}
+
+/// The running job in the status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunningStatus {
+    pub job: String,
+    pub started_ms: u64,
+    pub chunks_done: u64,
+    pub chunks: u32,
+    pub paused: bool,
+}
+
+/// A job in progress, as the agent's task sees it.
+struct RunningJob {
+    spec: attest::msg::JobSpec,
+    handle: crate::jobs::runner::Handle,
+    started_ms: u64,
+    start_counters: Vec<attest::msg::CounterSnapshot>,
+    gpu_at_start_mj: u64,
+    gpu_baseline_w: f64,
+    last_busy_ms: u64,
+    last_tick_ms: u64,
+}
+
+/// The agent's job side.
+struct Jobs {
+    backend: crate::jobs::ComputeBackend,
+    governor: crate::governor::Governor,
+    running: Option<RunningJob>,
+    done_tx: std::sync::mpsc::Sender<(attest::msg::JobId, crate::jobs::runner::Finished)>,
+    done_rx: std::sync::mpsc::Receiver<(attest::msg::JobId, crate::jobs::runner::Finished)>,
+    job_load: std::sync::Arc<crate::power::JobLoad>,
+    simulated: bool,
+    events: Vec<serde_json::Value>,
+    progress_due: u64,
 }
 
 /// One source in the status.
@@ -144,6 +228,7 @@ pub struct Agent {
     status: Status,
     last_record_slot: u64,
     seen_nonces: std::collections::VecDeque<u64>,
+    jobs: Jobs,
     /// While no ack has come since connecting, the hello is repeated at this time. The hello
     /// is also retained, so a controller that subscribes later gets it from the broker; the
     /// repeat covers brokers that lost it (a restart without persistence).
@@ -178,9 +263,12 @@ impl Agent {
         let mut channel_infos = Vec::new();
         let mut kinds = Vec::new();
         let mut status_sources = Vec::new();
+        let job_load = std::sync::Arc::new(crate::power::JobLoad::default());
+        let mut simulated = false;
         for sc in &cfg.sources {
             match sc.open(&cfg.site) {
-                Ok(source) => {
+                Ok(mut source) => {
+                    simulated |= source.attach_job_load(job_load.clone());
                     let first_channel = kinds.len();
                     for spec in source.channels() {
                         channel_infos.push(ChannelInfo {
@@ -257,9 +345,51 @@ impl Agent {
             batch_max: cfg.link.batch_max,
             fresh_per_tick: 1,
         });
+        let (backend, cpu_fallback) = if cfg.jobs.enabled {
+            crate::jobs::select_backend(cfg.jobs.prefer_gpu)
+        } else {
+            crate::jobs::select_backend(false)
+        };
+        if let Some(why) = &cpu_fallback {
+            tracing::warn!(reason = %why, "jobs run on the CPU");
+        }
+        let mut levers: Vec<Box<dyn crate::governor::Lever>> = Vec::new();
+        if let Some(i) = cfg.jobs.nvml_power_limit_gpu {
+            match crate::governor::NvmlLimitLever::open(i) {
+                Ok(l) => levers.push(Box::new(l)),
+                Err(e) => tracing::warn!(error = %e, "no NVML power-limit lever"),
+            }
+        }
+        if let Some(d) = &cfg.jobs.devfreq_dir {
+            match crate::governor::DevfreqLever::open(d) {
+                Ok(l) => levers.push(Box::new(l)),
+                Err(e) => tracing::warn!(dir = %d.display(), error = %e, "no devfreq lever"),
+            }
+        }
+        let governor = crate::governor::Governor::new(cfg.jobs.governor(), levers);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let seen_nonces = std::fs::read(nonces_path(&data))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         let status = Status {
             device_id: key.device_id().to_string(),
             sources: status_sources,
+            jobs: JobsStatus {
+                enabled: cfg.jobs.enabled,
+                backend: backend_name(&backend.kind()),
+                cpu_fallback,
+                levers: governor
+                    .lever_names()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                grid_allowance_w: cfg.jobs.grid_allowance_w,
+                hard_cap_w: cfg.jobs.hard_cap_w,
+                job_power_w: cfg.jobs.power_w,
+                min_duty: cfg.jobs.min_duty,
+                ..JobsStatus::default()
+            },
             link: LinkStatus {
                 broker: format!("{}:{}", cfg.link.host, cfg.link.port),
                 ..LinkStatus::default()
@@ -279,8 +409,19 @@ impl Agent {
             queue,
             status,
             last_record_slot: 0,
-            seen_nonces: Default::default(),
+            seen_nonces,
             hello_due: None,
+            jobs: Jobs {
+                backend,
+                governor,
+                running: None,
+                done_tx,
+                done_rx,
+                job_load,
+                simulated,
+                events: Vec::new(),
+                progress_due: 0,
+            },
         })
     }
 
@@ -341,12 +482,13 @@ impl Agent {
             }
         }
         let slot = now / self.cfg.meter.record_interval_ms;
-        if slot > self.last_record_slot {
+        let boundary = slot > self.last_record_slot;
+        if boundary {
             self.last_record_slot = slot;
             self.record(now);
-            return true;
         }
-        false
+        self.tick_jobs(now);
+        boundary
     }
 
     /// Publishes the retained status (online, outbox depth, whether records are blocked).
@@ -513,20 +655,392 @@ impl Agent {
         }
     }
 
+    fn reject_command(&mut self, (reason, why): (&'static str, String)) {
+        self.status.link.commands_rejected += 1;
+        let n = self
+            .status
+            .jobs
+            .commands_rejected
+            .entry(reason.to_string())
+            .or_default();
+        *n += 1;
+        // Once per reason at warn, then quietly: a flood must not flood the log.
+        if *n == 1 {
+            tracing::warn!(reason, detail = %why, "command rejected");
+        } else {
+            tracing::debug!(reason, detail = %why, "command rejected");
+        }
+    }
+
+    fn save_nonces(&self) {
+        let path = nonces_path(&self.cfg.data_dir);
+        let tmp = path.with_extension("json.tmp");
+        if let Ok(b) = serde_json::to_vec(&self.seen_nonces)
+            && std::fs::write(&tmp, b).is_ok()
+        {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+
+    /// The channels a receipt's counters come from.
+    const JOB_KINDS: [attest::msg::ChannelKind; 2] = [
+        attest::msg::ChannelKind::Load,
+        attest::msg::ChannelKind::Gpu,
+    ];
+
+    /// Seals a record now unless one was sealed at this millisecond: receipts' counters
+    /// are always those of a signed record.
+    fn force_record(&mut self, now: u64) {
+        if self.meter.state().last_timestamp < now {
+            self.record(now);
+        }
+    }
+
+    fn receipt_tier(&self) -> attest::msg::TrustTier {
+        self.channel_infos
+            .iter()
+            .filter(|c| Self::JOB_KINDS.contains(&c.kind))
+            .map(|c| c.tier)
+            .min()
+            .unwrap_or(attest::msg::TrustTier::SoftwareEstimate)
+    }
+
+    /// Seals a job receipt into the chain and the outbox (sent and acknowledged like any
+    /// record).
+    #[allow(clippy::too_many_arguments)]
+    fn store_receipt(
+        &mut self,
+        job: attest::msg::JobId,
+        outcome: attest::msg::JobOutcome,
+        output_hash: attest::Hash32,
+        started: u64,
+        start_counters: Vec<attest::msg::CounterSnapshot>,
+        chunks: u32,
+        pauses: u32,
+        backend: attest::msg::Backend,
+        now: u64,
+    ) {
+        self.force_record(now);
+        let end_counters = self.meter.snapshot(&Self::JOB_KINDS);
+        let start_counters = if start_counters.is_empty() {
+            end_counters.clone()
+        } else {
+            start_counters
+        };
+        let receipt = attest::msg::JobReceipt {
+            link: attest::msg::Link {
+                device: self.key.device_id(),
+                seq: attest::SeqNo(0),
+                timestamp: TimestampMs(0),
+                prev: attest::Hash32::ZERO,
+            },
+            job,
+            outcome: outcome.clone(),
+            output_hash,
+            started: TimestampMs(started.min(now)),
+            ended: TimestampMs(now.max(self.meter.state().last_timestamp)),
+            start_counters,
+            end_counters,
+            chunks,
+            pauses,
+            backend,
+            tier: self.receipt_tier(),
+        };
+        let env = self.meter.seal_receipt(receipt, now, &self.key);
+        let Ok(sealed) = env.open::<attest::msg::JobReceipt>() else {
+            tracing::error!("a receipt did not reopen; not stored");
+            return;
+        };
+        match self.outbox.append(sealed.link.seq.0, env.as_bytes()) {
+            Ok(()) => {
+                self.meter.commit_link(&sealed.link, &env);
+                if let Err(e) = save_state(&self.cfg.data_dir, self.meter.state()) {
+                    tracing::error!(error = %e, "saving chain state failed");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, job = %job, "RECEIPT NOT STORED: outbox refused it")
+            }
+        }
+        let j = &mut self.status.jobs;
+        match &outcome {
+            attest::msg::JobOutcome::Completed => j.completed += 1,
+            attest::msg::JobOutcome::Refused(_) => j.refused += 1,
+            attest::msg::JobOutcome::Cancelled => j.cancelled += 1,
+            attest::msg::JobOutcome::DeadlineMissed => j.deadline_missed += 1,
+            attest::msg::JobOutcome::Failed(_) => j.failed += 1,
+        }
+        tracing::info!(job = %job, ?outcome, chunks, pauses, seq = sealed.link.seq.0, "job receipt stored");
+        self.jobs.events.push(serde_json::json!({
+            "event": "finished", "job": job.to_string(), "outcome": outcome,
+            "chunks": chunks, "pauses": pauses, "seq": sealed.link.seq.0,
+        }));
+        self.write_status(now);
+    }
+
+    fn refuse_job(&mut self, job: attest::msg::JobId, why: String, now: u64) {
+        tracing::warn!(job = %job, reason = %why, "job refused");
+        let backend = self.jobs.backend.kind();
+        self.store_receipt(
+            job,
+            attest::msg::JobOutcome::Refused(why),
+            attest::Hash32::ZERO,
+            now,
+            Vec::new(),
+            0,
+            0,
+            backend,
+            now,
+        );
+    }
+
+    fn blob(&self, hash: &attest::Hash32) -> Result<Vec<u8>, String> {
+        let dir = self
+            .cfg
+            .jobs
+            .blob_dir
+            .clone()
+            .unwrap_or_else(|| self.cfg.data_dir.join("blobs"));
+        let path = dir.join(hash.to_hex());
+        let bytes = std::fs::read(&path).map_err(|e| format!("input {hash}: {e}"))?;
+        let got = attest::Hash32::digest(&bytes);
+        if got != *hash {
+            return Err(format!("input {hash}: the blob hashes to {got}"));
+        }
+        Ok(bytes)
+    }
+
+    fn start_job(&mut self, spec: attest::msg::JobSpec, now: u64) {
+        let id = spec.id;
+        if !self.cfg.jobs.enabled {
+            return self.refuse_job(id, "jobs are disabled on this device".into(), now);
+        }
+        if self.status.jobs.draining {
+            return self.refuse_job(id, "the device is draining".into(), now);
+        }
+        if let Some(r) = &self.jobs.running {
+            let why = format!("busy with job {}", r.spec.id);
+            return self.refuse_job(id, why, now);
+        }
+        let inputs: Result<Vec<Vec<u8>>, String> =
+            spec.inputs.iter().map(|h| self.blob(h)).collect();
+        let inputs = match inputs {
+            Ok(i) => i,
+            Err(why) => return self.refuse_job(id, why, now),
+        };
+        let module = match &spec.workload {
+            attest::msg::Workload::Ptx { module, .. } => match self.blob(module) {
+                Ok(m) => Some(m),
+                Err(why) => return self.refuse_job(id, why, now),
+            },
+            attest::msg::Workload::Builtin { .. } => None,
+        };
+        let chunk_work = self.jobs.backend.default_chunk_work();
+        let mut prepared = self.jobs.backend.prepare(
+            &spec.workload,
+            module.as_deref(),
+            inputs.clone(),
+            &spec.output_sizes,
+            chunk_work,
+        );
+        if let Err(crate::jobs::JobError::Cuda(crate::jobs::CudaError::NvrtcMissing)) = &prepared {
+            // PTX runs without NVRTC; built-ins need it: run those on the CPU.
+            tracing::warn!(job = %id, "NVRTC missing: this built-in runs on the CPU");
+            let cpu = crate::jobs::ComputeBackend::Cpu(crate::jobs::CpuBackend::new());
+            prepared = cpu.prepare(
+                &spec.workload,
+                module.as_deref(),
+                inputs,
+                &spec.output_sizes,
+                cpu.default_chunk_work(),
+            );
+        }
+        let job = match prepared {
+            Ok(j) => j,
+            Err(e) => return self.refuse_job(id, e.to_string(), now),
+        };
+        let work_per_s = match job.backend() {
+            attest::msg::Backend::Cpu => CPU_WORK_PER_S,
+            attest::msg::Backend::Cuda(_) => GPU_WORK_PER_S,
+        };
+        let full_s = job.work_units() as f64 / work_per_s;
+        let secs_left = spec.limits.deadline.0.saturating_sub(now) as f64 / 1000.0;
+        let max_j =
+            (spec.limits.max_energy.0 > 0).then(|| spec.limits.max_energy.0 as f64 / 1000.0);
+        let power = self.power_now(0.0);
+        let b = crate::governor::budget(self.jobs.governor.config(), &power, full_s);
+        if let Err(r) =
+            crate::governor::admit(&b, self.jobs.governor.full_w(), full_s, secs_left, max_j)
+        {
+            return self.refuse_job(id, r.to_string(), now);
+        }
+        self.force_record(now);
+        let start_counters = self.meter.snapshot(&Self::JOB_KINDS);
+        let gpu_baseline_w = self.meter.power_w(attest::msg::ChannelKind::Gpu);
+        let decision = self.jobs.governor.update(&power, full_s, 0.0, 1.0);
+        let exec = crate::jobs::exec::Execution::new(spec.clone(), job, now, work_per_s);
+        let chunks = exec.chunk_count();
+        let tx = self.jobs.done_tx.clone();
+        let sim = self
+            .jobs
+            .simulated
+            .then(|| (self.jobs.job_load.clone(), self.cfg.jobs.simulated_gpu_w));
+        match crate::jobs::runner::spawn(exec, decision, sim, move |f| {
+            let _ = tx.send((id, f));
+        }) {
+            Ok(handle) => {
+                tracing::info!(job = %id, chunks, budget_w = b.total_w, "job started");
+                self.jobs.events.push(serde_json::json!({
+                    "event": "started", "job": id.to_string(), "chunks": chunks,
+                    "budget_w": b.total_w,
+                }));
+                self.status.jobs.decision = Some(decision);
+                self.jobs.running = Some(RunningJob {
+                    spec,
+                    handle,
+                    started_ms: now,
+                    start_counters,
+                    gpu_at_start_mj: self.meter.energy_mj(attest::msg::ChannelKind::Gpu),
+                    gpu_baseline_w,
+                    last_busy_ms: 0,
+                    last_tick_ms: now,
+                });
+            }
+            Err(e) => self.refuse_job(id, format!("cannot start the job thread: {e}"), now),
+        }
+    }
+
+    fn control_job(&mut self, job: attest::msg::JobId, c: Control) {
+        match &self.jobs.running {
+            Some(r) if r.spec.id == job => {
+                let _ = r.handle.control.send(c);
+                tracing::info!(job = %job, control = ?c, "job control");
+                self.jobs.events.push(serde_json::json!({
+                    "event": format!("{c:?}").to_lowercase(), "job": job.to_string(),
+                }));
+            }
+            _ => self.reject_command(("no_such_job", format!("no running job {job}"))),
+        }
+    }
+
+    /// What the meter says now, with the job's share above `gpu_baseline_w`.
+    fn power_now(&self, gpu_baseline_w: f64) -> crate::governor::PowerNow {
+        use attest::msg::ChannelKind as K;
+        let site = &self.cfg.site;
+        let battery = self.meter.soc_permille().map_or(0.0, |soc| {
+            soc as f64 / 1000.0 * site.battery_wh as f64 - site.battery_reserve_wh as f64
+        });
+        crate::governor::PowerNow {
+            solar_w: self.meter.power_w(K::Solar),
+            load_w: self.meter.power_w(K::Load),
+            job_w: (self.meter.power_w(K::Gpu) - gpu_baseline_w).max(0.0),
+            battery_above_reserve_wh: battery,
+        }
+    }
+
+    /// On every meter sample: the governor's step for the running job, and any job that
+    /// finished.
+    fn tick_jobs(&mut self, now: u64) {
+        while let Ok((id, f)) = self.jobs.done_rx.try_recv() {
+            let Some(r) = self.jobs.running.take() else {
+                continue;
+            };
+            self.jobs.governor.release();
+            // Let the meter see the job's last chunk before the end record.
+            self.store_receipt(
+                id,
+                f.outcome,
+                f.output_hash,
+                r.started_ms,
+                r.start_counters,
+                f.chunks,
+                f.pauses,
+                f.backend,
+                now,
+            );
+            if !f.outputs.is_empty() {
+                let dir = self.cfg.data_dir.join("jobs").join(id.to_string());
+                let written = std::fs::create_dir_all(&dir).and_then(|_| {
+                    f.outputs
+                        .iter()
+                        .enumerate()
+                        .try_for_each(|(i, o)| std::fs::write(dir.join(format!("out{i}.bin")), o))
+                });
+                if let Err(e) = written {
+                    tracing::error!(job = %id, error = %e, "writing job outputs failed");
+                }
+            }
+            self.status.jobs.running = None;
+        }
+        let Some(r) = self.jobs.running.as_mut() else {
+            return;
+        };
+        let sh = r.handle.shared.clone();
+        let busy = sh.busy_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let dt = now.saturating_sub(r.last_tick_ms).max(1);
+        let ran = ((busy - r.last_busy_ms) as f64 / dt as f64).min(1.0);
+        r.last_busy_ms = busy;
+        r.last_tick_ms = now;
+        let remaining_s =
+            sh.remaining_ms.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0;
+        let baseline = r.gpu_baseline_w;
+        let at_start = r.gpu_at_start_mj;
+        let running = RunningStatus {
+            job: r.spec.id.to_string(),
+            started_ms: r.started_ms,
+            chunks_done: sh.chunks_done.load(std::sync::atomic::Ordering::Relaxed),
+            chunks: r.handle.chunk_count,
+            paused: sh.paused.load(std::sync::atomic::Ordering::Relaxed) == 1,
+        };
+        let p = self.power_now(baseline);
+        let lever = self.status.jobs.decision.map_or(1.0, |d| d.lever_fraction);
+        let d = self.jobs.governor.update(&p, remaining_s, ran, lever);
+        *sh.decision.lock().unwrap_or_else(|e| e.into_inner()) = d;
+        sh.energy_mj.store(
+            self.meter
+                .energy_mj(attest::msg::ChannelKind::Gpu)
+                .saturating_sub(at_start),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.status.jobs.decision = Some(d);
+        self.status.jobs.running = Some(running);
+    }
+
+    /// Publishes job events and, while a job runs, its progress once a second.
+    fn publish_jobs(&mut self, client: &AsyncClient, now: u64) {
+        if !self.status.link.connected {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.jobs.events);
+        if let Some(r) = &self.status.jobs.running
+            && now >= self.jobs.progress_due
+        {
+            self.jobs.progress_due = now + 1_000;
+            out.push(serde_json::json!({
+                "event": "progress", "job": r.job, "chunks_done": r.chunks_done,
+                "chunks": r.chunks, "paused": r.paused,
+                "decision": self.status.jobs.decision,
+            }));
+        }
+        for e in out {
+            let _ = client.try_publish(&self.topics.jobs, QoS::AtMostOnce, false, e.to_string());
+        }
+    }
+
     fn on_command(&mut self, payload: &[u8], now: u64) {
-        let check = || -> Result<Command, String> {
-            let env = Envelope::decode(payload).map_err(|e| e.to_string())?;
+        let check = || -> Result<Command, (&'static str, String)> {
+            let env = Envelope::decode(payload).map_err(|e| ("malformed", e.to_string()))?;
             env.verify(&self.controller)
-                .map_err(|e| format!("command {e}"))?;
-            let cmd: Command = env.open().map_err(|e| e.to_string())?;
+                .map_err(|e| ("bad_signature", format!("command {e}")))?;
+            let cmd: Command = env.open().map_err(|e| ("malformed", e.to_string()))?;
             if cmd.device != self.key.device_id() {
-                return Err("command for another device".into());
+                return Err(("other_device", "command for another device".into()));
             }
             if cmd.expires.0 < now {
-                return Err("command expired".into());
+                return Err(("expired", "command expired".into()));
             }
             if self.seen_nonces.contains(&cmd.nonce) {
-                return Err("command replayed (nonce seen)".into());
+                return Err(("replayed", "command replayed (nonce seen)".into()));
             }
             Ok(cmd)
         };
@@ -536,17 +1050,23 @@ impl Agent {
                 if self.seen_nonces.len() > 4096 {
                     self.seen_nonces.pop_front();
                 }
+                self.save_nonces();
                 match cmd.body {
                     CommandBody::Resend { from, to } => self.queue.resend(from.0, to.0),
-                    other => {
-                        tracing::warn!(command = ?other, "command not supported by this agent yet")
+                    CommandBody::RunJob(spec) => self.start_job(spec, now),
+                    CommandBody::Pause { job } => self.control_job(job, Control::Pause),
+                    CommandBody::Resume { job } => self.control_job(job, Control::Resume),
+                    CommandBody::Cancel { job } => self.control_job(job, Control::Cancel),
+                    CommandBody::Drain => {
+                        self.status.jobs.draining = true;
+                        self.jobs
+                            .events
+                            .push(serde_json::json!({"event": "draining"}));
+                        tracing::info!("draining: no new jobs; the running one finishes");
                     }
                 }
             }
-            Err(why) => {
-                self.status.link.commands_rejected += 1;
-                tracing::warn!(reason = %why, "command rejected");
-            }
+            Err(why) => self.reject_command(why),
         }
     }
 }
@@ -633,9 +1153,11 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
         tokio::select! {
             _ = &mut shutdown => break,
             _ = sample.tick() => {
-                if agent.tick_meter(now_ms()) {
+                let now = now_ms();
+                if agent.tick_meter(now) {
                     agent.publish_status(&client);
                 }
+                agent.publish_jobs(&client, now);
             }
             _ = send.tick() => agent.tick_send(&client, now_ms()),
             ev = rx.recv() => match ev {

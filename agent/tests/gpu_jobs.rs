@@ -584,3 +584,68 @@ fn cpu_backend_runs_a_builtin_through_the_public_api() {
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
 }
+
+/// A job through the governor on the simulated rig (sunny noon, a panel that cannot pay
+/// for full speed): on the GPU and on the CPU, same chunks, same pauses, same output hash.
+#[test]
+fn gpu_job_under_the_governor_gives_the_cpu_receipt() {
+    use attest::msg::{JobId, JobLimits, JobOutcome, JobSpec};
+    use heliostat_agent::config::SiteConfig;
+    use heliostat_agent::governor::GovernorConfig;
+    use heliostat_agent::jobs::sim::SimRig;
+    use heliostat_agent::power::simulator::SimulatorConfig;
+    let Some(gpu) = gpu(true) else { return };
+    let noon = 1_782_043_200_000u64;
+    let count = 4_000i64;
+    let spec = JobSpec {
+        id: JobId([3; 16]),
+        workload: Builtin::Sha256Batch(Sha256Batch::new(count, 100).unwrap()).to_workload(),
+        inputs: vec![],
+        output_sizes: vec![count as u64 * 32],
+        limits: JobLimits {
+            max_energy: attest::Millijoules(0),
+            max_duration_ms: 0,
+            deadline: attest::TimestampMs(noon + 3_600_000),
+        },
+    };
+    let input = pseudo_random_bytes(count as usize * 100, 11);
+    let run = |backend: &ComputeBackend| {
+        let mut rig = SimRig::new(
+            SiteConfig {
+                lat: 0.0,
+                lon: 0.0,
+                panel_watts_peak: 100,
+                battery_wh: 0,
+                battery_reserve_wh: 0,
+                grid_region: "test".into(),
+                price_micro_per_gpu_hour: 0,
+            },
+            SimulatorConfig {
+                seed: 1,
+                cloudiness: 0.0,
+                base_load_w: 40.0,
+                gpu_w: 0.0,
+                initial_soc: 0.0,
+                trace_csv: None,
+            },
+            GovernorConfig::default(),
+            noon,
+            60.0,
+            200_000.0,
+        );
+        let t = Instant::now();
+        let out = rig
+            .run_job(backend, spec.clone(), vec![input.clone()], 4_000)
+            .unwrap();
+        (out.receipt, t.elapsed())
+    };
+    let (g, tg) = run(&gpu);
+    let (c, tc) = run(&cpu());
+    eprintln!("governed job: GPU {tg:?}, CPU {tc:?} of wall time for the same simulated hour");
+    assert_eq!(g.outcome, JobOutcome::Completed, "{g:?}");
+    assert_eq!(
+        (g.output_hash, g.chunks, g.pauses),
+        (c.output_hash, c.chunks, c.pauses)
+    );
+    assert!(matches!(g.backend, attest::msg::Backend::Cuda(_)));
+}

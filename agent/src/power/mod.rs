@@ -70,6 +70,20 @@ pub trait PowerSource: Send {
     fn channels(&self) -> &[ChannelSpec];
     /// Reads every channel now (`None` for a channel with no reading this time).
     fn sample(&mut self, now_ms: u64) -> Result<Vec<Option<Sample>>, SourceError>;
+    /// Lets a simulated source see the job runner's draw (real sources measure it); true
+    /// when the source simulates it.
+    fn attach_job_load(&mut self, _load: std::sync::Arc<JobLoad>) -> bool {
+        false
+    }
+}
+
+/// The job runner's energy, as a simulated GPU would draw it: the runner adds each chunk's
+/// energy (simulated GPU watts x the chunk's wall time); the simulator turns the increase
+/// between samples into load on its GPU and load channels.
+#[derive(Debug, Default)]
+pub struct JobLoad {
+    /// Cumulative energy drawn by jobs, microjoules.
+    pub drawn_uj: std::sync::atomic::AtomicU64,
 }
 
 /// A `[[source]]` table, selected by its `type` key.

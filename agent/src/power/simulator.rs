@@ -98,6 +98,7 @@ pub struct Simulator {
     last_ms: Option<u64>,
     /// Extra load set from outside (the job runner's GPU work in tests), watts.
     pub extra_load_w: f64,
+    job_load: Option<(std::sync::Arc<super::JobLoad>, u64)>,
 }
 
 impl Simulator {
@@ -127,6 +128,7 @@ impl Simulator {
             trace,
             last_ms: None,
             extra_load_w: 0.0,
+            job_load: None,
             cfg,
         }
     }
@@ -219,13 +221,28 @@ impl PowerSource for Simulator {
         &self.channels
     }
 
+    fn attach_job_load(&mut self, load: std::sync::Arc<super::JobLoad>) -> bool {
+        let seen = load.drawn_uj.load(std::sync::atomic::Ordering::Relaxed);
+        self.job_load = Some((load, seen));
+        true
+    }
+
     fn sample(&mut self, now_ms: u64) -> Result<Vec<Option<Sample>>, SourceError> {
         let dt = self
             .last_ms
             .map_or(0.0, |l| now_ms.saturating_sub(l) as f64 / 1000.0);
         self.last_ms = Some(now_ms);
         let solar = self.solar_w(now_ms);
-        let (load, gpu) = self.load_w(now_ms);
+        let (mut load, mut gpu) = self.load_w(now_ms);
+        if let Some((jl, seen)) = &mut self.job_load {
+            let now = jl.drawn_uj.load(std::sync::atomic::Ordering::Relaxed);
+            if dt > 0.0 {
+                let w = now.saturating_sub(*seen) as f64 / 1e6 / dt;
+                load += w;
+                gpu += w;
+            }
+            *seen = now;
+        }
         let (mut charge, mut discharge, mut grid) = (0.0, 0.0, 0.0);
         if solar >= load {
             let room = (self.capacity_j - self.battery_j).max(0.0);

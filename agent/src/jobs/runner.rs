@@ -1,0 +1,154 @@
+//! The job runner thread: drives one [`Execution`] with the wall clock, reading the
+//! governor's latest decision between chunks (the agent's task updates it on every meter
+//! sample) and taking operator controls (pause, resume, cancel). Compute blocks; nothing
+//! else in the agent waits for it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use attest::Hash32;
+use attest::msg::{Backend, JobOutcome};
+
+use super::exec::{Execution, Step};
+use crate::governor::Decision;
+use crate::power::JobLoad;
+use crate::runtime::now_ms;
+
+/// Between the agent's task and the runner thread.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The governor's latest decision.
+    pub decision: Mutex<Decision>,
+    /// The job's energy so far (meter), millijoules: for its energy limit.
+    pub energy_mj: AtomicU64,
+    /// Milliseconds spent running chunks, cumulative: the governor's "ran fraction".
+    pub busy_ms: AtomicU64,
+    /// Full-speed seconds left, x1000.
+    pub remaining_ms: AtomicU64,
+    /// Chunks done.
+    pub chunks_done: AtomicU64,
+    /// 1 while paused.
+    pub paused: AtomicU64,
+}
+
+/// Operator controls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Pause between chunks.
+    Pause,
+    /// Resume.
+    Resume,
+    /// Stop; the receipt says `Cancelled`.
+    Cancel,
+}
+
+/// How the job ended, for the receipt.
+#[derive(Debug)]
+pub struct Finished {
+    /// The outcome.
+    pub outcome: JobOutcome,
+    /// Outputs (completed jobs).
+    pub outputs: Vec<Vec<u8>>,
+    /// SHA-256 over them.
+    pub output_hash: Hash32,
+    /// Chunks run.
+    pub chunks: u32,
+    /// Pauses.
+    pub pauses: u32,
+    /// Where it ran.
+    pub backend: Backend,
+}
+
+/// A running job's handle.
+pub struct Handle {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Controls to the thread.
+    pub control: mpsc::Sender<Control>,
+    /// Chunks in all.
+    pub chunk_count: u32,
+}
+
+/// Starts the thread. `sim_load` (with the simulated GPU's watts) makes a simulated rig see
+/// the job's draw. `done` is called once, from the thread, with how it ended.
+pub fn spawn(
+    mut exec: Execution,
+    initial: Decision,
+    sim_load: Option<(Arc<JobLoad>, f64)>,
+    done: impl FnOnce(Finished) + Send + 'static,
+) -> std::io::Result<Handle> {
+    let shared = Arc::new(Shared::default());
+    *shared.decision.lock().expect("fresh mutex") = initial;
+    shared
+        .remaining_ms
+        .store((exec.remaining_s() * 1000.0) as u64, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel();
+    let chunk_count = exec.chunk_count();
+    let sh = shared.clone();
+    std::thread::Builder::new()
+        .name("job".into())
+        .spawn(move || {
+            let outcome = loop {
+                while let Ok(c) = rx.try_recv() {
+                    match c {
+                        Control::Pause => exec.pause(),
+                        Control::Resume => exec.resume(),
+                        Control::Cancel => exec.cancel(),
+                    }
+                }
+                let d = *sh.decision.lock().unwrap_or_else(|p| p.into_inner());
+                let now = now_ms();
+                match exec.next(now, &d, sh.energy_mj.load(Ordering::Relaxed)) {
+                    Step::RunChunk(i) => {
+                        let t0 = std::time::Instant::now();
+                        if let Err(e) = exec.run_chunk(i) {
+                            break JobOutcome::Failed(e.to_string());
+                        }
+                        let took = t0.elapsed();
+                        let end = now + took.as_millis() as u64;
+                        if let Some((load, watts)) = &sim_load {
+                            load.drawn_uj.fetch_add(
+                                (watts * took.as_micros() as f64) as u64,
+                                Ordering::Relaxed,
+                            );
+                        }
+                        sh.busy_ms
+                            .fetch_add(took.as_millis() as u64, Ordering::Relaxed);
+                        exec.chunk_ran(i, now, end.max(now + 1), d.duty);
+                        sh.chunks_done
+                            .store(exec.chunks_done() as u64, Ordering::Relaxed);
+                        sh.remaining_ms
+                            .store((exec.remaining_s() * 1000.0) as u64, Ordering::Relaxed);
+                    }
+                    Step::WaitUntil(t) => {
+                        sh.paused.store(exec.is_paused() as u64, Ordering::Relaxed);
+                        // Short sleeps: a control or a new decision is seen quickly.
+                        let ms = t.saturating_sub(now).clamp(1, 50);
+                        match rx.recv_timeout(Duration::from_millis(ms)) {
+                            Ok(Control::Pause) => exec.pause(),
+                            Ok(Control::Resume) => exec.resume(),
+                            Ok(Control::Cancel) => exec.cancel(),
+                            Err(_) => {}
+                        }
+                    }
+                    Step::Finished(o) => break o,
+                }
+            };
+            let (chunks, pauses, backend) = (exec.chunks_done(), exec.pauses, exec.backend());
+            let (outcome, outputs, output_hash) = exec.finish(outcome);
+            done(Finished {
+                outcome,
+                outputs,
+                output_hash,
+                chunks,
+                pauses,
+                backend,
+            });
+        })?;
+    Ok(Handle {
+        shared,
+        control: tx,
+        chunk_count,
+    })
+}

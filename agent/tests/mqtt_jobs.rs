@@ -1,0 +1,302 @@
+//! Jobs through real MQTT: a real agent process (simulated rig, CPU backend) takes signed
+//! commands from a real Mosquitto. Forged, expired, replayed, misaddressed commands and
+//! controls for unknown jobs are rejected and counted by reason; a valid `RunJob` runs,
+//! pauses and resumes on command, and its signed receipt arrives through the durable
+//! outbox with the output hash and counters of the records around it; after `Drain` a new
+//! job is refused with a receipt saying why.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use attest::msg::{
+    ChannelKind, Command, CommandBody, JobId, JobLimits, JobOutcome, JobReceipt, JobSpec,
+    MeterRecord,
+};
+use attest::{DeviceId, Envelope, Hash32, KeyPair, Millijoules, TimestampMs};
+use heliostat_agent::jobs::Builtin;
+use heliostat_agent::jobs::kernel::Sha256Batch;
+use hil_tests::collector::Collector;
+use hil_tests::{Mosquitto, TempDir};
+use rumqttc::{Client, MqttOptions, QoS};
+use sha2::Digest;
+
+use hil_tests::test_controller as controller;
+
+fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    let cfg = format!(
+        r#"data_dir = "{data}"
+[site]
+lat = 52.52
+lon = 13.405
+panel_watts_peak = 400
+battery_wh = 1000
+battery_reserve_wh = 200
+[meter]
+sample_interval_ms = 50
+record_interval_ms = 500
+[link]
+host = "127.0.0.1"
+port = {port}
+controller_key = "{key}"
+resend_after_ms = 1500
+backoff_max_ms = 400
+[jobs]
+prefer_gpu = false
+[[source]]
+type = "simulator"
+seed = 5
+initial_soc = 1.0
+"#,
+        data = dir.join("data").display(),
+        key = controller().public(),
+    );
+    let p = dir.join("agent.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn command(
+    device: DeviceId,
+    nonce: u64,
+    expires_in: i64,
+    body: CommandBody,
+    key: &KeyPair,
+) -> Vec<u8> {
+    // An expired command was issued a while before it expired.
+    let t = now();
+    let expires = (t as i64 + expires_in) as u64;
+    Envelope::seal(
+        &Command {
+            device,
+            nonce,
+            issued: TimestampMs(t.min(expires - 60_000)),
+            expires: TimestampMs(expires),
+            body,
+        },
+        key,
+    )
+    .into_bytes()
+}
+
+/// A SHA-256 batch job over `count` items of 64 bytes, with its input stored as a blob.
+fn job(data: &Path, id: u8, count: i64) -> (JobSpec, Vec<u8>) {
+    let input: Vec<u8> = (0..count as usize * 64)
+        .map(|i| (i * 31 % 253) as u8)
+        .collect();
+    let hash = Hash32::digest(&input);
+    let blobs = data.join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(hash.to_hex()), &input).unwrap();
+    let mut expected = Vec::new();
+    for item in input.chunks(64) {
+        expected.extend_from_slice(&sha2::Sha256::digest(item));
+    }
+    let spec = JobSpec {
+        id: JobId([id; 16]),
+        workload: Builtin::Sha256Batch(Sha256Batch::new(count, 64).unwrap()).to_workload(),
+        inputs: vec![hash],
+        output_sizes: vec![count as u64 * 32],
+        limits: JobLimits {
+            max_energy: Millijoules(0),
+            max_duration_ms: 0,
+            deadline: TimestampMs(now() + 3_600_000),
+        },
+    };
+    (spec, expected)
+}
+
+fn status(data: &Path) -> serde_json::Value {
+    std::fs::read(data.join("status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn receipts(c: &Collector) -> Vec<JobReceipt> {
+    let g = c.got.lock().unwrap();
+    g.records
+        .values()
+        .filter_map(|b| Envelope::decode(b).ok()?.open::<JobReceipt>().ok())
+        .collect()
+}
+
+#[test]
+fn signed_commands_run_pause_and_drain_jobs_and_everything_else_is_rejected() {
+    let tmp = TempDir::new("mqtt-jobs");
+    let broker = Mosquitto::start();
+    let collector = Collector::start(broker.port, controller(), true);
+    let config = write_config(tmp.path(), broker.port);
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("agent.log");
+    let mut agent = hil_tests::spawn_agent(env!("CARGO_BIN_EXE_heliostat-agent"), &config, &log);
+    wait_for("the agent online", Duration::from_secs(20), || {
+        status(&data)["link"]["connected"] == true
+    });
+    let device = hil_tests::agent_key(&data).device_id();
+
+    let mut o = MqttOptions::new("test-commander", "127.0.0.1", broker.port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(o, 64);
+    std::thread::spawn(move || for _ in conn.iter() {});
+    let topic = format!("heliostat/v1/dev/{device}/cmd");
+    let send = |bytes: Vec<u8>| {
+        client
+            .publish(&topic, QoS::AtLeastOnce, false, bytes)
+            .unwrap()
+    };
+    let ctl = controller();
+
+    // A valid job, long enough to be paused (about a second of CPU in a debug build).
+    let (spec, expected) = job(&data, 1, 200_000);
+    let run = command(device, 1, 60_000, CommandBody::RunJob(spec.clone()), &ctl);
+    send(run.clone());
+    send(command(
+        device,
+        2,
+        60_000,
+        CommandBody::Pause { job: spec.id },
+        &ctl,
+    ));
+    wait_for("the job paused", Duration::from_secs(20), || {
+        status(&data)["jobs"]["running"]["paused"] == true
+    });
+    let done_while_paused = status(&data)["jobs"]["running"]["chunks_done"]
+        .as_u64()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        status(&data)["jobs"]["running"]["chunks_done"].as_u64(),
+        Some(done_while_paused),
+        "chunks ran while paused"
+    );
+
+    // Everything that must be refused, while the job is paused.
+    let intruder = KeyPair::from_seed(&[0x66; 32]);
+    send(command(device, 3, 60_000, CommandBody::Drain, &intruder)); // forged
+    send(command(device, 4, -1_000, CommandBody::Drain, &ctl)); // expired
+    send(run); // replayed
+    let other = KeyPair::from_seed(&[0x77; 32]).device_id();
+    send(command(other, 5, 60_000, CommandBody::Drain, &ctl)); // another device's
+    send(command(
+        device,
+        6,
+        60_000,
+        CommandBody::Cancel {
+            job: JobId([9; 16]),
+        },
+        &ctl,
+    ));
+    send(b"\x01\x05garbage".to_vec());
+    wait_for("six rejections", Duration::from_secs(20), || {
+        status(&data)["link"]["commands_rejected"] == 6
+    });
+    let by_reason = status(&data)["jobs"]["commands_rejected"].clone();
+    for (reason, n) in [
+        ("bad_signature", 1),
+        ("expired", 1),
+        ("replayed", 1),
+        ("other_device", 1),
+        ("no_such_job", 1),
+        ("malformed", 1),
+    ] {
+        assert_eq!(by_reason[reason], n, "{reason}: {by_reason}");
+    }
+
+    // Resume: it completes, and its receipt arrives through the outbox.
+    send(command(
+        device,
+        7,
+        60_000,
+        CommandBody::Resume { job: spec.id },
+        &ctl,
+    ));
+    wait_for("the receipt", Duration::from_secs(60), || {
+        receipts(&collector).iter().any(|r| r.job == spec.id)
+    });
+    let r = receipts(&collector)
+        .into_iter()
+        .find(|r| r.job == spec.id)
+        .unwrap();
+    assert_eq!(r.outcome, JobOutcome::Completed, "{r:?}");
+    assert!(r.pauses >= 1, "{r:?}");
+    let mut h = sha2::Sha256::new();
+    h.update(&expected);
+    assert_eq!(r.output_hash, Hash32(h.finalize().into()));
+    assert_eq!(
+        std::fs::read(data.join("jobs").join(spec.id.to_string()).join("out0.bin")).unwrap(),
+        expected
+    );
+    // Its counters are those of the signed records sealed at its start and end.
+    let records: Vec<MeterRecord> = {
+        let g = collector.got.lock().unwrap();
+        g.records
+            .values()
+            .filter_map(|b| Envelope::decode(b).ok()?.open().ok())
+            .collect()
+    };
+    let gpu_at = |t: u64| {
+        records
+            .iter()
+            .find(|m| m.link.timestamp.0 == t)
+            .and_then(|m| m.channels.iter().find(|c| c.kind == ChannelKind::Gpu))
+            .map(|c| c.energy.0)
+            .unwrap_or_else(|| panic!("no record at {t}"))
+    };
+    let delta = gpu_at(r.ended.0) - gpu_at(r.started.0);
+    assert_eq!(r.energy(ChannelKind::Gpu), Some(Millijoules(delta)));
+    assert!(delta > 0, "the simulated GPU drew nothing");
+
+    // Drain: the next job is refused, with a receipt that says why.
+    send(command(device, 8, 60_000, CommandBody::Drain, &ctl));
+    let (spec2, _) = job(&data, 2, 10);
+    send(command(
+        device,
+        9,
+        60_000,
+        CommandBody::RunJob(spec2.clone()),
+        &ctl,
+    ));
+    wait_for("the refusal", Duration::from_secs(20), || {
+        receipts(&collector).iter().any(|r| r.job == spec2.id)
+    });
+    let r2 = receipts(&collector)
+        .into_iter()
+        .find(|r| r.job == spec2.id)
+        .unwrap();
+    assert_eq!(
+        r2.outcome,
+        JobOutcome::Refused("the device is draining".into())
+    );
+    let s = status(&data);
+    assert_eq!(
+        (
+            s["jobs"]["completed"].as_u64(),
+            s["jobs"]["refused"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+
+    // The chain with the receipts in it verifies from genesis.
+    agent.terminate(Duration::from_secs(5));
+    let g = collector.got.lock().unwrap();
+    assert!(g.forks.is_empty());
+    hil_tests::assert_chain_from_genesis(
+        &hil_tests::agent_key(&data).public(),
+        g.records.iter().map(|(s, b)| (*s, b.as_slice())),
+    );
+}
