@@ -9,9 +9,11 @@
 //! | `GET /api/v1/devices/{id}` | one device |
 //! | `GET /api/v1/devices/{id}/bundle?from=MS&to=MS&format=json\|postcard` | a proof bundle (anchored messages) |
 //! | `GET /api/v1/devices/{id}/hours?from=MS&to=MS` | hour-by-hour energy by source, renewable share, emissions |
+//! | `GET /api/v1/fleet/hours?from=MS&to=MS` | the approved devices' hours summed per hour, with the device count (at most 31 days) |
 //! | `GET /api/v1/epochs` | closed epochs with their roots, local anchor entries and EVM anchors (tx, block, gas) |
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use attest::msg::Hello;
 use attest::{DeviceId, Envelope, PublicKey};
@@ -23,7 +25,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::bundles::{BundleError, Intensity};
+use crate::accounting::{HoursError, MAX_FLEET_PERIOD_MS};
+use crate::bundles::BundleError;
+use crate::intensity::IntensityResolver;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
@@ -36,8 +40,8 @@ pub struct ApiState {
     pub status: PathBuf,
     /// The controller's public key (named in bundles' local anchors).
     pub controller: PublicKey,
-    /// The intensity used in statements.
-    pub intensity: Intensity,
+    /// Grid intensity by region and hour, for statements.
+    pub intensity: Arc<IntensityResolver>,
 }
 
 /// Every error the API returns.
@@ -52,6 +56,15 @@ pub enum AppError {
     /// Nothing to put in a bundle.
     #[error("{0}")]
     NothingToProve(String),
+    /// A period that is missing or inverted.
+    #[error("{0}")]
+    BadPeriod(String),
+    /// A query string that does not parse.
+    #[error("{0}")]
+    BadQuery(String),
+    /// A period longer than the route allows.
+    #[error("{0}")]
+    PeriodTooLong(String),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -69,6 +82,9 @@ impl AppError {
             AppError::BadDeviceId(_) => (StatusCode::BAD_REQUEST, "bad_device_id"),
             AppError::UnknownDevice(_) => (StatusCode::NOT_FOUND, "unknown_device"),
             AppError::NothingToProve(_) => (StatusCode::CONFLICT, "nothing_to_prove"),
+            AppError::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_query"),
+            AppError::BadPeriod(_) => (StatusCode::BAD_REQUEST, "bad_period"),
+            AppError::PeriodTooLong(_) => (StatusCode::BAD_REQUEST, "period_too_long"),
             AppError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             AppError::NoRoute => (StatusCode::NOT_FOUND, "no_such_route"),
@@ -94,6 +110,35 @@ impl From<BundleError> for AppError {
             BundleError::UnknownDevice(d) => AppError::UnknownDevice(d),
             other => AppError::NothingToProve(other.to_string()),
         }
+    }
+}
+
+impl From<HoursError> for AppError {
+    fn from(e: HoursError) -> Self {
+        match e {
+            HoursError::Store(s) => AppError::Store(s),
+            HoursError::BadHello => AppError::Internal(e.to_string()),
+            HoursError::Account(a) => AppError::NothingToProve(a.to_string()),
+        }
+    }
+}
+
+/// axum's `Query`, whose rejection is the API's JSON error rather than plain text.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for ApiQuery<T>
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, AppError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| AppError::BadQuery(e.body_text()))
     }
 }
 
@@ -215,27 +260,19 @@ pub struct PeriodQuery {
 async fn hours(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-    Query(q): Query<PeriodQuery>,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
 ) -> Result<Json<Value>, AppError> {
     let id = parse_id(&id)?;
     blocking(move || {
         let store = SqliteStore::open(&s.db)?;
         let dev = store.device(id)?.ok_or(AppError::UnknownDevice(id))?;
-        let hello: Hello = Envelope::decode(&dev.hello)
-            .ok()
-            .and_then(|e| e.open().ok())
-            .ok_or_else(|| AppError::Internal("stored hello does not decode".into()))?;
-        let items = store.items_between(id, q.from.unwrap_or(0), q.to.unwrap_or(u64::MAX / 2))?;
-        let chain: Vec<attest::msg::ChainMessage> = items
-            .iter()
-            .filter_map(|i| {
-                Envelope::decode(&i.envelope)
-                    .ok()
-                    .and_then(|e| attest::msg::ChainMessage::open(&e).ok())
-            })
-            .collect();
-        let statement = crate::bundles::device_statement(&hello, &chain, &s.intensity)
-            .map_err(|e| AppError::NothingToProve(e.to_string()))?;
+        let statement = crate::accounting::device_hours(
+            &store,
+            &dev,
+            &s.intensity,
+            q.from.unwrap_or(0),
+            q.to.unwrap_or(u64::MAX / 2),
+        )?;
         Ok(Json(json!({
             "device": id.to_string(),
             "from": statement.from.0,
@@ -255,10 +292,55 @@ async fn hours(
     .await
 }
 
+/// The approved devices' hour-by-hour accounting summed per hour (each device's hours as
+/// the device route gives them), with the number of devices in each hour. `from` and `to`
+/// are required and at most 31 days apart.
+async fn fleet_hours(
+    State(s): State<ApiState>,
+    ApiQuery(q): ApiQuery<PeriodQuery>,
+) -> Result<Json<Value>, AppError> {
+    let (Some(from), Some(to)) = (q.from, q.to) else {
+        return Err(AppError::BadPeriod(
+            "from and to (ms since the Unix epoch) are required".into(),
+        ));
+    };
+    if to < from {
+        return Err(AppError::BadPeriod(format!(
+            "to ({to}) is before from ({from})"
+        )));
+    }
+    if to - from > MAX_FLEET_PERIOD_MS {
+        return Err(AppError::PeriodTooLong(format!(
+            "{} ms asked; at most {MAX_FLEET_PERIOD_MS} ms (31 days) at a time",
+            to - from
+        )));
+    }
+    blocking(move || {
+        let store = SqliteStore::open(&s.db)?;
+        let report = crate::accounting::fleet_hours(&store, &s.intensity, from, to)?;
+        let totals = report.hours.totals();
+        Ok(Json(json!({
+            "from": from,
+            "to": to,
+            "devices": report.hours.devices(),
+            "intensity_sources": report.hours.sources().collect::<Vec<_>>(),
+            "totals": {
+                "energy_mj": totals.energy,
+                "renewable_mj": totals.renewable.0,
+                "renewable_share_ppm": totals.renewable_share_ppm,
+                "co2e_mg": totals.co2e_mg,
+            },
+            "hours": report.hours.hours(),
+            "skipped": report.skipped,
+        })))
+    })
+    .await
+}
+
 async fn bundle(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-    Query(q): Query<BundleQuery>,
+    ApiQuery(q): ApiQuery<BundleQuery>,
 ) -> Result<Response, AppError> {
     let id = parse_id(&id)?;
     blocking(move || {
@@ -296,6 +378,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/devices/{id}", get(device))
         .route("/api/v1/devices/{id}/bundle", get(bundle))
         .route("/api/v1/devices/{id}/hours", get(hours))
+        .route("/api/v1/fleet/hours", get(fleet_hours))
         .route("/api/v1/epochs", get(epochs))
         .fallback(not_found)
         .with_state(state)
@@ -335,10 +418,7 @@ mod tests {
             db,
             status: dir.join("status.json"),
             controller: key.public(),
-            intensity: Intensity {
-                mg_per_kwh: 400_000,
-                source: "test".into(),
-            },
+            intensity: Arc::new(IntensityResolver::flat(400_000, "test")),
         };
         let _ = dev.chain(0, 1);
         (state, dev)
@@ -406,6 +486,196 @@ mod tests {
         assert_eq!(
             (s, v["reason"].as_str()),
             (StatusCode::NOT_FOUND, Some("no_such_route"))
+        );
+    }
+
+    /// Two approved devices (DE and an unknown region) with 4 h of records each from
+    /// midnight, anchored, served with the bundled table and an hourly CSV for DE's third
+    /// hour (02:00, when the sample battery reaches its reserve and the grid takes over).
+    fn fleet_setup(name: &str) -> (ApiState, [DeviceId; 2]) {
+        let dir = std::env::temp_dir().join(format!("api-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("c.db");
+        let key = KeyPair::from_seed(&[0xc0; 32]);
+        let mut ing = Ingest::new(
+            SqliteStore::open(&db).unwrap(),
+            key.clone(),
+            IngestConfig::auto_approving(),
+        );
+        let mut ids = Vec::new();
+        let mut batch = Vec::new();
+        for (seed, region) in [(31, "DE"), (32, "unknown")] {
+            let mut dev = SampleDevice::new(seed);
+            let id = dev.key.device_id();
+            let mut hello: Hello = dev.hello().open().unwrap();
+            hello.site.grid_region = region.into();
+            let hello = Envelope::seal(&hello, &dev.key);
+            batch.push((format!("{PREFIX}{id}/hello"), hello.into_bytes()));
+            for e in dev.chain(4 * 60 + 1, 60_000) {
+                batch.push((format!("{PREFIX}{id}/records"), e.as_bytes().to_vec()));
+            }
+            ids.push(id);
+        }
+        let now = SAMPLE_START.0 + 86_400_000;
+        ing.handle(&batch, now).unwrap();
+        close_epoch(ing.store_mut(), &key, now).unwrap();
+        let csv = crate::intensity::HourlySeries::parse(
+            "grid.csv",
+            "grid.csv",
+            "region,hour_start_utc,g_co2e_per_kwh\nDE,2026-06-21T02:00:00Z,50.5\n",
+        )
+        .unwrap();
+        let state = ApiState {
+            db,
+            status: dir.join("status.json"),
+            controller: key.public(),
+            intensity: Arc::new(IntensityResolver::bundled(Some(csv)).unwrap()),
+        };
+        (state, [ids[0], ids[1]])
+    }
+
+    #[tokio::test]
+    async fn fleet_hours_sum_the_device_hours_and_refuse_unbounded_periods() {
+        let (state, ids) = fleet_setup("fleet");
+        let (from, to) = (SAMPLE_START.0, SAMPLE_START.0 + 4 * 3_600_000);
+        let q = format!("from={from}&to={to}");
+        let (s, fleet) = get_json(app(state.clone()), &format!("/api/v1/fleet/hours?{q}")).await;
+        assert_eq!(s, StatusCode::OK, "{fleet}");
+        assert_eq!(fleet["devices"], 2);
+        let mut devices = Vec::new();
+        for id in ids {
+            let (s, v) = get_json(
+                app(state.clone()),
+                &format!("/api/v1/devices/{id}/hours?{q}"),
+            )
+            .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            devices.push(v);
+        }
+        let hours = fleet["hours"].as_array().unwrap();
+        assert_eq!(hours.len(), 4, "{fleet}");
+        for (i, h) in hours.iter().enumerate() {
+            assert_eq!(h["devices"], 2);
+            for field in ["load", "solar", "grid_import", "battery_discharge"] {
+                let sum: u64 = devices
+                    .iter()
+                    .map(|d| d["hours"][i]["energy"][field].as_u64().unwrap())
+                    .sum();
+                assert_eq!(h["energy"][field].as_u64(), Some(sum), "hour {i} {field}");
+            }
+            let co2: u64 = devices
+                .iter()
+                .map(|d| d["hours"][i]["co2e_mg"].as_u64().unwrap())
+                .sum();
+            let ren: u64 = devices
+                .iter()
+                .map(|d| d["hours"][i]["renewable"].as_u64().unwrap())
+                .sum();
+            assert_eq!(
+                (h["co2e_mg"].as_u64(), h["renewable"].as_u64()),
+                (Some(co2), Some(ren))
+            );
+        }
+        let total: u64 = devices
+            .iter()
+            .map(|d| d["totals"]["co2e_mg"].as_u64().unwrap())
+            .sum();
+        assert_eq!(fleet["totals"]["co2e_mg"].as_u64(), Some(total));
+        assert!(total > 0, "night hours draw from the grid: {fleet}");
+        // DE's third hour is charged at the CSV figure, its others and the other device's
+        // at the table's.
+        let intensities = |d: &Value| -> Vec<u64> {
+            d["hours"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["intensity_mg_per_kwh"].as_u64().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            intensities(&devices[0]),
+            vec![342_060, 342_060, 50_500, 342_060]
+        );
+        assert_eq!(intensities(&devices[1]), vec![472_940; 4]);
+        assert_eq!(
+            devices[0]["intensity_source"],
+            "mixed: ember-2024:DE (yearly average) for 3 h; operator-csv:grid.csv (hourly) for 1 h"
+        );
+        assert!(hours[2]["energy"]["grid_import"].as_u64().unwrap() > 0);
+        // Unbounded, inverted, too long and malformed periods: JSON errors with a reason.
+        for (uri, status, reason) in [
+            ("/api/v1/fleet/hours", StatusCode::BAD_REQUEST, "bad_period"),
+            (
+                "/api/v1/fleet/hours?from=5&to=4",
+                StatusCode::BAD_REQUEST,
+                "bad_period",
+            ),
+            (
+                "/api/v1/fleet/hours?from=0&to=2678400001",
+                StatusCode::BAD_REQUEST,
+                "period_too_long",
+            ),
+            (
+                "/api/v1/fleet/hours?from=x&to=1",
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+            ),
+        ] {
+            let (s, v) = get_json(app(state.clone()), uri).await;
+            assert_eq!(
+                (s, v["reason"].as_str()),
+                (status, Some(reason)),
+                "{uri}: {v}"
+            );
+        }
+        let (s, v) = get_json(
+            app(state.clone()),
+            "/api/v1/fleet/hours?from=0&to=2678400000",
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "exactly 31 days is allowed: {v}");
+        assert_eq!(
+            v["hours"].as_array().map(Vec::len),
+            Some(0),
+            "nothing in 1970"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bundle_charged_at_hourly_csv_figures_verifies() {
+        let (state, ids) = fleet_setup("csv-bundle");
+        let (s, v) = get_json(
+            app(state.clone()),
+            &format!("/api/v1/devices/{}/bundle", ids[0]),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let b: attest::bundle::ProofBundle = serde_json::from_value(v).unwrap();
+        let stated: Vec<u32> = b
+            .statement
+            .hours
+            .iter()
+            .map(|h| h.intensity_mg_per_kwh)
+            .collect();
+        assert_eq!(stated, vec![342_060, 342_060, 50_500, 342_060]);
+        assert!(
+            b.statement
+                .intensity_source
+                .contains("operator-csv:grid.csv (hourly) for 1 h")
+        );
+        let opts = attest::bundle::VerifyOptions {
+            controller_key: Some(state.controller),
+            now: attest::TimestampMs(u64::MAX / 2),
+        };
+        let report = attest::bundle::verify(&b, &opts).unwrap();
+        assert_eq!(report.records, 241);
+        // The carbon follows the stated hourly figures: changing one is caught.
+        let mut bad = b.clone();
+        bad.statement.hours[2].intensity_mg_per_kwh = 342_060;
+        assert_eq!(
+            attest::bundle::verify(&bad, &opts).unwrap_err().check,
+            attest::bundle::Check::Carbon
         );
     }
 

@@ -12,6 +12,7 @@ use attest::merkle::{MerkleTree, TreeHead};
 use attest::msg::{ChainMessage, Hello, Subject};
 use attest::{DeviceId, Envelope, EpochId, PublicKey};
 
+use crate::intensity::IntensityResolver;
 use crate::store::{Store, StoreError};
 
 /// Why a bundle could not be made.
@@ -34,37 +35,35 @@ pub enum BundleError {
     Statement(String),
 }
 
-/// The grid intensity used for a statement: one value for every hour, with its source.
-#[derive(Debug, Clone)]
-pub struct Intensity {
-    /// mg CO2e per kWh.
-    pub mg_per_kwh: u32,
-    /// Where it comes from.
-    pub source: String,
-}
-
 /// The statement for a device over its chain messages: `attest`'s arithmetic with the
-/// configured intensity, the plausibility flags the records raise, and no battery content
-/// assumed at the start. Shared by bundles and the API's hour view.
+/// intensity of the device's region (its hello's `site.grid_region`) hour by hour, the
+/// plausibility flags the records raise, and no battery content assumed at the start.
+/// Shared by bundles, the API's hour views and fleet accounting.
 pub fn device_statement(
     hello: &Hello,
     chain: &[ChainMessage],
-    intensity: &Intensity,
+    intensity: &IntensityResolver,
 ) -> Result<attest::msg::Statement, attest::account::AccountError> {
-    let mg = intensity.mg_per_kwh;
-    compute_statement(&StatementInput {
+    let region = intensity.for_region(&hello.site.grid_region);
+    let mut statement = compute_statement(&StatementInput {
         subject: Subject::DevicePeriod {
             device: hello.device,
         },
         hello,
         chain,
-        intensity: &move |_| mg,
-        intensity_source: intensity.source.clone(),
+        intensity: &|hour| region.at(hour).mg_per_kwh,
+        intensity_source: String::new(),
         battery_initial: BatteryState::default(),
         flags: crate::plausibility::check_chain(&hello.site, chain),
         embodied_mg: 0,
         functional_units: 0,
-    })
+    })?;
+    // Which sources a period used is known once its hours are. `compute_statement` only
+    // copies the source text into the statement, so naming it now gives the very statement
+    // that text as input would have given, and the verifier recomputes it from the stated
+    // text and the stated per-hour figures.
+    statement.intensity_source = region.describe(statement.hours.iter().map(|h| h.hour));
+    Ok(statement)
 }
 
 /// Builds the bundle for `device` over messages with timestamps in `from_ms..=to_ms`.
@@ -76,7 +75,7 @@ pub fn device_period<S: Store>(
     device: DeviceId,
     from_ms: u64,
     to_ms: u64,
-    intensity: &Intensity,
+    intensity: &IntensityResolver,
     trim_unanchored: bool,
 ) -> Result<ProofBundle, BundleError> {
     let dev = store
@@ -196,10 +195,7 @@ mod tests {
             .collect();
         ing.handle(&rest, now).unwrap();
         let id = dev.key.device_id();
-        let intensity = Intensity {
-            mg_per_kwh: 380_000,
-            source: "test:flat".into(),
-        };
+        let intensity = IntensityResolver::flat(380_000, "test:flat");
         let not_yet = device_period(
             ing.store(),
             key.public(),
@@ -281,10 +277,7 @@ mod tests {
         let now = SAMPLE_START.0 + 86_400_000;
         ing.handle(&batch, now).unwrap();
         close_epoch(ing.store_mut(), &key, now).unwrap();
-        let intensity = Intensity {
-            mg_per_kwh: 380_000,
-            source: "test".into(),
-        };
+        let intensity = IntensityResolver::flat(380_000, "test");
         let b = device_period(
             ing.store(),
             key.public(),

@@ -123,38 +123,61 @@ const fn default_receipt_timeout() -> u64 {
     120_000
 }
 
-/// Accounting inputs. (A bundled per-region table and operator hourly series come with the
-/// accounting part of the controller issue; until then one flat intensity, named.)
-#[derive(Debug, Clone, Deserialize)]
+/// Accounting inputs: where the grid carbon intensity of each device-hour comes from (see
+/// [`crate::intensity`] for the order).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountingConfig {
-    /// Grid carbon intensity, mg CO2e per kWh.
-    #[serde(default = "default_intensity")]
-    pub intensity_mg_per_kwh: u32,
-    /// Where that figure comes from (named in every statement).
-    #[serde(default = "default_intensity_source")]
-    pub intensity_source: String,
+    /// An explicit flat grid intensity, mg CO2e per kWh, for every device and hour; unset
+    /// (the default), the bundled per-region table and `hourly_csv` are used.
+    #[serde(default)]
+    pub intensity_mg_per_kwh: Option<u32>,
+    /// Names the flat figure in statements (only with `intensity_mg_per_kwh`; the table
+    /// and the hourly CSV name themselves).
+    #[serde(default)]
+    pub intensity_source: Option<String>,
+    /// An operator-supplied hourly series (`region,hour_start_utc,g_co2e_per_kwh`) that
+    /// overrides the table for the regions and hours it lists; read and validated at start.
+    #[serde(default)]
+    pub hourly_csv: Option<PathBuf>,
 }
 
-impl Default for AccountingConfig {
-    fn default() -> Self {
-        AccountingConfig {
-            intensity_mg_per_kwh: default_intensity(),
-            intensity_source: default_intensity_source(),
+impl AccountingConfig {
+    /// The name statements give the flat figure.
+    pub fn flat_source(&self) -> String {
+        self.intensity_source
+            .clone()
+            .unwrap_or_else(|| "config:accounting.intensity_mg_per_kwh".into())
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        match (
+            self.intensity_mg_per_kwh,
+            &self.intensity_source,
+            &self.hourly_csv,
+        ) {
+            (Some(_), _, Some(_)) => anyhow::bail!(
+                "config key `accounting.hourly_csv`: cannot be used with \
+                 accounting.intensity_mg_per_kwh (a flat figure for every hour); set one"
+            ),
+            (None, Some(_), _) => anyhow::bail!(
+                "config key `accounting.intensity_source`: names the flat figure of \
+                 accounting.intensity_mg_per_kwh, which is not set (the bundled table and the \
+                 hourly CSV name themselves)"
+            ),
+            (Some(_), Some(s), None) if s.trim().is_empty() || s.len() > attest::msg::MAX_TEXT => {
+                anyhow::bail!(
+                    "config key `accounting.intensity_source`: must be 1 to {} bytes",
+                    attest::msg::MAX_TEXT
+                )
+            }
+            _ => Ok(()),
         }
     }
 }
 
 const fn default_epoch_ms() -> u64 {
     3_600_000
-}
-const fn default_intensity() -> u32 {
-    // The world average grid intensity, about 480 g CO2e/kWh (Ember, Global Electricity
-    // Review 2024, CC-BY-4.0): a conservative default until a region table is configured.
-    480_000
-}
-fn default_intensity_source() -> String {
-    "config:flat-480g (world average, Ember 2024)".into()
 }
 
 /// An external MQTT broker (Mosquitto in tests and production).
@@ -285,7 +308,7 @@ impl ControllerConfig {
         if self.broker.password.is_some() && self.broker.username.is_none() {
             anyhow::bail!("config key `broker.password`: needs broker.username");
         }
-        Ok(())
+        self.accounting.validate()
     }
 
     /// The database file.
@@ -296,5 +319,76 @@ impl ControllerConfig {
     /// The controller key file.
     pub fn key_path(&self) -> PathBuf {
         self.data_dir.join("controller.key")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(accounting: &str) -> anyhow::Result<ControllerConfig> {
+        let cfg: ControllerConfig = toml::from_str(&format!(
+            "[broker]\nhost = \"127.0.0.1\"\n[accounting]\n{accounting}"
+        ))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn accounting_defaults_to_the_table_and_a_flat_figure_is_an_explicit_override() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.accounting.intensity_mg_per_kwh, None);
+        let r = crate::intensity::IntensityResolver::from_config(&cfg.accounting).unwrap();
+        assert_eq!(r.at("SE", 500_000).mg_per_kwh, 35_890);
+
+        let cfg =
+            parse("intensity_mg_per_kwh = 200000\nintensity_source = \"utility 2025\"").unwrap();
+        let r = crate::intensity::IntensityResolver::from_config(&cfg.accounting).unwrap();
+        let f = r.at("SE", 500_000);
+        assert_eq!((f.mg_per_kwh, f.source.as_str()), (200_000, "utility 2025"));
+        let cfg = parse("intensity_mg_per_kwh = 200000").unwrap();
+        assert_eq!(
+            cfg.accounting.flat_source(),
+            "config:accounting.intensity_mg_per_kwh"
+        );
+    }
+
+    #[test]
+    fn conflicting_or_orphaned_accounting_keys_are_refused_by_name() {
+        let e = parse("intensity_mg_per_kwh = 1\nhourly_csv = \"g.csv\"").unwrap_err();
+        assert!(e.to_string().contains("`accounting.hourly_csv`"), "{e}");
+        let e = parse("intensity_source = \"x\"").unwrap_err();
+        assert!(
+            e.to_string().contains("`accounting.intensity_source`"),
+            "{e}"
+        );
+        let e = parse("intensity_mg_per_kwh = 1\nintensity_source = \"\"").unwrap_err();
+        assert!(
+            e.to_string().contains("`accounting.intensity_source`"),
+            "{e}"
+        );
+        let e = parse("intensity = 1").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_hourly_csv_stops_the_start_naming_key_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("cfg-csv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let csv = dir.join("grid.csv");
+        std::fs::write(
+            &csv,
+            "region,hour_start_utc,g_co2e_per_kwh\nDE,2026-06-21T00:00:00Z,300\nDE,2026-06-21T00:00:00Z,310\n",
+        )
+        .unwrap();
+        let cfg = parse(&format!("hourly_csv = \"{}\"", csv.display())).unwrap();
+        let e = crate::intensity::IntensityResolver::from_config(&cfg.accounting).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("config key `accounting.hourly_csv`: "),
+            "{msg}"
+        );
+        assert!(msg.contains(&format!("{}: line 3", csv.display())), "{msg}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

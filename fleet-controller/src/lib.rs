@@ -1,18 +1,22 @@
 //! The Heliostat fleet controller as a library.
 //!
 //! Map (growing with the controller issue):
+//! - [`accounting`]: device-hour and fleet-hour accounting over stored records.
 //! - [`anchor_evm`]: anchoring epoch roots on an EVM chain (alloy), crash-safe.
 //! - [`crash`]: named crash points for the kill -9 tests.
 //! - [`api`]: the HTTP API (axum): devices, epochs, status, bundle download.
 //! - [`config`]: the TOML configuration.
 //! - [`epochs`]: closing epochs into RFC 6962 trees anchored in the local, signed log.
 //! - [`bundles`]: proof bundles for a device-period that `attest verify` accepts.
+//! - [`intensity`]: grid carbon intensity by region and hour (bundled Ember table, operator
+//!   hourly CSV, or a flat figure), named in every statement.
 //! - [`runtime`]: the MQTT ingest loop around [`ingest`].
 //! - [`ingest`]: payloads in, verified evidence stored, acks out (sans-IO).
 //! - [`plausibility`]: flags for physically implausible records (sun position, clear sky).
 //! - [`store`]: the narrow store interface and its SQLite backend (WAL, versioned migrations,
 //!   idempotent inserts on (device, sequence)).
 
+pub mod accounting;
 pub mod anchor_evm;
 pub mod api;
 pub mod bundles;
@@ -20,6 +24,7 @@ pub mod config;
 pub mod crash;
 pub mod epochs;
 pub mod ingest;
+pub mod intensity;
 pub mod plausibility;
 pub mod runtime;
 pub mod store;

@@ -40,7 +40,6 @@ enum Cmd {
     Approve { id: String },
     /// Revoke a device: its records are kept apart, never counted.
     Revoke { id: String },
-    /// Export a proof bundle for a device over a period (anchored epochs only).
     /// Deploy the anchor contract from the key in KEY_FILE (needs no config file); prints
     /// the contract address for `epochs.evm.contract`.
     DeployAnchor {
@@ -51,6 +50,8 @@ enum Cmd {
         #[arg(long)]
         key_file: PathBuf,
     },
+    /// Export a proof bundle for a device over a period (anchored epochs only), with the
+    /// intensities of `accounting` (table, hourly CSV or flat figure).
     Bundle {
         /// The device id.
         #[arg(long)]
@@ -154,10 +155,8 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
             let id = attest::DeviceId::parse(&device)?;
             let ingest = fleet_controller::runtime::open(&cfg)?;
             let (key, _) = attest::keyfile::load_or_create(&cfg.key_path())?;
-            let intensity = fleet_controller::bundles::Intensity {
-                mg_per_kwh: cfg.accounting.intensity_mg_per_kwh,
-                source: cfg.accounting.intensity_source.clone(),
-            };
+            let intensity =
+                fleet_controller::intensity::IntensityResolver::from_config(&cfg.accounting)?;
             let b = fleet_controller::bundles::device_period(
                 ingest.store(),
                 key.public(),

@@ -63,6 +63,11 @@ pub async fn run(
     cfg: ControllerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    // The intensity inputs first: a bad hourly CSV stops the controller here, naming its
+    // line, before it takes any message.
+    let intensity = std::sync::Arc::new(crate::intensity::IntensityResolver::from_config(
+        &cfg.accounting,
+    )?);
     let mut ingest = open(&cfg)?;
     let status_path = cfg.data_dir.join("status.json");
     let (in_tx, in_rx) = std_mpsc::sync_channel::<(String, Vec<u8>)>(100_000);
@@ -138,10 +143,7 @@ pub async fn run(
             db: cfg.db_path(),
             status: cfg.data_dir.join("status.json"),
             controller: key.public(),
-            intensity: crate::bundles::Intensity {
-                mg_per_kwh: cfg.accounting.intensity_mg_per_kwh,
-                source: cfg.accounting.intensity_source.clone(),
-            },
+            intensity,
         };
         let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
             .await

@@ -19,17 +19,37 @@ use hil_tests::{Anvil, Mosquitto, Proc, TempDir, spawn_agent, workspace_binary};
 
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_fleet-controller");
 
+/// The operator's hourly intensity for the agents' region (DE): 123.456 g in every hour
+/// from two hours ago to six hours ahead, so the whole run is charged at it.
+const CSV_MG_PER_KWH: u32 = 123_456;
+
+fn hourly_csv(dir: &Path) -> PathBuf {
+    let now_h = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3_600) as i64;
+    let mut text = String::from("# test series\nregion,hour_start_utc,g_co2e_per_kwh\n");
+    for h in now_h - 2..=now_h + 6 {
+        text.push_str(&format!("DE,{},123.456\n", h * 3_600));
+    }
+    let p = dir.join("grid.csv");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
 fn controller_config(dir: &Path, port: u16, evm: &EvmConfig) -> PathBuf {
     let p = dir.join("controller.toml");
     std::fs::write(
         &p,
         format!(
-            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n[enrollment]\nauto_approve = true\n[ingest]\nresend_after_ms = 2000\n[epochs]\ninterval_ms = 300\nanchor = \"evm\"\n[epochs.evm]\nrpc_url = \"{}\"\ncontract = \"{}\"\nkey_file = \"{}\"\nchain_id = {}\npoll_ms = 100\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
+            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n[enrollment]\nauto_approve = true\n[ingest]\nresend_after_ms = 2000\n[epochs]\ninterval_ms = 300\nanchor = \"evm\"\n[epochs.evm]\nrpc_url = \"{}\"\ncontract = \"{}\"\nkey_file = \"{}\"\nchain_id = {}\npoll_ms = 100\n[accounting]\nhourly_csv = \"{}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
             dir.join("data").display(),
             evm.rpc_url,
             evm.contract,
             evm.key_file.display(),
             evm.chain_id,
+            hourly_csv(dir).display(),
             api = api_port(dir)
         ),
     )
@@ -134,6 +154,7 @@ fn agent_config(dir: &Path, port: u16, key: &str, seed: u64) -> PathBuf {
 lat = 48.1
 lon = 11.6
 battery_wh = 800
+grid_region = "DE"
 [meter]
 sample_interval_ms = 20
 record_interval_ms = 100
@@ -306,6 +327,50 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
             .all(|d| d["state"] == "approved"),
         "{body}"
     );
+    // The fleet view sums both devices' hours, charged at the operator's hourly figure.
+    let (status_line, body) = http_get(
+        api_port(&cdir),
+        &format!("/api/v1/fleet/hours?from=0&to={}", 40 * 86_400_000u64),
+    );
+    assert!(status_line.contains("400"), "{status_line}: {body}");
+    assert!(body.contains("period_too_long"), "{body}");
+    let now_ms = last_ts + 60_000;
+    let (status_line, body) = http_get(
+        api_port(&cdir),
+        &format!(
+            "/api/v1/fleet/hours?from={}&to={now_ms}",
+            now_ms - 3_600_000
+        ),
+    );
+    assert!(status_line.contains("200"), "{status_line}: {body}");
+    let fleet: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(fleet["devices"], 2, "{body}");
+    assert_eq!(
+        fleet["intensity_sources"],
+        serde_json::json!(["operator-csv:grid.csv (hourly)"]),
+        "{body}"
+    );
+    assert!(
+        fleet["totals"]["energy_mj"]["load"].as_u64().unwrap() > 0,
+        "{body}"
+    );
+    // The bundle's statement carries the CSV's figure in every hour and names the file;
+    // attest verify recomputes the carbon from them.
+    let bundle = attest::bundle::ProofBundle::decode(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(
+        bundle.statement.intensity_source,
+        "operator-csv:grid.csv (hourly)"
+    );
+    assert!(!bundle.statement.hours.is_empty());
+    assert!(
+        bundle
+            .statement
+            .hours
+            .iter()
+            .all(|h| h.intensity_mg_per_kwh == CSV_MG_PER_KWH),
+        "{:?}",
+        bundle.statement.hours
+    );
     let attest_bin = workspace_binary(CONTROLLER, "attest", "attest");
     let v = std::process::Command::new(&attest_bin)
         .args(["verify", "--controller-key", &key, "--rpc", &evm.rpc_url])
@@ -314,6 +379,7 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
         .unwrap();
     let text = String::from_utf8_lossy(&v.stdout);
     assert!(v.status.success(), "attest verify: {text}");
+    assert!(text.contains("operator-csv:grid.csv"), "{text}");
     assert!(text.contains(&format!("{n0} meter records")), "{text}");
     assert!(
         text.contains("EVM chain 31337") && text.contains("(checked on chain)"),
