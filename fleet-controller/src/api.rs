@@ -10,6 +10,7 @@
 //! | `GET /api/v1/devices/{id}/bundle?from=MS&to=MS&format=json\|postcard` | a proof bundle (anchored messages) |
 //! | `GET /api/v1/devices/{id}/hours?from=MS&to=MS` | hour-by-hour energy by source, renewable share, emissions |
 //! | `GET /api/v1/fleet/hours?from=MS&to=MS` | the approved devices' hours summed per hour, with the device count (at most 31 days) |
+//! | `GET /metrics` | Prometheus text: stored, rejected by reason, devices by state, epochs closed, epochs not on chain |
 //! | `GET /api/v1/epochs` | closed epochs with their roots, local anchor entries and EVM anchors (tx, block, gas) |
 
 use std::path::PathBuf;
@@ -240,6 +241,73 @@ async fn status(State(s): State<ApiState>) -> Result<Json<Value>, AppError> {
     .await
 }
 
+/// Prometheus text exposition of what the controller counts: messages stored and rejected
+/// by reason (since the process started, from `status.json`), devices by state, epochs
+/// closed and epochs not yet confirmed on an EVM chain.
+async fn metrics(State(s): State<ApiState>) -> Result<Response, AppError> {
+    blocking(move || {
+        use std::fmt::Write;
+        let status: Value = std::fs::read(&s.status)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| json!({}));
+        let store = SqliteStore::open(&s.db)?;
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        metric(
+            "heliostat_ingest_stored_total",
+            "counter",
+            "Chain messages stored since the controller started.",
+            &[(String::new(), status["stored"].as_u64().unwrap_or(0))],
+        );
+        let rejected: Vec<(String, u64)> = status["rejected"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (format!("{{reason=\"{k}\"}}"), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        metric(
+            "heliostat_ingest_rejected_total",
+            "counter",
+            "Messages rejected since the controller started, by reason.",
+            &rejected,
+        );
+        let devices = store.devices()?;
+        let by_state: Vec<(String, u64)> = ["pending", "approved", "revoked"]
+            .iter()
+            .map(|st| {
+                (
+                    format!("{{state=\"{st}\"}}"),
+                    devices.iter().filter(|d| d.state.as_str() == *st).count() as u64,
+                )
+            })
+            .collect();
+        metric("heliostat_devices", "gauge", "Devices by state.", &by_state);
+        let closed = store.last_epoch()?.map_or(0, |e| e.epoch + 1);
+        metric(
+            "heliostat_epochs_closed",
+            "gauge",
+            "Epochs closed and anchored in the local log.",
+            &[(String::new(), closed)],
+        );
+        metric(
+            "heliostat_epochs_not_on_chain",
+            "gauge",
+            "Closed epochs without a confirmed EVM anchor (all of them when anchoring is local).",
+            &[(String::new(), store.epochs_not_on_chain()?.len() as u64)],
+        );
+        Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+    })
+    .await
+}
+
 /// Query of the bundle route.
 #[derive(Debug, Deserialize)]
 pub struct BundleQuery {
@@ -380,6 +448,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/devices/{id}/hours", get(hours))
         .route("/api/v1/fleet/hours", get(fleet_hours))
         .route("/api/v1/epochs", get(epochs))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
 }
@@ -462,6 +531,22 @@ mod tests {
         let load: u64 = v["totals"]["energy_mj"]["load"].as_u64().unwrap();
         assert_eq!(v["hours"][0]["energy"]["load"].as_u64().unwrap(), load);
         assert!(load > 0);
+        let r = app(state.clone())
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let text =
+            String::from_utf8(to_bytes(r.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+        for line in [
+            "heliostat_devices{state=\"approved\"} 1",
+            "heliostat_devices{state=\"pending\"} 0",
+            "heliostat_epochs_closed 1",
+            "heliostat_epochs_not_on_chain 1",
+            "# TYPE heliostat_ingest_stored_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
         let (s, v) = get_json(app(state.clone()), "/api/v1/devices/hs-nope").await;
         assert_eq!(
             (s, v["reason"].as_str()),
