@@ -71,6 +71,10 @@ pub struct JobsConfig {
     /// default `data_dir/blobs`.
     #[serde(default)]
     pub blob_dir: Option<PathBuf>,
+    /// The controller's blob store (e.g. `http://controller:8080/api/v1/blobs/`): inputs
+    /// not in `blob_dir` are fetched from `{blob_url}{sha256}`, checked and kept there.
+    #[serde(default)]
+    pub blob_url: Option<String>,
     /// For the simulator source: the simulated GPU's draw while a chunk runs, watts (the
     /// CPU does the real compute; the simulator's load and GPU channels show this).
     #[serde(default = "default_job_power")]
@@ -90,6 +94,7 @@ impl Default for JobsConfig {
             devfreq_dir: None,
             nvml_power_limit_gpu: None,
             blob_dir: None,
+            blob_url: None,
             simulated_gpu_w: default_job_power(),
         }
     }

@@ -163,6 +163,96 @@ struct RunningJob {
     last_tick_ms: u64,
 }
 
+/// A job's inputs fetched and checked, and the job prepared on its backend (or why not).
+type Prepared = (
+    attest::msg::JobSpec,
+    Result<crate::jobs::PreparedJob, String>,
+);
+
+/// Reads a blob from `dir`, or fetches it from `url` and keeps it there; checks its hash.
+fn fetch_blob(dir: &Path, url: Option<&str>, hash: &attest::Hash32) -> Result<Vec<u8>, String> {
+    let path = dir.join(hash.to_hex());
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            let Some(base) = url else {
+                return Err(format!("input {hash}: {e} (and no jobs.blob_url)"));
+            };
+            let from = format!("{base}{}", hash.to_hex());
+            let agent = ureq::Agent::new_with_config(
+                ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(120)))
+                    .build(),
+            );
+            let b = agent
+                .get(&from)
+                .call()
+                .map_err(|e| format!("input {hash}: fetching {from}: {e}"))?
+                .body_mut()
+                .with_config()
+                .limit(crate::jobs::kernel::MAX_INPUT_BYTES)
+                .read_to_vec()
+                .map_err(|e| format!("input {hash}: reading {from}: {e}"))?;
+            if attest::Hash32::digest(&b) == *hash {
+                let tmp = dir.join(format!(".{}.tmp", hash.to_hex()));
+                let kept = std::fs::create_dir_all(dir)
+                    .and_then(|_| std::fs::write(&tmp, &b))
+                    .and_then(|_| std::fs::rename(&tmp, &path));
+                if let Err(e) = kept {
+                    tracing::warn!(error = %e, "could not keep a fetched blob");
+                }
+            }
+            b
+        }
+    };
+    let got = attest::Hash32::digest(&bytes);
+    if got != *hash {
+        return Err(format!("input {hash}: the blob hashes to {got}"));
+    }
+    Ok(bytes)
+}
+
+/// Fetches a job's inputs and prepares it (uploads to the GPU): off the agent's task.
+fn fetch_and_prepare(
+    spec: &attest::msg::JobSpec,
+    backend: &crate::jobs::ComputeBackend,
+    dir: &Path,
+    url: Option<&str>,
+) -> Result<crate::jobs::PreparedJob, String> {
+    let inputs = spec
+        .inputs
+        .iter()
+        .map(|h| fetch_blob(dir, url, h))
+        .collect::<Result<Vec<_>, _>>()?;
+    let module = match &spec.workload {
+        attest::msg::Workload::Ptx { module, .. } => Some(fetch_blob(dir, url, module)?),
+        attest::msg::Workload::Builtin { .. } => None,
+    };
+    let prepared = backend.prepare(
+        &spec.workload,
+        module.as_deref(),
+        inputs.clone(),
+        &spec.output_sizes,
+        backend.default_chunk_work(),
+    );
+    match prepared {
+        Err(crate::jobs::JobError::Cuda(crate::jobs::CudaError::NvrtcMissing)) => {
+            // PTX runs without NVRTC; built-ins need it: run those on the CPU.
+            tracing::warn!(job = %spec.id, "NVRTC missing: this built-in runs on the CPU");
+            let cpu = crate::jobs::ComputeBackend::Cpu(crate::jobs::CpuBackend::new());
+            cpu.prepare(
+                &spec.workload,
+                module.as_deref(),
+                inputs,
+                &spec.output_sizes,
+                cpu.default_chunk_work(),
+            )
+        }
+        other => other,
+    }
+    .map_err(|e| e.to_string())
+}
+
 /// The agent's job side.
 struct Jobs {
     backend: crate::jobs::ComputeBackend,
@@ -172,6 +262,12 @@ struct Jobs {
     done_rx: std::sync::mpsc::Receiver<(attest::msg::JobId, crate::jobs::runner::Finished)>,
     job_load: std::sync::Arc<crate::power::JobLoad>,
     simulated: bool,
+    /// A job whose inputs are being fetched and prepared on a thread of its own.
+    preparing: Option<attest::msg::JobId>,
+    /// Controls that arrived while it was being prepared, applied when it starts.
+    early_controls: Vec<Control>,
+    prepared_tx: std::sync::mpsc::Sender<Prepared>,
+    prepared_rx: std::sync::mpsc::Receiver<Prepared>,
     events: Vec<serde_json::Value>,
     progress_due: u64,
 }
@@ -368,6 +464,7 @@ impl Agent {
         }
         let governor = crate::governor::Governor::new(cfg.jobs.governor(), levers);
         let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let (prepared_tx, prepared_rx) = std::sync::mpsc::channel();
         let seen_nonces = std::fs::read(nonces_path(&data))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -419,6 +516,10 @@ impl Agent {
                 done_rx,
                 job_load,
                 simulated,
+                preparing: None,
+                early_controls: Vec::new(),
+                prepared_tx,
+                prepared_rx,
                 events: Vec::new(),
                 progress_due: 0,
             },
@@ -794,22 +895,6 @@ impl Agent {
         );
     }
 
-    fn blob(&self, hash: &attest::Hash32) -> Result<Vec<u8>, String> {
-        let dir = self
-            .cfg
-            .jobs
-            .blob_dir
-            .clone()
-            .unwrap_or_else(|| self.cfg.data_dir.join("blobs"));
-        let path = dir.join(hash.to_hex());
-        let bytes = std::fs::read(&path).map_err(|e| format!("input {hash}: {e}"))?;
-        let got = attest::Hash32::digest(&bytes);
-        if got != *hash {
-            return Err(format!("input {hash}: the blob hashes to {got}"));
-        }
-        Ok(bytes)
-    }
-
     fn start_job(&mut self, spec: attest::msg::JobSpec, now: u64) {
         let id = spec.id;
         if !self.cfg.jobs.enabled {
@@ -822,43 +907,39 @@ impl Agent {
             let why = format!("busy with job {}", r.spec.id);
             return self.refuse_job(id, why, now);
         }
-        let inputs: Result<Vec<Vec<u8>>, String> =
-            spec.inputs.iter().map(|h| self.blob(h)).collect();
-        let inputs = match inputs {
-            Ok(i) => i,
-            Err(why) => return self.refuse_job(id, why, now),
-        };
-        let module = match &spec.workload {
-            attest::msg::Workload::Ptx { module, .. } => match self.blob(module) {
-                Ok(m) => Some(m),
-                Err(why) => return self.refuse_job(id, why, now),
-            },
-            attest::msg::Workload::Builtin { .. } => None,
-        };
-        let chunk_work = self.jobs.backend.default_chunk_work();
-        let mut prepared = self.jobs.backend.prepare(
-            &spec.workload,
-            module.as_deref(),
-            inputs.clone(),
-            &spec.output_sizes,
-            chunk_work,
-        );
-        if let Err(crate::jobs::JobError::Cuda(crate::jobs::CudaError::NvrtcMissing)) = &prepared {
-            // PTX runs without NVRTC; built-ins need it: run those on the CPU.
-            tracing::warn!(job = %id, "NVRTC missing: this built-in runs on the CPU");
-            let cpu = crate::jobs::ComputeBackend::Cpu(crate::jobs::CpuBackend::new());
-            prepared = cpu.prepare(
-                &spec.workload,
-                module.as_deref(),
-                inputs,
-                &spec.output_sizes,
-                cpu.default_chunk_work(),
-            );
+        if let Some(p) = self.jobs.preparing {
+            return self.refuse_job(id, format!("busy preparing job {p}"), now);
         }
-        let job = match prepared {
-            Ok(j) => j,
-            Err(e) => return self.refuse_job(id, e.to_string(), now),
-        };
+        self.jobs.preparing = Some(id);
+        let backend = self.jobs.backend.clone();
+        let dir = self
+            .cfg
+            .jobs
+            .blob_dir
+            .clone()
+            .unwrap_or_else(|| self.cfg.data_dir.join("blobs"));
+        let url = self.cfg.jobs.blob_url.clone();
+        let tx = self.jobs.prepared_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("job-prepare".into())
+            .spawn(move || {
+                let r = fetch_and_prepare(&spec, &backend, &dir, url.as_deref());
+                let _ = tx.send((spec, r));
+            });
+        if let Err(e) = spawned {
+            self.jobs.preparing = None;
+            self.refuse_job(id, format!("cannot start preparing: {e}"), now);
+        }
+    }
+
+    /// Admission and start, once the inputs are in and the job is prepared.
+    fn start_prepared(
+        &mut self,
+        spec: attest::msg::JobSpec,
+        job: crate::jobs::PreparedJob,
+        now: u64,
+    ) {
+        let id = spec.id;
         let work_per_s = match job.backend() {
             attest::msg::Backend::Cpu => CPU_WORK_PER_S,
             attest::msg::Backend::Cuda(_) => GPU_WORK_PER_S,
@@ -889,6 +970,9 @@ impl Agent {
             let _ = tx.send((id, f));
         }) {
             Ok(handle) => {
+                for c in self.jobs.early_controls.drain(..) {
+                    let _ = handle.control.send(c);
+                }
                 tracing::info!(job = %id, chunks, budget_w = b.total_w, "job started");
                 self.jobs.events.push(serde_json::json!({
                     "event": "started", "job": id.to_string(), "chunks": chunks,
@@ -911,6 +995,10 @@ impl Agent {
     }
 
     fn control_job(&mut self, job: attest::msg::JobId, c: Control) {
+        if self.jobs.preparing == Some(job) {
+            self.jobs.early_controls.push(c);
+            return;
+        }
         match &self.jobs.running {
             Some(r) if r.spec.id == job => {
                 let _ = r.handle.control.send(c);
@@ -941,6 +1029,29 @@ impl Agent {
     /// On every meter sample: the governor's step for the running job, and any job that
     /// finished.
     fn tick_jobs(&mut self, now: u64) {
+        while let Ok((spec, prepared)) = self.jobs.prepared_rx.try_recv() {
+            self.jobs.preparing = None;
+            if self.jobs.early_controls.contains(&Control::Cancel) {
+                self.jobs.early_controls.clear();
+                let backend = self.jobs.backend.kind();
+                self.store_receipt(
+                    spec.id,
+                    attest::msg::JobOutcome::Cancelled,
+                    attest::Hash32::ZERO,
+                    now,
+                    Vec::new(),
+                    0,
+                    0,
+                    backend,
+                    now,
+                );
+                continue;
+            }
+            match prepared {
+                Ok(job) => self.start_prepared(spec, job, now),
+                Err(why) => self.refuse_job(spec.id, why, now),
+            }
+        }
         while let Ok((id, f)) = self.jobs.done_rx.try_recv() {
             let Some(r) = self.jobs.running.take() else {
                 continue;

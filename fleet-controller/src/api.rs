@@ -10,6 +10,8 @@
 //! | `GET /api/v1/devices/{id}/bundle?from=MS&to=MS&format=json\|postcard` | a proof bundle (anchored messages) |
 //! | `GET /api/v1/devices/{id}/hours?from=MS&to=MS` | hour-by-hour energy by source, renewable share, emissions |
 //! | `GET /api/v1/fleet/hours?from=MS&to=MS` | the approved devices' hours summed per hour, with the device count (at most 31 days) |
+//! | `PUT /api/v1/blobs` | stores the body (at most 256 MiB) under its SHA-256: job inputs and PTX modules |
+//! | `GET /api/v1/blobs/{sha256}` | a stored blob |
 //! | `GET /metrics` | Prometheus text: stored, rejected by reason, devices by state, epochs closed, epochs not on chain |
 //! | `GET /api/v1/epochs` | closed epochs with their roots, local anchor entries and EVM anchors (tx, block, gas) |
 
@@ -43,7 +45,12 @@ pub struct ApiState {
     pub controller: PublicKey,
     /// Grid intensity by region and hour, for statements.
     pub intensity: Arc<IntensityResolver>,
+    /// The blob store: job inputs and PTX modules by SHA-256 (file name = hex).
+    pub blobs: PathBuf,
 }
+
+/// Largest blob the API accepts.
+pub const MAX_BLOB_BYTES: usize = 256 << 20;
 
 /// Every error the API returns.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +82,12 @@ pub enum AppError {
     /// No such route.
     #[error("no such route")]
     NoRoute,
+    /// Not a hex SHA-256.
+    #[error("{0}")]
+    BadHash(String),
+    /// No blob with that hash.
+    #[error("no blob {0}")]
+    NoSuchBlob(String),
 }
 
 impl AppError {
@@ -89,6 +102,8 @@ impl AppError {
             AppError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             AppError::NoRoute => (StatusCode::NOT_FOUND, "no_such_route"),
+            AppError::BadHash(_) => (StatusCode::BAD_REQUEST, "bad_hash"),
+            AppError::NoSuchBlob(_) => (StatusCode::NOT_FOUND, "no_such_blob"),
         }
     }
 }
@@ -308,6 +323,43 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, AppError> {
     .await
 }
 
+/// `PUT /api/v1/blobs`: stores the body under its SHA-256 (idempotent) and returns it.
+async fn put_blob(
+    State(s): State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, AppError> {
+    blocking(move || {
+        let hash = attest::Hash32::digest(&body);
+        let hex = hash.to_hex();
+        std::fs::create_dir_all(&s.blobs).map_err(|e| AppError::Internal(e.to_string()))?;
+        let path = s.blobs.join(&hex);
+        if !path.exists() {
+            // Written aside and renamed: a reader never sees half a blob.
+            let tmp = s.blobs.join(format!(".{hex}.tmp"));
+            std::fs::write(&tmp, &body)
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .map_err(|e| AppError::Internal(format!("storing blob {hex}: {e}")))?;
+        }
+        Ok(Json(json!({"sha256": hex, "bytes": body.len()})))
+    })
+    .await
+}
+
+/// `GET /api/v1/blobs/{sha256}`: the blob, as stored.
+async fn get_blob(
+    State(s): State<ApiState>,
+    Path(hash): Path<String>,
+) -> Result<Response, AppError> {
+    blocking(move || {
+        let h = attest::hex::decode_array::<32>(&hash)
+            .map_err(|e| AppError::BadHash(format!("{hash}: {e}")))?;
+        let hex = attest::Hash32(h).to_hex();
+        let bytes = std::fs::read(s.blobs.join(&hex)).map_err(|_| AppError::NoSuchBlob(hex))?;
+        Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    })
+    .await
+}
+
 /// Query of the bundle route.
 #[derive(Debug, Deserialize)]
 pub struct BundleQuery {
@@ -449,6 +501,12 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/fleet/hours", get(fleet_hours))
         .route("/api/v1/epochs", get(epochs))
         .route("/metrics", get(metrics))
+        .route(
+            "/api/v1/blobs",
+            axum::routing::put(put_blob)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_BLOB_BYTES)),
+        )
+        .route("/api/v1/blobs/{sha256}", get(get_blob))
         .fallback(not_found)
         .with_state(state)
 }
@@ -488,6 +546,7 @@ mod tests {
             status: dir.join("status.json"),
             controller: key.public(),
             intensity: Arc::new(IntensityResolver::flat(400_000, "test")),
+            blobs: dir.join("blobs"),
         };
         let _ = dev.chain(0, 1);
         (state, dev)
@@ -547,6 +606,50 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }
+        // The blob store: put, get back, refuse a bad or unknown hash.
+        let r = app(state.clone())
+            .oneshot(
+                Request::put("/api/v1/blobs")
+                    .body(Body::from(&b"job input"[..]))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value =
+            serde_json::from_slice(&to_bytes(r.into_body(), 1 << 20).await.unwrap()).unwrap();
+        let hex = attest::Hash32::digest(b"job input").to_hex();
+        assert_eq!(
+            (v["sha256"].as_str(), v["bytes"].as_u64()),
+            (Some(hex.as_str()), Some(9))
+        );
+        let r = app(state.clone())
+            .oneshot(
+                Request::get(format!("/api/v1/blobs/{hex}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            &to_bytes(r.into_body(), 1 << 20).await.unwrap()[..],
+            b"job input"
+        );
+        let (s, v) = get_json(app(state.clone()), "/api/v1/blobs/xyz").await;
+        assert_eq!(
+            (s, v["reason"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("bad_hash"))
+        );
+        let (s, v) = get_json(
+            app(state.clone()),
+            &format!("/api/v1/blobs/{}", "0".repeat(64)),
+        )
+        .await;
+        assert_eq!(
+            (s, v["reason"].as_str()),
+            (StatusCode::NOT_FOUND, Some("no_such_blob"))
+        );
         let (s, v) = get_json(app(state.clone()), "/api/v1/devices/hs-nope").await;
         assert_eq!(
             (s, v["reason"].as_str()),
@@ -616,6 +719,7 @@ mod tests {
             status: dir.join("status.json"),
             controller: key.public(),
             intensity: Arc::new(IntensityResolver::bundled(Some(csv)).unwrap()),
+            blobs: dir.join("blobs"),
         };
         (state, [ids[0], ids[1]])
     }

@@ -144,6 +144,7 @@ pub async fn run(
             status: cfg.data_dir.join("status.json"),
             controller: key.public(),
             intensity,
+            blobs: cfg.data_dir.join("blobs"),
         };
         let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
             .await

@@ -342,3 +342,46 @@ impl Drop for Anvil {
         }
     }
 }
+
+/// One HTTP/1.1 request to `127.0.0.1:port` over a plain socket (no client library between
+/// the test and the server): (status line, body).
+pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the API");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .expect("request head");
+    s.write_all(body).expect("request body");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("response");
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(out.len());
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let mut body = out[(split + 4).min(out.len())..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (head.lines().next().unwrap_or_default().to_string(), body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+    out
+}

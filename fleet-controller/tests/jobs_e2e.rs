@@ -1,0 +1,245 @@
+//! A job through the real parts: the test stores an input in the controller's blob store
+//! over HTTP and sends a `RunJob` signed with the controller's key through a real
+//! Mosquitto; a real agent process fetches the input from the controller, runs the job
+//! under its governor (simulated rig, CPU backend) and sends its signed receipt through its
+//! outbox; the real controller process stores it once, in the device's chain, and a proof
+//! bundle over the period verifies with `attest verify`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use attest::msg::{Command, CommandBody, JobId, JobLimits, JobOutcome, JobReceipt, JobSpec};
+use attest::{Envelope, Hash32, Millijoules, TimestampMs};
+use fleet_controller::store::Store;
+use fleet_controller::store::sqlite::SqliteStore;
+use hil_tests::{Mosquitto, Proc, TempDir, free_port, http, spawn_agent, workspace_binary};
+use sha2::Digest;
+
+const CONTROLLER: &str = env!("CARGO_BIN_EXE_fleet-controller");
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn write(path: &Path, text: String) -> &Path {
+    std::fs::write(path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_proven() {
+    let tmp = TempDir::new("jobs-e2e");
+    let broker = Mosquitto::start();
+    let api = free_port();
+    let cdir = tmp.path().join("controller");
+    std::fs::create_dir_all(&cdir).unwrap();
+    let ccfg = cdir.join("controller.toml");
+    write(
+        &ccfg,
+        format!(
+            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {}\n[enrollment]\nauto_approve = true\n[epochs]\ninterval_ms = 300\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
+            cdir.join("data").display(),
+            broker.port
+        ),
+    );
+    let clog = std::fs::File::create(cdir.join("controller.log")).unwrap();
+    let _controller = Proc(
+        std::process::Command::new(CONTROLLER)
+            .args(["--config", ccfg.to_str().unwrap(), "run"])
+            .stdout(std::process::Stdio::null())
+            .stderr(clog)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(hil_tests::wait_for_port(api, Duration::from_secs(20)));
+    let (ckey, _) = attest::keyfile::load_or_create(&cdir.join("data/controller.key")).unwrap();
+
+    let adir = tmp.path().join("agent");
+    std::fs::create_dir_all(&adir).unwrap();
+    let acfg = adir.join("agent.toml");
+    write(
+        &acfg,
+        format!(
+            r#"data_dir = "{}"
+[site]
+lat = 48.1
+lon = 11.6
+panel_watts_peak = 400
+battery_wh = 1000
+battery_reserve_wh = 200
+grid_region = "DE"
+[meter]
+sample_interval_ms = 50
+record_interval_ms = 200
+[link]
+host = "127.0.0.1"
+port = {}
+controller_key = "{}"
+resend_after_ms = 1500
+backoff_max_ms = 400
+[jobs]
+prefer_gpu = false
+blob_url = "http://127.0.0.1:{api}/api/v1/blobs/"
+[[source]]
+type = "simulator"
+seed = 3
+initial_soc = 1.0
+"#,
+            adir.join("data").display(),
+            broker.port,
+            ckey.public()
+        ),
+    );
+    let agent_bin = workspace_binary(CONTROLLER, "heliostat-agent", "heliostat-agent");
+    let mut agent = spawn_agent(agent_bin.to_str().unwrap(), &acfg, &adir.join("agent.log"));
+    let store = SqliteStore::open(&cdir.join("data/controller.db")).unwrap();
+    let device = wait_for(
+        "the agent's hello at the controller",
+        Duration::from_secs(30),
+        || store.devices().unwrap().first().map(|d| d.id),
+    );
+
+    // The input, into the controller's blob store over HTTP.
+    let count = 50_000usize;
+    let input: Vec<u8> = (0..count * 64).map(|i| (i * 13 % 251) as u8).collect();
+    let (status, body) = http(api, "PUT", "/api/v1/blobs", &input);
+    assert!(
+        status.contains("200"),
+        "{status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let hash = Hash32::digest(&input);
+    let mut expected = sha2::Sha256::new();
+    for item in input.chunks(64) {
+        expected.update(sha2::Sha256::digest(item));
+    }
+    let spec = JobSpec {
+        id: JobId([0x5a; 16]),
+        workload: heliostat_agent_workload(count),
+        inputs: vec![hash],
+        output_sizes: vec![count as u64 * 32],
+        limits: JobLimits {
+            max_energy: Millijoules(0),
+            max_duration_ms: 0,
+            deadline: TimestampMs(now() + 3_600_000),
+        },
+    };
+    let t = now();
+    let cmd = Envelope::seal(
+        &Command {
+            device,
+            nonce: 42,
+            issued: TimestampMs(t),
+            expires: TimestampMs(t + 60_000),
+            body: CommandBody::RunJob(spec.clone()),
+        },
+        &ckey,
+    );
+    let (client, mut conn) = rumqttc::Client::new(
+        rumqttc::MqttOptions::new("test-dispatch", "127.0.0.1", broker.port),
+        16,
+    );
+    std::thread::spawn(move || for _ in conn.iter() {});
+    client
+        .publish(
+            format!("heliostat/v1/dev/{device}/cmd"),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            cmd.into_bytes(),
+        )
+        .unwrap();
+
+    // The receipt, stored by the controller in the device's chain, exactly once.
+    let receipt = wait_for(
+        "the receipt at the controller",
+        Duration::from_secs(60),
+        || {
+            store
+                .items(device, 0, u64::MAX / 2)
+                .unwrap()
+                .into_iter()
+                .filter_map(|(_, b)| Envelope::decode(&b).ok()?.open::<JobReceipt>().ok())
+                .find(|r| r.job == spec.id)
+        },
+    );
+    assert_eq!(receipt.outcome, JobOutcome::Completed, "{receipt:?}");
+    assert_eq!(receipt.output_hash, Hash32(expected.finalize().into()));
+    assert!(receipt.energy(attest::msg::ChannelKind::Gpu).unwrap().0 > 0);
+    let items = store.items(device, 0, u64::MAX / 2).unwrap();
+    let receipts = items
+        .iter()
+        .filter(|(_, b)| {
+            Envelope::decode(b)
+                .ok()
+                .and_then(|e| e.open::<JobReceipt>().ok())
+                .is_some()
+        })
+        .count();
+    assert_eq!(receipts, 1);
+    hil_tests::assert_chain_from_genesis(
+        &hil_tests::agent_key(&adir.join("data")).public(),
+        items.iter().map(|(s, b)| (*s, b.as_slice())),
+    );
+    // The agent kept the fetched input, under its hash.
+    assert_eq!(
+        std::fs::read(adir.join("data/blobs").join(hash.to_hex())).unwrap(),
+        input
+    );
+
+    // A bundle over the period with the receipt in it verifies.
+    let out = tmp.path().join("job.bundle");
+    let to = receipt.ended.0.to_string();
+    wait_for("an anchored bundle", Duration::from_secs(20), || {
+        std::process::Command::new(CONTROLLER)
+            .args(["--config", ccfg.to_str().unwrap(), "bundle", "--device"])
+            .arg(device.to_string())
+            .args(["--to", &to, "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap()
+            .status
+            .success()
+            .then_some(())
+    });
+    let v = std::process::Command::new(workspace_binary(CONTROLLER, "attest", "attest"))
+        .args(["verify", "--controller-key", &ckey.public().to_string()])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "attest verify: {}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+    agent.terminate(Duration::from_secs(5));
+}
+
+/// The agent's built-in `sha256_batch` over `count` items of 64 bytes, as a workload.
+fn heliostat_agent_workload(count: usize) -> attest::msg::Workload {
+    attest::msg::Workload::Builtin {
+        kernel: "sha256_batch".into(),
+        params: vec![
+            attest::msg::Param {
+                name: "count".into(),
+                value: count as i64,
+            },
+            attest::msg::Param {
+                name: "item_len".into(),
+                value: 64,
+            },
+        ],
+    }
+}
