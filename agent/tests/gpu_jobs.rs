@@ -649,3 +649,62 @@ fn gpu_job_under_the_governor_gives_the_cpu_receipt() {
     );
     assert!(matches!(g.backend, attest::msg::Backend::Cuda(_)));
 }
+
+/// As the agent does it: inputs uploaded on a preparing thread, chunks launched from the
+/// runner thread (the CUDA context follows the job across threads).
+#[test]
+fn gpu_job_prepared_on_one_thread_runs_on_the_runner_thread() {
+    use attest::msg::{JobId, JobLimits, JobOutcome, JobSpec};
+    use heliostat_agent::governor::Decision;
+    use heliostat_agent::jobs::exec::{Execution, output_hash};
+    use heliostat_agent::jobs::runner;
+    let Some(gpu) = gpu(true) else { return };
+    let count = 1 << 16;
+    let spec = JobSpec {
+        id: JobId([4; 16]),
+        workload: Builtin::Sha256Batch(Sha256Batch::new(count, 64).unwrap()).to_workload(),
+        inputs: vec![],
+        output_sizes: vec![count as u64 * 32],
+        limits: JobLimits {
+            max_energy: attest::Millijoules(0),
+            max_duration_ms: 0,
+            deadline: attest::TimestampMs(heliostat_agent::runtime::now_ms() + 3_600_000),
+        },
+    };
+    let input = pseudo_random_bytes(count as usize * 64, 5);
+    let (w, sizes, inp) = (
+        spec.workload.clone(),
+        spec.output_sizes.clone(),
+        input.clone(),
+    );
+    let prepared = std::thread::spawn(move || gpu.prepare(&w, None, vec![inp], &sizes, 1 << 24))
+        .join()
+        .unwrap()
+        .unwrap();
+    let chunks = prepared.chunk_count();
+    assert!(chunks > 1, "{chunks} chunks");
+    let exec = Execution::new(
+        spec.clone(),
+        prepared,
+        heliostat_agent::runtime::now_ms(),
+        1e12,
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _h = runner::spawn(exec, Decision::default(), None, move |f| {
+        tx.send(f).unwrap();
+    })
+    .unwrap();
+    let f = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(f.outcome, JobOutcome::Completed, "{f:?}");
+    assert_eq!(f.chunks, chunks);
+    assert!(matches!(f.backend, attest::msg::Backend::Cuda(_)));
+    let c = run(
+        &cpu(),
+        &spec.workload,
+        None,
+        vec![input],
+        &spec.output_sizes,
+        u64::MAX,
+    );
+    assert_eq!(f.output_hash, output_hash(&c.outputs));
+}
