@@ -997,6 +997,10 @@ impl Agent {
     fn control_job(&mut self, job: attest::msg::JobId, c: Control) {
         if self.jobs.preparing == Some(job) {
             self.jobs.early_controls.push(c);
+            self.jobs.events.push(serde_json::json!({
+                "event": format!("{c:?}").to_lowercase(), "job": job.to_string(),
+                "applies": "when the job starts",
+            }));
             return;
         }
         match &self.jobs.running {

@@ -152,7 +152,22 @@ fn signed_commands_run_pause_and_drain_jobs_and_everything_else_is_rejected() {
     let mut o = MqttOptions::new("test-commander", "127.0.0.1", broker.port);
     o.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut conn) = Client::new(o, 64);
-    std::thread::spawn(move || for _ in conn.iter() {});
+    // Job progress events, as an operator's dashboard would see them.
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let ev = events.clone();
+    std::thread::spawn(move || {
+        for n in conn.iter().flatten() {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = n
+                && let Ok(v) = serde_json::from_slice(&p.payload)
+            {
+                ev.lock().unwrap().push(v);
+            }
+        }
+    });
+    client
+        .subscribe(format!("heliostat/v1/dev/{device}/jobs"), QoS::AtMostOnce)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     let topic = format!("heliostat/v1/dev/{device}/cmd");
     let send = |bytes: Vec<u8>| {
         client
@@ -260,6 +275,30 @@ fn signed_commands_run_pause_and_drain_jobs_and_everything_else_is_rejected() {
     let delta = gpu_at(r.ended.0) - gpu_at(r.started.0);
     assert_eq!(r.energy(ChannelKind::Gpu), Some(Millijoules(delta)));
     assert!(delta > 0, "the simulated GPU drew nothing");
+
+    // The progress events told the same story: started, paused, progress, resumed,
+    // finished with the receipt's outcome.
+    wait_for("the finished event", Duration::from_secs(10), || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "finished")
+    });
+    {
+        let ev = events.lock().unwrap();
+        let kinds: Vec<&str> = ev.iter().filter_map(|e| e["event"].as_str()).collect();
+        for k in ["started", "pause", "progress", "resume", "finished"] {
+            assert!(kinds.contains(&k), "no {k} event in {kinds:?}");
+        }
+        let fin = ev.iter().find(|e| e["event"] == "finished").unwrap();
+        assert_eq!(fin["job"], spec.id.to_string());
+        assert_eq!(fin["outcome"], "completed");
+        assert!(
+            ev.iter()
+                .any(|e| e["event"] == "progress" && e["paused"] == true)
+        );
+    }
 
     // Drain: the next job is refused, with a receipt that says why.
     send(command(device, 8, 60_000, CommandBody::Drain, &ctl));
