@@ -87,6 +87,20 @@ fn state_path(data: &Path) -> PathBuf {
 fn nonces_path(data: &Path) -> PathBuf {
     data.join("command-nonces.json")
 }
+/// Written when a job starts, removed when its receipt is stored: a restart finds it.
+fn running_job_path(data: &Path) -> PathBuf {
+    data.join("running-job.json")
+}
+
+/// What a restart needs to close a job the agent died in.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct InterruptedJob {
+    job: attest::msg::JobId,
+    started_ms: u64,
+    start_counters: Vec<attest::msg::CounterSnapshot>,
+    chunks_done: u32,
+    backend: attest::msg::Backend,
+}
 /// Where the agent writes its status for `heliostat-agent status`.
 pub fn status_path(data: &Path) -> PathBuf {
     data.join("status.json")
@@ -494,7 +508,7 @@ impl Agent {
             ..Status::default()
         };
         tracing::info!(device = %key.device_id(), pending = outbox.depth(), "agent started");
-        Ok(Agent {
+        let mut agent = Agent {
             controller: cfg.controller_key(),
             cfg,
             key,
@@ -523,7 +537,36 @@ impl Agent {
                 events: Vec::new(),
                 progress_due: 0,
             },
-        })
+        };
+        agent.close_interrupted_job(now_ms());
+        Ok(agent)
+    }
+
+    /// A job that was running when the agent died gets its receipt now: `Failed`, with the
+    /// counters from its start to this restart (every started job ends in a receipt).
+    fn close_interrupted_job(&mut self, now: u64) {
+        let path = running_job_path(&self.cfg.data_dir);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return;
+        };
+        match serde_json::from_slice::<InterruptedJob>(&bytes) {
+            Ok(j) => {
+                tracing::warn!(job = %j.job, "a job was interrupted by a restart; closing it");
+                self.store_receipt(
+                    j.job,
+                    attest::msg::JobOutcome::Failed("interrupted: the agent restarted".into()),
+                    attest::Hash32::ZERO,
+                    j.started_ms,
+                    j.start_counters,
+                    j.chunks_done,
+                    0,
+                    j.backend,
+                    now,
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "unreadable running-job marker; removed"),
+        }
+        let _ = std::fs::remove_file(&path);
     }
 
     /// The device's signed hello.
@@ -979,6 +1022,23 @@ impl Agent {
                     "budget_w": b.total_w,
                 }));
                 self.status.jobs.decision = Some(decision);
+                let marker = InterruptedJob {
+                    job: id,
+                    started_ms: now,
+                    start_counters: start_counters.clone(),
+                    chunks_done: 0,
+                    backend: self.jobs.backend.kind(),
+                };
+                if let Ok(b) = serde_json::to_vec(&marker) {
+                    let path = running_job_path(&self.cfg.data_dir);
+                    let tmp = path.with_extension("json.tmp");
+                    if std::fs::write(&tmp, b)
+                        .and_then(|_| std::fs::rename(&tmp, &path))
+                        .is_err()
+                    {
+                        tracing::warn!("could not write the running-job marker");
+                    }
+                }
                 self.jobs.running = Some(RunningJob {
                     spec,
                     handle,
@@ -1061,7 +1121,7 @@ impl Agent {
                 continue;
             };
             self.jobs.governor.release();
-            // Let the meter see the job's last chunk before the end record.
+            let _ = std::fs::remove_file(running_job_path(&self.cfg.data_dir));
             self.store_receipt(
                 id,
                 f.outcome,

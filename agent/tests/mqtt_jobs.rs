@@ -339,3 +339,71 @@ fn signed_commands_run_pause_and_drain_jobs_and_everything_else_is_rejected() {
         g.records.iter().map(|(s, b)| (*s, b.as_slice())),
     );
 }
+
+#[test]
+fn a_job_interrupted_by_kill_9_gets_a_failed_receipt_after_the_restart() {
+    let tmp = TempDir::new("mqtt-jobs-kill");
+    let broker = Mosquitto::start();
+    let collector = Collector::start(broker.port, controller(), true);
+    let config = write_config(tmp.path(), broker.port);
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("agent.log");
+    let bin = env!("CARGO_BIN_EXE_heliostat-agent");
+    let mut agent = hil_tests::spawn_agent(bin, &config, &log);
+    wait_for("the agent online", Duration::from_secs(20), || {
+        status(&data)["link"]["connected"] == true
+    });
+    let device = hil_tests::agent_key(&data).device_id();
+    let (client, mut conn) = Client::new(
+        MqttOptions::new("test-killer", "127.0.0.1", broker.port),
+        16,
+    );
+    std::thread::spawn(move || for _ in conn.iter() {});
+    let topic = format!("heliostat/v1/dev/{device}/cmd");
+    let ctl = controller();
+    let (spec, _) = job(&data, 3, 200_000);
+    for (nonce, body) in [
+        (1, CommandBody::RunJob(spec.clone())),
+        (2, CommandBody::Pause { job: spec.id }),
+    ] {
+        client
+            .publish(
+                &topic,
+                QoS::AtLeastOnce,
+                false,
+                command(device, nonce, 60_000, body, &ctl),
+            )
+            .unwrap();
+    }
+    wait_for("the job paused", Duration::from_secs(20), || {
+        status(&data)["jobs"]["running"]["paused"] == true
+    });
+    assert!(data.join("running-job.json").exists());
+    agent.kill9();
+    let _agent = hil_tests::spawn_agent(bin, &config, &log);
+    wait_for(
+        "the interrupted job's receipt",
+        Duration::from_secs(30),
+        || receipts(&collector).iter().any(|r| r.job == spec.id),
+    );
+    let r = receipts(&collector)
+        .into_iter()
+        .find(|r| r.job == spec.id)
+        .unwrap();
+    assert_eq!(
+        r.outcome,
+        JobOutcome::Failed("interrupted: the agent restarted".into()),
+        "{r:?}"
+    );
+    assert!(r.ended.0 >= r.started.0);
+    assert!(!data.join("running-job.json").exists());
+    let g = collector.got.lock().unwrap();
+    assert!(g.forks.is_empty());
+    hil_tests::assert_chain_from_genesis(
+        &hil_tests::agent_key(&data).public(),
+        g.records
+            .iter()
+            .filter(|(s, _)| **s <= g.contiguous().unwrap())
+            .map(|(s, b)| (*s, b.as_slice())),
+    );
+}
