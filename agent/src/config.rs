@@ -368,6 +368,14 @@ impl AgentConfig {
         if j.battery_min_horizon_s < 1.0 {
             return bad("jobs.battery_min_horizon_s", "must be at least 1".into());
         }
+        if let Some(u) = &j.blob_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return bad(
+                "jobs.blob_url",
+                format!("{u} is not an http:// or https:// URL"),
+            );
+        }
         if self.site.grid_region.len() > attest::msg::MAX_TEXT {
             return bad("site.grid_region", "too long".into());
         }
@@ -491,6 +499,20 @@ mod tests {
                 .to_string()
                 .contains("simulater")
         );
+        for (from, to, key) in [
+            ("power_w = 60.0", "power_w = 0.0", "jobs.power_w"),
+            ("min_duty = 0.1", "min_duty = 1.5", "jobs.min_duty"),
+            (
+                "# blob_dir = \"/var/lib/heliostat/blobs\"",
+                "blob_url = \"ftp://controller/blobs/\"",
+                "jobs.blob_url",
+            ),
+        ] {
+            let bad = EXAMPLE.replace(from, to);
+            assert_ne!(bad, EXAMPLE, "{from}");
+            let e = AgentConfig::parse(&bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
         let unknown_in_source = EXAMPLE.replace("seed = 7", "seed = 7\nsead = 8");
         assert!(
             AgentConfig::parse(&unknown_in_source)

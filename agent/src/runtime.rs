@@ -278,6 +278,8 @@ struct Jobs {
     simulated: bool,
     /// A job whose inputs are being fetched and prepared on a thread of its own.
     preparing: Option<attest::msg::JobId>,
+    /// The job named in the running-job marker file, until its receipt is stored.
+    marked: Option<attest::msg::JobId>,
     /// Controls that arrived while it was being prepared, applied when it starts.
     early_controls: Vec<Control>,
     prepared_tx: std::sync::mpsc::Sender<Prepared>,
@@ -531,6 +533,7 @@ impl Agent {
                 job_load,
                 simulated,
                 preparing: None,
+                marked: None,
                 early_controls: Vec::new(),
                 prepared_tx,
                 prepared_rx,
@@ -550,8 +553,11 @@ impl Agent {
             return;
         };
         match serde_json::from_slice::<InterruptedJob>(&bytes) {
+            // Killed between storing its receipt and removing the marker: done already.
+            Ok(j) if self.last_stored_receipt_is_for(j.job) => {}
             Ok(j) => {
                 tracing::warn!(job = %j.job, "a job was interrupted by a restart; closing it");
+                self.jobs.marked = Some(j.job);
                 self.store_receipt(
                     j.job,
                     attest::msg::JobOutcome::Failed("interrupted: the agent restarted".into()),
@@ -567,6 +573,32 @@ impl Agent {
             Err(e) => tracing::error!(error = %e, "unreadable running-job marker; removed"),
         }
         let _ = std::fs::remove_file(&path);
+        self.jobs.marked = None;
+    }
+
+    /// Whether the newest message in the outbox is a receipt for `job`.
+    fn last_stored_receipt_is_for(&self, job: attest::msg::JobId) -> bool {
+        self.outbox
+            .last_seq()
+            .and_then(|s| self.outbox.read(s).ok().flatten())
+            .and_then(|b| Envelope::decode(&b).ok())
+            .and_then(|e| e.open::<attest::msg::JobReceipt>().ok())
+            .is_some_and(|r| r.job == job)
+    }
+
+    /// Names `marker.job` in the running-job marker file: from here until its receipt is
+    /// stored, a restart closes the job with a receipt of its own.
+    fn mark_job(&mut self, marker: &InterruptedJob) {
+        let path = running_job_path(&self.cfg.data_dir);
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec(marker)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => self.jobs.marked = Some(marker.job),
+            Err(e) => tracing::warn!(error = %e, "could not write the running-job marker"),
+        }
     }
 
     /// The device's signed hello.
@@ -901,6 +933,11 @@ impl Agent {
                 if let Err(e) = save_state(&self.cfg.data_dir, self.meter.state()) {
                     tracing::error!(error = %e, "saving chain state failed");
                 }
+                // Only now, with the receipt durable, may the marker go.
+                if self.jobs.marked == Some(job) {
+                    let _ = std::fs::remove_file(running_job_path(&self.cfg.data_dir));
+                    self.jobs.marked = None;
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, job = %job, "RECEIPT NOT STORED: outbox refused it")
@@ -954,6 +991,13 @@ impl Agent {
             return self.refuse_job(id, format!("busy preparing job {p}"), now);
         }
         self.jobs.preparing = Some(id);
+        self.mark_job(&InterruptedJob {
+            job: id,
+            started_ms: now,
+            start_counters: Vec::new(),
+            chunks_done: 0,
+            backend: self.jobs.backend.kind(),
+        });
         let backend = self.jobs.backend.clone();
         let dir = self
             .cfg
@@ -1002,6 +1046,13 @@ impl Agent {
         let start_counters = self.meter.snapshot(&Self::JOB_KINDS);
         let gpu_baseline_w = self.meter.power_w(attest::msg::ChannelKind::Gpu);
         let decision = self.jobs.governor.update(&power, full_s, 0.0, 1.0);
+        self.mark_job(&InterruptedJob {
+            job: id,
+            started_ms: now,
+            start_counters: start_counters.clone(),
+            chunks_done: 0,
+            backend: job.backend().clone(),
+        });
         let exec = crate::jobs::exec::Execution::new(spec.clone(), job, now, work_per_s);
         let chunks = exec.chunk_count();
         let tx = self.jobs.done_tx.clone();
@@ -1022,23 +1073,6 @@ impl Agent {
                     "budget_w": b.total_w,
                 }));
                 self.status.jobs.decision = Some(decision);
-                let marker = InterruptedJob {
-                    job: id,
-                    started_ms: now,
-                    start_counters: start_counters.clone(),
-                    chunks_done: 0,
-                    backend: self.jobs.backend.kind(),
-                };
-                if let Ok(b) = serde_json::to_vec(&marker) {
-                    let path = running_job_path(&self.cfg.data_dir);
-                    let tmp = path.with_extension("json.tmp");
-                    if std::fs::write(&tmp, b)
-                        .and_then(|_| std::fs::rename(&tmp, &path))
-                        .is_err()
-                    {
-                        tracing::warn!("could not write the running-job marker");
-                    }
-                }
                 self.jobs.running = Some(RunningJob {
                     spec,
                     handle,
@@ -1121,7 +1155,6 @@ impl Agent {
                 continue;
             };
             self.jobs.governor.release();
-            let _ = std::fs::remove_file(running_job_path(&self.cfg.data_dir));
             self.store_receipt(
                 id,
                 f.outcome,
@@ -1391,6 +1424,78 @@ controller_key = "{}"
         let d = std::env::temp_dir().join(format!("runtime-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    fn receipts_for(a: &Agent, job: attest::msg::JobId) -> Vec<attest::msg::JobReceipt> {
+        a.outbox
+            .pending()
+            .filter_map(|s| a.outbox.read(s).ok().flatten())
+            .filter_map(|b| {
+                Envelope::decode(&b)
+                    .ok()?
+                    .open::<attest::msg::JobReceipt>()
+                    .ok()
+            })
+            .filter(|r| r.job == job)
+            .collect()
+    }
+
+    #[test]
+    fn a_restart_closes_a_marked_job_once_whether_or_not_its_receipt_was_stored() {
+        let dir = tmp("marker");
+        let cfg = || config(&dir, "[[source]]\ntype = \"simulator\"\n");
+        let marker = |job| InterruptedJob {
+            job,
+            started_ms: now_ms(),
+            start_counters: Vec::new(),
+            chunks_done: 3,
+            backend: attest::msg::Backend::Cpu,
+        };
+        let (done, interrupted) = (attest::msg::JobId([1; 16]), attest::msg::JobId([2; 16]));
+
+        // Killed after the receipt was stored, before the marker went: no second receipt.
+        let mut a = Agent::start(cfg()).unwrap();
+        a.tick_meter(now_ms());
+        a.mark_job(&marker(done));
+        a.jobs.marked = None; // the removal that the kill prevented
+        let t = now_ms() + 1;
+        a.store_receipt(
+            done,
+            attest::msg::JobOutcome::Completed,
+            attest::Hash32::ZERO,
+            t,
+            Vec::new(),
+            3,
+            0,
+            attest::msg::Backend::Cpu,
+            t,
+        );
+        assert!(running_job_path(&dir).exists());
+        drop(a);
+        let a = Agent::start(cfg()).unwrap();
+        assert!(!running_job_path(&dir).exists());
+        let r = receipts_for(&a, done);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].outcome, attest::msg::JobOutcome::Completed);
+
+        // Killed while it ran: one Failed receipt at the restart.
+        let mut a = a;
+        a.mark_job(&marker(interrupted));
+        drop(a);
+        let a = Agent::start(cfg()).unwrap();
+        let r = receipts_for(&a, interrupted);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r[0].outcome,
+            attest::msg::JobOutcome::Failed("interrupted: the agent restarted".into())
+        );
+        assert_eq!(r[0].chunks, 3);
+        assert!(!running_job_path(&dir).exists());
+        drop(a);
+        assert_eq!(
+            receipts_for(&Agent::start(cfg()).unwrap(), interrupted).len(),
+            1
+        );
     }
 
     #[test]
