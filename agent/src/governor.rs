@@ -64,6 +64,28 @@ pub struct PowerNow {
     pub battery_above_reserve_wh: f64,
 }
 
+impl PowerNow {
+    /// What the meter's last samples say; the job's draw is the GPU channel above
+    /// `gpu_baseline_w` (what it drew before the job), the battery is its reported state of
+    /// charge over `battery_wh` less `reserve_wh`.
+    pub fn from_meter(
+        meter: &crate::meter::Meter,
+        battery_wh: u32,
+        reserve_wh: u32,
+        gpu_baseline_w: f64,
+    ) -> PowerNow {
+        use attest::msg::ChannelKind as K;
+        PowerNow {
+            solar_w: meter.power_w(K::Solar),
+            load_w: meter.power_w(K::Load),
+            job_w: (meter.power_w(K::Gpu) - gpu_baseline_w).max(0.0),
+            battery_above_reserve_wh: meter.soc_permille().map_or(0.0, |soc| {
+                soc as f64 / 1000.0 * battery_wh as f64 - reserve_wh as f64
+            }),
+        }
+    }
+}
+
 /// The budget and where it comes from (shown in `heliostat-agent status`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Budget {
@@ -156,6 +178,21 @@ pub fn admit(
         });
     }
     Ok(())
+}
+
+/// Admission of a job of `full_s` seconds at full speed with `limits`, at `now` (ms):
+/// the budget it would start under, or why not.
+pub fn admit_job(
+    g: &Governor,
+    p: &PowerNow,
+    limits: &attest::msg::JobLimits,
+    full_s: f64,
+    now: u64,
+) -> Result<Budget, Refusal> {
+    let secs_left = limits.deadline.0.saturating_sub(now) as f64 / 1000.0;
+    let max_j = (limits.max_energy.0 > 0).then(|| limits.max_energy.0 as f64 / 1000.0);
+    let b = budget(g.config(), p, full_s);
+    admit(&b, g.full_w(), full_s, secs_left, max_j).map(|()| b)
 }
 
 /// A hardware lever that lowers the job's full-speed draw (power limit, frequency cap).

@@ -858,12 +858,6 @@ impl Agent {
         }
     }
 
-    /// The channels a receipt's counters come from.
-    const JOB_KINDS: [attest::msg::ChannelKind; 2] = [
-        attest::msg::ChannelKind::Load,
-        attest::msg::ChannelKind::Gpu,
-    ];
-
     /// Seals a record now unless one was sealed at this millisecond: receipts' counters
     /// are always those of a signed record.
     fn force_record(&mut self, now: u64) {
@@ -875,7 +869,7 @@ impl Agent {
     fn receipt_tier(&self) -> attest::msg::TrustTier {
         self.channel_infos
             .iter()
-            .filter(|c| Self::JOB_KINDS.contains(&c.kind))
+            .filter(|c| crate::jobs::RECEIPT_KINDS.contains(&c.kind))
             .map(|c| c.tier)
             .min()
             .unwrap_or(attest::msg::TrustTier::SoftwareEstimate)
@@ -897,7 +891,7 @@ impl Agent {
         now: u64,
     ) {
         self.force_record(now);
-        let end_counters = self.meter.snapshot(&Self::JOB_KINDS);
+        let end_counters = self.meter.snapshot(&crate::jobs::RECEIPT_KINDS);
         let start_counters = if start_counters.is_empty() {
             end_counters.clone()
         } else {
@@ -1032,18 +1026,19 @@ impl Agent {
             attest::msg::Backend::Cuda(_) => GPU_WORK_PER_S,
         };
         let full_s = job.work_units() as f64 / work_per_s;
-        let secs_left = spec.limits.deadline.0.saturating_sub(now) as f64 / 1000.0;
-        let max_j =
-            (spec.limits.max_energy.0 > 0).then(|| spec.limits.max_energy.0 as f64 / 1000.0);
         let power = self.power_now(0.0);
-        let b = crate::governor::budget(self.jobs.governor.config(), &power, full_s);
-        if let Err(r) =
-            crate::governor::admit(&b, self.jobs.governor.full_w(), full_s, secs_left, max_j)
-        {
-            return self.refuse_job(id, r.to_string(), now);
-        }
+        let b = match crate::governor::admit_job(
+            &self.jobs.governor,
+            &power,
+            &spec.limits,
+            full_s,
+            now,
+        ) {
+            Ok(b) => b,
+            Err(r) => return self.refuse_job(id, r.to_string(), now),
+        };
         self.force_record(now);
-        let start_counters = self.meter.snapshot(&Self::JOB_KINDS);
+        let start_counters = self.meter.snapshot(&crate::jobs::RECEIPT_KINDS);
         let gpu_baseline_w = self.meter.power_w(attest::msg::ChannelKind::Gpu);
         let decision = self.jobs.governor.update(&power, full_s, 0.0, 1.0);
         self.mark_job(&InterruptedJob {
@@ -1111,17 +1106,13 @@ impl Agent {
 
     /// What the meter says now, with the job's share above `gpu_baseline_w`.
     fn power_now(&self, gpu_baseline_w: f64) -> crate::governor::PowerNow {
-        use attest::msg::ChannelKind as K;
         let site = &self.cfg.site;
-        let battery = self.meter.soc_permille().map_or(0.0, |soc| {
-            soc as f64 / 1000.0 * site.battery_wh as f64 - site.battery_reserve_wh as f64
-        });
-        crate::governor::PowerNow {
-            solar_w: self.meter.power_w(K::Solar),
-            load_w: self.meter.power_w(K::Load),
-            job_w: (self.meter.power_w(K::Gpu) - gpu_baseline_w).max(0.0),
-            battery_above_reserve_wh: battery,
-        }
+        crate::governor::PowerNow::from_meter(
+            &self.meter,
+            site.battery_wh,
+            site.battery_reserve_wh,
+            gpu_baseline_w,
+        )
     }
 
     /// On every meter sample: the governor's step for the running job, and any job that

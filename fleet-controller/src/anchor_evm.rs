@@ -493,14 +493,19 @@ pub fn spawn(cfg: EvmConfig, db: std::path::PathBuf) -> std::io::Result<()> {
 async fn run(cfg: EvmConfig, db: std::path::PathBuf) {
     let mut last_reason = "";
     let mut anchor = None;
+    // Opened once and kept (a failed database is opened again next round).
+    let mut store = None;
     loop {
         let round = async {
             if anchor.is_none() {
                 anchor = Some(EvmAnchor::connect(&cfg).await?);
             }
+            if store.is_none() {
+                store = Some(crate::store::sqlite::SqliteStore::open(&db)?);
+            }
             let a = anchor.as_ref().expect("connected above");
-            let mut store = crate::store::sqlite::SqliteStore::open(&db)?;
-            a.anchor_pending(&mut store).await
+            let st = store.as_mut().expect("opened above");
+            a.anchor_pending(st).await
         };
         match round.await {
             Ok(_) => last_reason = "",
@@ -509,11 +514,10 @@ async fn run(cfg: EvmConfig, db: std::path::PathBuf) {
                     tracing::warn!(error = %e, "evm anchor round failed; retrying");
                     last_reason = e.reason();
                 }
-                if matches!(
-                    e,
-                    EvmAnchorError::Rpc(_) | EvmAnchorError::WrongChain { .. }
-                ) {
-                    anchor = None;
+                match e {
+                    EvmAnchorError::Rpc(_) | EvmAnchorError::WrongChain { .. } => anchor = None,
+                    EvmAnchorError::Store(_) => store = None,
+                    _ => {}
                 }
             }
         }

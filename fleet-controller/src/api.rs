@@ -316,7 +316,7 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, AppError> {
             "heliostat_epochs_not_on_chain",
             "gauge",
             "Closed epochs without a confirmed EVM anchor (all of them when anchoring is local).",
-            &[(String::new(), store.epochs_not_on_chain()?.len() as u64)],
+            &[(String::new(), store.count_epochs_not_on_chain()?)],
         );
         Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
     })

@@ -41,6 +41,12 @@ pub mod sim;
 use attest::Hash32;
 use attest::msg::Workload;
 
+/// The channels whose counters a job receipt carries (its energy is their delta).
+pub const RECEIPT_KINDS: [attest::msg::ChannelKind; 2] = [
+    attest::msg::ChannelKind::Load,
+    attest::msg::ChannelKind::Gpu,
+];
+
 pub use cpu::CpuBackend;
 pub use cuda::{CudaBackend, CudaError};
 pub use kernel::{Builtin, ChunkPlan, KernelError};

@@ -10,7 +10,7 @@ use attest::{Envelope, Hash32, KeyPair, SeqNo, TimestampMs};
 use super::exec::{Execution, Step};
 use super::{ComputeBackend, JobError};
 use crate::config::SiteConfig;
-use crate::governor::{Decision, Governor, GovernorConfig, PowerNow, admit, budget};
+use crate::governor::{Decision, Governor, GovernorConfig, PowerNow, admit_job};
 use crate::meter::Meter;
 use crate::power::simulator::{CHANNELS, Simulator, SimulatorConfig};
 use crate::power::{PowerSource, Sample};
@@ -123,19 +123,14 @@ impl SimRig {
         &self.key
     }
 
-    /// Battery energy above reserve, Wh.
-    pub fn battery_above_reserve_wh(&self) -> f64 {
-        let soc = self.sim.soc_permille() as f64 / 1000.0;
-        soc * self.site.battery_wh as f64 - self.site.battery_reserve_wh as f64
-    }
-
     fn power_now(&self) -> PowerNow {
-        PowerNow {
-            solar_w: self.meter.power_w(ChannelKind::Solar),
-            load_w: self.meter.power_w(ChannelKind::Load),
-            job_w: self.meter.power_w(ChannelKind::Gpu),
-            battery_above_reserve_wh: self.battery_above_reserve_wh(),
-        }
+        // No other GPU work on the simulated rig: the whole GPU channel is the job's.
+        PowerNow::from_meter(
+            &self.meter,
+            self.site.battery_wh,
+            self.site.battery_reserve_wh,
+            0.0,
+        )
     }
 
     fn sample(&mut self) {
@@ -205,64 +200,62 @@ impl SimRig {
         chunk_work: u64,
     ) -> Result<SimOutcome, JobError> {
         let job = backend.prepare(&spec.workload, None, inputs, &spec.output_sizes, chunk_work)?;
-        let kinds = [ChannelKind::Load, ChannelKind::Gpu];
+        let kinds = super::RECEIPT_KINDS;
         self.record();
         let started = self.now;
         let start_counters = self.meter.snapshot(&kinds);
         let full_s = job.work_units() as f64 / self.work_per_s;
-        let secs_left = spec.limits.deadline.0.saturating_sub(self.now) as f64 / 1000.0;
-        let b = budget(self.governor.config(), &self.power_now(), full_s);
-        let max_j =
-            (spec.limits.max_energy.0 > 0).then(|| spec.limits.max_energy.0 as f64 / 1000.0);
         let backend_kind = job.backend().clone();
-        let (outcome, outputs, output_hash, chunks, pauses, modelled_mj) =
-            match admit(&b, self.governor.full_w(), full_s, secs_left, max_j) {
-                Err(r) => (
-                    JobOutcome::Refused(r.to_string()),
-                    Vec::new(),
-                    Hash32::ZERO,
-                    0,
-                    0,
-                    0,
-                ),
-                Ok(()) => {
-                    let mut exec = Execution::new(spec.clone(), job, self.now, self.work_per_s);
-                    self.job_active = true;
+        let admitted = admit_job(
+            &self.governor,
+            &self.power_now(),
+            &spec.limits,
+            full_s,
+            self.now,
+        );
+        let (outcome, outputs, output_hash, chunks, pauses, modelled_mj) = match admitted {
+            Err(r) => (
+                JobOutcome::Refused(r.to_string()),
+                Vec::new(),
+                Hash32::ZERO,
+                0,
+                0,
+                0,
+            ),
+            Ok(_) => {
+                let mut exec = Execution::new(spec.clone(), job, self.now, self.work_per_s);
+                self.job_active = true;
+                self.remaining_s = exec.remaining_s();
+                self.decision =
+                    self.governor
+                        .update(&self.power_now(), self.remaining_s, 0.0, self.last_lever);
+                let gpu_at_start = self.meter.energy_mj(ChannelKind::Gpu);
+                let mut busy_total_ms = 0u64;
+                let outcome = loop {
                     self.remaining_s = exec.remaining_s();
-                    self.decision = self.governor.update(
-                        &self.power_now(),
-                        self.remaining_s,
-                        0.0,
-                        self.last_lever,
-                    );
-                    let gpu_at_start = self.meter.energy_mj(ChannelKind::Gpu);
-                    let mut busy_total_ms = 0u64;
-                    let outcome = loop {
-                        self.remaining_s = exec.remaining_s();
-                        let used = self.meter.energy_mj(ChannelKind::Gpu) - gpu_at_start;
-                        match exec.next(self.now, &self.decision, used) {
-                            Step::RunChunk(i) => {
-                                exec.run_chunk(i)?;
-                                let dur = ((exec.chunk_work_units(i) as f64 / self.work_per_s)
-                                    * 1000.0)
-                                    .round()
-                                    .max(1.0) as u64;
-                                let (t0, duty) = (self.now, self.decision.duty);
-                                self.advance(t0 + dur, true);
-                                busy_total_ms += dur;
-                                exec.chunk_ran(i, t0, self.now, duty);
-                            }
-                            Step::WaitUntil(t) => self.advance(t.max(self.now + 1), false),
-                            Step::Finished(o) => break o,
+                    let used = self.meter.energy_mj(ChannelKind::Gpu) - gpu_at_start;
+                    match exec.next(self.now, &self.decision, used) {
+                        Step::RunChunk(i) => {
+                            exec.run_chunk(i)?;
+                            let dur = ((exec.chunk_work_units(i) as f64 / self.work_per_s) * 1000.0)
+                                .round()
+                                .max(1.0) as u64;
+                            let (t0, duty) = (self.now, self.decision.duty);
+                            self.advance(t0 + dur, true);
+                            busy_total_ms += dur;
+                            exec.chunk_ran(i, t0, self.now, duty);
                         }
-                    };
-                    self.job_active = false;
-                    let (chunks, pauses) = (exec.chunks_done(), exec.pauses);
-                    let (outcome, outputs, hash) = exec.finish(outcome);
-                    let modelled = (self.job_power_w * busy_total_ms as f64) as u64;
-                    (outcome, outputs, hash, chunks, pauses, modelled)
-                }
-            };
+                        Step::WaitUntil(t) => self.advance(t.max(self.now + 1), false),
+                        Step::Finished(o) => break o,
+                    }
+                };
+                self.job_active = false;
+                let (chunks, pauses) = (exec.chunks_done(), exec.pauses);
+                let (outcome, outputs, hash) = exec.finish(outcome);
+                let modelled = (self.job_power_w * busy_total_ms as f64) as u64;
+                (outcome, outputs, hash, chunks, pauses, modelled)
+            }
+        };
         // The end record: the job's power has left the meter's integration by now.
         self.advance(self.now + self.sample_ms, false);
         self.record();

@@ -213,6 +213,8 @@ pub trait Store {
     fn drop_unconfirmed_evm_anchor(&mut self, epoch: u64) -> Result<(), StoreError>;
     /// Closed epochs without a confirmed EVM anchor, oldest first.
     fn epochs_not_on_chain(&self) -> Result<Vec<EpochRow>, StoreError>;
+    /// How many closed epochs have no confirmed EVM anchor.
+    fn count_epochs_not_on_chain(&self) -> Result<u64, StoreError>;
     /// A device's messages with timestamps in `from..=to`, in sequence order.
     fn items_between(
         &self,

@@ -190,6 +190,10 @@ fn to_epoch(raw: RawEpoch) -> Result<EpochRow, StoreError> {
 
 const EPOCH_COLUMNS: &str = "epoch, tree_size, root, closed_ms, anchor_entry, anchor_index";
 
+/// Epoch `e` has no confirmed EVM anchor.
+const NOT_ON_CHAIN: &str = "NOT EXISTS (SELECT 1 FROM evm_anchors a \
+     WHERE a.epoch = e.epoch AND a.block_number IS NOT NULL)";
+
 const EVM_COLUMNS: &str =
     "epoch, chain_id, contract, nonce, tx_hash, raw_tx, block_number, gas_used, signed_ms";
 
@@ -488,11 +492,18 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn count_epochs_not_on_chain(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            &format!("SELECT COUNT(*) FROM epochs e WHERE {NOT_ON_CHAIN}"),
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
     fn epochs_not_on_chain(&self) -> Result<Vec<EpochRow>, StoreError> {
         let mut st = self.conn.prepare_cached(&format!(
-            "SELECT {} FROM epochs e WHERE NOT EXISTS \
-             (SELECT 1 FROM evm_anchors a WHERE a.epoch = e.epoch AND a.block_number IS NOT NULL) \
-             ORDER BY e.epoch",
+            "SELECT {} FROM epochs e WHERE {NOT_ON_CHAIN} ORDER BY e.epoch",
             EPOCH_COLUMNS
                 .split(", ")
                 .map(|c| format!("e.{c}"))
@@ -638,6 +649,7 @@ mod tests {
         };
         s.commit_epoch(&e, &[]).unwrap();
         assert_eq!(s.epochs_not_on_chain().unwrap(), vec![e.clone()]);
+        assert_eq!(s.count_epochs_not_on_chain().unwrap(), 1);
         let mut a = EvmAnchorRow {
             epoch: 0,
             chain_id: 31337,
@@ -660,6 +672,7 @@ mod tests {
         a.gas_used = Some(74_000);
         s.put_evm_anchor(&a).unwrap();
         assert!(s.epochs_not_on_chain().unwrap().is_empty());
+        assert_eq!(s.count_epochs_not_on_chain().unwrap(), 0);
         assert_eq!(s.evm_anchor(0).unwrap().unwrap(), a);
         // Confirmed: never replaced, never dropped.
         let mut other = a.clone();
