@@ -9,7 +9,6 @@
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use ed25519_dalek::{Signature, VerifyingKey};
 
 use crate::envelope::{DecodeError, Envelope, Kind, Verified};
 use crate::hash::Hash32;
@@ -145,7 +144,7 @@ impl Rejection {
 #[derive(Clone, Debug)]
 pub struct ChainVerifier {
     device: DeviceId,
-    key: VerifyingKey,
+    public: PublicKey,
     policy: ChainPolicy,
     start: Start,
     tip: Option<Tip>,
@@ -158,7 +157,12 @@ impl ChainVerifier {
     pub fn new(key: &PublicKey, policy: ChainPolicy) -> Result<ChainVerifier, BadPublicKey> {
         Ok(ChainVerifier {
             device: key.device_id(),
-            key: key.verifying_key()?,
+            public: {
+                // The same acceptance as `Envelope::verify`: a canonical, torsion-free key.
+                key.verifying_key()?;
+                crate::sigbatch::strict_point(&key.0).ok_or(BadPublicKey)?;
+                *key
+            },
             policy,
             start: Start::Genesis,
             tip: None,
@@ -248,9 +252,7 @@ impl ChainVerifier {
             return Ok(Outcome::Duplicate { seq: link.seq });
         }
         if !signature_checked {
-            let sig = Signature::from_bytes(&env.signature());
-            self.key
-                .verify_strict(env.signed_bytes(), &sig)
+            env.verify(&self.public)
                 .map_err(|_| Rejection::BadSignature { seq: link.seq })?;
         }
         if let Some(tip) = self.tip.as_ref().filter(|t| link.seq <= t.seq) {

@@ -14,7 +14,6 @@
 
 use alloc::vec::Vec;
 use core::fmt;
-use ed25519_dalek::Signature;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -221,15 +220,20 @@ impl Envelope {
 
     /// Encodes and signs a message.
     pub fn seal<M: Message>(msg: &M, key: &KeyPair) -> Envelope {
+        Envelope::seal_with(msg, |bytes| key.sign(bytes))
+    }
+
+    /// Like [`Envelope::seal`] with the signature made by `sign` over the signed bytes (a
+    /// signer outside this process, or a test that needs an odd signature).
+    pub fn seal_with<M: Message>(msg: &M, sign: impl FnOnce(&[u8]) -> [u8; 64]) -> Envelope {
         let mut bytes = Vec::with_capacity(192);
         bytes.push(VERSION);
         bytes.push(M::KIND as u8);
         // Serialising our own types into a Vec cannot fail: no maps with non-string keys,
         // no sequences of unknown length.
-        let bytes =
+        let mut bytes =
             postcard::to_extend(msg, bytes).expect("postcard encoding of a Heliostat message");
-        let sig = key.sign(&bytes);
-        let mut bytes = bytes;
+        let sig = sign(&bytes);
         bytes.extend_from_slice(&sig);
         Envelope { bytes }
     }
@@ -272,13 +276,12 @@ impl Envelope {
         Hash32::digest(&self.bytes)
     }
 
-    /// Checks the signature under `key` (strict ed25519: rejects malleable signatures).
+    /// Checks the signature under `key`: strict ed25519 (rejects malleable signatures), with
+    /// `R` and the key required to be canonical, torsion-free points
+    /// ([`crate::sigbatch::strict_point`]), so this single check and the batch check accept
+    /// exactly the same signatures.
     pub fn verify(&self, key: &PublicKey) -> Result<(), SignatureError> {
-        let vk = key.verifying_key().map_err(|_| SignatureError::BadKey)?;
-        let sig = Signature::from_bytes(&self.signature());
-        vk.verify_strict(self.signed_bytes(), &sig)
-            .map_err(|_| SignatureError::BadSignature)?;
-        Ok(())
+        crate::sigbatch::verify_one(self.signed_bytes(), &self.signature(), key)
     }
 
     /// Decodes the payload as `M`, refusing the wrong kind, trailing bytes, non-canonical

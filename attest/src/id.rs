@@ -254,6 +254,30 @@ impl KeyPair {
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.signing.sign(msg).to_bytes()
     }
+
+    /// For regression tests of the signature checks only: a signature of `msg` whose `R`
+    /// carries an order-8 component (`R = rB + T`, `s = r + k a` with `k` over that `R`).
+    /// The cofactorless equation misses by `T`, so a check that lets such an `R` through
+    /// accepts it for one draw of batch coefficients in eight; both of ours must refuse it.
+    #[doc(hidden)]
+    pub fn sign_with_torsioned_r(&self, msg: &[u8]) -> [u8; 64] {
+        use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+        use curve25519_dalek::scalar::Scalar;
+        use sha2::{Digest, Sha512};
+        let a = self.signing.to_scalar();
+        let r = Scalar::from_bytes_mod_order_wide(&Sha512::digest(msg).into());
+        let big_r = (ED25519_BASEPOINT_POINT * r + EIGHT_TORSION[1]).compress();
+        let mut h = Sha512::new();
+        h.update(big_r.as_bytes());
+        h.update(self.public().0);
+        h.update(msg);
+        let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        let s = r + k * a;
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(big_r.as_bytes());
+        sig[32..].copy_from_slice(s.as_bytes());
+        sig
+    }
 }
 
 impl fmt::Debug for KeyPair {

@@ -12,9 +12,15 @@
 //! from SHA-512 over every signature's `R`, `A`, `s` and message hash (so a signer cannot
 //! pick them after seeing them) and, with `std`, 32 bytes of operating-system randomness.
 //!
-//! Like `verify_strict`, it refuses non-canonical `s`, small-order `R` and small-order keys.
-//! It may only say "all valid" or "something is invalid"; callers find the bad one with
-//! `verify_strict`, one by one.
+//! Before the equation, every `R` and every key must pass [`strict_point`]: a canonical
+//! encoding of a point in the prime-order subgroup (torsion-free) that is not of small
+//! order; `s` must be canonical. [`crate::Envelope::verify`], the single check, requires the
+//! same of `R` and `A` and then `verify_strict`'s cofactorless equation. For torsion-free
+//! points the batch and the single equations hold together, so both paths accept exactly the
+//! same signatures (except with probability 2^-128 for the random `z_i`); without the
+//! torsion check an `R` with a small-order component could pass the batch for one draw of
+//! `z_i` in eight and fail the single check. It may only say "all valid" or "something is
+//! invalid"; callers find the bad one with the single check, one by one.
 
 use alloc::vec::Vec;
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
@@ -34,6 +40,33 @@ pub struct Item<'a> {
     pub signature: [u8; 64],
     /// The signer's key.
     pub key: &'a PublicKey,
+}
+
+/// The point an encoding names, if the protocol accepts it as a signature's `R` or a key:
+/// the canonical encoding (the same 32 bytes come back from compressing it), not of small
+/// order, and torsion-free (in the prime-order subgroup). Both signature paths require it.
+pub fn strict_point(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
+    let p = CompressedEdwardsY(*bytes).decompress()?;
+    let ok = p.compress().to_bytes() == *bytes && !p.is_small_order() && p.is_torsion_free();
+    ok.then_some(p)
+}
+
+/// The single check: [`strict_point`] on the key and on `R`, then ed25519's strict
+/// cofactorless equation (`verify_strict`: canonical `s`, `R` recomputed and compared
+/// byte for byte). Accepts exactly what [`verify_all`] accepts.
+pub fn verify_one(
+    message: &[u8],
+    signature: &[u8; 64],
+    key: &PublicKey,
+) -> Result<(), crate::envelope::SignatureError> {
+    use crate::envelope::SignatureError;
+    strict_point(&key.0).ok_or(SignatureError::BadKey)?;
+    let vk = key.verifying_key().map_err(|_| SignatureError::BadKey)?;
+    let r: &[u8; 32] = signature[..32].try_into().expect("32 bytes");
+    strict_point(r).ok_or(SignatureError::BadSignature)?;
+    let sig = ed25519_dalek::Signature::from_bytes(signature);
+    vk.verify_strict(message, &sig)
+        .map_err(|_| SignatureError::BadSignature)
 }
 
 /// Whether every signature verifies. `false` says only that at least one does not.
@@ -72,12 +105,9 @@ pub fn verify_one_batch(items: &[Item<'_>]) -> bool {
         let idx = match keys.iter().position(|(k, _, _)| *k == it.key) {
             Some(i) => i,
             None => {
-                let Some(a) = CompressedEdwardsY(it.key.0).decompress() else {
+                let Some(a) = strict_point(&it.key.0) else {
                     return false;
                 };
-                if a.is_small_order() {
-                    return false;
-                }
                 keys.push((it.key, a, Scalar::ZERO));
                 keys.len() - 1
             }
@@ -104,12 +134,9 @@ pub fn verify_one_batch(items: &[Item<'_>]) -> bool {
         let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)) else {
             return false;
         };
-        let Some(r) = CompressedEdwardsY(r_bytes).decompress() else {
+        let Some(r) = strict_point(&r_bytes) else {
             return false;
         };
-        if r.is_small_order() {
-            return false;
-        }
         let mut h = Sha512::new();
         h.update(r_bytes);
         h.update(it.key.0);
@@ -219,6 +246,83 @@ mod tests {
         bad[a][32..].copy_from_slice(&sb);
         bad[b][32..].copy_from_slice(&sa);
         assert!(!verify_all(&items(&pks, &msgs, &bad)));
+    }
+
+    /// `aB + T` for an order-8 `T`: a key with a small-order component, and a signature by
+    /// it over some `msg` that dalek's `verify_strict` accepts (its `k` is a multiple of 8,
+    /// found by trying messages), with the message.
+    fn mixed_order_key_and_accepted_signature() -> (PublicKey, Vec<u8>, [u8; 64]) {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        let a = Scalar::from_bytes_mod_order([7u8; 32]);
+        let big_a = (ED25519_BASEPOINT_POINT * a + EIGHT_TORSION[1]).compress();
+        let key = PublicKey(big_a.to_bytes());
+        for i in 0u32.. {
+            let msg = i.to_le_bytes().to_vec();
+            let r = Scalar::from_bytes_mod_order([i as u8 ^ 0x5a; 32]) + Scalar::ONE;
+            let big_r = (ED25519_BASEPOINT_POINT * r).compress();
+            let mut h = Sha512::new();
+            h.update(big_r.as_bytes());
+            h.update(key.0);
+            h.update(&msg);
+            let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+            let s = r + k * a;
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice(big_r.as_bytes());
+            sig[32..].copy_from_slice(s.as_bytes());
+            let vk = key.verifying_key().unwrap();
+            if vk
+                .verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&sig))
+                .is_ok()
+            {
+                return (key, msg, sig);
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn a_key_with_a_small_order_component_is_refused_by_both_checks() {
+        let (key, msg, sig) = mixed_order_key_and_accepted_signature();
+        let item = [Item {
+            message: &msg,
+            signature: sig,
+            key: &key,
+        }];
+        assert!(!verify_all(&item), "batch accepted a mixed-order key");
+        assert_eq!(
+            verify_one(&msg, &sig, &key),
+            Err(crate::envelope::SignatureError::BadKey)
+        );
+    }
+
+    #[test]
+    fn an_r_with_a_small_order_component_is_refused_by_both_checks_every_time() {
+        let key = KeyPair::from_seed(&[3; 32]);
+        let pk = key.public();
+        let msg = b"a record".to_vec();
+        let sig = key.sign_with_torsioned_r(&msg);
+        assert_eq!(
+            verify_one(&msg, &sig, &pk),
+            Err(crate::envelope::SignatureError::BadSignature)
+        );
+        // Before the torsion check, the batch equation held for one z in eight.
+        for run in 0..64 {
+            let item = [Item {
+                message: &msg,
+                signature: sig,
+                key: &pk,
+            }];
+            assert!(!verify_one_batch(&item), "batch accepted it in run {run}");
+        }
+        // And a good signature still passes both.
+        let good = key.sign(&msg);
+        assert!(verify_one(&msg, &good, &pk).is_ok());
+        let item = [Item {
+            message: &msg,
+            signature: good,
+            key: &pk,
+        }];
+        assert!(verify_all(&item));
     }
 
     #[test]
