@@ -33,6 +33,8 @@ fn site() -> SiteConfig {
         battery_reserve_wh: 0,
         grid_region: "bench".into(),
         price_micro_per_gpu_hour: 0,
+        embodied_kg_co2e: 0.0,
+        expected_life_years: 0.0,
     }
 }
 

@@ -208,6 +208,13 @@ pub struct SiteConfig {
     /// Asking price, micro-credits per GPU-hour.
     #[serde(default)]
     pub price_micro_per_gpu_hour: u64,
+    /// Embodied emissions of the whole device, kg CO2e (SCI's `TE`; signed in the hello, a
+    /// job's embodied share `M` follows from it). 0: not stated.
+    #[serde(default)]
+    pub embodied_kg_co2e: f64,
+    /// Expected life of the device, years (SCI's `EL`). 0: not stated.
+    #[serde(default)]
+    pub expected_life_years: f64,
 }
 
 /// Meter timing.

@@ -29,6 +29,8 @@ fn site(panel_w: u32, battery_wh: u32, reserve_wh: u32) -> SiteConfig {
         battery_reserve_wh: reserve_wh,
         grid_region: "test".into(),
         price_micro_per_gpu_hour: 0,
+        embodied_kg_co2e: 0.0,
+        expected_life_years: 0.0,
     }
 }
 

@@ -118,10 +118,10 @@ fn merkle(c: &mut Criterion) {
 fn bundles(c: &mut Criterion) {
     let controller = KeyPair::from_seed(&[0xc0; 32]);
     let b = attest::sample::bundle(1, 1_000, 10_000, &controller);
-    let opts = VerifyOptions {
-        controller_key: Some(controller.public()),
-        now: TimestampMs(SAMPLE_START.0 + 86_400_000),
-    };
+    let opts = VerifyOptions::pinned(
+        controller.public(),
+        TimestampMs(SAMPLE_START.0 + 86_400_000),
+    );
     let mut g = c.benchmark_group("bundle");
     g.sample_size(30);
     g.bench_function("verify_1000_records", |bch| {

@@ -11,10 +11,10 @@ use ed25519_dalek::{Signature, VerifyingKey};
 fn main() {
     let controller = KeyPair::from_seed(&[0xc0; 32]);
     let b = attest::sample::bundle(1, 1_000, 10_000, &controller);
-    let opts = VerifyOptions {
-        controller_key: None,
-        now: TimestampMs(SAMPLE_START.0 + 86_400_000),
-    };
+    let opts = VerifyOptions::pinned(
+        controller.public(),
+        TimestampMs(SAMPLE_START.0 + 86_400_000),
+    );
     let envs: Vec<Envelope> = b
         .evidence
         .iter()
@@ -87,17 +87,12 @@ fn main() {
         .collect();
     let hello: attest::msg::Hello = Envelope::decode(&b.devices[0].0).unwrap().open().unwrap();
     time("compute statement", &mut || {
-        let intensity = |_| 380_000;
         attest::account::compute_statement(&attest::account::StatementInput {
-            subject: b.statement.subject,
+            subject: b.statement().unwrap().subject,
             hello: &hello,
             chain: &msgs,
-            intensity: &intensity,
-            intensity_source: String::new(),
-            battery_initial: Default::default(),
-            flags: vec![],
-            embodied_mg: 0,
-            functional_units: 0,
+            from: TimestampMs(0),
+            intensity: &|h| attest::sample::bundled_figure("DE", h),
         })
         .unwrap();
     });

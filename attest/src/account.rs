@@ -2,20 +2,27 @@
 //!
 //! The controller uses [`compute_statement`] to make a statement and the verifier uses the
 //! very same function to recompute it from the signed records in a bundle, so the two can
-//! only disagree when the data or the claim was altered.
+//! only disagree when the data or the claim was altered. Every input is signed, named or
+//! derived: the records and the hello are signed by the device; each hour's intensity names
+//! its dataset ([`crate::intensity`]); the battery's content at the start is derived from the
+//! records before the period; the plausibility flags are recomputed
+//! ([`crate::plausibility`]); a job's counters are tied to the records around it and its
+//! embodied share comes from the hello.
 
-use alloc::string::String;
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::carbon::{
-    self, BatteryState, CarbonError, HourInput, bucket_by_hour, effective_intensity, match_hours,
-    pro_rata, share_ppm, totals,
+    self, BatteryState, CarbonError, EnergyBySource, HourInput, bucket_by_hour,
+    effective_intensity, match_hours, pro_rata, share_ppm, totals,
 };
+use crate::hash::Hash32;
+use crate::intensity::Figure;
 use crate::msg::{
-    ChainMessage, ChannelKind, Flag, Hello, JobAccount, JobId, JobReceipt, MeterRecord, Statement,
-    Subject, TrustTier,
+    ChainMessage, ChannelKind, CounterSnapshot, Hello, JobAccount, JobId, JobReceipt, MeterRecord,
+    Statement, Subject, TrustTier,
 };
-use crate::units::Millijoules;
+use crate::units::{MS_PER_HOUR, Millijoules, TimestampMs};
 
 /// Why a statement cannot be computed from the chain messages given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,8 +30,8 @@ pub enum AccountError {
     /// The arithmetic refused the records.
     #[error(transparent)]
     Carbon(#[from] CarbonError),
-    /// No meter records for the device.
-    #[error("no meter records for the subject device")]
+    /// No meter records for the device in the period.
+    #[error("no meter records for the subject device in the period")]
     NoRecords,
     /// A job statement without that job's receipt.
     #[error("no receipt for job {0}")]
@@ -40,66 +47,89 @@ pub enum AccountError {
         started: u64,
         ended: u64,
     },
+    /// A receipt counter differs from the record sealed at that end of the job.
+    #[error(
+        "job {job}: {end} counter of channel {channel} is {stated} mJ in the receipt, {recorded:?} mJ in the record at or before {at} ms"
+    )]
+    ReceiptCounterMismatch {
+        job: JobId,
+        end: &'static str,
+        channel: u8,
+        stated: u64,
+        recorded: Option<u64>,
+        at: u64,
+    },
 }
 
 /// What a statement is computed from.
 pub struct StatementInput<'a> {
     /// The subject.
     pub subject: Subject,
-    /// The device's hello (channel tiers).
+    /// The device's hello (channel tiers, site, embodied emissions).
     pub hello: &'a Hello,
-    /// The device's chain messages in sequence order (already verified).
+    /// The device's chain messages in sequence order (already verified), from the start of
+    /// its chain (genesis or a restart) to the end of the period: the messages before the
+    /// period give the battery's content at its start.
     pub chain: &'a [ChainMessage],
-    /// Grid intensity (mg CO2e/kWh) for an hour index.
-    pub intensity: &'a dyn Fn(u64) -> u32,
-    /// Where the intensities come from.
-    pub intensity_source: String,
-    /// The battery's content assumed at the start.
-    pub battery_initial: BatteryState,
-    /// Plausibility flags raised by the controller.
-    pub flags: Vec<Flag>,
-    /// For a job: the embodied emissions share (mg) and functional units of its SCI.
-    pub embodied_mg: u64,
-    /// For a job: functional units R of its SCI (0 is taken as 1).
-    pub functional_units: u64,
+    /// The period starts at the first meter record at or after this time.
+    pub from: TimestampMs,
+    /// Grid intensity for an hour index, with the dataset it comes from.
+    pub intensity: &'a dyn Fn(u64) -> Figure,
 }
 
 /// Computes a statement; see `docs/protocol.md`, "Carbon arithmetic", for every rule.
 pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, AccountError> {
     let device = input.subject.device();
-    // Split the records into segments at chain restarts: no energy is counted across one.
-    let mut segments: Vec<Vec<&MeterRecord>> = alloc::vec![Vec::new()];
-    for m in input.chain {
-        if m.link().device != device {
-            continue;
-        }
-        match m {
-            ChainMessage::MeterRecord(r) => segments.last_mut().expect("one segment").push(r),
-            ChainMessage::ChainRestart(_) => segments.push(Vec::new()),
-            ChainMessage::JobReceipt(_) => {}
-        }
-    }
-    let records: Vec<&MeterRecord> = segments.iter().flatten().copied().collect();
+    let msgs: Vec<&ChainMessage> = input
+        .chain
+        .iter()
+        .filter(|m| m.link().device == device)
+        .collect();
+    // The period starts at its first record; the messages before it, with that record as
+    // their shared end (so no interval is lost or counted twice), only carry the battery.
+    let start = msgs
+        .iter()
+        .position(|m| {
+            m.as_record()
+                .is_some_and(|r| r.link.timestamp >= input.from)
+        })
+        .ok_or(AccountError::NoRecords)?;
+    let (prior, period) = (&msgs[..=start], &msgs[start..]);
+    let battery_initial = if start == 0 {
+        BatteryState::default()
+    } else {
+        let inputs: Vec<HourInput> = hourly_energy(prior)?
+            .into_iter()
+            .map(|(hour, energy)| HourInput {
+                hour,
+                energy,
+                intensity_mg_per_kwh: 0,
+                dataset: Hash32::ZERO,
+            })
+            .collect();
+        match_hours(&inputs, BatteryState::default()).1
+    };
+
+    let records: Vec<&MeterRecord> = period.iter().filter_map(|m| m.as_record()).collect();
     let (Some(first), Some(last)) = (records.first(), records.last()) else {
         return Err(AccountError::NoRecords);
     };
-    let mut hourly: alloc::collections::BTreeMap<u64, carbon::EnergyBySource> = Default::default();
-    for seg in &segments {
-        for (hour, e) in bucket_by_hour(seg)? {
-            hourly.entry(hour).or_default().accumulate(&e);
-        }
-    }
-    let inputs: Vec<HourInput> = hourly
+    let inputs: Vec<HourInput> = hourly_energy(period)?
         .into_iter()
-        .map(|(hour, energy)| HourInput {
-            hour,
-            energy,
-            intensity_mg_per_kwh: (input.intensity)(hour),
+        .map(|(hour, energy)| {
+            let f = (input.intensity)(hour);
+            HourInput {
+                hour,
+                energy,
+                intensity_mg_per_kwh: f.mg_per_kwh,
+                dataset: f.dataset,
+            }
         })
         .collect();
-    let (hours, battery_final) = match_hours(&inputs, input.battery_initial);
+    let (hours, battery_final) = match_hours(&inputs, battery_initial);
     let (energy, renewable, co2e_mg) = totals(&hours);
 
+    let flags = crate::plausibility::check_chain(&input.hello.site, period.iter().copied());
     let mut tier = TrustTier::AttestedAgent;
     for r in &records {
         for c in &r.channels {
@@ -111,20 +141,17 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
             );
         }
     }
-    if !input.flags.is_empty() {
+    if !flags.is_empty() {
         tier = tier.lowered();
     }
 
     let (job, sci) = match input.subject {
         Subject::DevicePeriod { .. } => (None, None),
         Subject::Job { job, .. } => {
-            let receipt = input
-                .chain
+            let receipt = period
                 .iter()
                 .find_map(|m| match m {
-                    ChainMessage::JobReceipt(r) if r.job == job && r.link.device == device => {
-                        Some(r)
-                    }
+                    ChainMessage::JobReceipt(r) if r.job == job => Some(r),
                     _ => None,
                 })
                 .ok_or(AccountError::NoReceipt(job))?;
@@ -137,13 +164,14 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
                     ended: receipt.ended.0,
                 });
             }
+            check_receipt_counters(receipt, &records)?;
             let account = job_account(receipt, energy.load, renewable, co2e_mg, &hours)?;
             let sci = carbon::sci_from_operational(
                 account.energy,
                 effective_intensity(account.co2e_mg, account.energy),
                 account.co2e_mg,
-                input.embodied_mg,
-                input.functional_units,
+                embodied_mg(input.hello, receipt),
+                1,
             );
             (Some(account), Some(sci))
         }
@@ -157,15 +185,90 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
         renewable,
         renewable_share_ppm: share_ppm(renewable, energy.load),
         co2e_mg,
-        intensity_source: input.intensity_source.clone(),
-        battery_initial: input.battery_initial,
+        battery_initial,
         battery_final,
         hours,
         tier,
-        flags: input.flags.clone(),
+        flags,
         job,
         sci,
     })
+}
+
+/// Counter deltas of chain messages spread over UTC hours; no energy is counted across a
+/// chain restart (each run of records between restarts is bucketed on its own).
+fn hourly_energy(msgs: &[&ChainMessage]) -> Result<BTreeMap<u64, EnergyBySource>, CarbonError> {
+    let mut segments: Vec<Vec<&MeterRecord>> = alloc::vec![Vec::new()];
+    for m in msgs {
+        match m {
+            ChainMessage::MeterRecord(r) => segments.last_mut().expect("one segment").push(r),
+            ChainMessage::ChainRestart(_) => segments.push(Vec::new()),
+            ChainMessage::JobReceipt(_) => {}
+        }
+    }
+    let mut hourly: BTreeMap<u64, EnergyBySource> = BTreeMap::new();
+    for seg in &segments {
+        for (hour, e) in bucket_by_hour(seg)? {
+            hourly.entry(hour).or_default().accumulate(&e);
+        }
+    }
+    Ok(hourly)
+}
+
+/// The record a receipt's counters at time `t` were taken from: the agent seals a record
+/// when a job starts and when it ends and snapshots that record's counters, so it is the
+/// last record (highest sequence) with a timestamp at or before `t`.
+fn record_at<'r>(records: &[&'r MeterRecord], t: TimestampMs) -> Option<&'r MeterRecord> {
+    records
+        .iter()
+        .rev()
+        .find(|r| r.link.timestamp <= t)
+        .copied()
+}
+
+/// Every counter in the receipt equals the counter of the same channel (and kind) in the
+/// record sealed at that end of the job.
+fn check_receipt_counters(
+    receipt: &JobReceipt,
+    records: &[&MeterRecord],
+) -> Result<(), AccountError> {
+    let ends: [(&'static str, TimestampMs, &[CounterSnapshot]); 2] = [
+        ("start", receipt.started, &receipt.start_counters),
+        ("end", receipt.ended, &receipt.end_counters),
+    ];
+    for (end, at, counters) in ends {
+        let rec = record_at(records, at);
+        for c in counters {
+            let recorded = rec
+                .and_then(|r| r.channel(c.channel))
+                .filter(|r| r.kind == c.kind)
+                .map(|r| r.energy.0);
+            if recorded != Some(c.energy.0) {
+                return Err(AccountError::ReceiptCounterMismatch {
+                    job: receipt.job,
+                    end,
+                    channel: c.channel.0,
+                    stated: c.energy.0,
+                    recorded,
+                    at: at.0,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A job's embodied share `M = TE x TiR / EL` (SCI; `RR / ToR` = 1: a job has the whole
+/// device): `TE` and `EL` from the device's signed hello, `TiR` the job's run from its
+/// receipt. Floor, mg; 0 when the hello states no embodied emissions or no life.
+fn embodied_mg(hello: &Hello, receipt: &JobReceipt) -> u64 {
+    carbon::embodied_share_mg(
+        hello.hardware.embodied_g_co2e.saturating_mul(1_000),
+        receipt.ended.0 - receipt.started.0,
+        u64::from(hello.hardware.expected_life_hours) * MS_PER_HOUR,
+        1,
+        1,
+    )
 }
 
 /// A job's share: its energy from the receipt's counters (GPU channel if present, else

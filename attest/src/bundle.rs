@@ -1,11 +1,14 @@
 //! The proof bundle: everything a stranger needs to check a carbon statement, and the
 //! offline verifier that checks it.
 //!
-//! [`verify`] never trusts the stated numbers: it checks every signature (batch ed25519 with
-//! a fallback that names the bad one), every chain link, every inclusion proof and anchor
-//! entry, then recomputes the statement from the signed records with
-//! [`crate::account::compute_statement`] and compares field by field. It stops at the
-//! first failing check and names it ([`Check`]).
+//! [`verify`] requires pinned trust ([`Trust`]: the controller key, and for EVM anchors the
+//! chain id and contract) and never trusts the stated numbers: it checks the controller's
+//! signature on the statement, every device signature (batch ed25519 with a fallback that
+//! names the bad one), every chain link from the chain's start, every inclusion proof and
+//! anchor entry, every intensity figure against its named dataset, then recomputes the
+//! statement from the signed records with [`crate::account::compute_statement`] (battery
+//! content, flags and a job's counters included) and compares field by field. It stops at
+//! the first failing check and names it ([`Check`]).
 
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -18,13 +21,19 @@ use crate::account::{StatementInput, compute_statement};
 use crate::chain::{ChainPolicy, ChainVerifier, Outcome};
 use crate::envelope::{Envelope, Verified};
 use crate::hash::Hash32;
-use crate::id::{DeviceId, PublicKey};
+use crate::id::{DeviceId, KeyPair, PublicKey};
+use crate::intensity::{Dataset, Figure, RegionTable, bundled_digest};
 use crate::merkle::{InclusionProof, TreeHead, leaf_hash};
 use crate::msg::{AnchorEntry, ChainMessage, Hello, Statement};
 use crate::units::{EpochId, TimestampMs};
 
-/// The bundle format version this crate writes and reads.
-pub const BUNDLE_FORMAT: u8 = 1;
+/// The bundle format version this crate writes and reads. Version 2: the statement is a
+/// controller-signed envelope, intensity datasets are named and carried, and the subject's
+/// evidence starts at its chain's start.
+pub const BUNDLE_FORMAT: u8 = 2;
+
+/// At most this many datasets carried in one bundle.
+pub const MAX_BUNDLE_DATASETS: usize = 64;
 
 /// Largest bundle accepted (either encoding), checked before decoding.
 pub const MAX_BUNDLE_LEN: usize = 256 * 1024 * 1024;
@@ -79,11 +88,16 @@ impl<'de> Deserialize<'de> for Address {
 pub struct ProofBundle {
     /// [`BUNDLE_FORMAT`].
     pub format: u8,
-    /// The claim.
-    pub statement: Statement,
-    /// `Hello` envelopes of the devices involved (their keys and channel tiers).
+    /// The claim: a `Statement` envelope signed by the controller.
+    pub statement: Blob,
+    /// `Hello` envelopes of the devices involved (their keys, channel tiers, site and
+    /// embodied emissions).
     pub devices: Vec<Blob>,
-    /// The signed chain messages the statement rests on, with their inclusion proofs.
+    /// The intensity datasets the statement names, other than the bundled table.
+    pub datasets: Vec<Dataset>,
+    /// The signed chain messages the statement rests on, with their inclusion proofs: for
+    /// the subject device, every message from the start of its chain (genesis or a restart)
+    /// to the end of the period.
     pub evidence: Vec<Evidence>,
     /// The epochs those proofs lead to, with their anchors.
     pub epochs: Vec<EpochProof>,
@@ -141,6 +155,8 @@ pub enum AnchorRef {
 pub enum Check {
     /// Bundle format version and structure.
     Format,
+    /// The statement's signature, by the pinned controller key.
+    Statement,
     /// Device hellos: signature, id derived from key.
     Device,
     /// Evidence envelopes decode as chain messages of known devices.
@@ -151,13 +167,16 @@ pub enum Check {
     Chain,
     /// Every inclusion proof against its epoch root.
     Inclusion,
-    /// Every anchor (local: signed entry; EVM: on chain, with `--rpc`).
+    /// Every anchor (local: signed entry; EVM: pinned chain and contract, on chain with `--rpc`).
     Anchor,
+    /// Every hour's intensity against its named dataset; datasets not bundled with the
+    /// verifier need the verifier's explicit acceptance.
+    Intensity,
     /// Energy by source recomputed from the counters.
     Energy,
-    /// Renewable share, emissions and battery carried over, recomputed.
+    /// Renewable share, emissions and the battery's content, recomputed.
     Carbon,
-    /// The trust tier recomputed from the channels used and the flags.
+    /// The plausibility flags and the trust tier, recomputed.
     Tier,
     /// A job's share and SCI recomputed from its receipt.
     Job,
@@ -167,12 +186,14 @@ impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
             Check::Format => "format",
+            Check::Statement => "statement",
             Check::Device => "device",
             Check::Decode => "decode",
             Check::Signature => "signature",
             Check::Chain => "chain",
             Check::Inclusion => "inclusion",
             Check::Anchor => "anchor",
+            Check::Intensity => "intensity",
             Check::Energy => "energy",
             Check::Carbon => "carbon",
             Check::Tier => "tier",
@@ -199,14 +220,64 @@ fn fail<T>(check: Check, detail: impl Into<String>) -> Result<T, VerifyError> {
     })
 }
 
+/// What the verifier trusts, pinned by its user (never taken from the bundle).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trust {
+    /// The controller key that must sign the statement and every local anchor entry.
+    pub controller_key: PublicKey,
+    /// The chain and contract EVM anchors must name; `None` refuses every EVM anchor.
+    pub evm: Option<EvmPin>,
+}
+
+/// A pinned EVM anchor contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvmPin {
+    /// The chain id.
+    pub chain_id: u64,
+    /// The anchor contract.
+    pub contract: Address,
+}
+
 /// Settings of a verification.
 #[derive(Clone, Debug)]
 pub struct VerifyOptions {
-    /// The controller key to require on local anchors; `None` accepts the bundle's own
-    /// (and the report says which key it was).
-    pub controller_key: Option<PublicKey>,
+    /// The pinned trust.
+    pub trust: Trust,
     /// The verifier's clock, for the future-timestamp check.
     pub now: TimestampMs,
+    /// Datasets (by digest) the user has checked and accepts besides the bundled table.
+    pub accepted_datasets: Vec<Hash32>,
+    /// Accept every carried dataset (the report lists them as unknown).
+    pub any_dataset: bool,
+}
+
+impl VerifyOptions {
+    /// Options that pin `controller_key` only, accept no dataset but the bundled table,
+    /// with the clock at `now`.
+    pub fn pinned(controller_key: PublicKey, now: TimestampMs) -> VerifyOptions {
+        VerifyOptions {
+            trust: Trust {
+                controller_key,
+                evm: None,
+            },
+            now,
+            accepted_datasets: Vec::new(),
+            any_dataset: false,
+        }
+    }
+}
+
+/// A dataset a statement used, as the report shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DatasetUse {
+    /// Its digest.
+    pub digest: Hash32,
+    /// The bundled table's name, or the name the operator gave the carried dataset.
+    pub name: String,
+    /// Whether it is the table bundled with this verifier (otherwise the user accepted it).
+    pub bundled: bool,
+    /// Hours whose figure came from it.
+    pub hours: usize,
 }
 
 /// What a successful verification established.
@@ -214,6 +285,8 @@ pub struct VerifyOptions {
 pub struct Report {
     /// The statement, now known to follow from the evidence.
     pub statement: Statement,
+    /// The datasets its intensities came from.
+    pub datasets: Vec<DatasetUse>,
     /// Chain messages checked.
     pub evidence: usize,
     /// Meter records among them.
@@ -226,6 +299,19 @@ pub struct Report {
 }
 
 impl ProofBundle {
+    /// Signs `statement` with the controller key, as a bundle carries it.
+    pub fn sign_statement(statement: &Statement, controller: &KeyPair) -> Blob {
+        Blob(Envelope::seal(statement, controller).into_bytes())
+    }
+
+    /// The statement as carried, decoded but NOT verified (for display; [`verify`] checks
+    /// its signature).
+    pub fn statement(&self) -> Result<Statement, VerifyError> {
+        Envelope::decode(&self.statement.0)
+            .and_then(|e| e.open())
+            .or_else(|e| fail(Check::Statement, format!("statement: {e}")))
+    }
+
     /// Human-readable JSON.
     #[cfg(feature = "std")]
     pub fn to_json(&self) -> String {
@@ -292,6 +378,33 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
     if bundle.evidence.is_empty() {
         return fail(Check::Format, "the bundle holds no evidence");
     }
+    if bundle.datasets.len() > MAX_BUNDLE_DATASETS {
+        return fail(
+            Check::Format,
+            format!(
+                "{} datasets, at most {MAX_BUNDLE_DATASETS}",
+                bundle.datasets.len()
+            ),
+        );
+    }
+
+    // The statement, signed by the pinned controller.
+    let statement_env = Envelope::decode(&bundle.statement.0)
+        .or_else(|e| fail(Check::Statement, format!("statement: {e}")))?;
+    statement_env
+        .verify(&opts.trust.controller_key)
+        .or_else(|e| {
+            fail(
+                Check::Statement,
+                format!(
+                    "statement: {e} under the pinned controller key {}",
+                    opts.trust.controller_key
+                ),
+            )
+        })?;
+    let stated: Statement = statement_env
+        .open()
+        .or_else(|e| fail(Check::Statement, format!("statement: {e}")))?;
 
     // Devices.
     let mut hellos: BTreeMap<DeviceId, Hello> = BTreeMap::new();
@@ -307,9 +420,11 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
                 format!("device #{i} ({}): hello {e}", hello.device),
             )
         })?;
-        hellos.insert(hello.device, hello);
+        if hellos.insert(hello.device, hello).is_some() {
+            return fail(Check::Device, format!("device #{i}: a second hello"));
+        }
     }
-    let subject_device = bundle.statement.subject.device();
+    let subject_device = stated.subject.device();
     let Some(subject_hello) = hellos.get(&subject_device).cloned() else {
         return fail(
             Check::Device,
@@ -343,33 +458,43 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
     // Signatures, in one batch (split over the cores with std); on failure, one by one to
     // name the bad one.
     verify_signatures(&items, &hellos)?;
-    checks_after_signatures(bundle, opts, &items, &hellos, &subject_hello)
+    checks_after_signatures(bundle, opts, &stated, &items, &hellos, &subject_hello)
 }
 
-/// Chain, inclusion, anchor and recomputation checks (everything after signatures).
+/// Chain, inclusion, anchor, intensity and recomputation checks (everything after
+/// signatures).
 fn checks_after_signatures(
     bundle: &ProofBundle,
     opts: &VerifyOptions,
+    stated: &Statement,
     items: &[Item],
     hellos: &BTreeMap<DeviceId, Hello>,
     subject_hello: &Hello,
 ) -> Result<Report, VerifyError> {
     let subject_device = subject_hello.device;
-    // Chains, per device, in sequence order.
+    // Chains, per device, in sequence order. The subject's must start where its chain
+    // starts (sequence 0 with a zero `prev`, or a restart): the battery's content at the
+    // period's start is derived from there.
     let mut order: Vec<&Item> = items.iter().collect();
     order.sort_by_key(|it| (it.msg.link().device, it.msg.link().seq));
     let mut chain: Vec<ChainMessage> = Vec::with_capacity(items.len());
     let mut verifier: Option<ChainVerifier> = None;
     for it in order {
         let device = it.msg.link().device;
-        if verifier.as_ref().is_none_or(|v| v.device() != device) {
+        let first = verifier.as_ref().is_none_or(|v| v.device() != device);
+        if first {
             let key = &hellos[&device].public_key;
             let policy = ChainPolicy {
                 window: 1,
                 ..ChainPolicy::default()
             };
+            let v = if device == subject_device {
+                ChainVerifier::new(key, policy)
+            } else {
+                ChainVerifier::trust_first(key, policy)
+            };
             verifier =
-                Some(ChainVerifier::trust_first(key, policy).or_else(|_| {
+                Some(v.or_else(|_| {
                     fail(Check::Device, format!("device {device}: bad public key"))
                 })?);
         }
@@ -385,6 +510,16 @@ fn checks_after_signatures(
                 return fail(
                     Check::Chain,
                     format!("evidence #{}: seq {seq} appears twice", it.index),
+                );
+            }
+            Err(e) if first && device == subject_device => {
+                return fail(
+                    Check::Chain,
+                    format!(
+                        "evidence #{}: {e}: the subject's evidence must start at its chain's start, \
+                         from which the battery's content is derived",
+                        it.index
+                    ),
                 );
             }
             Err(e) => return fail(Check::Chain, format!("evidence #{}: {e}", it.index)),
@@ -426,33 +561,46 @@ fn checks_after_signatures(
             AnchorRef::Local {
                 entry,
                 controller_key,
-            } => check_local_anchor(ep, entry, controller_key, opts.controller_key.as_ref())?,
-            AnchorRef::Evm { .. } => onchain_unchecked = true,
+            } => check_local_anchor(ep, entry, controller_key, &opts.trust.controller_key)?,
+            AnchorRef::Evm {
+                chain_id, contract, ..
+            } => {
+                let pinned = opts.trust.evm.as_ref();
+                if pinned.is_none_or(|p| p.chain_id != *chain_id || p.contract != *contract) {
+                    return fail(
+                        Check::Anchor,
+                        format!(
+                            "UNPINNED: epoch {} is anchored on chain {chain_id} at {contract}, \
+                             but the pinned EVM anchor is {}",
+                            ep.epoch,
+                            pinned.map_or("none".into(), |p| format!(
+                                "chain {} at {}",
+                                p.chain_id, p.contract
+                            ))
+                        ),
+                    );
+                }
+                onchain_unchecked = true;
+            }
         }
     }
 
+    // Intensities, each against its named dataset.
+    let (figures, datasets) = check_intensities(bundle, opts, stated, subject_hello)?;
+
     // Recompute the statement from the records and compare.
-    let stated = &bundle.statement;
-    let intensities: BTreeMap<u64, u32> = stated
-        .hours
-        .iter()
-        .map(|h| (h.hour, h.intensity_mg_per_kwh))
-        .collect();
-    let intensity = |hour: u64| intensities.get(&hour).copied().unwrap_or(0);
-    let (embodied_mg, functional_units) = stated
-        .sci
-        .as_ref()
-        .map_or((0, 0), |s| (s.embodied_mg, s.functional_units));
+    let intensity = |hour: u64| {
+        figures.get(&hour).copied().unwrap_or(Figure {
+            mg_per_kwh: 0,
+            dataset: Hash32::ZERO,
+        })
+    };
     let input = StatementInput {
         subject: stated.subject,
         hello: subject_hello,
         chain: &chain,
+        from: stated.from,
         intensity: &intensity,
-        intensity_source: stated.intensity_source.clone(),
-        battery_initial: stated.battery_initial,
-        flags: stated.flags.clone(),
-        embodied_mg,
-        functional_units,
     };
     let computed = match compute_statement(&input) {
         Ok(s) => s,
@@ -468,6 +616,7 @@ fn checks_after_signatures(
 
     Ok(Report {
         statement: computed,
+        datasets,
         evidence: bundle.evidence.len(),
         records: chain.iter().filter(|m| m.as_record().is_some()).count(),
         anchors: bundle
@@ -477,6 +626,99 @@ fn checks_after_signatures(
             .collect(),
         onchain_unchecked,
     })
+}
+
+/// Each stated hour's figure, looked up in the dataset the hour names (the bundled table,
+/// or one the bundle carries and the user accepted) for the subject's region.
+fn check_intensities(
+    bundle: &ProofBundle,
+    opts: &VerifyOptions,
+    stated: &Statement,
+    hello: &Hello,
+) -> Result<(BTreeMap<u64, Figure>, Vec<DatasetUse>), VerifyError> {
+    let bundled = bundled_digest();
+    let table = RegionTable::bundled().or_else(|e| fail(Check::Intensity, e.to_string()))?;
+    let mut carried: BTreeMap<Hash32, &Dataset> = BTreeMap::new();
+    for (i, d) in bundle.datasets.iter().enumerate() {
+        d.validate()
+            .or_else(|e| fail(Check::Format, format!("dataset #{i}: {e}")))?;
+        carried.insert(d.digest(), d);
+    }
+    let region = &hello.site.grid_region;
+    let mut figures = BTreeMap::new();
+    let mut uses: Vec<DatasetUse> = Vec::new();
+    for line in &stated.hours {
+        let (mg, name, is_bundled) = if line.dataset == bundled {
+            (
+                table.figure(region, line.hour),
+                "bundled grid-intensity table",
+                true,
+            )
+        } else if let Some(d) = carried.get(&line.dataset) {
+            if !opts.any_dataset && !opts.accepted_datasets.contains(&line.dataset) {
+                return fail(
+                    Check::Intensity,
+                    format!(
+                        "hour {} takes its intensity from dataset {:?} ({}), which is not bundled \
+                         with this verifier: check it and accept it by its digest \
+                         (--accept-dataset {}) or accept any (--allow-unknown-datasets)",
+                        line.hour,
+                        d.name(),
+                        line.dataset,
+                        line.dataset
+                    ),
+                );
+            }
+            let Some(mg) = d.figure(region, line.hour) else {
+                return fail(
+                    Check::Intensity,
+                    format!(
+                        "hour {}: dataset {:?} ({}) has no figure for region {:?}",
+                        line.hour,
+                        d.name(),
+                        line.dataset,
+                        region
+                    ),
+                );
+            };
+            (mg, d.name(), false)
+        } else {
+            return fail(
+                Check::Intensity,
+                format!(
+                    "hour {} names dataset {}, which is neither the bundled table nor carried in \
+                     the bundle",
+                    line.hour, line.dataset
+                ),
+            );
+        };
+        if mg != line.intensity_mg_per_kwh {
+            return fail(
+                Check::Intensity,
+                format!(
+                    "hour {}: stated {} mg/kWh, dataset {:?} ({}) gives {mg} for region {:?}",
+                    line.hour, line.intensity_mg_per_kwh, name, line.dataset, region
+                ),
+            );
+        }
+        figures.insert(
+            line.hour,
+            Figure {
+                mg_per_kwh: mg,
+                dataset: line.dataset,
+            },
+        );
+        match uses.iter_mut().find(|u| u.digest == line.dataset) {
+            Some(u) => u.hours += 1,
+            None => uses.push(DatasetUse {
+                digest: line.dataset,
+                name: name.to_string(),
+                bundled: is_bundled,
+                hours: 1,
+            }),
+        }
+    }
+    Ok((figures, uses))
 }
 
 fn verify_signatures(
@@ -516,10 +758,10 @@ fn check_local_anchor(
     ep: &EpochProof,
     entry: &Blob,
     key: &PublicKey,
-    pinned: Option<&PublicKey>,
+    pinned: &PublicKey,
 ) -> Result<(), VerifyError> {
     let e = ep.epoch;
-    if let Some(p) = pinned.filter(|p| *p != key) {
+    if let Some(p) = Some(pinned).filter(|p| *p != key) {
         return fail(
             Check::Anchor,
             format!("epoch {e}: anchor signed by {key}, not the trusted controller {p}"),
@@ -584,6 +826,15 @@ fn compare(stated: &Statement, computed: &Statement) -> Result<(), VerifyError> 
             ),
         );
     }
+    if stated.battery_initial != computed.battery_initial {
+        return fail(
+            Check::Carbon,
+            format!(
+                "battery content at the start stated {:?}, derived from the chain {:?}",
+                stated.battery_initial, computed.battery_initial
+            ),
+        );
+    }
     for (s, c) in stated.hours.iter().zip(&computed.hours) {
         if s.renewable != c.renewable || s.co2e_mg != c.co2e_mg {
             return fail(
@@ -615,6 +866,21 @@ fn compare(stated: &Statement, computed: &Statement) -> Result<(), VerifyError> 
             ),
         );
     }
+    if stated.flags != computed.flags {
+        return fail(
+            Check::Tier,
+            format!(
+                "{} plausibility flags stated, the records raise {}: {:?}",
+                stated.flags.len(),
+                computed.flags.len(),
+                computed
+                    .flags
+                    .iter()
+                    .map(|f| (f.code, f.seq.0))
+                    .collect::<Vec<_>>()
+            ),
+        );
+    }
     if stated.tier != computed.tier {
         return fail(
             Check::Tier,
@@ -628,6 +894,12 @@ fn compare(stated: &Statement, computed: &Statement) -> Result<(), VerifyError> 
                 "stated {:?} {:?}, recomputed {:?} {:?}",
                 stated.job, stated.sci, computed.job, computed.sci
             ),
+        );
+    }
+    if stated != computed {
+        return fail(
+            Check::Carbon,
+            "the statement differs from its recomputation in a field not named above",
         );
     }
     Ok(())

@@ -15,6 +15,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
+use crate::hash::Hash32;
 use crate::msg::{ChannelKind, MeterRecord};
 use crate::units::{ChannelId, MJ_PER_KWH, MS_PER_HOUR, Millijoules, SeqNo, TimestampMs};
 
@@ -203,6 +204,8 @@ pub struct HourInput {
     pub energy: EnergyBySource,
     /// Grid carbon intensity for the hour, milligrams CO2e per kWh.
     pub intensity_mg_per_kwh: u32,
+    /// The dataset that figure comes from ([`crate::intensity`]).
+    pub dataset: Hash32,
 }
 
 /// One hour's accounting.
@@ -212,6 +215,8 @@ pub struct HourLine {
     pub hour: u64,
     /// Grid carbon intensity used, mg CO2e per kWh.
     pub intensity_mg_per_kwh: u32,
+    /// The dataset that figure comes from, by content hash ([`crate::intensity`]).
+    pub dataset: Hash32,
     /// Energy by source in the hour.
     pub energy: EnergyBySource,
     /// Load energy matched to renewable supply in the same hour (solar, or battery energy
@@ -273,6 +278,7 @@ pub fn match_hours(inputs: &[HourInput], initial: BatteryState) -> (Vec<HourLine
         lines.push(HourLine {
             hour: h.hour,
             intensity_mg_per_kwh: h.intensity_mg_per_kwh,
+            dataset: h.dataset,
             energy: *e,
             renewable: Millijoules(renewable),
             co2e_mg: emissions_mg(e.grid_import, h.intensity_mg_per_kwh),
@@ -381,7 +387,6 @@ pub fn pro_rata(value: u64, part: Millijoules, whole: Millijoules) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hash::Hash32;
     use crate::id::DeviceId;
     use crate::msg::{ChannelReading, Link};
     use crate::units::{Milliwatts, SeqNo};
@@ -473,6 +478,7 @@ mod tests {
     fn solar_stored_in_the_battery_stays_renewable_when_used_at_night() {
         let day = HourInput {
             hour: 10,
+            dataset: Hash32::ZERO,
             energy: EnergyBySource {
                 solar: Millijoules(1_000),
                 load: Millijoules(400),
@@ -483,6 +489,7 @@ mod tests {
         };
         let night = HourInput {
             hour: 22,
+            dataset: Hash32::ZERO,
             energy: EnergyBySource {
                 battery_discharge: Millijoules(300),
                 grid_import: Millijoules(100),
@@ -512,6 +519,7 @@ mod tests {
     fn grid_charged_battery_energy_is_not_renewable() {
         let charge = HourInput {
             hour: 1,
+            dataset: Hash32::ZERO,
             energy: EnergyBySource {
                 grid_import: Millijoules(1_000),
                 battery_charge: Millijoules(1_000),
@@ -521,6 +529,7 @@ mod tests {
         };
         let use_it = HourInput {
             hour: 2,
+            dataset: Hash32::ZERO,
             energy: EnergyBySource {
                 battery_discharge: Millijoules(500),
                 load: Millijoules(500),

@@ -14,7 +14,10 @@
 //! - [`msg`]: every message kind, one file each (`Hello`, `MeterRecord`, `JobReceipt`,
 //!   `ChainRestart`, `Command`, `Ack`, `AnchorEntry`, `Statement`).
 //! - [`batch`]: many envelopes in one MQTT payload (catch-up after an outage).
-//! - [`solar`] (std): sun elevation and clear-sky fraction (simulator and plausibility).
+//! - [`solar`]: sun elevation and clear-sky fraction (simulator and plausibility), in
+//!   software floating point (`libm`) so every platform computes the same.
+//! - [`plausibility`]: the flags the controller raises and the verifier recomputes.
+//! - [`intensity`]: grid-intensity datasets named by content hash (the bundled table).
 //! - [`sigbatch`]: ed25519 batch verification coalesced by key.
 //! - [`chain`]: the sans-IO hash-chain checker (Accepted / Duplicate / typed rejection).
 //! - [`merkle`]: RFC 6962 trees, inclusion and consistency proofs.
@@ -40,14 +43,15 @@ pub mod evm;
 pub mod hash;
 pub mod hex;
 pub mod id;
+pub mod intensity;
 #[cfg(feature = "std")]
 pub mod keyfile;
 pub mod merkle;
 pub mod msg;
+pub mod plausibility;
 #[cfg(feature = "std")]
 pub mod sample;
 pub mod sigbatch;
-#[cfg(feature = "std")]
 pub mod solar;
 pub mod units;
 

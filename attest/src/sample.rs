@@ -7,14 +7,14 @@ use alloc::vec::Vec;
 
 use crate::account::{StatementInput, compute_statement};
 use crate::bundle::{AnchorRef, BUNDLE_FORMAT, Blob, EpochProof, Evidence, ProofBundle};
-use crate::carbon::BatteryState;
 use crate::envelope::Envelope;
 use crate::hash::Hash32;
 use crate::id::KeyPair;
+use crate::intensity::{Figure, RegionTable, bundled_digest};
 use crate::merkle::MerkleTree;
 use crate::msg::{
     AnchorEntry, ChainMessage, ChannelInfo, ChannelKind, ChannelReading, Gpu, Hardware, Hello,
-    Link, MeterRecord, Site, Subject, TrustTier,
+    Link, MeterRecord, Site, Statement, Subject, TrustTier,
 };
 use crate::units::{ChannelId, EpochId, Millijoules, Milliwatts, SeqNo, TimestampMs};
 
@@ -74,6 +74,10 @@ impl SampleDevice {
                     vram_mib: 65_536,
                     arch: "sm_87".to_string()
                 }],
+                // About what published life-cycle figures give a Jetson-class board with
+                // its carrier, supply and enclosure; five years of life.
+                embodied_g_co2e: 150_000,
+                expected_life_hours: 5 * 8_766,
             },
             site: Site {
                 lat_microdeg: 52_520_000,
@@ -203,6 +207,31 @@ impl SampleDevice {
         }
     }
 
+    /// Adds `mj` to counter `channel` (0 solar .. 5 GPU) without the power to explain it:
+    /// the next record shows an implausible jump (a plausibility flag).
+    pub fn bump_counter(&mut self, channel: usize, mj: u64) {
+        self.counters[channel] += mj;
+    }
+
+    /// The agent restarted at `t` without its chain state: a signed `ChainRestart` that
+    /// skips 1,000 sequence numbers, then records continue from it. The interval before it
+    /// is not metered: the next record is the new baseline.
+    pub fn restart(&mut self, t: u64) -> Envelope {
+        let last_known = SeqNo(self.seq.saturating_sub(1));
+        let restart = crate::msg::ChainRestart {
+            link: Link {
+                seq: SeqNo(self.seq + 1_000),
+                ..self.next_link(t)
+            },
+            reason: crate::msg::RestartReason::StateLost,
+            last_known: Some(last_known),
+            last_known_hash: Some(self.prev),
+        };
+        self.seq += 1_000;
+        self.last_t = None;
+        self.seal_chained(&restart)
+    }
+
     /// `n` records every `interval_ms` from [`SAMPLE_START`].
     pub fn chain(&mut self, n: usize, interval_ms: u64) -> Vec<Envelope> {
         (0..n as u64)
@@ -211,8 +240,15 @@ impl SampleDevice {
     }
 }
 
-/// Grid intensity used by sample statements: 380 g CO2e/kWh, every hour.
-pub const SAMPLE_INTENSITY_MG_PER_KWH: u32 = 380_000;
+/// The figure of the bundled table for the sample's region (DE) in `hour`: what sample
+/// statements charge grid energy at.
+pub fn bundled_figure(region: &str, hour: u64) -> Figure {
+    let table = RegionTable::bundled().expect("the bundled table parses");
+    Figure {
+        mg_per_kwh: table.figure(region, hour),
+        dataset: bundled_digest(),
+    }
+}
 
 /// A complete, valid bundle: `n` records of sample device `seed` every `interval_ms`, in
 /// one epoch anchored in a local log signed by `controller`.
@@ -223,7 +259,27 @@ pub fn bundle(seed: u8, n: usize, interval_ms: u64, controller: &KeyPair) -> Pro
     bundle_from_chain(&hello, &chain, controller, EpochId(0))
 }
 
-/// A bundle over given chain envelopes (all in one epoch, local anchor).
+/// The statement over sample chain messages (from the chain's start), for `subject`, over
+/// the records from `from` on, with the bundled table's figures.
+pub fn statement(
+    hello: &Hello,
+    messages: &[ChainMessage],
+    subject: Subject,
+    from: TimestampMs,
+) -> Statement {
+    let region = hello.site.grid_region.clone();
+    compute_statement(&StatementInput {
+        subject,
+        hello,
+        chain: messages,
+        from,
+        intensity: &|h| bundled_figure(&region, h),
+    })
+    .expect("sample statement computes")
+}
+
+/// A bundle over given chain envelopes (all in one epoch, local anchor), its device-period
+/// statement signed by `controller`.
 pub fn bundle_from_chain(
     hello: &Envelope,
     chain: &[Envelope],
@@ -231,6 +287,30 @@ pub fn bundle_from_chain(
     epoch: EpochId,
 ) -> ProofBundle {
     let hello_msg: Hello = hello.open().expect("sample hello decodes");
+    let messages: Vec<ChainMessage> = chain
+        .iter()
+        .map(|e| ChainMessage::open(e).expect("sample decodes"))
+        .collect();
+    let statement = statement(
+        &hello_msg,
+        &messages,
+        Subject::DevicePeriod {
+            device: hello_msg.device,
+        },
+        TimestampMs(0),
+    );
+    bundle_with_statement(hello, chain, controller, epoch, &statement)
+}
+
+/// A bundle over given chain envelopes (all in one epoch, local anchor) carrying
+/// `statement`, signed by `controller`.
+pub fn bundle_with_statement(
+    hello: &Envelope,
+    chain: &[Envelope],
+    controller: &KeyPair,
+    epoch: EpochId,
+    statement: &Statement,
+) -> ProofBundle {
     let tree = MerkleTree::from_leaves(&chain.iter().map(|e| e.as_bytes()).collect::<Vec<_>>());
     let head = tree.head();
     let entry = AnchorEntry {
@@ -241,29 +321,11 @@ pub fn bundle_from_chain(
         root: head.root,
         timestamp: TimestampMs(SAMPLE_START.0 + 86_400_000),
     };
-    let messages: Vec<ChainMessage> = chain
-        .iter()
-        .map(|e| ChainMessage::open(e).expect("sample decodes"))
-        .collect();
-    let intensity = |_h: u64| SAMPLE_INTENSITY_MG_PER_KWH;
-    let statement = compute_statement(&StatementInput {
-        subject: Subject::DevicePeriod {
-            device: hello_msg.device,
-        },
-        hello: &hello_msg,
-        chain: &messages,
-        intensity: &intensity,
-        intensity_source: "sample:constant-380g".to_string(),
-        battery_initial: BatteryState::default(),
-        flags: Vec::new(),
-        embodied_mg: 0,
-        functional_units: 0,
-    })
-    .expect("sample statement computes");
     ProofBundle {
         format: BUNDLE_FORMAT,
-        statement,
+        statement: ProofBundle::sign_statement(statement, controller),
         devices: alloc::vec![Blob(hello.as_bytes().to_vec())],
+        datasets: Vec::new(),
         evidence: chain
             .iter()
             .enumerate()

@@ -9,26 +9,29 @@
 
 use core::f64::consts::PI;
 
+use libm::{asin, cos, floor, pow, sin};
+
 /// The sun's elevation above the horizon in radians at a site (degrees north and east) and
 /// an instant (ms since the Unix epoch, UTC). Negative below the horizon.
 pub fn sun_elevation(lat_deg: f64, lon_deg: f64, t_ms: u64) -> f64 {
     let days = t_ms as f64 / 86_400_000.0;
-    let day_of_year = (days.rem_euclid(365.2422)).floor();
+    // `t_ms` is never negative, so `%` is the Euclidean remainder.
+    let day_of_year = floor(days % 365.2422);
     let g = 2.0 * PI / 365.0 * (day_of_year + ((t_ms / 3_600_000 % 24) as f64 - 12.0) / 24.0);
-    let decl = 0.006918 - 0.399912 * g.cos() + 0.070257 * g.sin() - 0.006758 * (2.0 * g).cos()
-        + 0.000907 * (2.0 * g).sin()
-        - 0.002697 * (3.0 * g).cos()
-        + 0.00148 * (3.0 * g).sin();
+    let decl = 0.006918 - 0.399912 * cos(g) + 0.070257 * sin(g) - 0.006758 * cos(2.0 * g)
+        + 0.000907 * sin(2.0 * g)
+        - 0.002697 * cos(3.0 * g)
+        + 0.00148 * sin(3.0 * g);
     let eqtime = 229.18
-        * (0.000075 + 0.001868 * g.cos()
-            - 0.032077 * g.sin()
-            - 0.014615 * (2.0 * g).cos()
-            - 0.040849 * (2.0 * g).sin());
+        * (0.000075 + 0.001868 * cos(g)
+            - 0.032077 * sin(g)
+            - 0.014615 * cos(2.0 * g)
+            - 0.040849 * sin(2.0 * g));
     let minutes_utc = (t_ms % 86_400_000) as f64 / 60_000.0;
     let true_solar = minutes_utc + eqtime + 4.0 * lon_deg;
-    let hour_angle = (true_solar / 4.0 - 180.0).to_radians();
-    let lat = lat_deg.to_radians();
-    (lat.sin() * decl.sin() + lat.cos() * decl.cos() * hour_angle.cos()).asin()
+    let hour_angle = (true_solar / 4.0 - 180.0) * (PI / 180.0);
+    let lat = lat_deg * (PI / 180.0);
+    asin(sin(lat) * sin(decl) + cos(lat) * cos(decl) * cos(hour_angle))
 }
 
 /// The fraction (0..=1) of a panel's peak rating a clear sky gives at a sun elevation.
@@ -36,8 +39,8 @@ pub fn clear_sky_fraction(elevation: f64) -> f64 {
     if elevation <= 0.0 {
         return 0.0;
     }
-    let air_mass = 1.0 / elevation.sin().max(0.05);
-    (elevation.sin() * 0.7f64.powf(air_mass.powf(0.678)) / 0.7).clamp(0.0, 1.0)
+    let air_mass = 1.0 / sin(elevation).max(0.05);
+    (sin(elevation) * pow(0.7, pow(air_mass, 0.678)) / 0.7).clamp(0.0, 1.0)
 }
 
 /// The most (0..=1 of peak rating) a panel facing the sun can get under a clear sky at a
@@ -48,8 +51,8 @@ pub fn clear_sky_max_fraction(elevation: f64) -> f64 {
     if elevation <= 0.0 {
         return 0.0;
     }
-    let air_mass = 1.0 / elevation.sin().max(0.05);
-    (0.7f64.powf(air_mass.powf(0.678)) / 0.7).clamp(0.0, 1.0)
+    let air_mass = 1.0 / sin(elevation).max(0.05);
+    (pow(0.7, pow(air_mass, 0.678)) / 0.7).clamp(0.0, 1.0)
 }
 
 #[cfg(test)]

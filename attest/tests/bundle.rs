@@ -1,20 +1,30 @@
 //! Proof bundles: a valid one verifies, and tampering with any part is caught by the
-//! check that guards it.
+//! check that guards it. The consistent rewrites (a controller that restates an input and
+//! recomputes everything after it, then signs) are refused too: every input of a statement
+//! is signed, named or derived.
 
-use attest::bundle::{AnchorRef, Blob, Check, ProofBundle, VerifyOptions, verify};
-use attest::msg::{AnchorEntry, MeterRecord};
-use attest::sample::{self, SAMPLE_START};
-use attest::{Envelope, Hash32, KeyPair, TimestampMs};
+use attest::bundle::{
+    Address, AnchorRef, Blob, Check, EvmPin, ProofBundle, Trust, VerifyOptions, verify,
+};
+use attest::carbon::{BatteryState, HourInput, match_hours, share_ppm, totals};
+use attest::intensity::{Dataset, bundled_digest};
+use attest::msg::{
+    AnchorEntry, Backend, ChainMessage, ChannelKind, CounterSnapshot, JobId, JobOutcome,
+    JobReceipt, MeterRecord, Statement, Subject, TrustTier,
+};
+use attest::sample::{self, SAMPLE_START, SampleDevice};
+use attest::{ChannelId, Envelope, EpochId, Hash32, KeyPair, Millijoules, TimestampMs};
 
 fn controller() -> KeyPair {
     KeyPair::from_seed(&[0xc0; 32])
 }
 
+fn now() -> TimestampMs {
+    TimestampMs(SAMPLE_START.0 + 30 * 86_400_000)
+}
+
 fn opts() -> VerifyOptions {
-    VerifyOptions {
-        controller_key: None,
-        now: TimestampMs(SAMPLE_START.0 + 30 * 86_400_000),
-    }
+    VerifyOptions::pinned(controller().public(), now())
 }
 
 /// A day of records every 5 minutes.
@@ -29,14 +39,46 @@ fn failed_check(b: &ProofBundle) -> Check {
     }
 }
 
+/// The controller restates its own statement and signs it again, as a lying controller
+/// with its key could.
+fn restate(b: &mut ProofBundle, edit: impl FnOnce(&mut Statement)) {
+    let mut s = b.statement().unwrap();
+    edit(&mut s);
+    b.statement = ProofBundle::sign_statement(&s, &controller());
+}
+
+/// Recomputes every figure after the hour lines' inputs (matching, totals) from `initial`,
+/// as a controller restating one input consistently would.
+fn rematch(s: &mut Statement, initial: BatteryState) {
+    let inputs: Vec<HourInput> = s
+        .hours
+        .iter()
+        .map(|h| HourInput {
+            hour: h.hour,
+            energy: h.energy,
+            intensity_mg_per_kwh: h.intensity_mg_per_kwh,
+            dataset: h.dataset,
+        })
+        .collect();
+    let (hours, fin) = match_hours(&inputs, initial);
+    let (energy, renewable, co2e) = totals(&hours);
+    s.hours = hours;
+    s.battery_initial = initial;
+    s.battery_final = fin;
+    s.energy = energy;
+    s.renewable = renewable;
+    s.renewable_share_ppm = share_ppm(renewable, energy.load);
+    s.co2e_mg = co2e;
+}
+
 #[test]
 fn a_valid_bundle_verifies_and_its_numbers_are_recomputed() {
     let b = day_bundle();
     let r = verify(&b, &opts()).unwrap();
     assert_eq!(r.evidence, 289);
     assert_eq!(r.records, 289);
-    assert_eq!(r.statement, b.statement);
-    let s = &b.statement;
+    let s = b.statement().unwrap();
+    assert_eq!(r.statement, s);
     assert_eq!(s.hours.len(), 24);
     // The sample's load is 45 W all day plus 35 W from 08:00 to 22:00: 1.57 kWh.
     let kwh = s.energy.load.kwh();
@@ -49,13 +91,24 @@ fn a_valid_bundle_verifies_and_its_numbers_are_recomputed() {
         s.renewable_share_ppm
     );
     assert!(s.co2e_mg > 0);
+    // Every hour charged at the bundled table's German figure, named by its digest.
+    assert!(
+        s.hours
+            .iter()
+            .all(|h| h.dataset == bundled_digest() && h.intensity_mg_per_kwh == 342_060)
+    );
+    assert_eq!(r.datasets.len(), 1);
+    assert!(r.datasets[0].bundled);
+    assert_eq!(r.datasets[0].hours, 24);
+    // The chain starts at genesis: the battery pool starts empty.
+    assert_eq!(s.battery_initial, BatteryState::default());
     // Both encodings round-trip.
     assert_eq!(ProofBundle::decode(b.to_json().as_bytes()).unwrap(), b);
     assert_eq!(ProofBundle::decode(&b.to_postcard()).unwrap(), b);
 }
 
 fn resign_record(b: &mut ProofBundle, i: usize, edit: impl FnOnce(&mut MeterRecord)) {
-    let dev = attest::sample::SampleDevice::new(1);
+    let dev = SampleDevice::new(1);
     let env = Envelope::decode(&b.evidence[i].envelope.0).unwrap();
     let mut r: MeterRecord = env.open().unwrap();
     edit(&mut r);
@@ -77,6 +130,23 @@ fn tampering_with_a_record_fails_the_signature_check() {
     let n = b.evidence[100].envelope.0.len();
     b.evidence[100].envelope.0[n - 5] ^= 0x10;
     assert_eq!(failed_check(&b), Check::Signature);
+}
+
+#[test]
+fn a_record_signed_with_a_torsioned_r_fails_the_signature_check_every_time() {
+    // Same bytes, signature by the device's own key but with an order-8 component in R:
+    // the batch check let it through for one draw in eight before R had to be torsion-free.
+    let dev = SampleDevice::new(1);
+    let mut b = day_bundle();
+    let env = Envelope::decode(&b.evidence[100].envelope.0).unwrap();
+    let mut bytes = env.signed_bytes().to_vec();
+    bytes.extend_from_slice(&dev.key.sign_with_torsioned_r(env.signed_bytes()));
+    b.evidence[100].envelope = Blob(bytes);
+    for run in 0..32 {
+        let e = verify(&b, &opts()).unwrap_err();
+        assert_eq!(e.check, Check::Signature, "run {run}: {e}");
+        assert!(e.to_string().contains("evidence #100"), "{e}");
+    }
 }
 
 #[test]
@@ -126,44 +196,251 @@ fn a_changed_root_fails_inclusion_and_a_changed_anchor_fails_the_anchor_check() 
     let a: AnchorEntry = Envelope::decode(&entry.0).unwrap().open().unwrap();
     *entry = Blob(Envelope::seal(&a, &KeyPair::from_seed(&[0xee; 32])).into_bytes());
     assert_eq!(failed_check(&b), Check::Anchor);
+}
 
-    // A pinned controller key that is not the bundle's.
+#[test]
+fn a_bundle_is_checked_against_the_pinned_controller_key_never_its_own() {
+    // Pinned to another controller: the statement's signature is the first thing to fail.
     let b = day_bundle();
-    let pinned = VerifyOptions {
-        controller_key: Some(KeyPair::from_seed(&[9; 32]).public()),
-        ..opts()
+    let other = VerifyOptions::pinned(KeyPair::from_seed(&[9; 32]).public(), now());
+    assert_eq!(verify(&b, &other).unwrap_err().check, Check::Statement);
+    // A whole bundle made by an impostor controller (statement and anchors its own).
+    let impostor = KeyPair::from_seed(&[0xee; 32]);
+    let forged = sample::bundle(1, 289, 300_000, &impostor);
+    let e = verify(&forged, &opts()).unwrap_err();
+    assert_eq!(e.check, Check::Statement, "{e}");
+    // A statement edited without the controller's signature.
+    let mut b = day_bundle();
+    let n = b.statement.0.len();
+    b.statement.0[n - 70] ^= 1;
+    assert_eq!(failed_check(&b), Check::Statement);
+}
+
+#[test]
+fn an_evm_anchor_verifies_only_against_a_pinned_chain_and_contract() {
+    let mut b = day_bundle();
+    let contract = Address([0xab; 20]);
+    b.epochs[0].anchor = AnchorRef::Evm {
+        chain_id: 31337,
+        contract,
+        tx_hash: Hash32([5; 32]),
+        block_number: 9,
+    };
+    let e = verify(&b, &opts()).unwrap_err();
+    assert_eq!(e.check, Check::Anchor);
+    assert!(e.to_string().contains("UNPINNED"), "{e}");
+    let mut pinned = opts();
+    pinned.trust = Trust {
+        controller_key: controller().public(),
+        evm: Some(EvmPin {
+            chain_id: 31337,
+            contract: Address([0xcd; 20]),
+        }),
     };
     assert_eq!(verify(&b, &pinned).unwrap_err().check, Check::Anchor);
-    let right = VerifyOptions {
-        controller_key: Some(controller().public()),
-        ..opts()
-    };
-    verify(&b, &right).unwrap();
+    pinned.trust.evm = Some(EvmPin {
+        chain_id: 31337,
+        contract,
+    });
+    let r = verify(&b, &pinned).unwrap();
+    assert!(
+        r.onchain_unchecked,
+        "the root on chain is for --rpc to check"
+    );
 }
 
 #[test]
 fn stated_numbers_that_do_not_follow_from_the_records_are_caught() {
     let mut b = day_bundle();
-    b.statement.energy.solar.0 += 1;
+    restate(&mut b, |s| s.energy.solar.0 += 1);
     assert_eq!(failed_check(&b), Check::Energy);
     let mut b = day_bundle();
-    b.statement.hours[12].energy.load.0 -= 1;
+    restate(&mut b, |s| s.hours[12].energy.load.0 -= 1);
     assert_eq!(failed_check(&b), Check::Energy);
     let mut b = day_bundle();
-    b.statement.renewable_share_ppm += 1;
+    restate(&mut b, |s| s.renewable_share_ppm += 1);
     assert_eq!(failed_check(&b), Check::Carbon);
     let mut b = day_bundle();
-    b.statement.co2e_mg = b.statement.co2e_mg.saturating_sub(1_000);
+    restate(&mut b, |s| s.co2e_mg = s.co2e_mg.saturating_sub(1_000));
     assert_eq!(failed_check(&b), Check::Carbon);
     let mut b = day_bundle();
-    b.statement.hours[3].co2e_mg += 1;
+    restate(&mut b, |s| s.hours[3].co2e_mg += 1);
     assert_eq!(failed_check(&b), Check::Carbon);
     let mut b = day_bundle();
-    b.statement.tier = attest::msg::TrustTier::AttestedAgent;
+    restate(&mut b, |s| s.tier = TrustTier::AttestedAgent);
     assert_eq!(failed_check(&b), Check::Tier);
     let mut b = day_bundle();
-    b.statement.from.0 -= 1;
+    restate(&mut b, |s| s.from.0 -= 1);
     assert_eq!(failed_check(&b), Check::Energy);
+}
+
+#[test]
+fn a_battery_declared_full_of_solar_at_the_start_is_refused() {
+    let mut b = day_bundle();
+    let honest = b.statement().unwrap();
+    // 1 kWh of sunshine said to be in the battery at midnight, everything recomputed.
+    let full = BatteryState {
+        stored: Millijoules(3_600_000_000),
+        renewable: Millijoules(3_600_000_000),
+    };
+    restate(&mut b, |s| rematch(s, full));
+    let forged = b.statement().unwrap();
+    assert!(
+        forged.renewable_share_ppm > honest.renewable_share_ppm,
+        "the forgery claims more: {} > {}",
+        forged.renewable_share_ppm,
+        honest.renewable_share_ppm
+    );
+    let e = verify(&b, &opts()).unwrap_err();
+    assert_eq!(e.check, Check::Carbon, "{e}");
+    assert!(e.to_string().contains("battery"), "{e}");
+}
+
+#[test]
+fn the_battery_at_a_later_start_is_derived_from_the_records_before_it() {
+    let mut dev = SampleDevice::new(1);
+    let hello = dev.hello();
+    let chain = dev.chain(289, 300_000);
+    let messages: Vec<ChainMessage> = chain
+        .iter()
+        .map(|e| ChainMessage::open(e).unwrap())
+        .collect();
+    let hello_msg: attest::msg::Hello = hello.open().unwrap();
+    // The afternoon: the morning's sunshine is in the battery at 14:00.
+    let from = TimestampMs(SAMPLE_START.0 + 14 * 3_600_000);
+    let subject = Subject::DevicePeriod {
+        device: hello_msg.device,
+    };
+    let s = sample::statement(&hello_msg, &messages, subject, from);
+    assert_eq!(s.from, from);
+    assert!(s.battery_initial.renewable.0 > 0, "{:?}", s.battery_initial);
+    assert_eq!(s.hours.len(), 10);
+    let b = sample::bundle_with_statement(&hello, &chain, &controller(), EpochId(0), &s);
+    let r = verify(&b, &opts()).unwrap();
+    assert_eq!(r.statement, s);
+    // Declaring it empty instead (a lower claim, but a restated input all the same).
+    let mut lower = b.clone();
+    restate(&mut lower, |s| rematch(s, BatteryState::default()));
+    assert_eq!(failed_check(&lower), Check::Carbon);
+    // Without the morning's records the content cannot be derived: the chain must start
+    // at its genesis (or a restart).
+    let mut cut = b.clone();
+    cut.evidence.drain(..10);
+    let e = verify(&cut, &opts()).unwrap_err();
+    assert_eq!(e.check, Check::Chain, "{e}");
+    assert!(e.to_string().contains("chain's start"), "{e}");
+}
+
+#[test]
+fn intensities_replaced_with_the_source_renamed_are_refused_unless_accepted() {
+    // Every hour charged at 1 mg/kWh from a dataset the controller made up, carried in the
+    // bundle under a reassuring name, emissions recomputed.
+    let fake = Dataset::Flat {
+        name: "anything at all".into(),
+        mg_per_kwh: 1,
+    };
+    let mut b = day_bundle();
+    b.datasets.push(fake.clone());
+    restate(&mut b, |s| {
+        for h in &mut s.hours {
+            h.intensity_mg_per_kwh = 1;
+            h.dataset = fake.digest();
+        }
+        let initial = s.battery_initial;
+        rematch(s, initial);
+    });
+    let e = verify(&b, &opts()).unwrap_err();
+    assert_eq!(e.check, Check::Intensity, "{e}");
+    assert!(e.to_string().contains("anything at all"), "{e}");
+    assert!(e.to_string().contains("--accept-dataset"), "{e}");
+    // A user who checked that dataset and accepts it gets it, named as not bundled.
+    let mut accepting = opts();
+    accepting.accepted_datasets.push(fake.digest());
+    let r = verify(&b, &accepting).unwrap();
+    assert_eq!(r.datasets.len(), 1);
+    assert!(!r.datasets[0].bundled);
+    assert_eq!(r.datasets[0].name, "anything at all");
+
+    // The same figures under the bundled table's name: the table says otherwise.
+    let mut b = day_bundle();
+    restate(&mut b, |s| {
+        for h in &mut s.hours {
+            h.intensity_mg_per_kwh = 1;
+        }
+        let initial = s.battery_initial;
+        rematch(s, initial);
+    });
+    let e = verify(&b, &opts()).unwrap_err();
+    assert_eq!(e.check, Check::Intensity, "{e}");
+    assert!(e.to_string().contains("342060"), "{e}");
+
+    // A dataset named but not carried.
+    let mut b = day_bundle();
+    restate(&mut b, |s| s.hours[0].dataset = Hash32([7; 32]));
+    assert_eq!(failed_check(&b), Check::Intensity);
+}
+
+/// A day of sample records with, at 12:00, a solar counter that jumps by 10 kWh in five
+/// minutes (120 kW from a 400 W array): implausible, so flagged.
+fn flagged_bundle() -> ProofBundle {
+    let mut dev = SampleDevice::new(1);
+    let hello = dev.hello();
+    let mut chain: Vec<Envelope> = Vec::new();
+    let mut jump = 0;
+    for i in 0..289u64 {
+        let env = dev.record_at(SAMPLE_START.0 + i * 300_000);
+        let mut r: MeterRecord = env.open().unwrap();
+        if i == 144 {
+            jump = 36_000_000_000;
+        }
+        if jump > 0 {
+            // Re-seal with the solar counter raised from here on (the chain stays intact).
+            r.channels[0].energy.0 += jump;
+            r.link.prev = chain.last().map_or(Hash32::ZERO, |e| e.hash());
+            chain.push(Envelope::seal(&r, &dev.key));
+        } else {
+            chain.push(env);
+        }
+    }
+    sample::bundle_from_chain(&hello, &chain, &controller(), EpochId(0))
+}
+
+#[test]
+fn a_flag_removed_with_the_tier_raised_is_refused() {
+    let b = flagged_bundle();
+    let s = b.statement().unwrap();
+    assert!(
+        s.flags
+            .iter()
+            .any(|f| f.code == attest::msg::FlagCode::CounterJump && f.seq.0 == 144),
+        "{:?}",
+        s.flags
+    );
+    assert_eq!(
+        s.tier,
+        TrustTier::SoftwareEstimate,
+        "hardware meter lowered"
+    );
+    verify(&b, &opts()).unwrap();
+    let mut hidden = b.clone();
+    restate(&mut hidden, |s| {
+        s.flags.clear();
+        s.tier = TrustTier::HardwareMeter;
+    });
+    let e = verify(&hidden, &opts()).unwrap_err();
+    assert_eq!(e.check, Check::Tier, "{e}");
+    assert!(e.to_string().contains("flags"), "{e}");
+    // Nor can a flag be invented to discredit a device.
+    let mut extra = day_bundle();
+    restate(&mut extra, |s| {
+        s.flags.push(attest::msg::Flag {
+            code: attest::msg::FlagCode::SolarAtNight,
+            seq: attest::SeqNo(3),
+            detail: "made up".into(),
+        });
+        s.tier = s.tier.lowered();
+    });
+    assert_eq!(failed_check(&extra), Check::Tier);
 }
 
 #[test]
@@ -191,25 +468,19 @@ fn a_bundle_without_the_devices_hello_or_with_a_bad_format_is_refused() {
     );
 }
 
-#[test]
-fn a_job_statement_takes_its_share_of_the_period_from_the_receipt() {
-    use attest::account::{StatementInput, compute_statement};
-    use attest::carbon::BatteryState;
-    use attest::msg::{
-        Backend, ChainMessage, CounterSnapshot, JobId, JobOutcome, JobReceipt, Subject, TrustTier,
-    };
-    use attest::{ChannelId, Millijoules};
-
-    let mut dev = attest::sample::SampleDevice::new(1);
+/// An hour of sample records with a job from record 2 to record 12 (its receipt's counters
+/// taken from those records, `inflate` mJ added to the end counter), then one more record.
+fn job_chain(inflate: u64) -> (Envelope, Vec<Envelope>, MeterRecord, MeterRecord) {
+    let mut dev = SampleDevice::new(1);
     let hello = dev.hello();
-    let mut chain: Vec<Envelope> = dev.chain(13, 300_000); // one hour
+    let mut chain: Vec<Envelope> = dev.chain(13, 300_000);
     let first: MeterRecord = chain[2].open().unwrap();
     let last: MeterRecord = chain[12].open().unwrap();
-    let snap = |r: &MeterRecord| {
+    let snap = |r: &MeterRecord, add: u64| {
         vec![CounterSnapshot {
             channel: ChannelId(5),
-            kind: attest::msg::ChannelKind::Gpu,
-            energy: r.channels[5].energy,
+            kind: ChannelKind::Gpu,
+            energy: Millijoules(r.channels[5].energy.0 + add),
         }]
     };
     let receipt = JobReceipt {
@@ -219,48 +490,100 @@ fn a_job_statement_takes_its_share_of_the_period_from_the_receipt() {
         output_hash: Hash32::digest(b"output"),
         started: first.link.timestamp,
         ended: last.link.timestamp,
-        start_counters: snap(&first),
-        end_counters: snap(&last),
+        start_counters: snap(&first, 0),
+        end_counters: snap(&last, inflate),
         chunks: 40,
         pauses: 0,
         backend: Backend::Cpu,
         tier: TrustTier::HardwareMeter,
     };
     chain.push(dev.seal_chained(&receipt));
-    chain.push(dev.record_at(attest::sample::SAMPLE_START.0 + 13 * 300_000));
-    let mut b = sample::bundle_from_chain(&hello, &chain, &controller(), attest::EpochId(3));
+    chain.push(dev.record_at(SAMPLE_START.0 + 13 * 300_000));
+    (hello, chain, first, last)
+}
+
+fn job_subject() -> Subject {
+    Subject::Job {
+        device: SampleDevice::new(1).key.device_id(),
+        job: JobId([7; 16]),
+    }
+}
+
+#[test]
+fn a_job_statement_takes_its_share_from_the_receipt_and_its_embodied_part_from_the_hello() {
+    let (hello, chain, first, last) = job_chain(0);
     let messages: Vec<ChainMessage> = chain
         .iter()
         .map(|e| ChainMessage::open(e).unwrap())
         .collect();
-    let hello_msg = hello.open().unwrap();
-    let intensity = |_| 380_000;
-    let input = StatementInput {
-        subject: Subject::Job {
-            device: dev.key.device_id(),
-            job: JobId([7; 16]),
-        },
-        hello: &hello_msg,
-        chain: &messages,
-        intensity: &intensity,
-        intensity_source: "sample".into(),
-        battery_initial: BatteryState::default(),
-        flags: vec![],
-        embodied_mg: 1_000,
-        functional_units: 1,
-    };
-    b.statement = compute_statement(&input).unwrap();
-    let job = b.statement.job.unwrap();
+    let hello_msg: attest::msg::Hello = hello.open().unwrap();
+    let s = sample::statement(&hello_msg, &messages, job_subject(), TimestampMs(0));
+    let job = s.job.unwrap();
     assert_eq!(
         job.energy,
         Millijoules(last.channels[5].energy.0 - first.channels[5].energy.0)
     );
-    let sci = b.statement.sci.clone().unwrap();
-    assert_eq!(sci.per_unit_mg, job.co2e_mg + 1_000);
+    let sci = s.sci.clone().unwrap();
+    // M = TE x TiR / EL: 150 kg over five years, for 50 minutes.
+    let run_ms = last.link.timestamp.0 - first.link.timestamp.0;
+    let expected_m = 150_000_000u128 * run_ms as u128 / (5u128 * 8_766 * 3_600_000);
+    assert_eq!(sci.embodied_mg, expected_m as u64);
+    assert!(sci.embodied_mg > 0);
+    assert_eq!(sci.per_unit_mg, job.co2e_mg + sci.embodied_mg);
+    let b = sample::bundle_with_statement(&hello, &chain, &controller(), EpochId(3), &s);
     verify(&b, &opts()).unwrap();
-    b.statement.job = Some(attest::msg::JobAccount {
-        co2e_mg: job.co2e_mg + 1,
-        ..job
+    let mut bad = b.clone();
+    restate(&mut bad, |s| {
+        s.job = Some(attest::msg::JobAccount {
+            co2e_mg: job.co2e_mg + 1,
+            ..job
+        })
     });
-    assert_eq!(failed_check(&b), Check::Job);
+    assert_eq!(failed_check(&bad), Check::Job);
+    let mut bad = b.clone();
+    restate(&mut bad, |s| {
+        let sci = s.sci.as_mut().unwrap();
+        sci.embodied_mg = 0;
+        sci.per_unit_mg = sci.operational_mg;
+    });
+    assert_eq!(failed_check(&bad), Check::Job);
+}
+
+#[test]
+fn a_receipt_whose_energy_is_inflated_beyond_its_records_is_refused() {
+    // The device signs a receipt claiming 555 Wh more than its GPU counter shows.
+    let (hello, chain, _, _) = job_chain(555 * 3_600_000);
+    let messages: Vec<ChainMessage> = chain
+        .iter()
+        .map(|e| ChainMessage::open(e).unwrap())
+        .collect();
+    let hello_msg: attest::msg::Hello = hello.open().unwrap();
+    let err = attest::account::compute_statement(&attest::account::StatementInput {
+        subject: job_subject(),
+        hello: &hello_msg,
+        chain: &messages,
+        from: TimestampMs(0),
+        intensity: &|h| sample::bundled_figure("DE", h),
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            attest::account::AccountError::ReceiptCounterMismatch { end: "end", .. }
+        ),
+        "{err}"
+    );
+    // A controller that states the inflated job anyway: the verifier recomputes and refuses.
+    let (_, honest_chain, _, _) = job_chain(0);
+    let honest: Vec<ChainMessage> = honest_chain
+        .iter()
+        .map(|e| ChainMessage::open(e).unwrap())
+        .collect();
+    let mut s = sample::statement(&hello_msg, &honest, job_subject(), TimestampMs(0));
+    let job = s.job.as_mut().unwrap();
+    job.energy.0 += 555 * 3_600_000;
+    let b = sample::bundle_with_statement(&hello, &chain, &controller(), EpochId(3), &s);
+    let e = verify(&b, &opts()).unwrap_err();
+    assert_eq!(e.check, Check::Job, "{e}");
+    assert!(e.to_string().contains("counter"), "{e}");
 }

@@ -13,6 +13,11 @@ fn vectors() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
 }
 
+/// The key of the controller that signed the shipped vectors (seed 0xc0 x 32).
+fn controller_key() -> String {
+    attest::KeyPair::from_seed(&[0xc0; 32]).public().to_string()
+}
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("attest-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -21,20 +26,36 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 #[test]
-fn verify_accepts_the_shipped_bundle_and_exits_zero() {
+fn verify_accepts_the_shipped_bundles_with_the_pinned_key_and_exits_zero() {
+    for file in ["bundle.json", "bundle.postcard"] {
+        let out = attest()
+            .args(["verify", "--controller-key", &controller_key()])
+            .arg(vectors().join(file))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{file}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.starts_with("OK:"), "{stdout}");
+        assert!(stdout.contains("49 meter records"), "{stdout}");
+        assert!(stdout.contains("bundled grid-intensity table"), "{stdout}");
+        assert!(stdout.contains("embodied (from the hello)"), "{stdout}");
+    }
+}
+
+#[test]
+fn verify_without_a_pinned_controller_key_says_unpinned_and_exits_non_zero() {
     let out = attest()
         .arg("verify")
         .arg(vectors().join("bundle.json"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.starts_with("OK:"), "{stdout}");
-    assert!(stdout.contains("13 meter records"), "{stdout}");
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.starts_with("UNPINNED"), "{stdout}");
 }
 
 #[test]
@@ -46,18 +67,23 @@ fn verify_names_the_failing_check_and_exits_one() {
     b.evidence[4].proof.path[0].0[3] ^= 1;
     let path = d.join("bad.bundle");
     std::fs::write(&path, b.to_postcard()).unwrap();
-    let out = attest().arg("verify").arg(&path).output().unwrap();
+    let out = attest()
+        .args(["verify", "--controller-key", &controller_key()])
+        .arg(&path)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("check `inclusion` failed"), "{stdout}");
-    // A pinned controller key that differs fails the anchor check.
+    // A pinned controller key that differs fails at the statement's signature.
+    let other = attest::KeyPair::from_seed(&[0x11; 32]).public().to_string();
     let out = attest()
-        .args(["verify", "--controller-key", &"11".repeat(32)])
+        .args(["verify", "--controller-key", &other])
         .arg(vectors().join("bundle.json"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("check `anchor` failed"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("check `statement` failed"));
 }
 
 #[test]
@@ -75,13 +101,32 @@ fn verify_with_an_unreachable_rpc_fails_rather_than_passing() {
     };
     let path = d.join("evm.json");
     std::fs::write(&path, b.to_json()).unwrap();
-    let out = attest().arg("verify").arg(&path).output().unwrap();
+    let pinned = [
+        "verify",
+        "--controller-key",
+        &controller_key(),
+        "--chain-id",
+        "31337",
+        "--contract",
+        &format!("0x{}", "55".repeat(20)),
+    ];
+    // Without the chain and contract pinned, an EVM anchor proves nothing.
+    let out = attest()
+        .args(["verify", "--controller-key", &controller_key()])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("UNPINNED"), "{stdout}");
+    let out = attest().args(pinned).arg(&path).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("not checked on chain"), "{stdout}");
     // Port 9 on loopback: nothing listens; the check must fail, naming the anchor.
     let out = attest()
-        .args(["verify", "--rpc", "http://127.0.0.1:9"])
+        .args(pinned)
+        .args(["--rpc", "http://127.0.0.1:9"])
         .arg(&path)
         .output()
         .unwrap();

@@ -98,6 +98,7 @@ fn make_messages() -> Value {
             .root,
         timestamp: TimestampMs(SAMPLE_START.0 + 3_600_000),
     };
+    let statement = make_bundle().statement().unwrap();
     json!([
         vector("hello", &dev.key, &hello),
         vector("meter_record_seq0", &dev.key, &r0),
@@ -107,11 +108,76 @@ fn make_messages() -> Value {
         vector("command_resend", &ctl, &Envelope::seal(&command, &ctl)),
         vector("ack", &ctl, &Envelope::seal(&ack, &ctl)),
         vector("anchor_entry", &ctl, &Envelope::seal(&anchor, &ctl)),
+        vector("statement_job", &ctl, &Envelope::seal(&statement, &ctl)),
     ])
 }
 
+/// A job's bundle over a day of records every 30 minutes, so that the data covers the
+/// arithmetic: solar and battery charging by day, battery and grid by night, a counter jump
+/// at 08:00 (a plausibility flag), the job from 10:00 to 13:00 (its receipt's counters are
+/// those of the records there), and an agent restart without its state at 18:10 (no energy
+/// counted across it).
 fn make_bundle() -> ProofBundle {
-    attest::sample::bundle(1, 13, 300_000, &controller())
+    let mut dev = SampleDevice::new(1);
+    let hello = dev.hello();
+    let half_hour = 1_800_000;
+    let mut chain = Vec::new();
+    let mut at_job_start: Option<MeterRecord> = None;
+    for i in 0..=48u64 {
+        let t = SAMPLE_START.0 + i * half_hour;
+        if i == 37 {
+            chain.push(dev.restart(t - 20 * 60_000));
+        }
+        if i == 16 {
+            dev.bump_counter(0, 3_600_000_000);
+        }
+        let env = dev.record_at(t);
+        let rec: MeterRecord = env.open().unwrap();
+        chain.push(env);
+        if i == 20 {
+            at_job_start = Some(rec.clone());
+        }
+        if i == 26 {
+            let first = at_job_start.clone().unwrap();
+            let snap = |r: &MeterRecord| {
+                vec![CounterSnapshot {
+                    channel: attest::ChannelId(5),
+                    kind: ChannelKind::Gpu,
+                    energy: r.channels[5].energy,
+                }]
+            };
+            let receipt = JobReceipt {
+                link: dev.next_link(t),
+                job: JobId([0x22; 16]),
+                outcome: JobOutcome::Completed,
+                output_hash: Hash32::digest(b"vector job output"),
+                started: first.link.timestamp,
+                ended: rec.link.timestamp,
+                start_counters: snap(&first),
+                end_counters: snap(&rec),
+                chunks: 12,
+                pauses: 1,
+                backend: Backend::Cpu,
+                tier: TrustTier::HardwareMeter,
+            };
+            chain.push(dev.seal_chained(&receipt));
+        }
+    }
+    let hello_msg: Hello = hello.open().unwrap();
+    let messages: Vec<ChainMessage> = chain
+        .iter()
+        .map(|e| ChainMessage::open(e).unwrap())
+        .collect();
+    let statement = attest::sample::statement(
+        &hello_msg,
+        &messages,
+        Subject::Job {
+            device: hello_msg.device,
+            job: JobId([0x22; 16]),
+        },
+        TimestampMs(0),
+    );
+    attest::sample::bundle_with_statement(&hello, &chain, &controller(), EpochId(0), &statement)
 }
 
 fn pretty(v: &Value) -> String {
@@ -137,13 +203,22 @@ fn shipped_vectors_match_what_this_code_produces() {
         shipped, bundle,
         "bundle.json differs from this code's output"
     );
+    let postcard = make_bundle().to_postcard();
+    if std::env::var_os("ATTEST_REGEN_VECTORS").is_some() {
+        std::fs::write(dir().join("bundle.postcard"), &postcard).unwrap();
+    }
+    let shipped = std::fs::read(dir().join("bundle.postcard")).unwrap();
+    assert!(
+        shipped == postcard,
+        "bundle.postcard differs from this code's output"
+    );
 }
 
 #[test]
 fn every_shipped_message_verifies_and_decodes_to_its_json_on_its_own_terms() {
     let text = std::fs::read_to_string(dir().join("messages.json")).unwrap();
     let vectors: Vec<Value> = serde_json::from_str(&text).unwrap();
-    assert_eq!(vectors.len(), 8);
+    assert_eq!(vectors.len(), 9);
     for v in vectors {
         let name = v["name"].as_str().unwrap();
         let bytes = attest::hex::decode(v["envelope_hex"].as_str().unwrap()).unwrap();
@@ -177,17 +252,36 @@ fn every_shipped_message_verifies_and_decodes_to_its_json_on_its_own_terms() {
 }
 
 #[test]
-fn the_shipped_bundle_verifies() {
-    let text = std::fs::read(dir().join("bundle.json")).unwrap();
-    let b = ProofBundle::decode(&text).unwrap();
+fn the_shipped_bundles_verify_and_cover_solar_grid_charging_a_restart_a_job_and_a_flag() {
+    let json = std::fs::read(dir().join("bundle.json")).unwrap();
+    let postcard = std::fs::read(dir().join("bundle.postcard")).unwrap();
+    let b = ProofBundle::decode(&json).unwrap();
+    assert_eq!(
+        ProofBundle::decode(&postcard).unwrap(),
+        b,
+        "both forms are one bundle"
+    );
     let r = verify(
         &b,
-        &VerifyOptions {
-            controller_key: Some(controller().public()),
-            now: TimestampMs(SAMPLE_START.0 + 86_400_000),
-        },
+        &VerifyOptions::pinned(
+            controller().public(),
+            TimestampMs(SAMPLE_START.0 + 86_400_000),
+        ),
     )
     .unwrap();
-    assert_eq!(r.records, 13);
-    assert_eq!(r.statement, b.statement);
+    assert_eq!(r.records, 49);
+    let s = b.statement().unwrap();
+    assert_eq!(r.statement, s);
+    let e = &s.energy;
+    assert!(e.solar.0 > 0 && e.grid_import.0 > 0 && e.battery_charge.0 > 0);
+    assert!(e.battery_discharge.0 > 0);
+    assert!(!s.flags.is_empty(), "the counter jump is flagged");
+    assert!(s.job.is_some_and(|j| j.energy.0 > 0));
+    assert!(s.sci.as_ref().is_some_and(|sci| sci.embodied_mg > 0));
+    let restarts = b
+        .evidence
+        .iter()
+        .filter(|ev| Envelope::decode(&ev.envelope.0).unwrap().kind() == attest::Kind::ChainRestart)
+        .count();
+    assert_eq!(restarts, 1);
 }

@@ -77,11 +77,19 @@ fn the_demo_stores_every_agents_records_against_the_embedded_broker_and_its_bund
         .output()
         .unwrap();
     assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    // The controller key, pinned by the verifier (as a buyer would, from the operator).
+    let key = Command::new(&controller)
+        .args(["--config", config.to_str().unwrap(), "key"])
+        .output()
+        .unwrap();
+    let key = String::from_utf8_lossy(&key.stdout).trim().to_string();
     let attest = workspace_binary(DEMO, "attest", "attest");
     let v = Command::new(attest)
-        .arg("verify")
+        .args(["verify", "--controller-key", &key])
         .arg(&bundle)
         .output()
         .unwrap();
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(v.status.success(), "{text}");
+    assert!(text.contains("bundled grid-intensity table"), "{text}");
 }

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use attest::Envelope;
 use attest::carbon::{self, EnergyBySource, HourLine};
-use attest::msg::{ChainMessage, Hello, Statement};
+use attest::msg::{ChainMessage, Hello};
+
+use crate::bundles::DeviceStatement;
 use attest::units::Millijoules;
 use serde::Serialize;
 
@@ -35,19 +37,20 @@ pub enum HoursError {
 }
 
 /// A device's statement over its stored messages (anchored or not) with timestamps in
-/// `from_ms..=to_ms`. Messages that do not decode are left out.
+/// `from_ms..=to_ms`, the battery's content at the start derived from the messages before
+/// (from the chain's start, as a bundle does). Messages that do not decode are left out.
 pub fn device_hours<S: Store>(
     store: &S,
     dev: &DeviceRow,
     intensity: &IntensityResolver,
     from_ms: u64,
     to_ms: u64,
-) -> Result<Statement, HoursError> {
+) -> Result<DeviceStatement, HoursError> {
     let hello: Hello = Envelope::decode(&dev.hello)
         .and_then(|e| e.open())
         .map_err(|_| HoursError::BadHello)?;
     let chain: Vec<ChainMessage> = store
-        .items_between(dev.id, from_ms, to_ms)?
+        .items_between(dev.id, 0, to_ms)?
         .iter()
         .filter_map(|i| {
             Envelope::decode(&i.envelope)
@@ -55,7 +58,12 @@ pub fn device_hours<S: Store>(
                 .and_then(|e| ChainMessage::open(&e).ok())
         })
         .collect();
-    Ok(crate::bundles::device_statement(&hello, &chain, intensity)?)
+    Ok(crate::bundles::device_statement(
+        &hello,
+        &chain,
+        attest::TimestampMs(from_ms),
+        intensity,
+    )?)
 }
 
 /// One fleet hour.
@@ -105,11 +113,11 @@ impl FleetHours {
     }
 
     /// Adds one device's statement (each device once: a statement has one line per hour).
-    pub fn add(&mut self, statement: &Statement) {
-        for line in &statement.hours {
+    pub fn add(&mut self, device: &DeviceStatement) {
+        for line in &device.statement.hours {
             self.lines.entry(line.hour).or_default().push(*line);
         }
-        self.sources.insert(statement.intensity_source.clone());
+        self.sources.insert(device.intensity_source.clone());
         self.devices += 1;
     }
 
@@ -272,7 +280,11 @@ mod tests {
         let mut per_device = Vec::new();
         for (d, _) in &devs[..2] {
             let row = ing.store().device(d.key.device_id()).unwrap().unwrap();
-            per_device.push(device_hours(ing.store(), &row, &r, from, to).unwrap());
+            per_device.push(
+                device_hours(ing.store(), &row, &r, from, to)
+                    .unwrap()
+                    .statement,
+            );
         }
         assert_eq!(fleet.len(), 20, "20 hours of records");
         for fh in &fleet {

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use attest::msg::Hello;
-use attest::{DeviceId, Envelope, PublicKey};
+use attest::{DeviceId, Envelope, KeyPair};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -41,8 +41,9 @@ pub struct ApiState {
     pub db: PathBuf,
     /// The ingest status file.
     pub status: PathBuf,
-    /// The controller's public key (named in bundles' local anchors).
-    pub controller: PublicKey,
+    /// The controller's key: it signs the statements in bundles (and its public half is
+    /// named in their local anchors).
+    pub controller: Arc<KeyPair>,
     /// Grid intensity by region and hour, for statements.
     pub intensity: Arc<IntensityResolver>,
     /// The blob store: job inputs and PTX modules by SHA-256 (file name = hex).
@@ -386,18 +387,20 @@ async fn hours(
     blocking(move || {
         let store = SqliteStore::open(&s.db)?;
         let dev = store.device(id)?.ok_or(AppError::UnknownDevice(id))?;
-        let statement = crate::accounting::device_hours(
+        let made = crate::accounting::device_hours(
             &store,
             &dev,
             &s.intensity,
             q.from.unwrap_or(0),
             q.to.unwrap_or(u64::MAX / 2),
         )?;
+        let statement = &made.statement;
         Ok(Json(json!({
             "device": id.to_string(),
             "from": statement.from.0,
             "to": statement.to.0,
-            "intensity_source": statement.intensity_source,
+            "intensity_source": made.intensity_source,
+            "battery_initial": statement.battery_initial,
             "totals": {
                 "energy_mj": statement.energy,
                 "renewable_mj": statement.renewable.0,
@@ -467,7 +470,7 @@ async fn bundle(
         let store = SqliteStore::open(&s.db)?;
         let b = crate::bundles::device_period(
             &store,
-            s.controller,
+            &s.controller,
             id,
             q.from.unwrap_or(0),
             q.to.unwrap_or(u64::MAX / 2),
@@ -544,8 +547,8 @@ mod tests {
         let state = ApiState {
             db,
             status: dir.join("status.json"),
-            controller: key.public(),
-            intensity: Arc::new(IntensityResolver::flat(400_000, "test")),
+            controller: Arc::new(key.clone()),
+            intensity: Arc::new(IntensityResolver::bundled(None).unwrap()),
             blobs: dir.join("blobs"),
         };
         let _ = dev.chain(0, 1);
@@ -578,10 +581,10 @@ mod tests {
         let (s, v) = get_json(app(state.clone()), &format!("/api/v1/devices/{id}/bundle")).await;
         assert_eq!(s, StatusCode::OK);
         let b: attest::bundle::ProofBundle = serde_json::from_value(v).unwrap();
-        let opts = attest::bundle::VerifyOptions {
-            controller_key: Some(state.controller),
-            now: attest::TimestampMs(u64::MAX / 2),
-        };
+        let opts = attest::bundle::VerifyOptions::pinned(
+            state.controller.public(),
+            attest::TimestampMs(u64::MAX / 2),
+        );
         assert_eq!(attest::bundle::verify(&b, &opts).unwrap().records, 12);
         let (s, v) = get_json(app(state.clone()), &format!("/api/v1/devices/{id}/hours")).await;
         assert_eq!(s, StatusCode::OK);
@@ -717,7 +720,7 @@ mod tests {
         let state = ApiState {
             db,
             status: dir.join("status.json"),
-            controller: key.public(),
+            controller: Arc::new(key.clone()),
             intensity: Arc::new(IntensityResolver::bundled(Some(csv)).unwrap()),
             blobs: dir.join("blobs"),
         };
@@ -841,30 +844,42 @@ mod tests {
         .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         let b: attest::bundle::ProofBundle = serde_json::from_value(v).unwrap();
-        let stated: Vec<u32> = b
-            .statement
+        let statement = b.statement().unwrap();
+        let stated: Vec<u32> = statement
             .hours
             .iter()
             .map(|h| h.intensity_mg_per_kwh)
             .collect();
         assert_eq!(stated, vec![342_060, 342_060, 50_500, 342_060]);
-        assert!(
-            b.statement
-                .intensity_source
-                .contains("operator-csv:grid.csv (hourly) for 1 h")
+        // The CSV's DE rows of that year travel in the bundle, named by their digest.
+        assert_eq!(b.datasets.len(), 1);
+        let csv = b.datasets[0].digest();
+        assert_eq!(statement.hours[2].dataset, csv);
+        assert_eq!(
+            statement.hours[0].dataset,
+            attest::intensity::bundled_digest()
         );
-        let opts = attest::bundle::VerifyOptions {
-            controller_key: Some(state.controller),
-            now: attest::TimestampMs(u64::MAX / 2),
-        };
+        assert!(b.datasets[0].name().starts_with("operator-csv:grid.csv"));
+        // A verifier does not take the operator's series on its word: it must accept it.
+        let mut opts = attest::bundle::VerifyOptions::pinned(
+            state.controller.public(),
+            attest::TimestampMs(u64::MAX / 2),
+        );
+        let e = attest::bundle::verify(&b, &opts).unwrap_err();
+        assert_eq!(e.check, attest::bundle::Check::Intensity, "{e}");
+        opts.accepted_datasets.push(csv);
         let report = attest::bundle::verify(&b, &opts).unwrap();
         assert_eq!(report.records, 241);
-        // The carbon follows the stated hourly figures: changing one is caught.
+        assert_eq!(report.datasets.len(), 2);
+        // The carried dataset's figure is checked: a changed one is caught even when the
+        // controller re-signs its statement.
         let mut bad = b.clone();
-        bad.statement.hours[2].intensity_mg_per_kwh = 342_060;
+        let mut forged = statement.clone();
+        forged.hours[2].intensity_mg_per_kwh = 342_060;
+        bad.statement = attest::bundle::ProofBundle::sign_statement(&forged, &state.controller);
         assert_eq!(
             attest::bundle::verify(&bad, &opts).unwrap_err().check,
-            attest::bundle::Check::Carbon
+            attest::bundle::Check::Intensity
         );
     }
 

@@ -1,16 +1,18 @@
-//! Proof bundles for a device-period: the signed messages in the period, their inclusion
-//! proofs in their epochs' trees, the epochs' local anchor entries, the device's hello, and
-//! the statement computed with `attest`'s own arithmetic (with the plausibility flags the
-//! records raise, which lower its tier), so `attest verify` accepts it.
+//! Proof bundles for a device-period: the device's signed messages from the start of its
+//! chain to the period's end (the ones before the period give the battery's content at its
+//! start), their inclusion proofs in their epochs' trees, the epochs' anchors, the device's
+//! hello, the intensity datasets the statement names, and the statement computed with
+//! `attest`'s own arithmetic and signed with the controller key, so `attest verify`
+//! accepts it (with that key pinned).
 
 use std::collections::BTreeMap;
 
-use attest::account::{StatementInput, compute_statement};
+use attest::account::{AccountError, StatementInput, compute_statement};
 use attest::bundle::{AnchorRef, BUNDLE_FORMAT, Blob, EpochProof, Evidence, ProofBundle};
-use attest::carbon::BatteryState;
+use attest::intensity::Dataset;
 use attest::merkle::{MerkleTree, TreeHead};
-use attest::msg::{ChainMessage, Hello, Subject};
-use attest::{DeviceId, Envelope, EpochId, PublicKey};
+use attest::msg::{ChainMessage, Hello, Statement, Subject};
+use attest::{DeviceId, Envelope, EpochId, KeyPair, TimestampMs};
 
 use crate::intensity::IntensityResolver;
 use crate::store::{Store, StoreError};
@@ -35,43 +37,54 @@ pub enum BundleError {
     Statement(String),
 }
 
-/// The statement for a device over its chain messages: `attest`'s arithmetic with the
-/// intensity of the device's region (its hello's `site.grid_region`) hour by hour, the
-/// plausibility flags the records raise, and no battery content assumed at the start.
-/// Shared by bundles, the API's hour views and fleet accounting.
+/// A device's statement, with what goes beside it.
+#[derive(Debug, Clone)]
+pub struct DeviceStatement {
+    /// The statement (unsigned).
+    pub statement: Statement,
+    /// A label of the intensity sources used, for people (not part of the statement: each
+    /// hour line names its dataset by digest).
+    pub intensity_source: String,
+    /// The carried datasets its hours name (a bundle must hold them).
+    pub datasets: Vec<Dataset>,
+}
+
+/// The statement for a device over its chain messages, the period starting at the first
+/// record at or after `from` (earlier messages give the battery's content at the start):
+/// `attest`'s arithmetic with the intensity of the device's region (its hello's
+/// `site.grid_region`) hour by hour. Shared by bundles, the API's hour views and fleet
+/// accounting.
 pub fn device_statement(
     hello: &Hello,
     chain: &[ChainMessage],
+    from: TimestampMs,
     intensity: &IntensityResolver,
-) -> Result<attest::msg::Statement, attest::account::AccountError> {
+) -> Result<DeviceStatement, AccountError> {
     let region = intensity.for_region(&hello.site.grid_region);
-    let mut statement = compute_statement(&StatementInput {
+    let statement = compute_statement(&StatementInput {
         subject: Subject::DevicePeriod {
             device: hello.device,
         },
         hello,
         chain,
-        intensity: &|hour| region.at(hour).mg_per_kwh,
-        intensity_source: String::new(),
-        battery_initial: BatteryState::default(),
-        flags: crate::plausibility::check_chain(&hello.site, chain),
-        embodied_mg: 0,
-        functional_units: 0,
+        from,
+        intensity: &|hour| region.at(hour).figure(),
     })?;
-    // Which sources a period used is known once its hours are. `compute_statement` only
-    // copies the source text into the statement, so naming it now gives the very statement
-    // that text as input would have given, and the verifier recomputes it from the stated
-    // text and the stated per-hour figures.
-    statement.intensity_source = region.describe(statement.hours.iter().map(|h| h.hour));
-    Ok(statement)
+    let hours = || statement.hours.iter().map(|h| h.hour);
+    Ok(DeviceStatement {
+        intensity_source: region.describe(hours()),
+        datasets: region.datasets(hours()),
+        statement,
+    })
 }
 
-/// Builds the bundle for `device` over messages with timestamps in `from_ms..=to_ms`.
-/// With `trim_unanchored`, the period ends before the first message whose epoch is still
-/// open; without it, such a message is an error.
+/// Builds the bundle for `device` over the period of messages with timestamps in
+/// `from_ms..=to_ms`, signed with the controller key. With `trim_unanchored`, the period
+/// ends before the first message whose epoch is still open; without it, such a message is
+/// an error.
 pub fn device_period<S: Store>(
     store: &S,
-    controller: PublicKey,
+    controller: &KeyPair,
     device: DeviceId,
     from_ms: u64,
     to_ms: u64,
@@ -81,7 +94,8 @@ pub fn device_period<S: Store>(
     let dev = store
         .device(device)?
         .ok_or(BundleError::UnknownDevice(device))?;
-    let mut items = store.items_between(device, from_ms, to_ms)?;
+    // From the chain's start: the battery's content at `from_ms` is derived from there.
+    let mut items = store.items_between(device, 0, to_ms)?;
     if trim_unanchored {
         let anchored = items.iter().take_while(|i| i.placed.is_some()).count();
         items.truncate(anchored);
@@ -122,7 +136,7 @@ pub fn device_period<S: Store>(
                 },
                 _ => AnchorRef::Local {
                     entry: Blob(row.anchor_entry.clone()),
-                    controller_key: controller,
+                    controller_key: controller.public(),
                 },
             };
             epochs.push(EpochProof {
@@ -146,12 +160,16 @@ pub fn device_period<S: Store>(
     let hello: Hello = Envelope::decode(&dev.hello)
         .and_then(|e| e.open())
         .map_err(|e| StoreError::Corrupt(format!("stored hello: {e}")))?;
-    let statement = device_statement(&hello, &chain, intensity)
-        .map_err(|e| BundleError::Statement(e.to_string()))?;
+    let made = match device_statement(&hello, &chain, TimestampMs(from_ms), intensity) {
+        Ok(s) => s,
+        Err(AccountError::NoRecords) => return Err(BundleError::Empty(device)),
+        Err(e) => return Err(BundleError::Statement(e.to_string())),
+    };
     Ok(ProofBundle {
         format: BUNDLE_FORMAT,
-        statement,
+        statement: ProofBundle::sign_statement(&made.statement, controller),
         devices: vec![Blob(dev.hello)],
+        datasets: made.datasets,
         evidence,
         epochs,
     })
@@ -195,36 +213,16 @@ mod tests {
             .collect();
         ing.handle(&rest, now).unwrap();
         let id = dev.key.device_id();
-        let intensity = IntensityResolver::flat(380_000, "test:flat");
-        let not_yet = device_period(
-            ing.store(),
-            key.public(),
-            id,
-            0,
-            u64::MAX,
-            &intensity,
-            false,
-        );
+        let intensity = IntensityResolver::bundled(None).unwrap();
+        let not_yet = device_period(ing.store(), &key, id, 0, u64::MAX, &intensity, false);
         assert!(matches!(not_yet, Err(BundleError::NotAnchored { seq: 25 })));
         let e1 = close_epoch(ing.store_mut(), &key, now + 1)
             .unwrap()
             .unwrap();
         assert_eq!((e1.epoch, e1.tree_size, e1.anchor_index), (1, 15, 1));
-        let b = device_period(
-            ing.store(),
-            key.public(),
-            id,
-            0,
-            u64::MAX,
-            &intensity,
-            false,
-        )
-        .unwrap();
+        let b = device_period(ing.store(), &key, id, 0, u64::MAX, &intensity, false).unwrap();
         assert_eq!(b.epochs.len(), 2);
-        let opts = VerifyOptions {
-            controller_key: Some(key.public()),
-            now: attest::TimestampMs(now),
-        };
+        let opts = VerifyOptions::pinned(key.public(), attest::TimestampMs(now));
         let r = verify(&b, &opts).unwrap();
         assert_eq!(r.records, 40);
         // The anchor log chains: entry 1 names entry 0's hash.
@@ -234,7 +232,7 @@ mod tests {
         // A narrower period verifies too; a tampered one does not.
         let part = device_period(
             ing.store(),
-            key.public(),
+            &key,
             id,
             SAMPLE_START.0 + 10 * 60_000,
             SAMPLE_START.0 + 30 * 60_000,
@@ -242,9 +240,18 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(verify(&part, &opts).unwrap().records, 21);
+        // Evidence from the chain's start: the 10 records before the period give the
+        // battery's content at its start; the statement covers the 21 of the period.
+        let r = verify(&part, &opts).unwrap();
+        assert_eq!(r.records, 31);
+        let s = part.statement().unwrap();
+        assert_eq!(s.from.0, SAMPLE_START.0 + 10 * 60_000);
+        assert_eq!(s.to.0, SAMPLE_START.0 + 30 * 60_000);
+        // A restated figure is caught even when the controller signs it again.
         let mut bad = part.clone();
-        bad.statement.co2e_mg += 1;
+        let mut forged = s.clone();
+        forged.co2e_mg += 1;
+        bad.statement = ProofBundle::sign_statement(&forged, &key);
         assert_eq!(verify(&bad, &opts).unwrap_err().check, Check::Carbon);
     }
 
@@ -277,10 +284,10 @@ mod tests {
         let now = SAMPLE_START.0 + 86_400_000;
         ing.handle(&batch, now).unwrap();
         close_epoch(ing.store_mut(), &key, now).unwrap();
-        let intensity = IntensityResolver::flat(380_000, "test");
+        let intensity = IntensityResolver::bundled(None).unwrap();
         let b = device_period(
             ing.store(),
-            key.public(),
+            &key,
             dev.key.device_id(),
             0,
             u64::MAX,
@@ -288,21 +295,23 @@ mod tests {
             false,
         )
         .unwrap();
-        let codes: Vec<_> = b.statement.flags.iter().map(|f| f.code).collect();
+        let s = b.statement().unwrap();
+        let codes: Vec<_> = s.flags.iter().map(|f| f.code).collect();
         assert_eq!(codes, vec![attest::msg::FlagCode::SolarAtNight; 2]);
         assert_eq!(
-            b.statement.tier,
+            s.tier,
             TrustTier::SoftwareEstimate,
             "hardware meter lowered by the flags"
         );
-        let opts = VerifyOptions {
-            controller_key: Some(key.public()),
-            now: attest::TimestampMs(now),
-        };
+        let opts = VerifyOptions::pinned(key.public(), attest::TimestampMs(now));
         verify(&b, &opts).unwrap();
-        // Dropping the flags does not fool the verifier: the stated tier no longer follows.
+        // Dropping the flags does not fool the verifier, even with the tier raised to
+        // match and the statement signed again: it raises the flags itself.
         let mut hidden = b.clone();
-        hidden.statement.flags.clear();
+        let mut forged = s.clone();
+        forged.flags.clear();
+        forged.tier = TrustTier::HardwareMeter;
+        hidden.statement = ProofBundle::sign_statement(&forged, &key);
         assert_eq!(verify(&hidden, &opts).unwrap_err().check, Check::Tier);
     }
 }

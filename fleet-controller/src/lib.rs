@@ -12,7 +12,7 @@
 //!   hourly CSV, or a flat figure), named in every statement.
 //! - [`runtime`]: the MQTT ingest loop around [`ingest`].
 //! - [`ingest`]: payloads in, verified evidence stored, acks out (sans-IO).
-//! - [`plausibility`]: flags for physically implausible records (sun position, clear sky).
+//! - plausibility flags live in `attest::plausibility` (the verifier recomputes them).
 //! - [`store`]: the narrow store interface and its SQLite backend (WAL, versioned migrations,
 //!   idempotent inserts on (device, sequence)).
 
@@ -25,7 +25,6 @@ pub mod crash;
 pub mod epochs;
 pub mod ingest;
 pub mod intensity;
-pub mod plausibility;
 pub mod runtime;
 pub mod store;
 

@@ -159,7 +159,7 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
                 fleet_controller::intensity::IntensityResolver::from_config(&cfg.accounting)?;
             let b = fleet_controller::bundles::device_period(
                 ingest.store(),
-                key.public(),
+                &key,
                 id,
                 from,
                 to.unwrap_or(u64::MAX / 2),
@@ -173,10 +173,12 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
             };
             std::fs::write(&out, bytes)?;
             println!(
-                "{}: {} messages in {} epoch(s)",
+                "{}: {} messages in {} epoch(s); verify with: attest verify {} --controller-key {}",
                 out.display(),
                 b.evidence.len(),
-                b.epochs.len()
+                b.epochs.len(),
+                out.display(),
+                key.public()
             );
             Ok(())
         }

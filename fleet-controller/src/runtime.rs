@@ -142,7 +142,7 @@ pub async fn run(
         let state = crate::api::ApiState {
             db: cfg.db_path(),
             status: cfg.data_dir.join("status.json"),
-            controller: key.public(),
+            controller: std::sync::Arc::new(key.clone()),
             intensity,
             blobs: cfg.data_dir.join("blobs"),
         };

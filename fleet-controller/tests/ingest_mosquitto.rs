@@ -354,26 +354,50 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
         fleet["totals"]["energy_mj"]["load"].as_u64().unwrap() > 0,
         "{body}"
     );
-    // The bundle's statement carries the CSV's figure in every hour and names the file;
-    // attest verify recomputes the carbon from them.
+    // The bundle's statement carries the CSV's figure in every hour, named by the digest of
+    // the dataset the bundle carries (the file's rows for the region and year); attest
+    // verify checks each figure against it and recomputes the carbon.
     let bundle = attest::bundle::ProofBundle::decode(&std::fs::read(&out).unwrap()).unwrap();
-    assert_eq!(
-        bundle.statement.intensity_source,
-        "operator-csv:grid.csv (hourly)"
-    );
-    assert!(!bundle.statement.hours.is_empty());
+    let statement = bundle.statement().unwrap();
+    assert!(!statement.hours.is_empty());
     assert!(
-        bundle
-            .statement
+        statement
             .hours
             .iter()
             .all(|h| h.intensity_mg_per_kwh == CSV_MG_PER_KWH),
         "{:?}",
-        bundle.statement.hours
+        statement.hours
     );
+    assert_eq!(bundle.datasets.len(), 1);
+    assert!(
+        bundle.datasets[0]
+            .name()
+            .starts_with("operator-csv:grid.csv")
+    );
+    let csv_digest = bundle.datasets[0].digest().to_hex();
     let attest_bin = workspace_binary(CONTROLLER, "attest", "attest");
+    let chain_id = evm.chain_id.to_string();
+    let pinned = [
+        "verify",
+        "--controller-key",
+        &key,
+        "--chain-id",
+        &chain_id,
+        "--contract",
+        &evm.contract,
+    ];
+    // The operator's series is not bundled with the verifier: refused until accepted.
     let v = std::process::Command::new(&attest_bin)
-        .args(["verify", "--controller-key", &key, "--rpc", &evm.rpc_url])
+        .args(pinned)
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(1), "{text}");
+    assert!(text.contains("check `intensity` failed"), "{text}");
+    let v = std::process::Command::new(&attest_bin)
+        .args(pinned)
+        .args(["--accept-dataset", &csv_digest, "--rpc", &evm.rpc_url])
         .arg(&out)
         .output()
         .unwrap();
@@ -389,7 +413,8 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
     // no transactions) is refused at the anchor check.
     let other = Anvil::start();
     let v = std::process::Command::new(&attest_bin)
-        .args(["verify", "--rpc", &other.url()])
+        .args(pinned)
+        .args(["--accept-dataset", &csv_digest, "--rpc", &other.url()])
         .arg(&out)
         .output()
         .unwrap();

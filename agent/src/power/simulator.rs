@@ -299,6 +299,8 @@ mod tests {
             battery_reserve_wh: 200,
             grid_region: "DE".into(),
             price_micro_per_gpu_hour: 0,
+            embodied_kg_co2e: 0.0,
+            expected_life_years: 0.0,
         }
     }
 

@@ -2,7 +2,8 @@
 //! against the chain that anchors them.
 //!
 //! Exit codes: 0 when everything holds, 1 when a verification check fails (the message
-//! names the check), 2 for usage or I/O errors.
+//! names the check), 2 for usage or I/O errors, 3 when `verify` is not given the trust to
+//! pin (it prints UNPINNED and verifies nothing).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,9 +11,9 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use attest::bundle::{AnchorRef, ProofBundle, VerifyOptions};
+use attest::bundle::{Address, AnchorRef, EvmPin, ProofBundle, Trust, VerifyOptions};
 use attest::msg::AnyMessage;
-use attest::{Envelope, KeyPair, PublicKey, TimestampMs, batch};
+use attest::{Envelope, Hash32, KeyPair, PublicKey, TimestampMs, batch};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -40,20 +41,46 @@ enum Cmd {
         /// The file: raw bytes, or hex text.
         file: PathBuf,
     },
-    /// Verify a proof bundle: signatures, chains, inclusion proofs, anchors, recomputed numbers.
+    /// Verify a proof bundle: the statement's signature, device signatures, chains,
+    /// inclusion proofs, anchors, intensities against their datasets, recomputed numbers.
     Verify {
         /// The bundle (JSON or postcard).
         bundle: PathBuf,
+        /// The controller key you trust (hex): it must sign the statement and every local
+        /// anchor. Required: without it nothing is verified (UNPINNED, exit 3).
+        #[arg(long)]
+        controller_key: Option<String>,
+        /// For EVM anchors: the chain id you trust (with --contract).
+        #[arg(long)]
+        chain_id: Option<u64>,
+        /// For EVM anchors: the anchor contract you trust, 0x-hex (with --chain-id).
+        #[arg(long)]
+        contract: Option<String>,
         /// JSON-RPC URL of an EVM node: also check that EVM-anchored roots are on chain.
         #[arg(long)]
         rpc: Option<String>,
-        /// Require local anchors to be signed by this controller key (hex).
+        /// Accept an intensity dataset carried in the bundle, by digest (hex), after checking
+        /// it yourself; repeatable. The bundled table needs no acceptance.
+        #[arg(long = "accept-dataset")]
+        accept_dataset: Vec<String>,
+        /// Accept every carried intensity dataset (the report lists them as not bundled).
         #[arg(long)]
-        controller_key: Option<String>,
+        allow_unknown_datasets: bool,
         /// Print the full report as JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// What `verify` is told to trust and accept.
+struct VerifyArgs {
+    rpc: Option<String>,
+    controller_key: Option<String>,
+    chain_id: Option<u64>,
+    contract: Option<String>,
+    accept_dataset: Vec<String>,
+    allow_unknown_datasets: bool,
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -65,8 +92,23 @@ fn main() -> ExitCode {
             bundle,
             rpc,
             controller_key,
+            chain_id,
+            contract,
+            accept_dataset,
+            allow_unknown_datasets,
             json,
-        } => verify(&bundle, rpc.as_deref(), controller_key.as_deref(), json),
+        } => verify(
+            &bundle,
+            VerifyArgs {
+                rpc,
+                controller_key,
+                chain_id,
+                contract,
+                accept_dataset,
+                allow_unknown_datasets,
+                json,
+            },
+        ),
     };
     match result {
         Ok(code) => code,
@@ -152,25 +194,49 @@ fn inspect(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn verify(
-    path: &Path,
-    rpc: Option<&str>,
-    controller_key: Option<&str>,
-    as_json: bool,
-) -> Result<ExitCode> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let controller_key = controller_key
-        .map(|k| attest::hex::decode_array::<32>(k).map(PublicKey))
-        .transpose()
+fn verify(path: &Path, args: VerifyArgs) -> Result<ExitCode> {
+    let Some(controller_key) = args.controller_key.as_deref() else {
+        println!(
+            "UNPINNED: pass --controller-key with the controller key you trust; \
+             a bundle's own keys prove nothing"
+        );
+        return Ok(ExitCode::from(3));
+    };
+    let controller_key = attest::hex::decode_array::<32>(controller_key)
+        .map(PublicKey)
         .context("--controller-key")?;
+    let evm = match (args.chain_id, args.contract.as_deref()) {
+        (Some(chain_id), Some(c)) => Some(EvmPin {
+            chain_id,
+            contract: Address(
+                attest::hex::decode_array::<20>(c.trim_start_matches("0x"))
+                    .context("--contract")?,
+            ),
+        }),
+        (None, None) => None,
+        _ => bail!("--chain-id and --contract go together"),
+    };
+    let accepted_datasets = args
+        .accept_dataset
+        .iter()
+        .map(|d| attest::hex::decode_array::<32>(d).map(Hash32))
+        .collect::<Result<Vec<_>, _>>()
+        .context("--accept-dataset")?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let opts = VerifyOptions {
-        controller_key,
+        trust: Trust {
+            controller_key,
+            evm,
+        },
         now: TimestampMs(now),
+        accepted_datasets,
+        any_dataset: args.allow_unknown_datasets,
     };
+    let (rpc, as_json) = (args.rpc.as_deref(), args.json);
     let report = match ProofBundle::decode(&bytes).and_then(|b| attest::bundle::verify(&b, &opts)) {
         Ok(r) => r,
         Err(e) => {
@@ -231,12 +297,41 @@ fn verify(
             s.energy.grid_import.kwh()
         );
         println!(
-            "  renewable (hourly matched): {:.4} %, emissions {:.3} g CO2e ({})",
+            "  renewable (hourly matched): {:.4} %, emissions {:.3} g CO2e",
             s.renewable_share_ppm as f64 / 10_000.0,
             s.co2e_mg as f64 / 1000.0,
-            s.intensity_source
         );
-        println!("  trust tier: {:?}", s.tier);
+        println!(
+            "  battery at the start (derived from the chain): {:.6} kWh, {:.6} kWh of it renewable",
+            s.battery_initial.stored.kwh(),
+            s.battery_initial.renewable.kwh()
+        );
+        for d in &report.datasets {
+            println!(
+                "  intensity: {} h from {} ({}){}",
+                d.hours,
+                d.name,
+                d.digest,
+                if d.bundled {
+                    ""
+                } else {
+                    " NOT BUNDLED with this verifier: accepted on your word"
+                }
+            );
+        }
+        println!(
+            "  trust tier: {:?}, {} plausibility flag(s) recomputed",
+            s.tier,
+            s.flags.len()
+        );
+        if let (Some(job), Some(sci)) = (&s.job, &s.sci) {
+            println!(
+                "  job: {:.6} kWh, {:.3} g CO2e operational, {:.3} g embodied (from the hello)",
+                job.energy.kwh(),
+                sci.operational_mg as f64 / 1000.0,
+                sci.embodied_mg as f64 / 1000.0
+            );
+        }
         for (epoch, head, anchor) in &report.anchors {
             match anchor {
                 AnchorRef::Local { controller_key, .. } => {

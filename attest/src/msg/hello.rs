@@ -40,6 +40,12 @@ pub struct Hardware {
     pub board: String,
     /// GPUs offered.
     pub gpus: Vec<Gpu>,
+    /// Embodied emissions of the whole device (manufacture, transport, end of life), grams
+    /// CO2e, as its operator states them: SCI's `TE`. 0 when not stated (a job's `M` is
+    /// then 0, and the statement shows it).
+    pub embodied_g_co2e: u64,
+    /// The device's expected life in hours: SCI's `EL`. 0 when not stated.
+    pub expected_life_hours: u32,
 }
 
 /// One GPU.

@@ -1,5 +1,7 @@
 //! `Statement`: a carbon claim about a device-period or a job, with the hour lines it
-//! rests on. The verifier recomputes every number in it from signed records.
+//! rests on. The controller signs it (message kind 8); the verifier checks that signature
+//! against the pinned controller key and recomputes every number in it from signed records,
+//! named datasets and the device's signed hello: nothing in it is taken as stated.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -54,9 +56,9 @@ pub struct Statement {
     pub renewable_share_ppm: u32,
     /// Emissions of the period's grid import, mg CO2e.
     pub co2e_mg: u64,
-    /// Where the grid intensities come from (e.g. "bundled:ember-2024:DE" or an operator series).
-    pub intensity_source: String,
-    /// The battery's content assumed at the start (an input of the accounting, stated).
+    /// The battery's content at the start, derived from the chain: the pool starts empty at
+    /// the chain's start (its genesis or a restart) and follows the hourly matching of every
+    /// record before the period.
     pub battery_initial: BatteryState,
     /// The battery's content after the last hour.
     pub battery_final: BatteryState,
@@ -64,7 +66,8 @@ pub struct Statement {
     pub hours: Vec<HourLine>,
     /// The lowest tier of the channels used, lowered once if any flag is raised.
     pub tier: TrustTier,
-    /// Plausibility flags raised by the controller (they lower the tier, never the energy).
+    /// Plausibility flags the period's records raise ([`crate::plausibility`]; they lower
+    /// the tier, never the energy).
     pub flags: Vec<Flag>,
     /// For a job: its share of the period.
     pub job: Option<JobAccount>,
@@ -116,7 +119,6 @@ impl Message for Statement {
     const KIND: Kind = Kind::Statement;
 
     fn validate(&self) -> Result<(), DecodeError> {
-        check_text("intensity_source", &self.intensity_source)?;
         check_len("hours", &self.hours, MAX_STATEMENT_HOURS)?;
         check_len("flags", &self.flags, MAX_FLAGS)?;
         for f in &self.flags {

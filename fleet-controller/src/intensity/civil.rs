@@ -1,5 +1,5 @@
-//! Calendar arithmetic for the intensity inputs: the UTC year of an hour (to pick a table
-//! row) and RFC 3339 timestamps (the operator CSV). Proleptic Gregorian, UTC; the day
+//! Calendar arithmetic for the intensity inputs: RFC 3339 timestamps (the operator CSV);
+//! the UTC year of an hour (to pick a table row) comes from attest. Proleptic Gregorian, UTC; the day
 //! algorithms are Howard Hinnant's `days_from_civil` / `civil_from_days`.
 
 /// Days since 1970-01-01 of a civil date (`month` 1..=12, `day` 1..=31).
@@ -13,22 +13,9 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The civil year of a day number (days since 1970-01-01).
-fn year_of_day(days: i64) -> i64 {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month_from_march = mp; // 0 = March ... 11 = February
-    yoe + era * 400 + i64::from(month_from_march >= 10)
-}
-
-/// The UTC calendar year that contains `hour` (hours since the Unix epoch).
-pub fn year_of_hour(hour: u64) -> i64 {
-    year_of_day((hour / 24) as i64)
-}
+/// The UTC calendar year that contains an hour: attest's, so the controller and the
+/// verifier pick the same table row.
+pub use attest::intensity::year_of_hour;
 
 fn days_in_month(year: i64, month: u32) -> u32 {
     match month {

@@ -205,6 +205,11 @@ impl HourlySeries {
         self.len == 0
     }
 
+    /// Every region with its hours.
+    pub fn regions(&self) -> impl Iterator<Item = (&String, &BTreeMap<u64, u32>)> {
+        self.by_region.iter()
+    }
+
     /// One region's hours (upper-case code).
     pub fn region(&self, region: &str) -> Option<&BTreeMap<u64, u32>> {
         self.by_region.get(region)

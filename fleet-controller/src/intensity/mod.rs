@@ -1,35 +1,38 @@
 //! Grid carbon intensity for statements: which figure a device's grid energy is charged at
-//! in a given hour, and where that figure comes from.
+//! in a given hour, where that figure comes from, and the dataset that proves it.
 //!
-//! - [`table`]: the bundled yearly averages per region (Ember, cited in the data file).
+//! - the bundled yearly averages per region: `attest::intensity` (Ember, cited in the data
+//!   file), named by the file's SHA-256, known to every verifier;
 //! - [`hourly`]: the operator's hourly CSV series, which overrides the table for the
-//!   regions and hours it lists.
-//! - [`civil`]: the calendar arithmetic both need.
+//!   regions and hours it lists. Each (region, UTC year) of it is one carried dataset
+//!   (`attest::intensity::Dataset::Hourly`, every row of that region and year), named by
+//!   its digest and put into the bundles that use it;
+//! - `accounting.intensity_mg_per_kwh`: one flat figure (`Dataset::Flat`), carried too;
+//! - [`civil`]: the calendar arithmetic the CSV needs.
 //!
 //! [`IntensityResolver`] puts them together. For a device's region (`site.grid_region` of
-//! its stored hello) and an hour it gives mg CO2e/kWh and a source text, in this order:
-//! 1. `accounting.intensity_mg_per_kwh`, when configured: one flat figure for every device
-//!    and hour, named by `accounting.intensity_source` (no hourly CSV beside it);
+//! its stored hello) and an hour it gives mg CO2e/kWh, the dataset's digest and a label, in
+//! this order:
+//! 1. the flat figure, when configured (no hourly CSV beside it);
 //! 2. the hourly CSV's value for exactly that region and hour;
-//! 3. the table's row for the region, else for its part before the first `-`
-//!    (`US-CAL-CISO` takes `US`), else the `WORLD` row; the row of the latest data year
-//!    not after the hour's year (else the earliest).
+//! 3. the bundled table (`attest::intensity::RegionTable::figure`).
 //!
-//! Statements carry each hour's figure (the verifier takes them from there) and one
-//! `intensity_source` that names every source used in the period, with hour counts when
-//! there are several ([`RegionIntensity::describe`]).
+//! Statements carry each hour's figure and dataset digest; a verifier checks each figure
+//! against the bundled table or the carried dataset, and accepts a carried one only when its
+//! user does. The label ([`RegionIntensity::describe`]) is for people reading the API.
 
 pub mod civil;
 pub mod hourly;
-pub mod table;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use attest::Hash32;
+use attest::intensity::{Dataset, HourFigure, RegionMatch, RegionTable, bundled_digest};
 use serde::Serialize;
 
 use crate::config::AccountingConfig;
+pub use attest::intensity::{TableError, csv_fields, grams_to_mg, normalize_region};
 pub use hourly::{HourlyCsvError, HourlySeries};
-pub use table::{RegionTable, TableError};
 
 /// Why the intensity inputs could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -43,24 +46,53 @@ pub enum IntensityError {
     Hourly(HourlyCsvError),
 }
 
-/// One hour's intensity and where it comes from.
+/// One hour's intensity, its dataset and a label for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HourIntensity {
     /// mg CO2e per kWh.
     pub mg_per_kwh: u32,
-    /// The source, as statements name it.
+    /// The dataset's digest (the bundled table's, or a carried dataset's).
+    pub dataset: Hash32,
+    /// Where it comes from, in words.
     pub source: String,
+}
+
+impl HourIntensity {
+    /// The figure as attest's arithmetic takes it.
+    pub fn figure(&self) -> attest::intensity::Figure {
+        attest::intensity::Figure {
+            mg_per_kwh: self.mg_per_kwh,
+            dataset: self.dataset,
+        }
+    }
+}
+
+/// A carried dataset with its digest, computed once, and its label for people.
+#[derive(Debug, Clone)]
+struct Named {
+    dataset: Dataset,
+    digest: Hash32,
+    label: String,
+}
+
+impl Named {
+    fn new(dataset: Dataset, label: String) -> Named {
+        Named {
+            digest: dataset.digest(),
+            dataset,
+            label,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 enum Inputs {
-    Flat {
-        mg_per_kwh: u32,
-        source: String,
-    },
+    Flat(Named),
     Series {
         table: RegionTable,
         hourly: Option<HourlySeries>,
+        /// The hourly series cut into datasets by (region, UTC year).
+        hourly_sets: HashMap<(String, i64), Named>,
     },
 }
 
@@ -68,26 +100,55 @@ enum Inputs {
 #[derive(Debug, Clone)]
 pub struct IntensityResolver {
     inputs: Inputs,
+    bundled: Hash32,
 }
 
 impl IntensityResolver {
     /// One flat figure for every region and hour, named `source`.
     pub fn flat(mg_per_kwh: u32, source: impl Into<String>) -> IntensityResolver {
+        let name: String = source.into();
         IntensityResolver {
-            inputs: Inputs::Flat {
-                mg_per_kwh,
-                source: source.into(),
-            },
+            inputs: Inputs::Flat(Named::new(
+                Dataset::Flat {
+                    name: name.clone(),
+                    mg_per_kwh,
+                },
+                name,
+            )),
+            bundled: bundled_digest(),
         }
     }
 
     /// The bundled table, overridden by `hourly` where it has a value.
     pub fn bundled(hourly: Option<HourlySeries>) -> Result<IntensityResolver, TableError> {
+        let mut hourly_sets = HashMap::new();
+        if let Some(h) = &hourly {
+            for (region, hours) in h.regions() {
+                let mut by_year: BTreeMap<i64, Vec<HourFigure>> = BTreeMap::new();
+                for (&hour, &mg_per_kwh) in hours {
+                    by_year
+                        .entry(civil::year_of_hour(hour))
+                        .or_default()
+                        .push(HourFigure { hour, mg_per_kwh });
+                }
+                for (year, rows) in by_year {
+                    let set = Dataset::Hourly {
+                        name: format!("operator-csv:{} {year}", h.name()),
+                        region: region.clone(),
+                        rows,
+                    };
+                    let label = format!("operator-csv:{} (hourly)", h.name());
+                    hourly_sets.insert((region.clone(), year), Named::new(set, label));
+                }
+            }
+        }
         Ok(IntensityResolver {
             inputs: Inputs::Series {
                 table: RegionTable::bundled()?,
                 hourly,
+                hourly_sets,
             },
+            bundled: bundled_digest(),
         })
     }
 
@@ -110,34 +171,23 @@ impl IntensityResolver {
     /// The intensities of one region (a device's `site.grid_region`).
     pub fn for_region(&self, region: &str) -> RegionIntensity<'_> {
         let key = normalize_region(region);
-        match &self.inputs {
-            Inputs::Flat { mg_per_kwh, source } => RegionIntensity {
-                hourly: None,
-                hourly_source: String::new(),
-                rows: Rows::Flat(HourIntensity {
-                    mg_per_kwh: *mg_per_kwh,
-                    source: source.clone(),
-                }),
-            },
-            Inputs::Series { table, hourly } => {
+        let rows = match &self.inputs {
+            Inputs::Flat(_) => Rows::Flat,
+            Inputs::Series { table, .. } => {
                 let shown = shown_region(&key);
-                let (rows, note) = if let Some(rows) = table.rows(&key) {
-                    (rows, String::new())
-                } else if let Some(rows) = key.split_once('-').and_then(|(p, _)| table.rows(p)) {
-                    (rows, format!(", for region {shown}"))
-                } else {
-                    let rows = table.rows(table::WORLD).unwrap_or_default();
-                    (rows, format!("; region {shown} not in the table"))
+                let (rows, how) = table.rows_for_region(&key);
+                let note = match how {
+                    RegionMatch::Exact => String::new(),
+                    RegionMatch::Parent => format!(", for region {shown}"),
+                    RegionMatch::World => format!("; region {shown} not in the table"),
                 };
-                RegionIntensity {
-                    hourly: hourly.as_ref().and_then(|h| h.region(&key)),
-                    hourly_source: hourly
-                        .as_ref()
-                        .map(|h| format!("operator-csv:{} (hourly)", h.name()))
-                        .unwrap_or_default(),
-                    rows: Rows::Table { rows, note },
-                }
+                Rows::Table { rows, note }
             }
+        };
+        RegionIntensity {
+            resolver: self,
+            key,
+            rows,
         }
     }
 
@@ -149,9 +199,10 @@ impl IntensityResolver {
 
 #[derive(Debug)]
 enum Rows<'a> {
-    Flat(HourIntensity),
+    /// A flat figure: every hour comes from the carried dataset.
+    Flat,
     Table {
-        rows: &'a [table::TableRow],
+        rows: &'a [attest::intensity::TableRow],
         note: String,
     },
 }
@@ -159,44 +210,77 @@ enum Rows<'a> {
 /// One region's intensities, looked up once for many hours.
 #[derive(Debug)]
 pub struct RegionIntensity<'a> {
-    hourly: Option<&'a BTreeMap<u64, u32>>,
-    hourly_source: String,
+    resolver: &'a IntensityResolver,
+    key: String,
     rows: Rows<'a>,
 }
 
 impl RegionIntensity<'_> {
-    /// The intensity in `hour`.
-    pub fn at(&self, hour: u64) -> HourIntensity {
-        if let Some(&mg) = self.hourly.and_then(|h| h.get(&hour)) {
-            return HourIntensity {
-                mg_per_kwh: mg,
-                source: self.hourly_source.clone(),
-            };
-        }
-        match &self.rows {
-            Rows::Flat(f) => f.clone(),
-            Rows::Table { rows, note } => {
-                match table::row_for_year(rows, civil::year_of_hour(hour)) {
-                    Some(r) => HourIntensity {
-                        mg_per_kwh: r.mg_per_kwh,
-                        source: format!(
-                            "{}-{}:{} (yearly average{note})",
-                            r.source, r.year, r.region
-                        ),
-                    },
-                    // Unreachable: a table parses only with a WORLD row.
-                    None => HourIntensity {
-                        mg_per_kwh: 0,
-                        source: "none".into(),
-                    },
-                }
-            }
+    /// The carried dataset an hour's figure comes from, if any (`None`: the bundled table).
+    fn carried(&self, hour: u64) -> Option<&Named> {
+        match &self.resolver.inputs {
+            Inputs::Flat(named) => Some(named),
+            Inputs::Series {
+                hourly,
+                hourly_sets,
+                ..
+            } => hourly
+                .as_ref()
+                .and_then(|h| h.region(&self.key))
+                .filter(|r| r.contains_key(&hour))
+                .and_then(|_| hourly_sets.get(&(self.key.clone(), civil::year_of_hour(hour)))),
         }
     }
 
-    /// The `intensity_source` text of a statement over `hours`: the one source used, or
-    /// `mixed: A for N h; B for M h` in order of first use. Kept within a statement's text
-    /// limit ([`attest::msg::MAX_TEXT`] bytes) by counting the last sources together.
+    /// The intensity in `hour`.
+    pub fn at(&self, hour: u64) -> HourIntensity {
+        if let Some(named) = self.carried(hour) {
+            return HourIntensity {
+                mg_per_kwh: named
+                    .dataset
+                    .figure(&self.key, hour)
+                    .expect("a carried dataset is chosen only for hours it has"),
+                dataset: named.digest,
+                source: named.label.clone(),
+            };
+        }
+        let Rows::Table { rows, note } = &self.rows else {
+            unreachable!("a flat resolver always has its carried dataset")
+        };
+        match attest::intensity::row_for_year(rows, civil::year_of_hour(hour)) {
+            Some(r) => HourIntensity {
+                mg_per_kwh: r.mg_per_kwh,
+                dataset: self.resolver.bundled,
+                source: format!(
+                    "{}-{}:{} (yearly average{note})",
+                    r.source, r.year, r.region
+                ),
+            },
+            // Unreachable: a table parses only with a WORLD row.
+            None => HourIntensity {
+                mg_per_kwh: 0,
+                dataset: self.resolver.bundled,
+                source: "none".into(),
+            },
+        }
+    }
+
+    /// The carried datasets (not the bundled table) that `hours` take figures from, each
+    /// once: what a bundle over those hours must carry.
+    pub fn datasets(&self, hours: impl IntoIterator<Item = u64>) -> Vec<Dataset> {
+        let mut seen: BTreeMap<Hash32, Dataset> = BTreeMap::new();
+        for h in hours {
+            if let Some(named) = self.carried(h) {
+                seen.entry(named.digest)
+                    .or_insert_with(|| named.dataset.clone());
+            }
+        }
+        seen.into_values().collect()
+    }
+
+    /// A label for people of the sources used over `hours`: the one source used, or
+    /// `mixed: A for N h; B for M h` in order of first use, at most
+    /// [`attest::msg::MAX_TEXT`] bytes (the last sources counted together).
     pub fn describe(&self, hours: impl IntoIterator<Item = u64>) -> String {
         let mut used: Vec<(String, usize)> = Vec::new();
         for h in hours {
@@ -233,12 +317,7 @@ impl RegionIntensity<'_> {
     }
 }
 
-/// A region code as looked up: trimmed, ASCII upper case.
-pub(crate) fn normalize_region(region: &str) -> String {
-    region.trim().to_ascii_uppercase()
-}
-
-/// A device-supplied region as statements show it: short, printable, never empty.
+/// A device-supplied region as labels show it: short, printable, never empty.
 fn shown_region(key: &str) -> String {
     let s: String = key
         .chars()
@@ -259,48 +338,12 @@ fn truncate_to(mut s: String, max: usize) -> String {
     s
 }
 
-/// The comma-separated fields of a CSV line, trimmed (no quoting).
-pub(crate) fn csv_fields(line: &str) -> Vec<&str> {
-    line.split(',').map(str::trim).collect()
-}
-
-/// Grams CO2e per kWh written as a decimal (`342.06`, at most three places) to mg, exactly.
-pub(crate) fn grams_to_mg(s: &str) -> Result<u32, &'static str> {
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) {
-        return Err("not a decimal number of grams (e.g. 342.06)");
-    }
-    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) || s.ends_with('.') {
-        return Err("at most three decimal places (milligrams)");
-    }
-    let int: u64 = int.parse().map_err(|_| "too large")?;
-    let frac_mg: u64 = format!("{frac:0<3}").parse().map_err(|_| "bad decimals")?;
-    let mg = int
-        .checked_mul(1_000)
-        .and_then(|g| g.checked_add(frac_mg))
-        .ok_or("too large")?;
-    u32::try_from(mg).map_err(|_| "too large (at most 4294967.295 g)")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn hour(rfc3339: &str) -> u64 {
         (civil::parse_rfc3339_ms(rfc3339).unwrap() / 3_600_000) as u64
-    }
-
-    #[test]
-    fn grams_convert_to_milligrams_exactly() {
-        assert_eq!(grams_to_mg("342.06"), Ok(342_060));
-        assert_eq!(grams_to_mg("0"), Ok(0));
-        assert_eq!(grams_to_mg("1000.001"), Ok(1_000_001));
-        assert!(grams_to_mg("1.2345").is_err());
-        assert!(grams_to_mg("-1").is_err());
-        assert!(grams_to_mg("1e3").is_err());
-        assert!(grams_to_mg("5.").is_err());
-        assert!(grams_to_mg("").is_err());
-        assert!(grams_to_mg("4294968").is_err());
     }
 
     #[test]
@@ -311,6 +354,7 @@ mod tests {
             r.at("DE", h),
             HourIntensity {
                 mg_per_kwh: 342_060,
+                dataset: bundled_digest(),
                 source: "ember-2024:DE (yearly average)".into()
             }
         );
@@ -322,6 +366,7 @@ mod tests {
             r.at("US-CAL-CISO", h),
             HourIntensity {
                 mg_per_kwh: 383_550,
+                dataset: bundled_digest(),
                 source: "ember-2024:US (yearly average, for region US-CAL-CISO)".into()
             }
         );
@@ -330,6 +375,7 @@ mod tests {
             r.at("unknown", h),
             HourIntensity {
                 mg_per_kwh: 472_940,
+                dataset: bundled_digest(),
                 source: "ember-2024:WORLD (yearly average; region UNKNOWN not in the table)".into()
             }
         );
@@ -350,12 +396,27 @@ mod tests {
         let r = IntensityResolver::bundled(Some(csv)).unwrap();
         let de = r.for_region("de");
         let h1 = hour("2026-06-21T01:00:00Z");
+        // The CSV's DE rows of 2026 are one dataset, named by its digest.
+        let set = Dataset::Hourly {
+            name: "operator-csv:grid.csv 2026".into(),
+            region: "DE".into(),
+            rows: vec![HourFigure {
+                hour: h1,
+                mg_per_kwh: 120_500,
+            }],
+        };
         assert_eq!(
             de.at(h1),
             HourIntensity {
                 mg_per_kwh: 120_500,
+                dataset: set.digest(),
                 source: "operator-csv:grid.csv (hourly)".into()
             }
+        );
+        assert_eq!(de.datasets([h1 - 1, h1, h1 + 1]), vec![set]);
+        assert!(
+            de.datasets([h1 - 1, h1 + 1]).is_empty(),
+            "table hours carry nothing"
         );
         assert_eq!(de.at(h1 - 1).mg_per_kwh, 342_060, "the hour before: table");
         assert_eq!(de.at(h1 + 1).mg_per_kwh, 342_060, "the hour after: table");
@@ -376,6 +437,12 @@ mod tests {
             (f.mg_per_kwh, f.source.as_str()),
             (480_000, "config:flat-480g")
         );
+        let set = Dataset::Flat {
+            name: "config:flat-480g".into(),
+            mg_per_kwh: 480_000,
+        };
+        assert_eq!(f.dataset, set.digest());
+        assert_eq!(r.for_region("XX").datasets([1, 2]), vec![set]);
         assert_eq!(r.for_region("XX").describe([1, 2, 3]), "config:flat-480g");
     }
 

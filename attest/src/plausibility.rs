@@ -1,6 +1,7 @@
 //! Plausibility: flags (never drops) records that are physically implausible. Flags travel
 //! into statements and lower the trust tier there. Sans-IO: two consecutive records and the
-//! site in, flags out.
+//! site in, flags out. The controller raises them and the verifier recomputes them with this
+//! very code (a bundle whose flags differ fails), so they cannot be dropped or invented.
 //!
 //! | flag | raised when |
 //! |---|---|
@@ -9,8 +10,13 @@
 //! | `power_counter_mismatch` | a channel's stated mean power differs from its counter delta over the interval by more than 10 % and 1 W |
 //! | `counter_jump` | a counter grew faster than 50 kW, or a solar counter faster than twice the array's peak |
 
-use attest::msg::{ChannelKind, Flag, FlagCode, MeterRecord, Site};
-use attest::solar::{clear_sky_max_fraction, sun_elevation};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::f64::consts::PI;
+
+use crate::msg::{ChainMessage, ChannelKind, Flag, FlagCode, MeterRecord, Site};
+use crate::solar::{clear_sky_max_fraction, sun_elevation};
 
 /// Most any channel may plausibly average, mW.
 const MAX_ANY_MW: u64 = 50_000_000;
@@ -65,7 +71,7 @@ pub fn check_interval(site: &Site, prev: &MeterRecord, cur: &MeterRecord) -> Vec
         if c.kind != ChannelKind::Solar {
             continue;
         }
-        if max_elevation < (-4f64).to_radians() && mean_mw > (peak_mw / 50).max(2_000) {
+        if max_elevation < -4.0 * (PI / 180.0) && mean_mw > (peak_mw / 50).max(2_000) {
             flag(
                 FlagCode::SolarAtNight,
                 format!(
@@ -95,19 +101,22 @@ pub fn check_interval(site: &Site, prev: &MeterRecord, cur: &MeterRecord) -> Vec
 
 /// Flags for every consecutive pair of records in a device's chain messages (restarts
 /// break the pairs: no interval spans one).
-pub fn check_chain(site: &Site, chain: &[attest::msg::ChainMessage]) -> Vec<Flag> {
+pub fn check_chain<'a>(
+    site: &Site,
+    chain: impl IntoIterator<Item = &'a ChainMessage>,
+) -> Vec<Flag> {
     let mut flags = Vec::new();
     let mut prev: Option<&MeterRecord> = None;
     for m in chain {
         match m {
-            attest::msg::ChainMessage::MeterRecord(r) => {
+            ChainMessage::MeterRecord(r) => {
                 if let Some(p) = prev {
                     flags.extend(check_interval(site, p, r));
                 }
                 prev = Some(r);
             }
-            attest::msg::ChainMessage::ChainRestart(_) => prev = None,
-            attest::msg::ChainMessage::JobReceipt(_) => {}
+            ChainMessage::ChainRestart(_) => prev = None,
+            ChainMessage::JobReceipt(_) => {}
         }
     }
     flags
@@ -116,8 +125,9 @@ pub fn check_chain(site: &Site, chain: &[attest::msg::ChainMessage]) -> Vec<Flag
 #[cfg(test)]
 mod tests {
     use super::*;
-    use attest::msg::{ChannelReading, Link};
-    use attest::{ChannelId, DeviceId, Hash32, Millijoules, Milliwatts, SeqNo, TimestampMs};
+    use crate::msg::{ChannelReading, Link};
+    use crate::{ChannelId, DeviceId, Hash32, Millijoules, Milliwatts, SeqNo, TimestampMs};
+    use alloc::vec;
 
     fn site() -> Site {
         Site {
