@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 
 use crate::carbon::{
     self, BatteryState, CarbonError, EnergyBySource, HourInput, bucket_by_hour,
-    effective_intensity, match_hours, pro_rata, share_ppm, totals,
+    effective_intensity, hour_of, match_hours_with_resets, pro_rata, share_ppm, totals,
 };
 use crate::hash::Hash32;
 use crate::intensity::Figure;
@@ -95,8 +95,9 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
         })
         .ok_or(AccountError::NoRecords)?;
     let (prior, period) = (&msgs[..=start], &msgs[start..]);
+    let unknown = unknown_battery(input.hello);
     let battery_initial = if start == 0 {
-        BatteryState::default()
+        unknown
     } else {
         let inputs: Vec<HourInput> = hourly_energy(prior)?
             .into_iter()
@@ -107,7 +108,7 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
                 dataset: Hash32::ZERO,
             })
             .collect();
-        match_hours(&inputs, BatteryState::default()).1
+        match_hours_with_resets(&inputs, unknown, &restart_hours(prior), unknown).1
     };
 
     let records: Vec<&MeterRecord> = period.iter().filter_map(|m| m.as_record()).collect();
@@ -126,7 +127,8 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
             }
         })
         .collect();
-    let (hours, battery_final) = match_hours(&inputs, battery_initial);
+    let (hours, battery_final) =
+        match_hours_with_resets(&inputs, battery_initial, &restart_hours(period), unknown);
     let (energy, renewable, co2e_mg) = totals(&hours);
 
     let flags = crate::plausibility::check_chain(&input.hello.site, period.iter().copied());
@@ -193,6 +195,27 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
         job,
         sci,
     })
+}
+
+/// The battery's content where the accounting cannot know it (at the chain's start and at
+/// every restart): full, per the device's signed hello, and none of it renewable. The worst
+/// case for a claim: it dilutes the renewable share of everything charged later, and
+/// emissions (grid import only) do not depend on it.
+fn unknown_battery(hello: &Hello) -> BatteryState {
+    BatteryState {
+        stored: Millijoules(u64::from(hello.site.battery_wh) * 3_600_000),
+        renewable: Millijoules(0),
+    }
+}
+
+/// The hours in which the chain restarted (the battery's content is reset before them).
+fn restart_hours(msgs: &[&ChainMessage]) -> Vec<u64> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            ChainMessage::ChainRestart(r) => Some(hour_of(r.link.timestamp)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Counter deltas of chain messages spread over UTC hours; no energy is counted across a

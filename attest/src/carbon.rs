@@ -261,12 +261,28 @@ fn mul_div(a: u64, b: u64, c: u64) -> u64 {
 ///
 /// Returns the hour lines and the battery state after the last hour.
 pub fn match_hours(inputs: &[HourInput], initial: BatteryState) -> (Vec<HourLine>, BatteryState) {
-    let mut bat = BatteryState {
-        stored: initial.stored,
-        renewable: initial.renewable.min(initial.stored),
+    match_hours_with_resets(inputs, initial, &[], initial)
+}
+
+/// [`match_hours`] where the battery's content becomes `reset_to` before each hour listed
+/// in `resets` is matched (the hours of chain restarts: what happened to the battery while
+/// nothing was metered is unknown, so it is taken at its worst for the claim).
+pub fn match_hours_with_resets(
+    inputs: &[HourInput],
+    initial: BatteryState,
+    resets: &[u64],
+    reset_to: BatteryState,
+) -> (Vec<HourLine>, BatteryState) {
+    let capped = |b: BatteryState| BatteryState {
+        stored: b.stored,
+        renewable: b.renewable.min(b.stored),
     };
+    let mut bat = capped(initial);
     let mut lines = Vec::with_capacity(inputs.len());
     for h in inputs {
+        if resets.contains(&h.hour) {
+            bat = capped(reset_to);
+        }
         let e = &h.energy;
         let known = e.battery_discharge.0.min(bat.stored.0);
         let ren_out = mul_div(known, bat.renewable.0, bat.stored.0);

@@ -100,8 +100,15 @@ fn a_valid_bundle_verifies_and_its_numbers_are_recomputed() {
     assert_eq!(r.datasets.len(), 1);
     assert!(r.datasets[0].bundled);
     assert_eq!(r.datasets[0].hours, 24);
-    // The chain starts at genesis: the battery pool starts empty.
-    assert_eq!(s.battery_initial, BatteryState::default());
+    // The chain starts at genesis, where the battery's content is unknown: taken as full
+    // (the hello's 1 kWh) and none of it renewable, the worst case for the claim.
+    assert_eq!(
+        s.battery_initial,
+        BatteryState {
+            stored: Millijoules(3_600_000_000),
+            renewable: Millijoules(0)
+        }
+    );
     // Both encodings round-trip.
     assert_eq!(ProofBundle::decode(b.to_json().as_bytes()).unwrap(), b);
     assert_eq!(ProofBundle::decode(&b.to_postcard()).unwrap(), b);
@@ -329,6 +336,47 @@ fn the_battery_at_a_later_start_is_derived_from_the_records_before_it() {
     let e = verify(&cut, &opts()).unwrap_err();
     assert_eq!(e.check, Check::Chain, "{e}");
     assert!(e.to_string().contains("chain's start"), "{e}");
+}
+
+#[test]
+fn a_chain_restart_resets_the_battery_to_its_worst_case() {
+    // Records to 14:00, a restart without state, records to midnight: the sunshine stored
+    // before the restart is not carried over it (what happened to the battery while nothing
+    // was metered is unknown).
+    let mut dev = SampleDevice::new(1);
+    let hello = dev.hello();
+    let mut chain: Vec<Envelope> = (0..=56u64)
+        .map(|i| dev.record_at(SAMPLE_START.0 + i * 900_000))
+        .collect();
+    chain.push(dev.restart(SAMPLE_START.0 + 56 * 900_000 + 60_000));
+    chain.extend((57..=96u64).map(|i| dev.record_at(SAMPLE_START.0 + i * 900_000)));
+    let messages: Vec<ChainMessage> = chain
+        .iter()
+        .map(|e| ChainMessage::open(e).unwrap())
+        .collect();
+    let hello_msg: attest::msg::Hello = hello.open().unwrap();
+    let from = TimestampMs(SAMPLE_START.0 + 15 * 3_600_000);
+    let subject = Subject::DevicePeriod {
+        device: hello_msg.device,
+    };
+    let after = sample::statement(&hello_msg, &messages, subject, from);
+    assert_eq!(
+        after.battery_initial,
+        BatteryState {
+            stored: Millijoules(3_600_000_000),
+            renewable: Millijoules(0)
+        },
+        "reset at the restart's hour (14:00); 14:15 to 15:00 sees no solar surplus to store"
+    );
+    // The same chain without the restart carries the morning's sunshine into 15:00.
+    let mut dev = SampleDevice::new(1);
+    let plain: Vec<ChainMessage> = (0..=96u64)
+        .map(|i| ChainMessage::open(&dev.record_at(SAMPLE_START.0 + i * 900_000)).unwrap())
+        .collect();
+    let without = sample::statement(&hello_msg, &plain, subject, from);
+    assert!(without.battery_initial.renewable.0 > 0);
+    let b = sample::bundle_with_statement(&hello, &chain, &controller(), EpochId(0), &after);
+    verify(&b, &opts()).unwrap();
 }
 
 #[test]

@@ -56,9 +56,9 @@ pub struct Statement {
     pub renewable_share_ppm: u32,
     /// Emissions of the period's grid import, mg CO2e.
     pub co2e_mg: u64,
-    /// The battery's content at the start, derived from the chain: the pool starts empty at
-    /// the chain's start (its genesis or a restart) and follows the hourly matching of every
-    /// record before the period.
+    /// The battery's content at the start, derived from the chain: at the chain's start
+    /// (and at every restart) it is unknown and taken at its worst (full, none of it
+    /// renewable), then follows the hourly matching of every record before the period.
     pub battery_initial: BatteryState,
     /// The battery's content after the last hour.
     pub battery_final: BatteryState,
