@@ -37,8 +37,10 @@ pub enum HoursError {
 }
 
 /// A device's statement over its stored messages (anchored or not) with timestamps in
-/// `from_ms..=to_ms`, the battery's content at the start derived from the messages before
-/// (from the chain's start, as a bundle does). Messages that do not decode are left out.
+/// `from_ms..=to_ms` that count (stored while it was approved: the period is
+/// [`crate::bundles::counted_period`]), the battery's content at the start derived from the
+/// messages before (from the chain's start, as a bundle does). Messages that do not decode
+/// are left out.
 pub fn device_hours<S: Store>(
     store: &S,
     dev: &DeviceRow,
@@ -49,8 +51,14 @@ pub fn device_hours<S: Store>(
     let hello: Hello = Envelope::decode(&dev.hello)
         .and_then(|e| e.open())
         .map_err(|_| HoursError::BadHello)?;
-    let chain: Vec<ChainMessage> = store
-        .items_between(dev.id, 0, to_ms)?
+    let mut items = store.items_between(dev.id, 0, to_ms)?;
+    let Some((from, end)) = crate::bundles::counted_period(&items, from_ms) else {
+        return Err(HoursError::Account(
+            attest::account::AccountError::NoRecords,
+        ));
+    };
+    items.truncate(end);
+    let chain: Vec<ChainMessage> = items
         .iter()
         .filter_map(|i| {
             Envelope::decode(&i.envelope)
@@ -59,10 +67,7 @@ pub fn device_hours<S: Store>(
         })
         .collect();
     Ok(crate::bundles::device_statement(
-        &hello,
-        &chain,
-        attest::TimestampMs(from_ms),
-        intensity,
+        &hello, &chain, from, intensity,
     )?)
 }
 

@@ -15,7 +15,7 @@ use attest::msg::{ChainMessage, Hello, Statement, Subject};
 use attest::{DeviceId, Envelope, EpochId, KeyPair, TimestampMs};
 
 use crate::intensity::IntensityResolver;
-use crate::store::{Store, StoreError};
+use crate::store::{PlacedItem, Store, StoreError};
 
 /// Why a bundle could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,25 @@ pub enum BundleError {
     /// The statement could not be computed.
     #[error("statement: {0}")]
     Statement(String),
+    /// Nothing in the period counts: the device was pending or revoked throughout.
+    #[error("no message of {0} in that period counts (the device was not approved then)")]
+    NotCounted(DeviceId),
+}
+
+/// Where a statement's period starts and ends among a device's items from its chain's
+/// start (ascending): at the first counted item at or after `from_ms`, and before the first
+/// uncounted one after that (a device revoked again). Items before the start stay in the
+/// evidence, uncounted or not (they only give the battery's content); items after the end
+/// are cut. `None` when no item from `from_ms` on counts.
+pub fn counted_period(items: &[PlacedItem], from_ms: u64) -> Option<(TimestampMs, usize)> {
+    let start = items
+        .iter()
+        .position(|i| i.timestamp_ms >= from_ms && i.counted)?;
+    let end = items[start..]
+        .iter()
+        .position(|i| !i.counted)
+        .map_or(items.len(), |n| start + n);
+    Some((TimestampMs(items[start].timestamp_ms), end))
 }
 
 /// A device's statement, with what goes beside it.
@@ -100,9 +119,11 @@ pub fn device_period<S: Store>(
         let anchored = items.iter().take_while(|i| i.placed.is_some()).count();
         items.truncate(anchored);
     }
-    if items.is_empty() {
+    if !items.iter().any(|i| i.timestamp_ms >= from_ms) {
         return Err(BundleError::Empty(device));
     }
+    let (from, end) = counted_period(&items, from_ms).ok_or(BundleError::NotCounted(device))?;
+    items.truncate(end);
     let mut trees: BTreeMap<u64, MerkleTree> = BTreeMap::new();
     let mut epochs = Vec::new();
     let mut evidence = Vec::with_capacity(items.len());
@@ -160,7 +181,7 @@ pub fn device_period<S: Store>(
     let hello: Hello = Envelope::decode(&dev.hello)
         .and_then(|e| e.open())
         .map_err(|e| StoreError::Corrupt(format!("stored hello: {e}")))?;
-    let made = match device_statement(&hello, &chain, TimestampMs(from_ms), intensity) {
+    let made = match device_statement(&hello, &chain, from, intensity) {
         Ok(s) => s,
         Err(AccountError::NoRecords) => return Err(BundleError::Empty(device)),
         Err(e) => return Err(BundleError::Statement(e.to_string())),
@@ -313,5 +334,67 @@ mod tests {
         forged.tier = TrustTier::HardwareMeter;
         hidden.statement = ProofBundle::sign_statement(&forged, &key);
         assert_eq!(verify(&hidden, &opts).unwrap_err().check, Check::Tier);
+    }
+
+    #[test]
+    fn records_from_before_approval_are_evidence_but_never_counted() {
+        use crate::store::DeviceState;
+        let key = KeyPair::from_seed(&[0xc0; 32]);
+        let mut ing = Ingest::new(
+            SqliteStore::in_memory().unwrap(),
+            key.clone(),
+            IngestConfig::default(),
+        );
+        let mut dev = SampleDevice::new(9);
+        let id = dev.key.device_id();
+        let chain = dev.chain(30, 60_000);
+        let topic = |leaf: &str| format!("{PREFIX}{id}/{leaf}");
+        let now = SAMPLE_START.0 + 86_400_000;
+        let mut first = vec![(topic("hello"), dev.hello().into_bytes())];
+        first.extend(
+            chain[..10]
+                .iter()
+                .map(|e| (topic("records"), e.as_bytes().to_vec())),
+        );
+        ing.handle(&first, now).unwrap();
+        assert_eq!(
+            ing.store().device(id).unwrap().unwrap().state,
+            DeviceState::Pending
+        );
+        ing.store_mut()
+            .set_state(id, DeviceState::Approved)
+            .unwrap();
+        let rest: Vec<_> = chain[10..]
+            .iter()
+            .map(|e| (topic("records"), e.as_bytes().to_vec()))
+            .collect();
+        ing.handle(&rest, now).unwrap();
+        close_epoch(ing.store_mut(), &key, now).unwrap().unwrap();
+        let intensity = IntensityResolver::bundled(None).unwrap();
+        // Asked from the start, the statement starts at the first approved record; the
+        // pending ones travel (anchored) only as the battery's history.
+        let b = device_period(ing.store(), &key, id, 0, u64::MAX / 2, &intensity, false).unwrap();
+        let s = b.statement().unwrap();
+        assert_eq!(s.from.0, SAMPLE_START.0 + 10 * 60_000);
+        assert_eq!(b.evidence.len(), 30);
+        let opts = VerifyOptions::pinned(key.public(), attest::TimestampMs(now));
+        verify(&b, &opts).unwrap();
+        // The hours view counts the same span.
+        let row = ing.store().device(id).unwrap().unwrap();
+        let hours = crate::accounting::device_hours(ing.store(), &row, &intensity, 0, u64::MAX / 2)
+            .unwrap();
+        assert_eq!(hours.statement, s);
+        // A period wholly before approval has nothing to prove.
+        let e = device_period(
+            ing.store(),
+            &key,
+            id,
+            0,
+            SAMPLE_START.0 + 9 * 60_000,
+            &intensity,
+            false,
+        )
+        .unwrap_err();
+        assert!(matches!(e, BundleError::NotCounted(_)), "{e}");
     }
 }

@@ -1,4 +1,4 @@
-//! Epochs and the local anchor: every epoch, the counted messages not yet anchored become
+//! Epochs and the local anchor: every epoch, the stored messages not yet anchored become
 //! the leaves of one RFC 6962 tree (ordered by device, then sequence), and its root goes
 //! into the controller-signed, hash-chained anchor log, all in one transaction: an epoch is
 //! either wholly closed and anchored or not at all, and never twice.
@@ -8,7 +8,7 @@ use attest::{Envelope, EpochId, Hash32, KeyPair, TimestampMs};
 
 use crate::store::{EpochRow, Store, StoreError};
 
-/// Closes the next epoch over every unanchored counted message; `None` when there is none.
+/// Closes the next epoch over every unanchored stored message; `None` when there is none.
 pub fn close_epoch<S: Store>(
     store: &mut S,
     key: &KeyPair,

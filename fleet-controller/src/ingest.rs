@@ -362,6 +362,10 @@ impl<S: Store> Ingest<S> {
             match v.feed_checked(&env, msg, TimestampMs(now)) {
                 Ok(Outcome::Accepted(verified)) => {
                     let counted = keys[&id].state == DeviceState::Approved;
+                    if keys[&id].state == DeviceState::Revoked {
+                        // Kept as evidence, never acknowledged (see the acks below).
+                        *self.rejected.entry("revoked").or_default() += 1;
+                    }
                     let m = verified.message();
                     to_store.push(NewItem {
                         device: id,
@@ -422,6 +426,14 @@ impl<S: Store> Ingest<S> {
         }
         let mut out = Vec::new();
         for id in touched.keys() {
+            // A revoked device's messages are kept as evidence, apart, but not acknowledged
+            // as stored: it must not take them for delivered (and counted).
+            if keys
+                .get(id)
+                .is_some_and(|d| d.state == DeviceState::Revoked)
+            {
+                continue;
+            }
             if let Some(tip) = self.chains.get(id).and_then(|v| v.tip()) {
                 let ack = Ack {
                     device: *id,
@@ -642,6 +654,38 @@ mod tests {
                 to: SeqNo(u64::MAX / 2)
             }
         );
+    }
+
+    #[test]
+    fn a_revoked_devices_records_are_kept_apart_and_never_acknowledged() {
+        let mut ing = ingest(true);
+        let mut dev = SampleDevice::new(8);
+        let id = dev.key.device_id();
+        let chain = dev.chain(6, 10_000);
+        let mut batch = vec![(topic(&dev, "hello"), dev.hello().into_bytes())];
+        batch.extend(
+            chain[..3]
+                .iter()
+                .map(|e| (topic(&dev, "records"), e.as_bytes().to_vec())),
+        );
+        let out = ing.handle(&batch, NOW).unwrap();
+        assert_eq!(acks(&out)[0].up_to, SeqNo(2));
+        ing.store_mut().set_state(id, DeviceState::Revoked).unwrap();
+        let rest: Vec<_> = chain[3..]
+            .iter()
+            .map(|e| (topic(&dev, "records"), e.as_bytes().to_vec()))
+            .collect();
+        let out = ing.handle(&rest, NOW).unwrap();
+        assert!(acks(&out).is_empty(), "acked a revoked device: {out:?}");
+        assert_eq!(ing.rejected.get("revoked"), Some(&3));
+        // Stored as evidence, apart: not counted.
+        let items = ing.store().items_between(id, 0, u64::MAX / 2).unwrap();
+        assert_eq!(items.len(), 6);
+        let counted: Vec<bool> = items.iter().map(|i| i.counted).collect();
+        assert_eq!(counted, vec![true, true, true, false, false, false]);
+        // Its resends are not acknowledged either.
+        let out = ing.handle(&rest, NOW + 1).unwrap();
+        assert!(acks(&out).is_empty());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   is refused, never overwritten;
 //! - a batch of messages is stored in one transaction: all or nothing;
 //! - messages from devices that are not approved are kept apart (`counted = false`) and
-//!   never enter accounting.
+//!   never enter accounting (hours, fleet hours, statements); they are anchored like every
+//!   stored message, because a device's later bundles prove its chain from its start.
 
 pub mod sqlite;
 
@@ -160,6 +161,8 @@ pub struct PlacedItem {
     pub envelope: Vec<u8>,
     /// Its epoch and leaf index, once its epoch is closed.
     pub placed: Option<(u64, u64)>,
+    /// Whether it counts in accounting (stored while its device was approved).
+    pub counted: bool,
 }
 
 /// The narrow store interface.
@@ -189,7 +192,8 @@ pub trait Store {
     fn items(&self, id: DeviceId, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// How many messages are stored for a device.
     fn count_items(&self, id: DeviceId) -> Result<u64, StoreError>;
-    /// Counted messages not yet in any epoch, as (device, seq, envelope), in leaf order.
+    /// Stored messages (counted or not) not yet in any epoch, as (device, seq, envelope), in
+    /// leaf order.
     fn unplaced(&self) -> Result<Vec<(DeviceId, u64, Vec<u8>)>, StoreError>;
     /// Closes an epoch in one transaction: its row, its anchor entry, and the leaf index
     /// of each message `(device, seq)` in order. Refuses an epoch number already used.

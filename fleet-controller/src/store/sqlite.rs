@@ -357,7 +357,7 @@ impl Store for SqliteStore {
 
     fn unplaced(&self) -> Result<Vec<(DeviceId, u64, Vec<u8>)>, StoreError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT device, seq, envelope FROM chain_items WHERE epoch IS NULL AND counted = 1 ORDER BY device, seq",
+            "SELECT device, seq, envelope FROM chain_items WHERE epoch IS NULL ORDER BY device, seq",
         )?;
         let rows = st
             .query_map([], |r| {
@@ -521,7 +521,7 @@ impl Store for SqliteStore {
         to_ms: u64,
     ) -> Result<Vec<PlacedItem>, StoreError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT seq, timestamp_ms, envelope, epoch, leaf_index FROM chain_items
+            "SELECT seq, timestamp_ms, envelope, epoch, leaf_index, counted FROM chain_items
              WHERE device = ?1 AND timestamp_ms BETWEEN ?2 AND ?3 ORDER BY seq",
         )?;
         let rows = st
@@ -533,6 +533,7 @@ impl Store for SqliteStore {
                     timestamp_ms: r.get::<_, i64>(1)? as u64,
                     envelope: r.get(2)?,
                     placed: epoch.zip(leaf).map(|(e, l)| (e as u64, l as u64)),
+                    counted: r.get(5)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
