@@ -89,7 +89,7 @@ fn main() {
     time("compute statement", &mut || {
         attest::account::compute_statement(&attest::account::StatementInput {
             subject: b.statement().unwrap().subject,
-            hello: &hello,
+            hellos: std::slice::from_ref(&hello),
             chain: &msgs,
             from: TimestampMs(0),
             intensity: &|h| attest::sample::bundled_figure("DE", h),

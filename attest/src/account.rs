@@ -20,7 +20,7 @@ use crate::hash::Hash32;
 use crate::intensity::Figure;
 use crate::msg::{
     ChainMessage, ChannelKind, CounterSnapshot, Hello, JobAccount, JobId, JobReceipt, MeterRecord,
-    Statement, Subject, TrustTier,
+    Statement, Subject, TrustTier, hello_at,
 };
 use crate::units::{MS_PER_HOUR, Millijoules, TimestampMs};
 
@@ -33,6 +33,9 @@ pub enum AccountError {
     /// No meter records for the device in the period.
     #[error("no meter records for the subject device in the period")]
     NoRecords,
+    /// No hello for the device.
+    #[error("no hello for the subject device")]
+    NoHello,
     /// A job statement without that job's receipt.
     #[error("no receipt for job {0}")]
     NoReceipt(JobId),
@@ -65,8 +68,10 @@ pub enum AccountError {
 pub struct StatementInput<'a> {
     /// The subject.
     pub subject: Subject,
-    /// The device's hello (channel tiers, site, embodied emissions).
-    pub hello: &'a Hello,
+    /// The device's hellos (channel tiers, site, embodied emissions), every version in
+    /// ascending `timestamp`; each record is judged by the one valid at its time
+    /// ([`hello_at`]). At least one.
+    pub hellos: &'a [Hello],
     /// The device's chain messages in sequence order (already verified), from the start of
     /// its chain (genesis or a restart) to the end of the period: the messages before the
     /// period give the battery's content at its start.
@@ -95,7 +100,10 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
         })
         .ok_or(AccountError::NoRecords)?;
     let (prior, period) = (&msgs[..=start], &msgs[start..]);
-    let unknown = unknown_battery(input.hello);
+    let hello = |t: TimestampMs| hello_at(input.hellos, t).ok_or(AccountError::NoHello);
+    // The worst case where the battery's content is unknown, per the hello valid at the
+    // chain's start (the same capacity is used at every restart after it: the pool is one).
+    let unknown = unknown_battery(hello(msgs[0].link().timestamp)?);
     let battery_initial = if start == 0 {
         unknown
     } else {
@@ -131,14 +139,17 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
         match_hours_with_resets(&inputs, battery_initial, &restart_hours(period), unknown);
     let (energy, renewable, co2e_mg) = totals(&hours);
 
-    let flags = crate::plausibility::check_chain(&input.hello.site, period.iter().copied());
+    let first_hello = hello(first.link.timestamp)?;
+    let flags = crate::plausibility::check_chain(
+        |t| &hello_at(input.hellos, t).unwrap_or(first_hello).site,
+        period.iter().copied(),
+    );
     let mut tier = TrustTier::AttestedAgent;
     for r in &records {
+        let h = hello(r.link.timestamp)?;
         for c in &r.channels {
             tier = tier.min(
-                input
-                    .hello
-                    .channel_tier(c.channel)
+                h.channel_tier(c.channel)
                     .unwrap_or(TrustTier::SoftwareEstimate),
             );
         }
@@ -172,7 +183,7 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
                 account.energy,
                 effective_intensity(account.co2e_mg, account.energy),
                 account.co2e_mg,
-                embodied_mg(input.hello, receipt),
+                embodied_mg(hello(receipt.started)?, receipt),
                 1,
             );
             (Some(account), Some(sci))

@@ -24,7 +24,7 @@ use crate::hash::Hash32;
 use crate::id::{DeviceId, KeyPair, PublicKey};
 use crate::intensity::{Dataset, Figure, RegionTable, bundled_digest};
 use crate::merkle::{InclusionProof, TreeHead, leaf_hash};
-use crate::msg::{AnchorEntry, ChainMessage, Hello, Statement};
+use crate::msg::{AnchorEntry, ChainMessage, Hello, Statement, hello_at};
 use crate::units::{EpochId, TimestampMs};
 
 /// The bundle format version this crate writes and reads. Version 2: the statement is a
@@ -406,8 +406,8 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
         .open()
         .or_else(|e| fail(Check::Statement, format!("statement: {e}")))?;
 
-    // Devices.
-    let mut hellos: BTreeMap<DeviceId, Hello> = BTreeMap::new();
+    // Devices: every hello of each (its versions, judged by time).
+    let mut hellos: BTreeMap<DeviceId, Vec<Hello>> = BTreeMap::new();
     for (i, blob) in bundle.devices.iter().enumerate() {
         let env = Envelope::decode(&blob.0)
             .or_else(|e| fail(Check::Device, format!("device #{i}: {e}")))?;
@@ -420,12 +420,25 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
                 format!("device #{i} ({}): hello {e}", hello.device),
             )
         })?;
-        if hellos.insert(hello.device, hello).is_some() {
-            return fail(Check::Device, format!("device #{i}: a second hello"));
+        hellos.entry(hello.device).or_default().push(hello);
+    }
+    for (device, versions) in hellos.iter_mut() {
+        versions.sort_by_key(|h| h.timestamp);
+        if let Some(w) = versions
+            .windows(2)
+            .find(|w| w[0].timestamp == w[1].timestamp)
+        {
+            return fail(
+                Check::Device,
+                format!(
+                    "two hellos of {device} at the same time {}",
+                    w[0].timestamp.0
+                ),
+            );
         }
     }
     let subject_device = stated.subject.device();
-    let Some(subject_hello) = hellos.get(&subject_device).cloned() else {
+    let Some(subject_hellos) = hellos.get(&subject_device).cloned() else {
         return fail(
             Check::Device,
             format!("no hello for the statement's device {subject_device}"),
@@ -458,7 +471,7 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
     // Signatures, in one batch (split over the cores with std); on failure, one by one to
     // name the bad one.
     verify_signatures(&items, &hellos)?;
-    checks_after_signatures(bundle, opts, &stated, &items, &hellos, &subject_hello)
+    checks_after_signatures(bundle, opts, &stated, &items, &hellos, &subject_hellos)
 }
 
 /// Chain, inclusion, anchor, intensity and recomputation checks (everything after
@@ -468,10 +481,10 @@ fn checks_after_signatures(
     opts: &VerifyOptions,
     stated: &Statement,
     items: &[Item],
-    hellos: &BTreeMap<DeviceId, Hello>,
-    subject_hello: &Hello,
+    hellos: &BTreeMap<DeviceId, Vec<Hello>>,
+    subject_hellos: &[Hello],
 ) -> Result<Report, VerifyError> {
-    let subject_device = subject_hello.device;
+    let subject_device = subject_hellos[0].device;
     // Chains, per device, in sequence order. The subject's must start where its chain
     // starts (sequence 0 with a zero `prev`, or a restart): the battery's content at the
     // period's start is derived from there.
@@ -483,7 +496,7 @@ fn checks_after_signatures(
         let device = it.msg.link().device;
         let first = verifier.as_ref().is_none_or(|v| v.device() != device);
         if first {
-            let key = &hellos[&device].public_key;
+            let key = &hellos[&device][0].public_key;
             let policy = ChainPolicy {
                 window: 1,
                 ..ChainPolicy::default()
@@ -586,7 +599,7 @@ fn checks_after_signatures(
     }
 
     // Intensities, each against its named dataset.
-    let (figures, datasets) = check_intensities(bundle, opts, stated, subject_hello)?;
+    let (figures, datasets) = check_intensities(bundle, opts, stated, subject_hellos)?;
 
     // Recompute the statement from the records and compare.
     let intensity = |hour: u64| {
@@ -597,7 +610,7 @@ fn checks_after_signatures(
     };
     let input = StatementInput {
         subject: stated.subject,
-        hello: subject_hello,
+        hellos: subject_hellos,
         chain: &chain,
         from: stated.from,
         intensity: &intensity,
@@ -634,7 +647,7 @@ fn check_intensities(
     bundle: &ProofBundle,
     opts: &VerifyOptions,
     stated: &Statement,
-    hello: &Hello,
+    hellos: &[Hello],
 ) -> Result<(BTreeMap<u64, Figure>, Vec<DatasetUse>), VerifyError> {
     let bundled = bundled_digest();
     let table = RegionTable::bundled().or_else(|e| fail(Check::Intensity, e.to_string()))?;
@@ -644,10 +657,15 @@ fn check_intensities(
             .or_else(|e| fail(Check::Format, format!("dataset #{i}: {e}")))?;
         carried.insert(d.digest(), d);
     }
-    let region = &hello.site.grid_region;
     let mut figures = BTreeMap::new();
     let mut uses: Vec<DatasetUse> = Vec::new();
     for line in &stated.hours {
+        // An hour is judged by the hello valid at its start.
+        let hour_start = TimestampMs(line.hour.saturating_mul(crate::units::MS_PER_HOUR));
+        let region = &hello_at(hellos, hour_start)
+            .unwrap_or(&hellos[0])
+            .site
+            .grid_region;
         let (mg, name, is_bundled) = if line.dataset == bundled {
             (
                 table.figure(region, line.hour),
@@ -723,14 +741,14 @@ fn check_intensities(
 
 fn verify_signatures(
     items: &[Item],
-    hellos: &BTreeMap<DeviceId, Hello>,
+    hellos: &BTreeMap<DeviceId, Vec<Hello>>,
 ) -> Result<(), VerifyError> {
     let batch: Vec<crate::sigbatch::Item<'_>> = items
         .iter()
         .map(|it| crate::sigbatch::Item {
             message: it.envelope.signed_bytes(),
             signature: it.envelope.signature(),
-            key: &hellos[&it.msg.link().device].public_key,
+            key: &hellos[&it.msg.link().device][0].public_key,
         })
         .collect();
     if crate::sigbatch::verify_all(&batch) {

@@ -100,9 +100,10 @@ pub fn check_interval(site: &Site, prev: &MeterRecord, cur: &MeterRecord) -> Vec
 }
 
 /// Flags for every consecutive pair of records in a device's chain messages (restarts
-/// break the pairs: no interval spans one).
-pub fn check_chain<'a>(
-    site: &Site,
+/// break the pairs: no interval spans one), each pair judged by the site valid at its later
+/// record (`site_at`: from the hello valid then).
+pub fn check_chain<'a, 's>(
+    site_at: impl Fn(crate::units::TimestampMs) -> &'s Site,
     chain: impl IntoIterator<Item = &'a ChainMessage>,
 ) -> Vec<Flag> {
     let mut flags = Vec::new();
@@ -111,7 +112,7 @@ pub fn check_chain<'a>(
         match m {
             ChainMessage::MeterRecord(r) => {
                 if let Some(p) = prev {
-                    flags.extend(check_interval(site, p, r));
+                    flags.extend(check_interval(site_at(r.link.timestamp), p, r));
                 }
                 prev = Some(r);
             }

@@ -270,7 +270,7 @@ pub fn statement(
     let region = hello.site.grid_region.clone();
     compute_statement(&StatementInput {
         subject,
-        hello,
+        hellos: core::slice::from_ref(hello),
         chain: messages,
         from,
         intensity: &|h| bundled_figure(&region, h),

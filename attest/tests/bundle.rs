@@ -380,6 +380,65 @@ fn a_chain_restart_resets_the_battery_to_its_worst_case() {
 }
 
 #[test]
+fn each_hour_is_judged_by_the_hello_valid_at_that_hour() {
+    // The device moves from DE to FR at 12:00 (a new hello, a later timestamp): the morning
+    // is charged at the German figure, the afternoon at the French one.
+    let mut dev = SampleDevice::new(1);
+    let hello_de = dev.hello();
+    let mut moved: attest::msg::Hello = hello_de.open().unwrap();
+    moved.timestamp = TimestampMs(SAMPLE_START.0 + 12 * 3_600_000);
+    moved.site.grid_region = "FR".into();
+    let hello_fr = Envelope::seal(&moved, &dev.key);
+    let chain = dev.chain(289, 300_000);
+    let messages: Vec<ChainMessage> = chain
+        .iter()
+        .map(|e| ChainMessage::open(e).unwrap())
+        .collect();
+    let versions: Vec<attest::msg::Hello> = vec![hello_de.open().unwrap(), moved.clone()];
+    let statement = attest::account::compute_statement(&attest::account::StatementInput {
+        subject: Subject::DevicePeriod {
+            device: moved.device,
+        },
+        hellos: &versions,
+        chain: &messages,
+        from: TimestampMs(0),
+        intensity: &|h| {
+            let t = TimestampMs(h * 3_600_000);
+            let region = &attest::msg::hello_at(&versions, t)
+                .unwrap()
+                .site
+                .grid_region;
+            sample::bundled_figure(region, h)
+        },
+    })
+    .unwrap();
+    let figures: Vec<u32> = statement
+        .hours
+        .iter()
+        .map(|h| h.intensity_mg_per_kwh)
+        .collect();
+    assert_eq!(&figures[..12], &[342_060; 12]);
+    assert_eq!(&figures[12..], &[44_180; 12]);
+    let mut b =
+        sample::bundle_with_statement(&hello_de, &chain, &controller(), EpochId(0), &statement);
+    b.devices.push(Blob(hello_fr.as_bytes().to_vec()));
+    verify(&b, &opts()).unwrap();
+    // Judged by today's hello alone (the older version left out), the morning's figures
+    // no longer follow.
+    let mut today_only = b.clone();
+    today_only.devices.remove(0);
+    assert_eq!(failed_check(&today_only), Check::Intensity);
+    // Two versions with one timestamp are refused.
+    let mut twice = b.clone();
+    let mut same = moved.clone();
+    same.site.grid_region = "PL".into();
+    twice
+        .devices
+        .push(Blob(Envelope::seal(&same, &dev.key).as_bytes().to_vec()));
+    assert_eq!(failed_check(&twice), Check::Device);
+}
+
+#[test]
 fn intensities_replaced_with_the_source_renamed_are_refused_unless_accepted() {
     // Every hour charged at 1 mg/kWh from a dataset the controller made up, carried in the
     // bundle under a reassuring name, emissions recomputed.
@@ -608,7 +667,7 @@ fn a_receipt_whose_energy_is_inflated_beyond_its_records_is_refused() {
     let hello_msg: attest::msg::Hello = hello.open().unwrap();
     let err = attest::account::compute_statement(&attest::account::StatementInput {
         subject: job_subject(),
-        hello: &hello_msg,
+        hellos: std::slice::from_ref(&hello_msg),
         chain: &messages,
         from: TimestampMs(0),
         intensity: &|h| sample::bundled_figure("DE", h),

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use attest::Envelope;
 use attest::carbon::{self, EnergyBySource, HourLine};
-use attest::msg::{ChainMessage, Hello};
+use attest::msg::ChainMessage;
 
 use crate::bundles::DeviceStatement;
 use attest::units::Millijoules;
@@ -48,9 +48,7 @@ pub fn device_hours<S: Store>(
     from_ms: u64,
     to_ms: u64,
 ) -> Result<DeviceStatement, HoursError> {
-    let hello: Hello = Envelope::decode(&dev.hello)
-        .and_then(|e| e.open())
-        .map_err(|_| HoursError::BadHello)?;
+    let hellos = crate::bundles::stored_hellos(store, dev.id).map_err(|_| HoursError::BadHello)?;
     let mut items = store.items_between(dev.id, 0, to_ms)?;
     let Some((from, end)) = crate::bundles::counted_period(&items, from_ms) else {
         return Err(HoursError::Account(
@@ -67,7 +65,7 @@ pub fn device_hours<S: Store>(
         })
         .collect();
     Ok(crate::bundles::device_statement(
-        &hello, &chain, from, intensity,
+        &hellos, &chain, from, intensity,
     )?)
 }
 
@@ -227,7 +225,7 @@ mod tests {
 
     /// A sample device's hello moved to another grid region (re-signed with its key).
     pub(crate) fn hello_in(dev: &SampleDevice, region: &str) -> Envelope {
-        let mut h: Hello = dev.hello().open().unwrap();
+        let mut h: attest::msg::Hello = dev.hello().open().unwrap();
         h.site.grid_region = region.into();
         Envelope::seal(&h, &dev.key)
     }

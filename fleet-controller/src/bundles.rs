@@ -11,7 +11,7 @@ use attest::account::{AccountError, StatementInput, compute_statement};
 use attest::bundle::{AnchorRef, BUNDLE_FORMAT, Blob, EpochProof, Evidence, ProofBundle};
 use attest::intensity::Dataset;
 use attest::merkle::{MerkleTree, TreeHead};
-use attest::msg::{ChainMessage, Hello, Statement, Subject};
+use attest::msg::{ChainMessage, Hello, Statement, Subject, hello_at};
 use attest::{DeviceId, Envelope, EpochId, KeyPair, TimestampMs};
 
 use crate::intensity::IntensityResolver;
@@ -70,31 +70,67 @@ pub struct DeviceStatement {
 
 /// The statement for a device over its chain messages, the period starting at the first
 /// record at or after `from` (earlier messages give the battery's content at the start):
-/// `attest`'s arithmetic with the intensity of the device's region (its hello's
-/// `site.grid_region`) hour by hour. Shared by bundles, the API's hour views and fleet
-/// accounting.
+/// `attest`'s arithmetic with, hour by hour, the intensity of the device's region in the
+/// hello valid at the hour's start (`hellos`: every version, oldest first). Shared by
+/// bundles, the API's hour views and fleet accounting.
 pub fn device_statement(
-    hello: &Hello,
+    hellos: &[Hello],
     chain: &[ChainMessage],
     from: TimestampMs,
     intensity: &IntensityResolver,
 ) -> Result<DeviceStatement, AccountError> {
-    let region = intensity.for_region(&hello.site.grid_region);
+    let first = hellos.first().ok_or(AccountError::NoHello)?;
+    let region_at = |hour: u64| {
+        let t = TimestampMs(hour.saturating_mul(attest::units::MS_PER_HOUR));
+        &hello_at(hellos, t).unwrap_or(first).site.grid_region
+    };
     let statement = compute_statement(&StatementInput {
         subject: Subject::DevicePeriod {
-            device: hello.device,
+            device: first.device,
         },
-        hello,
+        hellos,
         chain,
         from,
-        intensity: &|hour| region.at(hour).figure(),
+        intensity: &|hour| intensity.at(region_at(hour), hour).figure(),
     })?;
-    let hours = || statement.hours.iter().map(|h| h.hour);
+    // Label and datasets region by region, in the order the hours used them.
+    let mut by_region: Vec<(&String, Vec<u64>)> = Vec::new();
+    for h in statement.hours.iter().map(|h| h.hour) {
+        let r = region_at(h);
+        match by_region.iter_mut().find(|(x, _)| *x == r) {
+            Some((_, hours)) => hours.push(h),
+            None => by_region.push((r, vec![h])),
+        }
+    }
+    let mut datasets: Vec<Dataset> = Vec::new();
+    let mut labels = Vec::new();
+    for (region, hours) in &by_region {
+        let ri = intensity.for_region(region);
+        for d in ri.datasets(hours.iter().copied()) {
+            if !datasets.contains(&d) {
+                datasets.push(d);
+            }
+        }
+        labels.push(ri.describe(hours.iter().copied()));
+    }
     Ok(DeviceStatement {
-        intensity_source: region.describe(hours()),
-        datasets: region.datasets(hours()),
+        intensity_source: labels.join("; then "),
+        datasets,
         statement,
     })
+}
+
+/// Every version of a stored device's hello, decoded, oldest first.
+pub fn stored_hellos<S: Store>(store: &S, device: DeviceId) -> Result<Vec<Hello>, StoreError> {
+    store
+        .hellos(device)?
+        .iter()
+        .map(|b| {
+            Envelope::decode(b)
+                .and_then(|e| e.open())
+                .map_err(|e| StoreError::Corrupt(format!("stored hello: {e}")))
+        })
+        .collect()
 }
 
 /// Builds the bundle for `device` over the period of messages with timestamps in
@@ -110,7 +146,7 @@ pub fn device_period<S: Store>(
     intensity: &IntensityResolver,
     trim_unanchored: bool,
 ) -> Result<ProofBundle, BundleError> {
-    let dev = store
+    store
         .device(device)?
         .ok_or(BundleError::UnknownDevice(device))?;
     // From the chain's start: the battery's content at `from_ms` is derived from there.
@@ -178,10 +214,8 @@ pub fn device_period<S: Store>(
         let env = Envelope::decode(&it.envelope).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         chain.push(ChainMessage::open(&env).map_err(|e| StoreError::Corrupt(e.to_string()))?);
     }
-    let hello: Hello = Envelope::decode(&dev.hello)
-        .and_then(|e| e.open())
-        .map_err(|e| StoreError::Corrupt(format!("stored hello: {e}")))?;
-    let made = match device_statement(&hello, &chain, from, intensity) {
+    let hellos = stored_hellos(store, device)?;
+    let made = match device_statement(&hellos, &chain, from, intensity) {
         Ok(s) => s,
         Err(AccountError::NoRecords) => return Err(BundleError::Empty(device)),
         Err(e) => return Err(BundleError::Statement(e.to_string())),
@@ -189,7 +223,7 @@ pub fn device_period<S: Store>(
     Ok(ProofBundle {
         format: BUNDLE_FORMAT,
         statement: ProofBundle::sign_statement(&made.statement, controller),
-        devices: vec![Blob(dev.hello)],
+        devices: store.hellos(device)?.into_iter().map(Blob).collect(),
         datasets: made.datasets,
         evidence,
         epochs,
@@ -396,5 +430,50 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, BundleError::NotCounted(_)), "{e}");
+    }
+
+    #[test]
+    fn a_device_that_moves_is_charged_by_the_hello_valid_in_each_hour() {
+        let key = KeyPair::from_seed(&[0xc0; 32]);
+        let cfg = IngestConfig::auto_approving();
+        let mut ing = Ingest::new(SqliteStore::in_memory().unwrap(), key.clone(), cfg);
+        let mut dev = SampleDevice::new(12);
+        let id = dev.key.device_id();
+        let topic = |leaf: &str| format!("{PREFIX}{id}/{leaf}");
+        let chain = dev.chain(25, 600_000); // 04:00 in ten-minute steps
+        let mut moved: Hello = dev.hello().open().unwrap();
+        moved.timestamp = attest::TimestampMs(SAMPLE_START.0 + 2 * 3_600_000);
+        moved.site.grid_region = "FR".into();
+        let now = SAMPLE_START.0 + 86_400_000;
+        let mut batch = vec![(topic("hello"), dev.hello().into_bytes())];
+        batch.extend(
+            chain[..12]
+                .iter()
+                .map(|e| (topic("records"), e.as_bytes().to_vec())),
+        );
+        batch.push((
+            topic("hello"),
+            Envelope::seal(&moved, &dev.key).into_bytes(),
+        ));
+        batch.extend(
+            chain[12..]
+                .iter()
+                .map(|e| (topic("records"), e.as_bytes().to_vec())),
+        );
+        ing.handle(&batch, now).unwrap();
+        close_epoch(ing.store_mut(), &key, now).unwrap().unwrap();
+        let intensity = IntensityResolver::bundled(None).unwrap();
+        let b = device_period(ing.store(), &key, id, 0, u64::MAX / 2, &intensity, false).unwrap();
+        assert_eq!(b.devices.len(), 2, "both versions travel");
+        let figures: Vec<u32> = b
+            .statement()
+            .unwrap()
+            .hours
+            .iter()
+            .map(|h| h.intensity_mg_per_kwh)
+            .collect();
+        assert_eq!(figures, vec![342_060, 342_060, 44_180, 44_180]);
+        let opts = VerifyOptions::pinned(key.public(), attest::TimestampMs(now));
+        verify(&b, &opts).unwrap();
     }
 }

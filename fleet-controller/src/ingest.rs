@@ -221,12 +221,44 @@ impl<S: Store> Ingest<S> {
             });
         match checked {
             Ok((env, hello)) => {
+                // Hellos are versioned by their timestamp: the same one again (a retained
+                // message redelivered) changes nothing, an older one is refused.
+                let known = self.store.device(hello.device)?;
+                let current: Option<Hello> = known
+                    .as_ref()
+                    .and_then(|row| Envelope::decode(&row.hello).ok()?.open().ok());
+                if known
+                    .as_ref()
+                    .is_some_and(|row| row.hello == env.as_bytes())
+                {
+                    return Ok(());
+                }
+                if let Some(cur) = current.as_ref().filter(|c| hello.timestamp <= c.timestamp) {
+                    let detail = format!(
+                        "hello of {} at {} is not newer than the one at {}",
+                        hello.device, hello.timestamp.0, cur.timestamp.0
+                    );
+                    self.reject(Some(topic_id), "stale_hello", &detail, now);
+                    return Ok(());
+                }
                 let e = &self.cfg.enrollment;
-                let initial = if e.auto_approve || e.approved.contains(&hello.device) {
+                let preapproved = e.auto_approve || e.approved.contains(&hello.device);
+                let initial = if preapproved {
                     DeviceState::Approved
                 } else {
                     DeviceState::Pending
                 };
+                // A new version (anything but its timestamp changed) joins the history that
+                // statements judge each hour by.
+                let changed = current.as_ref().is_none_or(|c| {
+                    let mut c = c.clone();
+                    c.timestamp = hello.timestamp;
+                    c != hello
+                });
+                if changed {
+                    self.store
+                        .record_hello(hello.device, hello.timestamp.0, env.as_bytes())?;
+                }
                 let row = self.store.upsert_device(
                     hello.device,
                     hello.public_key,
@@ -234,6 +266,24 @@ impl<S: Store> Ingest<S> {
                     now,
                     initial,
                 )?;
+                // A site or a channel tier changed after approval: an operator approves it
+                // again (its records count from then on only).
+                let moved = current
+                    .as_ref()
+                    .is_some_and(|c| c.site != hello.site || c.channels != hello.channels);
+                let row = if moved && row.state == DeviceState::Approved && !preapproved {
+                    self.store.set_state(hello.device, DeviceState::Pending)?;
+                    tracing::warn!(
+                        device = %hello.device,
+                        "the device's site or channel tiers changed: pending until approved again"
+                    );
+                    crate::store::DeviceRow {
+                        state: DeviceState::Pending,
+                        ..row
+                    }
+                } else {
+                    row
+                };
                 if self.unknown_seen.remove(&hello.device) {
                     // Its records were refused before its hello: ask for them again now.
                     let from = self
@@ -654,6 +704,106 @@ mod tests {
                 to: SeqNo(u64::MAX / 2)
             }
         );
+    }
+
+    /// `dev`'s hello at `t` with `edit` applied, signed.
+    fn hello_at(dev: &SampleDevice, t: u64, edit: impl FnOnce(&mut Hello)) -> Vec<u8> {
+        let mut h: Hello = dev.hello().open().unwrap();
+        h.timestamp = TimestampMs(t);
+        edit(&mut h);
+        Envelope::seal(&h, &dev.key).into_bytes()
+    }
+
+    #[test]
+    fn hellos_are_versioned_an_older_one_is_refused_and_a_redelivered_one_changes_nothing() {
+        let mut ing = ingest(true);
+        let dev = SampleDevice::new(10);
+        let id = dev.key.device_id();
+        let t0 = attest::sample::SAMPLE_START.0;
+        let first = hello_at(&dev, t0, |_| {});
+        ing.handle(&[(topic(&dev, "hello"), first.clone())], NOW)
+            .unwrap();
+        // The same bytes again (a retained message): nothing.
+        ing.handle(&[(topic(&dev, "hello"), first.clone())], NOW)
+            .unwrap();
+        assert_eq!(ing.rejected.get("stale_hello"), None);
+        // A restart's hello, same content, newer: current, but no new version.
+        let again = hello_at(&dev, t0 + 1_000, |_| {});
+        ing.handle(&[(topic(&dev, "hello"), again.clone())], NOW)
+            .unwrap();
+        assert_eq!(ing.store().hellos(id).unwrap(), vec![first.clone()]);
+        assert_eq!(ing.store().device(id).unwrap().unwrap().hello, again);
+        // A moved device: a new version.
+        let moved = hello_at(&dev, t0 + 2_000, |h| h.site.grid_region = "FR".into());
+        ing.handle(&[(topic(&dev, "hello"), moved.clone())], NOW)
+            .unwrap();
+        assert_eq!(
+            ing.store().hellos(id).unwrap(),
+            vec![first.clone(), moved.clone()]
+        );
+        // An older hello (a replay of a past version, or a stale retained one): refused.
+        let old = hello_at(&dev, t0 + 1_500, |h| h.site.grid_region = "PL".into());
+        ing.handle(&[(topic(&dev, "hello"), old)], NOW).unwrap();
+        assert_eq!(ing.rejected.get("stale_hello"), Some(&1));
+        assert_eq!(ing.store().device(id).unwrap().unwrap().hello, moved);
+        assert_eq!(ing.store().hellos(id).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_site_or_tier_change_after_approval_needs_approval_again() {
+        let mut ing = ingest(false);
+        let mut dev = SampleDevice::new(11);
+        let id = dev.key.device_id();
+        let t0 = attest::sample::SAMPLE_START.0;
+        let chain = dev.chain(4, 10_000);
+        ing.handle(&[(topic(&dev, "hello"), hello_at(&dev, t0, |_| {}))], NOW)
+            .unwrap();
+        ing.store_mut()
+            .set_state(id, DeviceState::Approved)
+            .unwrap();
+        let state = |ing: &Ingest<SqliteStore>| ing.store().device(id).unwrap().unwrap().state;
+        // Same site and tiers, newer: stays approved.
+        ing.handle(
+            &[(
+                topic(&dev, "hello"),
+                hello_at(&dev, t0 + 1, |h| h.agent_version = "2".into()),
+            )],
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(state(&ing), DeviceState::Approved);
+        // A channel claims a higher tier: pending until approved again.
+        ing.handle(
+            &[(
+                topic(&dev, "hello"),
+                hello_at(&dev, t0 + 2, |h| {
+                    h.channels[0].tier = attest::msg::TrustTier::SigningMeter
+                }),
+            )],
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(state(&ing), DeviceState::Pending);
+        let batch: Vec<_> = chain
+            .iter()
+            .map(|e| (topic(&dev, "records"), e.as_bytes().to_vec()))
+            .collect();
+        ing.handle(&batch, NOW).unwrap();
+        let items = ing.store().items_between(id, 0, u64::MAX / 2).unwrap();
+        assert!(items.iter().all(|i| !i.counted), "counted while pending");
+        // The same for a site change, after approving again.
+        ing.store_mut()
+            .set_state(id, DeviceState::Approved)
+            .unwrap();
+        ing.handle(
+            &[(
+                topic(&dev, "hello"),
+                hello_at(&dev, t0 + 3, |h| h.site.panel_watts_peak *= 10),
+            )],
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(state(&ing), DeviceState::Pending);
     }
 
     #[test]

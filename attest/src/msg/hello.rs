@@ -120,6 +120,17 @@ impl Message for Hello {
     }
 }
 
+/// The hello valid at `t` among a device's hellos in ascending `timestamp` (its versions):
+/// the latest not after `t`, else the first (a record before any hello is judged by the
+/// first). `None` only for an empty list.
+pub fn hello_at(hellos: &[Hello], t: crate::units::TimestampMs) -> Option<&Hello> {
+    hellos
+        .iter()
+        .rev()
+        .find(|h| h.timestamp <= t)
+        .or_else(|| hellos.first())
+}
+
 impl Hello {
     /// The trust tier of a channel, if the hello declares it.
     pub fn channel_tier(&self, channel: ChannelId) -> Option<TrustTier> {

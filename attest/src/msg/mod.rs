@@ -16,7 +16,7 @@ mod statement;
 pub use ack::Ack;
 pub use anchor::AnchorEntry;
 pub use command::{Command, CommandBody};
-pub use hello::{ChannelInfo, Gpu, Hardware, Hello, Site};
+pub use hello::{ChannelInfo, Gpu, Hardware, Hello, Site, hello_at};
 pub use job::{Backend, JobId, JobLimits, JobOutcome, JobReceipt, JobSpec, Param, Workload};
 pub use meter::{ChannelReading, MeterRecord};
 pub use restart::{ChainRestart, RestartReason};

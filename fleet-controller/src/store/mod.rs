@@ -167,6 +167,16 @@ pub struct PlacedItem {
 
 /// The narrow store interface.
 pub trait Store {
+    /// Adds a version to a device's hello history (its `timestamp`; a second one with the
+    /// same timestamp is ignored).
+    fn record_hello(
+        &mut self,
+        id: DeviceId,
+        timestamp_ms: u64,
+        hello: &[u8],
+    ) -> Result<(), StoreError>;
+    /// Every version of a device's hello, oldest first (empty for an unknown device).
+    fn hellos(&self, id: DeviceId) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Records a device's hello: a new device gets `initial` (pending, or approved by an
     /// enrollment token); a known one keeps its state and gets the newer hello.
     fn upsert_device(

@@ -57,6 +57,13 @@ const MIGRATIONS: &[&str] = &[
         gas_used INTEGER,
         signed_ms INTEGER NOT NULL
     );",
+    // 4: every version of a device's hello (each hour is judged by the one valid then).
+    "CREATE TABLE hellos (
+        device BLOB NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        envelope BLOB NOT NULL,
+        PRIMARY KEY (device, timestamp_ms)
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this code writes.
@@ -285,6 +292,34 @@ impl Store for SqliteStore {
             .query_map([], Self::row)?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter().map(Self::device_row).collect()
+    }
+
+    fn record_hello(
+        &mut self,
+        id: DeviceId,
+        timestamp_ms: u64,
+        hello: &[u8],
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO hellos (device, timestamp_ms, envelope) VALUES (?1, ?2, ?3)
+             ON CONFLICT (device, timestamp_ms) DO NOTHING",
+            params![&id.0[..], to_i64(timestamp_ms), hello],
+        )?;
+        Ok(())
+    }
+
+    fn hellos(&self, id: DeviceId) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT envelope FROM hellos WHERE device = ?1 ORDER BY timestamp_ms",
+        )?;
+        let rows = st
+            .query_map(params![&id.0[..]], |r| r.get(0))?
+            .collect::<Result<Vec<Vec<u8>>, _>>()?;
+        if !rows.is_empty() {
+            return Ok(rows);
+        }
+        // A database from before the history (schema 3): the current hello only.
+        Ok(self.device(id)?.map(|d| vec![d.hello]).unwrap_or_default())
     }
 
     fn set_state(&mut self, id: DeviceId, state: DeviceState) -> Result<bool, StoreError> {
