@@ -44,6 +44,12 @@ pub struct ChainState {
     pub last_timestamp: u64,
     /// Each channel's counter in microjoules, by channel id.
     pub counters_uj: Vec<(u8, u64)>,
+    /// Each channel's source counter (mJ) as of the same moment, where its source keeps
+    /// one (SunSpec `TotWh`, a charger's yield, NVML's energy): after a restart the first
+    /// sample adds what the source counted while the agent was down, so that interval is
+    /// metered too. Absent in state files from before it was kept.
+    #[serde(default)]
+    pub device_counters_mj: Vec<(u8, u64)>,
 }
 
 /// The meter for one device.
@@ -61,6 +67,7 @@ impl Meter {
             prev: Hash32::ZERO,
             last_timestamp: 0,
             counters_uj: vec![],
+            device_counters_mj: vec![],
         });
         let channels = channels
             .iter()
@@ -71,12 +78,17 @@ impl Meter {
                     .iter()
                     .find(|(id, _)| *id as usize == i)
                     .map_or(0, |(_, e)| *e);
+                let device_counter_mj = state
+                    .device_counters_mj
+                    .iter()
+                    .find(|(id, _)| *id as usize == i)
+                    .map(|(_, e)| *e);
                 Channel {
                     id: ChannelId(i as u8),
                     kind: *kind,
                     energy_uj: uj,
                     last: None,
-                    device_counter_mj: None,
+                    device_counter_mj,
                     voltage_mv: None,
                     soc_permille: None,
                     at_last_record_mj: uj / 1000,
@@ -167,6 +179,11 @@ impl Meter {
             .iter()
             .map(|c| (c.id.0, c.energy_uj))
             .collect();
+        self.state.device_counters_mj = self
+            .channels
+            .iter()
+            .filter_map(|c| c.device_counter_mj.map(|e| (c.id.0, e)))
+            .collect();
     }
 
     fn advance(&mut self, seq: u64, hash: Hash32, t_ms: u64) {
@@ -209,6 +226,11 @@ impl Meter {
                 c.at_last_record_mj = 0;
             }
             self.state.counters_uj = self.channels.iter().map(|c| (c.id.0, 0)).collect();
+            // The sources' counters still run; the next sample sets the baseline again.
+            for c in &mut self.channels {
+                c.device_counter_mj = None;
+            }
+            self.state.device_counters_mj.clear();
         }
     }
 
@@ -353,6 +375,54 @@ mod tests {
         let (r, _) = m.seal(t0 + 10_000, &key);
         assert_eq!(r.channels[0].energy, Millijoules(1_000_000));
         assert_eq!(r.channels[0].power, Milliwatts(100_000));
+    }
+
+    #[test]
+    fn a_sources_own_counter_carries_the_energy_used_while_the_agent_was_down() {
+        let key = KeyPair::from_seed(&[3; 32]);
+        let mut m = meter();
+        let t0 = 1_782_000_000_000;
+        let counted = |mw, mj| {
+            Some(Sample {
+                power_mw: mw,
+                energy_mj: Some(mj),
+                ..Sample::default()
+            })
+        };
+        // Solar from a meter with its own counter, load from one without.
+        m.feed(0, t0, counted(100_000, 5_000_000));
+        m.feed(1, t0, s(40_000));
+        m.feed(0, t0 + 10_000, counted(100_000, 6_000_000));
+        m.feed(1, t0 + 10_000, s(40_000));
+        let (r, e) = m.seal(t0 + 10_000, &key);
+        m.commit(&r, &e);
+        assert_eq!(r.channels[0].energy, Millijoules(1_000_000));
+        // Killed; back 60 s later. The meter's counter ran on (6,000 J more).
+        let mut m2 = Meter::new(
+            &[
+                (ChannelKind::Solar, TrustTier::SoftwareEstimate),
+                (ChannelKind::Load, TrustTier::SoftwareEstimate),
+            ],
+            Some(m.state().clone()),
+        );
+        m2.feed(0, t0 + 70_000, counted(100_000, 12_000_000));
+        m2.feed(1, t0 + 70_000, s(40_000));
+        let (r2, _) = m2.seal(t0 + 70_000, &key);
+        assert_eq!(
+            r2.channels[0].energy,
+            Millijoules(7_000_000),
+            "the down time is metered by the source's counter"
+        );
+        assert_eq!(
+            r2.channels[1].energy, r.channels[1].energy,
+            "no counter: the down time is not metered here"
+        );
+        // A state file from before device counters were kept still loads.
+        let mut old = serde_json::to_value(m.state()).unwrap();
+        old.as_object_mut().unwrap().remove("device_counters_mj");
+        let back: ChainState = serde_json::from_value(old).unwrap();
+        assert!(back.device_counters_mj.is_empty());
+        assert_eq!(back.counters_uj, m.state().counters_uj);
     }
 
     #[test]
