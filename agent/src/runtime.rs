@@ -752,8 +752,9 @@ impl Agent {
             self.hello_due = Some(due.max(now) + HELLO_REPEAT_MS);
         }
         let pending: Vec<u64> = self.outbox.pending().collect();
-        for plan in self.queue.plan(now, &pending) {
-            let payload = match &plan {
+        let plans = self.queue.plan(now, &pending);
+        for (i, plan) in plans.iter().enumerate() {
+            let payload = match plan {
                 Plan::Single(s) => self.outbox.read(*s).ok().flatten(),
                 Plan::Batch(seqs) => {
                     let items: Vec<Vec<u8>> = seqs
@@ -768,7 +769,11 @@ impl Agent {
                 .try_publish(&self.topics.records, QoS::AtLeastOnce, false, payload)
                 .is_err()
             {
-                self.queue.unsend(&plan);
+                // This message and the rest of the tick's plan never went out: they go at
+                // the next tick, not after the resend timeout.
+                for p in &plans[i..] {
+                    self.queue.unsend(p);
+                }
                 break;
             }
         }
