@@ -1,7 +1,7 @@
 //! The EVM anchor beyond the happy path, on a real local chain (anvil, from `hil_tests`):
 //! confirmations above one, a root on chain that the database disagrees with, an epoch that
-//! an earlier (lost) transaction already anchored, and our nonce taken by another
-//! transaction. Each test deploys its own contract on its own anvil; where a test must hold
+//! an earlier (lost) transaction already anchored, a second anchor of an epoch already in
+//! flight, and our nonce taken by another transaction. Each test deploys its own contract on its own anvil; where a test must hold
 //! a transaction in the mempool it turns anvil's automine off and mines by hand.
 
 use std::path::Path;
@@ -243,5 +243,49 @@ async fn a_transaction_whose_nonce_another_one_took_is_dropped_and_the_epoch_sig
     assert_eq!(
         a.on_chain(0).await.unwrap().map(|(r, n, _)| (r, n)),
         Some((root("a"), 10))
+    );
+}
+
+#[tokio::test]
+async fn a_second_anchor_of_an_epoch_in_flight_is_refused_unsent_and_the_first_is_recorded() {
+    let tmp = TempDir::new("evm-in-flight");
+    let chain = Chain::start(tmp.path(), 1, 300).await;
+    let a = chain.anchor().await;
+    // Two databases with the same epoch (a controller and its restored backup); the first
+    // sends while nothing is mined.
+    let mut first = store_with_epoch(&tmp.path().join("first.db"), 0, root("a"), 10);
+    let mut second = store_with_epoch(&tmp.path().join("second.db"), 0, root("a"), 10);
+    chain.automine(false).await;
+    let e = a.anchor_pending(&mut first).await.unwrap_err();
+    assert!(matches!(e, EvmAnchorError::Pending { epoch: 0, .. }), "{e}");
+    let t1 = first.evm_anchor(0).unwrap().unwrap();
+    // The second would revert (AlreadyAnchored, selector 0xc1d04bb3) against the pending
+    // state: the node's gas estimate refuses it, so it is never signed into the database
+    // or sent, and pays no gas.
+    let e = a.anchor_pending(&mut second).await.unwrap_err();
+    assert!(
+        matches!(&e, EvmAnchorError::Rpc(m) if m.contains("0xc1d04bb3")),
+        "{e}"
+    );
+    assert!(second.evm_anchor(0).unwrap().is_none());
+    let pending = chain
+        .rpc
+        .get_transaction_count(a.sender())
+        .pending()
+        .await
+        .unwrap();
+    assert_eq!(pending, t1.nonce + 1, "only the first is in flight");
+
+    // Mined: the second database records the first's transaction, the first confirms it.
+    chain.mine(1).await;
+    let found = a.anchor_pending(&mut second).await.unwrap().remove(0);
+    assert_eq!((found.tx_hash, found.nonce), (t1.tx_hash, t1.nonce));
+    let confirmed = a.anchor_pending(&mut first).await.unwrap().remove(0);
+    assert_eq!(confirmed.tx_hash, t1.tx_hash);
+    assert_eq!(confirmed.block_number, found.block_number);
+    assert_eq!(
+        chain.mined_nonce(&a).await,
+        t1.nonce + 1,
+        "one transaction in all"
     );
 }
