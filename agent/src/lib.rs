@@ -9,6 +9,8 @@
 //! - [`jobs`]: the job kernel layer: built-in kernels and PTX on CUDA or the CPU, in chunks.
 //! - [`power`]: power sources behind one trait (simulator, Jetson INA3221, VE.Direct).
 //! - [`meter`]: integrates samples into cumulative counters and seals hash-chained records.
+//! - [`nonces`]: which controller commands are replays (nonces kept until their commands
+//!   expire).
 //! - [`outbox`]: the durable store-and-forward log, deleted only on the controller's ack.
 //! - [`sender`]: what to publish next (fresh first, backlog in batches, resend on timeout).
 //! - [`runtime`]: the running agent: ticks, the MQTT link (rumqttc), acks and commands.
@@ -18,6 +20,7 @@ pub mod governor;
 pub mod identity;
 pub mod jobs;
 pub mod meter;
+pub mod nonces;
 pub mod outbox;
 pub mod power;
 pub mod runtime;

@@ -87,6 +87,22 @@ fn state_path(data: &Path) -> PathBuf {
 fn nonces_path(data: &Path) -> PathBuf {
     data.join("command-nonces.json")
 }
+/// The command nonce window saved in the data directory. A file from an agent before the
+/// window kept expiries is a bare list of nonces, whose commands' expiries are unknown: each
+/// is kept for an hour.
+fn load_nonces(data: &Path, now: u64) -> crate::nonces::NonceWindow {
+    let Ok(bytes) = std::fs::read(nonces_path(data)) else {
+        return Default::default();
+    };
+    if let Ok(w) = serde_json::from_slice(&bytes) {
+        return w;
+    }
+    let mut w = crate::nonces::NonceWindow::default();
+    for n in serde_json::from_slice::<Vec<u64>>(&bytes).unwrap_or_default() {
+        w.remember(n, now + 3_600_000, now);
+    }
+    w
+}
 /// Written when a job starts, removed when its receipt is stored: a restart finds it.
 fn running_job_path(data: &Path) -> PathBuf {
     data.join("running-job.json")
@@ -339,7 +355,7 @@ pub struct Agent {
     queue: SendQueue,
     status: Status,
     last_record_slot: u64,
-    seen_nonces: std::collections::VecDeque<u64>,
+    seen_nonces: crate::nonces::NonceWindow,
     jobs: Jobs,
     /// While no ack has come since connecting, the hello is repeated at this time. The hello
     /// is also retained, so a controller that subscribes later gets it from the broker; the
@@ -481,10 +497,7 @@ impl Agent {
         let governor = crate::governor::Governor::new(cfg.jobs.governor(), levers);
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let (prepared_tx, prepared_rx) = std::sync::mpsc::channel();
-        let seen_nonces = std::fs::read(nonces_path(&data))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let seen_nonces = load_nonces(&data, now_ms());
         let status = Status {
             device_id: key.device_id().to_string(),
             sources: status_sources,
@@ -754,8 +767,9 @@ impl Agent {
             self.hello_due = Some(due.max(now) + HELLO_REPEAT_MS);
         }
         let pending: Vec<u64> = self.outbox.pending().collect();
-        for plan in self.queue.plan(now, &pending) {
-            let payload = match &plan {
+        let plans = self.queue.plan(now, &pending);
+        for (i, plan) in plans.iter().enumerate() {
+            let payload = match plan {
                 Plan::Single(s) => self.outbox.read(*s).ok().flatten(),
                 Plan::Batch(seqs) => {
                     let items: Vec<Vec<u8>> = seqs
@@ -770,7 +784,11 @@ impl Agent {
                 .try_publish(&self.topics.records, QoS::AtLeastOnce, false, payload)
                 .is_err()
             {
-                self.queue.unsend(&plan);
+                // This message and the rest of the tick's plan never went out: they go at
+                // the next tick, not after the resend timeout.
+                for p in &plans[i..] {
+                    self.queue.unsend(p);
+                }
                 break;
             }
         }
@@ -1240,17 +1258,14 @@ impl Agent {
             if cmd.expires.0 < now {
                 return Err(("expired", "command expired".into()));
             }
-            if self.seen_nonces.contains(&cmd.nonce) {
-                return Err(("replayed", "command replayed (nonce seen)".into()));
-            }
+            self.seen_nonces
+                .check(cmd.nonce, cmd.expires.0)
+                .map_err(|e| ("replayed", e.to_string()))?;
             Ok(cmd)
         };
         match check() {
             Ok(cmd) => {
-                self.seen_nonces.push_back(cmd.nonce);
-                if self.seen_nonces.len() > 4096 {
-                    self.seen_nonces.pop_front();
-                }
+                self.seen_nonces.remember(cmd.nonce, cmd.expires.0, now);
                 self.save_nonces();
                 match cmd.body {
                     CommandBody::Resend { from, to } => self.queue.resend(from.0, to.0),
@@ -1623,5 +1638,59 @@ controller_key = "{}"
             a.status.link.commands_rejected, 3,
             "a replayed nonce is refused"
         );
+    }
+
+    #[test]
+    fn a_replayed_command_is_refused_after_a_restart_and_after_4096_newer_commands() {
+        let dir = tmp("replay-window");
+        let cfg = || config(&dir, "[[source]]\ntype = \"simulator\"\n");
+        let mut a = Agent::start(cfg()).unwrap();
+        let t = now_ms();
+        let me = a.key.device_id();
+        let controller = KeyPair::from_seed(&[0xc0; 32]);
+        let cmd = |nonce: u64, expires: u64| {
+            Envelope::seal(
+                &Command {
+                    device: me,
+                    nonce,
+                    issued: TimestampMs(t),
+                    expires: TimestampMs(expires),
+                    body: CommandBody::Resend {
+                        from: attest::SeqNo(0),
+                        to: attest::SeqNo(0),
+                    },
+                },
+                &controller,
+            )
+        };
+        let first = cmd(1, t + 600_000);
+        a.on_command(first.as_bytes(), t);
+        assert_eq!(a.status.link.commands_rejected, 0);
+        drop(a);
+
+        // A restart remembers it.
+        let mut a = Agent::start(cfg()).unwrap();
+        a.on_command(first.as_bytes(), t);
+        assert_eq!(
+            a.status.link.commands_rejected, 1,
+            "replayed after a restart"
+        );
+
+        // 4,096 newer commands, each valid for longer, and a restart: still refused.
+        for i in 0..4_096 {
+            a.on_command(cmd(1_000 + i, t + 600_001 + i).as_bytes(), t);
+        }
+        assert_eq!(a.status.link.commands_rejected, 1, "the newer ones all ran");
+        drop(a);
+        let mut a = Agent::start(cfg()).unwrap();
+        a.on_command(first.as_bytes(), t);
+        // (The counter is the process's: it starts again at 0.)
+        assert_eq!(
+            a.status.link.commands_rejected, 1,
+            "replayed after 4,096 newer commands"
+        );
+        // And a new command still runs.
+        a.on_command(cmd(99_999, t + 900_000).as_bytes(), t);
+        assert_eq!(a.status.link.commands_rejected, 1);
     }
 }

@@ -4,7 +4,9 @@
 //! [`SendQueue::plan`] picks, in this order: the newest unsent records one by one (fresh
 //! data first, never starved by a backlog), then one batch of the oldest unsent records
 //! (draining the backlog), and marks them sent. A sent record that stays unacknowledged for
-//! `resend_after_ms` becomes unsent again; a reconnect makes every sent record unsent.
+//! `resend_after_ms` becomes unsent again, and so does one whose send time lies in the future
+//! (the wall clock stepped back); a reconnect makes every sent record unsent, and a planned
+//! message the client refused is unsent at once ([`SendQueue::unsend`]).
 
 use std::collections::BTreeMap;
 
@@ -66,9 +68,12 @@ impl SendQueue {
 
     /// Picks what to publish now from `pending` (stored, unacknowledged, ascending).
     pub fn plan(&mut self, now_ms: u64, pending: &[u64]) -> Vec<Plan> {
+        // A send time after `now_ms` means the wall clock stepped back: how long the record
+        // has waited is unknown, so it is due (a resend is harmless; waiting out the step,
+        // possibly hours, is not).
         let due = |s: &u64, sent: &BTreeMap<u64, u64>| {
             sent.get(s)
-                .is_none_or(|at| now_ms.saturating_sub(*at) >= self.policy.resend_after_ms)
+                .is_none_or(|at| now_ms < *at || now_ms - *at >= self.policy.resend_after_ms)
         };
         let mut out = Vec::new();
         let mut taken = Vec::new();
@@ -154,5 +159,48 @@ mod tests {
         q.resend(2, 2);
         assert_eq!(q.plan(1_002, &[2, 3]), vec![Plan::Single(2)]);
         assert_eq!(q.in_flight(), 2);
+    }
+
+    #[test]
+    fn a_publish_the_client_refused_goes_again_on_the_next_tick_not_after_the_timeout() {
+        let mut q = q();
+        let pending: Vec<u64> = (0..5).collect();
+        let plans = q.plan(0, &pending);
+        assert_eq!(plans, vec![Plan::Single(4), Plan::Batch(vec![0, 1, 2, 3])]);
+        // The client refused the first message; the runtime gives back it and every later
+        // plan of that tick, none of which went out.
+        for p in &plans {
+            q.unsend(p);
+        }
+        assert_eq!(q.in_flight(), 0);
+        assert_eq!(
+            q.plan(10, &pending),
+            plans,
+            "everything again at the next tick"
+        );
+        assert!(
+            q.plan(20, &pending).is_empty(),
+            "and then it waits for an ack"
+        );
+        assert_eq!(q.plan(1_010, &pending), plans, "or the resend timeout");
+    }
+
+    #[test]
+    fn a_clock_stepping_backwards_does_not_hold_back_resends() {
+        let mut q = q();
+        let pending = vec![7, 8];
+        let noon = 43_200_000;
+        assert_eq!(q.plan(noon, &pending).len(), 2);
+        assert!(q.plan(noon + 999, &pending).is_empty());
+        // NTP steps the clock back an hour while both await an ack: they are not held back
+        // for an hour and a second.
+        let stepped = noon - 3_600_000;
+        assert_eq!(
+            q.plan(stepped, &pending),
+            vec![Plan::Single(8), Plan::Single(7)]
+        );
+        // Re-sent at the stepped time, they then wait the usual timeout from there.
+        assert!(q.plan(stepped + 999, &pending).is_empty());
+        assert_eq!(q.plan(stepped + 1_000, &pending).len(), 2);
     }
 }

@@ -2,8 +2,15 @@
 //! the broker (with messages in flight that it never delivers) and kill -9s the agent,
 //! several times each. A subscriber in the test plays the controller: it collects records,
 //! and acknowledges the highest contiguous sequence with a signed, retained `Ack`. Every
-//! sequence number the agent produced must arrive, exactly one content per number, and the
-//! chain must verify with `attest`.
+//! sequence number the agent produced must arrive at least once, always with the same
+//! content (one content per number), and the chain must verify with `attest`.
+//!
+//! Delivery is at-least-once by design (QoS 1, resends until acknowledged): a record whose
+//! ack was lost with a killed agent or broker arrives again, and the receiver keeps one copy
+//! per sequence number. Exactly-once is a property of what the controller stores
+//! (`fleet-controller/tests/ingest_mosquitto.rs`), not of the wire; this test counts the
+//! redeliveries and prints them (0 to a few per run: whether a kill lands between a
+//! delivery and its ack is a matter of timing, so their number is not asserted).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -55,7 +62,8 @@ fn start_agent(config: &Path, log: &Path) -> Proc {
 use hil_tests::agent_next_seq as next_seq;
 
 #[test]
-fn every_record_arrives_exactly_once_through_broker_restarts_and_agent_kill_9() {
+fn every_record_arrives_at_least_once_with_one_content_per_sequence_through_broker_restarts_and_agent_kill_9()
+ {
     let tmp = TempDir::new("nothing-lost");
     let mut broker = Mosquitto::start();
     let collector = Collector::start(broker.port, controller(), true);
@@ -110,8 +118,9 @@ fn every_record_arrives_exactly_once_through_broker_restarts_and_agent_kill_9() 
         g.records.range(..produced).map(|(s, b)| (*s, b.as_slice())),
     );
     eprintln!(
-        "produced {produced}, stored {} distinct, {} MQTT messages on the wire",
+        "produced {produced}, received {} distinct and {} again, {} MQTT messages on the wire",
         g.records.len(),
+        g.duplicates,
         g.wire_messages
     );
 }

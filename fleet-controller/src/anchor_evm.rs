@@ -319,11 +319,19 @@ impl EvmAnchor {
             .await
             .map_err(rpc_err)?
             .map(|r| r.gas_used());
+        // The transaction's own nonce, so that the row says which of the sender's slots it
+        // used (0 when the node no longer serves the transaction).
+        let nonce = self
+            .provider
+            .get_transaction_by_hash(tx)
+            .await
+            .map_err(rpc_err)?
+            .map_or(0, |t| alloy::consensus::Transaction::nonce(&t));
         Ok(Some(EvmAnchorRow {
             epoch: ep.epoch,
             chain_id: self.chain_id,
             contract: self.contract.0.0,
-            nonce: 0,
+            nonce,
             tx_hash: Hash32(tx.0),
             raw_tx: Vec::new(),
             block_number: Some(block),

@@ -89,6 +89,15 @@ pub enum AppError {
     /// No blob with that hash.
     #[error("no blob {0}")]
     NoSuchBlob(String),
+    /// An upload larger than the route accepts.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A request body that could not be read.
+    #[error("{0}")]
+    BadBody(String),
+    /// A route that exists, asked with a method it does not answer.
+    #[error("method not allowed")]
+    MethodNotAllowed,
 }
 
 impl AppError {
@@ -105,6 +114,9 @@ impl AppError {
             AppError::NoRoute => (StatusCode::NOT_FOUND, "no_such_route"),
             AppError::BadHash(_) => (StatusCode::BAD_REQUEST, "bad_hash"),
             AppError::NoSuchBlob(_) => (StatusCode::NOT_FOUND, "no_such_blob"),
+            AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            AppError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+            AppError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         }
     }
 }
@@ -156,6 +168,24 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
             .await
             .map(|Query(q)| ApiQuery(q))
             .map_err(|e| AppError::BadQuery(e.body_text()))
+    }
+}
+
+/// A request body as bytes, whose rejection (over the route's limit, cut off) is the API's
+/// JSON error rather than axum's plain text.
+pub struct ApiBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiBody {
+    type Rejection = AppError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, AppError> {
+        <axum::body::Bytes as axum::extract::FromRequest<S>>::from_request(req, state)
+            .await
+            .map(ApiBody)
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => AppError::TooLarge(e.body_text()),
+                _ => AppError::BadBody(e.body_text()),
+            })
     }
 }
 
@@ -327,7 +357,7 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, AppError> {
 /// `PUT /api/v1/blobs`: stores the body under its SHA-256 (idempotent) and returns it.
 async fn put_blob(
     State(s): State<ApiState>,
-    body: axum::body::Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Json<Value>, AppError> {
     blocking(move || {
         let hash = attest::Hash32::digest(&body);
@@ -493,8 +523,17 @@ async fn not_found() -> AppError {
     AppError::NoRoute
 }
 
+async fn method_not_allowed() -> AppError {
+    AppError::MethodNotAllowed
+}
+
 /// The API router.
 pub fn app(state: ApiState) -> Router {
+    app_with_blob_limit(state, MAX_BLOB_BYTES)
+}
+
+/// The API router, accepting blobs of at most `max_blob_bytes` (tests use a small limit).
+fn app_with_blob_limit(state: ApiState, max_blob_bytes: usize) -> Router {
     Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/devices", get(devices))
@@ -507,10 +546,11 @@ pub fn app(state: ApiState) -> Router {
         .route(
             "/api/v1/blobs",
             axum::routing::put(put_blob)
-                .layer(axum::extract::DefaultBodyLimit::max(MAX_BLOB_BYTES)),
+                .layer(axum::extract::DefaultBodyLimit::max(max_blob_bytes)),
         )
         .route("/api/v1/blobs/{sha256}", get(get_blob))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -902,5 +942,104 @@ mod tests {
         .unwrap();
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(text.contains("\"stored\""), "{text}");
+    }
+
+    async fn send(app: Router, req: Request<Body>) -> (StatusCode, Option<String>, Value) {
+        let r = app.oneshot(req).await.unwrap();
+        let status = r.status();
+        let ctype = r
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = to_bytes(r.into_body(), 1 << 24).await.unwrap();
+        let v = serde_json::from_slice(&body).unwrap_or_else(|_| {
+            panic!(
+                "{status}: not JSON: {:?}",
+                String::from_utf8_lossy(&body).into_owned()
+            )
+        });
+        (status, ctype, v)
+    }
+
+    #[tokio::test]
+    async fn an_upload_over_the_limit_is_refused_with_a_json_reason_not_plain_text() {
+        let (state, _) = setup("oversize");
+        let put = |len: usize| {
+            Request::put("/api/v1/blobs")
+                .body(Body::from(vec![7u8; len]))
+                .unwrap()
+        };
+        let (s, ctype, v) = send(app_with_blob_limit(state.clone(), 1024), put(1025)).await;
+        assert_eq!(
+            (s, v["reason"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
+            "{v}"
+        );
+        assert_eq!(ctype.as_deref(), Some("application/json"));
+        assert!(!state.blobs.exists() || std::fs::read_dir(&state.blobs).unwrap().count() == 0);
+        // At the limit it is stored, under its hash.
+        let (s, _, v) = send(app_with_blob_limit(state.clone(), 1024), put(1024)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let hex = attest::Hash32::digest(&[7u8; 1024]).to_hex();
+        assert_eq!(v, json!({"sha256": hex, "bytes": 1024}));
+        assert_eq!(
+            std::fs::read(state.blobs.join(&hex)).unwrap(),
+            vec![7u8; 1024]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_route_asked_with_another_method_answers_405_with_a_json_reason() {
+        let (state, _) = setup("method");
+        for (method, uri) in [("POST", "/api/v1/status"), ("DELETE", "/api/v1/blobs")] {
+            let req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap();
+            let (s, ctype, v) = send(app(state.clone()), req).await;
+            assert_eq!(
+                (s, v["reason"].as_str()),
+                (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")),
+                "{method} {uri}: {v}"
+            );
+            assert_eq!(ctype.as_deref(), Some("application/json"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bundle_over_a_period_with_nothing_anchored_is_a_409_with_a_reason() {
+        let (state, dev) = setup("conflict");
+        let id = dev.key.device_id();
+        // A day that ended long before the device's first record.
+        let uri = format!("/api/v1/devices/{id}/bundle?from=0&to=86400000");
+        let (s, v) = get_json(app(state), &uri).await;
+        assert_eq!(
+            (s, v["reason"].as_str()),
+            (StatusCode::CONFLICT, Some("nothing_to_prove")),
+            "{v}"
+        );
+        assert!(!v["message"].as_str().unwrap_or_default().is_empty(), "{v}");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_cannot_be_opened_is_a_503_with_a_reason() {
+        let (mut state, dev) = setup("unavailable");
+        // A database path whose folder does not exist: SQLite cannot open it.
+        state.db = state.db.with_file_name("missing").join("c.db");
+        let id = dev.key.device_id();
+        for uri in [
+            "/api/v1/devices".to_string(),
+            format!("/api/v1/devices/{id}"),
+            format!("/api/v1/devices/{id}/bundle"),
+            "/api/v1/epochs".to_string(),
+        ] {
+            let (s, v) = get_json(app(state.clone()), &uri).await;
+            assert_eq!(
+                (s, v["reason"].as_str()),
+                (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable")),
+                "{uri}: {v}"
+            );
+        }
     }
 }

@@ -88,14 +88,17 @@ fn chain(dir: &Path) -> (Anvil, EvmConfig) {
     (anvil, cfg)
 }
 
-/// Runs the controller with `HELIOSTAT_CRASH_AT=point` and waits for it to abort there.
+/// Runs the controller with `HELIOSTAT_CRASH_AT=point` and waits for it to abort there: it
+/// must die of SIGABRT (any other failure, a panic or an error exit, is not the crash point)
+/// and its log must name the point (crash.rs prints it just before aborting).
 fn crash_at(config: &Path, log: &Path, point: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let logged_before = std::fs::metadata(log).map_or(0, |m| m.len() as usize);
     let mut p = spawn_controller_env(config, log, Some(point));
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let status = loop {
         if let Some(status) = p.0.try_wait().unwrap() {
-            assert!(!status.success(), "{point}: the controller exited cleanly");
-            return;
+            break status;
         }
         assert!(
             Instant::now() < deadline,
@@ -103,8 +106,23 @@ fn crash_at(config: &Path, log: &Path, point: &str) {
             std::fs::read_to_string(log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    let text = std::fs::read(log).unwrap_or_default();
+    let this_run = String::from_utf8_lossy(&text[logged_before.min(text.len())..]);
+    assert_eq!(
+        status.signal(),
+        Some(SIGABRT),
+        "{point}: the controller did not abort at the crash point but ended with {status}\n{this_run}"
+    );
+    let line = format!("heliostat: crash point {point} reached; aborting");
+    assert!(
+        this_run.contains(&line),
+        "{point}: the controller aborted without naming the point\n{this_run}"
+    );
 }
+
+/// SIGABRT's number (6 on every Linux architecture), what `std::process::abort` dies of.
+const SIGABRT: i32 = 6;
 
 /// The API port chosen for this test's controller (kept in a file beside its config).
 fn api_port(dir: &Path) -> u16 {

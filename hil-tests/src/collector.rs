@@ -1,6 +1,7 @@
 //! A stand-in for the controller's ingest, for agent tests until the controller exists:
 //! subscribes to every device's records over real MQTT, keeps one copy per sequence number
-//! (noting any second content as a fork), and, while acking is on, publishes a
+//! (noting any second content as a fork, and counting redeliveries of the same content),
+//! and, while acking is on, publishes a
 //! controller-signed retained `Ack` of the highest contiguous sequence (again after every
 //! reconnect, since a broker without persistence forgets retained messages).
 
@@ -22,6 +23,9 @@ pub struct Received {
     pub wire_messages: u64,
     /// Sequence numbers that arrived with two different contents.
     pub forks: Vec<u64>,
+    /// Records that arrived again with the same content (at-least-once redelivery: a resend
+    /// after a lost ack, a broker restart or an agent restart). Not kept twice.
+    pub duplicates: u64,
     /// The device seen last.
     pub device: Option<attest::DeviceId>,
     /// Every device seen.
@@ -113,7 +117,7 @@ async fn collect(
                         g.devices.insert(m.link().device);
                         match g.records.get(&seq) {
                             Some(old) if old != env.as_bytes() => g.forks.push(seq),
-                            Some(_) => {}
+                            Some(_) => g.duplicates += 1,
                             None => {
                                 g.records.insert(seq, env.into_bytes());
                             }

@@ -294,28 +294,40 @@ impl Anvil {
         p
     }
 
-    /// Starts a fresh chain (id 31337) on a free port.
+    /// Starts a fresh chain (id 31337) on a free port, and returns once it answers HTTP.
+    /// An anvil that exits at start (its port taken between [`free_port`] and its bind, by
+    /// a test running beside this one) is started again on another port.
     pub fn start() -> Anvil {
-        let port = free_port();
-        let child = Command::new(Self::binary())
-            .args([
-                "--port",
-                &port.to_string(),
-                "--host",
-                "127.0.0.1",
-                "--silent",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting anvil");
-        assert!(
-            wait_for_port(port, Duration::from_secs(20)),
-            "anvil did not listen on {port}"
-        );
-        Anvil {
-            child: Some(child),
-            port,
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let port = free_port();
+            let mut child = Command::new(Self::binary())
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--host",
+                    "127.0.0.1",
+                    "--silent",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting anvil");
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if answers_http(port) {
+                    return Anvil {
+                        child: Some(child),
+                        port,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(Instant::now() < deadline, "anvil did not answer on {port}");
         }
     }
 
@@ -341,6 +353,20 @@ impl Drop for Anvil {
             let _ = c.wait();
         }
     }
+}
+
+/// Whether something on `port` answers an HTTP request with an HTTP status line.
+fn answers_http(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = [0u8; 8];
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_ok()
+        && s.read_exact(&mut head).is_ok()
+        && head.starts_with(b"HTTP/1.")
 }
 
 /// One HTTP/1.1 request to `127.0.0.1:port` over a plain socket (no client library between
