@@ -35,6 +35,7 @@ fn site() -> SiteConfig {
         price_micro_per_gpu_hour: 0,
         embodied_kg_co2e: 0.0,
         expected_life_years: 0.0,
+        max_draw_w: 0,
     }
 }
 

@@ -215,6 +215,12 @@ pub struct SiteConfig {
     /// Expected life of the device, years (SCI's `EL`). 0: not stated.
     #[serde(default)]
     pub expected_life_years: f64,
+    /// The most the whole rig can draw, watts (its supply's rating; signed in the hello): a
+    /// grid interval the agent could not meter (after a restart, without a source counter)
+    /// is counted at this much from the grid. 0: not stated (such intervals are flagged but
+    /// add no emissions).
+    #[serde(default)]
+    pub max_draw_w: u32,
 }
 
 /// Meter timing.

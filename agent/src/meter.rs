@@ -13,7 +13,7 @@
 
 use attest::msg::{
     ChainRestart, ChannelKind, ChannelReading, CounterSnapshot, JobReceipt, Link, MeterRecord,
-    RestartReason, TrustTier,
+    RestartReason, TrustTier, Unmetered,
 };
 use attest::{ChannelId, Envelope, Hash32, KeyPair, Millijoules, Milliwatts, SeqNo, TimestampMs};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,11 @@ struct Channel {
     energy_uj: u64,
     last: Option<(u64, u64)>,
     device_counter_mj: Option<u64>,
+    /// After a restart, the time of the last stored record until the first sample says
+    /// whether the source's own counter covered the down time.
+    unmetered_since: Option<u64>,
+    /// Milliseconds not metered since the last stored record (reported in the next one).
+    unmetered_ms: u64,
     voltage_mv: Option<u32>,
     soc_permille: Option<u16>,
     at_last_record_mj: u64,
@@ -89,6 +94,10 @@ impl Meter {
                     energy_uj: uj,
                     last: None,
                     device_counter_mj,
+                    // A continued chain: from its last record to the first sample, only a
+                    // source's own counter knows what happened.
+                    unmetered_since: (state.last_timestamp > 0).then_some(state.last_timestamp),
+                    unmetered_ms: 0,
                     voltage_mv: None,
                     soc_permille: None,
                     at_last_record_mj: uj / 1000,
@@ -123,6 +132,13 @@ impl Meter {
             }
             _ => false,
         };
+        // The first sample after a restart settles the down time: counted by the source's
+        // own counter, or not metered at all.
+        if let Some(since) = c.unmetered_since.take()
+            && !counted_by_device
+        {
+            c.unmetered_ms += t_ms.saturating_sub(since);
+        }
         if let Some((t0, p0)) = c.last.filter(|_| !counted_by_device) {
             // Trapezoid: mW x ms = uJ.
             c.energy_uj += (p0 + s.power_mw) * t_ms.saturating_sub(t0) / 2;
@@ -163,6 +179,15 @@ impl Meter {
                     }
                 })
                 .collect(),
+            unmetered: self
+                .channels
+                .iter()
+                .filter(|c| c.unmetered_ms > 0)
+                .map(|c| Unmetered {
+                    channel: c.id,
+                    ms: c.unmetered_ms.min(u64::from(u32::MAX)) as u32,
+                })
+                .collect(),
         };
         let env = Envelope::seal(&rec, key);
         (rec, env)
@@ -173,6 +198,9 @@ impl Meter {
         self.advance(rec.link.seq.0, env.hash(), rec.link.timestamp.0);
         for (c, r) in self.channels.iter_mut().zip(&rec.channels) {
             c.at_last_record_mj = r.energy.0;
+            if rec.unmetered.iter().any(|u| u.channel == c.id) {
+                c.unmetered_ms = 0;
+            }
         }
         self.state.counters_uj = self
             .channels
@@ -226,9 +254,12 @@ impl Meter {
                 c.at_last_record_mj = 0;
             }
             self.state.counters_uj = self.channels.iter().map(|c| (c.id.0, 0)).collect();
-            // The sources' counters still run; the next sample sets the baseline again.
+            // The sources' counters still run; the next sample sets the baseline again. A
+            // new chain starts with no interval behind it.
             for c in &mut self.channels {
                 c.device_counter_mj = None;
+                c.unmetered_since = None;
+                c.unmetered_ms = 0;
             }
             self.state.device_counters_mj.clear();
         }
@@ -407,7 +438,7 @@ mod tests {
         );
         m2.feed(0, t0 + 70_000, counted(100_000, 12_000_000));
         m2.feed(1, t0 + 70_000, s(40_000));
-        let (r2, _) = m2.seal(t0 + 70_000, &key);
+        let (r2, e2) = m2.seal(t0 + 70_000, &key);
         assert_eq!(
             r2.channels[0].energy,
             Millijoules(7_000_000),
@@ -417,6 +448,18 @@ mod tests {
             r2.channels[1].energy, r.channels[1].energy,
             "no counter: the down time is not metered here"
         );
+        // ... and the record says so: 60 s of the load channel, none of the solar one.
+        assert_eq!(
+            r2.unmetered,
+            vec![Unmetered {
+                channel: ChannelId(1),
+                ms: 60_000
+            }]
+        );
+        m2.commit(&r2, &e2);
+        m2.feed(1, t0 + 80_000, s(40_000));
+        let (r3, _) = m2.seal(t0 + 80_000, &key);
+        assert!(r3.unmetered.is_empty(), "reported once");
         // A state file from before device counters were kept still loads.
         let mut old = serde_json::to_value(m.state()).unwrap();
         old.as_object_mut().unwrap().remove("device_counters_mj");

@@ -630,6 +630,7 @@ impl Agent {
                 gpus: vec![],
                 embodied_g_co2e: (s.embodied_kg_co2e.max(0.0) * 1_000.0).round() as u64,
                 expected_life_hours: (s.expected_life_years.max(0.0) * 8_766.0).round() as u32,
+                max_draw_w: s.max_draw_w,
             },
             site: Site {
                 lat_microdeg: (s.lat * 1e6).round() as i32,

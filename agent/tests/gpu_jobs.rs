@@ -634,6 +634,7 @@ fn gpu_job_under_the_governor_gives_the_cpu_receipt() {
                 price_micro_per_gpu_hour: 0,
                 embodied_kg_co2e: 0.0,
                 expected_life_years: 0.0,
+                max_draw_w: 0,
             },
             SimulatorConfig {
                 seed: 1,

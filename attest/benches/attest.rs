@@ -33,6 +33,7 @@ fn record(seq: u64) -> MeterRecord {
             ch(2, ChannelKind::GridImport, 3_000_000_000 + seq),
             ch(3, ChannelKind::Load, 4_000_000_000 + seq),
         ],
+        unmetered: vec![],
     }
 }
 

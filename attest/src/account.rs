@@ -14,7 +14,8 @@ use alloc::vec::Vec;
 
 use crate::carbon::{
     self, BatteryState, CarbonError, EnergyBySource, HourInput, bucket_by_hour,
-    effective_intensity, hour_of, match_hours_with_resets, pro_rata, share_ppm, totals,
+    effective_intensity, hour_of, match_hours_with_resets, pro_rata, share_ppm, spread_over_hours,
+    totals,
 };
 use crate::hash::Hash32;
 use crate::intensity::Figure;
@@ -107,7 +108,7 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
     let battery_initial = if start == 0 {
         unknown
     } else {
-        let inputs: Vec<HourInput> = hourly_energy(prior)?
+        let inputs: Vec<HourInput> = hourly_energy(prior, input.hellos)?
             .into_iter()
             .map(|(hour, energy)| HourInput {
                 hour,
@@ -123,7 +124,7 @@ pub fn compute_statement(input: &StatementInput<'_>) -> Result<Statement, Accoun
     let (Some(first), Some(last)) = (records.first(), records.last()) else {
         return Err(AccountError::NoRecords);
     };
-    let inputs: Vec<HourInput> = hourly_energy(period)?
+    let inputs: Vec<HourInput> = hourly_energy(period, input.hellos)?
         .into_iter()
         .map(|(hour, energy)| {
             let f = (input.intensity)(hour);
@@ -231,7 +232,14 @@ fn restart_hours(msgs: &[&ChainMessage]) -> Vec<u64> {
 
 /// Counter deltas of chain messages spread over UTC hours; no energy is counted across a
 /// chain restart (each run of records between restarts is bucketed on its own).
-fn hourly_energy(msgs: &[&ChainMessage]) -> Result<BTreeMap<u64, EnergyBySource>, CarbonError> {
+///
+/// A record whose grid-import channel missed part of its interval (`unmetered`) adds the
+/// worst case for that time to `unmetered`: the hello's `max_draw_w` for the longest such
+/// time, spread over the record's interval like a counter delta.
+fn hourly_energy(
+    msgs: &[&ChainMessage],
+    hellos: &[Hello],
+) -> Result<BTreeMap<u64, EnergyBySource>, CarbonError> {
     let mut segments: Vec<Vec<&MeterRecord>> = alloc::vec![Vec::new()];
     for m in msgs {
         match m {
@@ -244,6 +252,27 @@ fn hourly_energy(msgs: &[&ChainMessage]) -> Result<BTreeMap<u64, EnergyBySource>
     for seg in &segments {
         for (hour, e) in bucket_by_hour(seg)? {
             hourly.entry(hour).or_default().accumulate(&e);
+        }
+        for pair in seg.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            let grid_ms = b
+                .unmetered
+                .iter()
+                .filter(|u| {
+                    b.channel(u.channel)
+                        .is_some_and(|c| c.kind == ChannelKind::GridImport)
+                })
+                .map(|u| u64::from(u.ms))
+                .max()
+                .unwrap_or(0);
+            let draw_w = hello_at(hellos, b.link.timestamp).map_or(0, |h| h.hardware.max_draw_w);
+            let worst = u64::from(draw_w).saturating_mul(grid_ms);
+            if worst > 0 {
+                spread_over_hours(a.link.timestamp.0, b.link.timestamp.0, worst, |h, share| {
+                    let e = hourly.entry(h).or_default();
+                    e.unmetered = e.unmetered.saturating_add(Millijoules(share));
+                });
+            }
         }
     }
     Ok(hourly)

@@ -39,7 +39,9 @@ pub enum CarbonError {
 }
 
 /// Energy by source over some span. `load` is everything the device consumed; `gpu` is
-/// the part of it the GPU took (reported for jobs, not added again).
+/// the part of it the GPU took (reported for jobs, not added again). `unmetered` is not
+/// measured: the grid energy assumed, at its worst, for intervals a grid channel did not
+/// meter (after an agent restart); it is charged like grid import, never hidden in it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnergyBySource {
     pub solar: Millijoules,
@@ -49,6 +51,7 @@ pub struct EnergyBySource {
     pub grid_export: Millijoules,
     pub load: Millijoules,
     pub gpu: Millijoules,
+    pub unmetered: Millijoules,
 }
 
 impl EnergyBySource {
@@ -75,6 +78,7 @@ impl EnergyBySource {
         for k in ALL_KINDS {
             self.add(k, o.get(k));
         }
+        self.unmetered = self.unmetered.saturating_add(o.unmetered);
     }
 
     /// Energy of one kind.
@@ -156,33 +160,38 @@ pub fn bucket_by_hour(records: &[&MeterRecord]) -> Result<Vec<(u64, EnergyBySour
         if t1 < t0 {
             return Err(CarbonError::TimeBackwards { seq: b.link.seq });
         }
-        // The interval is (t0, t1]: an interval that ends exactly on the hour belongs to
-        // the hour before.
-        let (h0, h1) = (t0 / MS_PER_HOUR, t1.saturating_sub(1) / MS_PER_HOUR);
         for (_, kind, d) in channel_deltas(a, b)? {
-            if t1 == t0 || h0 >= h1 {
-                hours
-                    .entry(if t1 == t0 { t1 / MS_PER_HOUR } else { h0 })
-                    .or_default()
-                    .add(kind, d);
-                continue;
-            }
-            let span = (t1 - t0) as u128;
-            let mut given = 0u64;
-            for h in h0..=h1 {
-                let share = if h == h1 {
-                    d.0 - given
-                } else {
-                    let lo = t0.max(h * MS_PER_HOUR);
-                    let hi = t1.min((h + 1) * MS_PER_HOUR);
-                    (d.0 as u128 * (hi - lo) as u128 / span) as u64
-                };
-                given += share;
+            spread_over_hours(t0, t1, d.0, |h, share| {
                 hours.entry(h).or_default().add(kind, Millijoules(share));
-            }
+            });
         }
     }
     Ok(hours.into_iter().collect())
+}
+
+/// Spreads `amount` over the UTC hours of the interval `(t0, t1]` (`t0 <= t1`) as
+/// [`bucket_by_hour`] does a delta: pro rata of the milliseconds in each hour (floor), the
+/// rest to the last hour; an interval ending exactly on an hour belongs to the hour before;
+/// `t1 == t0` gives it all to `t1`'s hour.
+pub fn spread_over_hours(t0: u64, t1: u64, amount: u64, mut add: impl FnMut(u64, u64)) {
+    let (h0, h1) = (t0 / MS_PER_HOUR, t1.saturating_sub(1) / MS_PER_HOUR);
+    if t1 <= t0 || h0 >= h1 {
+        add(if t1 <= t0 { t1 / MS_PER_HOUR } else { h0 }, amount);
+        return;
+    }
+    let span = (t1 - t0) as u128;
+    let mut given = 0u64;
+    for h in h0..=h1 {
+        let share = if h == h1 {
+            amount - given
+        } else {
+            let lo = t0.max(h * MS_PER_HOUR);
+            let hi = t1.min((h + 1) * MS_PER_HOUR);
+            (amount as u128 * (hi - lo) as u128 / span) as u64
+        };
+        given += share;
+        add(h, share);
+    }
 }
 
 /// The battery's content as far as the accounting knows it: how much is stored, and how
@@ -257,7 +266,8 @@ fn mul_div(a: u64, b: u64, c: u64) -> u64 {
 ///    `renewable = min(load, supply)`; what is left charges the battery:
 ///    `charge_renewable = min(charge, supply - renewable)`.
 /// 3. The battery becomes `stored - known + charge`, `renewable - renewable_out + charge_renewable`.
-/// 4. Emissions = grid import x the hour's intensity (location-based, counted when imported).
+/// 4. Emissions = (grid import + unmetered) x the hour's intensity (location-based, counted
+///    when imported; `unmetered` is the worst case of intervals nobody metered).
 ///
 /// Returns the hour lines and the battery state after the last hour.
 pub fn match_hours(inputs: &[HourInput], initial: BatteryState) -> (Vec<HourLine>, BatteryState) {
@@ -297,7 +307,10 @@ pub fn match_hours_with_resets(
             dataset: h.dataset,
             energy: *e,
             renewable: Millijoules(renewable),
-            co2e_mg: emissions_mg(e.grid_import, h.intensity_mg_per_kwh),
+            co2e_mg: emissions_mg(
+                e.grid_import.saturating_add(e.unmetered),
+                h.intensity_mg_per_kwh,
+            ),
         });
     }
     (lines, bat)
@@ -427,6 +440,7 @@ mod tests {
                     soc_permille: None,
                 })
                 .collect(),
+            unmetered: vec![],
         }
     }
 

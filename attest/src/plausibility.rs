@@ -9,6 +9,7 @@
 //! | `solar_above_clear_sky` | a solar channel averaged more than the panels can give facing the sun under a clear sky (x 1.2, + 5 % of peak + 10 W for diffuse light and rounding) |
 //! | `power_counter_mismatch` | a channel's stated mean power differs from its counter delta over the interval by more than 10 % and 1 W |
 //! | `counter_jump` | a counter grew faster than 50 kW, or a solar counter faster than twice the array's peak |
+//! | `unmetered` | the record says part of its interval was not metered on some channel (after an agent restart) |
 
 use alloc::format;
 use alloc::string::String;
@@ -29,6 +30,18 @@ pub fn check_interval(site: &Site, prev: &MeterRecord, cur: &MeterRecord) -> Vec
         return flags;
     }
     let dt = t1 - t0;
+    if !cur.unmetered.is_empty() {
+        let parts: Vec<String> = cur
+            .unmetered
+            .iter()
+            .map(|u| format!("channel {} for {} ms", u.channel, u.ms))
+            .collect();
+        flags.push(Flag {
+            code: FlagCode::Unmetered,
+            seq: cur.link.seq,
+            detail: format!("not metered: {}", parts.join(", ")),
+        });
+    }
     let (lat, lon) = (
         site.lat_microdeg as f64 / 1e6,
         site.lon_microdeg as f64 / 1e6,
@@ -168,6 +181,7 @@ mod tests {
                 ch(0, ChannelKind::Solar, solar_mj, solar_mw),
                 ch(1, ChannelKind::Load, load_mj, load_mw),
             ],
+            unmetered: vec![],
         }
     }
 

@@ -43,6 +43,7 @@ pub struct SampleDevice {
     battery_mj: u64,
     capacity_mj: u64,
     last_t: Option<u64>,
+    unmetered: Vec<crate::msg::Unmetered>,
 }
 
 impl SampleDevice {
@@ -57,6 +58,7 @@ impl SampleDevice {
             battery_mj: 1_080_000_000,
             capacity_mj: 3_600_000_000,
             last_t: None,
+            unmetered: Vec::new(),
         }
     }
 
@@ -78,6 +80,7 @@ impl SampleDevice {
                 // its carrier, supply and enclosure; five years of life.
                 embodied_g_co2e: 150_000,
                 expected_life_hours: 5 * 8_766,
+                max_draw_w: 400,
             },
             site: Site {
                 lat_microdeg: 52_520_000,
@@ -185,6 +188,7 @@ impl SampleDevice {
                 prev: self.prev,
             },
             channels,
+            unmetered: core::mem::take(&mut self.unmetered),
         };
         self.seal_chained(&rec)
     }
@@ -205,6 +209,16 @@ impl SampleDevice {
             timestamp: TimestampMs(t),
             prev: self.prev,
         }
+    }
+
+    /// The agent was down for `ms` with its chain state kept, and no source counter covered
+    /// the grid channel (3): the next record says so (and the energy of that time is not in
+    /// its counters).
+    pub fn unmetered_grid(&mut self, ms: u32) {
+        self.unmetered.push(crate::msg::Unmetered {
+            channel: ChannelId(3),
+            ms,
+        });
     }
 
     /// Adds `mj` to counter `channel` (0 solar .. 5 GPU) without the power to explain it:

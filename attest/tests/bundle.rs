@@ -551,6 +551,53 @@ fn a_flag_removed_with_the_tier_raised_is_refused() {
 }
 
 #[test]
+fn time_nobody_metered_is_charged_at_its_worst_and_flagged_never_dropped() {
+    // At 02:00 the agent comes back after 10 minutes down; no source counter covered the
+    // grid channel, so the record says so. The rig draws at most 400 W (its hello).
+    let mut dev = SampleDevice::new(1);
+    let hello = dev.hello();
+    let mut chain = Vec::new();
+    for i in 0..=48u64 {
+        if i == 8 {
+            dev.unmetered_grid(600_000);
+        }
+        chain.push(dev.record_at(SAMPLE_START.0 + i * 900_000));
+    }
+    let b = sample::bundle_from_chain(&hello, &chain, &controller(), EpochId(0));
+    let s = verify(&b, &opts()).unwrap().statement;
+    // 400 W x 600 s = 240 kJ from the grid, at the hour's intensity.
+    assert_eq!(s.energy.unmetered, Millijoules(240_000_000));
+    let h = s.hours.iter().find(|h| h.energy.unmetered.0 > 0).unwrap();
+    assert_eq!(
+        h.co2e_mg,
+        attest::carbon::emissions_mg(
+            Millijoules(h.energy.grid_import.0 + h.energy.unmetered.0),
+            h.intensity_mg_per_kwh
+        )
+    );
+    assert!(
+        s.flags
+            .iter()
+            .any(|f| f.code == attest::msg::FlagCode::Unmetered && f.seq.0 == 8),
+        "{:?}",
+        s.flags
+    );
+    // A controller that drops the worst case (and its flag) to look cleaner is caught.
+    let mut b2 = b.clone();
+    restate(&mut b2, |s| {
+        for h in &mut s.hours {
+            h.energy.unmetered = Millijoules(0);
+            h.co2e_mg = attest::carbon::emissions_mg(h.energy.grid_import, h.intensity_mg_per_kwh);
+        }
+        s.energy.unmetered = Millijoules(0);
+        s.co2e_mg = s.hours.iter().map(|h| h.co2e_mg).sum();
+        s.flags
+            .retain(|f| f.code != attest::msg::FlagCode::Unmetered);
+    });
+    assert_eq!(failed_check(&b2), Check::Energy);
+}
+
+#[test]
 fn dropping_a_record_from_the_middle_breaks_the_chain() {
     let mut b = day_bundle();
     b.evidence.remove(50);

@@ -52,7 +52,11 @@ fn record() -> impl Strategy<Value = MeterRecord> {
         for (i, c) in channels.iter_mut().enumerate() {
             c.channel = ChannelId(i as u8);
         }
-        MeterRecord { link, channels }
+        MeterRecord {
+            link,
+            channels,
+            unmetered: vec![],
+        }
     })
 }
 

@@ -113,10 +113,11 @@ fn make_messages() -> Value {
 }
 
 /// A job's bundle over a day of records every 30 minutes, so that the data covers the
-/// arithmetic: solar and battery charging by day, battery and grid by night, a counter jump
-/// at 08:00 (a plausibility flag), the job from 10:00 to 13:00 (its receipt's counters are
-/// those of the records there), and an agent restart without its state at 18:10 (no energy
-/// counted across it).
+/// arithmetic: solar and battery charging by day, battery and grid by night, 20 minutes of
+/// grid time nobody metered reported at 02:00 (charged at the hello's maximum draw), a
+/// counter jump at 08:00 (a plausibility flag), the job from 10:00 to 13:00 (its receipt's
+/// counters are those of the records there), and an agent restart without its state at
+/// 18:10 (no energy counted across it; the battery taken at its worst after it).
 fn make_bundle() -> ProofBundle {
     let mut dev = SampleDevice::new(1);
     let hello = dev.hello();
@@ -127,6 +128,9 @@ fn make_bundle() -> ProofBundle {
         let t = SAMPLE_START.0 + i * half_hour;
         if i == 37 {
             chain.push(dev.restart(t - 20 * 60_000));
+        }
+        if i == 4 {
+            dev.unmetered_grid(1_200_000);
         }
         if i == 16 {
             dev.bump_counter(0, 3_600_000_000);
@@ -276,6 +280,7 @@ fn the_shipped_bundles_verify_and_cover_solar_grid_charging_a_restart_a_job_and_
     assert!(e.solar.0 > 0 && e.grid_import.0 > 0 && e.battery_charge.0 > 0);
     assert!(e.battery_discharge.0 > 0);
     assert!(!s.flags.is_empty(), "the counter jump is flagged");
+    assert!(e.unmetered.0 > 0, "the unmetered grid time is charged");
     assert!(s.job.is_some_and(|j| j.energy.0 > 0));
     assert!(s.sci.as_ref().is_some_and(|sci| sci.embodied_mg > 0));
     let restarts = b

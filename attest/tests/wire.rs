@@ -39,6 +39,7 @@ fn four_channel_record(dev: &SampleDevice) -> MeterRecord {
             ch(2, ChannelKind::GridImport, 5_000_000_000_000, 250_000, None),
             ch(3, ChannelKind::Load, 40_000_000_000_000, 300_000, None),
         ],
+        unmetered: vec![],
     }
 }
 

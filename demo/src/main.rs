@@ -131,6 +131,7 @@ battery_wh = {wh}
 battery_reserve_wh = {reserve}
 grid_region = "{region}"
 price_micro_per_gpu_hour = {price}
+max_draw_w = 300
 [meter]
 sample_interval_ms = {sample_ms}
 record_interval_ms = {record_ms}

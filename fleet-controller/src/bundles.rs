@@ -333,6 +333,7 @@ mod tests {
                     voltage_mv: None,
                     soc_permille: None,
                 }],
+                unmetered: vec![],
             };
             batch.push((topic("records"), dev.seal_chained(&rec).into_bytes()));
         }

@@ -27,6 +27,7 @@ pub fn sign_and_check(seed: &[u8; 32], energy_mj: u64) -> Option<usize> {
             voltage_mv: None,
             soc_permille: None,
         }],
+        unmetered: alloc::vec![],
     };
     let env = Envelope::seal(&rec, &key);
     env.verify(&key.public()).ok()?;

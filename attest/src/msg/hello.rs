@@ -46,6 +46,10 @@ pub struct Hardware {
     pub embodied_g_co2e: u64,
     /// The device's expected life in hours: SCI's `EL`. 0 when not stated.
     pub expected_life_hours: u32,
+    /// The most the whole rig can draw, watts (its supply's rating): an interval nobody
+    /// metered is counted as this much, all from the grid. 0 when not stated (such an
+    /// interval then adds no emissions, and its flag says why).
+    pub max_draw_w: u32,
 }
 
 /// One GPU.

@@ -15,6 +15,20 @@ pub struct MeterRecord {
     pub link: Link,
     /// One entry per channel, channel ids unique.
     pub channels: Vec<ChannelReading>,
+    /// Channels whose counter missed part of this record's interval, with how long: after
+    /// an agent restart, a channel whose source keeps no counter of its own was not metered
+    /// from the last stored record to the first sample. Statements count such an interval
+    /// at its worst case, never as nothing. Usually empty.
+    pub unmetered: Vec<Unmetered>,
+}
+
+/// Part of a record's interval a channel's counter did not cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unmetered {
+    /// The channel (one of the record's).
+    pub channel: ChannelId,
+    /// How long, milliseconds.
+    pub ms: u32,
 }
 
 /// One channel's reading.
@@ -39,6 +53,14 @@ impl Message for MeterRecord {
 
     fn validate(&self) -> Result<(), DecodeError> {
         check_len("channels", &self.channels, MAX_CHANNELS)?;
+        check_len("unmetered", &self.unmetered, MAX_CHANNELS)?;
+        for u in &self.unmetered {
+            if self.channel(u.channel).is_none() {
+                return Err(DecodeError::Invalid {
+                    what: "unmetered (a channel the record does not have)",
+                });
+            }
+        }
         for (i, c) in self.channels.iter().enumerate() {
             if self.channels[..i].iter().any(|o| o.channel == c.channel) {
                 return Err(DecodeError::Invalid {

@@ -18,7 +18,7 @@ pub use anchor::AnchorEntry;
 pub use command::{Command, CommandBody};
 pub use hello::{ChannelInfo, Gpu, Hardware, Hello, Site, hello_at};
 pub use job::{Backend, JobId, JobLimits, JobOutcome, JobReceipt, JobSpec, Param, Workload};
-pub use meter::{ChannelReading, MeterRecord};
+pub use meter::{ChannelReading, MeterRecord, Unmetered};
 pub use restart::{ChainRestart, RestartReason};
 pub use statement::{Flag, FlagCode, JobAccount, Statement, Subject};
 

@@ -54,7 +54,8 @@ pub struct Statement {
     pub renewable: Millijoules,
     /// `renewable / load` in parts per million.
     pub renewable_share_ppm: u32,
-    /// Emissions of the period's grid import, mg CO2e.
+    /// Emissions of the period's grid import, mg CO2e (with the worst case of intervals
+    /// nobody metered, `energy.unmetered`).
     pub co2e_mg: u64,
     /// The battery's content at the start, derived from the chain: at the chain's start
     /// (and at every restart) it is unknown and taken at its worst (full, none of it
@@ -113,6 +114,8 @@ pub enum FlagCode {
     Gap,
     /// The device restarted its chain; energy across the restart is unknown.
     ChainRestart,
+    /// Part of the interval was not metered on some channel (after an agent restart).
+    Unmetered,
 }
 
 impl Message for Statement {
