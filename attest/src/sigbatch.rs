@@ -12,15 +12,18 @@
 //! from SHA-512 over every signature's `R`, `A`, `s` and message hash (so a signer cannot
 //! pick them after seeing them) and, with `std`, 32 bytes of operating-system randomness.
 //!
-//! Before the equation, every `R` and every key must pass [`strict_point`]: a canonical
-//! encoding of a point in the prime-order subgroup (torsion-free) that is not of small
-//! order; `s` must be canonical. [`crate::Envelope::verify`], the single check, requires the
-//! same of `R` and `A` and then `verify_strict`'s cofactorless equation. For torsion-free
-//! points the batch and the single equations hold together, so both paths accept exactly the
-//! same signatures (except with probability 2^-128 for the random `z_i`); without the
-//! torsion check an `R` with a small-order component could pass the batch for one draw of
-//! `z_i` in eight and fail the single check. It may only say "all valid" or "something is
-//! invalid"; callers find the bad one with the single check, one by one.
+//! Both paths use the cofactored equation (RFC 8032 section 5.1.7 allows it; this is
+//! what ZIP-215 calls it): the batch checks `[8](...) == 0`, and the single check,
+//! [`verify_one`] (what [`crate::Envelope::verify`] calls), checks `[8]([s]B - R - [k]A) ==
+//! 0` rather than dalek's cofactorless `verify_strict`. Small-order components of `R` or
+//! `A` then cancel in both, so both accept exactly the same signatures (except with
+//! probability about 2^-128 for the random `z_i`). Before, the batch was cofactorless with
+//! random `z_i` and the single check was `verify_strict`: an `R` with a small-order
+//! component failed the single check but passed the batch for one draw of `z_i` in eight,
+//! so one bundle could verify or not depending on the path. Both paths also require `s`
+//! canonical, and `R` and the key canonical encodings of points not of small order
+//! ([`strict_point`]). It may only say "all valid" or "something is invalid"; callers find
+//! the bad one with the single check, one by one.
 
 use alloc::vec::Vec;
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
@@ -43,30 +46,54 @@ pub struct Item<'a> {
 }
 
 /// The point an encoding names, if the protocol accepts it as a signature's `R` or a key:
-/// the canonical encoding (the same 32 bytes come back from compressing it), not of small
-/// order, and torsion-free (in the prime-order subgroup). Both signature paths require it.
+/// a canonical encoding (`y < p`; a zero `x` with the sign bit set names a small-order
+/// point, refused anyway) of a point not of small order. Both signature paths require it.
 pub fn strict_point(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
+    if !canonical_y(bytes) {
+        return None;
+    }
     let p = CompressedEdwardsY(*bytes).decompress()?;
-    let ok = p.compress().to_bytes() == *bytes && !p.is_small_order() && p.is_torsion_free();
-    ok.then_some(p)
+    (!p.is_small_order()).then_some(p)
 }
 
-/// The single check: [`strict_point`] on the key and on `R`, then ed25519's strict
-/// cofactorless equation (`verify_strict`: canonical `s`, `R` recomputed and compared
-/// byte for byte). Accepts exactly what [`verify_all`] accepts.
+/// Whether the low 255 bits (y) are below `p = 2^255 - 19`: the 19 encodings of `y` in
+/// `p..2^255` name the same points as `0..19` and are refused.
+fn canonical_y(bytes: &[u8; 32]) -> bool {
+    bytes[31] & 0x7f != 0x7f || bytes[1..31].iter().any(|&b| b != 0xff) || bytes[0] < 0xed
+}
+
+/// `k = SHA-512(R || A || M) mod l`.
+fn challenge(r: &[u8; 32], key: &PublicKey, message: &[u8]) -> ([u8; 64], Scalar) {
+    let mut h = Sha512::new();
+    h.update(r);
+    h.update(key.0);
+    h.update(message);
+    let hram: [u8; 64] = h.finalize().into();
+    (hram, Scalar::from_bytes_mod_order_wide(&hram))
+}
+
+/// The single check: [`strict_point`] on the key and on `R`, a canonical `s`, then the
+/// cofactored equation `[8]([s]B - [k]A - R) == 0`. Accepts exactly what [`verify_all`]
+/// accepts.
 pub fn verify_one(
     message: &[u8],
     signature: &[u8; 64],
     key: &PublicKey,
 ) -> Result<(), crate::envelope::SignatureError> {
     use crate::envelope::SignatureError;
-    strict_point(&key.0).ok_or(SignatureError::BadKey)?;
-    let vk = key.verifying_key().map_err(|_| SignatureError::BadKey)?;
-    let r: &[u8; 32] = signature[..32].try_into().expect("32 bytes");
-    strict_point(r).ok_or(SignatureError::BadSignature)?;
-    let sig = ed25519_dalek::Signature::from_bytes(signature);
-    vk.verify_strict(message, &sig)
-        .map_err(|_| SignatureError::BadSignature)
+    let a = strict_point(&key.0).ok_or(SignatureError::BadKey)?;
+    let r_bytes: [u8; 32] = signature[..32].try_into().expect("32 bytes");
+    let s_bytes: [u8; 32] = signature[32..].try_into().expect("32 bytes");
+    let r = strict_point(&r_bytes).ok_or(SignatureError::BadSignature)?;
+    let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes))
+        .ok_or(SignatureError::BadSignature)?;
+    let (_, k) = challenge(&r_bytes, key, message);
+    let sb_minus_ka = EdwardsPoint::vartime_double_scalar_mul_basepoint(&(-k), &a, &s);
+    if (sb_minus_ka - r).mul_by_cofactor().is_identity() {
+        Ok(())
+    } else {
+        Err(SignatureError::BadSignature)
+    }
 }
 
 /// Whether every signature verifies. `false` says only that at least one does not.
@@ -137,14 +164,10 @@ pub fn verify_one_batch(items: &[Item<'_>]) -> bool {
         let Some(r) = strict_point(&r_bytes) else {
             return false;
         };
-        let mut h = Sha512::new();
-        h.update(r_bytes);
-        h.update(it.key.0);
-        h.update(it.message);
-        let hram: [u8; 64] = h.finalize().into();
+        let (hram, k) = challenge(&r_bytes, it.key, it.message);
         seed.update(hram);
         seed.update(s_bytes);
-        ks.push(Scalar::from_bytes_mod_order_wide(&hram));
+        ks.push(k);
         rs.push(r);
         ss.push(s);
     }
@@ -171,7 +194,9 @@ pub fn verify_one_batch(items: &[Item<'_>]) -> bool {
     let points = core::iter::once(ED25519_BASEPOINT_POINT)
         .chain(rs)
         .chain(keys.iter().map(|(_, a, _)| *a));
-    EdwardsPoint::vartime_multiscalar_mul(scalars, points).is_identity()
+    EdwardsPoint::vartime_multiscalar_mul(scalars, points)
+        .mul_by_cofactor()
+        .is_identity()
 }
 
 #[cfg(test)]
@@ -248,81 +273,98 @@ mod tests {
         assert!(!verify_all(&items(&pks, &msgs, &bad)));
     }
 
-    /// `aB + T` for an order-8 `T`: a key with a small-order component, and a signature by
-    /// it over some `msg` that dalek's `verify_strict` accepts (its `k` is a multiple of 8,
-    /// found by trying messages), with the message.
-    fn mixed_order_key_and_accepted_signature() -> (PublicKey, Vec<u8>, [u8; 64]) {
+    /// A key `aB + T` with an order-8 `T`, and a signature by it over `msg` (`k` over that
+    /// key's bytes, `s = r + k a`): the cofactorless equation misses by `[k]T` (seven times
+    /// in eight), the cofactored one holds.
+    fn mixed_order_key_signature(msg: &[u8]) -> (PublicKey, [u8; 64]) {
         use curve25519_dalek::constants::EIGHT_TORSION;
         let a = Scalar::from_bytes_mod_order([7u8; 32]);
-        let big_a = (ED25519_BASEPOINT_POINT * a + EIGHT_TORSION[1]).compress();
-        let key = PublicKey(big_a.to_bytes());
-        for i in 0u32.. {
-            let msg = i.to_le_bytes().to_vec();
-            let r = Scalar::from_bytes_mod_order([i as u8 ^ 0x5a; 32]) + Scalar::ONE;
-            let big_r = (ED25519_BASEPOINT_POINT * r).compress();
-            let mut h = Sha512::new();
-            h.update(big_r.as_bytes());
-            h.update(key.0);
-            h.update(&msg);
-            let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
-            let s = r + k * a;
-            let mut sig = [0u8; 64];
-            sig[..32].copy_from_slice(big_r.as_bytes());
-            sig[32..].copy_from_slice(s.as_bytes());
-            let vk = key.verifying_key().unwrap();
-            if vk
-                .verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&sig))
-                .is_ok()
-            {
-                return (key, msg, sig);
-            }
-        }
-        unreachable!()
-    }
-
-    #[test]
-    fn a_key_with_a_small_order_component_is_refused_by_both_checks() {
-        let (key, msg, sig) = mixed_order_key_and_accepted_signature();
-        let item = [Item {
-            message: &msg,
-            signature: sig,
-            key: &key,
-        }];
-        assert!(!verify_all(&item), "batch accepted a mixed-order key");
-        assert_eq!(
-            verify_one(&msg, &sig, &key),
-            Err(crate::envelope::SignatureError::BadKey)
+        let key = PublicKey(
+            (ED25519_BASEPOINT_POINT * a + EIGHT_TORSION[1])
+                .compress()
+                .0,
         );
+        let r = Scalar::from_bytes_mod_order([0x5a; 32]);
+        let big_r = (ED25519_BASEPOINT_POINT * r).compress();
+        let (_, k) = challenge(&big_r.0, &key, msg);
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(big_r.as_bytes());
+        sig[32..].copy_from_slice((r + k * a).as_bytes());
+        (key, sig)
+    }
+
+    /// Both paths, many times (the batch's coefficients are random).
+    fn both_paths(msg: &[u8], sig: [u8; 64], key: &PublicKey) -> (bool, Vec<bool>) {
+        let single = verify_one(msg, &sig, key).is_ok();
+        let batch = (0..64)
+            .map(|_| {
+                verify_one_batch(&[Item {
+                    message: msg,
+                    signature: sig,
+                    key,
+                }])
+            })
+            .collect();
+        (single, batch)
     }
 
     #[test]
-    fn an_r_with_a_small_order_component_is_refused_by_both_checks_every_time() {
+    fn an_r_with_a_small_order_component_gets_one_answer_from_both_paths_every_time() {
         let key = KeyPair::from_seed(&[3; 32]);
         let pk = key.public();
         let msg = b"a record".to_vec();
         let sig = key.sign_with_torsioned_r(&msg);
-        assert_eq!(
-            verify_one(&msg, &sig, &pk),
-            Err(crate::envelope::SignatureError::BadSignature)
+        // dalek's cofactorless single check refuses it; the old batch let it through for
+        // one draw of coefficients in eight.
+        let vk = pk.verifying_key().unwrap();
+        assert!(
+            vk.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&sig))
+                .is_err()
         );
-        // Before the torsion check, the batch equation held for one z in eight.
-        for run in 0..64 {
-            let item = [Item {
-                message: &msg,
-                signature: sig,
-                key: &pk,
-            }];
-            assert!(!verify_one_batch(&item), "batch accepted it in run {run}");
+        let (single, batch) = both_paths(&msg, sig, &pk);
+        assert!(single, "the cofactored single check accepts it");
+        assert!(batch.iter().all(|b| *b == single), "{batch:?}");
+        // With the message changed, both refuse it, every time.
+        let (single, batch) = both_paths(b"another record", sig, &pk);
+        assert!(!single);
+        assert!(batch.iter().all(|b| !b), "{batch:?}");
+    }
+
+    #[test]
+    fn a_key_with_a_small_order_component_gets_one_answer_from_both_paths() {
+        for i in 0u8..16 {
+            let msg = [i; 8];
+            let (key, sig) = mixed_order_key_signature(&msg);
+            let (single, batch) = both_paths(&msg, sig, &key);
+            assert!(single, "message {i}");
+            assert!(batch.iter().all(|b| *b), "message {i}: {batch:?}");
+            let mut bad = sig;
+            bad[40] ^= 1;
+            let (single, batch) = both_paths(&msg, bad, &key);
+            assert!(!single && batch.iter().all(|b| !b), "message {i}");
         }
-        // And a good signature still passes both.
+    }
+
+    #[test]
+    fn small_order_and_non_canonical_points_are_refused_by_both_paths() {
+        use curve25519_dalek::constants::EIGHT_TORSION;
+        let key = KeyPair::from_seed(&[4; 32]);
+        let msg = b"m".to_vec();
         let good = key.sign(&msg);
-        assert!(verify_one(&msg, &good, &pk).is_ok());
-        let item = [Item {
-            message: &msg,
-            signature: good,
-            key: &pk,
-        }];
-        assert!(verify_all(&item));
+        // A small-order key (weak key) and a small-order R.
+        let weak = PublicKey(EIGHT_TORSION[1].compress().0);
+        assert!(!both_paths(&msg, good, &weak).0);
+        assert!(both_paths(&msg, good, &weak).1.iter().all(|b| !b));
+        let mut small_r = good;
+        small_r[..32].copy_from_slice(&EIGHT_TORSION[2].compress().0);
+        let (single, batch) = both_paths(&msg, small_r, &key.public());
+        assert!(!single && batch.iter().all(|b| !b));
+        // A non-canonical y (p + 1 names the same point as 1).
+        let mut p_plus_1 = [0xff; 32];
+        p_plus_1[0] = 0xee;
+        p_plus_1[31] = 0x7f;
+        assert!(strict_point(&p_plus_1).is_none());
+        assert!(strict_point(&key.public().0).is_some());
     }
 
     #[test]

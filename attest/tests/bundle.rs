@@ -140,19 +140,43 @@ fn tampering_with_a_record_fails_the_signature_check() {
 }
 
 #[test]
-fn a_record_signed_with_a_torsioned_r_fails_the_signature_check_every_time() {
-    // Same bytes, signature by the device's own key but with an order-8 component in R:
-    // the batch check let it through for one draw in eight before R had to be torsion-free.
-    let dev = SampleDevice::new(1);
-    let mut b = day_bundle();
-    let env = Envelope::decode(&b.evidence[100].envelope.0).unwrap();
-    let mut bytes = env.signed_bytes().to_vec();
-    bytes.extend_from_slice(&dev.key.sign_with_torsioned_r(env.signed_bytes()));
-    b.evidence[100].envelope = Blob(bytes);
+fn a_record_signed_with_a_torsioned_r_gets_one_answer_whatever_the_path() {
+    // The last record signed by the device's own key with an order-8 component in R: the
+    // batch path (all signatures at once) and the single path (one by one, which the
+    // verifier falls back to) must agree on it every time; before, the batch accepted it
+    // for one draw in eight and the single check refused it.
+    let mut dev = SampleDevice::new(1);
+    let hello = dev.hello();
+    let mut chain = dev.chain(288, 300_000);
+    let last: MeterRecord = dev
+        .record_at(SAMPLE_START.0 + 288 * 300_000)
+        .open()
+        .unwrap();
+    let unsigned = Envelope::seal_with(&last, |_| [0; 64]);
+    let torsioned = Envelope::seal_with(&last, |bytes| {
+        assert_eq!(bytes, unsigned.signed_bytes());
+        dev.key.sign_with_torsioned_r(bytes)
+    });
+    chain.push(torsioned.clone());
+    let b = sample::bundle_from_chain(&hello, &chain, &controller(), EpochId(0));
     for run in 0..32 {
-        let e = verify(&b, &opts()).unwrap_err();
-        assert_eq!(e.check, Check::Signature, "run {run}: {e}");
-        assert!(e.to_string().contains("evidence #100"), "{e}");
+        let r = verify(&b, &opts()).unwrap_or_else(|e| panic!("run {run}: {e}"));
+        assert_eq!(r.records, 289);
+    }
+    assert!(
+        torsioned.verify(&dev.key.public()).is_ok(),
+        "the single path"
+    );
+    // The same R with another message is refused, on every path.
+    let mut bad = b.clone();
+    let n = bad.evidence[288].envelope.0.len();
+    bad.evidence[288].envelope.0[n - 70] ^= 1;
+    for _ in 0..8 {
+        let check = failed_check(&bad);
+        assert!(
+            matches!(check, Check::Signature | Check::Decode),
+            "{check:?}"
+        );
     }
 }
 

@@ -607,6 +607,43 @@ mod tests {
     }
 
     #[test]
+    fn a_record_signed_with_a_torsioned_r_gets_the_same_answer_in_every_batch() {
+        // The device's own key, but an order-8 component in R: the batch check let this
+        // through for one draw in eight while the single check refused it, so whether it
+        // was stored depended on chance. Both now use the cofactored equation: it is
+        // stored, every time; and with a changed byte refused, every time.
+        let mut dev = SampleDevice::new(13);
+        let chain = dev.chain(1, 10_000);
+        let env = &chain[0];
+        let mut bytes = env.signed_bytes().to_vec();
+        bytes.extend_from_slice(&dev.key.sign_with_torsioned_r(env.signed_bytes()));
+        for run in 1..=16u64 {
+            let mut ing = ingest(true);
+            let batch = vec![
+                (topic(&dev, "hello"), dev.hello().into_bytes()),
+                (topic(&dev, "records"), bytes.clone()),
+            ];
+            let out = ing.handle(&batch, NOW).unwrap();
+            assert_eq!(acks(&out)[0].up_to, SeqNo(0), "run {run}");
+            assert_eq!(ing.rejected.get("bad_signature"), None, "run {run}");
+            assert_eq!(ing.store().count_items(dev.key.device_id()).unwrap(), 1);
+            let mut ing = ingest(true);
+            let mut bad = bytes.clone();
+            let n = bad.len();
+            bad[n - 30] ^= 1; // in s
+
+            let batch = vec![
+                (topic(&dev, "hello"), dev.hello().into_bytes()),
+                (topic(&dev, "records"), bad),
+            ];
+            let out = ing.handle(&batch, NOW).unwrap();
+            assert!(acks(&out).is_empty(), "run {run}");
+            assert_eq!(ing.rejected.get("bad_signature"), Some(&1), "run {run}");
+            assert_eq!(ing.store().count_items(dev.key.device_id()).unwrap(), 0);
+        }
+    }
+
+    #[test]
     fn bad_input_is_rejected_by_reason_and_good_devices_keep_flowing() {
         let mut ing = ingest(true);
         let mut good = SampleDevice::new(1);
