@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use attest::bundle::{Address, AnchorRef, EvmPin, ProofBundle, Trust, VerifyOptions};
 use attest::msg::AnyMessage;
 use attest::{Envelope, Hash32, KeyPair, PublicKey, TimestampMs, batch};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -46,40 +46,36 @@ enum Cmd {
     Verify {
         /// The bundle (JSON or postcard).
         bundle: PathBuf,
-        /// The controller key you trust (hex): it must sign the statement and every local
-        /// anchor. Required: without it nothing is verified (UNPINNED, exit 3).
-        #[arg(long)]
-        controller_key: Option<String>,
-        /// For EVM anchors: the chain id you trust (with --contract).
-        #[arg(long)]
-        chain_id: Option<u64>,
-        /// For EVM anchors: the anchor contract you trust, 0x-hex (with --chain-id).
-        #[arg(long)]
-        contract: Option<String>,
-        /// JSON-RPC URL of an EVM node: also check that EVM-anchored roots are on chain.
-        #[arg(long)]
-        rpc: Option<String>,
-        /// Accept an intensity dataset carried in the bundle, by digest (hex), after checking
-        /// it yourself; repeatable. The bundled table needs no acceptance.
-        #[arg(long = "accept-dataset")]
-        accept_dataset: Vec<String>,
-        /// Accept every carried intensity dataset (the report lists them as not bundled).
-        #[arg(long)]
-        allow_unknown_datasets: bool,
-        /// Print the full report as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: VerifyArgs,
     },
 }
 
 /// What `verify` is told to trust and accept.
+#[derive(Args)]
 struct VerifyArgs {
-    rpc: Option<String>,
+    /// The controller key you trust (hex): it must sign the statement and every local
+    /// anchor. Required: without it nothing is verified (UNPINNED, exit 3).
+    #[arg(long)]
     controller_key: Option<String>,
+    /// For EVM anchors: the chain id you trust (with --contract).
+    #[arg(long)]
     chain_id: Option<u64>,
+    /// For EVM anchors: the anchor contract you trust, 0x-hex (with --chain-id).
+    #[arg(long)]
     contract: Option<String>,
+    /// JSON-RPC URL of an EVM node: also check that EVM-anchored roots are on chain.
+    #[arg(long)]
+    rpc: Option<String>,
+    /// Accept an intensity dataset carried in the bundle, by digest (hex), after checking
+    /// it yourself; repeatable. The bundled table needs no acceptance.
+    #[arg(long = "accept-dataset")]
     accept_dataset: Vec<String>,
+    /// Accept every carried intensity dataset (the report lists them as not bundled).
+    #[arg(long)]
     allow_unknown_datasets: bool,
+    /// Print the full report as JSON.
+    #[arg(long)]
     json: bool,
 }
 
@@ -88,27 +84,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Keygen { out } => keygen(&out).map(|_| ExitCode::SUCCESS),
         Cmd::Inspect { file } => inspect(&file).map(|_| ExitCode::SUCCESS),
-        Cmd::Verify {
-            bundle,
-            rpc,
-            controller_key,
-            chain_id,
-            contract,
-            accept_dataset,
-            allow_unknown_datasets,
-            json,
-        } => verify(
-            &bundle,
-            VerifyArgs {
-                rpc,
-                controller_key,
-                chain_id,
-                contract,
-                accept_dataset,
-                allow_unknown_datasets,
-                json,
-            },
-        ),
+        Cmd::Verify { bundle, args } => verify(&bundle, args),
     };
     match result {
         Ok(code) => code,
