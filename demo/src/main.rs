@@ -22,7 +22,7 @@ struct Args {
     /// Where the controller's database, keys and the agents' data go.
     #[arg(long, default_value = "demo-data")]
     data_dir: PathBuf,
-    /// The embedded broker's port on 127.0.0.1.
+    /// The embedded broker's port on 127.0.0.1 (0: a free one, printed).
     #[arg(long, default_value_t = 1883)]
     port: u16,
     /// How many simulated agents.
@@ -34,7 +34,7 @@ struct Args {
     /// Epoch interval (anchoring), ms.
     #[arg(long, default_value_t = 60_000)]
     epoch_ms: u64,
-    /// The controller's HTTP API port on 127.0.0.1.
+    /// The controller's HTTP API port on 127.0.0.1 (0: a free one, printed).
     #[arg(long, default_value_t = 8080)]
     api_port: u16,
     /// Stop after this many seconds (default: run until Ctrl-C).
@@ -53,6 +53,18 @@ const SITES: &[(&str, f64, f64, u32, u32, &str, f64)] = &[
     ("Adelaide shed", -34.93, 138.6, 450, 1_600, "AU-SA", 0.2),
 ];
 
+/// Binds 127.0.0.1:`port` (0: a free port) for `what`, or says plainly that it is taken.
+fn bind_local(port: u16, what: &str) -> Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen for {what} on 127.0.0.1:{port}: {e} (another program has it? \
+             pick another port, or 0 for a free one)"
+        )
+    })
+}
+
+/// Starts the embedded broker on `port`, which the caller found free, and returns once it
+/// listens (the port can no longer be bound), without connecting to it.
 fn start_broker(port: u16) -> Result<()> {
     let text = format!(
         r#"id = 0
@@ -83,10 +95,10 @@ dynamic_filters = true
             }
         })?;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the embedded broker did not listen on 127.0.0.1:{port} (port taken?)"
+            "the embedded broker did not listen on 127.0.0.1:{port}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -159,20 +171,37 @@ gpu_w = {gpu}
     Ok(heliostat_agent::config::AgentConfig::parse(&text)?)
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("heliostat-demo: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "warn,heliostat_demo=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data = std::fs::canonicalize(&args.data_dir)?;
-    start_broker(args.port)?;
-    let (ccfg_path, ccfg) = controller_config(&data, args.port, args.epoch_ms, args.api_port)?;
+    // Both ports first, so that a taken one stops the demo here, named, before anything
+    // says it runs.
+    let broker_port = bind_local(args.port, "the embedded MQTT broker")?
+        .local_addr()?
+        .port();
+    let api = bind_local(args.api_port, "the HTTP API")?;
+    let api_port = api.local_addr()?.port();
+    start_broker(broker_port)?;
+    let (ccfg_path, ccfg) = controller_config(&data, broker_port, args.epoch_ms, api_port)?;
     std::fs::create_dir_all(&ccfg.data_dir)?;
     let (ckey, _) = attest::keyfile::load_or_create(&ccfg.key_path())?;
     let ckey_hex = ckey.public().to_string();
@@ -186,40 +215,41 @@ fn main() -> Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // A part that stops (the controller, an agent) stops the demo, non-zero, naming why.
+    let (failed_tx, failed_rx) = std::sync::mpsc::channel::<String>();
     rt.spawn({
         let rx = stop_rx.clone();
+        let failed = failed_tx.clone();
         async move {
-            if let Err(e) = fleet_controller::runtime::run(ccfg, stopped(rx)).await {
-                tracing::error!(error = %e, "controller stopped");
+            if let Err(e) =
+                fleet_controller::runtime::run_with_api_listener(ccfg, stopped(rx), Some(api)).await
+            {
+                let _ = failed.send(format!("the controller stopped: {e:#}"));
             }
         }
     });
     let mut ids = Vec::new();
     for i in 0..args.agents {
-        let cfg = agent_config(&data, i, args.port, &ckey_hex, args.record_ms)?;
+        let cfg = agent_config(&data, i, broker_port, &ckey_hex, args.record_ms)?;
+        // The demo provisions each device's key before it starts, as an image's first boot
+        // would: nothing reads a key file while another task writes it.
         let key_file = heliostat_agent::runtime::key_path(&cfg.data_dir);
+        let (key, _) = heliostat_agent::identity::load_or_create(&key_file)
+            .with_context(|| format!("agent {i}'s key"))?;
+        ids.push((SITES[i % SITES.len()].0, key.device_id()));
         let rx = stop_rx.clone();
+        let failed = failed_tx.clone();
         rt.spawn(async move {
             if let Err(e) = heliostat_agent::runtime::run(cfg, stopped(rx)).await {
-                tracing::error!(error = %e, "agent stopped");
+                let _ = failed.send(format!("agent {i} stopped: {e:#}"));
             }
         });
-        // The agent makes its own key on first start; wait for it to name the device.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !key_file.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let (key, _) = heliostat_agent::identity::load_or_create(&key_file)?;
-        ids.push((SITES[i % SITES.len()].0, key.device_id()));
     }
 
     println!("Heliostat demo running");
-    println!("  embedded MQTT broker   127.0.0.1:{}", args.port);
+    println!("  embedded MQTT broker   127.0.0.1:{broker_port}");
     println!("  controller database    {}", db.display());
-    println!(
-        "  HTTP API               http://127.0.0.1:{}/api/v1/devices",
-        args.api_port
-    );
+    println!("  HTTP API               http://127.0.0.1:{api_port}/api/v1/devices");
     println!("  controller public key  {ckey_hex}");
     println!(
         "  epochs anchored every  {} ms (local signed log)",
@@ -240,23 +270,26 @@ fn main() -> Result<()> {
         );
         println!("  cargo run -p attest -- verify bundle.json --controller-key {ckey_hex}");
     }
-    println!("  curl http://127.0.0.1:{}/api/v1/epochs", args.api_port);
+    println!("  curl http://127.0.0.1:{api_port}/api/v1/epochs");
     println!("(Ctrl-C stops it; the web console comes with the controller issue.)");
 
     let started = Instant::now();
-    rt.block_on(async {
+    let failure = rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut n = 0u64;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
+                _ = tokio::signal::ctrl_c() => break None,
                 _ = tick.tick() => {}
+            }
+            if let Ok(why) = failed_rx.try_recv() {
+                break Some(why);
             }
             if args
                 .run_for_s
                 .is_some_and(|s| started.elapsed() >= Duration::from_secs(s))
             {
-                break;
+                break None;
             }
             n += 1;
             if !n.is_multiple_of(10) {
@@ -277,6 +310,9 @@ fn main() -> Result<()> {
     });
     let _ = stop_tx.send(true);
     rt.shutdown_timeout(Duration::from_secs(3));
+    if let Some(why) = failure {
+        anyhow::bail!("{why}");
+    }
     println!("stopped");
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use hil_tests::{TempDir, free_port, workspace_binary};
+use hil_tests::{TempDir, workspace_binary};
 
 const DEMO: &str = env!("CARGO_BIN_EXE_heliostat-demo");
 
@@ -16,7 +16,9 @@ fn the_demo_stores_every_agents_records_against_the_embedded_broker_and_its_bund
             "--data-dir",
             tmp.path().to_str().unwrap(),
             "--port",
-            &free_port().to_string(),
+            "0",
+            "--api-port",
+            "0",
         ])
         .args([
             "--agents",
@@ -28,16 +30,16 @@ fn the_demo_stores_every_agents_records_against_the_embedded_broker_and_its_bund
             "--run-for-s",
             "12",
         ])
-        .env("RUST_LOG", "error")
+        .env_remove("RUST_LOG")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("embedded MQTT broker"), "{stdout}");
+    // A normal start logs no error, and no colour codes into a file.
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
 
     let controller = workspace_binary(DEMO, "fleet-controller", "fleet-controller");
     let config = tmp.path().join("controller.toml");
@@ -92,4 +94,25 @@ fn the_demo_stores_every_agents_records_against_the_embedded_broker_and_its_bund
     let text = String::from_utf8_lossy(&v.stdout);
     assert!(v.status.success(), "{text}");
     assert!(text.contains("bundled grid-intensity table"), "{text}");
+}
+
+#[test]
+fn a_taken_api_port_stops_the_demo_naming_the_address_before_it_claims_to_run() {
+    let tmp = TempDir::new("demo-busy");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = Command::new(DEMO)
+        .args(["--data-dir", tmp.path().to_str().unwrap(), "--port", "0"])
+        .args(["--api-port", &port.to_string(), "--agents", "1"])
+        .args(["--run-for-s", "5"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("running"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
 }

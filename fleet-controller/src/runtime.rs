@@ -63,6 +63,16 @@ pub async fn run(
     cfg: ControllerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    run_with_api_listener(cfg, shutdown, None).await
+}
+
+/// [`run`], serving the HTTP API on `api` (already bound, for example to port 0 by a caller
+/// that must know the address first) instead of binding `api.listen`.
+pub async fn run_with_api_listener(
+    cfg: ControllerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+    api: Option<std::net::TcpListener>,
+) -> Result<()> {
     // The intensity inputs first: a bad hourly CSV stops the controller here, naming its
     // line, before it takes any message.
     let intensity = std::sync::Arc::new(crate::intensity::IntensityResolver::from_config(
@@ -138,7 +148,7 @@ pub async fn run(
             .context("epochs.evm is not configured")?;
         crate::anchor_evm::spawn(evm, cfg.db_path())?;
     }
-    if !cfg.api.listen.is_empty() {
+    if api.is_some() || !cfg.api.listen.is_empty() {
         let state = crate::api::ApiState {
             db: cfg.db_path(),
             status: cfg.data_dir.join("status.json"),
@@ -146,10 +156,20 @@ pub async fn run(
             intensity,
             blobs: cfg.data_dir.join("blobs"),
         };
-        let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
-            .await
-            .with_context(|| format!("HTTP API on {}", cfg.api.listen))?;
-        tracing::info!(listen = %cfg.api.listen, "HTTP API listening");
+        let listener = match api {
+            Some(l) => {
+                l.set_nonblocking(true)
+                    .context("making the HTTP API listener non-blocking")?;
+                tokio::net::TcpListener::from_std(l).context("the HTTP API listener")?
+            }
+            None => tokio::net::TcpListener::bind(&cfg.api.listen)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot listen for the HTTP API on {}: {e}", cfg.api.listen)
+                })?,
+        };
+        let listen = listener.local_addr().context("the HTTP API address")?;
+        tracing::info!(%listen, "HTTP API listening");
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, crate::api::app(state)).await {
                 tracing::error!(error = %e, "HTTP API stopped");
