@@ -184,8 +184,10 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
+            // rumqttd's router logs every client that disconnects cleanly as an ERROR ("no-
+            // connection id N is already gone"): off by default here, RUST_LOG shows it.
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,heliostat_demo=info".into()),
+                .unwrap_or_else(|_| "warn,heliostat_demo=info,rumqttd::router::routing=off".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -217,7 +219,8 @@ fn run(args: Args) -> Result<()> {
     };
     // A part that stops (the controller, an agent) stops the demo, non-zero, naming why.
     let (failed_tx, failed_rx) = std::sync::mpsc::channel::<String>();
-    rt.spawn({
+    let mut parts = Vec::new();
+    parts.push(rt.spawn({
         let rx = stop_rx.clone();
         let failed = failed_tx.clone();
         async move {
@@ -227,7 +230,7 @@ fn run(args: Args) -> Result<()> {
                 let _ = failed.send(format!("the controller stopped: {e:#}"));
             }
         }
-    });
+    }));
     let mut ids = Vec::new();
     for i in 0..args.agents {
         let cfg = agent_config(&data, i, broker_port, &ckey_hex, args.record_ms)?;
@@ -239,11 +242,14 @@ fn run(args: Args) -> Result<()> {
         ids.push((SITES[i % SITES.len()].0, key.device_id()));
         let rx = stop_rx.clone();
         let failed = failed_tx.clone();
-        rt.spawn(async move {
+        // Agents connect a few milliseconds apart, as a fleet does (hundreds at the very same
+        // instant make the embedded broker drop and log some of the connections).
+        std::thread::sleep(Duration::from_millis(4));
+        parts.push(rt.spawn(async move {
             if let Err(e) = heliostat_agent::runtime::run(cfg, stopped(rx)).await {
                 let _ = failed.send(format!("agent {i} stopped: {e:#}"));
             }
-        });
+        }));
     }
 
     println!("Heliostat demo running");
@@ -308,7 +314,18 @@ fn run(args: Args) -> Result<()> {
             }
         }
     });
+    // Every part stops on its own (agents say goodbye to the broker) before the runtime
+    // goes; dropping them mid-connection would make the broker log each as an error.
     let _ = stop_tx.send(true);
+    rt.block_on(async {
+        let all = async {
+            for p in parts {
+                let _ = p.await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
+    });
     rt.shutdown_timeout(Duration::from_secs(3));
     if let Some(why) = failure {
         anyhow::bail!("{why}");
