@@ -471,6 +471,8 @@ impl<S: Store> Ingest<S> {
             }
         };
         self.stored += report.inserted as u64;
+        let seen: Vec<DeviceId> = touched.keys().copied().collect();
+        self.store.mark_seen(&seen, now)?;
         if report.conflicts > 0 {
             *self.rejected.entry("fork").or_default() += report.conflicts as u64;
         }
@@ -841,6 +843,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(state(&ing), DeviceState::Pending);
+    }
+
+    #[test]
+    fn last_seen_moves_with_every_stored_message_not_only_with_a_hello() {
+        let mut ing = ingest(true);
+        let mut dev = SampleDevice::new(14);
+        let id = dev.key.device_id();
+        let chain = dev.chain(2, 10_000);
+        ing.handle(&[(topic(&dev, "hello"), dev.hello().into_bytes())], NOW)
+            .unwrap();
+        assert_eq!(ing.store().device(id).unwrap().unwrap().last_seen_ms, NOW);
+        ing.handle(
+            &[(topic(&dev, "records"), chain[0].as_bytes().to_vec())],
+            NOW + 5_000,
+        )
+        .unwrap();
+        assert_eq!(
+            ing.store().device(id).unwrap().unwrap().last_seen_ms,
+            NOW + 5_000
+        );
+        // A redelivery at an older controller time does not move it back.
+        ing.handle(
+            &[(topic(&dev, "records"), chain[0].as_bytes().to_vec())],
+            NOW + 1_000,
+        )
+        .unwrap();
+        assert_eq!(
+            ing.store().device(id).unwrap().unwrap().last_seen_ms,
+            NOW + 5_000
+        );
     }
 
     #[test]

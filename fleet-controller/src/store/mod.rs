@@ -175,6 +175,9 @@ pub trait Store {
         timestamp_ms: u64,
         hello: &[u8],
     ) -> Result<(), StoreError>;
+    /// Records that the devices' messages were just taken (controller clock): their
+    /// `last_seen_ms` moves with every message, not only with a hello.
+    fn mark_seen(&mut self, ids: &[DeviceId], now_ms: u64) -> Result<(), StoreError>;
     /// Every version of a device's hello, oldest first (empty for an unknown device).
     fn hellos(&self, id: DeviceId) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Records a device's hello: a new device gets `initial` (pending, or approved by an

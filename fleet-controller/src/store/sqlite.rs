@@ -308,6 +308,20 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn mark_seen(&mut self, ids: &[DeviceId], now_ms: u64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "UPDATE devices SET last_seen_ms = max(last_seen_ms, ?2) WHERE id = ?1",
+            )?;
+            for id in ids {
+                st.execute(params![&id.0[..], to_i64(now_ms)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn hellos(&self, id: DeviceId) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT envelope FROM hellos WHERE device = ?1 ORDER BY timestamp_ms",
