@@ -29,6 +29,7 @@ fn main() {
         confirmations: 1,
         poll_ms: 20,
         receipt_timeout_ms: 10_000,
+        max_fee_gwei: 500,
     };
     let mut store = SqliteStore::open(&tmp.path().join("gas.db")).unwrap();
     let key = KeyPair::from_seed(&[0xc0; 32]);

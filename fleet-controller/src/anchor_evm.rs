@@ -52,9 +52,13 @@ pub const BYTECODE_HEX: &str = include_str!("../contracts/HeliostatAnchor.bin");
 /// Why anchoring an epoch on chain did not (yet) succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum EvmAnchorError {
-    /// The node could not be reached or refused a request.
+    /// The node could not be reached or refused a request (any URL in the message is cut to
+    /// its scheme and host: RPC URLs often carry an access token).
     #[error("RPC: {0}")]
     Rpc(String),
+    /// The network asks more per gas than `epochs.evm.max_fee_gwei` allows.
+    #[error("fees of {asked_gwei} gwei per gas are above the cap of {cap_gwei} gwei")]
+    FeeAboveCap { asked_gwei: u128, cap_gwei: u64 },
     /// The node is on another chain than configured.
     #[error("node is on chain {got}, config says {expected}")]
     WrongChain { expected: u64, got: u64 },
@@ -85,6 +89,7 @@ impl EvmAnchorError {
     pub fn reason(&self) -> &'static str {
         match self {
             EvmAnchorError::Rpc(_) => "rpc",
+            EvmAnchorError::FeeAboveCap { .. } => "fee_above_cap",
             EvmAnchorError::WrongChain { .. } => "wrong_chain",
             EvmAnchorError::Key { .. } => "key",
             EvmAnchorError::Reverted { .. } => "reverted",
@@ -96,7 +101,39 @@ impl EvmAnchorError {
 }
 
 fn rpc_err(e: impl std::fmt::Display) -> EvmAnchorError {
-    EvmAnchorError::Rpc(e.to_string())
+    EvmAnchorError::Rpc(redact_urls(&e.to_string()))
+}
+
+/// `text` with every `http://` or `https://` URL cut to its scheme, host and port: user
+/// names, passwords, paths and queries (where providers put access tokens) never reach a
+/// log line.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = [rest.find("http://"), rest.find("https://")]
+        .into_iter()
+        .flatten()
+        .min()
+    {
+        let (before, url) = rest.split_at(at);
+        out.push_str(before);
+        let end = url
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | '>' | ','))
+            .unwrap_or(url.len());
+        let (whole, after) = url.split_at(end);
+        let scheme_end = whole.find("://").map_or(0, |i| i + 3);
+        let (scheme, tail) = whole.split_at(scheme_end);
+        let authority = tail.split(['/', '?', '#']).next().unwrap_or("");
+        let host = authority.rsplit('@').next().unwrap_or("");
+        out.push_str(scheme);
+        out.push_str(host);
+        if authority.len() < tail.len() || authority.contains('@') {
+            out.push_str("/…");
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Parses a `0x` + 40 hex digit address.
@@ -116,6 +153,19 @@ pub fn load_signer(path: &Path) -> Result<PrivateKeySigner, EvmAnchorError> {
         path: path.display().to_string(),
         detail,
     };
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| err(e.to_string()))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(err(format!(
+                "mode {mode:o}: the sender's key must not be readable by group or others (chmod 600)"
+            )));
+        }
+    }
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     text.trim()
         .trim_start_matches("0x")
@@ -133,6 +183,7 @@ pub struct EvmAnchor {
     confirmations: u64,
     poll: Duration,
     receipt_timeout: Duration,
+    max_fee_gwei: u64,
 }
 
 impl EvmAnchor {
@@ -149,6 +200,7 @@ impl EvmAnchor {
         a.confirmations = cfg.confirmations.max(1);
         a.poll = Duration::from_millis(cfg.poll_ms.max(10));
         a.receipt_timeout = Duration::from_millis(cfg.receipt_timeout_ms);
+        a.max_fee_gwei = cfg.max_fee_gwei;
         Ok(a)
     }
 
@@ -161,7 +213,7 @@ impl EvmAnchor {
         let from = signer.address();
         let url = url
             .parse()
-            .map_err(|e| EvmAnchorError::Rpc(format!("bad RPC URL {url}: {e}")))?;
+            .map_err(|e| EvmAnchorError::Rpc(format!("bad RPC URL {}: {e}", redact_urls(url))))?;
         let provider = ProviderBuilder::new()
             .disable_recommended_fillers()
             .connect_http(url)
@@ -176,6 +228,7 @@ impl EvmAnchor {
             confirmations: 1,
             poll: Duration::from_millis(500),
             receipt_timeout: Duration::from_secs(120),
+            max_fee_gwei: crate::config::DEFAULT_MAX_FEE_GWEI,
         })
     }
 
@@ -215,6 +268,13 @@ impl EvmAnchor {
             .estimate_eip1559_fees()
             .await
             .map_err(rpc_err)?;
+        let cap_wei = u128::from(self.max_fee_gwei) * 1_000_000_000;
+        if fees.max_fee_per_gas > cap_wei {
+            return Err(EvmAnchorError::FeeAboveCap {
+                asked_gwei: fees.max_fee_per_gas.div_ceil(1_000_000_000),
+                cap_gwei: self.max_fee_gwei,
+            });
+        }
         // A margin over the estimate: storage writes are priced exactly, but the estimate
         // is taken against the pending state.
         let tx = tx
@@ -530,5 +590,25 @@ async fn run(cfg: EvmConfig, db: std::path::PathBuf) {
             }
         }
         tokio::time::sleep(Duration::from_millis(cfg.poll_ms.max(100))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_messages_keep_only_their_scheme_and_host() {
+        assert_eq!(
+            redact_urls(
+                "error sending request for url (https://user:pw@rpc.example.net:8545/v3/abc?key=x): refused"
+            ),
+            "error sending request for url (https://rpc.example.net:8545/…): refused"
+        );
+        assert_eq!(
+            redact_urls("to http://127.0.0.1:8545 and http://a/b"),
+            "to http://127.0.0.1:8545 and http://a/…"
+        );
+        assert_eq!(redact_urls("no url here"), "no url here");
     }
 }

@@ -111,6 +111,10 @@ pub struct EvmConfig {
     /// How long to wait for a receipt before re-broadcasting, milliseconds.
     #[serde(default = "default_receipt_timeout")]
     pub receipt_timeout_ms: u64,
+    /// The most the controller pays per gas, in gwei (max fee, EIP-1559): above it an
+    /// anchor waits for a later round instead of being signed.
+    #[serde(default = "default_max_fee_gwei")]
+    pub max_fee_gwei: u64,
 }
 
 const fn default_confirmations() -> u64 {
@@ -121,6 +125,13 @@ const fn default_poll() -> u64 {
 }
 const fn default_receipt_timeout() -> u64 {
     120_000
+}
+
+/// `epochs.evm.max_fee_gwei` when not set.
+pub const DEFAULT_MAX_FEE_GWEI: u64 = 500;
+
+const fn default_max_fee_gwei() -> u64 {
+    DEFAULT_MAX_FEE_GWEI
 }
 
 /// Accounting inputs: where the grid carbon intensity of each device-hour comes from (see

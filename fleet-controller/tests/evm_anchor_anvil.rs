@@ -36,6 +36,7 @@ impl Chain {
             confirmations,
             poll_ms: 20,
             receipt_timeout_ms,
+            max_fee_gwei: 500,
         };
         let rpc = ProviderBuilder::new()
             .connect_http(anvil.url().parse().unwrap())
@@ -165,6 +166,57 @@ async fn a_root_on_chain_that_differs_from_the_database_is_a_conflict_and_nothin
         a.on_chain(0).await.unwrap().map(|(r, n, _)| (r, n)),
         Some((root("other"), 7)),
         "the contract keeps the first root"
+    );
+}
+
+#[tokio::test]
+async fn fees_above_the_configured_cap_hold_the_anchor_back_unsigned() {
+    let tmp = TempDir::new("evm-fee-cap");
+    let mut chain = Chain::start(tmp.path(), 1, 5_000).await;
+    // anvil's base fee is about a gwei: a cap of 0 gwei is below anything it asks.
+    chain.cfg.max_fee_gwei = 0;
+    let a = chain.anchor().await;
+    let mut store = store_with_epoch(&tmp.path().join("c.db"), 0, root("capped"), 3);
+    let e = a.anchor_pending(&mut store).await.unwrap_err();
+    assert!(
+        matches!(e, EvmAnchorError::FeeAboveCap { cap_gwei: 0, .. }),
+        "{e}"
+    );
+    assert_eq!(e.reason(), "fee_above_cap");
+    assert!(
+        store.evm_anchor(0).unwrap().is_none(),
+        "nothing signed or stored"
+    );
+    assert_eq!(a.on_chain(0).await.unwrap(), None, "nothing sent");
+    // With a cap above the network's fee it goes through.
+    chain.cfg.max_fee_gwei = 500;
+    chain
+        .anchor()
+        .await
+        .anchor_pending(&mut store)
+        .await
+        .unwrap();
+    assert!(store.evm_anchor(0).unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_sender_key_readable_by_others_is_refused_and_an_rpc_url_never_reaches_an_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("evm-key-mode");
+    let chain = Chain::start(tmp.path(), 1, 5_000).await;
+    std::fs::set_permissions(&chain.cfg.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = EvmAnchor::connect(&chain.cfg).await.err().expect("refused");
+    assert_eq!(e.reason(), "key", "{e}");
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+    std::fs::set_permissions(&chain.cfg.key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A node that is not there, at a URL with a token in it: the error names the host only.
+    let mut cfg = chain.cfg.clone();
+    cfg.rpc_url = "http://user:secret@127.0.0.1:9/v3/TOKEN123?key=TOKEN456".into();
+    let e = EvmAnchor::connect(&cfg).await.err().expect("no node there");
+    let text = e.to_string();
+    assert!(
+        !text.contains("secret") && !text.contains("TOKEN"),
+        "{text}"
     );
 }
 

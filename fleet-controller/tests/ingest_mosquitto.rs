@@ -84,6 +84,7 @@ fn chain(dir: &Path) -> (Anvil, EvmConfig) {
         confirmations: 1,
         poll_ms: 100,
         receipt_timeout_ms: 10_000,
+        max_fee_gwei: 500,
     };
     (anvil, cfg)
 }

@@ -294,30 +294,40 @@ impl Anvil {
         p
     }
 
-    /// Starts a fresh chain (id 31337) on a free port, and returns once it answers HTTP.
-    /// An anvil that exits at start (its port taken between [`free_port`] and its bind, by
-    /// a test running beside this one) is started again on another port.
+    /// Starts a fresh chain (id 31337) on a free port, and returns once it has said that it
+    /// listens and answers HTTP. An anvil that exits at start (its port taken between
+    /// [`free_port`] and its bind, by a test running beside this one) is started again on
+    /// another port; another test's anvil answering on that port is never taken for ours.
     pub fn start() -> Anvil {
+        use std::io::BufRead;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let port = free_port();
             let mut child = Command::new(Self::binary())
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--host",
-                    "127.0.0.1",
-                    "--silent",
-                ])
-                .stdout(Stdio::null())
+                .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+                .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("starting anvil");
+            // Ours listens once it prints "Listening on 127.0.0.1:PORT"; the rest of its
+            // output is drained so that it never blocks on a full pipe.
+            let (tx, listening) = std::sync::mpsc::channel::<()>();
+            let stdout = child.stdout.take().expect("piped stdout");
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("Listening on") {
+                        let _ = tx.send(());
+                    }
+                }
+            });
+            let mut ours = false;
             while Instant::now() < deadline {
                 if child.try_wait().ok().flatten().is_some() {
                     break;
                 }
-                if answers_http(port) {
+                ours |= listening.try_recv().is_ok();
+                if ours && answers_http(port) {
                     return Anvil {
                         child: Some(child),
                         port,
