@@ -239,6 +239,10 @@ pub struct IngestTuning {
     /// How long a gap may persist before the device is asked to resend, milliseconds.
     #[serde(default = "default_resend")]
     pub resend_after_ms: u64,
+    /// Most bytes (topics and payloads) waiting between the MQTT loop and the store; past
+    /// it, messages are shed and counted (the agents send them again: nothing is lost).
+    #[serde(default = "default_queue_bytes")]
+    pub queue_max_bytes: usize,
 }
 
 impl Default for IngestTuning {
@@ -248,6 +252,7 @@ impl Default for IngestTuning {
             batch_wait_ms: default_batch_wait(),
             max_future_skew_ms: default_skew(),
             resend_after_ms: default_resend(),
+            queue_max_bytes: default_queue_bytes(),
         }
     }
 }
@@ -260,6 +265,9 @@ const fn default_port() -> u16 {
 }
 fn default_group() -> String {
     "heliostat-ingest".into()
+}
+const fn default_queue_bytes() -> usize {
+    64 << 20
 }
 const fn default_batch_max() -> usize {
     1_000

@@ -11,6 +11,7 @@
 //! - [`intensity`]: grid carbon intensity by region and hour (bundled Ember table, operator
 //!   hourly CSV, or a flat figure), named in every statement.
 //! - [`runtime`]: the MQTT ingest loop around [`ingest`].
+//! - [`queue`]: the byte-bounded queue between the MQTT loop and the ingest thread.
 //! - [`ingest`]: payloads in, verified evidence stored, acks out (sans-IO).
 //! - plausibility flags live in `attest::plausibility` (the verifier recomputes them).
 //! - [`store`]: the narrow store interface and its SQLite backend (WAL, versioned migrations,
@@ -25,6 +26,7 @@ pub mod crash;
 pub mod epochs;
 pub mod ingest;
 pub mod intensity;
+pub mod queue;
 pub mod runtime;
 pub mod store;
 

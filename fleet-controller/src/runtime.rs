@@ -2,7 +2,6 @@
 //! subscriptions, feeding batches to [`Ingest`] on a thread of its own (SQLite is blocking)
 //! and publishing what it returns (acks, resend commands).
 
-use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -12,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ControllerConfig;
 use crate::ingest::{Enrollment, Ingest, IngestConfig, Outgoing};
+use crate::queue::Recv;
 use crate::store::sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch.
@@ -28,6 +28,10 @@ pub struct IngestStatus {
     pub stored: u64,
     /// Rejections by reason since start.
     pub rejected: std::collections::BTreeMap<String, u64>,
+    /// Messages shed by the full ingest queue since start (sent again by their agents).
+    pub shed: u64,
+    /// Their bytes.
+    pub shed_bytes: u64,
     /// When this was written.
     pub updated_ms: u64,
 }
@@ -80,7 +84,8 @@ pub async fn run_with_api_listener(
     )?);
     let mut ingest = open(&cfg)?;
     let status_path = cfg.data_dir.join("status.json");
-    let (in_tx, in_rx) = std_mpsc::sync_channel::<(String, Vec<u8>)>(100_000);
+    let queue = crate::queue::ByteQueue::new(cfg.ingest.queue_max_bytes);
+    let in_rx = queue.clone();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let (batch_max, wait) = (
         cfg.ingest.batch_max,
@@ -95,9 +100,9 @@ pub async fn run_with_api_listener(
             // Wake for the epoch timer even when no message comes.
             let wait_ms = next_epoch.saturating_sub(now_ms()).clamp(1, 1_000);
             let first = match in_rx.recv_timeout(Duration::from_millis(wait_ms)) {
-                Ok(m) => Some(m),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                Recv::Message(m) => Some(m),
+                Recv::Timeout => None,
+                Recv::Closed => return,
             };
             if now_ms() >= next_epoch {
                 next_epoch = now_ms() + epoch_every;
@@ -110,8 +115,8 @@ pub async fn run_with_api_listener(
             let deadline = Instant::now() + wait;
             while batch.len() < batch_max {
                 match in_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
+                    Recv::Message(m) => batch.push(m),
+                    Recv::Timeout | Recv::Closed => break,
                 }
             }
             match ingest.handle(&batch, now_ms()) {
@@ -126,9 +131,12 @@ pub async fn run_with_api_listener(
                 // Nothing of the batch was acknowledged; the agents send it again.
                 Err(e) => tracing::error!(error = %e, messages = batch.len(), "storing a batch failed"),
             }
+            let (shed, shed_bytes) = in_rx.shed();
             let status = IngestStatus {
                 stored: ingest.stored,
                 rejected: ingest.rejected.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                shed,
+                shed_bytes,
                 updated_ms: now_ms(),
             };
             if let Ok(b) = serde_json::to_vec_pretty(&status) {
@@ -216,8 +224,12 @@ pub async fn run_with_api_listener(
                     tracing::info!(broker = %format!("{}:{}", b.host, b.port), "controller connected");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if in_tx.send((p.topic, p.payload.to_vec())).is_err() {
-                        anyhow::bail!("the ingest thread stopped");
+                    // Never waits: a full queue sheds (counted), the agent sends again.
+                    if !queue.try_push((p.topic, p.payload.to_vec())) {
+                        let (n, _) = queue.shed();
+                        if n.is_power_of_two() {
+                            tracing::warn!(shed = n, "ingest queue full: shedding messages (agents send them again)");
+                        }
                     }
                 }
                 Ok(_) => {}
@@ -228,5 +240,6 @@ pub async fn run_with_api_listener(
             },
         }
     }
+    queue.close();
     Ok(())
 }
