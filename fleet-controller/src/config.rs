@@ -212,7 +212,7 @@ pub struct BrokerConfig {
 }
 
 /// Enrollment.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollmentConfig {
     /// Approve every device that says hello (demos and tests only).
@@ -221,6 +221,37 @@ pub struct EnrollmentConfig {
     /// Device ids (`hs-...`) approved in advance.
     #[serde(default)]
     pub approved: Vec<String>,
+    /// Most devices pending at once (a new one beyond is refused: `pending_quota`).
+    #[serde(default = "default_max_pending")]
+    pub max_pending: u64,
+    /// Most messages kept per pending device (more are refused, unacknowledged).
+    #[serde(default = "default_max_pending_messages")]
+    pub max_pending_messages: u64,
+    /// A pending device silent this long is forgotten when room is needed, milliseconds.
+    #[serde(default = "default_pending_expiry")]
+    pub pending_expiry_ms: u64,
+}
+
+impl Default for EnrollmentConfig {
+    fn default() -> Self {
+        EnrollmentConfig {
+            auto_approve: false,
+            approved: vec![],
+            max_pending: default_max_pending(),
+            max_pending_messages: default_max_pending_messages(),
+            pending_expiry_ms: default_pending_expiry(),
+        }
+    }
+}
+
+const fn default_max_pending() -> u64 {
+    1_000
+}
+const fn default_max_pending_messages() -> u64 {
+    10_000
+}
+const fn default_pending_expiry() -> u64 {
+    7 * 86_400_000
 }
 
 /// Ingest tunables.

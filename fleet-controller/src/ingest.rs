@@ -35,12 +35,33 @@ pub struct Outgoing {
 }
 
 /// How devices get approved.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Enrollment {
     /// Every new device is approved at once (demo and tests).
     pub auto_approve: bool,
     /// Devices pre-approved by id.
     pub approved: Vec<DeviceId>,
+    /// Most devices pending at once: a hello from one more new device is refused
+    /// (`pending_quota`) once stale pending devices are expired.
+    pub max_pending: u64,
+    /// Most messages kept for one pending device; past it its records are refused
+    /// (`pending_quota`) and not acknowledged (its agent keeps them until approved).
+    pub max_pending_messages: u64,
+    /// A pending device not heard from for this long is forgotten when room is needed
+    /// (with its messages: none were ever anchored or counted).
+    pub pending_expiry_ms: u64,
+}
+
+impl Default for Enrollment {
+    fn default() -> Self {
+        Enrollment {
+            auto_approve: false,
+            approved: vec![],
+            max_pending: 1_000,
+            max_pending_messages: 10_000,
+            pending_expiry_ms: 7 * 86_400_000,
+        }
+    }
 }
 
 /// Ingest settings.
@@ -70,7 +91,7 @@ impl IngestConfig {
         IngestConfig {
             enrollment: Enrollment {
                 auto_approve: true,
-                approved: vec![],
+                ..Enrollment::default()
             },
             ..IngestConfig::default()
         }
@@ -248,6 +269,21 @@ impl<S: Store> Ingest<S> {
                 } else {
                     DeviceState::Pending
                 };
+                if known.is_none() && initial == DeviceState::Pending {
+                    let (max, expiry) = (e.max_pending, e.pending_expiry_ms);
+                    if self.store.count_pending()? >= max {
+                        let gone = self.store.expire_pending(now.saturating_sub(expiry))?;
+                        for id in &gone {
+                            self.chains.remove(id);
+                            tracing::info!(device = %id, "pending device expired");
+                        }
+                    }
+                    if self.store.count_pending()? >= max {
+                        let detail = format!("{max} devices already wait for approval");
+                        self.reject(Some(topic_id), "pending_quota", &detail, now);
+                        return Ok(());
+                    }
+                }
                 // A new version (anything but its timestamp changed) joins the history that
                 // statements judge each hour by.
                 let changed = current.as_ref().is_none_or(|c| {
@@ -395,6 +431,8 @@ impl<S: Store> Ingest<S> {
         known.sort_by_key(|((id, _, m), _)| (*id, m.link().seq));
         let mut to_store = Vec::new();
         let mut touched: BTreeMap<DeviceId, ()> = BTreeMap::new();
+        // Messages a pending device may still have kept, counted down in this batch.
+        let mut pending_room: HashMap<DeviceId, u64> = HashMap::new();
         for ((id, env, msg), sig_ok) in known {
             if !sig_ok {
                 self.reject(
@@ -406,6 +444,26 @@ impl<S: Store> Ingest<S> {
                 continue;
             }
             let seq = msg.link().seq;
+            if keys[&id].state == DeviceState::Pending {
+                let max = self.cfg.enrollment.max_pending_messages;
+                let room = match pending_room.entry(id) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(max.saturating_sub(self.store.count_items(id)?))
+                    }
+                };
+                if *room == 0 {
+                    // Refused before the chain check moves on: not stored, not acknowledged.
+                    self.reject(
+                        Some(id),
+                        "pending_quota",
+                        &format!("seq {seq}: {max} messages kept while pending"),
+                        now,
+                    );
+                    continue;
+                }
+                *room -= 1;
+            }
             let Some(v) = self.verifier(id)? else {
                 continue;
             };
@@ -545,11 +603,15 @@ mod tests {
     use attest::sample::SampleDevice;
 
     fn ingest(auto: bool) -> Ingest<SqliteStore> {
+        ingest_with(Enrollment {
+            auto_approve: auto,
+            ..Enrollment::default()
+        })
+    }
+
+    fn ingest_with(enrollment: Enrollment) -> Ingest<SqliteStore> {
         let cfg = IngestConfig {
-            enrollment: Enrollment {
-                auto_approve: auto,
-                approved: vec![],
-            },
+            enrollment,
             resend_after_ms: 1_000,
             ..IngestConfig::default()
         };
@@ -873,6 +935,87 @@ mod tests {
             ing.store().device(id).unwrap().unwrap().last_seen_ms,
             NOW + 5_000
         );
+    }
+
+    #[test]
+    fn pending_devices_have_a_quota_and_the_stale_ones_make_room() {
+        let mut ing = ingest_with(Enrollment {
+            max_pending: 2,
+            pending_expiry_ms: 60_000,
+            ..Enrollment::default()
+        });
+        let devs: Vec<SampleDevice> = (20..23).map(SampleDevice::new).collect();
+        let hello = |ing: &mut Ingest<SqliteStore>, d: &SampleDevice, t: u64| {
+            ing.handle(&[(topic(d, "hello"), d.hello().into_bytes())], t)
+                .unwrap();
+        };
+        hello(&mut ing, &devs[0], NOW);
+        hello(&mut ing, &devs[1], NOW + 1_000);
+        // A third new device, while two wait: refused, not stored.
+        hello(&mut ing, &devs[2], NOW + 2_000);
+        assert_eq!(ing.rejected.get("pending_quota"), Some(&1));
+        assert!(
+            ing.store()
+                .device(devs[2].key.device_id())
+                .unwrap()
+                .is_none()
+        );
+        // A minute later the first has been silent long enough: it is forgotten, the
+        // newcomer takes its place.
+        hello(&mut ing, &devs[2], NOW + 60_500);
+        assert!(
+            ing.store()
+                .device(devs[0].key.device_id())
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            ing.store()
+                .device(devs[2].key.device_id())
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(ing.store().count_pending().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_pending_device_keeps_at_most_its_quota_of_messages_and_the_rest_wait_unacknowledged() {
+        let mut ing = ingest_with(Enrollment {
+            max_pending_messages: 3,
+            ..Enrollment::default()
+        });
+        let mut dev = SampleDevice::new(24);
+        let id = dev.key.device_id();
+        let chain = dev.chain(5, 10_000);
+        let mut batch = vec![(topic(&dev, "hello"), dev.hello().into_bytes())];
+        batch.extend(
+            chain
+                .iter()
+                .map(|e| (topic(&dev, "records"), e.as_bytes().to_vec())),
+        );
+        let out = ing.handle(&batch, NOW).unwrap();
+        assert_eq!(ing.store().count_items(id).unwrap(), 3);
+        assert_eq!(
+            acks(&out)[0].up_to,
+            SeqNo(2),
+            "the refused ones are not acked"
+        );
+        assert_eq!(ing.rejected.get("pending_quota"), Some(&2));
+        // No epoch takes a pending device's messages (it may yet be forgotten)...
+        assert!(ing.store().unplaced().unwrap().is_empty());
+        // ...until it is approved: then they are anchored (still uncounted), and the rest
+        // flow once sent again.
+        ing.store_mut()
+            .set_state(id, DeviceState::Approved)
+            .unwrap();
+        assert_eq!(ing.store().unplaced().unwrap().len(), 3);
+        let rest: Vec<_> = chain[3..]
+            .iter()
+            .map(|e| (topic(&dev, "records"), e.as_bytes().to_vec()))
+            .collect();
+        let out = ing.handle(&rest, NOW).unwrap();
+        assert_eq!(acks(&out)[0].up_to, SeqNo(4));
+        assert_eq!(ing.store().count_items(id).unwrap(), 5);
     }
 
     #[test]

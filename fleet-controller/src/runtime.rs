@@ -52,6 +52,9 @@ pub fn open(cfg: &ControllerConfig) -> Result<Ingest<SqliteStore>> {
         enrollment: Enrollment {
             auto_approve: cfg.enrollment.auto_approve,
             approved,
+            max_pending: cfg.enrollment.max_pending,
+            max_pending_messages: cfg.enrollment.max_pending_messages,
+            pending_expiry_ms: cfg.enrollment.pending_expiry_ms,
         },
         policy: attest::chain::ChainPolicy {
             max_future_skew_ms: cfg.ingest.max_future_skew_ms,

@@ -178,6 +178,11 @@ pub trait Store {
     /// Records that the devices' messages were just taken (controller clock): their
     /// `last_seen_ms` moves with every message, not only with a hello.
     fn mark_seen(&mut self, ids: &[DeviceId], now_ms: u64) -> Result<(), StoreError>;
+    /// How many devices are pending.
+    fn count_pending(&self) -> Result<u64, StoreError>;
+    /// Forgets pending devices last seen before `before_ms`, with their hellos and their
+    /// messages (never anchored: epochs take no message of a pending device); returns them.
+    fn expire_pending(&mut self, before_ms: u64) -> Result<Vec<DeviceId>, StoreError>;
     /// Every version of a device's hello, oldest first (empty for an unknown device).
     fn hellos(&self, id: DeviceId) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Records a device's hello: a new device gets `initial` (pending, or approved by an
@@ -205,8 +210,9 @@ pub trait Store {
     fn items(&self, id: DeviceId, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
     /// How many messages are stored for a device.
     fn count_items(&self, id: DeviceId) -> Result<u64, StoreError>;
-    /// Stored messages (counted or not) not yet in any epoch, as (device, seq, envelope), in
-    /// leaf order.
+    /// Stored messages not yet in any epoch, as (device, seq, envelope), in leaf order:
+    /// counted or not, but none of a device still pending (it may be forgotten; once approved
+    /// or revoked, its earlier messages are anchored too).
     fn unplaced(&self) -> Result<Vec<(DeviceId, u64, Vec<u8>)>, StoreError>;
     /// Closes an epoch in one transaction: its row, its anchor entry, and the leaf index
     /// of each message `(device, seq)` in order. Refuses an epoch number already used.

@@ -322,6 +322,40 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn count_pending(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM devices WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    fn expire_pending(&mut self, before_ms: u64) -> Result<Vec<DeviceId>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let ids: Vec<Vec<u8>> = {
+            let mut st =
+                tx.prepare("SELECT id FROM devices WHERE state = 'pending' AND last_seen_ms < ?1")?;
+            st.query_map(params![to_i64(before_ms)], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        for id in &ids {
+            // A pending device's messages are never in an epoch; the guard keeps it so.
+            tx.execute(
+                "DELETE FROM chain_items WHERE device = ?1 AND epoch IS NULL",
+                params![id],
+            )?;
+            tx.execute("DELETE FROM hellos WHERE device = ?1", params![id])?;
+            tx.execute(
+                "DELETE FROM devices WHERE id = ?1 AND NOT EXISTS
+                 (SELECT 1 FROM chain_items WHERE device = ?1)",
+                params![id],
+            )?;
+        }
+        tx.commit()?;
+        ids.into_iter().map(id_of).collect()
+    }
+
     fn hellos(&self, id: DeviceId) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT envelope FROM hellos WHERE device = ?1 ORDER BY timestamp_ms",
@@ -406,7 +440,9 @@ impl Store for SqliteStore {
 
     fn unplaced(&self) -> Result<Vec<(DeviceId, u64, Vec<u8>)>, StoreError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT device, seq, envelope FROM chain_items WHERE epoch IS NULL ORDER BY device, seq",
+            "SELECT device, seq, envelope FROM chain_items WHERE epoch IS NULL
+             AND device NOT IN (SELECT id FROM devices WHERE state = 'pending')
+             ORDER BY device, seq",
         )?;
         let rows = st
             .query_map([], |r| {
