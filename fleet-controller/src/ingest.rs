@@ -111,11 +111,29 @@ pub struct Ingest<S: Store> {
     pub rejected: Counters,
     /// Messages stored since start.
     pub stored: u64,
+    /// Messages that came after a missing one and were held for it, since start.
+    pub held_out_of_order: u64,
     logged: HashMap<(Option<DeviceId>, &'static str), u64>,
-    gaps: HashMap<DeviceId, (u64, u64)>,
+    gaps: HashMap<DeviceId, Gap>,
+    /// Verified messages that came after a missing one, per device by sequence, until it
+    /// comes (at most [`HOLD_PER_DEVICE`] a device, [`HOLD_TOTAL`] in all).
+    held: HashMap<DeviceId, BTreeMap<u64, Envelope>>,
+    held_total: usize,
     /// Devices whose records came before their hello (a controller that subscribed late).
     unknown_seen: std::collections::HashSet<DeviceId>,
     nonce: u64,
+}
+
+/// Most messages held per device while an earlier one is missing.
+pub const HOLD_PER_DEVICE: usize = 256;
+/// Most messages held in all.
+pub const HOLD_TOTAL: usize = 65_536;
+
+/// A device's missing message: which sequence, since when, and when it was last asked for.
+#[derive(Debug, Clone, Copy)]
+struct Gap {
+    expected: u64,
+    asked: Option<u64>,
 }
 
 /// Splits `heliostat/v1/dev/{id}/{leaf}`.
@@ -162,8 +180,11 @@ impl<S: Store> Ingest<S> {
             chains: HashMap::new(),
             rejected: Counters::new(),
             stored: 0,
+            held_out_of_order: 0,
             logged: HashMap::new(),
             gaps: HashMap::new(),
+            held: HashMap::new(),
+            held_total: 0,
             unknown_seen: Default::default(),
             nonce: 0,
         }
@@ -223,6 +244,30 @@ impl<S: Store> Ingest<S> {
             }
         }
         Ok(self.chains.get_mut(&id))
+    }
+
+    /// A verified message to store, counted only for an approved device.
+    fn accepted(
+        &mut self,
+        id: DeviceId,
+        state: DeviceState,
+        verified: &attest::Verified<ChainMessage>,
+        env: Envelope,
+    ) -> NewItem {
+        if state == DeviceState::Revoked {
+            // Kept as evidence, never acknowledged (see the acks).
+            *self.rejected.entry("revoked").or_default() += 1;
+        }
+        let m = verified.message();
+        NewItem {
+            device: id,
+            seq: m.link().seq.0,
+            kind: env.kind() as u8,
+            timestamp_ms: m.link().timestamp.0,
+            hash: verified.hash(),
+            envelope: env.into_bytes(),
+            counted: state == DeviceState::Approved,
+        }
     }
 
     fn hello(&mut self, topic_id: DeviceId, payload: &[u8], now: u64) -> Result<(), StoreError> {
@@ -326,7 +371,13 @@ impl<S: Store> Ingest<S> {
                         .store
                         .last_item(hello.device)?
                         .map_or(0, |(seq, _)| seq + 1);
-                    self.gaps.insert(hello.device, (0, from));
+                    self.gaps.insert(
+                        hello.device,
+                        Gap {
+                            expected: from,
+                            asked: None,
+                        },
+                    );
                 }
                 tracing::info!(device = %hello.device, state = row.state.as_str(), "hello");
             }
@@ -469,21 +520,8 @@ impl<S: Store> Ingest<S> {
             };
             match v.feed_checked(&env, msg, TimestampMs(now)) {
                 Ok(Outcome::Accepted(verified)) => {
-                    let counted = keys[&id].state == DeviceState::Approved;
-                    if keys[&id].state == DeviceState::Revoked {
-                        // Kept as evidence, never acknowledged (see the acks below).
-                        *self.rejected.entry("revoked").or_default() += 1;
-                    }
-                    let m = verified.message();
-                    to_store.push(NewItem {
-                        device: id,
-                        seq: m.link().seq.0,
-                        kind: env.kind() as u8,
-                        timestamp_ms: m.link().timestamp.0,
-                        hash: verified.hash(),
-                        envelope: env.into_bytes(),
-                        counted,
-                    });
+                    let state = keys[&id].state;
+                    to_store.push(self.accepted(id, state, &verified, env));
                     touched.insert(id, ());
                 }
                 Ok(Outcome::Duplicate { .. }) => {
@@ -500,18 +538,77 @@ impl<S: Store> Ingest<S> {
                     }
                 }
                 Err(Rejection::SequenceGap { expected, got }) => {
-                    self.reject(
-                        Some(id),
-                        "sequence_gap",
-                        &format!("expected {expected}, got {got}"),
-                        now,
-                    );
-                    let first = self.gaps.entry(id).or_insert((now, expected.0));
-                    if first.1 != expected.0 {
-                        *first = (now, expected.0);
+                    // Held (its signature is checked) until the missing one comes, and the
+                    // missing one asked for at once; rejected only when the hold is full.
+                    let slot = self.held.entry(id).or_default();
+                    if slot.len() < HOLD_PER_DEVICE && self.held_total < HOLD_TOTAL {
+                        if slot.insert(got.0, env).is_none() {
+                            self.held_total += 1;
+                        }
+                        self.held_out_of_order += 1;
+                    } else {
+                        self.reject(
+                            Some(id),
+                            "sequence_gap",
+                            &format!("expected {expected}, got {got}"),
+                            now,
+                        );
+                    }
+                    let gap = self.gaps.entry(id).or_insert(Gap {
+                        expected: expected.0,
+                        asked: None,
+                    });
+                    if gap.expected != expected.0 {
+                        // Another message is missing now: its own timer.
+                        *gap = Gap {
+                            expected: expected.0,
+                            asked: None,
+                        };
                     }
                 }
                 Err(e) => self.reject(Some(id), e.reason(), &e.to_string(), now),
+            }
+        }
+        // Held messages that follow on now.
+        let ids: Vec<DeviceId> = self
+            .held
+            .iter()
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(state) = keys.get(&id).map(|d| d.state) else {
+                continue;
+            };
+            while let Some(next) = self
+                .chains
+                .get(&id)
+                .and_then(|v| v.tip())
+                .map(|t| t.seq.0 + 1)
+            {
+                let Some(env) = self.held.get_mut(&id).and_then(|h| h.remove(&next)) else {
+                    break;
+                };
+                self.held_total -= 1;
+                let Ok(msg) = ChainMessage::open(&env) else {
+                    continue;
+                };
+                let Some(v) = self.verifier(id)? else { break };
+                match v.feed_checked(&env, msg, TimestampMs(now)) {
+                    Ok(Outcome::Accepted(verified)) => {
+                        to_store.push(self.accepted(id, state, &verified, env));
+                        touched.insert(id, ());
+                    }
+                    Ok(Outcome::Duplicate { .. }) => {}
+                    Err(e) => self.reject(Some(id), e.reason(), &e.to_string(), now),
+                }
+            }
+            // What the chain has passed is no longer needed.
+            let tip = self.chains.get(&id).and_then(|v| v.tip()).map(|t| t.seq.0);
+            if let (Some(tip), Some(h)) = (tip, self.held.get_mut(&id)) {
+                let before = h.len();
+                h.retain(|s, _| *s > tip);
+                self.held_total -= before - h.len();
             }
         }
 
@@ -558,23 +655,39 @@ impl<S: Store> Ingest<S> {
                 });
             }
         }
-        // 5. Gaps that persist: ask for the range again.
-        let due: Vec<(DeviceId, u64)> = self
-            .gaps
-            .iter()
-            .filter(|(_, (since, _))| now.saturating_sub(*since) >= self.cfg.resend_after_ms)
-            .map(|(id, (_, from))| (*id, *from))
-            .collect();
-        for (id, from) in due {
+        // 5. Missing messages: asked for at once, and again every `resend_after_ms` while
+        // they stay missing (the timer belongs to the missing sequence, so progress on
+        // other messages does not put it off).
+        let mut due = Vec::new();
+        let ids: Vec<DeviceId> = self.gaps.keys().copied().collect();
+        for id in ids {
+            let gap = self.gaps[&id];
             let still = self
                 .chains
                 .get(&id)
                 .and_then(|v| v.tip())
-                .is_none_or(|t| t.seq.0 < from);
-            self.gaps.remove(&id);
+                .is_none_or(|t| t.seq.0 < gap.expected);
             if !still {
+                self.gaps.remove(&id);
                 continue;
             }
+            if gap
+                .asked
+                .is_none_or(|at| now.saturating_sub(at) >= self.cfg.resend_after_ms)
+            {
+                // Up to the first held message, or everything from the missing one on.
+                let to = self
+                    .held
+                    .get(&id)
+                    .and_then(|h| h.keys().next())
+                    .map_or(u64::MAX / 2, |first| first - 1);
+                due.push((id, gap.expected, to));
+                if let Some(g) = self.gaps.get_mut(&id) {
+                    g.asked = Some(now);
+                }
+            }
+        }
+        for (id, from, to) in due {
             self.nonce += 1;
             let cmd = Command {
                 device: id,
@@ -583,7 +696,7 @@ impl<S: Store> Ingest<S> {
                 expires: TimestampMs(now + 60_000),
                 body: CommandBody::Resend {
                     from: SeqNo(from),
-                    to: SeqNo(u64::MAX / 2),
+                    to: SeqNo(to),
                 },
             };
             out.push(Outgoing {
@@ -794,17 +907,82 @@ mod tests {
             .collect();
         let out = ing.handle(&batch, NOW).unwrap();
         assert_eq!(acks(&out)[0].up_to, SeqNo(1));
-        assert_eq!(ing.rejected.get("sequence_gap"), Some(&2));
-        let out = ing.handle(&[], NOW + 2_000).unwrap();
-        let cmd: Command = Envelope::decode(&out[0].payload).unwrap().open().unwrap();
-        assert!(out[0].topic.ends_with("/cmd"));
-        assert_eq!(
-            cmd.body,
-            CommandBody::Resend {
-                from: SeqNo(2),
-                to: SeqNo(u64::MAX / 2)
-            }
+        // 4 and 5 are held for 2 and 3, which are asked for at once...
+        assert_eq!(ing.held_out_of_order, 2);
+        assert_eq!(ing.rejected.get("sequence_gap"), None);
+        let resend = |out: &[Outgoing]| -> Vec<CommandBody> {
+            out.iter()
+                .filter(|o| o.topic.ends_with("/cmd"))
+                .map(|o| {
+                    Envelope::decode(&o.payload)
+                        .unwrap()
+                        .open::<Command>()
+                        .unwrap()
+                        .body
+                })
+                .collect()
+        };
+        let asked = CommandBody::Resend {
+            from: SeqNo(2),
+            to: SeqNo(3),
+        };
+        assert_eq!(resend(&out), vec![asked.clone()]);
+        // ...not again before `resend_after_ms`, and again after it while still missing.
+        assert!(resend(&ing.handle(&[], NOW + 500).unwrap()).is_empty());
+        assert_eq!(resend(&ing.handle(&[], NOW + 2_000).unwrap()), vec![asked]);
+    }
+
+    #[test]
+    fn one_lost_message_costs_one_resend_and_the_device_is_back_to_its_normal_delay() {
+        // 0..=9 with 5 lost on the way (as the broker dropped one while the controller
+        // re-subscribed). Before, 6, 7, ... were each refused as a gap, the gap timer
+        // restarted whenever the expected sequence moved, and the device stayed one resend
+        // round behind for as long as it ran.
+        let mut ing = ingest(true);
+        let mut dev = SampleDevice::new(25);
+        let id = dev.key.device_id();
+        let chain = dev.chain(10, 10_000);
+        let send = |ing: &mut Ingest<SqliteStore>, range: &[usize], t: u64| {
+            let batch: Vec<_> = range
+                .iter()
+                .map(|&i| (topic(&dev, "records"), chain[i].as_bytes().to_vec()))
+                .collect();
+            ing.handle(&batch, t).unwrap()
+        };
+        ing.handle(&[(topic(&dev, "hello"), dev.hello().into_bytes())], NOW)
+            .unwrap();
+        send(&mut ing, &[0, 1, 2, 3, 4], NOW);
+        let out = send(&mut ing, &[6, 7], NOW + 1);
+        assert!(
+            acks(&out).iter().all(|a| a.up_to == SeqNo(4)),
+            "nothing past the gap acked"
         );
+        let cmds: Vec<Command> = out
+            .iter()
+            .filter(|o| o.topic.ends_with("/cmd"))
+            .map(|o| Envelope::decode(&o.payload).unwrap().open().unwrap())
+            .collect();
+        assert_eq!(
+            cmds.iter().map(|c| c.body.clone()).collect::<Vec<_>>(),
+            vec![CommandBody::Resend {
+                from: SeqNo(5),
+                to: SeqNo(5)
+            }],
+            "exactly the lost one, at once"
+        );
+        // New records keep coming and are held; the resent 5 brings them all in.
+        send(&mut ing, &[8], NOW + 2);
+        let out = send(&mut ing, &[5, 9], NOW + 3);
+        assert_eq!(acks(&out)[0].up_to, SeqNo(9), "caught up in one round");
+        assert_eq!(ing.store().count_items(id).unwrap(), 10);
+        assert_eq!(ing.rejected.get("sequence_gap"), None);
+        assert_eq!(
+            ing.held_out_of_order, 4,
+            "6, 7, 8, and 9 (fed after 5, before the held ones)"
+        );
+        // Nothing left to ask for.
+        let out = ing.handle(&[], NOW + 60_000).unwrap();
+        assert!(out.iter().all(|o| !o.topic.ends_with("/cmd")), "{out:?}");
     }
 
     /// `dev`'s hello at `t` with `edit` applied, signed.

@@ -28,6 +28,8 @@ pub struct IngestStatus {
     pub stored: u64,
     /// Rejections by reason since start.
     pub rejected: std::collections::BTreeMap<String, u64>,
+    /// Messages that came after a missing one and were held for it (not rejections).
+    pub held_out_of_order: u64,
     /// Messages shed by the full ingest queue since start (sent again by their agents).
     pub shed: u64,
     /// Their bytes.
@@ -138,6 +140,7 @@ pub async fn run_with_api_listener(
             let status = IngestStatus {
                 stored: ingest.stored,
                 rejected: ingest.rejected.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                held_out_of_order: ingest.held_out_of_order,
                 shed,
                 shed_bytes,
                 updated_ms: now_ms(),
