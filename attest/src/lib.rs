@@ -23,6 +23,7 @@
 //! - [`merkle`]: RFC 6962 trees, inclusion and consistency proofs.
 //! - [`carbon`]: pure carbon arithmetic (energy deltas, hourly matching, emissions, SCI).
 //! - [`bundle`]: the proof bundle and its offline verifier.
+//! - [`topics`]: the MQTT topic names, spelled once.
 //! - [`sample`] (std): deterministic sample devices, chains and bundles for tests and demos.
 //! - [`evm`] (cli): the on-chain anchor call used by `attest verify --rpc`.
 //!
@@ -53,6 +54,7 @@ pub mod plausibility;
 pub mod sample;
 pub mod sigbatch;
 pub mod solar;
+pub mod topics;
 pub mod units;
 
 pub use envelope::{DecodeError, Envelope, Kind, Verified};

@@ -21,7 +21,8 @@ use attest::{DeviceId, Envelope, KeyPair, SeqNo, TimestampMs};
 use crate::store::{DeviceState, NewItem, Store, StoreError};
 
 /// MQTT topic prefix of every device topic.
-pub const PREFIX: &str = "heliostat/v1/dev/";
+pub use attest::topics::PREFIX;
+use attest::topics::{self, Leaf};
 
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,13 +135,6 @@ pub const HOLD_TOTAL: usize = 65_536;
 struct Gap {
     expected: u64,
     asked: Option<u64>,
-}
-
-/// Splits `heliostat/v1/dev/{id}/{leaf}`.
-fn parse_topic(topic: &str) -> Option<(DeviceId, &str)> {
-    let rest = topic.strip_prefix(PREFIX)?;
-    let (id, leaf) = rest.split_once('/')?;
-    Some((DeviceId::parse(id).ok()?, leaf))
 }
 
 /// Where a resumed checker continues: the last stored message and the counters of the
@@ -396,13 +390,13 @@ impl<S: Store> Ingest<S> {
         // 1. Hellos first, so records in the same batch find their device.
         let mut chain_msgs: Vec<(DeviceId, Envelope, ChainMessage)> = Vec::new();
         for (topic, payload) in batch {
-            let Some((id, leaf)) = parse_topic(topic) else {
+            let Some((id, leaf)) = topics::parse(topic) else {
                 self.reject(None, "bad_topic", topic, now);
                 continue;
             };
             match leaf {
-                "hello" => self.hello(id, payload, now)?,
-                "records" => {
+                Leaf::Hello => self.hello(id, payload, now)?,
+                Leaf::Records => {
                     let envs = if attest::batch::is_batch(payload) {
                         match attest::batch::decode(payload) {
                             Ok(items) => items,
@@ -649,7 +643,7 @@ impl<S: Store> Ingest<S> {
                     timestamp: TimestampMs(now),
                 };
                 out.push(Outgoing {
-                    topic: format!("{PREFIX}{id}/ack"),
+                    topic: topics::device(id, Leaf::Ack),
                     payload: Envelope::seal(&ack, &self.key).into_bytes(),
                     retain: true,
                 });
@@ -700,7 +694,7 @@ impl<S: Store> Ingest<S> {
                 },
             };
             out.push(Outgoing {
-                topic: format!("{PREFIX}{id}/cmd"),
+                topic: topics::device(&id, Leaf::Cmd),
                 payload: Envelope::seal(&cmd, &self.key).into_bytes(),
                 retain: false,
             });

@@ -210,8 +210,14 @@ pub async fn run_with_api_listener(
         format!("$share/{}/", b.share_group)
     };
     let topics = [
-        format!("{share}heliostat/v1/dev/+/records"),
-        format!("{share}heliostat/v1/dev/+/hello"),
+        format!(
+            "{share}{}",
+            attest::topics::every_device(attest::topics::Leaf::Records)
+        ),
+        format!(
+            "{share}{}",
+            attest::topics::every_device(attest::topics::Leaf::Hello)
+        ),
     ];
     tokio::pin!(shutdown);
     loop {

@@ -94,8 +94,9 @@ async fn collect(
         tokio::select! {
             r = ev.poll() => match r {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = client.try_subscribe("heliostat/v1/dev/+/records", QoS::AtLeastOnce);
-                    let _ = client.try_subscribe("heliostat/v1/dev/+/status", QoS::AtLeastOnce);
+                    use attest::topics::{Leaf, every_device};
+                    let _ = client.try_subscribe(every_device(Leaf::Records), QoS::AtLeastOnce);
+                    let _ = client.try_subscribe(every_device(Leaf::Status), QoS::AtLeastOnce);
                     acked = None;
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -142,7 +143,7 @@ async fn collect(
                         timestamp: TimestampMs(0),
                     };
                     let env = Envelope::seal(&ack, &controller);
-                    let topic = format!("heliostat/v1/dev/{dev}/ack");
+                    let topic = attest::topics::device(&dev, attest::topics::Leaf::Ack);
                     if client.try_publish(topic, QoS::AtLeastOnce, true, env.into_bytes()).is_ok() {
                         acked = Some(c);
                     }
