@@ -184,10 +184,14 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            // rumqttd's router logs every client that disconnects cleanly as an ERROR ("no-
-            // connection id N is already gone"): off by default here, RUST_LOG shows it.
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,heliostat_demo=info,rumqttd::router::routing=off".into()),
+            // rumqttd logs every client that disconnects (cleanly or not) as an ERROR from
+            // its router and its connection tasks ("no-connection id N is already gone",
+            // "router-drop"): off by default here, RUST_LOG shows them. The demo checks the
+            // broker's port itself and stops, named, when it cannot listen.
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "warn,heliostat_demo=info,rumqttd::router::routing=off,rumqttd::server::broker=off"
+                    .into()
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
