@@ -2,9 +2,12 @@
 //! fleet runs this same code in-process).
 //!
 //! Map:
-//! - [`config`]: the TOML configuration and its validation.
+//! - [`clock`]: the one wall clock (only the loops at the edges read it).
+//! - [`config`]: the TOML configuration and its validation; [`site`] and [`config_error`]
+//!   sit below it and the power sources, which read them too.
 //! - [`governor`]: the power budget (solar surplus, battery, grid allowance, cap) and the
-//!   control loop that holds a job to it (power limit, frequency cap, duty cycle, pause).
+//!   control law that holds a job to it (duty cycle, pause), sans-IO; [`levers`]: the
+//!   hardware it turns (NVML power limit, devfreq frequency cap).
 //! - [`identity`]: the device key file (created on first start, mode 0600).
 //! - [`jobs`]: the job kernel layer: built-in kernels and PTX on CUDA or the CPU, in chunks.
 //! - [`power`]: power sources behind one trait (simulator, Jetson INA3221, VE.Direct).
@@ -15,16 +18,20 @@
 //! - [`sender`]: what to publish next (fresh first, backlog in batches, resend on timeout).
 //! - [`runtime`]: the running agent: ticks, the MQTT link (rumqttc), acks and commands.
 
+pub mod clock;
 pub mod config;
+pub mod config_error;
 pub mod governor;
 pub mod identity;
 pub mod jobs;
+pub mod levers;
 pub mod meter;
 pub mod nonces;
 pub mod outbox;
 pub mod power;
 pub mod runtime;
 pub mod sender;
+pub mod site;
 
 pub use attest::DeviceId;
 

@@ -7,7 +7,7 @@
 //! reads are small sysfs or in-memory reads, outbox appends are one write and one fsync.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use attest::msg::{
@@ -43,12 +43,7 @@ fn backend_name(b: &attest::msg::Backend) -> String {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::now_ms;
 
 /// MQTT topics of one device (DESIGN.md, "Wire protocol").
 #[derive(Debug, Clone)]
@@ -483,13 +478,13 @@ impl Agent {
         }
         let mut levers: Vec<Box<dyn crate::governor::Lever>> = Vec::new();
         if let Some(i) = cfg.jobs.nvml_power_limit_gpu {
-            match crate::governor::NvmlLimitLever::open(i) {
+            match crate::levers::NvmlLimitLever::open(i) {
                 Ok(l) => levers.push(Box::new(l)),
                 Err(e) => tracing::warn!(error = %e, "no NVML power-limit lever"),
             }
         }
         if let Some(d) = &cfg.jobs.devfreq_dir {
-            match crate::governor::DevfreqLever::open(d) {
+            match crate::levers::DevfreqLever::open(d) {
                 Ok(l) => levers.push(Box::new(l)),
                 Err(e) => tracing::warn!(dir = %d.display(), error = %e, "no devfreq lever"),
             }
