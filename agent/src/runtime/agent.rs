@@ -111,10 +111,13 @@ impl Agent {
             anyhow::bail!("no power source could be opened");
         }
 
+        // A device that never stored anything (a new key, or one `heliostat-agent id` made
+        // before the first run) has no chain to lose: its chain starts at 0.
+        let never_ran = created || (outbox.last_seq().is_none() && outbox.acked().is_none());
         let (saved, reason) = match files::load_state(&data) {
             SavedState::Found(s) => (Some(s), None),
             SavedState::Corrupt => (None, Some(RestartReason::StateCorrupt)),
-            SavedState::Missing if created => (None, None),
+            SavedState::Missing if never_ran => (None, None),
             SavedState::Missing => (None, Some(RestartReason::StateLost)),
         };
         let mut meter = Meter::new(&kinds, saved);
