@@ -14,8 +14,11 @@ use crate::nonces::{NonceRefusal, NonceWindow};
 
 /// What the outbox holds, as far as an ack's check needs it.
 pub trait Held {
-    /// The last sequence number stored (acknowledged or not).
+    /// The last sequence number stored (acknowledged or not) since the outbox was opened
+    /// or found on disk: none when a restart found it emptied by acks.
     fn last_seq(&self) -> Option<u64>;
+    /// The highest sequence number acknowledged (persisted across restarts).
+    fn acked(&self) -> Option<u64>;
     /// The hash of the stored message `seq`, while it is still held.
     fn hash_of(&self, seq: u64) -> Option<Hash32>;
 }
@@ -23,6 +26,9 @@ pub trait Held {
 impl Held for crate::outbox::Outbox {
     fn last_seq(&self) -> Option<u64> {
         crate::outbox::Outbox::last_seq(self)
+    }
+    fn acked(&self) -> Option<u64> {
+        crate::outbox::Outbox::acked(self)
     }
     fn hash_of(&self, seq: u64) -> Option<Hash32> {
         self.read(seq).ok().flatten().map(|b| Hash32::digest(&b))
@@ -149,7 +155,13 @@ impl Inbox {
         if ack.device != self.device {
             return Err(AckRejection::OtherDevice);
         }
-        if held.last_seq().is_none_or(|l| ack.up_to.0 > l) {
+        // What was acknowledged was stored, even when a restart found the outbox emptied:
+        // the broker's retained ack of the last record is no alarm.
+        if held
+            .last_seq()
+            .max(held.acked())
+            .is_none_or(|l| ack.up_to.0 > l)
+        {
             return Err(AckRejection::Beyond { up_to: ack.up_to });
         }
         if let Some(h) = held.hash_of(ack.up_to.0)
@@ -197,12 +209,15 @@ mod tests {
 
     use super::*;
 
-    /// An outbox as plain data: sequence number -> stored hash.
-    struct Stored(BTreeMap<u64, Hash32>, Option<u64>);
+    /// An outbox as plain data: sequence number -> stored hash, the last stored, the acked.
+    struct Stored(BTreeMap<u64, Hash32>, Option<u64>, Option<u64>);
 
     impl Held for Stored {
         fn last_seq(&self) -> Option<u64> {
             self.1
+        }
+        fn acked(&self) -> Option<u64> {
+            self.2
         }
         fn hash_of(&self, seq: u64) -> Option<Hash32> {
             self.0.get(&seq).copied()
@@ -230,7 +245,7 @@ mod tests {
     #[test]
     fn an_ack_is_verified_only_when_signed_for_this_device_and_matching_what_was_stored() {
         let h = |i: u8| Hash32::digest(&[i]);
-        let held = Stored((0..5).map(|s| (s, h(s as u8))).collect(), Some(4));
+        let held = Stored((0..5).map(|s| (s, h(s as u8))).collect(), Some(4), None);
         let i = inbox();
         let forger = KeyPair::from_seed(&[0x66; 32]);
         let seal = |a: &Ack, k: &KeyPair| Envelope::seal(a, k).into_bytes();
@@ -261,6 +276,24 @@ mod tests {
             .ack(&seal(&ack(2, h(2), device()), &controller()), &held)
             .unwrap();
         assert_eq!(ok.up_to(), 2);
+    }
+
+    #[test]
+    fn an_ack_of_what_was_acknowledged_before_a_restart_is_verified_not_refused() {
+        let h = Hash32::digest(b"last");
+        let emptied = Stored(BTreeMap::new(), None, Some(7));
+        let seal = |a: &Ack| Envelope::seal(a, &controller()).into_bytes();
+        assert_eq!(
+            inbox()
+                .ack(&seal(&ack(7, h, device())), &emptied)
+                .unwrap()
+                .up_to(),
+            7
+        );
+        assert_eq!(
+            inbox().ack(&seal(&ack(8, h, device())), &emptied),
+            Err(AckRejection::Beyond { up_to: SeqNo(8) })
+        );
     }
 
     #[test]

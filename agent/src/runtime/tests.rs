@@ -293,3 +293,37 @@ fn a_replayed_command_is_refused_after_a_restart_and_after_4096_newer_commands()
     a.on_command(cmd(99_999, t + 900_000).as_bytes(), t);
     assert_eq!(a.status.link.commands_rejected, 1);
 }
+
+#[test]
+fn a_restarted_agent_with_an_empty_outbox_accepts_the_retained_ack_of_its_last_record() {
+    let dir = tmp("retained-ack");
+    let cfg = || config(&dir, "[[source]]\ntype = \"simulator\"\n");
+    let mut a = Agent::start(cfg(), now_ms()).unwrap();
+    let t = now_ms();
+    for i in 0..3 {
+        a.tick_meter(t + i * 10_000);
+    }
+    let last = a.outbox.last_seq().unwrap();
+    let retained = Envelope::seal(
+        &Ack {
+            device: a.key.device_id(),
+            up_to: attest::SeqNo(last),
+            hash: attest::Hash32::digest(&a.outbox.read(last).unwrap().unwrap()),
+            timestamp: TimestampMs(t),
+        },
+        &KeyPair::from_seed(&[0xc0; 32]),
+    );
+    a.on_ack(retained.as_bytes());
+    assert_eq!(a.outbox.depth(), 0);
+    drop(a);
+
+    // The broker hands the retained ack to the restarted agent, whose outbox is empty.
+    let mut a = Agent::start(cfg(), now_ms()).unwrap();
+    assert_eq!(a.outbox.depth(), 0);
+    a.on_ack(retained.as_bytes());
+    assert_eq!(
+        a.status.link.acks_rejected, 0,
+        "an ack of what was acknowledged before is no alarm"
+    );
+    assert_eq!(a.outbox.acked(), Some(last));
+}
