@@ -102,6 +102,19 @@ pub enum CommandRejection {
     /// Its nonce was seen, or it is too old to tell from a replay.
     #[error("{0}")]
     Replayed(NonceRefusal),
+    /// The device's clock is not set yet (before 2024: no RTC, no NTP yet): expiries and
+    /// nonces cannot be judged, so nothing runs until it is.
+    #[error("the device clock is not set ({now} ms since 1970)")]
+    ClockNotSet { now: u64 },
+    /// Issued further from the device's clock than [`MAX_CLOCK_SKEW_MS`].
+    #[error("command issued at {issued}, the device clock says {now}: beyond the skew window")]
+    Skewed { issued: u64, now: u64 },
+    /// Valid for longer than [`MAX_COMMAND_LIFETIME_MS`].
+    #[error("command valid for {lifetime_ms} ms, longer than allowed")]
+    TooLong { lifetime_ms: u64 },
+    /// The saved nonce window could not be read: no command can be told from a replay.
+    #[error("the command nonce file is unreadable: every command is refused")]
+    NoncesUnreadable,
     /// A job control for a job that is neither running nor being prepared.
     #[error("no running job {0}")]
     NoSuchJob(attest::msg::JobId),
@@ -117,21 +130,34 @@ impl CommandRejection {
             CommandRejection::Expired => "expired",
             CommandRejection::Replayed(_) => "replayed",
             CommandRejection::NoSuchJob(_) => "no_such_job",
+            CommandRejection::ClockNotSet { .. } => "clock_not_set",
+            CommandRejection::Skewed { .. } => "clock_skew",
+            CommandRejection::TooLong { .. } => "too_long",
+            CommandRejection::NoncesUnreadable => "nonces_unreadable",
         }
     }
 }
+
+/// How far a command's `issued` may be from the device's clock, either way, ms.
+pub const MAX_CLOCK_SKEW_MS: u64 = 5 * 60_000;
+/// The longest a command may be valid (`expires - issued`), ms.
+pub const MAX_COMMAND_LIFETIME_MS: u64 = 60 * 60_000;
+/// A clock before this (2024-01-01T00:00:00Z) has not been set since boot.
+pub const CLOCK_SET_AFTER_MS: u64 = 1_704_067_200_000;
 
 /// The inbox (see the module doc).
 #[derive(Debug, Clone)]
 pub struct Inbox {
     controller: PublicKey,
     device: DeviceId,
-    nonces: NonceWindow,
+    /// `None`: the saved window was unreadable (every command is refused).
+    nonces: Option<NonceWindow>,
 }
 
 impl Inbox {
-    /// An inbox for `device` that believes only `controller`, with the saved nonce window.
-    pub fn new(controller: PublicKey, device: DeviceId, nonces: NonceWindow) -> Inbox {
+    /// An inbox for `device` that believes only `controller`, with the saved nonce window
+    /// (`None` when it could not be read: then it fails closed).
+    pub fn new(controller: PublicKey, device: DeviceId, nonces: Option<NonceWindow>) -> Inbox {
         Inbox {
             controller,
             device,
@@ -140,8 +166,8 @@ impl Inbox {
     }
 
     /// The nonce window, to be saved after every accepted command.
-    pub fn nonces(&self) -> &NonceWindow {
-        &self.nonces
+    pub fn nonces(&self) -> Option<&NonceWindow> {
+        self.nonces.as_ref()
     }
 
     /// Checks an ack's signature, device and coverage against what `held` stored.
@@ -189,13 +215,30 @@ impl Inbox {
         if cmd.device != self.device {
             return Err(CommandRejection::OtherDevice);
         }
+        if now < CLOCK_SET_AFTER_MS {
+            return Err(CommandRejection::ClockNotSet { now });
+        }
         if cmd.expires.0 < now {
             return Err(CommandRejection::Expired);
         }
-        self.nonces
+        if cmd.issued.0.abs_diff(now) > MAX_CLOCK_SKEW_MS {
+            return Err(CommandRejection::Skewed {
+                issued: cmd.issued.0,
+                now,
+            });
+        }
+        let lifetime_ms = cmd.expires.0.saturating_sub(cmd.issued.0);
+        if lifetime_ms > MAX_COMMAND_LIFETIME_MS {
+            return Err(CommandRejection::TooLong { lifetime_ms });
+        }
+        let nonces = self
+            .nonces
+            .as_mut()
+            .ok_or(CommandRejection::NoncesUnreadable)?;
+        nonces
             .check(cmd.nonce, cmd.expires.0)
             .map_err(CommandRejection::Replayed)?;
-        self.nonces.remember(cmd.nonce, cmd.expires.0, now);
+        nonces.remember(cmd.nonce, cmd.expires.0, now);
         Ok(VerifiedCommand(cmd))
     }
 }
@@ -224,6 +267,9 @@ mod tests {
         }
     }
 
+    /// A time with the clock set (2027).
+    const T: u64 = 1_800_000_000_000;
+
     fn controller() -> KeyPair {
         KeyPair::from_seed(&[0xc0; 32])
     }
@@ -231,7 +277,11 @@ mod tests {
         KeyPair::from_seed(&[0xde; 32]).device_id()
     }
     fn inbox() -> Inbox {
-        Inbox::new(controller().public(), device(), NonceWindow::default())
+        Inbox::new(
+            controller().public(),
+            device(),
+            Some(NonceWindow::default()),
+        )
     }
     fn ack(up_to: u64, hash: Hash32, device: DeviceId) -> Ack {
         Ack {
@@ -302,22 +352,78 @@ mod tests {
         let cmd = |nonce, expires| Command {
             device: device(),
             nonce,
-            issued: TimestampMs(1_000),
+            issued: TimestampMs(T - 60_000),
             expires: TimestampMs(expires),
             body: CommandBody::Drain,
         };
-        let t = 10_000;
+        let t = T;
         let valid = Envelope::seal(&cmd(3, t + 60_000), &controller()).into_bytes();
         let forged = Envelope::seal(&cmd(1, t + 60_000), &KeyPair::from_seed(&[0x66; 32]));
         let expired = Envelope::seal(&cmd(2, t - 1), &controller());
         let reason = |r: Result<VerifiedCommand, CommandRejection>| r.unwrap_err().reason();
         assert_eq!(reason(i.command(forged.as_bytes(), t)), "bad_signature");
         assert_eq!(reason(i.command(expired.as_bytes(), t)), "expired");
-        assert!(i.nonces().is_empty(), "refused commands leave no nonce");
+        assert!(
+            i.nonces().unwrap().is_empty(),
+            "refused commands leave no nonce"
+        );
         let ok = i.command(&valid, t).unwrap();
         assert_eq!(ok.command().body, CommandBody::Drain);
-        assert_eq!(i.nonces().len(), 1);
+        assert_eq!(i.nonces().unwrap().len(), 1);
         assert_eq!(reason(i.command(&valid, t)), "replayed");
         assert_eq!(reason(i.command(b"junk", t)), "malformed");
+    }
+
+    fn command(issued: u64, expires: u64) -> Vec<u8> {
+        let c = Command {
+            device: device(),
+            nonce: issued ^ expires,
+            issued: TimestampMs(issued),
+            expires: TimestampMs(expires),
+            body: CommandBody::Drain,
+        };
+        Envelope::seal(&c, &controller()).into_bytes()
+    }
+
+    #[test]
+    fn a_command_issued_in_the_future_or_valid_for_too_long_is_refused() {
+        let mut i = inbox();
+        let skew = MAX_CLOCK_SKEW_MS;
+        let future = command(T + skew + 1, T + skew + 60_000);
+        assert_eq!(i.command(&future, T).unwrap_err().reason(), "clock_skew");
+        let stale = command(T - skew - 1, T + 60_000);
+        assert_eq!(i.command(&stale, T).unwrap_err().reason(), "clock_skew");
+        let long = command(T, T + MAX_COMMAND_LIFETIME_MS + 1);
+        assert_eq!(
+            i.command(&long, T).unwrap_err(),
+            CommandRejection::TooLong {
+                lifetime_ms: MAX_COMMAND_LIFETIME_MS + 1
+            }
+        );
+        assert!(i.command(&command(T + skew, T + skew + 60_000), T).is_ok());
+    }
+
+    #[test]
+    fn a_device_whose_clock_is_not_set_runs_no_command_until_it_is() {
+        let mut i = inbox();
+        // Booted without an RTC: the clock says 1970 plus uptime.
+        let boot = 90_000;
+        let c = command(boot, boot + 60_000);
+        assert_eq!(
+            i.command(&c, boot).unwrap_err(),
+            CommandRejection::ClockNotSet { now: boot }
+        );
+        assert!(i.command(&command(T, T + 60_000), T).is_ok());
+    }
+
+    #[test]
+    fn an_unreadable_nonce_window_refuses_every_command() {
+        let mut i = Inbox::new(controller().public(), device(), None);
+        let c = command(T, T + 60_000);
+        assert_eq!(
+            i.command(&c, T).unwrap_err(),
+            CommandRejection::NoncesUnreadable
+        );
+        assert!(i.nonces().is_none());
     }
 }

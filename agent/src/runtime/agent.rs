@@ -150,11 +150,14 @@ impl Agent {
             fresh_per_tick: 1,
         });
         let jobs = Jobs::open(&cfg, job_load, simulated);
-        let inbox = Inbox::new(
-            cfg.controller_key(),
-            key.device_id(),
-            files::load_nonces(&data, now),
-        );
+        let nonces = match files::load_nonces(&data, now) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "COMMANDS REFUSED: the nonce window is unreadable (repair or remove the file)");
+                None
+            }
+        };
+        let inbox = Inbox::new(cfg.controller_key(), key.device_id(), nonces);
         let status = Status {
             device_id: key.device_id().to_string(),
             sources: status_sources,
@@ -421,7 +424,13 @@ impl Agent {
             Ok(cmd) => cmd.into_command(),
             Err(why) => return self.reject_command(why),
         };
-        files::save_nonces(&self.cfg.data_dir, self.inbox.nonces());
+        if let Some(w) = self.inbox.nonces()
+            && let Err(e) = files::save_nonces(&self.cfg.data_dir, w)
+        {
+            // Acting on it unsaved would let it replay after a restart.
+            tracing::error!(error = %e, "saving the command nonces failed; command not run");
+            return;
+        }
         match cmd.body {
             CommandBody::Resend { from, to } => self.queue.resend(from.0, to.0),
             CommandBody::RunJob(spec) => self.start_job(spec, now),

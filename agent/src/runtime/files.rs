@@ -82,32 +82,37 @@ pub fn load_state(data: &Path) -> SavedState {
 
 /// The command nonce window saved in the data directory. A file from an agent before the
 /// window kept expiries is a bare list of nonces, whose commands' expiries are unknown: each
-/// is kept for an hour.
-pub fn load_nonces(data: &Path, now: u64) -> NonceWindow {
-    let Ok(bytes) = std::fs::read(nonces_path(data)) else {
-        return Default::default();
+/// is kept for an hour. No file: an empty window. A file that cannot be read or parsed is an
+/// error (the caller fails closed: an empty window would let old commands replay).
+pub fn load_nonces(data: &Path, now: u64) -> Result<NonceWindow, String> {
+    let path = nonces_path(data);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NonceWindow::default()),
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
     };
     if let Ok(w) = serde_json::from_slice(&bytes) {
-        return w;
+        return Ok(w);
     }
+    let legacy = serde_json::from_slice::<Vec<u64>>(&bytes)
+        .map_err(|e| format!("{}: not a nonce window: {e}", path.display()))?;
     let mut w = NonceWindow::default();
-    for n in serde_json::from_slice::<Vec<u64>>(&bytes).unwrap_or_default() {
+    for n in legacy {
         w.remember(n, now + 3_600_000, now);
     }
-    w
+    Ok(w)
 }
 
-/// Saves the command nonce window.
-pub fn save_nonces(data: &Path, w: &NonceWindow) {
-    if let Ok(b) = serde_json::to_vec(w) {
-        let _ = replace(&nonces_path(data), &b);
-    }
+/// Saves the command nonce window durably (before the command it admitted is acted on).
+pub fn save_nonces(data: &Path, w: &NonceWindow) -> std::io::Result<()> {
+    let b = serde_json::to_vec(w).map_err(std::io::Error::other)?;
+    write_durable(&nonces_path(data), &b)
 }
 
-/// Writes the running-job marker.
+/// Writes the running-job marker durably.
 pub fn write_marker(data: &Path, marker: &Marker) -> std::io::Result<()> {
     let b = serde_json::to_vec(marker).map_err(std::io::Error::other)?;
-    replace(&running_job_path(data), &b)
+    write_durable(&running_job_path(data), &b)
 }
 
 /// The running-job marker: none, or what it says (or why it cannot be read).

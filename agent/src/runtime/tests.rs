@@ -327,3 +327,31 @@ fn a_restarted_agent_with_an_empty_outbox_accepts_the_retained_ack_of_its_last_r
     );
     assert_eq!(a.outbox.acked(), Some(last));
 }
+
+#[test]
+fn an_unreadable_nonce_file_refuses_commands_instead_of_forgetting_them() {
+    let dir = tmp("nonces-unreadable");
+    let cfg = || config(&dir, "[[source]]\ntype = \"simulator\"\n");
+    drop(Agent::start(cfg(), now_ms()).unwrap());
+    std::fs::write(dir.join("command-nonces.json"), b"{\"seen\": [tr").unwrap();
+    let mut a = Agent::start(cfg(), now_ms()).unwrap();
+    let t = now_ms();
+    let cmd = Command {
+        device: a.key.device_id(),
+        nonce: 1,
+        issued: TimestampMs(t),
+        expires: TimestampMs(t + 60_000),
+        body: CommandBody::Drain,
+    };
+    a.on_command(
+        Envelope::seal(&cmd, &KeyPair::from_seed(&[0xc0; 32])).as_bytes(),
+        t,
+    );
+    assert_eq!(a.status.jobs.commands_rejected["nonces_unreadable"], 1);
+    assert!(!a.status.jobs.draining, "the command did not run");
+    assert_eq!(
+        std::fs::read(dir.join("command-nonces.json")).unwrap(),
+        b"{\"seen\": [tr",
+        "the file is left for repair"
+    );
+}
