@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::config_error::ConfigError;
 use crate::power::SourceConfig;
+pub use crate::site::SiteConfig;
 
 /// Where the agent looks for its configuration when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/heliostat/agent.toml";
@@ -185,44 +187,6 @@ const fn default_backoff_max_ms() -> u64 {
     30_000
 }
 
-/// Site metadata.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SiteConfig {
-    /// Latitude, degrees north.
-    pub lat: f64,
-    /// Longitude, degrees east.
-    pub lon: f64,
-    /// Solar array rating, watts-peak.
-    #[serde(default)]
-    pub panel_watts_peak: u32,
-    /// Battery capacity, watt-hours.
-    #[serde(default)]
-    pub battery_wh: u32,
-    /// Battery reserve kept for the device, watt-hours.
-    #[serde(default)]
-    pub battery_reserve_wh: u32,
-    /// Grid region for carbon intensity (e.g. "DE").
-    #[serde(default = "default_region")]
-    pub grid_region: String,
-    /// Asking price, micro-credits per GPU-hour.
-    #[serde(default)]
-    pub price_micro_per_gpu_hour: u64,
-    /// Embodied emissions of the whole device, kg CO2e (SCI's `TE`; signed in the hello, a
-    /// job's embodied share `M` follows from it). 0: not stated.
-    #[serde(default)]
-    pub embodied_kg_co2e: f64,
-    /// Expected life of the device, years (SCI's `EL`). 0: not stated.
-    #[serde(default)]
-    pub expected_life_years: f64,
-    /// The most the whole rig can draw, watts (its supply's rating; signed in the hello): a
-    /// grid interval the agent could not meter (after a restart, without a source counter)
-    /// is counted at this much from the grid. 0: not stated (such intervals are flagged but
-    /// add no emissions).
-    #[serde(default)]
-    pub max_draw_w: u32,
-}
-
 /// Meter timing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -284,9 +248,6 @@ impl Default for OutboxConfig {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/heliostat")
 }
-fn default_region() -> String {
-    "unknown".into()
-}
 const fn default_sample_ms() -> u64 {
     1_000
 }
@@ -302,23 +263,6 @@ const fn default_segment_bytes() -> u64 {
 }
 const fn default_fsync() -> FsyncPolicy {
     FsyncPolicy::Always
-}
-
-/// A configuration that cannot be used, naming the key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// The TOML did not parse or named an unknown key (the message names it).
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    /// A value breaks a rule.
-    #[error("config key `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
 }
 
 impl AgentConfig {

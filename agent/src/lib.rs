@@ -2,29 +2,41 @@
 //! fleet runs this same code in-process).
 //!
 //! Map:
-//! - [`config`]: the TOML configuration and its validation.
+//! - [`clock`]: the one wall clock (only the loops at the edges read it).
+//! - [`config`]: the TOML configuration and its validation; [`site`] and [`config_error`]
+//!   sit below it and the power sources, which read them too.
 //! - [`governor`]: the power budget (solar surplus, battery, grid allowance, cap) and the
-//!   control loop that holds a job to it (power limit, frequency cap, duty cycle, pause).
+//!   control law that holds a job to it (duty cycle, pause), sans-IO; [`levers`]: the
+//!   hardware it turns (NVML power limit, devfreq frequency cap).
 //! - [`identity`]: the device key file (created on first start, mode 0600).
-//! - [`jobs`]: the job kernel layer: built-in kernels and PTX on CUDA or the CPU, in chunks.
+//! - [`inbox`]: acks and commands from the controller, verified or refused with a reason.
+//! - [`jobs`]: the job kernel layer (built-in kernels and PTX on CUDA or the CPU, in
+//!   chunks), the runner thread, and the job desk that decides a job's lifecycle.
 //! - [`power`]: power sources behind one trait (simulator, Jetson INA3221, VE.Direct).
 //! - [`meter`]: integrates samples into cumulative counters and seals hash-chained records.
 //! - [`nonces`]: which controller commands are replays (nonces kept until their commands
 //!   expire).
 //! - [`outbox`]: the durable store-and-forward log, deleted only on the controller's ack.
 //! - [`sender`]: what to publish next (fresh first, backlog in batches, resend on timeout).
-//! - [`runtime`]: the running agent: ticks, the MQTT link (rumqttc), acks and commands.
+//! - [`status`]: what `heliostat-agent status` prints.
+//! - [`runtime`]: the running agent: the loop, the MQTT link (rumqttc), the data files.
 
+pub mod clock;
 pub mod config;
+pub mod config_error;
 pub mod governor;
 pub mod identity;
+pub mod inbox;
 pub mod jobs;
+pub mod levers;
 pub mod meter;
 pub mod nonces;
 pub mod outbox;
 pub mod power;
 pub mod runtime;
 pub mod sender;
+pub mod site;
+pub mod status;
 
 pub use attest::DeviceId;
 

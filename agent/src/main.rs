@@ -5,6 +5,7 @@
 //! - `heliostat-agent id [--config PATH]`: print the device id (creating the key if needed).
 //! - `heliostat-agent status [--config PATH]`: sources, last reading, outbox depth, link state.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -40,6 +41,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or journald gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match main_inner(cli) {
         Ok(()) => ExitCode::SUCCESS,

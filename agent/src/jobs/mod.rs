@@ -7,6 +7,8 @@
 //! - [`exec`]: one job's execution (sans-IO): run the next chunk, rest (duty cycle), pause,
 //!   or finish, given the governor's decision.
 //! - [`runner`]: the thread that drives an execution with the wall clock.
+//! - [`desk`]: a job's lifecycle on the device (sans-IO): refuse, prepare, start, control,
+//!   close with exactly one receipt.
 //! - [`sim`]: jobs on the simulated rig with a simulated clock (governor tests, bench).
 //! - [`cpu`]: the CPU backend (every built-in; no PTX).
 //! - [`cuda`]: the CUDA backend (cudarc, loaded at run time; built-ins compiled by NVRTC,
@@ -33,6 +35,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod desk;
 pub mod exec;
 pub mod kernel;
 pub mod runner;

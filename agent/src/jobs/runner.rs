@@ -11,9 +11,9 @@ use attest::Hash32;
 use attest::msg::{Backend, JobOutcome};
 
 use super::exec::{Execution, Step};
+use crate::clock::now_ms;
 use crate::governor::Decision;
 use crate::power::JobLoad;
-use crate::runtime::now_ms;
 
 /// Between the agent's task and the runner thread.
 #[derive(Debug, Default)]

@@ -9,11 +9,11 @@ use attest::{Envelope, Hash32, KeyPair, SeqNo, TimestampMs};
 
 use super::exec::{Execution, Step};
 use super::{ComputeBackend, JobError};
-use crate::config::SiteConfig;
 use crate::governor::{Decision, Governor, GovernorConfig, PowerNow, admit_job};
 use crate::meter::Meter;
 use crate::power::simulator::{CHANNELS, Simulator, SimulatorConfig};
 use crate::power::{PowerSource, Sample};
+use crate::site::SiteConfig;
 
 /// One meter sample as the simulation saw it.
 #[derive(Debug, Clone, Copy, PartialEq)]

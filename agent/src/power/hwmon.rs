@@ -20,7 +20,7 @@ use attest::msg::{ChannelKind, TrustTier};
 use serde::Deserialize;
 
 use super::{ChannelSpec, PowerSource, Sample, SourceError};
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// `[[source]] type = "hwmon"`.
 #[derive(Debug, Clone, Deserialize)]

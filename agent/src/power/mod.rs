@@ -18,7 +18,7 @@ pub mod vedirect;
 use attest::msg::{ChannelKind, TrustTier};
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 
 /// One channel a source reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,7 +126,7 @@ impl SourceConfig {
     /// Opens the source. A source that cannot be opened is reported and skipped by the caller.
     pub fn open(
         &self,
-        site: &crate::config::SiteConfig,
+        site: &crate::site::SiteConfig,
     ) -> Result<Box<dyn PowerSource>, SourceError> {
         Ok(match self {
             SourceConfig::Simulator(c) => Box::new(simulator::Simulator::new(c.clone(), site)),

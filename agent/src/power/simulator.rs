@@ -10,7 +10,8 @@ use attest::msg::{ChannelKind, TrustTier};
 use serde::Deserialize;
 
 use super::{ChannelSpec, PowerSource, Sample, SourceError};
-use crate::config::{ConfigError, SiteConfig};
+use crate::config_error::ConfigError;
+use crate::site::SiteConfig;
 
 /// The simulator's channels, in order.
 pub const CHANNELS: [(&str, ChannelKind); 6] = [

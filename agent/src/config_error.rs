@@ -1,0 +1,21 @@
+//! The one error every part of the configuration returns (the agent config and each power
+//! source's own table), naming the key that is wrong. Below both `config` and `power`.
+
+use std::path::PathBuf;
+
+/// A configuration that cannot be used, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or named an unknown key (the message names it).
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value breaks a rule.
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}

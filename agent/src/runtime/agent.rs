@@ -1,0 +1,451 @@
+//! The running agent's state and its reactions, one method per event: a meter tick, a send
+//! tick, a connection, an ack, a command. Decisions are made by the sans-IO parts it holds
+//! (the [`Meter`], the [`SendQueue`], the [`Inbox`], the job [`Desk`](crate::jobs::desk));
+//! this file carries them out on the outbox, the data files and the MQTT client. Every
+//! method takes the time as `now` (ms); none reads the clock.
+
+use anyhow::{Context, Result};
+use attest::msg::{ChannelInfo, CommandBody, Hardware, Hello, RestartReason, Site};
+use attest::{Envelope, KeyPair, TimestampMs};
+use rumqttc::{AsyncClient, QoS};
+
+use super::files::{self, SavedState};
+use super::jobs::Jobs;
+use super::mqtt::Topics;
+use crate::config::AgentConfig;
+use crate::inbox::{CommandRejection, Inbox};
+use crate::jobs::runner::Control;
+use crate::meter::Meter;
+use crate::outbox::{Outbox, OutboxError};
+use crate::power::PowerSource;
+use crate::sender::{Plan, SendPolicy, SendQueue};
+use crate::status::{LinkStatus, SourceStatus, Status};
+
+/// How often the hello is repeated until the first ack after connecting.
+const HELLO_REPEAT_MS: u64 = 3_000;
+
+pub(super) struct OpenSource {
+    source: Box<dyn PowerSource>,
+    /// Its entry in `Status::sources` (which also lists sources that failed to open).
+    status_index: usize,
+    first_channel: usize,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+/// The agent's state.
+pub struct Agent {
+    pub(super) cfg: AgentConfig,
+    pub(super) key: KeyPair,
+    pub(super) topics: Topics,
+    pub(super) outbox: Outbox,
+    pub(super) meter: Meter,
+    sources: Vec<OpenSource>,
+    pub(super) channel_infos: Vec<ChannelInfo>,
+    pub(super) queue: SendQueue,
+    pub(super) status: Status,
+    last_record_slot: u64,
+    inbox: Inbox,
+    pub(super) jobs: Jobs,
+    /// While no ack has come since connecting, the hello is repeated at this time. The hello
+    /// is also retained, so a controller that subscribes later gets it from the broker; the
+    /// repeat covers brokers that lost it (a restart without persistence).
+    hello_due: Option<u64>,
+}
+
+impl Agent {
+    /// Opens everything at `now`: key, outbox (with recovery), chain state, sources. Emits a
+    /// `ChainRestart` when the chain state was lost and cannot be rebuilt from the outbox.
+    pub fn start(cfg: AgentConfig, now: u64) -> Result<Agent> {
+        let data = cfg.data_dir.clone();
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        let (key, created) = crate::identity::load_or_create(&files::key_path(&data))?;
+        let mut outbox = Outbox::open(&data.join("outbox"), cfg.outbox.clone())?;
+
+        let mut sources = Vec::new();
+        let mut channel_infos = Vec::new();
+        let mut kinds = Vec::new();
+        let mut status_sources = Vec::new();
+        let job_load = std::sync::Arc::new(crate::power::JobLoad::default());
+        let mut simulated = false;
+        for sc in &cfg.sources {
+            match sc.open(&cfg.site) {
+                Ok(mut source) => {
+                    simulated |= source.attach_job_load(job_load.clone());
+                    let first_channel = kinds.len();
+                    for spec in source.channels() {
+                        channel_infos.push(ChannelInfo {
+                            channel: attest::ChannelId(kinds.len() as u8),
+                            kind: spec.kind,
+                            source: format!("{}:{}", source.describe(), spec.name),
+                            tier: spec.tier,
+                        });
+                        kinds.push((spec.kind, spec.tier));
+                    }
+                    status_sources.push(SourceStatus {
+                        source: source.describe(),
+                        channels: source.channels().iter().map(|c| c.name.clone()).collect(),
+                        ..SourceStatus::default()
+                    });
+                    sources.push(OpenSource {
+                        source,
+                        status_index: status_sources.len() - 1,
+                        first_channel,
+                        errors: 0,
+                        last_error: None,
+                    });
+                }
+                Err(e) => {
+                    // A source that cannot be opened is skipped loudly; the others report.
+                    tracing::error!(error = %e, "power source unavailable, skipped");
+                    status_sources.push(SourceStatus {
+                        source: format!("{sc:?}"),
+                        errors: 1,
+                        last_error: Some(e.to_string()),
+                        ..SourceStatus::default()
+                    });
+                }
+            }
+        }
+        if sources.is_empty() {
+            anyhow::bail!("no power source could be opened");
+        }
+
+        // A device that never stored anything (a new key, or one `heliostat-agent id` made
+        // before the first run) has no chain to lose: its chain starts at 0.
+        let never_ran = created || (outbox.last_seq().is_none() && outbox.acked().is_none());
+        let (saved, reason) = match files::load_state(&data) {
+            SavedState::Found(s) => (Some(s), None),
+            SavedState::Corrupt => (None, Some(RestartReason::StateCorrupt)),
+            SavedState::Missing if never_ran => (None, None),
+            SavedState::Missing => (None, Some(RestartReason::StateLost)),
+        };
+        let mut meter = Meter::new(&kinds, saved);
+        // The outbox may hold a message stored after the last state save.
+        let mut recovered = false;
+        if let Some(last) = outbox.last_seq()
+            && let Some(bytes) = outbox.read(last)?
+            && let Ok(env) = Envelope::decode(&bytes)
+        {
+            meter.catch_up(&env);
+            recovered = true;
+        }
+        if let (Some(reason), false) = (reason, recovered) {
+            let floor = outbox.acked().map_or(0, |a| a + 1);
+            let env = meter.restart(reason.clone(), now, floor, &key);
+            let seq = env
+                .open::<attest::msg::ChainRestart>()
+                .map(|r| r.link.seq.0)
+                .unwrap_or(floor);
+            outbox.append(seq, env.as_bytes())?;
+            meter.commit_restart(&env);
+            tracing::warn!(?reason, seq, "chain state lost: started a new chain");
+        }
+        files::save_state(&data, meter.state())?;
+
+        let topics = Topics::for_device(&key.device_id());
+        let queue = SendQueue::new(SendPolicy {
+            resend_after_ms: cfg.link.resend_after_ms,
+            batch_max: cfg.link.batch_max,
+            fresh_per_tick: 1,
+        });
+        let jobs = Jobs::open(&cfg, job_load, simulated);
+        let nonces = match files::load_nonces(&data, now) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "COMMANDS REFUSED: the nonce window is unreadable (repair or remove the file)");
+                None
+            }
+        };
+        let inbox = Inbox::new(cfg.controller_key(), key.device_id(), nonces);
+        let status = Status {
+            device_id: key.device_id().to_string(),
+            sources: status_sources,
+            jobs: jobs.status(&cfg),
+            link: LinkStatus {
+                broker: format!("{}:{}", cfg.link.host, cfg.link.port),
+                ..LinkStatus::default()
+            },
+            ..Status::default()
+        };
+        tracing::info!(device = %key.device_id(), pending = outbox.depth(), "agent started");
+        let mut agent = Agent {
+            cfg,
+            key,
+            topics,
+            outbox,
+            meter,
+            sources,
+            channel_infos,
+            queue,
+            status,
+            last_record_slot: 0,
+            inbox,
+            hello_due: None,
+            jobs,
+        };
+        agent.close_interrupted_job(now);
+        Ok(agent)
+    }
+
+    /// The device's signed hello at `now`.
+    pub fn hello(&self, now: u64) -> Envelope {
+        let s = &self.cfg.site;
+        let board = std::fs::read_to_string("/proc/device-tree/model")
+            .map(|m| m.trim_end_matches('\0').trim().to_string())
+            .unwrap_or_else(|_| std::env::consts::ARCH.to_string());
+        let hello = Hello {
+            device: self.key.device_id(),
+            public_key: self.key.public(),
+            timestamp: TimestampMs(now),
+            agent_version: crate::VERSION.to_string(),
+            hardware: Hardware {
+                board,
+                gpus: vec![],
+                embodied_g_co2e: (s.embodied_kg_co2e.max(0.0) * 1_000.0).round() as u64,
+                expected_life_hours: (s.expected_life_years.max(0.0) * 8_766.0).round() as u32,
+                max_draw_w: s.max_draw_w,
+            },
+            site: Site {
+                lat_microdeg: (s.lat * 1e6).round() as i32,
+                lon_microdeg: (s.lon * 1e6).round() as i32,
+                panel_watts_peak: s.panel_watts_peak,
+                battery_wh: s.battery_wh,
+                battery_reserve_wh: s.battery_reserve_wh,
+                grid_region: s.grid_region.clone(),
+            },
+            channels: self.channel_infos.clone(),
+            price_micro_per_gpu_hour: s.price_micro_per_gpu_hour,
+        };
+        Envelope::seal(&hello, &self.key)
+    }
+
+    /// Samples every source and, on a record boundary, seals and stores a record; returns
+    /// whether it was a record boundary.
+    pub fn tick_meter(&mut self, now: u64) -> bool {
+        for s in self.sources.iter_mut() {
+            let n = s.source.channels().len();
+            match s.source.sample(now) {
+                Ok(samples) => {
+                    for (c, sample) in samples.into_iter().enumerate().take(n) {
+                        self.meter.feed(s.first_channel + c, now, sample);
+                    }
+                }
+                Err(e) => {
+                    s.errors += 1;
+                    if s.last_error.as_deref() != Some(&e.to_string()) {
+                        tracing::warn!(source = %s.source.describe(), error = %e, "source read failed");
+                    }
+                    s.last_error = Some(e.to_string());
+                    for c in 0..n {
+                        self.meter.feed(s.first_channel + c, now, None);
+                    }
+                }
+            }
+            if let Some(st) = self.status.sources.get_mut(s.status_index) {
+                st.errors = s.errors;
+                st.last_error = s.last_error.clone();
+            }
+        }
+        let slot = now / self.cfg.meter.record_interval_ms;
+        let boundary = slot > self.last_record_slot;
+        if boundary {
+            self.last_record_slot = slot;
+            self.record(now);
+        }
+        self.tick_jobs(now);
+        boundary
+    }
+
+    /// Publishes the retained status (online, outbox depth, whether records are blocked).
+    pub(super) fn publish_status(&self, client: &AsyncClient) {
+        if !self.status.link.connected {
+            return;
+        }
+        let o = &self.status.outbox;
+        let body = serde_json::json!({
+            "state": "online",
+            "agent": crate::VERSION,
+            "next_seq": self.meter.state().next_seq,
+            "outbox_depth": o.depth,
+            "outbox_blocked": o.blocked,
+            "quarantined": o.quarantined,
+        });
+        let _ = client.try_publish(
+            &self.topics.status,
+            QoS::AtLeastOnce,
+            true,
+            body.to_string(),
+        );
+    }
+
+    pub(super) fn record(&mut self, now: u64) {
+        let (rec, env) = self.meter.seal(now, &self.key);
+        match self.outbox.append(rec.link.seq.0, env.as_bytes()) {
+            Ok(()) => {
+                self.meter.commit(&rec, &env);
+                if let Err(e) = files::save_state(&self.cfg.data_dir, self.meter.state()) {
+                    // The outbox holds the record; the next start catches up from it.
+                    tracing::error!(error = %e, "saving chain state failed");
+                }
+                if self.status.outbox.blocked.take().is_some() {
+                    tracing::info!("outbox accepts records again");
+                }
+                self.status.last_record = serde_json::to_value(&rec).ok();
+            }
+            Err(e) => {
+                let why = match &e {
+                    OutboxError::Full { .. } => {
+                        format!("{e}: records paused, counters keep every joule")
+                    }
+                    _ => format!("{e}: records paused (disk full?), counters keep every joule"),
+                };
+                if self.status.outbox.blocked.as_deref() != Some(&why) {
+                    tracing::error!(reason = %why, "OUTBOX CANNOT STORE RECORDS");
+                }
+                self.status.outbox.blocked = Some(why);
+            }
+        }
+        self.write_status(now);
+    }
+
+    pub(super) fn write_status(&mut self, now: u64) {
+        let o = &mut self.status.outbox;
+        o.depth = self.outbox.depth();
+        o.bytes = self.outbox.pending_bytes();
+        o.acked = self.outbox.acked();
+        o.in_flight = self.queue.in_flight();
+        o.quarantined = self.outbox.stats.quarantined;
+        o.refused = self.outbox.stats.refused;
+        self.status.updated_ms = now;
+        files::write_status(&self.cfg.data_dir, &self.status);
+    }
+
+    /// Publishes what is due.
+    pub(super) fn tick_send(&mut self, client: &AsyncClient, now: u64) {
+        if !self.status.link.connected {
+            return;
+        }
+        if let Some(due) = self.hello_due.filter(|d| now >= *d) {
+            let _ = client.try_publish(
+                &self.topics.hello,
+                QoS::AtLeastOnce,
+                true,
+                self.hello(now).into_bytes(),
+            );
+            self.hello_due = Some(due.max(now) + HELLO_REPEAT_MS);
+        }
+        let pending: Vec<u64> = self.outbox.pending().collect();
+        let plans = self.queue.plan(now, &pending);
+        for (i, plan) in plans.iter().enumerate() {
+            let payload = match plan {
+                Plan::Single(s) => self.outbox.read(*s).ok().flatten(),
+                Plan::Batch(seqs) => {
+                    let items: Vec<Vec<u8>> = seqs
+                        .iter()
+                        .filter_map(|s| self.outbox.read(*s).ok().flatten())
+                        .collect();
+                    Some(attest::batch::encode(items.iter().map(|v| v.as_slice())))
+                }
+            };
+            let Some(payload) = payload else { continue };
+            if client
+                .try_publish(&self.topics.records, QoS::AtLeastOnce, false, payload)
+                .is_err()
+            {
+                // This message and the rest of the tick's plan never went out: they go at
+                // the next tick, not after the resend timeout.
+                for p in &plans[i..] {
+                    self.queue.unsend(p);
+                }
+                break;
+            }
+        }
+    }
+
+    pub(super) fn on_connect(&mut self, client: &AsyncClient, now: u64) {
+        self.hello_due = Some(now + HELLO_REPEAT_MS);
+        self.status.link.connected = true;
+        self.status.link.connects += 1;
+        self.status.link.last_error = None;
+        self.queue.on_disconnect();
+        let _ = client.try_subscribe(&self.topics.ack, QoS::AtLeastOnce);
+        let _ = client.try_subscribe(&self.topics.cmd, QoS::AtLeastOnce);
+        let _ = client.try_publish(
+            &self.topics.hello,
+            QoS::AtLeastOnce,
+            true,
+            self.hello(now).into_bytes(),
+        );
+        let online = serde_json::json!({"state": "online", "agent": crate::VERSION}).to_string();
+        let _ = client.try_publish(&self.topics.status, QoS::AtLeastOnce, true, online);
+        tracing::info!(broker = %self.status.link.broker, pending = self.outbox.depth(), "connected");
+    }
+
+    /// The link went down with `error`.
+    pub(super) fn on_disconnect(&mut self, error: String) {
+        if self.status.link.connected || self.status.link.last_error.as_deref() != Some(&error) {
+            tracing::warn!(error = %error, "broker connection down; retrying with backoff");
+        }
+        self.status.link.connected = false;
+        self.status.link.last_error = Some(error);
+        self.queue.on_disconnect();
+    }
+
+    pub(super) fn on_ack(&mut self, payload: &[u8]) {
+        match self.inbox.ack(payload, &self.outbox) {
+            Ok(ack) => {
+                if let Err(e) = self.outbox.ack(ack.up_to()) {
+                    tracing::error!(error = %e, "recording an ack failed");
+                    return;
+                }
+                self.queue.on_ack(ack.up_to());
+                self.hello_due = None;
+            }
+            Err(why) => {
+                self.status.link.acks_rejected += 1;
+                tracing::warn!(reason = %why, "ack rejected");
+            }
+        }
+    }
+
+    pub(super) fn reject_command(&mut self, why: CommandRejection) {
+        let reason = why.reason();
+        // Once per reason at warn, then quietly: a flood must not flood the log.
+        if self.status.count_command_rejection(reason) {
+            tracing::warn!(reason, detail = %why, "command rejected");
+        } else {
+            tracing::debug!(reason, detail = %why, "command rejected");
+        }
+    }
+
+    pub(super) fn on_command(&mut self, payload: &[u8], now: u64) {
+        let cmd = match self.inbox.command(payload, now) {
+            Ok(cmd) => cmd.into_command(),
+            Err(why) => return self.reject_command(why),
+        };
+        if let Some(w) = self.inbox.nonces()
+            && let Err(e) = files::save_nonces(&self.cfg.data_dir, w)
+        {
+            // Acting on it unsaved would let it replay after a restart.
+            tracing::error!(error = %e, "saving the command nonces failed; command not run");
+            return;
+        }
+        match cmd.body {
+            CommandBody::Resend { from, to } => self.queue.resend(from.0, to.0),
+            CommandBody::RunJob(spec) => self.start_job(spec, now),
+            CommandBody::Pause { job } => self.control_job(job, Control::Pause),
+            CommandBody::Resume { job } => self.control_job(job, Control::Resume),
+            CommandBody::Cancel { job } => self.control_job(job, Control::Cancel),
+            CommandBody::Drain => self.drain(),
+        }
+    }
+
+    /// Seals a record now unless one was sealed at this millisecond: receipts' counters
+    /// are always those of a signed record.
+    pub(super) fn force_record(&mut self, now: u64) {
+        if self.meter.state().last_timestamp < now {
+            self.record(now);
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The files the running agent keeps in its data directory, and how each is written: the
+//! chain state, the command nonce window, the running-job marker, the status report and the
+//! device key's path. Every replacement is a temporary file renamed into place.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::jobs::desk::Marker;
+use crate::meter::ChainState;
+use crate::nonces::NonceWindow;
+
+/// The device key.
+pub fn key_path(data: &Path) -> PathBuf {
+    data.join("device.key")
+}
+/// The chain state (next sequence number, last hash, counters).
+pub fn state_path(data: &Path) -> PathBuf {
+    data.join("chain-state.json")
+}
+/// The command nonce window.
+pub fn nonces_path(data: &Path) -> PathBuf {
+    data.join("command-nonces.json")
+}
+/// Written when a job starts, removed when its receipt is stored: a restart finds it.
+pub fn running_job_path(data: &Path) -> PathBuf {
+    data.join("running-job.json")
+}
+/// Where the agent writes its status for `heliostat-agent status`.
+pub fn status_path(data: &Path) -> PathBuf {
+    data.join("status.json")
+}
+
+/// Replaces `path` with `bytes` durably: a temporary file beside it, fsynced, renamed into
+/// place, and the folder fsynced (so a power cut leaves the old file or the new one).
+pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    crate::outbox::sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Replaces `path` with `bytes` through a renamed temporary file, without fsync.
+pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Saves the chain state (durably: the next start resumes the chain from it).
+pub fn save_state(data: &Path, state: &ChainState) -> Result<()> {
+    let path = state_path(data);
+    let bytes = serde_json::to_vec(state)?;
+    write_durable(&path, &bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// What the chain state file says.
+pub enum SavedState {
+    /// It was read.
+    Found(ChainState),
+    /// There is none.
+    Missing,
+    /// It did not parse.
+    Corrupt,
+}
+
+/// Reads the chain state file.
+pub fn load_state(data: &Path) -> SavedState {
+    match std::fs::read(state_path(data)) {
+        Ok(bytes) => match serde_json::from_slice::<ChainState>(&bytes) {
+            Ok(s) => SavedState::Found(s),
+            Err(_) => SavedState::Corrupt,
+        },
+        Err(_) => SavedState::Missing,
+    }
+}
+
+/// The command nonce window saved in the data directory. A file from an agent before the
+/// window kept expiries is a bare list of nonces, whose commands' expiries are unknown: each
+/// is kept for an hour. No file: an empty window. A file that cannot be read or parsed is an
+/// error (the caller fails closed: an empty window would let old commands replay).
+pub fn load_nonces(data: &Path, now: u64) -> Result<NonceWindow, String> {
+    let path = nonces_path(data);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(NonceWindow::default()),
+        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    };
+    if let Ok(w) = serde_json::from_slice(&bytes) {
+        return Ok(w);
+    }
+    let legacy = serde_json::from_slice::<Vec<u64>>(&bytes)
+        .map_err(|e| format!("{}: not a nonce window: {e}", path.display()))?;
+    let mut w = NonceWindow::default();
+    for n in legacy {
+        w.remember(n, now + 3_600_000, now);
+    }
+    Ok(w)
+}
+
+/// Saves the command nonce window durably (before the command it admitted is acted on).
+pub fn save_nonces(data: &Path, w: &NonceWindow) -> std::io::Result<()> {
+    let b = serde_json::to_vec(w).map_err(std::io::Error::other)?;
+    write_durable(&nonces_path(data), &b)
+}
+
+/// Writes the running-job marker durably.
+pub fn write_marker(data: &Path, marker: &Marker) -> std::io::Result<()> {
+    let b = serde_json::to_vec(marker).map_err(std::io::Error::other)?;
+    write_durable(&running_job_path(data), &b)
+}
+
+/// The running-job marker: none, or what it says (or why it cannot be read).
+pub fn read_marker(data: &Path) -> Option<Result<Marker, serde_json::Error>> {
+    let bytes = std::fs::read(running_job_path(data)).ok()?;
+    Some(serde_json::from_slice(&bytes))
+}
+
+/// Removes the running-job marker.
+pub fn remove_marker(data: &Path) {
+    let _ = std::fs::remove_file(running_job_path(data));
+}
+
+/// Writes the status report (best effort: it is a report, not state).
+pub fn write_status(data: &Path, status: &crate::status::Status) {
+    if let Ok(bytes) = serde_json::to_vec_pretty(status) {
+        let _ = replace(&status_path(data), &bytes);
+    }
+}

@@ -1,0 +1,115 @@
+//! The running agent: samples the sources, seals records into the outbox, and keeps the
+//! MQTT link (rumqttc) publishing whatever the controller has not acknowledged.
+//!
+//! Rooms:
+//! - [`agent`]: the agent's state and one reaction per event (meter tick, send tick,
+//!   connection, ack, command), each given the time; it holds the sans-IO parts that decide
+//!   (meter, send queue, [`Inbox`](crate::inbox::Inbox), job desk) and carries out what
+//!   they say on the outbox, the data files and the MQTT client.
+//! - [`jobs`](self::jobs): the job side of that: threads, the marker file, receipts, the
+//!   governor's step.
+//! - [`blobs`]: fetching and checking a job's inputs, preparing it (off the task).
+//! - [`files`]: the data directory's files and how each is written.
+//! - [`mqtt`]: the topics, the client options (TLS, last will) and the reconnect backoff.
+//! - this file: the loop. One task owns the agent and reacts to three clocks and one
+//!   channel: the sample tick, the send tick, the link's events (the MQTT event loop runs
+//!   in its own task and forwards them), and shutdown. It alone reads the clock. Nothing
+//!   here blocks for long: source reads are small sysfs or in-memory reads, outbox appends
+//!   are one write and one fsync.
+
+mod agent;
+mod blobs;
+pub mod files;
+mod jobs;
+pub mod mqtt;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use attest::Envelope;
+use attest::msg::MeterRecord;
+use rumqttc::{AsyncClient, Event, Packet};
+use tokio::sync::mpsc;
+
+pub use self::agent::Agent;
+pub use self::files::{key_path, status_path};
+pub use self::mqtt::Topics;
+pub use crate::clock::now_ms;
+use crate::config::AgentConfig;
+
+enum LinkEvent {
+    Mqtt(Event),
+    Down(String),
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let mut agent = Agent::start(cfg, now_ms())?;
+    let opts = mqtt::options(&agent.cfg, &agent.key.device_id(), &agent.topics)?;
+    let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let (tx, mut rx) = mpsc::channel::<LinkEvent>(1024);
+    // The jitter's seed is the only randomness: the clock's low bits differ between devices.
+    let mut backoff = mqtt::Backoff::new(agent.cfg.link.backoff_max_ms, now_ms());
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(ev) => {
+                    if matches!(ev, Event::Incoming(Packet::ConnAck(_))) {
+                        backoff.reset();
+                    }
+                    if tx.send(LinkEvent::Mqtt(ev)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if tx.send(LinkEvent::Down(e.to_string())).await.is_err() {
+                        return;
+                    }
+                    let wait = backoff.next_wait_ms();
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+            }
+        }
+    });
+    let mut sample =
+        tokio::time::interval(Duration::from_millis(agent.cfg.meter.sample_interval_ms));
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut send = tokio::time::interval(Duration::from_millis(50));
+    send.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = sample.tick() => {
+                let now = now_ms();
+                if agent.tick_meter(now) {
+                    agent.publish_status(&client);
+                }
+                agent.publish_jobs(&client, now);
+            }
+            _ = send.tick() => agent.tick_send(&client, now_ms()),
+            ev = rx.recv() => match ev {
+                Some(LinkEvent::Mqtt(Event::Incoming(Packet::ConnAck(_)))) => agent.on_connect(&client, now_ms()),
+                Some(LinkEvent::Mqtt(Event::Incoming(Packet::Publish(p)))) => {
+                    if p.topic == agent.topics.ack {
+                        agent.on_ack(&p.payload);
+                    } else if p.topic == agent.topics.cmd {
+                        agent.on_command(&p.payload, now_ms());
+                    }
+                }
+                Some(LinkEvent::Mqtt(_)) => {}
+                Some(LinkEvent::Down(e)) => agent.on_disconnect(e),
+                None => break,
+            },
+        }
+    }
+    let _ = client.try_disconnect();
+    Ok(())
+}
+
+/// Reads a stored record back (for tests and `status`).
+pub fn decode_record(bytes: &[u8]) -> Option<MeterRecord> {
+    Envelope::decode(bytes).ok()?.open().ok()
+}

@@ -1,0 +1,144 @@
+//! The MQTT side of the link: the device's topics, the client options (keep-alive, last
+//! will, credentials, TLS) and the reconnection backoff.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+
+use crate::config::AgentConfig;
+
+/// MQTT topics of one device (DESIGN.md, "Wire protocol").
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub hello: String,
+    pub records: String,
+    pub status: String,
+    pub ack: String,
+    pub cmd: String,
+    /// Job progress events (JSON, not retained; receipts go through `records`).
+    pub jobs: String,
+}
+
+impl Topics {
+    /// The topics under `heliostat/v1/dev/{id}/`.
+    pub fn for_device(id: &attest::DeviceId) -> Topics {
+        let base = format!("heliostat/v1/dev/{id}");
+        Topics {
+            hello: format!("{base}/hello"),
+            records: format!("{base}/records"),
+            status: format!("{base}/status"),
+            ack: format!("{base}/ack"),
+            cmd: format!("{base}/cmd"),
+            jobs: format!("{base}/jobs"),
+        }
+    }
+}
+
+/// The client options from `[link]`: a retained `offline` last will on the status topic,
+/// credentials, and TLS when a CA file is set.
+pub fn options(cfg: &AgentConfig, id: &attest::DeviceId, topics: &Topics) -> Result<MqttOptions> {
+    let l = &cfg.link;
+    let mut o = MqttOptions::new(format!("heliostat-agent-{id}"), &l.host, l.port);
+    o.set_keep_alive(Duration::from_secs(l.keepalive_s));
+    o.set_clean_session(true);
+    o.set_max_packet_size(
+        2 * attest::batch::MAX_BATCH_LEN,
+        2 * attest::batch::MAX_BATCH_LEN,
+    );
+    let offline = serde_json::json!({"state": "offline"}).to_string();
+    o.set_last_will(LastWill::new(
+        &topics.status,
+        offline,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    if let Some(u) = &l.username {
+        o.set_credentials(u, l.password.clone().unwrap_or_default());
+    }
+    if let Some(ca) = &l.tls_ca_file {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        let client_auth = match (&l.tls_client_cert, &l.tls_client_key) {
+            (Some(c), Some(k)) => Some((
+                std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
+                std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
+            )),
+            _ => None,
+        };
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    Ok(o)
+}
+
+/// Reconnection backoff: starts at 100 ms, doubles up to a maximum, each wait drawn from
+/// [half, one and a half) of the current step by a xorshift generator seeded by the caller
+/// (so devices that lost the broker together do not return together, and tests repeat).
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    step_ms: u64,
+    max_ms: u64,
+    rng: u64,
+}
+
+impl Backoff {
+    const FIRST_MS: u64 = 100;
+
+    /// A backoff up to `max_ms`, its jitter seeded by `seed`.
+    pub fn new(max_ms: u64, seed: u64) -> Backoff {
+        Backoff {
+            step_ms: Self::FIRST_MS,
+            max_ms,
+            rng: seed | 1,
+        }
+    }
+
+    /// Connected: the next failure waits the shortest step again.
+    pub fn reset(&mut self) {
+        self.step_ms = Self::FIRST_MS;
+    }
+
+    /// How long to wait after a failure, ms.
+    pub fn next_wait_ms(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let wait = self.step_ms / 2 + self.rng % self.step_ms.max(1);
+        self.step_ms = (self.step_ms * 2).min(self.max_ms);
+        wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_waits_grow_to_the_maximum_with_jitter_the_seed_repeats() {
+        let waits = |seed| {
+            let mut b = Backoff::new(30_000, seed);
+            (0..12).map(|_| b.next_wait_ms()).collect::<Vec<_>>()
+        };
+        let a = waits(42);
+        assert_eq!(a, waits(42), "the same seed, the same waits");
+        assert_ne!(a, waits(1_000), "another seed, other waits");
+        let mut step = 100u64;
+        for w in &a {
+            assert!(
+                (step / 2..step / 2 + step).contains(w),
+                "{w} for step {step}"
+            );
+            step = (step * 2).min(30_000);
+        }
+        let mut b = Backoff::new(30_000, 7);
+        for _ in 0..10 {
+            b.next_wait_ms();
+        }
+        b.reset();
+        assert!(b.next_wait_ms() < 150, "a connection resets the step");
+    }
+}
