@@ -21,16 +21,16 @@ pub struct Topics {
 }
 
 impl Topics {
-    /// The topics under `heliostat/v1/dev/{id}/`.
+    /// The device's topics (`attest::topics`: `heliostat/v1/dev/{id}/{leaf}`).
     pub fn for_device(id: &attest::DeviceId) -> Topics {
-        let base = format!("heliostat/v1/dev/{id}");
+        use attest::topics::{Leaf, device};
         Topics {
-            hello: format!("{base}/hello"),
-            records: format!("{base}/records"),
-            status: format!("{base}/status"),
-            ack: format!("{base}/ack"),
-            cmd: format!("{base}/cmd"),
-            jobs: format!("{base}/jobs"),
+            hello: device(id, Leaf::Hello),
+            records: device(id, Leaf::Records),
+            status: device(id, Leaf::Status),
+            ack: device(id, Leaf::Ack),
+            cmd: device(id, Leaf::Cmd),
+            jobs: device(id, Leaf::Jobs),
         }
     }
 }
