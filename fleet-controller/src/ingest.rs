@@ -607,7 +607,8 @@ impl<S: Store> Ingest<S> {
         }
 
         // 4. Store in one transaction, then (and only then) acknowledge.
-        let report = match self.store.insert_items(&to_store) {
+        let seen: Vec<DeviceId> = touched.keys().copied().collect();
+        let report = match self.store.insert_items_seen(&to_store, &seen, now) {
             Ok(r) => r,
             Err(e) => {
                 // The checkers moved on in memory but nothing was stored: forget them so they
@@ -620,8 +621,6 @@ impl<S: Store> Ingest<S> {
             }
         };
         self.stored += report.inserted as u64;
-        let seen: Vec<DeviceId> = touched.keys().copied().collect();
-        self.store.mark_seen(&seen, now)?;
         if report.conflicts > 0 {
             *self.rejected.entry("fork").or_default() += report.conflicts as u64;
         }

@@ -203,6 +203,18 @@ pub trait Store {
     fn set_state(&mut self, id: DeviceId, state: DeviceState) -> Result<bool, StoreError>;
     /// Stores verified chain messages in one transaction.
     fn insert_items(&mut self, items: &[NewItem]) -> Result<InsertReport, StoreError>;
+    /// [`Store::insert_items`] and [`Store::mark_seen`] in one transaction (one commit per
+    /// ingest batch).
+    fn insert_items_seen(
+        &mut self,
+        items: &[NewItem],
+        seen: &[DeviceId],
+        now_ms: u64,
+    ) -> Result<InsertReport, StoreError> {
+        let report = self.insert_items(items)?;
+        self.mark_seen(seen, now_ms)?;
+        Ok(report)
+    }
     /// The stored message with the highest sequence number of a device: where its chain
     /// checker resumes after a restart.
     fn last_item(&self, id: DeviceId) -> Result<Option<(u64, Vec<u8>)>, StoreError>;

@@ -379,9 +379,24 @@ impl Store for SqliteStore {
     }
 
     fn insert_items(&mut self, items: &[NewItem]) -> Result<InsertReport, StoreError> {
+        self.insert_items_seen(items, &[], 0)
+    }
+
+    fn insert_items_seen(
+        &mut self,
+        items: &[NewItem],
+        seen: &[DeviceId],
+        now_ms: u64,
+    ) -> Result<InsertReport, StoreError> {
         let mut report = InsertReport::default();
         let tx = self.conn.transaction()?;
         {
+            let mut touch = tx.prepare_cached(
+                "UPDATE devices SET last_seen_ms = max(last_seen_ms, ?2) WHERE id = ?1",
+            )?;
+            for id in seen {
+                touch.execute(params![&id.0[..], to_i64(now_ms)])?;
+            }
             let mut insert = tx.prepare_cached(
                 "INSERT INTO chain_items (device, seq, kind, timestamp_ms, hash, envelope, counted)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (device, seq) DO NOTHING",
