@@ -184,6 +184,11 @@ impl<S: Store> Ingest<S> {
         }
     }
 
+    /// The key that signs acks and commands (the controller's).
+    pub fn key(&self) -> &KeyPair {
+        &self.key
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.store

@@ -97,7 +97,8 @@ pub async fn run_with_api_listener(
         Duration::from_millis(cfg.ingest.batch_wait_ms),
     );
     let epoch_every = cfg.epochs.interval_ms;
-    let (key, _) = attest::keyfile::load_or_create(&cfg.key_path())?;
+    // The key is loaded once, by `open`.
+    let key = ingest.key().clone();
     let epoch_key = key.clone();
     std::thread::Builder::new().name("ingest".into()).spawn(move || {
         let mut next_epoch = now_ms() + epoch_every;

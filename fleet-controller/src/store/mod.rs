@@ -96,9 +96,9 @@ pub struct InsertReport {
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database said no.
+    /// The database said no (the backend's own message).
     #[error("database: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(String),
     /// The database holds something this code cannot read.
     #[error("corrupt row: {0}")]
     Corrupt(String),

@@ -12,6 +12,12 @@ use super::{
 };
 
 /// Migrations in order; entry `i` takes the schema from version `i` to `i + 1`.
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Db(e.to_string())
+    }
+}
+
 const MIGRATIONS: &[&str] = &[
     // 1: devices and chain messages.
     "CREATE TABLE devices (
