@@ -31,14 +31,14 @@ use serde_json::{Value, json};
 use crate::accounting::{HoursError, MAX_FLEET_PERIOD_MS};
 use crate::bundles::BundleError;
 use crate::intensity::IntensityResolver;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{SqlitePool, SqliteStore};
 use crate::store::{Store, StoreError};
 
 /// What the handlers need.
 #[derive(Clone)]
 pub struct ApiState {
-    /// The controller database.
-    pub db: PathBuf,
+    /// The controller database: a pool of connections shared by the requests.
+    pub store: Arc<SqlitePool>,
     /// The ingest status file.
     pub status: PathBuf,
     /// The controller's key: it signs the statements in bundles (and its public half is
@@ -217,7 +217,7 @@ fn device_json(store: &SqliteStore, d: &crate::store::DeviceRow) -> Result<Value
 
 async fn devices(State(s): State<ApiState>) -> Result<Json<Value>, AppError> {
     blocking(move || {
-        let store = SqliteStore::open(&s.db)?;
+        let store = s.store.get()?;
         let list = store
             .devices()?
             .iter()
@@ -234,7 +234,7 @@ async fn device(
 ) -> Result<Json<Value>, AppError> {
     let id = parse_id(&id)?;
     blocking(move || {
-        let store = SqliteStore::open(&s.db)?;
+        let store = s.store.get()?;
         let d = store.device(id)?.ok_or(AppError::UnknownDevice(id))?;
         Ok(Json(device_json(&store, &d)?))
     })
@@ -243,7 +243,7 @@ async fn device(
 
 async fn epochs(State(s): State<ApiState>) -> Result<Json<Value>, AppError> {
     blocking(move || {
-        let store = SqliteStore::open(&s.db)?;
+        let store = s.store.get()?;
         let mut out = Vec::new();
         let last = store.last_epoch()?.map_or(0, |e| e.epoch + 1);
         for n in 0..last {
@@ -297,7 +297,7 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, AppError> {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_else(|| json!({}));
-        let store = SqliteStore::open(&s.db)?;
+        let store = s.store.get()?;
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -415,10 +415,10 @@ async fn hours(
 ) -> Result<Json<Value>, AppError> {
     let id = parse_id(&id)?;
     blocking(move || {
-        let store = SqliteStore::open(&s.db)?;
+        let store = s.store.get()?;
         let dev = store.device(id)?.ok_or(AppError::UnknownDevice(id))?;
         let made = crate::accounting::device_hours(
-            &store,
+            &*store,
             &dev,
             &s.intensity,
             q.from.unwrap_or(0),
@@ -469,8 +469,8 @@ async fn fleet_hours(
         )));
     }
     blocking(move || {
-        let store = SqliteStore::open(&s.db)?;
-        let report = crate::accounting::fleet_hours(&store, &s.intensity, from, to)?;
+        let store = s.store.get()?;
+        let report = crate::accounting::fleet_hours(&*store, &s.intensity, from, to)?;
         let totals = report.hours.totals();
         Ok(Json(json!({
             "from": from,
@@ -497,9 +497,9 @@ async fn bundle(
 ) -> Result<Response, AppError> {
     let id = parse_id(&id)?;
     blocking(move || {
-        let store = SqliteStore::open(&s.db)?;
+        let store = s.store.get()?;
         let b = crate::bundles::device_period(
-            &store,
+            &*store,
             &s.controller,
             id,
             q.from.unwrap_or(0),
@@ -585,7 +585,7 @@ mod tests {
         ing.handle(&batch, SAMPLE_START.0 + 86_400_000).unwrap();
         close_epoch(ing.store_mut(), &key, SAMPLE_START.0 + 86_400_000).unwrap();
         let state = ApiState {
-            db,
+            store: Arc::new(SqlitePool::new(db)),
             status: dir.join("status.json"),
             controller: Arc::new(key.clone()),
             intensity: Arc::new(IntensityResolver::bundled(None).unwrap()),
@@ -758,7 +758,7 @@ mod tests {
         )
         .unwrap();
         let state = ApiState {
-            db,
+            store: Arc::new(SqlitePool::new(db)),
             status: dir.join("status.json"),
             controller: Arc::new(key.clone()),
             intensity: Arc::new(IntensityResolver::bundled(Some(csv)).unwrap()),
@@ -1023,10 +1023,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn requests_share_a_few_open_connections_instead_of_opening_one_each() {
+        let (state, _) = setup("pool");
+        for _ in 0..20 {
+            let (s, _) = get_json(app(state.clone()), "/api/v1/devices").await;
+            assert_eq!(s, StatusCode::OK);
+        }
+        assert_eq!(state.store.idle(), 1, "one connection, reused twenty times");
+    }
+
+    #[tokio::test]
     async fn a_store_that_cannot_be_opened_is_a_503_with_a_reason() {
         let (mut state, dev) = setup("unavailable");
         // A database path whose folder does not exist: SQLite cannot open it.
-        state.db = state.db.with_file_name("missing").join("c.db");
+        let missing = std::env::temp_dir()
+            .join(format!("api-missing-{}", std::process::id()))
+            .join("c.db");
+        state.store = Arc::new(SqlitePool::new(missing));
         let id = dev.key.device_id();
         for uri in [
             "/api/v1/devices".to_string(),
