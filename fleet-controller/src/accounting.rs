@@ -1,6 +1,8 @@
-//! Device-hour and fleet-hour accounting over stored records, for the API.
+//! Statements and accounting over stored records: the statement builder every view uses
+//! ([`device_statement`]: bundles, the API's device hours, fleet hours), the period that
+//! counts ([`counted_period`]), device-hour and fleet-hour accounting for the API.
 //!
-//! A device's hours are its statement's hour lines ([`crate::bundles::device_statement`]:
+//! A device's hours are its statement's hour lines ([`device_statement`]:
 //! `attest`'s arithmetic with its region's intensities). A fleet hour is the approved
 //! devices' lines of that hour added up with `attest::carbon::totals`, the same sum a
 //! statement's totals use, so the fleet view is the device views added, to the milligram.
@@ -8,16 +10,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use attest::Envelope;
+use attest::account::{AccountError, StatementInput, compute_statement};
 use attest::carbon::{self, EnergyBySource, HourLine};
-use attest::msg::ChainMessage;
-
-use crate::bundles::DeviceStatement;
+use attest::intensity::Dataset;
+use attest::msg::{ChainMessage, Hello, Statement, Subject, hello_at};
 use attest::units::Millijoules;
+use attest::{DeviceId, Envelope, TimestampMs};
 use serde::Serialize;
 
 use crate::intensity::IntensityResolver;
-use crate::store::{DeviceRow, DeviceState, Store, StoreError};
+use crate::store::{DeviceRow, DeviceState, PlacedItem, Store, StoreError};
 
 /// The longest period the fleet view sums over: 31 days (a statement's hour limit too).
 pub const MAX_FLEET_PERIOD_MS: u64 = 31 * 24 * 3_600_000;
@@ -36,9 +38,102 @@ pub enum HoursError {
     Account(#[from] attest::account::AccountError),
 }
 
+/// Where a statement's period starts and ends among a device's items from its chain's
+/// start (ascending): at the first counted item at or after `from_ms`, and before the first
+/// uncounted one after that (a device revoked again). Items before the start stay in the
+/// evidence, uncounted or not (they only give the battery's content); items after the end
+/// are cut. `None` when no item from `from_ms` on counts.
+pub fn counted_period(items: &[PlacedItem], from_ms: u64) -> Option<(TimestampMs, usize)> {
+    let start = items
+        .iter()
+        .position(|i| i.timestamp_ms >= from_ms && i.counted)?;
+    let end = items[start..]
+        .iter()
+        .position(|i| !i.counted)
+        .map_or(items.len(), |n| start + n);
+    Some((TimestampMs(items[start].timestamp_ms), end))
+}
+
+/// A device's statement, with what goes beside it.
+#[derive(Debug, Clone)]
+pub struct DeviceStatement {
+    /// The statement (unsigned).
+    pub statement: Statement,
+    /// A label of the intensity sources used, for people (not part of the statement: each
+    /// hour line names its dataset by digest).
+    pub intensity_source: String,
+    /// The carried datasets its hours name (a bundle must hold them).
+    pub datasets: Vec<Dataset>,
+}
+
+/// The statement for a device over its chain messages, the period starting at the first
+/// record at or after `from` (earlier messages give the battery's content at the start):
+/// `attest`'s arithmetic with, hour by hour, the intensity of the device's region in the
+/// hello valid at the hour's start (`hellos`: every version, oldest first). Shared by
+/// bundles, the API's hour views and fleet accounting.
+pub fn device_statement(
+    hellos: &[Hello],
+    chain: &[ChainMessage],
+    from: TimestampMs,
+    intensity: &IntensityResolver,
+) -> Result<DeviceStatement, AccountError> {
+    let first = hellos.first().ok_or(AccountError::NoHello)?;
+    let region_at = |hour: u64| {
+        let t = TimestampMs(hour.saturating_mul(attest::units::MS_PER_HOUR));
+        &hello_at(hellos, t).unwrap_or(first).site.grid_region
+    };
+    let statement = compute_statement(&StatementInput {
+        subject: Subject::DevicePeriod {
+            device: first.device,
+        },
+        hellos,
+        chain,
+        from,
+        intensity: &|hour| intensity.at(region_at(hour), hour).figure(),
+    })?;
+    // Label and datasets region by region, in the order the hours used them.
+    let mut by_region: Vec<(&String, Vec<u64>)> = Vec::new();
+    for h in statement.hours.iter().map(|h| h.hour) {
+        let r = region_at(h);
+        match by_region.iter_mut().find(|(x, _)| *x == r) {
+            Some((_, hours)) => hours.push(h),
+            None => by_region.push((r, vec![h])),
+        }
+    }
+    let mut datasets: Vec<Dataset> = Vec::new();
+    let mut labels = Vec::new();
+    for (region, hours) in &by_region {
+        let ri = intensity.for_region(region);
+        for d in ri.datasets(hours.iter().copied()) {
+            if !datasets.contains(&d) {
+                datasets.push(d);
+            }
+        }
+        labels.push(ri.describe(hours.iter().copied()));
+    }
+    Ok(DeviceStatement {
+        intensity_source: labels.join("; then "),
+        datasets,
+        statement,
+    })
+}
+
+/// Every version of a stored device's hello, decoded, oldest first.
+pub fn stored_hellos<S: Store>(store: &S, device: DeviceId) -> Result<Vec<Hello>, StoreError> {
+    store
+        .hellos(device)?
+        .iter()
+        .map(|b| {
+            Envelope::decode(b)
+                .and_then(|e| e.open())
+                .map_err(|e| StoreError::Corrupt(format!("stored hello: {e}")))
+        })
+        .collect()
+}
+
 /// A device's statement over its stored messages (anchored or not) with timestamps in
 /// `from_ms..=to_ms` that count (stored while it was approved: the period is
-/// [`crate::bundles::counted_period`]), the battery's content at the start derived from the
+/// [`counted_period`]), the battery's content at the start derived from the
 /// messages before (from the chain's start, as a bundle does). Messages that do not decode
 /// are left out.
 pub fn device_hours<S: Store>(
@@ -48,9 +143,9 @@ pub fn device_hours<S: Store>(
     from_ms: u64,
     to_ms: u64,
 ) -> Result<DeviceStatement, HoursError> {
-    let hellos = crate::bundles::stored_hellos(store, dev.id).map_err(|_| HoursError::BadHello)?;
+    let hellos = stored_hellos(store, dev.id).map_err(|_| HoursError::BadHello)?;
     let mut items = store.items_between(dev.id, 0, to_ms)?;
-    let Some((from, end)) = crate::bundles::counted_period(&items, from_ms) else {
+    let Some((from, end)) = counted_period(&items, from_ms) else {
         return Err(HoursError::Account(
             attest::account::AccountError::NoRecords,
         ));
@@ -64,9 +159,7 @@ pub fn device_hours<S: Store>(
                 .and_then(|e| ChainMessage::open(&e).ok())
         })
         .collect();
-    Ok(crate::bundles::device_statement(
-        &hellos, &chain, from, intensity,
-    )?)
+    Ok(device_statement(&hellos, &chain, from, intensity)?)
 }
 
 /// One fleet hour.

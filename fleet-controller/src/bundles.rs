@@ -7,15 +7,15 @@
 
 use std::collections::BTreeMap;
 
-use attest::account::{AccountError, StatementInput, compute_statement};
+use attest::account::AccountError;
 use attest::bundle::{AnchorRef, BUNDLE_FORMAT, Blob, EpochProof, Evidence, ProofBundle};
-use attest::intensity::Dataset;
 use attest::merkle::{MerkleTree, TreeHead};
-use attest::msg::{ChainMessage, Hello, Statement, Subject, hello_at};
-use attest::{DeviceId, Envelope, EpochId, KeyPair, TimestampMs};
+use attest::msg::ChainMessage;
+use attest::{DeviceId, Envelope, EpochId, KeyPair};
 
+use crate::accounting::{counted_period, device_statement, stored_hellos};
 use crate::intensity::IntensityResolver;
-use crate::store::{PlacedItem, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Why a bundle could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -38,99 +38,6 @@ pub enum BundleError {
     /// Nothing in the period counts: the device was pending or revoked throughout.
     #[error("no message of {0} in that period counts (the device was not approved then)")]
     NotCounted(DeviceId),
-}
-
-/// Where a statement's period starts and ends among a device's items from its chain's
-/// start (ascending): at the first counted item at or after `from_ms`, and before the first
-/// uncounted one after that (a device revoked again). Items before the start stay in the
-/// evidence, uncounted or not (they only give the battery's content); items after the end
-/// are cut. `None` when no item from `from_ms` on counts.
-pub fn counted_period(items: &[PlacedItem], from_ms: u64) -> Option<(TimestampMs, usize)> {
-    let start = items
-        .iter()
-        .position(|i| i.timestamp_ms >= from_ms && i.counted)?;
-    let end = items[start..]
-        .iter()
-        .position(|i| !i.counted)
-        .map_or(items.len(), |n| start + n);
-    Some((TimestampMs(items[start].timestamp_ms), end))
-}
-
-/// A device's statement, with what goes beside it.
-#[derive(Debug, Clone)]
-pub struct DeviceStatement {
-    /// The statement (unsigned).
-    pub statement: Statement,
-    /// A label of the intensity sources used, for people (not part of the statement: each
-    /// hour line names its dataset by digest).
-    pub intensity_source: String,
-    /// The carried datasets its hours name (a bundle must hold them).
-    pub datasets: Vec<Dataset>,
-}
-
-/// The statement for a device over its chain messages, the period starting at the first
-/// record at or after `from` (earlier messages give the battery's content at the start):
-/// `attest`'s arithmetic with, hour by hour, the intensity of the device's region in the
-/// hello valid at the hour's start (`hellos`: every version, oldest first). Shared by
-/// bundles, the API's hour views and fleet accounting.
-pub fn device_statement(
-    hellos: &[Hello],
-    chain: &[ChainMessage],
-    from: TimestampMs,
-    intensity: &IntensityResolver,
-) -> Result<DeviceStatement, AccountError> {
-    let first = hellos.first().ok_or(AccountError::NoHello)?;
-    let region_at = |hour: u64| {
-        let t = TimestampMs(hour.saturating_mul(attest::units::MS_PER_HOUR));
-        &hello_at(hellos, t).unwrap_or(first).site.grid_region
-    };
-    let statement = compute_statement(&StatementInput {
-        subject: Subject::DevicePeriod {
-            device: first.device,
-        },
-        hellos,
-        chain,
-        from,
-        intensity: &|hour| intensity.at(region_at(hour), hour).figure(),
-    })?;
-    // Label and datasets region by region, in the order the hours used them.
-    let mut by_region: Vec<(&String, Vec<u64>)> = Vec::new();
-    for h in statement.hours.iter().map(|h| h.hour) {
-        let r = region_at(h);
-        match by_region.iter_mut().find(|(x, _)| *x == r) {
-            Some((_, hours)) => hours.push(h),
-            None => by_region.push((r, vec![h])),
-        }
-    }
-    let mut datasets: Vec<Dataset> = Vec::new();
-    let mut labels = Vec::new();
-    for (region, hours) in &by_region {
-        let ri = intensity.for_region(region);
-        for d in ri.datasets(hours.iter().copied()) {
-            if !datasets.contains(&d) {
-                datasets.push(d);
-            }
-        }
-        labels.push(ri.describe(hours.iter().copied()));
-    }
-    Ok(DeviceStatement {
-        intensity_source: labels.join("; then "),
-        datasets,
-        statement,
-    })
-}
-
-/// Every version of a stored device's hello, decoded, oldest first.
-pub fn stored_hellos<S: Store>(store: &S, device: DeviceId) -> Result<Vec<Hello>, StoreError> {
-    store
-        .hellos(device)?
-        .iter()
-        .map(|b| {
-            Envelope::decode(b)
-                .and_then(|e| e.open())
-                .map_err(|e| StoreError::Corrupt(format!("stored hello: {e}")))
-        })
-        .collect()
 }
 
 /// Builds the bundle for `device` over the period of messages with timestamps in
@@ -442,7 +349,7 @@ mod tests {
         let id = dev.key.device_id();
         let topic = |leaf: &str| format!("{PREFIX}{id}/{leaf}");
         let chain = dev.chain(25, 600_000); // 04:00 in ten-minute steps
-        let mut moved: Hello = dev.hello().open().unwrap();
+        let mut moved: attest::msg::Hello = dev.hello().open().unwrap();
         moved.timestamp = attest::TimestampMs(SAMPLE_START.0 + 2 * 3_600_000);
         moved.site.grid_region = "FR".into();
         let now = SAMPLE_START.0 + 86_400_000;

@@ -1,7 +1,8 @@
 //! The Heliostat fleet controller as a library.
 //!
 //! Map (growing with the controller issue):
-//! - [`accounting`]: device-hour and fleet-hour accounting over stored records.
+//! - [`accounting`]: the statement builder (bundles, device hours, fleet hours) and the
+//!   device-hour and fleet-hour accounting over stored records.
 //! - [`anchor_evm`]: anchoring epoch roots on an EVM chain (alloy), crash-safe.
 //! - [`crash`]: named crash points for the kill -9 tests.
 //! - [`api`]: the HTTP API (axum): devices, epochs, status, bundle download.
