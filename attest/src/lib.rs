@@ -9,6 +9,7 @@
 //! - [`units`]: newtypes that carry their meaning (`SeqNo`, `Millijoules`, `TimestampMs`...).
 //! - [`hash`]: the 32-byte SHA-256 digest type, compared in constant time.
 //! - [`id`]: device identity: ed25519 keys and the self-certifying [`id::DeviceId`].
+//! - [`durable`] (std): state files written whole (temporary file, fsync, rename, fsync).
 //! - [`keyfile`] (std): key files created with mode 0600 and refused when readable by others.
 //! - [`envelope`]: the signed frame (version, kind, postcard payload, signature).
 //! - [`msg`]: every message kind, one file each (`Hello`, `MeterRecord`, `JobReceipt`,
@@ -38,6 +39,8 @@ pub mod batch;
 pub mod bundle;
 pub mod carbon;
 pub mod chain;
+#[cfg(feature = "std")]
+pub mod durable;
 pub mod envelope;
 #[cfg(feature = "cli")]
 pub mod evm;
