@@ -2,7 +2,10 @@
 //! seals signed, hash-chained `MeterRecord`s. Sans-IO: time and samples are inputs.
 //!
 //! Counters are kept in microjoules (trapezoid rule over samples, or the source's own
-//! cumulative counter where it has one) and published in millijoules, floor. They never go
+//! cumulative counter where it has one) and published in millijoules, floor. A record's
+//! power is the mean of the sampled power over the interval, kept apart from the energy: a
+//! meter's watt-hour counter steps in whole units, and power derived from it would swing
+//! between zero and a multiple of the real figure. They never go
 //! down, and they keep accumulating while records cannot be stored (full outbox, full disk),
 //! so a later record carries all the energy: a lost record costs resolution, never energy.
 //!
@@ -36,6 +39,12 @@ struct Channel {
     voltage_mv: Option<u32>,
     soc_permille: Option<u16>,
     at_last_record_mj: u64,
+    /// The sampled power integrated over time (uJ) and the time that covers (ms), whether
+    /// or not a source counter carries the energy: a record's mean power comes from these.
+    power_uj: u64,
+    power_ms: u64,
+    /// `(power_uj, power_ms)` at the last record.
+    at_last_record_power: (u64, u64),
 }
 
 /// What must survive a restart for the chain to continue.
@@ -101,6 +110,9 @@ impl Meter {
                     voltage_mv: None,
                     soc_permille: None,
                     at_last_record_mj: uj / 1000,
+                    power_uj: 0,
+                    power_ms: 0,
+                    at_last_record_power: (0, 0),
                 }
             })
             .collect();
@@ -120,7 +132,10 @@ impl Meter {
         let Some(s) = sample else {
             // Keep integrating at the last known power across a missed sample.
             if let Some((t0, p0)) = c.last {
-                c.energy_uj += p0 * t_ms.saturating_sub(t0);
+                let dt = t_ms.saturating_sub(t0);
+                c.energy_uj += p0 * dt;
+                c.power_uj += p0 * dt;
+                c.power_ms += dt;
                 c.last = Some((t_ms, p0));
             }
             return;
@@ -139,9 +154,15 @@ impl Meter {
         {
             c.unmetered_ms += t_ms.saturating_sub(since);
         }
-        if let Some((t0, p0)) = c.last.filter(|_| !counted_by_device) {
+        if let Some((t0, p0)) = c.last {
             // Trapezoid: mW x ms = uJ.
-            c.energy_uj += (p0 + s.power_mw) * t_ms.saturating_sub(t0) / 2;
+            let dt = t_ms.saturating_sub(t0);
+            let uj = (p0 + s.power_mw) * dt / 2;
+            c.power_uj += uj;
+            c.power_ms += dt;
+            if !counted_by_device {
+                c.energy_uj += uj;
+            }
         }
         c.device_counter_mj = s.energy_mj;
         c.last = Some((t_ms, s.power_mw));
@@ -151,7 +172,6 @@ impl Meter {
 
     /// The next record at `t_ms`, signed; nothing changes until [`Meter::commit`].
     pub fn seal(&self, t_ms: u64, key: &KeyPair) -> (MeterRecord, Envelope) {
-        let dt = t_ms.saturating_sub(self.state.last_timestamp).max(1);
         let rec = MeterRecord {
             link: Link {
                 device: key.device_id(),
@@ -164,11 +184,13 @@ impl Meter {
                 .iter()
                 .map(|c| {
                     let mj = c.energy_uj / 1000;
-                    let mean = if self.state.last_timestamp == 0 {
-                        c.last.map_or(0, |(_, p)| p)
-                    } else {
-                        (mj - c.at_last_record_mj) * 1000 / dt
-                    };
+                    let (uj0, ms0) = c.at_last_record_power;
+                    let covered_ms = c.power_ms - ms0;
+                    // The mean of what was sampled since the last record; with nothing
+                    // covered yet (a first record), the last sample.
+                    let mean = (c.power_uj - uj0)
+                        .checked_div(covered_ms)
+                        .unwrap_or_else(|| c.last.map_or(0, |(_, p)| p));
                     ChannelReading {
                         channel: c.id,
                         kind: c.kind,
@@ -198,6 +220,7 @@ impl Meter {
         self.advance(rec.link.seq.0, env.hash(), rec.link.timestamp.0);
         for (c, r) in self.channels.iter_mut().zip(&rec.channels) {
             c.at_last_record_mj = r.energy.0;
+            c.at_last_record_power = (c.power_uj, c.power_ms);
             if rec.unmetered.iter().any(|u| u.channel == c.id) {
                 c.unmetered_ms = 0;
             }
@@ -395,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn the_mean_power_of_a_record_is_its_counter_delta_over_the_interval() {
+    fn the_mean_power_of_a_record_is_its_sampled_power_over_the_interval() {
         let key = KeyPair::from_seed(&[3; 32]);
         let mut m = meter();
         let t0 = 1_782_000_000_000;

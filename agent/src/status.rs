@@ -61,8 +61,43 @@ pub struct RunningStatus {
 pub struct SourceStatus {
     pub source: String,
     pub channels: Vec<String>,
+    /// Every error of this source: failed reads plus the input it found bad and dropped
+    /// (the sum of `errors_by_reason`).
     pub errors: u64,
+    /// The same by reason: a failed read's kind (`io`, `format`, `stale`, `unavailable`) or
+    /// a fault the source counts in its own input (VE.Direct `bad_checksum`, `oversize`).
+    pub errors_by_reason: BTreeMap<String, u64>,
     pub last_error: Option<String>,
+}
+
+impl SourceStatus {
+    fn total(&mut self) {
+        self.errors = self.errors_by_reason.values().sum();
+    }
+
+    /// Counts one failed read under `reason`; true the first time this reason is seen.
+    pub fn count_error(&mut self, reason: &str, detail: String) -> bool {
+        let n = self.errors_by_reason.entry(reason.to_string()).or_default();
+        *n += 1;
+        let first = *n == 1;
+        self.last_error = Some(detail);
+        self.total();
+        first
+    }
+
+    /// Takes a fault count the source keeps itself (cumulative since it opened); true when
+    /// this reason first shows up (log it at warn once, then quietly: a noisy serial line
+    /// must not flood the log). A count never goes down here.
+    pub fn set_fault_count(&mut self, reason: &str, total: u64) -> bool {
+        if total == 0 {
+            return false;
+        }
+        let n = self.errors_by_reason.entry(reason.to_string()).or_default();
+        let first = *n == 0;
+        *n = (*n).max(total);
+        self.total();
+        first
+    }
 }
 
 /// The outbox in the status.
@@ -138,5 +173,23 @@ mod tests {
         assert_eq!(s.link.commands_rejected, 3);
         assert_eq!(s.jobs.commands_rejected["expired"], 2);
         assert_eq!(s.jobs.commands_rejected["replayed"], 1);
+    }
+
+    #[test]
+    fn a_sources_faults_and_failed_reads_add_up_by_reason_and_each_reason_is_loud_once() {
+        let mut s = SourceStatus::default();
+        assert!(!s.set_fault_count("bad_checksum", 0), "nothing to say yet");
+        assert!(s.set_fault_count("bad_checksum", 1));
+        assert!(!s.set_fault_count("bad_checksum", 3));
+        assert!(s.count_error("stale", "no fresh data from /dev/ttyUSB0".into()));
+        assert!(!s.count_error("stale", "no fresh data from /dev/ttyUSB0".into()));
+        assert!(s.set_fault_count("oversize", 1));
+        assert_eq!(s.errors_by_reason["bad_checksum"], 3);
+        assert_eq!(s.errors_by_reason["stale"], 2);
+        assert_eq!(s.errors, 6);
+        assert_eq!(
+            s.last_error.as_deref(),
+            Some("no fresh data from /dev/ttyUSB0")
+        );
     }
 }

@@ -176,3 +176,60 @@ fn a_device_that_never_answers_times_out_without_blocking_the_caller() {
     });
     assert!(e.to_string().contains(&gone.to_string()), "{e}");
 }
+
+#[test]
+fn a_meters_records_carry_its_w_register_as_power_and_its_wh_counter_as_energy() {
+    use attest::KeyPair;
+    use attest::msg::{ChannelKind, TrustTier};
+    use heliostat_agent::meter::Meter;
+
+    // A meter importing a steady 1,234.0 W (W = 12340, W_SF = -1) whose TotWhImp counts
+    // whole watt-hours, as real meters do: the counter steps by 1 Wh about every 2.9 s.
+    let image = Arc::new(Mutex::new(meter_image(40_000, 12_340, -1, 5_000, 0)));
+    let addr = serve(image.clone());
+    let mut src = SunSpec::open(&config(addr)).unwrap();
+    let key = KeyPair::from_seed(&[7; 32]);
+    let mut meter = Meter::new(
+        &[
+            (ChannelKind::GridImport, TrustTier::HardwareMeter),
+            (ChannelKind::GridExport, TrustTier::HardwareMeter),
+        ],
+        None,
+    );
+    // Simulated time: one sample a second, a record every two seconds, for a minute. The
+    // meter's register image follows the simulated clock; each sample waits until the
+    // source has polled the image of its second.
+    let t0 = 1_782_000_000_000u64;
+    let mut records = Vec::new();
+    for s in 0..=60u64 {
+        let imported_wh = 5_000 + (1_234 * s / 3_600) as u32;
+        *image.lock().unwrap() = meter_image(40_000, 12_340, -1, imported_wh, 0);
+        let sample = wait_for("the second's counter", || {
+            src.sample(0)
+                .ok()
+                .filter(|x| x[0].unwrap().energy_mj == Some(imported_wh as u64 * 3_600_000))
+        });
+        let t = t0 + s * 1_000;
+        for (c, x) in sample.into_iter().enumerate() {
+            meter.feed(c, t, x);
+        }
+        if s % 2 == 0 {
+            let (rec, env) = meter.seal(t, &key);
+            meter.commit(&rec, &env);
+            records.push(rec);
+        }
+    }
+    for rec in &records {
+        assert_eq!(
+            rec.channels[0].power.0, 1_234_000,
+            "record {} says the meter's 1,234 W, whatever its counter did",
+            rec.link.seq.0
+        );
+        assert_eq!(rec.channels[1].power.0, 0, "nothing exported");
+    }
+    // The energy is the counter's: 60 s at 1,234 W is 20.6 Wh, of which the counter has
+    // shown 20 whole watt-hours.
+    let first = records.first().unwrap().channels[0].energy.0;
+    let last = records.last().unwrap().channels[0].energy.0;
+    assert_eq!(last - first, 20 * 3_600_000);
+}

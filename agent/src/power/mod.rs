@@ -62,6 +62,17 @@ pub enum SourceError {
     Stale(String),
 }
 
+impl SourceError {
+    /// A stable name for counting (`status.json`, `errors_by_reason`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceError::Io { .. } => "io",
+            SourceError::Format(_) => "format",
+            SourceError::Stale(_) => "stale",
+        }
+    }
+}
+
 /// A source of power readings.
 pub trait PowerSource: Send {
     /// A short description for status output and logs.
@@ -70,6 +81,12 @@ pub trait PowerSource: Send {
     fn channels(&self) -> &[ChannelSpec];
     /// Reads every channel now (`None` for a channel with no reading this time).
     fn sample(&mut self, now_ms: u64) -> Result<Vec<Option<Sample>>, SourceError>;
+    /// What the source found wrong in its own input and dropped, by reason, counted since
+    /// it opened (VE.Direct blocks whose checksum failed). Samples go on succeeding from
+    /// the last good input while these rise, so only this shows them.
+    fn faults(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
     /// Lets a simulated source see the job runner's draw (real sources measure it); true
     /// when the source simulates it.
     fn attach_job_load(&mut self, _load: std::sync::Arc<JobLoad>) -> bool {

@@ -15,7 +15,9 @@
 //! | 802 battery (L 62) | SoC 9 (%), SoC_SF 54 |
 //!
 //! A meter's `W` is taken as positive when importing from the grid (the SunSpec meter
-//! convention); its import and export energy counters feed the meter directly.
+//! convention) and is the power a record reports (scaled by `W_SF`); its import and export
+//! energy counters (`TotWhImp`, `TotWhExp`, scaled by `TotWh_SF`) feed the meter's energy
+//! directly. Power is never derived from the counters: they step in whole watt-hours.
 //! Polling runs on its own thread with its own runtime and timeouts; the agent reads the
 //! latest result, so a slow or absent device never stalls the other sources.
 

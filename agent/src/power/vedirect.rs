@@ -311,6 +311,11 @@ impl PowerSource for VeDirect {
             }),
         }
     }
+
+    fn faults(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats();
+        vec![("bad_checksum", s.bad_checksum), ("oversize", s.oversize)]
+    }
 }
 
 #[cfg(test)]

@@ -29,8 +29,6 @@ pub(super) struct OpenSource {
     /// Its entry in `Status::sources` (which also lists sources that failed to open).
     status_index: usize,
     first_channel: usize,
-    errors: u64,
-    last_error: Option<String>,
 }
 
 /// The agent's state.
@@ -91,19 +89,17 @@ impl Agent {
                         source,
                         status_index: status_sources.len() - 1,
                         first_channel,
-                        errors: 0,
-                        last_error: None,
                     });
                 }
                 Err(e) => {
                     // A source that cannot be opened is skipped loudly; the others report.
                     tracing::error!(error = %e, "power source unavailable, skipped");
-                    status_sources.push(SourceStatus {
+                    let mut st = SourceStatus {
                         source: format!("{sc:?}"),
-                        errors: 1,
-                        last_error: Some(e.to_string()),
                         ..SourceStatus::default()
-                    });
+                    };
+                    st.count_error("unavailable", e.to_string());
+                    status_sources.push(st);
                 }
             }
         }
@@ -225,6 +221,7 @@ impl Agent {
     pub fn tick_meter(&mut self, now: u64) -> bool {
         for s in self.sources.iter_mut() {
             let n = s.source.channels().len();
+            let st = &mut self.status.sources[s.status_index];
             match s.source.sample(now) {
                 Ok(samples) => {
                     for (c, sample) in samples.into_iter().enumerate().take(n) {
@@ -232,19 +229,25 @@ impl Agent {
                     }
                 }
                 Err(e) => {
-                    s.errors += 1;
-                    if s.last_error.as_deref() != Some(&e.to_string()) {
+                    let detail = e.to_string();
+                    let changed = st.last_error.as_deref() != Some(&detail);
+                    if st.count_error(e.reason(), detail) || changed {
                         tracing::warn!(source = %s.source.describe(), error = %e, "source read failed");
                     }
-                    s.last_error = Some(e.to_string());
                     for c in 0..n {
                         self.meter.feed(s.first_channel + c, now, None);
                     }
                 }
             }
-            if let Some(st) = self.status.sources.get_mut(s.status_index) {
-                st.errors = s.errors;
-                st.last_error = s.last_error.clone();
+            for (reason, total) in s.source.faults() {
+                if st.set_fault_count(reason, total) {
+                    tracing::warn!(
+                        source = %s.source.describe(),
+                        reason,
+                        count = total,
+                        "source dropped bad input (counted in status, logged once per reason)"
+                    );
+                }
             }
         }
         let slot = now / self.cfg.meter.record_interval_ms;

@@ -2,45 +2,173 @@
 //! the controller's blob store and kept there; checked against their hash either way, then
 //! the job prepared on its backend. Runs on a thread of its own, off the agent's task.
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-/// Reads a blob from `dir`, or fetches it from `url` and keeps it there; checks its hash.
-fn fetch_blob(dir: &Path, url: Option<&str>, hash: &attest::Hash32) -> Result<Vec<u8>, String> {
+use sha2::Digest;
+
+use crate::jobs::kernel::MAX_INPUT_BYTES;
+
+/// How large a blob may be, from what the job declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Declared {
+    /// Exactly this many bytes (a built-in kernel's input, sized by its parameters).
+    Exactly(u64),
+    /// At most this many (a PTX module or PTX input: the job states no size, so the
+    /// agent's own bound applies).
+    AtMost(u64),
+}
+
+impl Declared {
+    fn max(self) -> u64 {
+        match self {
+            Declared::Exactly(n) | Declared::AtMost(n) => n,
+        }
+    }
+}
+
+/// The size each input may have, from the job alone: checked before any byte is fetched,
+/// so a job whose inputs disagree with its kernel costs no download.
+pub(super) fn declared_inputs(spec: &attest::msg::JobSpec) -> Result<Vec<Declared>, String> {
+    match &spec.workload {
+        attest::msg::Workload::Builtin { kernel, params } => {
+            let builtin =
+                crate::jobs::kernel::Builtin::parse(kernel, params).map_err(|e| e.to_string())?;
+            let sizes = builtin.input_sizes();
+            if sizes.len() != spec.inputs.len() {
+                return Err(format!(
+                    "the job names {} inputs, kernel {kernel} takes {}",
+                    spec.inputs.len(),
+                    sizes.len()
+                ));
+            }
+            Ok(sizes.into_iter().map(Declared::Exactly).collect())
+        }
+        attest::msg::Workload::Ptx { .. } => {
+            Ok(vec![Declared::AtMost(MAX_INPUT_BYTES); spec.inputs.len()])
+        }
+    }
+}
+
+/// Checks a blob's size against what was declared.
+fn check_size(hash: &attest::Hash32, declared: Declared, len: u64) -> Result<(), String> {
+    match declared {
+        Declared::Exactly(n) if len != n => Err(format!(
+            "input {hash}: the blob is {len} bytes, the job declares {n}"
+        )),
+        Declared::AtMost(n) if len > n => Err(format!(
+            "input {hash}: the blob is {len} bytes, more than the {n} allowed"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Streams `body` into `tmp` while hashing it, reading at most one byte past
+/// `declared`: a blob larger than declared is refused as soon as that byte arrives.
+fn stream_to_file(
+    hash: &attest::Hash32,
+    body: &mut impl Read,
+    tmp: &Path,
+    declared: Declared,
+) -> Result<(), String> {
+    let mut file = std::fs::File::create(tmp)
+        .map_err(|e| format!("input {hash}: creating {}: {e}", tmp.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut limited = body.take(declared.max() + 1);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = limited
+            .read(&mut buf)
+            .map_err(|e| format!("input {hash}: reading: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        if len > declared.max() {
+            return Err(format!(
+                "input {hash}: larger than the {} bytes declared (refused while streaming)",
+                declared.max()
+            ));
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .map_err(|e| format!("input {hash}: writing {}: {e}", tmp.display()))?;
+    }
+    check_size(hash, declared, len)?;
+    let got = attest::Hash32(hasher.finalize().into());
+    if got != *hash {
+        return Err(format!("input {hash}: the blob hashes to {got}"));
+    }
+    file.sync_all()
+        .map_err(|e| format!("input {hash}: syncing {}: {e}", tmp.display()))
+}
+
+/// Fetches a blob from `{base}{sha256}` into `dir`, streamed to disk and checked against
+/// its size and hash on the way; kept (temporary file, fsync, rename, folder fsync) only
+/// when both hold.
+fn download(
+    dir: &Path,
+    base: &str,
+    hash: &attest::Hash32,
+    declared: Declared,
+) -> Result<(), String> {
+    let from = format!("{base}{}", hash.to_hex());
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build(),
+    );
+    let mut resp = agent
+        .get(&from)
+        .call()
+        .map_err(|e| format!("input {hash}: fetching {from}: {e}"))?;
+    if let Some(offered) = resp.body().content_length()
+        && offered > declared.max()
+    {
+        return Err(format!(
+            "input {hash}: {from} offers {offered} bytes, larger than the {} declared",
+            declared.max()
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", hash.to_hex()));
+    let mut body = resp.body_mut().as_reader();
+    let streamed = stream_to_file(hash, &mut body, &tmp, declared)
+        .and_then(|()| {
+            std::fs::rename(&tmp, dir.join(hash.to_hex()))
+                .map_err(|e| format!("input {hash}: keeping it: {e}"))
+        })
+        .and_then(|()| {
+            crate::outbox::sync_dir(dir).map_err(|e| format!("input {hash}: syncing: {e}"))
+        });
+    if streamed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    streamed
+}
+
+/// Reads a blob from `dir`, or fetches it from `url` and keeps it there; checks its size
+/// against `declared` before reading or fetching it, and its hash.
+fn fetch_blob(
+    dir: &Path,
+    url: Option<&str>,
+    hash: &attest::Hash32,
+    declared: Declared,
+) -> Result<Vec<u8>, String> {
     let path = dir.join(hash.to_hex());
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
+    match std::fs::metadata(&path) {
+        Ok(m) => check_size(hash, declared, m.len())?,
         Err(e) => {
             let Some(base) = url else {
                 return Err(format!("input {hash}: {e} (and no jobs.blob_url)"));
             };
-            let from = format!("{base}{}", hash.to_hex());
-            let agent = ureq::Agent::new_with_config(
-                ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_secs(120)))
-                    .build(),
-            );
-            let b = agent
-                .get(&from)
-                .call()
-                .map_err(|e| format!("input {hash}: fetching {from}: {e}"))?
-                .body_mut()
-                .with_config()
-                .limit(crate::jobs::kernel::MAX_INPUT_BYTES)
-                .read_to_vec()
-                .map_err(|e| format!("input {hash}: reading {from}: {e}"))?;
-            if attest::Hash32::digest(&b) == *hash {
-                let tmp = dir.join(format!(".{}.tmp", hash.to_hex()));
-                let kept = std::fs::create_dir_all(dir)
-                    .and_then(|_| std::fs::write(&tmp, &b))
-                    .and_then(|_| std::fs::rename(&tmp, &path));
-                if let Err(e) = kept {
-                    tracing::warn!(error = %e, "could not keep a fetched blob");
-                }
-            }
-            b
+            download(dir, base, hash, declared)?;
         }
-    };
+    }
+    let bytes = std::fs::read(&path).map_err(|e| format!("input {hash}: reading it: {e}"))?;
+    check_size(hash, declared, bytes.len() as u64)?;
     let got = attest::Hash32::digest(&bytes);
     if got != *hash {
         return Err(format!("input {hash}: the blob hashes to {got}"));
@@ -55,13 +183,20 @@ pub(super) fn fetch_and_prepare(
     dir: &Path,
     url: Option<&str>,
 ) -> Result<crate::jobs::PreparedJob, String> {
+    let declared = declared_inputs(spec)?;
     let inputs = spec
         .inputs
         .iter()
-        .map(|h| fetch_blob(dir, url, h))
+        .zip(declared)
+        .map(|(h, d)| fetch_blob(dir, url, h, d))
         .collect::<Result<Vec<_>, _>>()?;
     let module = match &spec.workload {
-        attest::msg::Workload::Ptx { module, .. } => Some(fetch_blob(dir, url, module)?),
+        attest::msg::Workload::Ptx { module, .. } => Some(fetch_blob(
+            dir,
+            url,
+            module,
+            Declared::AtMost(MAX_INPUT_BYTES),
+        )?),
         attest::msg::Workload::Builtin { .. } => None,
     };
     let prepared = backend.prepare(
@@ -87,4 +222,166 @@ pub(super) fn fetch_and_prepare(
         other => other,
     }
     .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::kernel::{Builtin, Sha256Batch};
+    use std::io::BufRead;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A blob store over real HTTP/1.1 on a free loopback port: answers every GET with
+    /// `body`, with or without a `Content-Length`, and counts the requests.
+    fn blob_server(body: Vec<u8>, with_length: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api/v1/blobs/", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let length = if with_length {
+                    format!("Content-Length: {}\r\n", body.len())
+                } else {
+                    String::new()
+                };
+                let head = format!("HTTP/1.1 200 OK\r\n{length}Connection: close\r\n\r\n");
+                // The client may hang up part way (that is the point): ignore it.
+                let _ = stream
+                    .write_all(head.as_bytes())
+                    .and_then(|()| stream.write_all(&body));
+            }
+        });
+        (url, requests)
+    }
+
+    fn job(count: i64, item_len: i64, inputs: Vec<attest::Hash32>) -> attest::msg::JobSpec {
+        let b = Builtin::Sha256Batch(Sha256Batch::new(count, item_len).unwrap());
+        attest::msg::JobSpec {
+            id: attest::msg::JobId([9; 16]),
+            workload: b.to_workload(),
+            inputs,
+            output_sizes: vec![b.output_size()],
+            limits: attest::msg::JobLimits {
+                max_energy: attest::Millijoules(1_000_000),
+                max_duration_ms: 60_000,
+                deadline: attest::TimestampMs(u64::MAX),
+            },
+        }
+    }
+
+    fn refused(r: Result<crate::jobs::PreparedJob, String>) -> String {
+        match r {
+            Ok(_) => panic!("the job was prepared, not refused"),
+            Err(e) => e,
+        }
+    }
+
+    fn cpu() -> crate::jobs::ComputeBackend {
+        crate::jobs::ComputeBackend::Cpu(crate::jobs::CpuBackend::new())
+    }
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("blobs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn an_input_larger_than_declared_is_refused_while_streaming_and_not_kept() {
+        // The blob really has the hash the job names, but it is 4 MiB where the kernel's
+        // parameters declare 40 bytes, and the server gives no length up front.
+        let body = vec![b'x'; 4 << 20];
+        let hash = attest::Hash32::digest(&body);
+        let (url, _) = blob_server(body, false);
+        let dir = tmp("oversize");
+        let e = refused(fetch_and_prepare(
+            &job(1, 40, vec![hash]),
+            &cpu(),
+            &dir,
+            Some(&url),
+        ));
+        assert!(
+            e.contains("larger than the 40 bytes declared (refused while streaming)"),
+            "{e}"
+        );
+        assert_eq!(files_in(&dir), Vec::<String>::new(), "nothing kept");
+    }
+
+    #[test]
+    fn a_length_offered_above_the_declared_size_is_refused_before_the_body_is_read() {
+        let body = vec![b'y'; 41];
+        let hash = attest::Hash32::digest(&body);
+        let (url, _) = blob_server(body, true);
+        let dir = tmp("offered");
+        let e = refused(fetch_and_prepare(
+            &job(1, 40, vec![hash]),
+            &cpu(),
+            &dir,
+            Some(&url),
+        ));
+        assert!(
+            e.contains("offers 41 bytes, larger than the 40 declared"),
+            "{e}"
+        );
+        assert_eq!(files_in(&dir), Vec::<String>::new());
+    }
+
+    #[test]
+    fn inputs_that_disagree_with_their_kernel_are_refused_before_any_byte_is_fetched() {
+        let body = vec![b'z'; 40];
+        let hash = attest::Hash32::digest(&body);
+        let (url, requests) = blob_server(body, true);
+        let dir = tmp("count");
+        let e = refused(fetch_and_prepare(
+            &job(1, 40, vec![hash, hash]),
+            &cpu(),
+            &dir,
+            Some(&url),
+        ));
+        assert!(
+            e.contains("names 2 inputs, kernel sha256_batch takes 1"),
+            "{e}"
+        );
+        assert_eq!(requests.load(Ordering::SeqCst), 0, "no download");
+    }
+
+    #[test]
+    fn a_declared_input_is_streamed_checked_kept_and_then_served_from_the_folder() {
+        let body: Vec<u8> = (0..80u8).collect();
+        let hash = attest::Hash32::digest(&body);
+        let (url, requests) = blob_server(body, false);
+        let dir = tmp("kept");
+        let spec = job(2, 40, vec![hash]);
+        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url)).unwrap();
+        assert_eq!(files_in(&dir), vec![hash.to_hex()]);
+        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url)).unwrap();
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            1,
+            "the second run reads it here"
+        );
+        // A different blob under that name (a damaged disk) is refused, not run.
+        std::fs::write(dir.join(hash.to_hex()), [0u8; 80]).unwrap();
+        let e = refused(fetch_and_prepare(&spec, &cpu(), &dir, None));
+        assert!(e.contains("hashes to"), "{e}");
+    }
 }

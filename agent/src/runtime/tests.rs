@@ -355,3 +355,96 @@ fn an_unreadable_nonce_file_refuses_commands_instead_of_forgetting_them() {
         "the file is left for repair"
     );
 }
+
+/// Collects what the agent logs on this thread (no colour codes) for assertions.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+#[test]
+fn bad_vedirect_checksums_are_counted_in_the_status_file_and_logged_once() {
+    use crate::power::vedirect::encode_block;
+    use serialport::SerialPort;
+    use std::io::Write;
+
+    let dir = tmp("vedirect-faults");
+    let (mut controller, port) = serialport::TTYPort::pair().expect("pseudo-terminal pair");
+    let path = port.name().expect("pty name");
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let cfg = config(
+            &dir,
+            &format!("[[source]]\ntype = \"vedirect\"\nport = \"{path}\"\n"),
+        );
+        let mut a = Agent::start(cfg, now_ms()).unwrap();
+        // A charge controller on a noisy line: one block in seven arrives damaged (after
+        // the first block, which only synchronises the parser).
+        for i in 0..22u32 {
+            let ppv = (100 + i).to_string();
+            let mut block = encode_block(&[("V", "25600"), ("I", "1000"), ("PPV", &ppv)]);
+            if i % 7 == 6 {
+                block[8] ^= 0x04;
+            }
+            controller.write_all(&block).unwrap();
+            controller.flush().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let t0 = now_ms();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut t = t0;
+        while a.status.sources[0].errors < 3 && std::time::Instant::now() < deadline {
+            t += 100;
+            a.tick_meter(t);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let source = &a.status.sources[0];
+        assert_eq!(source.errors, 3, "three damaged blocks of 21: {source:?}");
+        assert_eq!(source.errors_by_reason.get("bad_checksum"), Some(&3));
+        assert!(a.outbox.depth() >= 1, "the good blocks still make records");
+
+        // The status file (what `heliostat-agent status` prints) says the same.
+        a.tick_meter(t + 20_000);
+        let text = std::fs::read_to_string(status_path(&dir)).unwrap();
+        let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(status["sources"][0]["errors"], 3, "{text}");
+        assert_eq!(
+            status["sources"][0]["errors_by_reason"]["bad_checksum"], 3,
+            "{text}"
+        );
+    });
+    let log = logs.text();
+    assert_eq!(
+        log.matches("source dropped bad input").count(),
+        1,
+        "logged once for its reason:\n{log}"
+    );
+    assert!(
+        log.contains("reason=\"bad_checksum\"") || log.contains("reason=bad_checksum"),
+        "{log}"
+    );
+    drop(port);
+}
