@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `solar_at_night` | a solar channel averaged more than max(2 % of peak, 2 W) while the sun stayed more than 4 degrees below the horizon |
 //! | `solar_above_clear_sky` | a solar channel averaged more than the panels can give facing the sun under a clear sky (x 1.2, + 5 % of peak + 10 W for diffuse light and rounding) |
-//! | `power_counter_mismatch` | a channel's stated mean power differs from its counter delta over the interval by more than 10 % and 1 W |
+//! | `power_counter_mismatch` | over a window of at least ten minutes of records, a channel's stated power integrated differs from its counter delta by more than 10 % and 1 W (a window, because a source's own counter moves in whole steps) |
 //! | `counter_jump` | a counter grew faster than 50 kW, or a solar counter faster than twice the array's peak |
 //! | `unmetered` | the record says part of its interval was not metered on some channel (after an agent restart) |
 
@@ -59,16 +59,6 @@ pub fn check_interval(site: &Site, prev: &MeterRecord, cur: &MeterRecord) -> Vec
             continue;
         };
         let mean_mw = (delta as u128 * 1000 / dt as u128).min(u64::MAX as u128) as u64;
-        let stated = c.power.0 as u64;
-        if stated.abs_diff(mean_mw) > (stated.max(mean_mw) / 10).max(1_000) {
-            flag(
-                FlagCode::PowerCounterMismatch,
-                format!(
-                    "channel {}: stated {stated} mW, counters give {mean_mw} mW",
-                    c.channel
-                ),
-            );
-        }
         let jump_limit = if c.kind == ChannelKind::Solar {
             (2 * peak_mw).max(50_000)
         } else {
@@ -112,6 +102,64 @@ pub fn check_interval(site: &Site, prev: &MeterRecord, cur: &MeterRecord) -> Vec
     flags
 }
 
+/// The span over which stated power must agree with the counters: ten minutes.
+pub const POWER_WINDOW_MS: u64 = 600_000;
+
+/// Per channel: stated power integrated over a window of records against the counter's
+/// delta over the same window. A window, not each interval, because a source's own counter
+/// moves in whole steps (a SunSpec meter's `TotWh` in watt-hours: one step in a 10 s
+/// interval is 360 W) while the stated power is what the meter reports; over ten minutes a
+/// step is small against the energy, and a device whose stated power does not integrate
+/// to its counters still shows.
+#[derive(Default)]
+struct PowerWindows {
+    /// channel -> (window start ms, counter at the start, stated energy so far in mJ)
+    open: alloc::collections::BTreeMap<u8, (u64, u64, u128)>,
+}
+
+impl PowerWindows {
+    fn feed(&mut self, prev: &MeterRecord, cur: &MeterRecord) -> Vec<Flag> {
+        let mut flags = Vec::new();
+        let (t0, t1) = (prev.link.timestamp.0, cur.link.timestamp.0);
+        if t1 <= t0 {
+            return flags;
+        }
+        for c in &cur.channels {
+            let Some(p) = prev.channel(c.channel).filter(|p| p.kind == c.kind) else {
+                self.open.remove(&c.channel.0);
+                continue;
+            };
+            if c.energy.0 < p.energy.0 {
+                self.open.remove(&c.channel.0);
+                continue;
+            }
+            let w = self.open.entry(c.channel.0).or_insert((t0, p.energy.0, 0));
+            // mW x ms / 1000 = mJ.
+            w.2 += c.power.0 as u128 * (t1 - t0) as u128 / 1000;
+            let span = t1 - w.0;
+            if span < POWER_WINDOW_MS {
+                continue;
+            }
+            let counted = (c.energy.0 - w.1) as u128;
+            let stated = w.2;
+            // 10 % of the larger, and at least 1 W over the window (1 W x ms = 1 mJ/ms).
+            let slack = (counted.max(stated) / 10).max(span as u128);
+            if counted.abs_diff(stated) > slack {
+                flags.push(Flag {
+                    code: FlagCode::PowerCounterMismatch,
+                    seq: cur.link.seq,
+                    detail: format!(
+                        "channel {}: stated power gives {stated} mJ over {span} ms, the counter {counted} mJ",
+                        c.channel
+                    ),
+                });
+            }
+            *w = (t1, c.energy.0, 0);
+        }
+        flags
+    }
+}
+
 /// Flags for every consecutive pair of records in a device's chain messages (restarts
 /// break the pairs: no interval spans one), each pair judged by the site valid at its later
 /// record (`site_at`: from the hello valid then).
@@ -121,15 +169,20 @@ pub fn check_chain<'a, 's>(
 ) -> Vec<Flag> {
     let mut flags = Vec::new();
     let mut prev: Option<&MeterRecord> = None;
+    let mut windows = PowerWindows::default();
     for m in chain {
         match m {
             ChainMessage::MeterRecord(r) => {
                 if let Some(p) = prev {
                     flags.extend(check_interval(site_at(r.link.timestamp), p, r));
+                    flags.extend(windows.feed(p, r));
                 }
                 prev = Some(r);
             }
-            ChainMessage::ChainRestart(_) => prev = None,
+            ChainMessage::ChainRestart(_) => {
+                prev = None;
+                windows = PowerWindows::default();
+            }
             ChainMessage::JobReceipt(_) => {}
         }
     }
@@ -223,13 +276,32 @@ mod tests {
             &rec(2, NOON + 10_000, 7_000_000, 700_000, 0, 0),
         );
         assert_eq!(codes(&bright), vec![FlagCode::SolarAboveClearSky]);
-        // Load says 80 W but the counter moved 400 W worth.
-        let lie = check_interval(
-            &site(),
-            &rec(1, NOON, 0, 0, 0, 0),
-            &rec(2, NOON + 10_000, 0, 0, 4_000_000, 80_000),
-        );
-        assert_eq!(codes(&lie), vec![FlagCode::PowerCounterMismatch]);
+        // Load says 80 W but the counter moves 400 W worth, for ten minutes.
+        let lie: Vec<ChainMessage> = (0..=60u64)
+            .map(|i| {
+                ChainMessage::MeterRecord(rec(i, NOON + i * 10_000, 0, 0, i * 4_000_000, 80_000))
+            })
+            .collect();
+        let s = site();
+        let flags = check_chain(|_| &s, &lie);
+        assert_eq!(codes(&flags), vec![FlagCode::PowerCounterMismatch]);
+        assert_eq!(flags[0].seq, SeqNo(60), "raised where the window closes");
+        // A meter whose own counter steps in whole watt-hours, with its true 1,234 W stated:
+        // each 10 s interval is off by up to 360 W, ten minutes are not.
+        let stepped: Vec<ChainMessage> = (0..=60u64)
+            .map(|i| {
+                let wh = i * 10 * 1_234 / 3_600; // whole Wh, floor
+                ChainMessage::MeterRecord(rec(
+                    i,
+                    NOON + i * 10_000,
+                    0,
+                    0,
+                    wh * 3_600_000,
+                    1_234_000,
+                ))
+            })
+            .collect();
+        assert!(check_chain(|_| &s, &stepped).is_empty());
         // A load counter that jumped by a megawatt-second in 10 s.
         let jump = check_interval(
             &site(),
