@@ -139,7 +139,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> OutboxError {
 
 /// fsyncs a directory so that creations, renames and unlinks in it are durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
+    attest::durable::sync_dir(dir)
 }
 
 fn check_of(len: u32, seq: u64, payload: &[u8]) -> [u8; 8] {

@@ -2,7 +2,6 @@
 //! chain state, the command nonce window, the running-job marker, the status report and the
 //! device key's path. Every replacement is a temporary file renamed into place.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -32,18 +31,10 @@ pub fn status_path(data: &Path) -> PathBuf {
     data.join("status.json")
 }
 
-/// Replaces `path` with `bytes` durably: a temporary file beside it, fsynced, renamed into
-/// place, and the folder fsynced (so a power cut leaves the old file or the new one).
-pub fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    crate::outbox::sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
+/// Replaces `path` with `bytes` durably: attest's one write-whole helper (a temporary file
+/// beside it, fsynced, renamed into place, and the folder fsynced), so a power cut leaves
+/// the old file or the new one.
+pub use attest::durable::write_durable;
 
 /// Replaces `path` with `bytes` through a renamed temporary file, without fsync.
 pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
