@@ -31,7 +31,8 @@ use serde_json::{Value, json};
 use crate::accounting::{HoursError, MAX_FLEET_PERIOD_MS};
 use crate::bundles::BundleError;
 use crate::intensity::IntensityResolver;
-use crate::store::sqlite::{SqlitePool, SqliteStore};
+use crate::store::pool::SqlitePool;
+use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
 /// What the handlers need.

@@ -13,7 +13,8 @@
 //!   hourly CSV, or a flat figure), named in every statement.
 //! - [`runtime`]: the MQTT ingest loop around [`ingest`].
 //! - [`queue`]: the byte-bounded queue between the MQTT loop and the ingest thread.
-//! - [`ingest`]: payloads in, verified evidence stored, acks out (sans-IO).
+//! - [`ingest`]: payloads in, verified evidence stored, acks out (sans-IO); hellos and
+//!   enrollment in `ingest/hello.rs`.
 //! - plausibility flags live in `attest::plausibility` (the verifier recomputes them).
 //! - [`store`]: the narrow store interface and its SQLite backend (WAL, versioned migrations,
 //!   idempotent inserts on (device, sequence)).

@@ -165,7 +165,7 @@ pub async fn run_with_api_listener(
     }
     if api.is_some() || !cfg.api.listen.is_empty() {
         let state = crate::api::ApiState {
-            store: std::sync::Arc::new(crate::store::sqlite::SqlitePool::new(cfg.db_path())),
+            store: std::sync::Arc::new(crate::store::pool::SqlitePool::new(cfg.db_path())),
             status: cfg.data_dir.join("status.json"),
             controller: std::sync::Arc::new(key.clone()),
             intensity,

@@ -10,6 +10,8 @@
 //!   never enter accounting (hours, fleet hours, statements); they are anchored like every
 //!   stored message, because a device's later bundles prove its chain from its start.
 
+mod migrations;
+pub mod pool;
 pub mod sqlite;
 
 use attest::{DeviceId, Hash32, PublicKey};

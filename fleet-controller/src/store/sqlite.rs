@@ -18,62 +18,8 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-const MIGRATIONS: &[&str] = &[
-    // 1: devices and chain messages.
-    "CREATE TABLE devices (
-        id BLOB PRIMARY KEY,
-        public_key BLOB NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'revoked')),
-        hello BLOB NOT NULL,
-        first_seen_ms INTEGER NOT NULL,
-        last_seen_ms INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    CREATE TABLE chain_items (
-        device BLOB NOT NULL,
-        seq INTEGER NOT NULL,
-        kind INTEGER NOT NULL,
-        timestamp_ms INTEGER NOT NULL,
-        hash BLOB NOT NULL,
-        envelope BLOB NOT NULL,
-        counted INTEGER NOT NULL,
-        epoch INTEGER,
-        leaf_index INTEGER,
-        PRIMARY KEY (device, seq)
-    ) WITHOUT ROWID;
-    CREATE INDEX chain_items_epoch ON chain_items (epoch);",
-    // 2: epochs and the local anchor log (one entry per epoch, never two).
-    "CREATE TABLE epochs (
-        epoch INTEGER PRIMARY KEY,
-        tree_size INTEGER NOT NULL,
-        root BLOB NOT NULL,
-        closed_ms INTEGER NOT NULL,
-        anchor_index INTEGER NOT NULL UNIQUE,
-        anchor_entry BLOB NOT NULL
-    );
-    CREATE INDEX chain_items_time ON chain_items (device, timestamp_ms);",
-    // 3: EVM anchors, signed and stored before they are sent.
-    "CREATE TABLE evm_anchors (
-        epoch INTEGER PRIMARY KEY REFERENCES epochs (epoch),
-        chain_id INTEGER NOT NULL,
-        contract BLOB NOT NULL,
-        nonce INTEGER NOT NULL,
-        tx_hash BLOB NOT NULL UNIQUE,
-        raw_tx BLOB NOT NULL,
-        block_number INTEGER,
-        gas_used INTEGER,
-        signed_ms INTEGER NOT NULL
-    );",
-    // 4: every version of a device's hello (each hour is judged by the one valid then).
-    "CREATE TABLE hellos (
-        device BLOB NOT NULL,
-        timestamp_ms INTEGER NOT NULL,
-        envelope BLOB NOT NULL,
-        PRIMARY KEY (device, timestamp_ms)
-    ) WITHOUT ROWID;",
-];
-
-/// The schema version this code writes.
-pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+use super::migrations::MIGRATIONS;
+pub use super::migrations::SCHEMA_VERSION;
 
 /// A SQLite store.
 pub struct SqliteStore {
@@ -107,6 +53,12 @@ impl SqliteStore {
         let mut s = Self::configure(conn)?;
         s.migrate()?;
         Ok(s)
+    }
+
+    /// Opens the database at `path` with this backend's settings, without migrating it (a
+    /// pool's later connections: the first one migrated).
+    pub(crate) fn open_configured(path: &Path) -> Result<SqliteStore, StoreError> {
+        Self::configure(Connection::open(path)?)
     }
 
     fn configure(conn: Connection) -> Result<SqliteStore, StoreError> {
@@ -656,92 +608,6 @@ impl Store for SqliteStore {
             params![&id.0[..]],
             |r| r.get::<_, i64>(0),
         )? as u64)
-    }
-}
-
-/// Connections to one database for many short readers (the HTTP API's requests): kept
-/// open for reuse instead of opened, configured and migrated per request. The first
-/// connection migrates the schema; later ones only check that it is this code's.
-pub struct SqlitePool {
-    path: std::path::PathBuf,
-    idle: std::sync::Mutex<Vec<SqliteStore>>,
-    migrated: std::sync::atomic::AtomicBool,
-}
-
-/// How many idle connections a pool keeps.
-const POOL_IDLE: usize = 8;
-
-impl SqlitePool {
-    /// A pool over the database at `path` (nothing is opened yet).
-    pub fn new(path: impl Into<std::path::PathBuf>) -> SqlitePool {
-        SqlitePool {
-            path: path.into(),
-            idle: std::sync::Mutex::new(Vec::new()),
-            migrated: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    /// A connection: an idle one, or a new one.
-    pub fn get(self: &std::sync::Arc<Self>) -> Result<PooledStore, StoreError> {
-        use std::sync::atomic::Ordering;
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let store = match idle {
-            Some(s) => s,
-            None if !self.migrated.load(Ordering::Acquire) => {
-                let s = SqliteStore::open(&self.path)?;
-                self.migrated.store(true, Ordering::Release);
-                s
-            }
-            None => {
-                let s = SqliteStore::configure(Connection::open(&self.path)?)?;
-                let found = s.schema_version()?;
-                if found != SCHEMA_VERSION {
-                    return Err(StoreError::Corrupt(format!(
-                        "schema version {found}, this controller's is {SCHEMA_VERSION}"
-                    )));
-                }
-                s
-            }
-        };
-        Ok(PooledStore {
-            pool: self.clone(),
-            store: Some(store),
-        })
-    }
-
-    /// Connections waiting for reuse.
-    pub fn idle(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
-
-/// A connection lent by a [`SqlitePool`]; it goes back when dropped.
-pub struct PooledStore {
-    pool: std::sync::Arc<SqlitePool>,
-    store: Option<SqliteStore>,
-}
-
-impl std::ops::Deref for PooledStore {
-    type Target = SqliteStore;
-    fn deref(&self) -> &SqliteStore {
-        self.store.as_ref().expect("present until dropped")
-    }
-}
-
-impl std::ops::DerefMut for PooledStore {
-    fn deref_mut(&mut self) -> &mut SqliteStore {
-        self.store.as_mut().expect("present until dropped")
-    }
-}
-
-impl Drop for PooledStore {
-    fn drop(&mut self) {
-        if let Some(s) = self.store.take() {
-            let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < POOL_IDLE {
-                idle.push(s);
-            }
-        }
     }
 }
 

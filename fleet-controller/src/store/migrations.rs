@@ -1,0 +1,60 @@
+//! The SQLite schema, as versioned migrations: migration `i` takes the database from
+//! `user_version` `i` to `i + 1`, in one transaction.
+
+/// The migrations, in order.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: devices and chain messages.
+    "CREATE TABLE devices (
+        id BLOB PRIMARY KEY,
+        public_key BLOB NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'revoked')),
+        hello BLOB NOT NULL,
+        first_seen_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE chain_items (
+        device BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        envelope BLOB NOT NULL,
+        counted INTEGER NOT NULL,
+        epoch INTEGER,
+        leaf_index INTEGER,
+        PRIMARY KEY (device, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX chain_items_epoch ON chain_items (epoch);",
+    // 2: epochs and the local anchor log (one entry per epoch, never two).
+    "CREATE TABLE epochs (
+        epoch INTEGER PRIMARY KEY,
+        tree_size INTEGER NOT NULL,
+        root BLOB NOT NULL,
+        closed_ms INTEGER NOT NULL,
+        anchor_index INTEGER NOT NULL UNIQUE,
+        anchor_entry BLOB NOT NULL
+    );
+    CREATE INDEX chain_items_time ON chain_items (device, timestamp_ms);",
+    // 3: EVM anchors, signed and stored before they are sent.
+    "CREATE TABLE evm_anchors (
+        epoch INTEGER PRIMARY KEY REFERENCES epochs (epoch),
+        chain_id INTEGER NOT NULL,
+        contract BLOB NOT NULL,
+        nonce INTEGER NOT NULL,
+        tx_hash BLOB NOT NULL UNIQUE,
+        raw_tx BLOB NOT NULL,
+        block_number INTEGER,
+        gas_used INTEGER,
+        signed_ms INTEGER NOT NULL
+    );",
+    // 4: every version of a device's hello (each hour is judged by the one valid then).
+    "CREATE TABLE hellos (
+        device BLOB NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        envelope BLOB NOT NULL,
+        PRIMARY KEY (device, timestamp_ms)
+    ) WITHOUT ROWID;",
+];
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
