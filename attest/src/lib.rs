@@ -9,6 +9,7 @@
 //! - [`units`]: newtypes that carry their meaning (`SeqNo`, `Millijoules`, `TimestampMs`...).
 //! - [`hash`]: the 32-byte SHA-256 digest type, compared in constant time.
 //! - [`id`]: device identity: ed25519 keys and the self-certifying [`id::DeviceId`].
+//! - [`live`]: the agent's status and job-event payloads (JSON, unsigned).
 //! - [`durable`] (std): state files written whole (temporary file, fsync, rename, fsync).
 //! - [`keyfile`] (std): key files created with mode 0600 and refused when readable by others.
 //! - [`envelope`]: the signed frame (version, kind, postcard payload, signature).
@@ -50,6 +51,7 @@ pub mod id;
 pub mod intensity;
 #[cfg(feature = "std")]
 pub mod keyfile;
+pub mod live;
 pub mod merkle;
 pub mod msg;
 pub mod plausibility;

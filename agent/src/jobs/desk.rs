@@ -9,6 +9,7 @@
 //! it until its receipt is stored).
 
 use attest::Hash32;
+use attest::live::JobEvent;
 use attest::msg::{Backend, CounterSnapshot, JobId, JobOutcome, JobSpec};
 use serde::{Deserialize, Serialize};
 
@@ -122,7 +123,7 @@ pub struct Desk<H> {
     /// The job named in the marker file, until its receipt is stored.
     marked: Option<JobId>,
     /// Job events to publish (JSON, on the device's `jobs` topic).
-    events: Vec<serde_json::Value>,
+    events: Vec<JobEvent>,
     progress_due: u64,
 }
 
@@ -204,10 +205,11 @@ impl<H> Desk<H> {
 
     /// The job's runner started: the controls held for it, to send to it now.
     pub fn started(&mut self, running: Running<H>, chunks: u32, budget_w: f64) -> Vec<Control> {
-        self.events.push(serde_json::json!({
-            "event": "started", "job": running.job.to_string(), "chunks": chunks,
-            "budget_w": budget_w,
-        }));
+        self.events.push(JobEvent::Started {
+            job: running.job,
+            chunks,
+            budget_w,
+        });
         self.running = Some(running);
         std::mem::take(&mut self.early)
     }
@@ -215,18 +217,20 @@ impl<H> Desk<H> {
     /// A pause, resume or cancel for `job`: the control to send to its runner now (`None`:
     /// held until it starts), or why there is no such job.
     pub fn control(&mut self, job: JobId, c: Control) -> Result<Option<Control>, CommandRejection> {
-        let event = format!("{c:?}").to_lowercase();
+        let event = |applies: Option<String>| match c {
+            Control::Pause => JobEvent::Pause { job, applies },
+            Control::Resume => JobEvent::Resume { job, applies },
+            Control::Cancel => JobEvent::Cancel { job, applies },
+        };
         if self.preparing == Some(job) {
             self.early.push(c);
-            self.events.push(serde_json::json!({
-                "event": event, "job": job.to_string(), "applies": "when the job starts",
-            }));
+            self.events
+                .push(event(Some("when the job starts".to_string())));
             return Ok(None);
         }
         match &self.running {
             Some(r) if r.job == job => {
-                self.events
-                    .push(serde_json::json!({"event": event, "job": job.to_string()}));
+                self.events.push(event(None));
                 Ok(Some(c))
             }
             _ => Err(CommandRejection::NoSuchJob(job)),
@@ -252,7 +256,7 @@ impl<H> Desk<H> {
     /// `Drain`: no new jobs; the running one finishes.
     pub fn drain(&mut self) {
         self.draining = true;
-        self.events.push(serde_json::json!({"event": "draining"}));
+        self.events.push(JobEvent::Draining);
     }
 
     /// Whether the device is draining.
@@ -277,10 +281,13 @@ impl<H> Desk<H> {
 
     /// A receipt was sealed as `seq` (stored or not): its `finished` event.
     pub fn receipt_sealed(&mut self, order: &ReceiptOrder, seq: u64) {
-        self.events.push(serde_json::json!({
-            "event": "finished", "job": order.job.to_string(), "outcome": order.outcome,
-            "chunks": order.chunks, "pauses": order.pauses, "seq": seq,
-        }));
+        self.events.push(JobEvent::Finished {
+            job: order.job,
+            outcome: order.outcome.clone(),
+            chunks: order.chunks,
+            pauses: order.pauses,
+            seq,
+        });
     }
 
     /// `job`'s receipt is stored: whether the marker file names it (and must go now).
@@ -298,11 +305,7 @@ impl<H> Desk<H> {
     }
 
     /// The events to publish at `now`, with the running job's progress once a second.
-    pub fn take_events(
-        &mut self,
-        now: u64,
-        progress: Option<serde_json::Value>,
-    ) -> Vec<serde_json::Value> {
+    pub fn take_events(&mut self, now: u64, progress: Option<JobEvent>) -> Vec<JobEvent> {
         let mut out = std::mem::take(&mut self.events);
         if let Some(p) = progress
             && now >= self.progress_due
@@ -399,7 +402,10 @@ mod tests {
         );
         let events = d.take_events(20, None);
         assert_eq!(events.len(), 2);
-        assert_eq!(events[1]["applies"], "when the job starts");
+        assert!(
+            matches!(&events[1], JobEvent::Cancel { applies: Some(a), .. } if a == "when the job starts"),
+            "{events:?}"
+        );
     }
 
     #[test]
@@ -418,7 +424,7 @@ mod tests {
     #[test]
     fn progress_is_published_at_most_once_a_second() {
         let mut d = desk();
-        let p = || Some(serde_json::json!({"event": "progress"}));
+        let p = || Some(JobEvent::Draining);
         assert_eq!(d.take_events(1_000, p()).len(), 1);
         assert_eq!(d.take_events(1_500, p()).len(), 0);
         assert_eq!(d.take_events(2_000, p()).len(), 1);

@@ -5,6 +5,7 @@
 //! method takes the time as `now` (ms); none reads the clock.
 
 use anyhow::{Context, Result};
+use attest::live::{DeviceStatus, Online};
 use attest::msg::{ChannelInfo, CommandBody, Hardware, Hello, RestartReason, Site};
 use attest::{Envelope, KeyPair, TimestampMs};
 use rumqttc::{AsyncClient, QoS};
@@ -266,20 +267,16 @@ impl Agent {
             return;
         }
         let o = &self.status.outbox;
-        let body = serde_json::json!({
-            "state": "online",
-            "agent": crate::VERSION,
-            "next_seq": self.meter.state().next_seq,
-            "outbox_depth": o.depth,
-            "outbox_blocked": o.blocked,
-            "quarantined": o.quarantined,
+        let body = DeviceStatus::Online(Online {
+            agent: crate::VERSION.to_string(),
+            next_seq: Some(self.meter.state().next_seq),
+            outbox_depth: Some(o.depth as u64),
+            outbox_blocked: o.blocked.clone(),
+            quarantined: Some(o.quarantined),
         });
-        let _ = client.try_publish(
-            &self.topics.status,
-            QoS::AtLeastOnce,
-            true,
-            body.to_string(),
-        );
+        if let Ok(text) = serde_json::to_string(&body) {
+            let _ = client.try_publish(&self.topics.status, QoS::AtLeastOnce, true, text);
+        }
     }
 
     pub(super) fn record(&mut self, now: u64) {
@@ -380,8 +377,13 @@ impl Agent {
             true,
             self.hello(now).into_bytes(),
         );
-        let online = serde_json::json!({"state": "online", "agent": crate::VERSION}).to_string();
-        let _ = client.try_publish(&self.topics.status, QoS::AtLeastOnce, true, online);
+        let online = DeviceStatus::Online(Online {
+            agent: crate::VERSION.to_string(),
+            ..Online::default()
+        });
+        if let Ok(text) = serde_json::to_string(&online) {
+            let _ = client.try_publish(&self.topics.status, QoS::AtLeastOnce, true, text);
+        }
         tracing::info!(broker = %self.status.link.broker, pending = self.outbox.depth(), "connected");
     }
 

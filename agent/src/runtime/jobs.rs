@@ -438,15 +438,20 @@ impl Agent {
         if !self.status.link.connected {
             return;
         }
-        let progress = self.status.jobs.running.as_ref().map(|r| {
-            serde_json::json!({
-                "event": "progress", "job": r.job, "chunks_done": r.chunks_done,
-                "chunks": r.chunks, "paused": r.paused,
-                "decision": self.status.jobs.decision,
+        let progress = self.status.jobs.running.as_ref().and_then(|r| {
+            Some(attest::live::JobEvent::Progress {
+                job: attest::msg::JobId(attest::hex::decode_array(&r.job).ok()?),
+                chunks_done: r.chunks_done,
+                chunks: r.chunks,
+                paused: r.paused,
+                decision: serde_json::to_value(self.status.jobs.decision).ok(),
             })
         });
         for e in self.jobs.desk.take_events(now, progress) {
-            let _ = client.try_publish(&self.topics.jobs, QoS::AtMostOnce, false, e.to_string());
+            let Ok(text) = serde_json::to_string(&e) else {
+                continue;
+            };
+            let _ = client.try_publish(&self.topics.jobs, QoS::AtMostOnce, false, text);
         }
     }
 }

@@ -46,7 +46,8 @@ pub fn options(cfg: &AgentConfig, id: &attest::DeviceId, topics: &Topics) -> Res
         2 * attest::batch::MAX_BATCH_LEN,
         2 * attest::batch::MAX_BATCH_LEN,
     );
-    let offline = serde_json::json!({"state": "offline"}).to_string();
+    let offline = serde_json::to_string(&attest::live::DeviceStatus::Offline)
+        .expect("the offline status serialises");
     o.set_last_will(LastWill::new(
         &topics.status,
         offline,
