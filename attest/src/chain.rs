@@ -208,9 +208,21 @@ impl ChainVerifier {
         self.feed_inner(env, None, now)
     }
 
-    /// Like [`ChainVerifier::feed`] for an envelope whose signature the caller has already
-    /// checked under this device's key (batch verification) and whose payload it decoded.
-    pub fn feed_checked(
+    /// Like [`ChainVerifier::feed`] for a message whose signature attest has checked: a
+    /// [`Verified`] from [`crate::sigbatch::verify_messages`] (batch verification), which
+    /// only a check under the key of the device the message names can give. The caller
+    /// keeps it (to hold it when it came before a missing one).
+    pub fn feed_verified(
+        &mut self,
+        v: &Verified<ChainMessage>,
+        now: TimestampMs,
+    ) -> Result<Outcome, Rejection> {
+        self.feed_inner(v.envelope(), Some(v.message().clone()), now)
+    }
+
+    /// Like [`ChainVerifier::feed`] for an envelope whose signature this crate has already
+    /// checked under this device's key and whose payload it decoded (the bundle verifier).
+    pub(crate) fn feed_checked(
         &mut self,
         env: &Envelope,
         msg: ChainMessage,

@@ -25,6 +25,7 @@
 //! ([`strict_point`]). It may only say "all valid" or "something is invalid"; callers find
 //! the bad one with the single check, one by one.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
@@ -94,6 +95,58 @@ pub fn verify_one(
     } else {
         Err(SignatureError::BadSignature)
     }
+}
+
+/// Checks the signatures of decoded chain messages, each under the given key, which must be
+/// the key of the device the message names (ids derive from keys): in one batch, and one by
+/// one only when the batch fails. Each comes back [`crate::Verified`], or with why not.
+pub fn verify_messages(
+    items: Vec<(crate::Envelope, crate::msg::ChainMessage, &PublicKey)>,
+) -> Vec<Result<crate::Verified<crate::msg::ChainMessage>, Box<Unverified>>> {
+    use crate::envelope::SignatureError;
+    let batch: Vec<Item<'_>> = items
+        .iter()
+        .map(|(env, _, key)| Item {
+            message: env.signed_bytes(),
+            signature: env.signature(),
+            key,
+        })
+        .collect();
+    let all_good = verify_all(&batch);
+    drop(batch);
+    items
+        .into_iter()
+        .map(|(env, msg, key)| {
+            if key.device_id() != msg.link().device {
+                return Err(Box::new(Unverified {
+                    envelope: env,
+                    message: msg,
+                    error: SignatureError::BadKey,
+                }));
+            }
+            let ok = all_good || verify_one(env.signed_bytes(), &env.signature(), key).is_ok();
+            if ok {
+                Ok(crate::Verified::assume_signature_checked(env, msg))
+            } else {
+                Err(Box::new(Unverified {
+                    envelope: env,
+                    message: msg,
+                    error: SignatureError::BadSignature,
+                }))
+            }
+        })
+        .collect()
+}
+
+/// A chain message whose signature did not verify, with why.
+#[derive(Debug)]
+pub struct Unverified {
+    /// The envelope as received.
+    pub envelope: crate::Envelope,
+    /// Its decoded payload.
+    pub message: crate::msg::ChainMessage,
+    /// Why.
+    pub error: crate::envelope::SignatureError,
 }
 
 /// Whether every signature verifies. `false` says only that at least one does not.
@@ -343,6 +396,34 @@ mod tests {
             let (single, batch) = both_paths(&msg, bad, &key);
             assert!(!single && batch.iter().all(|b| !b), "message {i}");
         }
+    }
+
+    #[test]
+    fn only_a_signature_by_the_device_a_message_names_makes_it_verified() {
+        let mut dev = crate::sample::SampleDevice::new(1);
+        let other = KeyPair::from_seed(&[2; 32]).public();
+        let own = dev.key.public();
+        let env = dev.record_at(crate::sample::SAMPLE_START.0);
+        let msg = crate::msg::ChainMessage::open(&env).unwrap();
+        let mut forged = env.as_bytes().to_vec();
+        let n = forged.len();
+        forged[n - 1] ^= 1;
+        let forged = crate::Envelope::decode(&forged).unwrap();
+        let out = verify_messages(vec![
+            (env.clone(), msg.clone(), &own),
+            (env.clone(), msg.clone(), &other),
+            (forged, msg, &own),
+        ]);
+        assert!(out[0].is_ok());
+        assert_eq!(
+            out[1].as_ref().unwrap_err().error,
+            crate::envelope::SignatureError::BadKey,
+            "another key, even one that signed it, does not vouch for this device"
+        );
+        assert_eq!(
+            out[2].as_ref().unwrap_err().error,
+            crate::envelope::SignatureError::BadSignature
+        );
     }
 
     #[test]

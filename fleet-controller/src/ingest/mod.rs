@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use attest::chain::{ChainPolicy, ChainVerifier, Outcome, Rejection, Tip};
 use attest::msg::{Ack, ChainMessage, Command, CommandBody};
-use attest::{DeviceId, Envelope, KeyPair, SeqNo, TimestampMs};
+use attest::{DeviceId, Envelope, KeyPair, SeqNo, TimestampMs, Verified};
 
 use crate::store::{DeviceState, NewItem, Store, StoreError};
 
@@ -120,7 +120,7 @@ pub struct Ingest<S: Store> {
     gaps: HashMap<DeviceId, Gap>,
     /// Verified messages that came after a missing one, per device by sequence, until it
     /// comes (at most [`HOLD_PER_DEVICE`] a device, [`HOLD_TOTAL`] in all).
-    held: HashMap<DeviceId, BTreeMap<u64, Envelope>>,
+    held: HashMap<DeviceId, BTreeMap<u64, Verified<ChainMessage>>>,
     held_total: usize,
     /// Devices whose records came before their hello (a controller that subscribed late).
     unknown_seen: std::collections::HashSet<DeviceId>,
@@ -248,27 +248,12 @@ impl<S: Store> Ingest<S> {
     }
 
     /// A verified message to store, counted only for an approved device.
-    fn accepted(
-        &mut self,
-        id: DeviceId,
-        state: DeviceState,
-        verified: &attest::Verified<ChainMessage>,
-        env: Envelope,
-    ) -> NewItem {
+    fn accepted(&mut self, state: DeviceState, verified: Verified<ChainMessage>) -> NewItem {
         if state == DeviceState::Revoked {
             // Kept as evidence, never acknowledged (see the acks).
             *self.rejected.entry("revoked").or_default() += 1;
         }
-        let m = verified.message();
-        NewItem {
-            device: id,
-            seq: m.link().seq.0,
-            kind: env.kind() as u8,
-            timestamp_ms: m.link().timestamp.0,
-            hash: verified.hash(),
-            envelope: env.into_bytes(),
-            counted: state == DeviceState::Approved,
-        }
+        NewItem::from_verified(verified, state == DeviceState::Approved)
     }
 
     /// Handles a batch of (topic, payload) messages; returns what to publish. A store error
@@ -342,44 +327,34 @@ impl<S: Store> Ingest<S> {
             }
             known.push((id, env, msg));
         }
-        let items: Vec<attest::sigbatch::Item<'_>> = known
-            .iter()
-            .map(|(id, env, _)| attest::sigbatch::Item {
-                message: env.signed_bytes(),
-                signature: env.signature(),
-                key: &keys[id].public_key,
-            })
-            .collect();
-        let all_good = attest::sigbatch::verify_all(&items);
-        let good: Vec<bool> = if all_good {
-            vec![true; known.len()]
-        } else {
+        // Per device in sequence order, then signatures in one batch: only attest's check
+        // turns a message into a `Verified` one, the only kind the chain check and the store
+        // take.
+        known.sort_by_key(|(id, _, m)| (*id, m.link().seq));
+        let checked = attest::sigbatch::verify_messages(
             known
-                .iter()
-                .map(|(id, env, _)| env.verify(&keys[id].public_key).is_ok())
-                .collect()
-        };
-        drop(items);
+                .into_iter()
+                .map(|(id, env, msg)| (env, msg, &keys[&id].public_key))
+                .collect(),
+        );
 
-        // 3. Chains, per device in sequence order.
-        let mut known: Vec<((DeviceId, Envelope, ChainMessage), bool)> =
-            known.into_iter().zip(good).collect();
-        known.sort_by_key(|((id, _, m), _)| (*id, m.link().seq));
+        // 3. Chains.
         let mut to_store = Vec::new();
         let mut touched: BTreeMap<DeviceId, ()> = BTreeMap::new();
         // Messages a pending device may still have kept, counted down in this batch.
         let mut pending_room: HashMap<DeviceId, u64> = HashMap::new();
-        for ((id, env, msg), sig_ok) in known {
-            if !sig_ok {
-                self.reject(
-                    Some(id),
-                    "bad_signature",
-                    &format!("seq {}", msg.link().seq),
-                    now,
-                );
-                continue;
-            }
-            let seq = msg.link().seq;
+        for checked in checked {
+            let verified = match checked {
+                Ok(v) => v,
+                Err(u) => {
+                    let id = u.message.link().device;
+                    let seq = u.message.link().seq;
+                    self.reject(Some(id), "bad_signature", &format!("seq {seq}"), now);
+                    continue;
+                }
+            };
+            let id = verified.message().link().device;
+            let seq = verified.message().link().seq;
             if keys[&id].state == DeviceState::Pending {
                 let max = self.cfg.enrollment.max_pending_messages;
                 let room = match pending_room.entry(id) {
@@ -403,10 +378,10 @@ impl<S: Store> Ingest<S> {
             let Some(v) = self.verifier(id)? else {
                 continue;
             };
-            match v.feed_checked(&env, msg, TimestampMs(now)) {
-                Ok(Outcome::Accepted(verified)) => {
+            match v.feed_verified(&verified, TimestampMs(now)) {
+                Ok(Outcome::Accepted(accepted)) => {
                     let state = keys[&id].state;
-                    to_store.push(self.accepted(id, state, &verified, env));
+                    to_store.push(self.accepted(state, *accepted));
                     touched.insert(id, ());
                 }
                 Ok(Outcome::Duplicate { .. }) => {
@@ -416,7 +391,7 @@ impl<S: Store> Ingest<S> {
                     // Older than the checker remembers: the store decides.
                     let stored = self.store.items(id, seq.0, seq.0)?;
                     match stored.first() {
-                        Some((_, b)) if b == env.as_bytes() => {
+                        Some((_, b)) if b == verified.envelope().as_bytes() => {
                             touched.insert(id, ());
                         }
                         _ => self.reject(Some(id), "fork", &format!("seq {seq}"), now),
@@ -427,7 +402,7 @@ impl<S: Store> Ingest<S> {
                     // missing one asked for at once; rejected only when the hold is full.
                     let slot = self.held.entry(id).or_default();
                     if slot.len() < HOLD_PER_DEVICE && self.held_total < HOLD_TOTAL {
-                        if slot.insert(got.0, env).is_none() {
+                        if slot.insert(got.0, verified).is_none() {
                             self.held_total += 1;
                         }
                         self.held_out_of_order += 1;
@@ -471,17 +446,14 @@ impl<S: Store> Ingest<S> {
                 .and_then(|v| v.tip())
                 .map(|t| t.seq.0 + 1)
             {
-                let Some(env) = self.held.get_mut(&id).and_then(|h| h.remove(&next)) else {
+                let Some(held) = self.held.get_mut(&id).and_then(|h| h.remove(&next)) else {
                     break;
                 };
                 self.held_total -= 1;
-                let Ok(msg) = ChainMessage::open(&env) else {
-                    continue;
-                };
                 let Some(v) = self.verifier(id)? else { break };
-                match v.feed_checked(&env, msg, TimestampMs(now)) {
-                    Ok(Outcome::Accepted(verified)) => {
-                        to_store.push(self.accepted(id, state, &verified, env));
+                match v.feed_verified(&held, TimestampMs(now)) {
+                    Ok(Outcome::Accepted(accepted)) => {
+                        to_store.push(self.accepted(state, *accepted));
                         touched.insert(id, ());
                     }
                     Ok(Outcome::Duplicate { .. }) => {}

@@ -14,7 +14,8 @@ mod migrations;
 pub mod pool;
 pub mod sqlite;
 
-use attest::{DeviceId, Hash32, PublicKey};
+use attest::msg::ChainMessage;
+use attest::{DeviceId, Hash32, PublicKey, Verified};
 
 /// Where a device stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,19 +70,49 @@ pub struct DeviceRow {
 #[derive(Debug, Clone)]
 pub struct NewItem {
     /// The device.
-    pub device: DeviceId,
+    pub(crate) device: DeviceId,
     /// Its sequence number.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// Its kind byte.
-    pub kind: u8,
+    pub(crate) kind: u8,
     /// Its timestamp (device clock).
-    pub timestamp_ms: u64,
+    pub(crate) timestamp_ms: u64,
     /// Its envelope hash.
-    pub hash: Hash32,
+    pub(crate) hash: Hash32,
     /// The envelope as received.
-    pub envelope: Vec<u8>,
+    pub(crate) envelope: Vec<u8>,
     /// Whether it counts (the device was approved when it arrived).
-    pub counted: bool,
+    pub(crate) counted: bool,
+}
+
+impl NewItem {
+    /// A chain message to store: only a [`Verified`] one (its signature checked by attest,
+    /// under the key of the device it names) becomes one, so unverified data cannot reach
+    /// the store.
+    pub fn from_verified(v: Verified<ChainMessage>, counted: bool) -> NewItem {
+        let link = *v.message().link();
+        let (kind, hash) = (v.envelope().kind() as u8, v.hash());
+        let (env, _) = v.into_parts();
+        NewItem {
+            device: link.device,
+            seq: link.seq.0,
+            kind,
+            timestamp_ms: link.timestamp.0,
+            hash,
+            envelope: env.into_bytes(),
+            counted,
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> DeviceId {
+        self.device
+    }
+
+    /// Its sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
 }
 
 /// What an insert did.

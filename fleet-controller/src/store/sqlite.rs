@@ -617,16 +617,13 @@ mod tests {
     use attest::sample::SampleDevice;
 
     fn item(dev: &SampleDevice, env: &attest::Envelope, counted: bool) -> NewItem {
-        let m = attest::msg::ChainMessage::open(env).unwrap();
-        NewItem {
-            device: dev.key.device_id(),
-            seq: m.link().seq.0,
-            kind: env.kind() as u8,
-            timestamp_ms: m.link().timestamp.0,
-            hash: env.hash(),
-            envelope: env.as_bytes().to_vec(),
-            counted,
-        }
+        let msg = attest::msg::ChainMessage::open(env).unwrap();
+        let key = dev.key.public();
+        let v = attest::sigbatch::verify_messages(vec![(env.clone(), msg, &key)])
+            .pop()
+            .unwrap()
+            .unwrap();
+        NewItem::from_verified(v, counted)
     }
 
     #[test]
