@@ -538,8 +538,12 @@ impl EvmAnchor {
 
 /// Runs the anchor loop on its own thread (SQLite is blocking; it opens its own
 /// connection): every `poll`, anchors what is pending. Errors are logged once per reason
-/// and counted; the loop never stops.
-pub fn spawn(cfg: EvmConfig, db: std::path::PathBuf) -> std::io::Result<()> {
+/// and counted; the loop stops only when `stop` turns true (the controller's one shutdown).
+pub fn spawn(
+    cfg: EvmConfig,
+    db: std::path::PathBuf,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("evm-anchor".into())
         .spawn(move || {
@@ -553,12 +557,11 @@ pub fn spawn(cfg: EvmConfig, db: std::path::PathBuf) -> std::io::Result<()> {
                     return;
                 }
             };
-            rt.block_on(run(cfg, db));
+            rt.block_on(run(cfg, db, stop));
         })
-        .map(|_| ())
 }
 
-async fn run(cfg: EvmConfig, db: std::path::PathBuf) {
+async fn run(cfg: EvmConfig, db: std::path::PathBuf, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut last_reason = "";
     let mut anchor = None;
     // Opened once and kept (a failed database is opened again next round).
@@ -589,7 +592,10 @@ async fn run(cfg: EvmConfig, db: std::path::PathBuf) {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(cfg.poll_ms.max(100))).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(cfg.poll_ms.max(100))) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 

@@ -100,7 +100,11 @@ pub async fn run_with_api_listener(
     // The key is loaded once, by `open`.
     let key = ingest.key().clone();
     let epoch_key = key.clone();
-    std::thread::Builder::new().name("ingest".into()).spawn(move || {
+    // One shutdown for every part: the ingest thread ends when its queue is closed (after
+    // the batch in hand), the EVM anchor thread and the HTTP API when `stop` turns true,
+    // and `run` returns once they have.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ingest_thread = std::thread::Builder::new().name("ingest".into()).spawn(move || {
         let mut next_epoch = now_ms() + epoch_every;
         loop {
             // Wake for the epoch timer even when no message comes.
@@ -155,13 +159,19 @@ pub async fn run_with_api_listener(
         }
     })?;
 
+    let mut parts: Vec<std::thread::JoinHandle<()>> = vec![ingest_thread];
+    let mut api_task = None;
     if cfg.epochs.anchor == crate::config::AnchorBackend::Evm {
         let evm = cfg
             .epochs
             .evm
             .clone()
             .context("epochs.evm is not configured")?;
-        crate::anchor_evm::spawn(evm, cfg.db_path())?;
+        parts.push(crate::anchor_evm::spawn(
+            evm,
+            cfg.db_path(),
+            stop_rx.clone(),
+        )?);
     }
     if api.is_some() || !cfg.api.listen.is_empty() {
         let state = crate::api::ApiState {
@@ -185,11 +195,16 @@ pub async fn run_with_api_listener(
         };
         let listen = listener.local_addr().context("the HTTP API address")?;
         tracing::info!(%listen, "HTTP API listening");
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, crate::api::app(state)).await {
+        let mut stopped = stop_rx.clone();
+        api_task = Some(tokio::spawn(async move {
+            let serve =
+                axum::serve(listener, crate::api::app(state)).with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                });
+            if let Err(e) = serve.await {
                 tracing::error!(error = %e, "HTTP API stopped");
             }
-        });
+        }));
     }
     let b = &cfg.broker;
     let mut o = MqttOptions::new(
@@ -254,5 +269,16 @@ pub async fn run_with_api_listener(
         }
     }
     queue.close();
+    let _ = stop_tx.send(true);
+    if let Some(t) = api_task {
+        let _ = t.await;
+    }
+    // Waited for without a blocking-pool thread (which would itself outlive `run`).
+    while !parts.iter().all(|p| p.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for p in parts {
+        let _ = p.join();
+    }
     Ok(())
 }
