@@ -38,18 +38,17 @@ pub enum IdentityError {
     Random(String),
 }
 
+/// An I/O error of `what` on the key file at `path`, for `map_err`.
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError {
+    let path = path.display().to_string();
+    move |source| IdentityError::Io { what, path, source }
+}
+
 /// Loads the key at `path`, or creates it when absent. Returns the key and whether it was
 /// created now (a first start).
 pub fn load_or_create(path: &Path) -> Result<(KeyPair, bool), IdentityError> {
     let shown = path.display().to_string();
-    let io = |what| {
-        let p = shown.clone();
-        move |source| IdentityError::Io {
-            what,
-            path: p,
-            source,
-        }
-    };
+    let io = |what| io_error(what, path);
     match std::fs::metadata(path) {
         Ok(meta) if meta.len() == 0 => {
             // Interrupted creation by an older agent: no key was ever in it.
@@ -77,15 +76,7 @@ pub fn load_or_create(path: &Path) -> Result<(KeyPair, bool), IdentityError> {
 /// Makes a new key at `path` (absent): temporary file, fsync, link into place, fsync the
 /// directory. When another process linked its key first, that key is loaded instead.
 fn create(path: &Path) -> Result<(KeyPair, bool), IdentityError> {
-    let shown = path.display().to_string();
-    let io = |what| {
-        let p = shown.clone();
-        move |source| IdentityError::Io {
-            what,
-            path: p,
-            source,
-        }
-    };
+    let io = |what| io_error(what, path);
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir {
         std::fs::create_dir_all(dir).map_err(io("creating the directory of"))?;

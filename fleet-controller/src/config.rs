@@ -297,6 +297,9 @@ const fn default_port() -> u16 {
 fn default_group() -> String {
     "heliostat-ingest".into()
 }
+/// The smallest `ingest.queue_max_bytes` accepted: one largest batch payload.
+pub const MIN_QUEUE_BYTES: usize = attest::batch::MAX_BATCH_LEN;
+
 const fn default_queue_bytes() -> usize {
     64 << 20
 }
@@ -349,11 +352,22 @@ impl ControllerConfig {
                 if e.confirmations == 0 {
                     anyhow::bail!("config key `epochs.evm.confirmations`: must be at least 1");
                 }
+                if e.max_fee_gwei == 0 {
+                    anyhow::bail!(
+                        "config key `epochs.evm.max_fee_gwei`: must be at least 1 (0 would never anchor)"
+                    );
+                }
             }
             (AnchorBackend::Local, _) => {}
         }
         if self.ingest.batch_max == 0 {
             anyhow::bail!("config key `ingest.batch_max`: must be above 0");
+        }
+        if self.ingest.queue_max_bytes < MIN_QUEUE_BYTES {
+            anyhow::bail!(
+                "config key `ingest.queue_max_bytes`: must be at least {MIN_QUEUE_BYTES} (a batch \
+                 of records is up to 1 MiB)"
+            );
         }
         if self.broker.password.is_some() && self.broker.username.is_none() {
             anyhow::bail!("config key `broker.password`: needs broker.username");
@@ -440,5 +454,24 @@ mod tests {
         );
         assert!(msg.contains(&format!("{}: line 3", csv.display())), "{msg}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_ingest_queue_below_one_batch_and_a_fee_cap_of_zero_are_refused_by_name() {
+        let cfg = |extra: &str| -> anyhow::Result<ControllerConfig> {
+            let cfg: ControllerConfig =
+                toml::from_str(&format!("[broker]\nhost = \"127.0.0.1\"\n{extra}"))?;
+            cfg.validate()?;
+            Ok(cfg)
+        };
+        let e = cfg("[ingest]\nqueue_max_bytes = 1000").unwrap_err();
+        assert!(e.to_string().contains("`ingest.queue_max_bytes`"), "{e}");
+        assert!(cfg("[ingest]\nqueue_max_bytes = 1048576").is_ok());
+        let evm = "[epochs]\nanchor = \"evm\"\n[epochs.evm]\nrpc_url = \"http://127.0.0.1:8545\"\n\
+                   contract = \"0x5fbdb2315678afecb367f032d93f642f64180aa3\"\nkey_file = \"k\"\n\
+                   chain_id = 31337\n";
+        let e = cfg(&format!("{evm}max_fee_gwei = 0")).unwrap_err();
+        assert!(e.to_string().contains("`epochs.evm.max_fee_gwei`"), "{e}");
+        assert!(cfg(evm).is_ok());
     }
 }
