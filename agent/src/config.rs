@@ -77,10 +77,18 @@ pub struct JobsConfig {
     /// not in `blob_dir` are fetched from `{blob_url}{sha256}`, checked and kept there.
     #[serde(default)]
     pub blob_url: Option<String>,
+    /// Most bytes of blobs kept in `blob_dir`: past it, the least recently used go (never
+    /// those of the job at hand).
+    #[serde(default = "default_blob_cache")]
+    pub blob_cache_max_bytes: u64,
     /// For the simulator source: the simulated GPU's draw while a chunk runs, watts (the
     /// CPU does the real compute; the simulator's load and GPU channels show this).
     #[serde(default = "default_job_power")]
     pub simulated_gpu_w: f64,
+}
+
+const fn default_blob_cache() -> u64 {
+    2 << 30
 }
 
 impl Default for JobsConfig {
@@ -97,6 +105,7 @@ impl Default for JobsConfig {
             nvml_power_limit_gpu: None,
             blob_dir: None,
             blob_url: None,
+            blob_cache_max_bytes: default_blob_cache(),
             simulated_gpu_w: default_job_power(),
         }
     }

@@ -173,7 +173,50 @@ fn fetch_blob(
     if got != *hash {
         return Err(format!("input {hash}: the blob hashes to {got}"));
     }
+    // Used now: the last to go when the cache is over its size (mtime, not atime, which
+    // many mounts do not keep).
+    let _ = std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
     Ok(bytes)
+}
+
+/// Keeps the blobs in `dir` within `max_bytes`: the least recently used go first (by
+/// modification time, which a use sets), never one of `keep` (the job at hand). Returns
+/// the names removed. Temporary files of downloads in flight are not counted or touched.
+pub(super) fn evict(dir: &Path, max_bytes: u64, keep: &[attest::Hash32]) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let keep: Vec<String> = keep.iter().map(|h| h.to_hex()).collect();
+    let mut blobs: Vec<(std::time::SystemTime, u64, String)> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            let m = e.metadata().ok()?;
+            Some((m.modified().ok()?, m.len(), name))
+        })
+        .collect();
+    let mut total: u64 = blobs.iter().map(|b| b.1).sum();
+    blobs.sort();
+    let mut removed = Vec::new();
+    for (_, len, name) in blobs {
+        if total <= max_bytes {
+            break;
+        }
+        if keep.contains(&name) {
+            continue;
+        }
+        if std::fs::remove_file(dir.join(&name)).is_ok() {
+            total -= len;
+            removed.push(name);
+        }
+    }
+    removed
 }
 
 /// Fetches a job's inputs and prepares it (uploads to the GPU): off the agent's task.
@@ -182,6 +225,7 @@ pub(super) fn fetch_and_prepare(
     backend: &crate::jobs::ComputeBackend,
     dir: &Path,
     url: Option<&str>,
+    cache_max_bytes: u64,
 ) -> Result<crate::jobs::PreparedJob, String> {
     let declared = declared_inputs(spec)?;
     let inputs = spec
@@ -199,6 +243,13 @@ pub(super) fn fetch_and_prepare(
         )?),
         attest::msg::Workload::Builtin { .. } => None,
     };
+    let mut keep = spec.inputs.clone();
+    if let attest::msg::Workload::Ptx { module, .. } = &spec.workload {
+        keep.push(*module);
+    }
+    for gone in evict(dir, cache_max_bytes, &keep) {
+        tracing::info!(blob = %gone, "blob cache over its size: least recently used removed");
+    }
     let prepared = backend.prepare(
         &spec.workload,
         module.as_deref(),
@@ -318,6 +369,7 @@ mod tests {
             &cpu(),
             &dir,
             Some(&url),
+            u64::MAX,
         ));
         assert!(
             e.contains("larger than the 40 bytes declared (refused while streaming)"),
@@ -337,6 +389,7 @@ mod tests {
             &cpu(),
             &dir,
             Some(&url),
+            u64::MAX,
         ));
         assert!(
             e.contains("offers 41 bytes, larger than the 40 declared"),
@@ -356,6 +409,7 @@ mod tests {
             &cpu(),
             &dir,
             Some(&url),
+            u64::MAX,
         ));
         assert!(
             e.contains("names 2 inputs, kernel sha256_batch takes 1"),
@@ -371,9 +425,9 @@ mod tests {
         let (url, requests) = blob_server(body, false);
         let dir = tmp("kept");
         let spec = job(2, 40, vec![hash]);
-        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url)).unwrap();
+        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url), u64::MAX).unwrap();
         assert_eq!(files_in(&dir), vec![hash.to_hex()]);
-        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url)).unwrap();
+        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url), u64::MAX).unwrap();
         assert_eq!(
             requests.load(Ordering::SeqCst),
             1,
@@ -381,7 +435,42 @@ mod tests {
         );
         // A different blob under that name (a damaged disk) is refused, not run.
         std::fs::write(dir.join(hash.to_hex()), [0u8; 80]).unwrap();
-        let e = refused(fetch_and_prepare(&spec, &cpu(), &dir, None));
+        let e = refused(fetch_and_prepare(&spec, &cpu(), &dir, None, u64::MAX));
         assert!(e.contains("hashes to"), "{e}");
+    }
+
+    #[test]
+    fn the_blob_cache_stays_within_its_size_removing_the_least_recently_used_first() {
+        let dir = std::env::temp_dir().join(format!("blob-lru-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let t0 = std::time::SystemTime::now() - Duration::from_secs(1_000);
+        let blob = |i: u8, age_s: u64| {
+            let h = attest::Hash32([i; 32]);
+            let p = dir.join(h.to_hex());
+            std::fs::write(&p, vec![i; 40]).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t0 + Duration::from_secs(age_s))
+                .unwrap();
+            h
+        };
+        let (oldest, middle, newest) = (blob(1, 10), blob(2, 20), blob(3, 30));
+        std::fs::write(dir.join(".in-flight.tmp"), vec![0; 500]).unwrap();
+        // 120 bytes of blobs, 100 allowed: the oldest goes, unless the job needs it.
+        assert!(
+            evict(&dir, 1_000, &[]).is_empty(),
+            "within its size: nothing goes"
+        );
+        assert_eq!(evict(&dir, 100, &[oldest]), vec![middle.to_hex()]);
+        assert!(dir.join(oldest.to_hex()).exists());
+        assert!(dir.join(newest.to_hex()).exists());
+        assert!(
+            dir.join(".in-flight.tmp").exists(),
+            "downloads in flight are not touched"
+        );
+        assert_eq!(evict(&dir, 40, &[]), vec![oldest.to_hex()]);
     }
 }

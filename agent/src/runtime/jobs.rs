@@ -237,11 +237,12 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| self.cfg.data_dir.join("blobs"));
         let url = self.cfg.jobs.blob_url.clone();
+        let cache_max = self.cfg.jobs.blob_cache_max_bytes;
         let tx = self.jobs.prepared_tx.clone();
         let spawned = std::thread::Builder::new()
             .name("job-prepare".into())
             .spawn(move || {
-                let r = fetch_and_prepare(&spec, &backend, &dir, url.as_deref());
+                let r = fetch_and_prepare(&spec, &backend, &dir, url.as_deref(), cache_max);
                 let _ = tx.send((spec, r));
             });
         if let Err(e) = spawned {
