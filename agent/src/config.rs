@@ -81,6 +81,10 @@ pub struct JobsConfig {
     /// those of the job at hand).
     #[serde(default = "default_blob_cache")]
     pub blob_cache_max_bytes: u64,
+    /// How many finished jobs' outputs are kept in `data_dir/jobs/` (the oldest go first;
+    /// until results are uploaded to the controller, they wait there for their buyer).
+    #[serde(default = "default_outputs_kept")]
+    pub outputs_kept: usize,
     /// For the simulator source: the simulated GPU's draw while a chunk runs, watts (the
     /// CPU does the real compute; the simulator's load and GPU channels show this).
     #[serde(default = "default_job_power")]
@@ -89,6 +93,10 @@ pub struct JobsConfig {
 
 const fn default_blob_cache() -> u64 {
     2 << 30
+}
+
+const fn default_outputs_kept() -> usize {
+    16
 }
 
 impl Default for JobsConfig {
@@ -106,6 +114,7 @@ impl Default for JobsConfig {
             blob_dir: None,
             blob_url: None,
             blob_cache_max_bytes: default_blob_cache(),
+            outputs_kept: default_outputs_kept(),
             simulated_gpu_w: default_job_power(),
         }
     }

@@ -123,3 +123,55 @@ pub fn write_status(data: &Path, status: &crate::status::Status) {
         let _ = replace(&status_path(data), &bytes);
     }
 }
+/// Keeps the `keep` most recently modified folders in `dir` and removes the others (job
+/// outputs); returns the names removed.
+pub fn prune_oldest(dir: &Path, keep: usize) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut folders: Vec<(std::time::SystemTime, String)> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let m = e.metadata().ok()?;
+            m.is_dir()
+                .then(|| Some((m.modified().ok()?, e.file_name().into_string().ok()?)))
+                .flatten()
+        })
+        .collect();
+    folders.sort();
+    let excess = folders.len().saturating_sub(keep);
+    folders
+        .into_iter()
+        .take(excess)
+        .filter(|(_, name)| std::fs::remove_dir_all(dir.join(name)).is_ok())
+        .map(|(_, name)| name)
+        .collect()
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_most_recent_job_outputs_are_kept() {
+        let dir = std::env::temp_dir().join(format!("outputs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let t0 = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let d = dir.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("out0.bin"), b"x").unwrap();
+            std::fs::File::open(&d)
+                .unwrap()
+                .set_modified(t0 + std::time::Duration::from_secs(i as u64))
+                .unwrap();
+        }
+        assert!(prune_oldest(&dir, 3).is_empty());
+        assert_eq!(
+            prune_oldest(&dir, 1),
+            vec!["a".to_string(), "b".to_string()]
+        );
+        assert!(dir.join("c").exists() && !dir.join("a").exists());
+        assert!(prune_oldest(&dir.join("missing"), 0).is_empty());
+    }
+}

@@ -396,6 +396,10 @@ impl Agent {
                 if let Err(e) = written {
                     tracing::error!(job = %id, error = %e, "writing job outputs failed");
                 }
+                let jobs_dir = self.cfg.data_dir.join("jobs");
+                for gone in files::prune_oldest(&jobs_dir, self.cfg.jobs.outputs_kept) {
+                    tracing::info!(outputs = %gone, "older job outputs removed");
+                }
             }
             self.status.jobs.running = None;
         }
