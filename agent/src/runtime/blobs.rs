@@ -10,6 +10,33 @@ use sha2::Digest;
 
 use crate::jobs::kernel::MAX_INPUT_BYTES;
 
+/// What the blob folder may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BlobLimits {
+    /// Most bytes of blobs kept (least recently used go first).
+    pub cache_max_bytes: u64,
+    /// Bytes left free on the disk for the outbox: a download that would eat into them is
+    /// refused (records are never starved by blobs).
+    pub disk_reserve_bytes: u64,
+}
+
+impl BlobLimits {
+    /// No limits (tests).
+    #[cfg(test)]
+    pub fn none() -> BlobLimits {
+        BlobLimits {
+            cache_max_bytes: u64::MAX,
+            disk_reserve_bytes: 0,
+        }
+    }
+}
+
+/// Bytes free for an unprivileged writer on the disk that holds `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
 /// How large a blob may be, from what the job declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Declared {
@@ -113,8 +140,20 @@ fn download(
     base: &str,
     hash: &attest::Hash32,
     declared: Declared,
+    reserve: u64,
 ) -> Result<(), String> {
     let from = format!("{base}{}", hash.to_hex());
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    if let Some(free) = free_bytes(dir)
+        && free < declared.max().saturating_add(reserve)
+    {
+        return Err(format!(
+            "input {hash}: {free} bytes free on the disk of {}, and the outbox keeps {reserve} \
+             of them for records: no room for up to {} more",
+            dir.display(),
+            declared.max()
+        ));
+    }
     let agent = ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(120)))
@@ -156,6 +195,7 @@ fn fetch_blob(
     url: Option<&str>,
     hash: &attest::Hash32,
     declared: Declared,
+    reserve: u64,
 ) -> Result<Vec<u8>, String> {
     let path = dir.join(hash.to_hex());
     match std::fs::metadata(&path) {
@@ -164,7 +204,7 @@ fn fetch_blob(
             let Some(base) = url else {
                 return Err(format!("input {hash}: {e} (and no jobs.blob_url)"));
             };
-            download(dir, base, hash, declared)?;
+            download(dir, base, hash, declared, reserve)?;
         }
     }
     let bytes = std::fs::read(&path).map_err(|e| format!("input {hash}: reading it: {e}"))?;
@@ -225,14 +265,15 @@ pub(super) fn fetch_and_prepare(
     backend: &crate::jobs::ComputeBackend,
     dir: &Path,
     url: Option<&str>,
-    cache_max_bytes: u64,
+    limits: BlobLimits,
 ) -> Result<crate::jobs::PreparedJob, String> {
+    let reserve = limits.disk_reserve_bytes;
     let declared = declared_inputs(spec)?;
     let inputs = spec
         .inputs
         .iter()
         .zip(declared)
-        .map(|(h, d)| fetch_blob(dir, url, h, d))
+        .map(|(h, d)| fetch_blob(dir, url, h, d, reserve))
         .collect::<Result<Vec<_>, _>>()?;
     let module = match &spec.workload {
         attest::msg::Workload::Ptx { module, .. } => Some(fetch_blob(
@@ -240,6 +281,7 @@ pub(super) fn fetch_and_prepare(
             url,
             module,
             Declared::AtMost(MAX_INPUT_BYTES),
+            reserve,
         )?),
         attest::msg::Workload::Builtin { .. } => None,
     };
@@ -247,7 +289,7 @@ pub(super) fn fetch_and_prepare(
     if let attest::msg::Workload::Ptx { module, .. } = &spec.workload {
         keep.push(*module);
     }
-    for gone in evict(dir, cache_max_bytes, &keep) {
+    for gone in evict(dir, limits.cache_max_bytes, &keep) {
         tracing::info!(blob = %gone, "blob cache over its size: least recently used removed");
     }
     let prepared = backend.prepare(
@@ -369,7 +411,7 @@ mod tests {
             &cpu(),
             &dir,
             Some(&url),
-            u64::MAX,
+            BlobLimits::none(),
         ));
         assert!(
             e.contains("larger than the 40 bytes declared (refused while streaming)"),
@@ -389,13 +431,47 @@ mod tests {
             &cpu(),
             &dir,
             Some(&url),
-            u64::MAX,
+            BlobLimits::none(),
         ));
         assert!(
             e.contains("offers 41 bytes, larger than the 40 declared"),
             "{e}"
         );
         assert_eq!(files_in(&dir), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_download_that_would_eat_into_the_outboxs_room_is_refused_before_any_byte() {
+        let body = vec![b'w'; 40];
+        let hash = attest::Hash32::digest(&body);
+        let (url, requests) = blob_server(body, true);
+        let dir = tmp("reserve");
+        // The outbox keeps more than any disk has: no blob may come.
+        let limits = BlobLimits {
+            disk_reserve_bytes: u64::MAX / 2,
+            ..BlobLimits::none()
+        };
+        let e = refused(fetch_and_prepare(
+            &job(1, 40, vec![hash]),
+            &cpu(),
+            &dir,
+            Some(&url),
+            limits,
+        ));
+        assert!(e.contains("the outbox keeps"), "{e}");
+        assert_eq!(requests.load(Ordering::SeqCst), 0, "nothing was fetched");
+        // With the usual reserve it comes.
+        fetch_and_prepare(
+            &job(1, 40, vec![hash]),
+            &cpu(),
+            &dir,
+            Some(&url),
+            BlobLimits {
+                disk_reserve_bytes: 64 << 20,
+                ..BlobLimits::none()
+            },
+        )
+        .unwrap();
     }
 
     #[test]
@@ -409,7 +485,7 @@ mod tests {
             &cpu(),
             &dir,
             Some(&url),
-            u64::MAX,
+            BlobLimits::none(),
         ));
         assert!(
             e.contains("names 2 inputs, kernel sha256_batch takes 1"),
@@ -425,9 +501,9 @@ mod tests {
         let (url, requests) = blob_server(body, false);
         let dir = tmp("kept");
         let spec = job(2, 40, vec![hash]);
-        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url), u64::MAX).unwrap();
+        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url), BlobLimits::none()).unwrap();
         assert_eq!(files_in(&dir), vec![hash.to_hex()]);
-        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url), u64::MAX).unwrap();
+        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url), BlobLimits::none()).unwrap();
         assert_eq!(
             requests.load(Ordering::SeqCst),
             1,
@@ -435,7 +511,13 @@ mod tests {
         );
         // A different blob under that name (a damaged disk) is refused, not run.
         std::fs::write(dir.join(hash.to_hex()), [0u8; 80]).unwrap();
-        let e = refused(fetch_and_prepare(&spec, &cpu(), &dir, None, u64::MAX));
+        let e = refused(fetch_and_prepare(
+            &spec,
+            &cpu(),
+            &dir,
+            None,
+            BlobLimits::none(),
+        ));
         assert!(e.contains("hashes to"), "{e}");
     }
 

@@ -237,12 +237,15 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| self.cfg.data_dir.join("blobs"));
         let url = self.cfg.jobs.blob_url.clone();
-        let cache_max = self.cfg.jobs.blob_cache_max_bytes;
+        let limits = super::blobs::BlobLimits {
+            cache_max_bytes: self.cfg.jobs.blob_cache_max_bytes,
+            disk_reserve_bytes: self.cfg.outbox.max_bytes,
+        };
         let tx = self.jobs.prepared_tx.clone();
         let spawned = std::thread::Builder::new()
             .name("job-prepare".into())
             .spawn(move || {
-                let r = fetch_and_prepare(&spec, &backend, &dir, url.as_deref(), cache_max);
+                let r = fetch_and_prepare(&spec, &backend, &dir, url.as_deref(), limits);
                 let _ = tx.send((spec, r));
             });
         if let Err(e) = spawned {
