@@ -262,11 +262,33 @@ impl Store for SqliteStore {
         timestamp_ms: u64,
         hello: &[u8],
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO hellos (device, timestamp_ms, envelope) VALUES (?1, ?2, ?3)
-             ON CONFLICT (device, timestamp_ms) DO NOTHING",
-            params![&id.0[..], to_i64(timestamp_ms), hello],
+        let tx = self.conn.transaction()?;
+        let insert = "INSERT INTO hellos (device, timestamp_ms, envelope) VALUES (?1, ?2, ?3)
+                      ON CONFLICT (device, timestamp_ms) DO NOTHING";
+        let has_history: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM hellos WHERE device = ?1)",
+            params![&id.0[..]],
+            |r| r.get(0),
         )?;
+        if !has_history {
+            // A device known from before the history was kept (schema 3): its current
+            // hello is its first version.
+            let current: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT hello FROM devices WHERE id = ?1",
+                    params![&id.0[..]],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(bytes) = current
+                && let Ok(h) =
+                    attest::Envelope::decode(&bytes).and_then(|e| e.open::<attest::msg::Hello>())
+            {
+                tx.execute(insert, params![&id.0[..], to_i64(h.timestamp.0), bytes])?;
+            }
+        }
+        tx.execute(insert, params![&id.0[..], to_i64(timestamp_ms), hello])?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -774,5 +796,32 @@ mod tests {
             SqliteStore::open(&path),
             Err(StoreError::TooNew { .. })
         ));
+    }
+
+    #[test]
+    fn a_device_from_before_the_hello_history_keeps_its_first_hello_as_a_version() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let dev = SampleDevice::new(3);
+        let id = dev.key.device_id();
+        let first = dev.hello();
+        // Registered by an older controller: a device row, no history.
+        s.upsert_device(
+            id,
+            dev.key.public(),
+            first.as_bytes(),
+            1,
+            DeviceState::Approved,
+        )
+        .unwrap();
+        let mut moved: attest::msg::Hello = first.open().unwrap();
+        moved.timestamp.0 += 1_000;
+        moved.site.grid_region = "FR".into();
+        let moved = attest::Envelope::seal(&moved, &dev.key);
+        s.record_hello(id, 1_782_000_001_000, moved.as_bytes())
+            .unwrap();
+        assert_eq!(
+            s.hellos(id).unwrap(),
+            vec![first.as_bytes().to_vec(), moved.as_bytes().to_vec()]
+        );
     }
 }
