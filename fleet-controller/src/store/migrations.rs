@@ -1,6 +1,9 @@
 //! The SQLite schema, as versioned migrations: migration `i` takes the database from
 //! `user_version` `i` to `i + 1`, in one transaction.
 
+use super::StoreError;
+use super::sqlite::SqliteStore;
+
 /// The migrations, in order.
 pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: devices and chain messages.
@@ -58,3 +61,30 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+impl SqliteStore {
+    /// The schema version stored in the database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get::<_, u32>(0))?)
+    }
+
+    pub(super) fn migrate(&mut self) -> Result<(), StoreError> {
+        let found = self.schema_version()?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as u32)?;
+            tx.commit()?;
+            tracing::info!(version = i + 1, "database migrated");
+        }
+        Ok(())
+    }
+}

@@ -18,12 +18,11 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-use super::migrations::MIGRATIONS;
 pub use super::migrations::SCHEMA_VERSION;
 
 /// A SQLite store.
 pub struct SqliteStore {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 fn id_of(bytes: Vec<u8>) -> Result<DeviceId, StoreError> {
@@ -68,31 +67,6 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(SqliteStore { conn })
-    }
-
-    /// The schema version stored in the database.
-    pub fn schema_version(&self) -> Result<u32, StoreError> {
-        Ok(self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get::<_, u32>(0))?)
-    }
-
-    fn migrate(&mut self) -> Result<(), StoreError> {
-        let found = self.schema_version()?;
-        if found > SCHEMA_VERSION {
-            return Err(StoreError::TooNew {
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-            let tx = self.conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as u32)?;
-            tx.commit()?;
-            tracing::info!(version = i + 1, "database migrated");
-        }
-        Ok(())
     }
 
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDevice> {
