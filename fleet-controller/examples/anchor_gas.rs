@@ -4,7 +4,7 @@
 //! `cargo run --release -p fleet-controller --example anchor_gas`
 
 use attest::{Hash32, KeyPair};
-use fleet_controller::anchor_evm::EvmAnchor;
+use fleet_controller::anchor::evm::EvmAnchor;
 use fleet_controller::config::EvmConfig;
 use fleet_controller::store::sqlite::SqliteStore;
 use fleet_controller::store::{EpochRow, Store};

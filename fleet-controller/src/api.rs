@@ -558,7 +558,7 @@ fn app_with_blob_limit(state: ApiState, max_blob_bytes: usize) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::epochs::close_epoch;
+    use crate::anchor::local::close_epoch;
     use crate::ingest::{Ingest, IngestConfig, PREFIX};
     use attest::KeyPair;
     use attest::sample::{SAMPLE_START, SampleDevice};

@@ -8,12 +8,13 @@
 use std::collections::BTreeMap;
 
 use attest::account::AccountError;
-use attest::bundle::{AnchorRef, BUNDLE_FORMAT, Blob, EpochProof, Evidence, ProofBundle};
+use attest::bundle::{BUNDLE_FORMAT, Blob, EpochProof, Evidence, ProofBundle};
 use attest::merkle::{MerkleTree, TreeHead};
 use attest::msg::ChainMessage;
 use attest::{DeviceId, Envelope, EpochId, KeyPair};
 
 use crate::accounting::{counted_period, device_statement, stored_hellos};
+use crate::anchor::{Anchor, EvmContract, LocalLog};
 use crate::intensity::IntensityResolver;
 use crate::store::{Store, StoreError};
 
@@ -91,17 +92,14 @@ pub fn device_period<S: Store>(
             }
             // An epoch confirmed on chain is proven there (`attest verify --rpc`);
             // otherwise by the controller-signed local log.
-            let anchor = match store.evm_anchor(epoch)? {
-                Some(a) if a.block_number.is_some() => AnchorRef::Evm {
-                    chain_id: a.chain_id,
-                    contract: attest::bundle::Address(a.contract),
-                    tx_hash: a.tx_hash,
-                    block_number: a.block_number.unwrap_or_default(),
-                },
-                _ => AnchorRef::Local {
-                    entry: Blob(row.anchor_entry.clone()),
-                    controller_key: controller.public(),
-                },
+            let local = LocalLog {
+                controller: controller.public(),
+            };
+            let anchor = match EvmContract.cite(store, &row)? {
+                Some(a) => a,
+                None => local
+                    .cite(store, &row)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("epoch {epoch} unanchored")))?,
             };
             epochs.push(EpochProof {
                 epoch: EpochId(epoch),
@@ -140,7 +138,7 @@ pub fn device_period<S: Store>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::epochs::close_epoch;
+    use crate::anchor::local::close_epoch;
     use crate::ingest::{Ingest, IngestConfig, PREFIX};
     use crate::store::sqlite::SqliteStore;
     use attest::KeyPair;

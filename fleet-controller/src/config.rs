@@ -347,7 +347,7 @@ impl ControllerConfig {
                 anyhow::bail!("config key `epochs.evm`: needed when epochs.anchor = \"evm\"")
             }
             (AnchorBackend::Evm, Some(e)) => {
-                crate::anchor_evm::parse_address(&e.contract)
+                crate::anchor::evm::parse_address(&e.contract)
                     .map_err(|m| anyhow::anyhow!("config key `epochs.evm.contract`: {m}"))?;
                 if e.confirmations == 0 {
                     anyhow::bail!("config key `epochs.evm.confirmations`: must be at least 1");

@@ -3,11 +3,12 @@
 //! Map (growing with the controller issue):
 //! - [`accounting`]: the statement builder (bundles, device hours, fleet hours) and the
 //!   device-hour and fleet-hour accounting over stored records.
-//! - [`anchor_evm`]: anchoring epoch roots on an EVM chain (alloy), crash-safe.
+//! - [`anchor`]: where epoch roots are anchored, one backend a file behind one trait:
+//!   `anchor/local.rs` (epochs closed into RFC 6962 trees, the signed local log) and
+//!   `anchor/evm.rs` (the anchor contract on an EVM chain, alloy, crash-safe).
 //! - [`crash`]: named crash points for the kill -9 tests.
 //! - [`api`]: the HTTP API (axum): devices, epochs, status, bundle download.
 //! - [`config`]: the TOML configuration.
-//! - [`epochs`]: closing epochs into RFC 6962 trees anchored in the local, signed log.
 //! - [`bundles`]: proof bundles for a device-period that `attest verify` accepts.
 //! - [`intensity`]: grid carbon intensity by region and hour (bundled Ember table, operator
 //!   hourly CSV, or a flat figure), named in every statement.
@@ -20,12 +21,11 @@
 //!   idempotent inserts on (device, sequence)).
 
 pub mod accounting;
-pub mod anchor_evm;
+pub mod anchor;
 pub mod api;
 pub mod bundles;
 pub mod config;
 pub mod crash;
-pub mod epochs;
 pub mod ingest;
 pub mod intensity;
 pub mod queue;

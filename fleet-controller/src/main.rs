@@ -94,7 +94,7 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (addr, gas) = rt.block_on(fleet_controller::anchor_evm::EvmAnchor::deploy(
+        let (addr, gas) = rt.block_on(fleet_controller::anchor::evm::EvmAnchor::deploy(
             rpc, key_file,
         ))?;
         println!("{addr:#x}");

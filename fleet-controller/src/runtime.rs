@@ -116,7 +116,7 @@ pub async fn run_with_api_listener(
             };
             if now_ms() >= next_epoch {
                 next_epoch = now_ms() + epoch_every;
-                if let Err(e) = crate::epochs::close_epoch(ingest.store_mut(), &epoch_key, now_ms()) {
+                if let Err(e) = crate::anchor::local::close_epoch(ingest.store_mut(), &epoch_key, now_ms()) {
                     tracing::error!(error = %e, "closing an epoch failed; retried next interval");
                 }
             }
@@ -167,7 +167,7 @@ pub async fn run_with_api_listener(
             .evm
             .clone()
             .context("epochs.evm is not configured")?;
-        parts.push(crate::anchor_evm::spawn(
+        parts.push(crate::anchor::evm::spawn(
             evm,
             cfg.db_path(),
             stop_rx.clone(),

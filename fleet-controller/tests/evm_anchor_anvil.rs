@@ -9,7 +9,7 @@ use std::path::Path;
 use alloy::primitives::B256;
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use attest::{Hash32, KeyPair};
-use fleet_controller::anchor_evm::{EvmAnchor, EvmAnchorError};
+use fleet_controller::anchor::evm::{EvmAnchor, EvmAnchorError};
 use fleet_controller::config::EvmConfig;
 use fleet_controller::store::sqlite::SqliteStore;
 use fleet_controller::store::{EpochRow, Store};

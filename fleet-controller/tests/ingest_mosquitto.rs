@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use attest::Envelope;
-use fleet_controller::anchor_evm::EvmAnchor;
+use fleet_controller::anchor::evm::EvmAnchor;
 use fleet_controller::config::EvmConfig;
 use fleet_controller::store::Store;
 use fleet_controller::store::sqlite::SqliteStore;

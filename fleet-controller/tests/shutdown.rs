@@ -19,7 +19,7 @@ fn run_returns_only_after_every_part_has_stopped() {
         .build()
         .unwrap();
     let (contract, _) = rt
-        .block_on(fleet_controller::anchor_evm::EvmAnchor::deploy(
+        .block_on(fleet_controller::anchor::evm::EvmAnchor::deploy(
             &anvil.url(),
             &key_file,
         ))

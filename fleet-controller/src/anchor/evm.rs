@@ -47,7 +47,7 @@ alloy::sol! {
 }
 
 /// The contract's creation bytecode (hex), as `scripts/build-contract` compiled it.
-pub const BYTECODE_HEX: &str = include_str!("../contracts/HeliostatAnchor.bin");
+pub const BYTECODE_HEX: &str = include_str!("../../contracts/HeliostatAnchor.bin");
 
 /// Why anchoring an epoch on chain did not (yet) succeed.
 #[derive(Debug, thiserror::Error)]
