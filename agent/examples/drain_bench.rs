@@ -77,7 +77,7 @@ type = "simulator"
             );
         }
         let (rec, env) = meter.seal(t, &key);
-        outbox.append(rec.link.seq.0, env.as_bytes()).unwrap();
+        outbox.append(rec.link.seq, env.as_bytes()).unwrap();
         meter.commit(&rec, &env);
     }
     let fill = t0.elapsed();

@@ -16,21 +16,21 @@ use crate::nonces::{NonceRefusal, NonceWindow};
 pub trait Held {
     /// The last sequence number stored (acknowledged or not) since the outbox was opened
     /// or found on disk: none when a restart found it emptied by acks.
-    fn last_seq(&self) -> Option<u64>;
+    fn last_seq(&self) -> Option<SeqNo>;
     /// The highest sequence number acknowledged (persisted across restarts).
-    fn acked(&self) -> Option<u64>;
+    fn acked(&self) -> Option<SeqNo>;
     /// The hash of the stored message `seq`, while it is still held.
-    fn hash_of(&self, seq: u64) -> Option<Hash32>;
+    fn hash_of(&self, seq: SeqNo) -> Option<Hash32>;
 }
 
 impl Held for crate::outbox::Outbox {
-    fn last_seq(&self) -> Option<u64> {
+    fn last_seq(&self) -> Option<SeqNo> {
         crate::outbox::Outbox::last_seq(self)
     }
-    fn acked(&self) -> Option<u64> {
+    fn acked(&self) -> Option<SeqNo> {
         crate::outbox::Outbox::acked(self)
     }
-    fn hash_of(&self, seq: u64) -> Option<Hash32> {
+    fn hash_of(&self, seq: SeqNo) -> Option<Hash32> {
         self.read(seq).ok().flatten().map(|b| Hash32::digest(&b))
     }
 }
@@ -42,8 +42,8 @@ pub struct VerifiedAck(Ack);
 
 impl VerifiedAck {
     /// The highest sequence number it covers.
-    pub fn up_to(&self) -> u64 {
-        self.0.up_to.0
+    pub fn up_to(&self) -> SeqNo {
+        self.0.up_to
     }
 }
 
@@ -186,11 +186,11 @@ impl Inbox {
         if held
             .last_seq()
             .max(held.acked())
-            .is_none_or(|l| ack.up_to.0 > l)
+            .is_none_or(|l| ack.up_to > l)
         {
             return Err(AckRejection::Beyond { up_to: ack.up_to });
         }
-        if let Some(h) = held.hash_of(ack.up_to.0)
+        if let Some(h) = held.hash_of(ack.up_to)
             && h != ack.hash
         {
             return Err(AckRejection::HashMismatch { seq: ack.up_to });
@@ -256,14 +256,14 @@ mod tests {
     struct Stored(BTreeMap<u64, Hash32>, Option<u64>, Option<u64>);
 
     impl Held for Stored {
-        fn last_seq(&self) -> Option<u64> {
-            self.1
+        fn last_seq(&self) -> Option<SeqNo> {
+            self.1.map(SeqNo)
         }
-        fn acked(&self) -> Option<u64> {
-            self.2
+        fn acked(&self) -> Option<SeqNo> {
+            self.2.map(SeqNo)
         }
-        fn hash_of(&self, seq: u64) -> Option<Hash32> {
-            self.0.get(&seq).copied()
+        fn hash_of(&self, seq: SeqNo) -> Option<Hash32> {
+            self.0.get(&seq.0).copied()
         }
     }
 
@@ -325,7 +325,7 @@ mod tests {
         let ok = i
             .ack(&seal(&ack(2, h(2), device()), &controller()), &held)
             .unwrap();
-        assert_eq!(ok.up_to(), 2);
+        assert_eq!(ok.up_to(), SeqNo(2));
     }
 
     #[test]
@@ -338,7 +338,7 @@ mod tests {
                 .ack(&seal(&ack(7, h, device())), &emptied)
                 .unwrap()
                 .up_to(),
-            7
+            SeqNo(7)
         );
         assert_eq!(
             inbox().ack(&seal(&ack(8, h, device())), &emptied),

@@ -18,7 +18,8 @@ use attest::msg::{
     ChainRestart, ChannelKind, ChannelReading, CounterSnapshot, JobReceipt, Link, MeterRecord,
     RestartReason, TrustTier, Unmetered,
 };
-use attest::{ChannelId, Envelope, Hash32, KeyPair, Millijoules, Milliwatts, SeqNo, TimestampMs};
+use attest::writer::ChainHead;
+use attest::{ChannelId, Envelope, KeyPair, Millijoules, Milliwatts, SeqNo, TimestampMs};
 use serde::{Deserialize, Serialize};
 
 use crate::power::Sample;
@@ -50,12 +51,10 @@ struct Channel {
 /// What must survive a restart for the chain to continue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainState {
-    /// The next sequence number to use.
-    pub next_seq: u64,
-    /// Hash of the last sealed and stored chain message.
-    pub prev: Hash32,
-    /// Timestamp of that message.
-    pub last_timestamp: u64,
+    /// Where the chain stands: the next sequence number, the hash and time of the last
+    /// stored message (written as `next_seq`, `prev`, `last_timestamp`).
+    #[serde(flatten)]
+    pub head: ChainHead,
     /// Each channel's counter in microjoules, by channel id.
     pub counters_uj: Vec<(u8, u64)>,
     /// Each channel's source counter (mJ) as of the same moment, where its source keeps
@@ -77,9 +76,7 @@ impl Meter {
     /// A meter over `channels` (id = position), continuing from `state` when given.
     pub fn new(channels: &[(ChannelKind, TrustTier)], state: Option<ChainState>) -> Meter {
         let state = state.unwrap_or(ChainState {
-            next_seq: 0,
-            prev: Hash32::ZERO,
-            last_timestamp: 0,
+            head: ChainHead::GENESIS,
             counters_uj: vec![],
             device_counters_mj: vec![],
         });
@@ -105,7 +102,8 @@ impl Meter {
                     device_counter_mj,
                     // A continued chain: from its last record to the first sample, only a
                     // source's own counter knows what happened.
-                    unmetered_since: (state.last_timestamp > 0).then_some(state.last_timestamp),
+                    unmetered_since: (state.head.last_timestamp.0 > 0)
+                        .then_some(state.head.last_timestamp.0),
                     unmetered_ms: 0,
                     voltage_mv: None,
                     soc_permille: None,
@@ -173,12 +171,7 @@ impl Meter {
     /// The next record at `t_ms`, signed; nothing changes until [`Meter::commit`].
     pub fn seal(&self, t_ms: u64, key: &KeyPair) -> (MeterRecord, Envelope) {
         let rec = MeterRecord {
-            link: Link {
-                device: key.device_id(),
-                seq: SeqNo(self.state.next_seq),
-                timestamp: TimestampMs(t_ms),
-                prev: self.state.prev,
-            },
+            link: self.state.head.link(key.device_id(), TimestampMs(t_ms)),
             channels: self
                 .channels
                 .iter()
@@ -217,7 +210,7 @@ impl Meter {
 
     /// Marks a sealed record as durably stored: the chain moves on.
     pub fn commit(&mut self, rec: &MeterRecord, env: &Envelope) {
-        self.advance(rec.link.seq.0, env.hash(), rec.link.timestamp.0);
+        self.state.head.advance(&rec.link, env.hash());
         for (c, r) in self.channels.iter_mut().zip(&rec.channels) {
             c.at_last_record_mj = r.energy.0;
             c.at_last_record_power = (c.power_uj, c.power_ms);
@@ -237,12 +230,6 @@ impl Meter {
             .collect();
     }
 
-    fn advance(&mut self, seq: u64, hash: Hash32, t_ms: u64) {
-        self.state.next_seq = seq + 1;
-        self.state.prev = hash;
-        self.state.last_timestamp = t_ms;
-    }
-
     /// After lost or corrupt chain state: a signed `ChainRestart` whose sequence number is
     /// above anything the device can have used (`max(first_seq_floor, now in ms)`: records
     /// advance by one per interval, far slower than the clock), and counters from zero.
@@ -250,28 +237,21 @@ impl Meter {
         &mut self,
         reason: RestartReason,
         t_ms: u64,
-        first_seq_floor: u64,
+        first_seq_floor: SeqNo,
         key: &KeyPair,
     ) -> Envelope {
-        let seq = first_seq_floor.max(t_ms);
-        let msg = ChainRestart {
-            link: Link {
-                device: key.device_id(),
-                seq: SeqNo(seq),
-                timestamp: TimestampMs(t_ms),
-                prev: Hash32::ZERO,
-            },
-            reason,
-            last_known: None,
-            last_known_hash: None,
-        };
+        let seq = first_seq_floor.max(SeqNo(t_ms));
+        let msg = self
+            .state
+            .head
+            .restart(key.device_id(), seq, TimestampMs(t_ms), reason);
         Envelope::seal(&msg, key)
     }
 
     /// Marks a stored `ChainRestart` as the chain's new start.
     pub fn commit_restart(&mut self, env: &Envelope) {
         if let Ok(r) = env.open::<ChainRestart>() {
-            self.advance(r.link.seq.0, env.hash(), r.link.timestamp.0);
+            self.state.head.advance(&r.link, env.hash());
             for c in &mut self.channels {
                 c.energy_uj = 0;
                 c.at_last_record_mj = 0;
@@ -329,26 +309,21 @@ impl Meter {
     /// Seals `receipt` as the next chain message (its link is filled in here); nothing
     /// changes until [`Meter::commit_link`].
     pub fn seal_receipt(&self, mut receipt: JobReceipt, t_ms: u64, key: &KeyPair) -> Envelope {
-        receipt.link = Link {
-            device: key.device_id(),
-            seq: SeqNo(self.state.next_seq),
-            timestamp: TimestampMs(t_ms.max(self.state.last_timestamp)),
-            prev: self.state.prev,
-        };
+        receipt.link = self.state.head.link(key.device_id(), TimestampMs(t_ms));
         Envelope::seal(&receipt, key)
     }
 
     /// Marks a stored chain message that is not a record (a job receipt) as the chain's
     /// latest.
     pub fn commit_link(&mut self, link: &Link, env: &Envelope) {
-        self.advance(link.seq.0, env.hash(), link.timestamp.0);
+        self.state.head.advance(link, env.hash());
     }
 
     /// Continues the chain after a record found in the outbox that the saved state had not
     /// caught up with (a crash between storing a record and saving the state).
     pub fn catch_up(&mut self, env: &Envelope) {
         if let Ok(r) = env.open::<JobReceipt>() {
-            if r.link.seq.0 >= self.state.next_seq {
+            if self.state.head.is_ahead(&r.link) {
                 self.commit_link(&r.link, env);
             }
             return;
@@ -359,7 +334,7 @@ impl Meter {
             }
             return;
         };
-        if rec.link.seq.0 < self.state.next_seq {
+        if !self.state.head.is_ahead(&rec.link) {
             return;
         }
         for (c, r) in self.channels.iter_mut().zip(&rec.channels) {
@@ -414,7 +389,7 @@ mod tests {
         let (rec, _) = m.seal(t0 + 30_000, &key);
         assert_eq!(rec.channels[0].energy, Millijoules(3_000_000));
         assert_eq!(rec.channels[1].energy, Millijoules(1_200_000));
-        assert_eq!(m.state().next_seq, 4);
+        assert_eq!(m.state().head.next_seq, SeqNo(4));
     }
 
     #[test]
@@ -429,6 +404,28 @@ mod tests {
         let (r, _) = m.seal(t0 + 10_000, &key);
         assert_eq!(r.channels[0].energy, Millijoules(1_000_000));
         assert_eq!(r.channels[0].power, Milliwatts(100_000));
+    }
+
+    #[test]
+    fn a_clock_stepping_back_seals_no_record_the_controller_would_refuse_for_good() {
+        let key = KeyPair::from_seed(&[3; 32]);
+        let mut m = meter();
+        let mut check = ChainVerifier::new(&key.public(), ChainPolicy::default()).unwrap();
+        let t0 = 1_782_000_000_000;
+        // NTP steps the clock back a minute between the second and third record.
+        for t in [t0, t0 + 10_000, t0 - 50_000, t0 + 20_000] {
+            m.feed(0, t, s(1_000));
+            let (r, e) = m.seal(t, &key);
+            m.commit(&r, &e);
+            assert!(
+                matches!(
+                    check.feed(&e, TimestampMs(t0 + 60_000)),
+                    Ok(Outcome::Accepted(_))
+                ),
+                "record at {t}"
+            );
+        }
+        assert_eq!(m.state().head.last_timestamp, TimestampMs(t0 + 20_000));
     }
 
     #[test]
@@ -513,7 +510,7 @@ mod tests {
         assert_eq!(r2.link.prev, e.hash());
         assert_eq!(r2.channels[0].energy, Millijoules(500_000));
         let mut m3 = meter();
-        let restart = m3.restart(RestartReason::StateLost, t0 + 30_000, 0, &key);
+        let restart = m3.restart(RestartReason::StateLost, t0 + 30_000, SeqNo(0), &key);
         m3.commit_restart(&restart);
         let (r3, _) = m3.seal(t0 + 40_000, &key);
         assert_eq!(r3.link.seq, SeqNo(t0 + 30_000 + 1));

@@ -41,6 +41,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use attest::SeqNo;
 use sha2::{Digest, Sha256};
 
 use crate::config::{FsyncPolicy, OutboxConfig};
@@ -67,7 +68,7 @@ pub enum OutboxError {
     TooLarge(usize),
     /// Sequence numbers must grow.
     #[error("seq {seq} is not above the last appended {last}")]
-    OutOfOrder { seq: u64, last: u64 },
+    OutOfOrder { seq: SeqNo, last: SeqNo },
     /// A failure injected by a test at a durability step (the process "dies" there).
     #[error("injected crash at {0:?}")]
     Injected(CrashPoint),
@@ -105,12 +106,12 @@ pub struct OutboxStats {
 struct Segment {
     path: PathBuf,
     bytes: u64,
-    last_seq: Option<u64>,
+    last_seq: Option<SeqNo>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Loc {
-    segment: u64,
+    segment: SeqNo,
     offset: u64,
     len: u32,
 }
@@ -120,11 +121,11 @@ struct Loc {
 pub struct Outbox {
     dir: PathBuf,
     cfg: OutboxConfig,
-    segments: BTreeMap<u64, Segment>,
-    index: BTreeMap<u64, Loc>,
-    active: Option<(u64, File)>,
-    acked: Option<u64>,
-    last_seq: Option<u64>,
+    segments: BTreeMap<SeqNo, Segment>,
+    index: BTreeMap<SeqNo, Loc>,
+    active: Option<(SeqNo, File)>,
+    acked: Option<SeqNo>,
+    last_seq: Option<SeqNo>,
     pending_bytes: u64,
     /// Counters.
     pub stats: OutboxStats,
@@ -142,10 +143,10 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     attest::durable::sync_dir(dir)
 }
 
-fn check_of(len: u32, seq: u64, payload: &[u8]) -> [u8; 8] {
+fn check_of(len: u32, seq: SeqNo, payload: &[u8]) -> [u8; 8] {
     let mut h = Sha256::new();
     h.update(len.to_le_bytes());
-    h.update(seq.to_le_bytes());
+    h.update(seq.0.to_le_bytes());
     h.update(payload);
     let d = h.finalize();
     let mut out = [0u8; 8];
@@ -154,19 +155,19 @@ fn check_of(len: u32, seq: u64, payload: &[u8]) -> [u8; 8] {
 }
 
 /// Encodes one entry.
-fn entry(seq: u64, payload: &[u8]) -> Vec<u8> {
+fn entry(seq: SeqNo, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
     let mut e = Vec::with_capacity(HEADER + payload.len());
     e.extend_from_slice(MAGIC);
     e.extend_from_slice(&len.to_le_bytes());
-    e.extend_from_slice(&seq.to_le_bytes());
+    e.extend_from_slice(&seq.0.to_le_bytes());
     e.extend_from_slice(&check_of(len, seq, payload));
     e.extend_from_slice(payload);
     e
 }
 
 /// A valid entry at `at`: `(seq, payload range, entry length)`.
-fn parse_at(buf: &[u8], at: usize) -> Option<(u64, std::ops::Range<usize>, usize)> {
+fn parse_at(buf: &[u8], at: usize) -> Option<(SeqNo, std::ops::Range<usize>, usize)> {
     let h = buf.get(at..at + HEADER)?;
     if &h[..4] != MAGIC {
         return None;
@@ -175,7 +176,7 @@ fn parse_at(buf: &[u8], at: usize) -> Option<(u64, std::ops::Range<usize>, usize
     if len as usize > MAX_ENTRY {
         return None;
     }
-    let seq = u64::from_le_bytes(h[8..16].try_into().ok()?);
+    let seq = SeqNo(u64::from_le_bytes(h[8..16].try_into().ok()?));
     let start = at + HEADER;
     let payload = buf.get(start..start + len as usize)?;
     if check_of(len, seq, payload) != h[16..24] {
@@ -190,7 +191,7 @@ impl Outbox {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let _ = std::fs::remove_file(dir.join("ack.tmp"));
         let acked = match std::fs::read_to_string(dir.join("ack")) {
-            Ok(t) => t.trim().parse::<u64>().ok(),
+            Ok(t) => t.trim().parse::<u64>().ok().map(SeqNo),
             Err(_) => None,
         };
         let mut ob = Outbox {
@@ -205,7 +206,7 @@ impl Outbox {
             stats: OutboxStats::default(),
             crash_at: None,
         };
-        let mut names: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        let mut names: Vec<(SeqNo, PathBuf)> = std::fs::read_dir(dir)
             .map_err(io(format!("listing {}", dir.display())))?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -216,7 +217,7 @@ impl Outbox {
                     .strip_suffix(".seg")?
                     .parse()
                     .ok()?;
-                Some((first, p))
+                Some((SeqNo(first), p))
             })
             .collect();
         names.sort();
@@ -230,7 +231,7 @@ impl Outbox {
 
     fn recover_segment(
         &mut self,
-        first: u64,
+        first: SeqNo,
         path: PathBuf,
         last: bool,
     ) -> Result<(), OutboxError> {
@@ -320,7 +321,7 @@ impl Outbox {
     }
 
     /// Sequence numbers stored and not yet acknowledged, in order.
-    pub fn pending(&self) -> impl Iterator<Item = u64> + '_ {
+    pub fn pending(&self) -> impl Iterator<Item = SeqNo> + '_ {
         self.index.keys().copied()
     }
 
@@ -335,18 +336,18 @@ impl Outbox {
     }
 
     /// The highest acknowledged sequence number.
-    pub fn acked(&self) -> Option<u64> {
+    pub fn acked(&self) -> Option<SeqNo> {
         self.acked
     }
 
     /// The last sequence number stored (acknowledged or not) since this outbox was opened or
     /// found on disk.
-    pub fn last_seq(&self) -> Option<u64> {
+    pub fn last_seq(&self) -> Option<SeqNo> {
         self.last_seq
     }
 
     /// Reads a stored payload.
-    pub fn read(&self, seq: u64) -> Result<Option<Vec<u8>>, OutboxError> {
+    pub fn read(&self, seq: SeqNo) -> Result<Option<Vec<u8>>, OutboxError> {
         let Some(loc) = self.index.get(&seq) else {
             return Ok(None);
         };
@@ -367,7 +368,7 @@ impl Outbox {
     }
 
     /// Appends a payload durably (per the fsync policy) before returning.
-    pub fn append(&mut self, seq: u64, payload: &[u8]) -> Result<(), OutboxError> {
+    pub fn append(&mut self, seq: SeqNo, payload: &[u8]) -> Result<(), OutboxError> {
         if payload.len() > MAX_ENTRY {
             return Err(OutboxError::TooLarge(payload.len()));
         }
@@ -432,8 +433,8 @@ impl Outbox {
         Ok(())
     }
 
-    fn start_segment(&mut self, first: u64) -> Result<(), OutboxError> {
-        let path = self.dir.join(format!("{first:020}.seg"));
+    fn start_segment(&mut self, first: SeqNo) -> Result<(), OutboxError> {
+        let path = self.dir.join(format!("{:020}.seg", first.0));
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -456,19 +457,19 @@ impl Outbox {
 
     /// Records the controller's acknowledgement of everything up to `up_to`, durably, then
     /// deletes the segments it covers.
-    pub fn ack(&mut self, up_to: u64) -> Result<(), OutboxError> {
+    pub fn ack(&mut self, up_to: SeqNo) -> Result<(), OutboxError> {
         if self.acked.is_some_and(|a| up_to <= a) {
             return Ok(());
         }
         let tmp = self.dir.join("ack.tmp");
         let mut f = File::create(&tmp).map_err(io("writing ack.tmp"))?;
-        writeln!(f, "{up_to}").map_err(io("writing ack.tmp"))?;
+        writeln!(f, "{}", up_to.0).map_err(io("writing ack.tmp"))?;
         f.sync_all().map_err(io("syncing ack.tmp"))?;
         self.fail(CrashPoint::BeforeAckRename)?;
         std::fs::rename(&tmp, self.dir.join("ack")).map_err(io("renaming ack"))?;
         sync_dir(&self.dir).map_err(io("syncing the outbox directory"))?;
         self.acked = Some(up_to);
-        let gone: Vec<u64> = self.index.range(..=up_to).map(|(s, _)| *s).collect();
+        let gone: Vec<SeqNo> = self.index.range(..=up_to).map(|(s, _)| *s).collect();
         for s in gone {
             if let Some(loc) = self.index.remove(&s) {
                 self.pending_bytes = self
@@ -484,7 +485,7 @@ impl Outbox {
         let Some(acked) = self.acked else {
             return Ok(());
         };
-        let done: Vec<u64> = self
+        let done: Vec<SeqNo> = self
             .segments
             .iter()
             .filter(|(_, s)| s.last_seq.is_none_or(|l| l <= acked))
@@ -509,6 +510,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use attest::SeqNo as S;
 
     fn cfg() -> OutboxConfig {
         OutboxConfig {
@@ -530,7 +532,7 @@ mod tests {
 
     fn contents(ob: &Outbox) -> Vec<(u64, Vec<u8>)> {
         ob.pending()
-            .map(|s| (s, ob.read(s).unwrap().unwrap()))
+            .map(|s| (s.0, ob.read(s).unwrap().unwrap()))
             .collect()
     }
 
@@ -539,7 +541,7 @@ mod tests {
         let dir = tmp("basic");
         let mut ob = Outbox::open(&dir, cfg()).unwrap();
         for s in 0..400 {
-            ob.append(s, &payload(s)).unwrap();
+            ob.append(S(s), &payload(s)).unwrap();
         }
         let segs = std::fs::read_dir(&dir)
             .unwrap()
@@ -555,9 +557,9 @@ mod tests {
         drop(ob);
         let mut ob = Outbox::open(&dir, cfg()).unwrap();
         assert_eq!(ob.depth(), 400);
-        assert_eq!(ob.read(123).unwrap().unwrap(), payload(123));
-        ob.ack(149).unwrap();
-        assert_eq!(ob.pending().next(), Some(150));
+        assert_eq!(ob.read(S(123)).unwrap().unwrap(), payload(123));
+        ob.ack(S(149)).unwrap();
+        assert_eq!(ob.pending().next(), Some(S(150)));
         assert!(ob.stats.segments_deleted > 0);
         drop(ob);
         let ob = Outbox::open(&dir, cfg()).unwrap();
@@ -566,7 +568,7 @@ mod tests {
             (150..400).map(|s| (s, payload(s))).collect::<Vec<_>>()
         );
         assert!(matches!(
-            Outbox::open(&dir, cfg()).unwrap().append(10, b"old"),
+            Outbox::open(&dir, cfg()).unwrap().append(S(10), b"old"),
             Err(OutboxError::OutOfOrder { .. })
         ));
     }
@@ -584,17 +586,17 @@ mod tests {
         )
         .unwrap();
         let mut s = 0;
-        while ob.append(s, &payload(s)).is_ok() {
+        while ob.append(S(s), &payload(s)).is_ok() {
             s += 1;
         }
         assert!(matches!(
-            ob.append(s, &payload(s)),
+            ob.append(S(s), &payload(s)),
             Err(OutboxError::Full { .. })
         ));
         assert_eq!(ob.depth() as u64, s);
         assert_eq!(ob.stats.refused, 2);
-        ob.ack(s / 2).unwrap();
-        ob.append(s, &payload(s)).unwrap();
+        ob.ack(S(s / 2)).unwrap();
+        ob.append(S(s), &payload(s)).unwrap();
     }
 
     #[test]
@@ -609,32 +611,32 @@ mod tests {
             let dir = tmp(&format!("crash-{point:?}"));
             let mut ob = Outbox::open(&dir, cfg()).unwrap();
             for s in 0..60 {
-                ob.append(s, &payload(s)).unwrap();
+                ob.append(S(s), &payload(s)).unwrap();
             }
             ob.crash_at = Some(point);
             let r = match point {
-                CrashPoint::BeforeAckRename | CrashPoint::BeforeDelete => ob.ack(29),
+                CrashPoint::BeforeAckRename | CrashPoint::BeforeDelete => ob.ack(S(29)),
                 // Rotate onto a new segment for the directory-fsync step.
                 CrashPoint::BeforeDirFsync => {
                     let mut r = Ok(());
                     for s in 60..200 {
-                        r = ob.append(s, &payload(s));
+                        r = ob.append(S(s), &payload(s));
                         if r.is_err() {
                             break;
                         }
                     }
                     r
                 }
-                _ => ob.append(60, &payload(60)),
+                _ => ob.append(S(60), &payload(60)),
             };
             assert!(
                 matches!(r, Err(OutboxError::Injected(p)) if p == point),
                 "{point:?}: {r:?}"
             );
-            let stored: Vec<u64> = ob.pending().collect();
+            let stored: Vec<u64> = ob.pending().map(|s| s.0).collect();
             drop(ob); // the process dies here
             let ob = Outbox::open(&dir, cfg()).unwrap();
-            let after: Vec<u64> = ob.pending().collect();
+            let after: Vec<u64> = ob.pending().map(|s| s.0).collect();
             match point {
                 CrashPoint::BeforeAckRename => {
                     assert_eq!(after, stored, "{point:?}: the old ack stands")
@@ -652,7 +654,7 @@ mod tests {
             }
             for s in &after {
                 assert_eq!(
-                    ob.read(*s).unwrap().unwrap(),
+                    ob.read(S(*s)).unwrap().unwrap(),
                     payload(*s),
                     "{point:?} seq {s}"
                 );
@@ -665,8 +667,8 @@ mod tests {
             }
             // And it keeps working.
             let mut ob = ob;
-            let next = ob.last_seq().unwrap() + 1;
-            ob.append(next, &payload(next)).unwrap();
+            let next = ob.last_seq().unwrap().0 + 1;
+            ob.append(S(next), &payload(next)).unwrap();
         }
     }
 
@@ -682,7 +684,7 @@ mod tests {
         )
         .unwrap();
         for s in 0..10 {
-            ob.append(s, &payload(s)).unwrap();
+            ob.append(S(s), &payload(s)).unwrap();
         }
         drop(ob);
         let seg = dir.join(format!("{:020}.seg", 0));
@@ -694,13 +696,13 @@ mod tests {
             std::fs::write(d.join(format!("{:020}.seg", 0)), &full[..cut]).unwrap();
             let mut ob = Outbox::open(&d, cfg()).unwrap();
             assert_eq!(
-                ob.pending().collect::<Vec<_>>(),
+                ob.pending().map(|s| s.0).collect::<Vec<_>>(),
                 (0..9).collect::<Vec<_>>(),
                 "cut at {cut}"
             );
             let torn = cut > full.len() - last_len;
             assert_eq!(ob.stats.quarantined, u64::from(torn), "cut at {cut}");
-            ob.append(9, &payload(9)).unwrap();
+            ob.append(S(9), &payload(9)).unwrap();
             drop(ob);
             let ob = Outbox::open(&d, cfg()).unwrap();
             assert_eq!(
@@ -708,7 +710,7 @@ mod tests {
                 10,
                 "cut at {cut}: appends after recovery are readable"
             );
-            assert_eq!(ob.read(9).unwrap().unwrap(), payload(9));
+            assert_eq!(ob.read(S(9)).unwrap().unwrap(), payload(9));
         }
     }
 
@@ -724,7 +726,7 @@ mod tests {
         )
         .unwrap();
         for s in 0..20 {
-            ob.append(s, &payload(s)).unwrap();
+            ob.append(S(s), &payload(s)).unwrap();
         }
         drop(ob);
         let seg = format!("{:020}.seg", 0);

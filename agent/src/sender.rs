@@ -10,6 +10,8 @@
 
 use std::collections::BTreeMap;
 
+use attest::SeqNo;
+
 /// Tunables.
 #[derive(Debug, Clone, Copy)]
 pub struct SendPolicy {
@@ -25,16 +27,17 @@ pub struct SendPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     /// One record alone.
-    Single(u64),
+    Single(SeqNo),
     /// Many records in one batch payload.
-    Batch(Vec<u64>),
+    Batch(Vec<SeqNo>),
 }
 
 /// Sent/acknowledged bookkeeping.
 #[derive(Debug)]
 pub struct SendQueue {
     policy: SendPolicy,
-    sent: BTreeMap<u64, u64>,
+    /// When each sent record went (wall clock, ms).
+    sent: BTreeMap<SeqNo, u64>,
 }
 
 impl SendQueue {
@@ -47,7 +50,7 @@ impl SendQueue {
     }
 
     /// The controller stored everything up to `up_to`.
-    pub fn on_ack(&mut self, up_to: u64) {
+    pub fn on_ack(&mut self, up_to: SeqNo) {
         self.sent.retain(|s, _| *s > up_to);
     }
 
@@ -57,7 +60,7 @@ impl SendQueue {
     }
 
     /// The controller asked for `from..=to` again.
-    pub fn resend(&mut self, from: u64, to: u64) {
+    pub fn resend(&mut self, from: SeqNo, to: SeqNo) {
         self.sent.retain(|s, _| *s < from || *s > to);
     }
 
@@ -67,11 +70,11 @@ impl SendQueue {
     }
 
     /// Picks what to publish now from `pending` (stored, unacknowledged, ascending).
-    pub fn plan(&mut self, now_ms: u64, pending: &[u64]) -> Vec<Plan> {
+    pub fn plan(&mut self, now_ms: u64, pending: &[SeqNo]) -> Vec<Plan> {
         // A send time after `now_ms` means the wall clock stepped back: how long the record
         // has waited is unknown, so it is due (a resend is harmless; waiting out the step,
         // possibly hours, is not).
-        let due = |s: &u64, sent: &BTreeMap<u64, u64>| {
+        let due = |s: &SeqNo, sent: &BTreeMap<SeqNo, u64>| {
             sent.get(s)
                 .is_none_or(|at| now_ms < *at || now_ms - *at >= self.policy.resend_after_ms)
         };
@@ -83,7 +86,7 @@ impl SendQueue {
                 taken.push(*s);
             }
         }
-        let backlog: Vec<u64> = pending
+        let backlog: Vec<SeqNo> = pending
             .iter()
             .filter(|s| !taken.contains(s) && due(s, &self.sent))
             .take(self.policy.batch_max)
@@ -119,6 +122,10 @@ impl SendQueue {
 mod tests {
     use super::*;
 
+    fn seqs(v: impl IntoIterator<Item = u64>) -> Vec<SeqNo> {
+        v.into_iter().map(SeqNo).collect()
+    }
+
     fn q() -> SendQueue {
         SendQueue::new(SendPolicy {
             resend_after_ms: 1_000,
@@ -130,43 +137,46 @@ mod tests {
     #[test]
     fn fresh_records_go_first_and_the_backlog_drains_in_batches() {
         let mut q = q();
-        let pending: Vec<u64> = (0..250).collect();
+        let pending = seqs(0..250);
         let p = q.plan(0, &pending);
-        assert_eq!(p[0], Plan::Single(249), "the newest first");
-        assert_eq!(p[1], Plan::Batch((0..100).collect()));
+        assert_eq!(p[0], Plan::Single(SeqNo(249)), "the newest first");
+        assert_eq!(p[1], Plan::Batch(seqs(0..100)));
         let p = q.plan(10, &pending);
-        assert_eq!(p, vec![Plan::Batch((100..200).collect())]);
+        assert_eq!(p, vec![Plan::Batch(seqs(100..200))]);
         // A new record arrives while the backlog drains: it goes out at once.
         let mut pending = pending;
-        pending.push(250);
+        pending.push(SeqNo(250));
         let p = q.plan(20, &pending);
-        assert_eq!(p[0], Plan::Single(250));
-        assert_eq!(p[1], Plan::Batch((200..249).collect()));
+        assert_eq!(p[0], Plan::Single(SeqNo(250)));
+        assert_eq!(p[1], Plan::Batch(seqs(200..249)));
         assert!(q.plan(30, &pending).is_empty());
     }
 
     #[test]
     fn unacknowledged_records_are_resent_after_the_timeout_and_on_reconnect() {
         let mut q = q();
-        let pending = vec![1, 2, 3];
+        let pending = seqs([1, 2, 3]);
         assert_eq!(q.plan(0, &pending).len(), 2);
         assert!(q.plan(500, &pending).is_empty());
-        q.on_ack(1);
-        let p = q.plan(1_000, &[2, 3]);
-        assert_eq!(p, vec![Plan::Single(3), Plan::Single(2)]);
+        q.on_ack(SeqNo(1));
+        let p = q.plan(1_000, &seqs([2, 3]));
+        assert_eq!(p, vec![Plan::Single(SeqNo(3)), Plan::Single(SeqNo(2))]);
         q.on_disconnect();
-        assert_eq!(q.plan(1_001, &[2, 3]).len(), 2);
-        q.resend(2, 2);
-        assert_eq!(q.plan(1_002, &[2, 3]), vec![Plan::Single(2)]);
+        assert_eq!(q.plan(1_001, &seqs([2, 3])).len(), 2);
+        q.resend(SeqNo(2), SeqNo(2));
+        assert_eq!(q.plan(1_002, &seqs([2, 3])), vec![Plan::Single(SeqNo(2))]);
         assert_eq!(q.in_flight(), 2);
     }
 
     #[test]
     fn a_publish_the_client_refused_goes_again_on_the_next_tick_not_after_the_timeout() {
         let mut q = q();
-        let pending: Vec<u64> = (0..5).collect();
+        let pending = seqs(0..5);
         let plans = q.plan(0, &pending);
-        assert_eq!(plans, vec![Plan::Single(4), Plan::Batch(vec![0, 1, 2, 3])]);
+        assert_eq!(
+            plans,
+            vec![Plan::Single(SeqNo(4)), Plan::Batch(seqs([0, 1, 2, 3]))]
+        );
         // The client refused the first message; the runtime gives back it and every later
         // plan of that tick, none of which went out.
         for p in &plans {
@@ -188,7 +198,7 @@ mod tests {
     #[test]
     fn a_clock_stepping_backwards_does_not_hold_back_resends() {
         let mut q = q();
-        let pending = vec![7, 8];
+        let pending = seqs([7, 8]);
         let noon = 43_200_000;
         assert_eq!(q.plan(noon, &pending).len(), 2);
         assert!(q.plan(noon + 999, &pending).is_empty());
@@ -197,7 +207,7 @@ mod tests {
         let stepped = noon - 3_600_000;
         assert_eq!(
             q.plan(stepped, &pending),
-            vec![Plan::Single(8), Plan::Single(7)]
+            vec![Plan::Single(SeqNo(8)), Plan::Single(SeqNo(7))]
         );
         // Re-sent at the stepped time, they then wait the usual timeout from there.
         assert!(q.plan(stepped + 999, &pending).is_empty());

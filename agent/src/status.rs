@@ -105,7 +105,7 @@ impl SourceStatus {
 pub struct OutboxStatus {
     pub depth: usize,
     pub bytes: u64,
-    pub acked: Option<u64>,
+    pub acked: Option<attest::SeqNo>,
     pub in_flight: usize,
     pub quarantined: u64,
     pub refused: u64,

@@ -190,7 +190,7 @@ fn job_power_stays_within_budget_in_sun_cloud_and_on_battery_and_receipts_match_
             bytes
                 .iter()
                 .enumerate()
-                .map(|(i, b)| (i as u64, b.as_slice())),
+                .map(|(i, b)| (attest::SeqNo(i as u64), b.as_slice())),
         );
     }
 }

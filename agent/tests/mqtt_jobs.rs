@@ -336,7 +336,9 @@ fn signed_commands_run_pause_and_drain_jobs_and_everything_else_is_rejected() {
     assert!(g.forks.is_empty());
     hil_tests::assert_chain_from_genesis(
         &hil_tests::agent_key(&data).public(),
-        g.records.iter().map(|(s, b)| (*s, b.as_slice())),
+        g.records
+            .iter()
+            .map(|(s, b)| (attest::SeqNo(*s), b.as_slice())),
     );
 }
 
@@ -404,6 +406,6 @@ fn a_job_interrupted_by_kill_9_gets_a_failed_receipt_after_the_restart() {
         g.records
             .iter()
             .filter(|(s, _)| **s <= g.contiguous().unwrap())
-            .map(|(s, b)| (*s, b.as_slice())),
+            .map(|(s, b)| (attest::SeqNo(*s), b.as_slice())),
     );
 }

@@ -115,7 +115,9 @@ fn every_record_arrives_at_least_once_with_one_content_per_sequence_through_brok
     let key = hil_tests::agent_key(&tmp.path().join("data"));
     hil_tests::assert_chain_from_genesis(
         &key.public(),
-        g.records.range(..produced).map(|(s, b)| (*s, b.as_slice())),
+        g.records
+            .range(..produced)
+            .map(|(s, b)| (attest::SeqNo(*s), b.as_slice())),
     );
     eprintln!(
         "produced {produced}, received {} distinct and {} again, {} MQTT messages on the wire",

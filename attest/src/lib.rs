@@ -22,6 +22,7 @@
 //! - [`intensity`]: grid-intensity datasets named by content hash (the bundled table).
 //! - [`sigbatch`]: ed25519 batch verification coalesced by key.
 //! - [`chain`]: the sans-IO hash-chain checker (Accepted / Duplicate / typed rejection).
+//! - [`writer`]: the one chain writer (the head of a chain, the next link, restarts).
 //! - [`merkle`]: RFC 6962 trees, inclusion and consistency proofs.
 //! - [`carbon`]: pure carbon arithmetic (energy deltas, hourly matching, emissions, SCI).
 //! - [`bundle`]: the proof bundle and its offline verifier.
@@ -61,6 +62,7 @@ pub mod sigbatch;
 pub mod solar;
 pub mod topics;
 pub mod units;
+pub mod writer;
 
 pub use envelope::{DecodeError, Envelope, Kind, Verified};
 pub use hash::Hash32;

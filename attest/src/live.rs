@@ -7,6 +7,7 @@ use alloc::string::String;
 use serde::{Deserialize, Serialize};
 
 use crate::msg::{JobId, JobOutcome};
+use crate::units::SeqNo;
 
 /// The retained status of a device (its last will publishes `Offline`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,7 +26,7 @@ pub struct Online {
     pub agent: String,
     /// The next sequence number it will use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_seq: Option<u64>,
+    pub next_seq: Option<SeqNo>,
     /// Records not yet acknowledged by the controller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbox_depth: Option<u64>,
@@ -74,7 +75,7 @@ pub enum JobEvent {
         outcome: JobOutcome,
         chunks: u32,
         pauses: u32,
-        seq: u64,
+        seq: SeqNo,
     },
     /// Progress of the running job, about once a second.
     Progress {
@@ -96,7 +97,7 @@ mod tests {
     fn status_and_events_keep_their_json_shape() {
         let online = DeviceStatus::Online(Online {
             agent: "0.1.0".into(),
-            next_seq: Some(7),
+            next_seq: Some(SeqNo(7)),
             ..Online::default()
         });
         assert_eq!(

@@ -17,6 +17,7 @@ use crate::msg::{
     Link, MeterRecord, Site, Statement, Subject, TrustTier,
 };
 use crate::units::{ChannelId, EpochId, Millijoules, Milliwatts, SeqNo, TimestampMs};
+use crate::writer::{ChainHead, Chained};
 
 /// 2026-06-21T00:00:00Z, the start of every sample chain.
 pub const SAMPLE_START: TimestampMs = TimestampMs(1_782_000_000_000);
@@ -37,8 +38,7 @@ pub const SAMPLE_CHANNELS: [ChannelKind; 6] = [
 pub struct SampleDevice {
     /// The device key.
     pub key: KeyPair,
-    seq: u64,
-    prev: Hash32,
+    head: ChainHead,
     counters: [u64; 6],
     battery_mj: u64,
     capacity_mj: u64,
@@ -51,8 +51,7 @@ impl SampleDevice {
     pub fn new(seed: u8) -> SampleDevice {
         SampleDevice {
             key: KeyPair::from_seed(&[seed; 32]),
-            seq: 0,
-            prev: Hash32::ZERO,
+            head: ChainHead::GENESIS,
             counters: [0; 6],
             // 1 kWh battery at 30 %, 20 % reserve: the first night needs some grid energy.
             battery_mj: 1_080_000_000,
@@ -181,12 +180,7 @@ impl SampleDevice {
             })
             .collect();
         let rec = MeterRecord {
-            link: Link {
-                device: self.key.device_id(),
-                seq: SeqNo(self.seq),
-                timestamp: TimestampMs(t),
-                prev: self.prev,
-            },
+            link: self.next_link(t),
             channels,
             unmetered: core::mem::take(&mut self.unmetered),
         };
@@ -194,21 +188,20 @@ impl SampleDevice {
     }
 
     /// Seals any chain message with this device's key and advances the chain.
-    pub fn seal_chained<M: crate::envelope::Message>(&mut self, msg: &M) -> Envelope {
+    pub fn seal_chained<M: Chained>(&mut self, msg: &M) -> Envelope {
         let env = Envelope::seal(msg, &self.key);
-        self.prev = env.hash();
-        self.seq += 1;
+        self.head.advance(msg.link(), env.hash());
         env
     }
 
     /// The link the next chain message must carry at time `t`.
     pub fn next_link(&self, t: u64) -> Link {
-        Link {
-            device: self.key.device_id(),
-            seq: SeqNo(self.seq),
-            timestamp: TimestampMs(t),
-            prev: self.prev,
-        }
+        self.head.link(self.key.device_id(), TimestampMs(t))
+    }
+
+    /// Where the device's chain stands.
+    pub fn head(&self) -> &ChainHead {
+        &self.head
     }
 
     /// The agent was down for `ms` with its chain state kept, and no source counter covered
@@ -231,17 +224,13 @@ impl SampleDevice {
     /// skips 1,000 sequence numbers, then records continue from it. The interval before it
     /// is not metered: the next record is the new baseline.
     pub fn restart(&mut self, t: u64) -> Envelope {
-        let last_known = SeqNo(self.seq.saturating_sub(1));
-        let restart = crate::msg::ChainRestart {
-            link: Link {
-                seq: SeqNo(self.seq + 1_000),
-                ..self.next_link(t)
-            },
-            reason: crate::msg::RestartReason::StateLost,
-            last_known: Some(last_known),
-            last_known_hash: Some(self.prev),
-        };
-        self.seq += 1_000;
+        let seq = SeqNo(self.head.next_seq.0 + 1_000);
+        let restart = self.head.restart(
+            self.key.device_id(),
+            seq,
+            TimestampMs(t),
+            crate::msg::RestartReason::StateLost,
+        );
         self.last_t = None;
         self.seal_chained(&restart)
     }

@@ -57,6 +57,13 @@ impl SeqNo {
     }
 }
 
+impl EpochId {
+    /// The epoch after this one.
+    pub fn next(self) -> EpochId {
+        EpochId(self.0 + 1)
+    }
+}
+
 /// Millijoules in one kilowatt-hour (3.6 MJ).
 pub const MJ_PER_KWH: u64 = 3_600_000_000;
 

@@ -310,7 +310,11 @@ fn run(args: Args) -> Result<()> {
                     .iter()
                     .map(|(_, id)| store.count_items(*id).unwrap_or(0))
                     .sum();
-                let epochs = store.last_epoch().ok().flatten().map_or(0, |e| e.epoch + 1);
+                let epochs = store
+                    .last_epoch()
+                    .ok()
+                    .flatten()
+                    .map_or(0, |e| e.epoch.next().0);
                 println!(
                     "[{:>5} s] {stored} signed records stored, {epochs} epoch(s) anchored",
                     started.elapsed().as_secs()

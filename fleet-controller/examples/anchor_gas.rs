@@ -36,7 +36,7 @@ fn main() {
     let sizes = [1u64, 1_000, 100_000, 10_000_000, 1 << 40];
     for (n, size) in sizes.iter().enumerate() {
         let row = EpochRow {
-            epoch: n as u64,
+            epoch: attest::EpochId(n as u64),
             tree_size: *size,
             root: Hash32::digest(&size.to_be_bytes()),
             closed_ms: 0,

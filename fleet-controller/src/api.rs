@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use attest::msg::Hello;
-use attest::{DeviceId, Envelope, KeyPair};
+use attest::{DeviceId, Envelope, EpochId, KeyPair};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -246,8 +246,8 @@ async fn epochs(State(s): State<ApiState>) -> Result<Json<Value>, AppError> {
     blocking(move || {
         let store = s.store.get()?;
         let mut out = Vec::new();
-        let last = store.last_epoch()?.map_or(0, |e| e.epoch + 1);
-        for n in 0..last {
+        let last = store.last_epoch()?.map_or(0, |e| e.epoch.next().0);
+        for n in (0..last).map(EpochId) {
             if let Some(e) = store.epoch(n)? {
                 out.push(json!({
                     "epoch": e.epoch,
@@ -337,7 +337,7 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, AppError> {
             })
             .collect();
         metric("heliostat_devices", "gauge", "Devices by state.", &by_state);
-        let closed = store.last_epoch()?.map_or(0, |e| e.epoch + 1);
+        let closed = store.last_epoch()?.map_or(0, |e| e.epoch.next().0);
         metric(
             "heliostat_epochs_closed",
             "gauge",

@@ -11,7 +11,7 @@ use attest::account::AccountError;
 use attest::bundle::{BUNDLE_FORMAT, Blob, EpochProof, Evidence, ProofBundle};
 use attest::merkle::{MerkleTree, TreeHead};
 use attest::msg::ChainMessage;
-use attest::{DeviceId, Envelope, EpochId, KeyPair};
+use attest::{DeviceId, Envelope, EpochId, KeyPair, SeqNo};
 
 use crate::accounting::{counted_period, device_statement, stored_hellos};
 use crate::anchor::{Anchor, EvmContract, LocalLog};
@@ -32,7 +32,7 @@ pub enum BundleError {
     Empty(DeviceId),
     /// A message in the period is not anchored yet.
     #[error("message {seq} is not in a closed epoch yet: wait for the epoch to close")]
-    NotAnchored { seq: u64 },
+    NotAnchored { seq: SeqNo },
     /// The statement could not be computed.
     #[error("statement: {0}")]
     Statement(String),
@@ -68,7 +68,7 @@ pub fn device_period<S: Store>(
     }
     let (from, end) = counted_period(&items, from_ms).ok_or(BundleError::NotCounted(device))?;
     items.truncate(end);
-    let mut trees: BTreeMap<u64, MerkleTree> = BTreeMap::new();
+    let mut trees: BTreeMap<EpochId, MerkleTree> = BTreeMap::new();
     let mut epochs = Vec::new();
     let mut evidence = Vec::with_capacity(items.len());
     let mut chain = Vec::with_capacity(items.len());
@@ -102,7 +102,7 @@ pub fn device_period<S: Store>(
                     .ok_or_else(|| StoreError::Corrupt(format!("epoch {epoch} unanchored")))?,
             };
             epochs.push(EpochProof {
-                epoch: EpochId(epoch),
+                epoch,
                 head: tree.head(),
                 anchor,
             });
@@ -113,7 +113,7 @@ pub fn device_period<S: Store>(
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         evidence.push(Evidence {
             envelope: Blob(it.envelope.clone()),
-            epoch: EpochId(epoch),
+            epoch,
             proof,
         });
         let env = Envelope::decode(&it.envelope).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -162,7 +162,7 @@ mod tests {
         );
         ing.handle(&first, now).unwrap();
         let e0 = close_epoch(ing.store_mut(), &key, now).unwrap().unwrap();
-        assert_eq!((e0.epoch, e0.tree_size), (0, 25));
+        assert_eq!((e0.epoch, e0.tree_size), (EpochId(0), 25));
         assert!(
             close_epoch(ing.store_mut(), &key, now).unwrap().is_none(),
             "nothing new, no epoch"
@@ -175,11 +175,17 @@ mod tests {
         let id = dev.key.device_id();
         let intensity = IntensityResolver::bundled(None).unwrap();
         let not_yet = device_period(ing.store(), &key, id, 0, u64::MAX, &intensity, false);
-        assert!(matches!(not_yet, Err(BundleError::NotAnchored { seq: 25 })));
+        assert!(matches!(
+            not_yet,
+            Err(BundleError::NotAnchored { seq: SeqNo(25) })
+        ));
         let e1 = close_epoch(ing.store_mut(), &key, now + 1)
             .unwrap()
             .unwrap();
-        assert_eq!((e1.epoch, e1.tree_size, e1.anchor_index), (1, 15, 1));
+        assert_eq!(
+            (e1.epoch, e1.tree_size, e1.anchor_index),
+            (EpochId(1), 15, 1)
+        );
         let b = device_period(ing.store(), &key, id, 0, u64::MAX, &intensity, false).unwrap();
         assert_eq!(b.epochs.len(), 2);
         let opts = VerifyOptions::pinned(key.public(), attest::TimestampMs(now));

@@ -173,7 +173,7 @@ fn garbage_forgeries_forks_and_skew_are_counted_exactly_replays_are_reacknowledg
     assert_eq!(store.count_items(future.key.device_id()).unwrap(), 0);
     // The stored chain is the good one, byte for byte.
     for (i, (_, b)) in store
-        .items(good.key.device_id(), 0, 7)
+        .items(good.key.device_id(), attest::SeqNo(0), attest::SeqNo(7))
         .unwrap()
         .iter()
         .enumerate()

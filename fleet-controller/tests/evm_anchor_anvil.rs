@@ -8,7 +8,7 @@ use std::path::Path;
 
 use alloy::primitives::B256;
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use attest::{Hash32, KeyPair};
+use attest::{EpochId, Hash32, KeyPair};
 use fleet_controller::anchor::evm::{EvmAnchor, EvmAnchorError};
 use fleet_controller::config::EvmConfig;
 use fleet_controller::store::sqlite::SqliteStore;
@@ -75,13 +75,13 @@ impl Chain {
 }
 
 /// A database holding one closed epoch `epoch` with `root` over `size` leaves.
-fn store_with_epoch(path: &Path, epoch: u64, root: Hash32, size: u64) -> SqliteStore {
+fn store_with_epoch(path: &Path, epoch: EpochId, root: Hash32, size: u64) -> SqliteStore {
     let mut store = SqliteStore::open(path).unwrap();
     let key = KeyPair::from_seed(&[0xc0; 32]);
     let entry = attest::msg::AnchorEntry {
         index: 0,
         prev: Hash32::ZERO,
-        epoch: attest::EpochId(epoch),
+        epoch,
         tree_size: size,
         root,
         timestamp: attest::TimestampMs(0),
@@ -110,24 +110,52 @@ fn root(name: &str) -> Hash32 {
 async fn an_anchor_is_recorded_only_after_the_configured_confirmations() {
     let tmp = TempDir::new("evm-confirmations");
     let chain = Chain::start(tmp.path(), 3, 400).await;
-    let mut store = store_with_epoch(&tmp.path().join("c.db"), 0, root("a"), 10);
+    let mut store = store_with_epoch(&tmp.path().join("c.db"), EpochId(0), root("a"), 10);
     let a = chain.anchor().await;
 
     // Mined at once (automine) in block `b`, but the head is `b`: one confirmation of three.
     let e = a.anchor_pending(&mut store).await.unwrap_err();
-    assert!(matches!(e, EvmAnchorError::Pending { epoch: 0, .. }), "{e}");
-    let row = store.evm_anchor(0).unwrap().expect("signed and stored");
+    assert!(
+        matches!(
+            e,
+            EvmAnchorError::Pending {
+                epoch: EpochId(0),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let row = store
+        .evm_anchor(EpochId(0))
+        .unwrap()
+        .expect("signed and stored");
     assert_eq!(row.block_number, None, "not confirmed yet");
     let b = chain.head().await;
-    let on_chain = a.on_chain(0).await.unwrap().expect("anchored on chain");
+    let on_chain = a
+        .on_chain(EpochId(0))
+        .await
+        .unwrap()
+        .expect("anchored on chain");
     assert_eq!((on_chain.0, on_chain.1, on_chain.2), (root("a"), 10, b));
     assert_eq!(store.epochs_not_on_chain().unwrap().len(), 1);
 
     // Two confirmations: still waiting.
     chain.mine(1).await;
     let e = a.anchor_pending(&mut store).await.unwrap_err();
-    assert!(matches!(e, EvmAnchorError::Pending { epoch: 0, .. }), "{e}");
-    assert_eq!(store.evm_anchor(0).unwrap().unwrap().block_number, None);
+    assert!(
+        matches!(
+            e,
+            EvmAnchorError::Pending {
+                epoch: EpochId(0),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        store.evm_anchor(EpochId(0)).unwrap().unwrap().block_number,
+        None
+    );
 
     // Three: recorded, with the block it was mined in, and the same transaction.
     chain.mine(1).await;
@@ -145,25 +173,34 @@ async fn a_root_on_chain_that_differs_from_the_database_is_a_conflict_and_nothin
     let chain = Chain::start(tmp.path(), 1, 5_000).await;
     let a = chain.anchor().await;
     // Another database (a restored backup that closed epoch 0 differently) anchored first.
-    let mut other = store_with_epoch(&tmp.path().join("other.db"), 0, root("other"), 7);
+    let mut other = store_with_epoch(&tmp.path().join("other.db"), EpochId(0), root("other"), 7);
     a.anchor_pending(&mut other).await.unwrap();
     let sent = chain.mined_nonce(&a).await;
 
-    let mut store = store_with_epoch(&tmp.path().join("c.db"), 0, root("ours"), 10);
+    let mut store = store_with_epoch(&tmp.path().join("c.db"), EpochId(0), root("ours"), 10);
     let e = a.anchor_pending(&mut store).await.unwrap_err();
     match e {
         EvmAnchorError::Conflict {
             epoch,
             on_chain,
             local,
-        } => assert_eq!((epoch, on_chain, local), (0, root("other"), root("ours"))),
+        } => assert_eq!(
+            (epoch, on_chain, local),
+            (EpochId(0), root("other"), root("ours"))
+        ),
         e => panic!("expected a conflict, got {e}"),
     }
     assert_eq!(e_reason(&a, &mut store).await, "conflict", "every round");
     assert_eq!(chain.mined_nonce(&a).await, sent, "no transaction was sent");
-    assert!(store.evm_anchor(0).unwrap().is_none(), "nothing recorded");
+    assert!(
+        store.evm_anchor(EpochId(0)).unwrap().is_none(),
+        "nothing recorded"
+    );
     assert_eq!(
-        a.on_chain(0).await.unwrap().map(|(r, n, _)| (r, n)),
+        a.on_chain(EpochId(0))
+            .await
+            .unwrap()
+            .map(|(r, n, _)| (r, n)),
         Some((root("other"), 7)),
         "the contract keeps the first root"
     );
@@ -176,7 +213,7 @@ async fn fees_above_the_configured_cap_hold_the_anchor_back_unsigned() {
     // anvil's base fee is about a gwei: a cap of 0 gwei is below anything it asks.
     chain.cfg.max_fee_gwei = 0;
     let a = chain.anchor().await;
-    let mut store = store_with_epoch(&tmp.path().join("c.db"), 0, root("capped"), 3);
+    let mut store = store_with_epoch(&tmp.path().join("c.db"), EpochId(0), root("capped"), 3);
     let e = a.anchor_pending(&mut store).await.unwrap_err();
     assert!(
         matches!(e, EvmAnchorError::FeeAboveCap { cap_gwei: 0, .. }),
@@ -184,10 +221,10 @@ async fn fees_above_the_configured_cap_hold_the_anchor_back_unsigned() {
     );
     assert_eq!(e.reason(), "fee_above_cap");
     assert!(
-        store.evm_anchor(0).unwrap().is_none(),
+        store.evm_anchor(EpochId(0)).unwrap().is_none(),
         "nothing signed or stored"
     );
-    assert_eq!(a.on_chain(0).await.unwrap(), None, "nothing sent");
+    assert_eq!(a.on_chain(EpochId(0)).await.unwrap(), None, "nothing sent");
     // With a cap above the network's fee it goes through.
     chain.cfg.max_fee_gwei = 500;
     chain
@@ -196,7 +233,7 @@ async fn fees_above_the_configured_cap_hold_the_anchor_back_unsigned() {
         .anchor_pending(&mut store)
         .await
         .unwrap();
-    assert!(store.evm_anchor(0).unwrap().is_some());
+    assert!(store.evm_anchor(EpochId(0)).unwrap().is_some());
 }
 
 #[tokio::test]
@@ -230,11 +267,11 @@ async fn an_epoch_a_lost_transaction_anchored_is_recorded_from_the_chain_not_sen
     let chain = Chain::start(tmp.path(), 1, 5_000).await;
     let a = chain.anchor().await;
     // An earlier run anchored epoch 0 and its row was lost (say, a restore from backup).
-    let mut earlier = store_with_epoch(&tmp.path().join("earlier.db"), 0, root("a"), 10);
+    let mut earlier = store_with_epoch(&tmp.path().join("earlier.db"), EpochId(0), root("a"), 10);
     let first = a.anchor_pending(&mut earlier).await.unwrap().remove(0);
     let sent = chain.mined_nonce(&a).await;
 
-    let mut store = store_with_epoch(&tmp.path().join("c.db"), 0, root("a"), 10);
+    let mut store = store_with_epoch(&tmp.path().join("c.db"), EpochId(0), root("a"), 10);
     let found = a.anchor_pending(&mut store).await.unwrap().remove(0);
     assert_eq!(found.tx_hash, first.tx_hash, "the earlier transaction");
     assert_eq!(found.block_number, first.block_number);
@@ -244,7 +281,10 @@ async fn an_epoch_a_lost_transaction_anchored_is_recorded_from_the_chain_not_sen
         "the slot it used, read from the chain"
     );
     assert_eq!(chain.mined_nonce(&a).await, sent, "nothing sent again");
-    assert_eq!(store.evm_anchor(0).unwrap().unwrap().tx_hash, first.tx_hash);
+    assert_eq!(
+        store.evm_anchor(EpochId(0)).unwrap().unwrap().tx_hash,
+        first.tx_hash
+    );
 }
 
 #[tokio::test]
@@ -252,13 +292,25 @@ async fn a_transaction_whose_nonce_another_one_took_is_dropped_and_the_epoch_sig
     let tmp = TempDir::new("evm-nonce");
     let chain = Chain::start(tmp.path(), 1, 300).await;
     let a = chain.anchor().await;
-    let mut store = store_with_epoch(&tmp.path().join("c.db"), 0, root("a"), 10);
+    let mut store = store_with_epoch(&tmp.path().join("c.db"), EpochId(0), root("a"), 10);
 
     // Signed, stored and sent, but not mined.
     chain.automine(false).await;
     let e = a.anchor_pending(&mut store).await.unwrap_err();
-    assert!(matches!(e, EvmAnchorError::Pending { epoch: 0, .. }), "{e}");
-    let lost = store.evm_anchor(0).unwrap().expect("stored before sending");
+    assert!(
+        matches!(
+            e,
+            EvmAnchorError::Pending {
+                epoch: EpochId(0),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let lost = store
+        .evm_anchor(EpochId(0))
+        .unwrap()
+        .expect("stored before sending");
     // Someone else uses the key: their transaction takes our nonce and is mined; ours is
     // gone from the mempool.
     chain
@@ -279,12 +331,21 @@ async fn a_transaction_whose_nonce_another_one_took_is_dropped_and_the_epoch_sig
 
     // The anchor notices, forgets its dead transaction and reports the epoch pending...
     let e = a.anchor_pending(&mut store).await.unwrap_err();
-    assert!(matches!(e, EvmAnchorError::Pending { epoch: 0, .. }), "{e}");
     assert!(
-        store.evm_anchor(0).unwrap().is_none(),
+        matches!(
+            e,
+            EvmAnchorError::Pending {
+                epoch: EpochId(0),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        store.evm_anchor(EpochId(0)).unwrap().is_none(),
         "the dead row is dropped"
     );
-    assert_eq!(a.on_chain(0).await.unwrap(), None);
+    assert_eq!(a.on_chain(EpochId(0)).await.unwrap(), None);
 
     // ...and the next round signs it anew with the next nonce, which is mined.
     chain.automine(true).await;
@@ -293,7 +354,10 @@ async fn a_transaction_whose_nonce_another_one_took_is_dropped_and_the_epoch_sig
     assert_ne!(row.tx_hash, lost.tx_hash);
     assert!(row.block_number.is_some());
     assert_eq!(
-        a.on_chain(0).await.unwrap().map(|(r, n, _)| (r, n)),
+        a.on_chain(EpochId(0))
+            .await
+            .unwrap()
+            .map(|(r, n, _)| (r, n)),
         Some((root("a"), 10))
     );
 }
@@ -305,12 +369,21 @@ async fn a_second_anchor_of_an_epoch_in_flight_is_refused_unsent_and_the_first_i
     let a = chain.anchor().await;
     // Two databases with the same epoch (a controller and its restored backup); the first
     // sends while nothing is mined.
-    let mut first = store_with_epoch(&tmp.path().join("first.db"), 0, root("a"), 10);
-    let mut second = store_with_epoch(&tmp.path().join("second.db"), 0, root("a"), 10);
+    let mut first = store_with_epoch(&tmp.path().join("first.db"), EpochId(0), root("a"), 10);
+    let mut second = store_with_epoch(&tmp.path().join("second.db"), EpochId(0), root("a"), 10);
     chain.automine(false).await;
     let e = a.anchor_pending(&mut first).await.unwrap_err();
-    assert!(matches!(e, EvmAnchorError::Pending { epoch: 0, .. }), "{e}");
-    let t1 = first.evm_anchor(0).unwrap().unwrap();
+    assert!(
+        matches!(
+            e,
+            EvmAnchorError::Pending {
+                epoch: EpochId(0),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let t1 = first.evm_anchor(EpochId(0)).unwrap().unwrap();
     // The second would revert (AlreadyAnchored, selector 0xc1d04bb3) against the pending
     // state: the node's gas estimate refuses it, so it is never signed into the database
     // or sent, and pays no gas.
@@ -319,7 +392,7 @@ async fn a_second_anchor_of_an_epoch_in_flight_is_refused_unsent_and_the_first_i
         matches!(&e, EvmAnchorError::Rpc(m) if m.contains("0xc1d04bb3")),
         "{e}"
     );
-    assert!(second.evm_anchor(0).unwrap().is_none());
+    assert!(second.evm_anchor(EpochId(0)).unwrap().is_none());
     let pending = chain
         .rpc
         .get_transaction_count(a.sender())

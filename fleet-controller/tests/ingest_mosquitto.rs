@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use attest::Envelope;
+use attest::{Envelope, EpochId, SeqNo};
 use fleet_controller::anchor::evm::EvmAnchor;
 use fleet_controller::config::EvmConfig;
 use fleet_controller::store::Store;
@@ -264,7 +264,7 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
         assert!(*n > 20, "only {n} records produced");
         let id = key.device_id();
         loop {
-            let have = store.items(id, 0, n - 1).unwrap().len() as u64;
+            let have = store.items(id, SeqNo(0), SeqNo(n - 1)).unwrap().len() as u64;
             if have == *n {
                 break;
             }
@@ -275,7 +275,7 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let items = store.items(id, 0, n - 1).unwrap();
+        let items = store.items(id, SeqNo(0), SeqNo(n - 1)).unwrap();
         hil_tests::assert_chain_from_genesis(
             &key.public(),
             items.iter().map(|(s, b)| (*s, b.as_slice())),
@@ -299,7 +299,7 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
     let (k0, n0) = &produced[0];
     let last_ts = {
         let (_, b) = store
-            .items(k0.device_id(), n0 - 1, n0 - 1)
+            .items(k0.device_id(), SeqNo(n0 - 1), SeqNo(n0 - 1))
             .unwrap()
             .remove(0);
         attest::msg::ChainMessage::open(&Envelope::decode(&b).unwrap())
@@ -453,7 +453,8 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
         .last_epoch()
         .unwrap()
         .expect("epochs were closed")
-        .epoch;
+        .epoch
+        .0;
     assert!(
         last >= 3,
         "only {} epochs\n{}",
@@ -464,7 +465,7 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
     let mut leaves_seen = std::collections::HashSet::new();
     for n in 0..=last {
         let e = store
-            .epoch(n)
+            .epoch(EpochId(n))
             .unwrap()
             .unwrap_or_else(|| panic!("epoch {n} missing"));
         assert_eq!(e.anchor_index, n, "one anchor entry per epoch, in order");
@@ -476,7 +477,7 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
             (n, prev, e.root, e.tree_size)
         );
         prev = env.hash();
-        let leaves = store.epoch_leaves(n).unwrap();
+        let leaves = store.epoch_leaves(EpochId(n)).unwrap();
         assert_eq!(
             attest::merkle::MerkleTree::from_leaves(&leaves).head().root,
             e.root,
@@ -513,7 +514,7 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
         std::thread::sleep(Duration::from_millis(200));
     }
     controller.kill9();
-    let epochs = store.last_epoch().unwrap().unwrap().epoch + 1;
+    let epochs = store.last_epoch().unwrap().unwrap().epoch.next().0;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -525,7 +526,7 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
             epochs,
             "one anchor per epoch on chain"
         );
-        for n in 0..epochs {
+        for n in (0..epochs).map(EpochId) {
             let e = store.epoch(n).unwrap().unwrap();
             let row = store.evm_anchor(n).unwrap().unwrap();
             let (root, size, block) = a.on_chain(n).await.unwrap().expect("anchored");

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use attest::msg::{Command, CommandBody, JobId, JobLimits, JobOutcome, JobReceipt, JobSpec};
-use attest::{Envelope, Hash32, Millijoules, TimestampMs};
+use attest::{Envelope, Hash32, Millijoules, SeqNo, TimestampMs};
 use fleet_controller::store::Store;
 use fleet_controller::store::sqlite::SqliteStore;
 use hil_tests::{Mosquitto, Proc, TempDir, free_port, http, spawn_agent, workspace_binary};
@@ -169,7 +169,7 @@ initial_soc = 1.0
         Duration::from_secs(60),
         || {
             store
-                .items(device, 0, u64::MAX / 2)
+                .items(device, SeqNo(0), SeqNo(u64::MAX / 2))
                 .unwrap()
                 .into_iter()
                 .filter_map(|(_, b)| Envelope::decode(&b).ok()?.open::<JobReceipt>().ok())
@@ -179,7 +179,7 @@ initial_soc = 1.0
     assert_eq!(receipt.outcome, JobOutcome::Completed, "{receipt:?}");
     assert_eq!(receipt.output_hash, Hash32(expected.finalize().into()));
     assert!(receipt.energy(attest::msg::ChannelKind::Gpu).unwrap().0 > 0);
-    let items = store.items(device, 0, u64::MAX / 2).unwrap();
+    let items = store.items(device, SeqNo(0), SeqNo(u64::MAX / 2)).unwrap();
     let receipts = items
         .iter()
         .filter(|(_, b)| {

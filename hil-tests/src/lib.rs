@@ -256,7 +256,7 @@ pub fn agent_next_seq(data_dir: &Path) -> u64 {
 /// under `key` (every message accepted by `attest`'s chain checker).
 pub fn assert_chain_from_genesis<'a>(
     key: &attest::PublicKey,
-    items: impl IntoIterator<Item = (u64, &'a [u8])>,
+    items: impl IntoIterator<Item = (attest::SeqNo, &'a [u8])>,
 ) {
     use attest::chain::{ChainPolicy, ChainVerifier, Outcome};
     let mut v = ChainVerifier::new(key, ChainPolicy::default()).expect("a valid key");

@@ -280,7 +280,7 @@ impl<H> Desk<H> {
     }
 
     /// A receipt was sealed as `seq` (stored or not): its `finished` event.
-    pub fn receipt_sealed(&mut self, order: &ReceiptOrder, seq: u64) {
+    pub fn receipt_sealed(&mut self, order: &ReceiptOrder, seq: attest::SeqNo) {
         self.events.push(JobEvent::Finished {
             job: order.job,
             outcome: order.outcome.clone(),

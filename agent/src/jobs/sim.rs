@@ -167,7 +167,7 @@ impl SimRig {
 
     /// Seals and commits a record now (unless one was sealed at this very millisecond).
     pub fn record(&mut self) {
-        if self.meter.state().last_timestamp == self.now {
+        if self.meter.state().head.last_timestamp.0 == self.now {
             return;
         }
         let (rec, env) = self.meter.seal(self.now, &self.key);

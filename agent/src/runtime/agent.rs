@@ -7,7 +7,7 @@
 use anyhow::{Context, Result};
 use attest::live::{DeviceStatus, Online};
 use attest::msg::{ChannelInfo, CommandBody, Hardware, Hello, RestartReason, Site};
-use attest::{Envelope, KeyPair, TimestampMs};
+use attest::{Envelope, KeyPair, SeqNo, TimestampMs};
 use rumqttc::{AsyncClient, QoS};
 
 use super::files::{self, SavedState};
@@ -128,15 +128,19 @@ impl Agent {
             recovered = true;
         }
         if let (Some(reason), false) = (reason, recovered) {
-            let floor = outbox.acked().map_or(0, |a| a + 1);
+            let floor = outbox.acked().and_then(SeqNo::next).unwrap_or(SeqNo(0));
             let env = meter.restart(reason.clone(), now, floor, &key);
             let seq = env
                 .open::<attest::msg::ChainRestart>()
-                .map(|r| r.link.seq.0)
+                .map(|r| r.link.seq)
                 .unwrap_or(floor);
             outbox.append(seq, env.as_bytes())?;
             meter.commit_restart(&env);
-            tracing::warn!(?reason, seq, "chain state lost: started a new chain");
+            tracing::warn!(
+                ?reason,
+                seq = seq.0,
+                "chain state lost: started a new chain"
+            );
         }
         files::save_state(&data, meter.state())?;
 
@@ -269,7 +273,7 @@ impl Agent {
         let o = &self.status.outbox;
         let body = DeviceStatus::Online(Online {
             agent: crate::VERSION.to_string(),
-            next_seq: Some(self.meter.state().next_seq),
+            next_seq: Some(self.meter.state().head.next_seq),
             outbox_depth: Some(o.depth as u64),
             outbox_blocked: o.blocked.clone(),
             quarantined: Some(o.quarantined),
@@ -281,7 +285,7 @@ impl Agent {
 
     pub(super) fn record(&mut self, now: u64) {
         let (rec, env) = self.meter.seal(now, &self.key);
-        match self.outbox.append(rec.link.seq.0, env.as_bytes()) {
+        match self.outbox.append(rec.link.seq, env.as_bytes()) {
             Ok(()) => {
                 self.meter.commit(&rec, &env);
                 if let Err(e) = files::save_state(&self.cfg.data_dir, self.meter.state()) {
@@ -335,7 +339,7 @@ impl Agent {
             );
             self.hello_due = Some(due.max(now) + HELLO_REPEAT_MS);
         }
-        let pending: Vec<u64> = self.outbox.pending().collect();
+        let pending: Vec<SeqNo> = self.outbox.pending().collect();
         let plans = self.queue.plan(now, &pending);
         for (i, plan) in plans.iter().enumerate() {
             let payload = match plan {
@@ -437,7 +441,7 @@ impl Agent {
             return;
         }
         match cmd.body {
-            CommandBody::Resend { from, to } => self.queue.resend(from.0, to.0),
+            CommandBody::Resend { from, to } => self.queue.resend(from, to),
             CommandBody::RunJob(spec) => self.start_job(spec, now),
             CommandBody::Pause { job } => self.control_job(job, Control::Pause),
             CommandBody::Resume { job } => self.control_job(job, Control::Resume),
@@ -449,7 +453,7 @@ impl Agent {
     /// Seals a record now unless one was sealed at this millisecond: receipts' counters
     /// are always those of a signed record.
     pub(super) fn force_record(&mut self, now: u64) {
-        if self.meter.state().last_timestamp < now {
+        if self.meter.state().head.last_timestamp.0 < now {
             self.record(now);
         }
     }

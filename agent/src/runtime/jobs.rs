@@ -186,7 +186,7 @@ impl Agent {
             outcome: order.outcome.clone(),
             output_hash: order.output_hash,
             started: TimestampMs(order.started_ms.min(now)),
-            ended: TimestampMs(now.max(self.meter.state().last_timestamp)),
+            ended: TimestampMs(now).max(self.meter.state().head.last_timestamp),
             start_counters,
             end_counters,
             chunks: order.chunks,
@@ -199,7 +199,7 @@ impl Agent {
             tracing::error!("a receipt did not reopen; not stored");
             return;
         };
-        let seq = sealed.link.seq.0;
+        let seq = sealed.link.seq;
         match self.outbox.append(seq, env.as_bytes()) {
             Ok(()) => {
                 self.meter.commit_link(&sealed.link, &env);
@@ -217,7 +217,7 @@ impl Agent {
         }
         self.jobs.desk.receipt_sealed(&order, seq);
         self.status.count_outcome(&order.outcome);
-        tracing::info!(job = %order.job, outcome = ?order.outcome, chunks = order.chunks, pauses = order.pauses, seq, "job receipt stored");
+        tracing::info!(job = %order.job, outcome = ?order.outcome, chunks = order.chunks, pauses = order.pauses, seq = seq.0, "job receipt stored");
         self.write_status(now);
     }
 

@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use attest::msg::{Ack, Command, CommandBody, Hello, RestartReason};
-use attest::{Envelope, KeyPair, TimestampMs};
+use attest::{Envelope, KeyPair, SeqNo, TimestampMs};
 
 use super::files::{running_job_path, save_state, state_path};
 use super::*;
@@ -142,15 +142,15 @@ fn lost_chain_state_restarts_the_chain_and_a_lagging_one_catches_up_from_the_out
     for i in 0..3 {
         a.tick_meter(t + i * 10_000);
     }
-    let next = a.meter.state().next_seq;
-    assert_eq!(next, 3);
+    let next = a.meter.state().head.next_seq;
+    assert_eq!(next, SeqNo(3));
     // A state file one record behind (a crash between append and save): catch up.
     let mut behind = a.meter.state().clone();
-    behind.next_seq = 2;
+    behind.head.next_seq = SeqNo(2);
     drop(a);
     save_state(&dir, &behind).unwrap();
     let mut a = Agent::start(cfg(), now_ms()).unwrap();
-    assert_eq!(a.meter.state().next_seq, 3);
+    assert_eq!(a.meter.state().head.next_seq, SeqNo(3));
     let last = a.outbox.last_seq().unwrap();
     a.outbox.ack(last).unwrap();
     drop(a);
@@ -159,7 +159,7 @@ fn lost_chain_state_restarts_the_chain_and_a_lagging_one_catches_up_from_the_out
     let a = Agent::start(cfg(), now_ms()).unwrap();
     let restart_seq = a.outbox.last_seq().unwrap();
     assert!(
-        restart_seq >= t,
+        restart_seq >= SeqNo(t),
         "a restart sequence above anything used before"
     );
     let env = Envelope::decode(&a.outbox.read(restart_seq).unwrap().unwrap()).unwrap();
@@ -176,7 +176,7 @@ fn only_acks_signed_by_the_pinned_controller_for_stored_records_delete_anything(
         a.tick_meter(t + i * 10_000);
     }
     assert_eq!(a.outbox.depth(), 5);
-    let hash = |s: u64| attest::Hash32::digest(&a.outbox.read(s).unwrap().unwrap());
+    let hash = |s: u64| attest::Hash32::digest(&a.outbox.read(SeqNo(s)).unwrap().unwrap());
     let ack = |up_to: u64, hash: attest::Hash32, device| Ack {
         device,
         up_to: attest::SeqNo(up_to),
@@ -203,7 +203,10 @@ fn only_acks_signed_by_the_pinned_controller_for_stored_records_delete_anything(
     assert_eq!(a.outbox.depth(), 5, "nothing deleted");
     // The real one deletes what it covers.
     a.on_ack(Envelope::seal(&ack(2, h2, me), &controller).as_bytes());
-    assert_eq!(a.outbox.pending().collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(
+        a.outbox.pending().collect::<Vec<_>>(),
+        vec![SeqNo(3), SeqNo(4)]
+    );
     assert_eq!(a.status.link.acks_rejected, 5);
 }
 
@@ -307,7 +310,7 @@ fn a_restarted_agent_with_an_empty_outbox_accepts_the_retained_ack_of_its_last_r
     let retained = Envelope::seal(
         &Ack {
             device: a.key.device_id(),
-            up_to: attest::SeqNo(last),
+            up_to: last,
             hash: attest::Hash32::digest(&a.outbox.read(last).unwrap().unwrap()),
             timestamp: TimestampMs(t),
         },

@@ -26,7 +26,7 @@ use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::{Filter, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::{SolCall, SolEvent};
-use attest::Hash32;
+use attest::{EpochId, Hash32};
 
 use crate::config::EvmConfig;
 use crate::store::{EpochRow, EvmAnchorRow, Store, StoreError};
@@ -67,18 +67,18 @@ pub enum EvmAnchorError {
     Key { path: String, detail: String },
     /// The transaction was mined and reverted.
     #[error("epoch {epoch}: transaction {tx} reverted")]
-    Reverted { epoch: u64, tx: Hash32 },
+    Reverted { epoch: EpochId, tx: Hash32 },
     /// The contract holds another root for the epoch: the chain and the database disagree.
     /// This needs an operator; nothing is sent for this epoch again.
     #[error("epoch {epoch}: the contract holds root {on_chain}, the database {local}")]
     Conflict {
-        epoch: u64,
+        epoch: EpochId,
         on_chain: Hash32,
         local: Hash32,
     },
     /// No receipt within the timeout; the transaction is re-broadcast next round.
     #[error("epoch {epoch}: no receipt for {tx} yet")]
-    Pending { epoch: u64, tx: Hash32 },
+    Pending { epoch: EpochId, tx: Hash32 },
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -307,7 +307,10 @@ impl EvmAnchor {
                 .map_err(rpc_err)?
             {
                 if !r.status() {
-                    return Err(EvmAnchorError::Reverted { epoch: 0, tx: hash });
+                    return Err(EvmAnchorError::Reverted {
+                        epoch: EpochId(0),
+                        tx: hash,
+                    });
                 }
                 let addr = r
                     .contract_address()
@@ -315,7 +318,10 @@ impl EvmAnchor {
                 return Ok((addr, r.gas_used()));
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(EvmAnchorError::Pending { epoch: 0, tx: hash });
+                return Err(EvmAnchorError::Pending {
+                    epoch: EpochId(0),
+                    tx: hash,
+                });
             }
             tokio::time::sleep(a.poll).await;
         }
@@ -330,9 +336,12 @@ impl EvmAnchor {
     }
 
     /// What the contract holds for an epoch (`None`: never anchored).
-    pub async fn on_chain(&self, epoch: u64) -> Result<Option<(Hash32, u64, u64)>, EvmAnchorError> {
+    pub async fn on_chain(
+        &self,
+        epoch: EpochId,
+    ) -> Result<Option<(Hash32, u64, u64)>, EvmAnchorError> {
         let c = HeliostatAnchor::new(self.contract, &self.provider);
-        let r = c.getAnchor(epoch).call().await.map_err(rpc_err)?;
+        let r = c.getAnchor(epoch.0).call().await.map_err(rpc_err)?;
         if r.leafCount == 0 {
             return Ok(None);
         }
@@ -362,7 +371,7 @@ impl EvmAnchor {
             .address(self.contract)
             .event_signature(HeliostatAnchor::Anchored::SIGNATURE_HASH)
             .topic1(B256::from(FixedBytes::<32>::left_padding_from(
-                &ep.epoch.to_be_bytes(),
+                &ep.epoch.0.to_be_bytes(),
             )))
             .from_block(block)
             .to_block(block);
@@ -426,7 +435,7 @@ impl EvmAnchor {
             None => {
                 if let Some(found) = self.find_on_chain(ep).await? {
                     tracing::warn!(
-                        epoch = ep.epoch,
+                        epoch = ep.epoch.0,
                         tx = %found.tx_hash,
                         "epoch was already anchored on chain; recorded that transaction"
                     );
@@ -434,7 +443,7 @@ impl EvmAnchor {
                     return Ok(found);
                 }
                 let call = HeliostatAnchor::anchorCall {
-                    epoch: ep.epoch,
+                    epoch: ep.epoch.0,
                     root: FixedBytes(ep.root.0),
                     leafCount: ep.tree_size,
                 };
@@ -463,7 +472,7 @@ impl EvmAnchor {
         // (Re)broadcast. A node that has it answers "already known"; one that mined it,
         // "nonce too low": neither is an error here, the receipt decides.
         if let Err(e) = self.provider.send_raw_transaction(&row.raw_tx).await {
-            tracing::debug!(epoch = ep.epoch, error = %e, "broadcast answered with an error");
+            tracing::debug!(epoch = ep.epoch.0, error = %e, "broadcast answered with an error");
         }
         crate::crash::point("evm-sent");
         let hash = B256::from(row.tx_hash.0);
@@ -495,7 +504,7 @@ impl EvmAnchor {
                     row.gas_used = Some(r.gas_used());
                     store.put_evm_anchor(&row)?;
                     tracing::info!(
-                        epoch = ep.epoch,
+                        epoch = ep.epoch.0,
                         tx = %row.tx_hash,
                         block,
                         gas = r.gas_used(),

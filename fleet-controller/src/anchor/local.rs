@@ -4,7 +4,7 @@
 //! either wholly closed and anchored or not at all, and never twice.
 
 use attest::msg::AnchorEntry;
-use attest::{Envelope, EpochId, Hash32, KeyPair, TimestampMs};
+use attest::{Envelope, EpochId, Hash32, KeyPair, SeqNo, TimestampMs};
 
 use crate::store::{EpochRow, Store, StoreError};
 
@@ -26,7 +26,7 @@ pub fn close_epoch<S: Store>(
             .collect::<Vec<_>>(),
     );
     let last = store.last_epoch()?;
-    let epoch = last.as_ref().map_or(0, |e| e.epoch + 1);
+    let epoch = last.as_ref().map_or(EpochId(0), |e| e.epoch.next());
     let (index, prev) = match &last {
         Some(e) => (e.anchor_index + 1, Hash32::digest(&e.anchor_entry)),
         None => (0, Hash32::ZERO),
@@ -34,7 +34,7 @@ pub fn close_epoch<S: Store>(
     let entry = AnchorEntry {
         index,
         prev,
-        epoch: EpochId(epoch),
+        epoch,
         tree_size: head.size,
         root: head.root,
         timestamp: TimestampMs(now_ms),
@@ -47,9 +47,9 @@ pub fn close_epoch<S: Store>(
         anchor_entry: Envelope::seal(&entry, key).into_bytes(),
         anchor_index: index,
     };
-    let placed: Vec<(attest::DeviceId, u64)> = items.iter().map(|(d, s, _)| (*d, *s)).collect();
+    let placed: Vec<(attest::DeviceId, SeqNo)> = items.iter().map(|(d, s, _)| (*d, *s)).collect();
     store.commit_epoch(&row, &placed)?;
     crate::crash::point("epoch-closed");
-    tracing::info!(epoch, leaves = head.size, root = %head.root, "epoch anchored (local log)");
+    tracing::info!(epoch = epoch.0, leaves = head.size, root = %head.root, "epoch anchored (local log)");
     Ok(Some(row))
 }

@@ -1,9 +1,9 @@
 //! Hellos: a device's signed introduction, versioned by its timestamp, and enrollment
 //! (approval, quotas for pending devices, re-approval after a site or tier change).
 
-use attest::DeviceId;
 use attest::Envelope;
 use attest::msg::Hello;
+use attest::{DeviceId, SeqNo};
 
 use super::{Gap, Ingest};
 use crate::store::{DeviceState, Store, StoreError};
@@ -115,7 +115,7 @@ impl<S: Store> Ingest<S> {
                     let from = self
                         .store
                         .last_item(hello.device)?
-                        .map_or(0, |(seq, _)| seq + 1);
+                        .map_or(SeqNo(0), |(seq, _)| SeqNo(seq.0 + 1));
                     self.gaps.insert(
                         hello.device,
                         Gap {

@@ -120,7 +120,7 @@ pub struct Ingest<S: Store> {
     gaps: HashMap<DeviceId, Gap>,
     /// Verified messages that came after a missing one, per device by sequence, until it
     /// comes (at most [`HOLD_PER_DEVICE`] a device, [`HOLD_TOTAL`] in all).
-    held: HashMap<DeviceId, BTreeMap<u64, Verified<ChainMessage>>>,
+    held: HashMap<DeviceId, BTreeMap<SeqNo, Verified<ChainMessage>>>,
     held_total: usize,
     /// Devices whose records came before their hello (a controller that subscribed late).
     unknown_seen: std::collections::HashSet<DeviceId>,
@@ -135,7 +135,8 @@ pub const HOLD_TOTAL: usize = 65_536;
 /// A device's missing message: which sequence, since when, and when it was last asked for.
 #[derive(Debug, Clone, Copy)]
 struct Gap {
-    expected: u64,
+    expected: SeqNo,
+    /// When it was last asked for (controller clock, ms).
     asked: Option<u64>,
 }
 
@@ -218,7 +219,7 @@ impl<S: Store> Ingest<S> {
             let v = match self.store.last_item(id)? {
                 None => ChainVerifier::new(&dev.public_key, self.cfg.policy),
                 Some((seq, bytes)) => {
-                    let earlier = self.store.items(id, seq.saturating_sub(8), seq)?;
+                    let earlier = self.store.items(id, SeqNo(seq.0.saturating_sub(8)), seq)?;
                     let record = earlier
                         .iter()
                         .rev()
@@ -389,7 +390,7 @@ impl<S: Store> Ingest<S> {
                 }
                 Err(Rejection::BelowWindow { .. }) | Err(Rejection::Fork { .. }) => {
                     // Older than the checker remembers: the store decides.
-                    let stored = self.store.items(id, seq.0, seq.0)?;
+                    let stored = self.store.items(id, seq, seq)?;
                     match stored.first() {
                         Some((_, b)) if b == verified.envelope().as_bytes() => {
                             touched.insert(id, ());
@@ -402,7 +403,7 @@ impl<S: Store> Ingest<S> {
                     // missing one asked for at once; rejected only when the hold is full.
                     let slot = self.held.entry(id).or_default();
                     if slot.len() < HOLD_PER_DEVICE && self.held_total < HOLD_TOTAL {
-                        if slot.insert(got.0, verified).is_none() {
+                        if slot.insert(got, verified).is_none() {
                             self.held_total += 1;
                         }
                         self.held_out_of_order += 1;
@@ -415,13 +416,13 @@ impl<S: Store> Ingest<S> {
                         );
                     }
                     let gap = self.gaps.entry(id).or_insert(Gap {
-                        expected: expected.0,
+                        expected,
                         asked: None,
                     });
-                    if gap.expected != expected.0 {
+                    if gap.expected != expected {
                         // Another message is missing now: its own timer.
                         *gap = Gap {
-                            expected: expected.0,
+                            expected,
                             asked: None,
                         };
                     }
@@ -444,7 +445,7 @@ impl<S: Store> Ingest<S> {
                 .chains
                 .get(&id)
                 .and_then(|v| v.tip())
-                .map(|t| t.seq.0 + 1)
+                .and_then(|t| t.seq.next())
             {
                 let Some(held) = self.held.get_mut(&id).and_then(|h| h.remove(&next)) else {
                     break;
@@ -461,7 +462,7 @@ impl<S: Store> Ingest<S> {
                 }
             }
             // What the chain has passed is no longer needed.
-            let tip = self.chains.get(&id).and_then(|v| v.tip()).map(|t| t.seq.0);
+            let tip = self.chains.get(&id).and_then(|v| v.tip()).map(|t| t.seq);
             if let (Some(tip), Some(h)) = (tip, self.held.get_mut(&id)) {
                 let before = h.len();
                 h.retain(|s, _| *s > tip);
@@ -522,7 +523,7 @@ impl<S: Store> Ingest<S> {
                 .chains
                 .get(&id)
                 .and_then(|v| v.tip())
-                .is_none_or(|t| t.seq.0 < gap.expected);
+                .is_none_or(|t| t.seq < gap.expected);
             if !still {
                 self.gaps.remove(&id);
                 continue;
@@ -536,7 +537,7 @@ impl<S: Store> Ingest<S> {
                     .held
                     .get(&id)
                     .and_then(|h| h.keys().next())
-                    .map_or(u64::MAX / 2, |first| first - 1);
+                    .map_or(SeqNo(u64::MAX / 2), |first| SeqNo(first.0 - 1));
                 due.push((id, gap.expected, to));
                 if let Some(g) = self.gaps.get_mut(&id) {
                     g.asked = Some(now);
@@ -550,10 +551,7 @@ impl<S: Store> Ingest<S> {
                 nonce: now.wrapping_mul(1_000).wrapping_add(self.nonce),
                 issued: TimestampMs(now),
                 expires: TimestampMs(now + 60_000),
-                body: CommandBody::Resend {
-                    from: SeqNo(from),
-                    to: SeqNo(to),
-                },
+                body: CommandBody::Resend { from, to },
             };
             out.push(Outgoing {
                 topic: topics::device(&id, Leaf::Cmd),

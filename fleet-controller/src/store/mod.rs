@@ -15,7 +15,7 @@ pub mod pool;
 pub mod sqlite;
 
 use attest::msg::ChainMessage;
-use attest::{DeviceId, Hash32, PublicKey, Verified};
+use attest::{DeviceId, EpochId, Hash32, PublicKey, SeqNo, Verified};
 
 /// Where a device stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +72,7 @@ pub struct NewItem {
     /// The device.
     pub(crate) device: DeviceId,
     /// Its sequence number.
-    pub(crate) seq: u64,
+    pub(crate) seq: SeqNo,
     /// Its kind byte.
     pub(crate) kind: u8,
     /// Its timestamp (device clock).
@@ -95,7 +95,7 @@ impl NewItem {
         let (env, _) = v.into_parts();
         NewItem {
             device: link.device,
-            seq: link.seq.0,
+            seq: link.seq,
             kind,
             timestamp_ms: link.timestamp.0,
             hash,
@@ -110,7 +110,7 @@ impl NewItem {
     }
 
     /// Its sequence number.
-    pub fn seq(&self) -> u64 {
+    pub fn seq(&self) -> SeqNo {
         self.seq
     }
 }
@@ -144,7 +144,7 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochRow {
     /// The epoch number (0, 1, 2...).
-    pub epoch: u64,
+    pub epoch: EpochId,
     /// Leaves in its tree.
     pub tree_size: u64,
     /// Its RFC 6962 root.
@@ -163,7 +163,7 @@ pub struct EpochRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvmAnchorRow {
     /// The epoch.
-    pub epoch: u64,
+    pub epoch: EpochId,
     /// The chain it is (to be) anchored on.
     pub chain_id: u64,
     /// The anchor contract.
@@ -187,13 +187,13 @@ pub struct EvmAnchorRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlacedItem {
     /// Sequence number.
-    pub seq: u64,
+    pub seq: SeqNo,
     /// Timestamp (device clock).
     pub timestamp_ms: u64,
     /// The envelope.
     pub envelope: Vec<u8>,
     /// Its epoch and leaf index, once its epoch is closed.
-    pub placed: Option<(u64, u64)>,
+    pub placed: Option<(EpochId, u64)>,
     /// Whether it counts in accounting (stored while its device was approved).
     pub counted: bool,
 }
@@ -250,35 +250,40 @@ pub trait Store {
     }
     /// The stored message with the highest sequence number of a device: where its chain
     /// checker resumes after a restart.
-    fn last_item(&self, id: DeviceId) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+    fn last_item(&self, id: DeviceId) -> Result<Option<(SeqNo, Vec<u8>)>, StoreError>;
     /// Stored envelopes of a device with sequence numbers in `from..=to`, in order.
-    fn items(&self, id: DeviceId, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    fn items(
+        &self,
+        id: DeviceId,
+        from: SeqNo,
+        to: SeqNo,
+    ) -> Result<Vec<(SeqNo, Vec<u8>)>, StoreError>;
     /// How many messages are stored for a device.
     fn count_items(&self, id: DeviceId) -> Result<u64, StoreError>;
     /// Stored messages not yet in any epoch, as (device, seq, envelope), in leaf order:
     /// counted or not, but none of a device still pending (it may be forgotten; once approved
     /// or revoked, its earlier messages are anchored too).
-    fn unplaced(&self) -> Result<Vec<(DeviceId, u64, Vec<u8>)>, StoreError>;
+    fn unplaced(&self) -> Result<Vec<(DeviceId, SeqNo, Vec<u8>)>, StoreError>;
     /// Closes an epoch in one transaction: its row, its anchor entry, and the leaf index
     /// of each message `(device, seq)` in order. Refuses an epoch number already used.
     fn commit_epoch(
         &mut self,
         epoch: &EpochRow,
-        leaves: &[(DeviceId, u64)],
+        leaves: &[(DeviceId, SeqNo)],
     ) -> Result<(), StoreError>;
     /// The last closed epoch.
     fn last_epoch(&self) -> Result<Option<EpochRow>, StoreError>;
     /// A closed epoch.
-    fn epoch(&self, epoch: u64) -> Result<Option<EpochRow>, StoreError>;
+    fn epoch(&self, epoch: EpochId) -> Result<Option<EpochRow>, StoreError>;
     /// The leaves (envelopes) of a closed epoch in leaf order.
-    fn epoch_leaves(&self, epoch: u64) -> Result<Vec<Vec<u8>>, StoreError>;
+    fn epoch_leaves(&self, epoch: EpochId) -> Result<Vec<Vec<u8>>, StoreError>;
     /// The EVM anchor of an epoch, sent or confirmed.
-    fn evm_anchor(&self, epoch: u64) -> Result<Option<EvmAnchorRow>, StoreError>;
+    fn evm_anchor(&self, epoch: EpochId) -> Result<Option<EvmAnchorRow>, StoreError>;
     /// Stores (or replaces, while unconfirmed) an epoch's EVM anchor. A confirmed anchor is
     /// never replaced.
     fn put_evm_anchor(&mut self, row: &EvmAnchorRow) -> Result<(), StoreError>;
     /// Forgets an unconfirmed EVM anchor whose transaction can no longer be mined.
-    fn drop_unconfirmed_evm_anchor(&mut self, epoch: u64) -> Result<(), StoreError>;
+    fn drop_unconfirmed_evm_anchor(&mut self, epoch: EpochId) -> Result<(), StoreError>;
     /// Closed epochs without a confirmed EVM anchor, oldest first.
     fn epochs_not_on_chain(&self) -> Result<Vec<EpochRow>, StoreError>;
     /// How many closed epochs have no confirmed EVM anchor.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use attest::{DeviceId, PublicKey};
+use attest::{DeviceId, EpochId, PublicKey, SeqNo};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
@@ -119,7 +119,7 @@ fn epoch_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEpoch> {
 fn to_epoch(raw: RawEpoch) -> Result<EpochRow, StoreError> {
     let (epoch, size, root, closed, entry, index) = raw;
     Ok(EpochRow {
-        epoch: epoch as u64,
+        epoch: EpochId(epoch as u64),
         tree_size: size as u64,
         root: attest::Hash32(
             root.try_into()
@@ -169,7 +169,7 @@ fn evm_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEvm> {
 fn to_evm(raw: RawEvm) -> Result<EvmAnchorRow, StoreError> {
     let (epoch, chain_id, contract, nonce, tx_hash, raw_tx, block, gas, signed) = raw;
     Ok(EvmAnchorRow {
-        epoch: epoch as u64,
+        epoch: EpochId(epoch as u64),
         chain_id: chain_id as u64,
         contract: contract
             .try_into()
@@ -364,7 +364,7 @@ impl Store for SqliteStore {
             for it in items {
                 let n = insert.execute(params![
                     &it.device.0[..],
-                    to_i64(it.seq),
+                    to_i64(it.seq.0),
                     it.kind,
                     to_i64(it.timestamp_ms),
                     &it.hash.0[..],
@@ -375,8 +375,8 @@ impl Store for SqliteStore {
                     report.inserted += 1;
                     continue;
                 }
-                let hash: Vec<u8> =
-                    existing.query_row(params![&it.device.0[..], to_i64(it.seq)], |r| r.get(0))?;
+                let hash: Vec<u8> = existing
+                    .query_row(params![&it.device.0[..], to_i64(it.seq.0)], |r| r.get(0))?;
                 if hash == it.hash.0 {
                     report.duplicates += 1;
                 } else {
@@ -388,30 +388,35 @@ impl Store for SqliteStore {
         Ok(report)
     }
 
-    fn last_item(&self, id: DeviceId) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    fn last_item(&self, id: DeviceId) -> Result<Option<(SeqNo, Vec<u8>)>, StoreError> {
         Ok(self
             .conn
             .query_row(
                 "SELECT seq, envelope FROM chain_items WHERE device = ?1 ORDER BY seq DESC LIMIT 1",
                 params![&id.0[..]],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+                |r| Ok((SeqNo(r.get::<_, i64>(0)? as u64), r.get(1)?)),
             )
             .optional()?)
     }
 
-    fn items(&self, id: DeviceId, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    fn items(
+        &self,
+        id: DeviceId,
+        from: SeqNo,
+        to: SeqNo,
+    ) -> Result<Vec<(SeqNo, Vec<u8>)>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT seq, envelope FROM chain_items WHERE device = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
         )?;
         let rows = st
-            .query_map(params![&id.0[..], to_i64(from), to_i64(to)], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            .query_map(params![&id.0[..], to_i64(from.0), to_i64(to.0)], |r| {
+                Ok((SeqNo(r.get::<_, i64>(0)? as u64), r.get(1)?))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
-    fn unplaced(&self) -> Result<Vec<(DeviceId, u64, Vec<u8>)>, StoreError> {
+    fn unplaced(&self) -> Result<Vec<(DeviceId, SeqNo, Vec<u8>)>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT device, seq, envelope FROM chain_items WHERE epoch IS NULL
              AND device NOT IN (SELECT id FROM devices WHERE state = 'pending')
@@ -421,7 +426,7 @@ impl Store for SqliteStore {
             .query_map([], |r| {
                 Ok((
                     r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, i64>(1)? as u64,
+                    SeqNo(r.get::<_, i64>(1)? as u64),
                     r.get(2)?,
                 ))
             })?
@@ -431,12 +436,16 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    fn commit_epoch(&mut self, e: &EpochRow, leaves: &[(DeviceId, u64)]) -> Result<(), StoreError> {
+    fn commit_epoch(
+        &mut self,
+        e: &EpochRow,
+        leaves: &[(DeviceId, SeqNo)],
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
             &format!("INSERT INTO epochs ({EPOCH_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
             params![
-                to_i64(e.epoch),
+                to_i64(e.epoch.0),
                 to_i64(e.tree_size),
                 &e.root.0[..],
                 to_i64(e.closed_ms),
@@ -449,7 +458,8 @@ impl Store for SqliteStore {
                 "UPDATE chain_items SET epoch = ?3, leaf_index = ?4 WHERE device = ?1 AND seq = ?2 AND epoch IS NULL",
             )?;
             for (i, (d, s)) in leaves.iter().enumerate() {
-                let n = place.execute(params![&d.0[..], to_i64(*s), to_i64(e.epoch), i as i64])?;
+                let n =
+                    place.execute(params![&d.0[..], to_i64(s.0), to_i64(e.epoch.0), i as i64])?;
                 if n != 1 {
                     return Err(StoreError::Corrupt(format!(
                         "message {d}/{s} is missing or already in an epoch"
@@ -473,34 +483,34 @@ impl Store for SqliteStore {
         raw.map(to_epoch).transpose()
     }
 
-    fn epoch(&self, epoch: u64) -> Result<Option<EpochRow>, StoreError> {
+    fn epoch(&self, epoch: EpochId) -> Result<Option<EpochRow>, StoreError> {
         let raw = self
             .conn
             .query_row(
                 &format!("SELECT {EPOCH_COLUMNS} FROM epochs WHERE epoch = ?1"),
-                params![to_i64(epoch)],
+                params![to_i64(epoch.0)],
                 epoch_row,
             )
             .optional()?;
         raw.map(to_epoch).transpose()
     }
 
-    fn epoch_leaves(&self, epoch: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+    fn epoch_leaves(&self, epoch: EpochId) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT envelope FROM chain_items WHERE epoch = ?1 ORDER BY leaf_index",
         )?;
         let rows = st
-            .query_map(params![to_i64(epoch)], |r| r.get(0))?
+            .query_map(params![to_i64(epoch.0)], |r| r.get(0))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
-    fn evm_anchor(&self, epoch: u64) -> Result<Option<EvmAnchorRow>, StoreError> {
+    fn evm_anchor(&self, epoch: EpochId) -> Result<Option<EvmAnchorRow>, StoreError> {
         let raw = self
             .conn
             .query_row(
                 &format!("SELECT {EVM_COLUMNS} FROM evm_anchors WHERE epoch = ?1"),
-                [to_i64(epoch)],
+                [to_i64(epoch.0)],
                 evm_row,
             )
             .optional()?;
@@ -512,7 +522,7 @@ impl Store for SqliteStore {
         let confirmed: Option<Option<i64>> = tx
             .query_row(
                 "SELECT block_number FROM evm_anchors WHERE epoch = ?1",
-                [to_i64(r.epoch)],
+                [to_i64(r.epoch.0)],
                 |row| row.get(0),
             )
             .optional()?;
@@ -527,7 +537,7 @@ impl Store for SqliteStore {
                 "INSERT OR REPLACE INTO evm_anchors ({EVM_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
             ),
             params![
-                to_i64(r.epoch),
+                to_i64(r.epoch.0),
                 to_i64(r.chain_id),
                 &r.contract[..],
                 to_i64(r.nonce),
@@ -542,10 +552,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn drop_unconfirmed_evm_anchor(&mut self, epoch: u64) -> Result<(), StoreError> {
+    fn drop_unconfirmed_evm_anchor(&mut self, epoch: EpochId) -> Result<(), StoreError> {
         self.conn.execute(
             "DELETE FROM evm_anchors WHERE epoch = ?1 AND block_number IS NULL",
-            [to_i64(epoch)],
+            [to_i64(epoch.0)],
         )?;
         Ok(())
     }
@@ -587,10 +597,10 @@ impl Store for SqliteStore {
                 let epoch: Option<i64> = r.get(3)?;
                 let leaf: Option<i64> = r.get(4)?;
                 Ok(PlacedItem {
-                    seq: r.get::<_, i64>(0)? as u64,
+                    seq: SeqNo(r.get::<_, i64>(0)? as u64),
                     timestamp_ms: r.get::<_, i64>(1)? as u64,
                     envelope: r.get(2)?,
-                    placed: epoch.zip(leaf).map(|(e, l)| (e as u64, l as u64)),
+                    placed: epoch.zip(leaf).map(|(e, l)| (EpochId(e as u64), l as u64)),
                     counted: r.get(5)?,
                 })
             })?
@@ -649,10 +659,13 @@ mod tests {
         assert_eq!(s.insert_items(&[forged]).unwrap().conflicts, 1);
         assert_eq!(s.count_items(dev.key.device_id()).unwrap(), 10);
         assert_eq!(
-            s.items(dev.key.device_id(), 4, 4).unwrap()[0].1,
+            s.items(dev.key.device_id(), SeqNo(4), SeqNo(4)).unwrap()[0].1,
             chain[4].as_bytes()
         );
-        assert_eq!(s.last_item(dev.key.device_id()).unwrap().unwrap().0, 9);
+        assert_eq!(
+            s.last_item(dev.key.device_id()).unwrap().unwrap().0,
+            SeqNo(9)
+        );
     }
 
     #[test]
@@ -696,7 +709,7 @@ mod tests {
     fn an_evm_anchor_is_replaced_while_unconfirmed_and_never_after() {
         let mut s = SqliteStore::in_memory().unwrap();
         let e = EpochRow {
-            epoch: 0,
+            epoch: EpochId(0),
             tree_size: 3,
             root: attest::Hash32([1; 32]),
             closed_ms: 5,
@@ -707,7 +720,7 @@ mod tests {
         assert_eq!(s.epochs_not_on_chain().unwrap(), vec![e.clone()]);
         assert_eq!(s.count_epochs_not_on_chain().unwrap(), 1);
         let mut a = EvmAnchorRow {
-            epoch: 0,
+            epoch: EpochId(0),
             chain_id: 31337,
             contract: [9; 20],
             nonce: 4,
@@ -723,13 +736,13 @@ mod tests {
         a.tx_hash = attest::Hash32([3; 32]);
         a.nonce = 5;
         s.put_evm_anchor(&a).unwrap();
-        assert_eq!(s.evm_anchor(0).unwrap().unwrap().nonce, 5);
+        assert_eq!(s.evm_anchor(EpochId(0)).unwrap().unwrap().nonce, 5);
         a.block_number = Some(12);
         a.gas_used = Some(74_000);
         s.put_evm_anchor(&a).unwrap();
         assert!(s.epochs_not_on_chain().unwrap().is_empty());
         assert_eq!(s.count_epochs_not_on_chain().unwrap(), 0);
-        assert_eq!(s.evm_anchor(0).unwrap().unwrap(), a);
+        assert_eq!(s.evm_anchor(EpochId(0)).unwrap().unwrap(), a);
         // Confirmed: never replaced, never dropped.
         let mut other = a.clone();
         other.tx_hash = attest::Hash32([4; 32]);
@@ -737,8 +750,8 @@ mod tests {
             s.put_evm_anchor(&other),
             Err(StoreError::Corrupt(_))
         ));
-        s.drop_unconfirmed_evm_anchor(0).unwrap();
-        assert_eq!(s.evm_anchor(0).unwrap().unwrap(), a);
+        s.drop_unconfirmed_evm_anchor(EpochId(0)).unwrap();
+        assert_eq!(s.evm_anchor(EpochId(0)).unwrap().unwrap(), a);
     }
 
     #[test]
