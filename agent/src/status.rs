@@ -71,6 +71,16 @@ pub struct SourceStatus {
 }
 
 impl SourceStatus {
+    /// What the retained MQTT status says of this source.
+    pub fn health(&self) -> attest::live::SourceHealth {
+        attest::live::SourceHealth {
+            source: self.source.clone(),
+            errors: self.errors,
+            errors_by_reason: self.errors_by_reason.clone(),
+            last_error: self.last_error.clone(),
+        }
+    }
+
     fn total(&mut self) {
         self.errors = self.errors_by_reason.values().sum();
     }

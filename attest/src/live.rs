@@ -3,7 +3,9 @@
 //! on `.../jobs` (docs/agent.md, "Jobs"). Defined here, once, so that the agent writes and
 //! any reader parses one shape.
 
+use alloc::collections::BTreeMap;
 use alloc::string::String;
+use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::msg::{JobId, JobOutcome};
@@ -36,6 +38,24 @@ pub struct Online {
     /// Outbox entries set aside as torn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<u64>,
+    /// Each power source's health, in channel order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceHealth>,
+}
+
+/// How a power source is doing: its errors since the agent started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceHealth {
+    /// The source as configured (`vedirect:/dev/ttyUSB0`, `sunspec:10.0.0.5:502`...).
+    pub source: String,
+    /// Every error: failed reads plus the input it found bad and dropped.
+    pub errors: u64,
+    /// The same by reason (`io`, `format`, `stale`, `unavailable`, `bad_checksum`...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors_by_reason: BTreeMap<String, u64>,
+    /// The last error, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// A job event (not retained; the signed receipt is the record of a job).

@@ -270,16 +270,22 @@ impl Agent {
         if !self.status.link.connected {
             return;
         }
+        let body = DeviceStatus::Online(self.online());
+        if let Ok(text) = serde_json::to_string(&body) {
+            let _ = client.try_publish(&self.topics.status, QoS::AtLeastOnce, true, text);
+        }
+    }
+
+    /// What the retained status says while online.
+    pub(super) fn online(&self) -> Online {
         let o = &self.status.outbox;
-        let body = DeviceStatus::Online(Online {
+        Online {
             agent: crate::VERSION.to_string(),
             next_seq: Some(self.meter.state().head.next_seq),
             outbox_depth: Some(o.depth as u64),
             outbox_blocked: o.blocked.clone(),
             quarantined: Some(o.quarantined),
-        });
-        if let Ok(text) = serde_json::to_string(&body) {
-            let _ = client.try_publish(&self.topics.status, QoS::AtLeastOnce, true, text);
+            sources: self.status.sources.iter().map(|s| s.health()).collect(),
         }
     }
 

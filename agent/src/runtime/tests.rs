@@ -383,7 +383,7 @@ impl LogBuffer {
 }
 
 #[test]
-fn bad_vedirect_checksums_are_counted_in_the_status_file_and_logged_once() {
+fn bad_vedirect_checksums_are_counted_in_the_status_file_and_the_mqtt_status_and_logged_once() {
     use crate::power::vedirect::encode_block;
     use serialport::SerialPort;
     use std::io::Write;
@@ -437,6 +437,19 @@ fn bad_vedirect_checksums_are_counted_in_the_status_file_and_logged_once() {
         assert_eq!(
             status["sources"][0]["errors_by_reason"]["bad_checksum"], 3,
             "{text}"
+        );
+        // And so does the retained MQTT status the fleet sees.
+        let online = serde_json::to_value(attest::live::DeviceStatus::Online(a.online())).unwrap();
+        assert_eq!(online["sources"][0]["errors"], 3, "{online}");
+        assert_eq!(
+            online["sources"][0]["errors_by_reason"]["bad_checksum"], 3,
+            "{online}"
+        );
+        assert!(
+            online["sources"][0]["source"]
+                .as_str()
+                .is_some_and(|s| s.contains("vedirect")),
+            "{online}"
         );
     });
     let log = logs.text();
