@@ -34,16 +34,42 @@ enum Cmd {
     Status,
 }
 
+/// Logs to stderr at `RUST_LOG` (`warn`, or `info,heliostat_agent::power=debug`; `info`
+/// when unset or unreadable), in colour only for a person at a terminal: a log file or
+/// journald gets plain text.
+fn init_logging() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let default = || Targets::new().with_default(tracing::Level::INFO);
+    let (filter, bad) = match std::env::var("RUST_LOG") {
+        Ok(text) => match text.parse::<Targets>() {
+            Ok(f) => (f, None),
+            Err(e) => (
+                default(),
+                Some(format!(
+                    "RUST_LOG={text:?} not understood ({e}): logging at info"
+                )),
+            ),
+        },
+        Err(_) => (default(), None),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(filter)
+        .init();
+    if let Some(why) = bad {
+        tracing::warn!("{why}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: a log file or journald gets plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging();
     match main_inner(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
