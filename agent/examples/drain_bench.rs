@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use attest::KeyPair;
 use attest::msg::{ChannelKind, TrustTier};
-use heliostat_agent::config::{AgentConfig, FsyncPolicy, OutboxConfig};
+use heliostat_agent::config::{AgentConfig, FsyncPolicy, LinkConfig, OutboxConfig, SiteConfig};
 use heliostat_agent::meter::Meter;
 use heliostat_agent::outbox::Outbox;
-use heliostat_agent::power::Sample;
+use heliostat_agent::power::simulator::SimulatorConfig;
+use heliostat_agent::power::{Sample, SourceConfig};
 use hil_tests::collector::Collector;
 use hil_tests::{Mosquitto, TempDir};
 
@@ -25,26 +26,20 @@ fn main() {
     let data = tmp.path().join("data");
     let controller = KeyPair::from_seed(&[0xc0; 32]);
     let broker = Mosquitto::start();
-    let cfg = AgentConfig::parse(&format!(
-        r#"data_dir = "{}"
-[site]
-lat = 52.5
-lon = 13.4
-battery_wh = 1000
-[outbox]
-fsync = "always"
-[link]
-host = "127.0.0.1"
-port = {}
-controller_key = "{}"
-[[source]]
-type = "simulator"
-"#,
-        data.display(),
-        broker.port,
-        controller.public()
-    ))
-    .unwrap();
+    let mut cfg = AgentConfig::new(
+        &data,
+        SiteConfig {
+            battery_wh: 1000,
+            ..SiteConfig::new(52.5, 13.4)
+        },
+        LinkConfig {
+            port: broker.port,
+            ..LinkConfig::new("127.0.0.1", &controller.public())
+        },
+        vec![SourceConfig::Simulator(SimulatorConfig::default())],
+    );
+    cfg.outbox.fsync = FsyncPolicy::Always;
+    cfg.validate().unwrap();
 
     // A day of records as the agent would have stored them during an outage.
     std::fs::create_dir_all(&data).unwrap();

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::config_error::ConfigError;
 use crate::power::SourceConfig;
@@ -13,7 +13,7 @@ pub use crate::site::SiteConfig;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/heliostat/agent.toml";
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Where keys, chain state and the outbox live.
@@ -38,7 +38,7 @@ pub struct AgentConfig {
 }
 
 /// `[jobs]`: running compute jobs inside the power budget.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsConfig {
     /// Accept `RunJob` commands at all.
@@ -150,7 +150,7 @@ const fn default_battery_horizon() -> f64 {
 }
 
 /// The MQTT link to the broker.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkConfig {
     /// Broker host name or address.
@@ -189,6 +189,27 @@ pub struct LinkConfig {
     pub backoff_max_ms: u64,
 }
 
+impl LinkConfig {
+    /// A link to the broker at `host` (on the default port) that accepts acks and commands
+    /// signed by `controller_key`; every other key at its default.
+    pub fn new(host: impl Into<String>, controller_key: &attest::PublicKey) -> LinkConfig {
+        LinkConfig {
+            host: host.into(),
+            port: default_port(),
+            controller_key: controller_key.to_string(),
+            username: None,
+            password: None,
+            tls_ca_file: None,
+            tls_client_cert: None,
+            tls_client_key: None,
+            keepalive_s: default_keepalive(),
+            resend_after_ms: default_resend_ms(),
+            batch_max: default_batch_max(),
+            backoff_max_ms: default_backoff_max_ms(),
+        }
+    }
+}
+
 const fn default_port() -> u16 {
     1883
 }
@@ -206,7 +227,7 @@ const fn default_backoff_max_ms() -> u64 {
 }
 
 /// Meter timing.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeterConfig {
     /// Milliseconds between samples of every source.
@@ -227,7 +248,7 @@ impl Default for MeterConfig {
 }
 
 /// When the outbox calls fsync.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FsyncPolicy {
     /// After every appended record, before it is offered to MQTT (the default: a record
@@ -238,7 +259,7 @@ pub enum FsyncPolicy {
 }
 
 /// Outbox limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxConfig {
     /// Most bytes of unacknowledged records kept on disk. When full, no new record is
@@ -284,6 +305,44 @@ const fn default_fsync() -> FsyncPolicy {
 }
 
 impl AgentConfig {
+    /// A configuration from what every agent must be told (where its data lives, its site,
+    /// its link and its power sources, in channel order), every other key at its default:
+    /// the same value a file naming only these keys loads to. Change the rest through the
+    /// public fields (`cfg.meter.record_interval_ms = 100`) or struct update.
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        site: SiteConfig,
+        link: LinkConfig,
+        sources: Vec<SourceConfig>,
+    ) -> AgentConfig {
+        AgentConfig {
+            data_dir: data_dir.into(),
+            site,
+            meter: MeterConfig::default(),
+            outbox: OutboxConfig::default(),
+            link,
+            sources,
+            jobs: JobsConfig::default(),
+        }
+    }
+
+    /// The configuration as a TOML file that [`AgentConfig::parse`] reads back to an equal
+    /// value (not validated here: that is the reader's step). Fails on a value the file
+    /// format cannot hold.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Unwritable {
+            message: e.to_string(),
+        })
+    }
+
+    /// Writes [`AgentConfig::to_toml`] to `path`, for a binary started with `--config path`.
+    pub fn write_toml(&self, path: &Path) -> Result<(), ConfigError> {
+        std::fs::write(path, self.to_toml()?).map_err(|source| ConfigError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     /// The pinned controller key (validated).
     pub fn controller_key(&self) -> attest::PublicKey {
         attest::PublicKey(attest::hex::decode_array(&self.link.controller_key).expect("validated"))
@@ -423,8 +482,148 @@ impl AgentConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::power::{hwmon, nvml, simulator, sunspec, vedirect};
 
     const EXAMPLE: &str = include_str!("../agent.example.toml");
+
+    fn key() -> attest::PublicKey {
+        attest::KeyPair::from_seed(&[0xc0; 32]).public()
+    }
+
+    fn built() -> AgentConfig {
+        AgentConfig::new(
+            "/tmp/agent-data",
+            SiteConfig::new(52.52, 13.405),
+            LinkConfig::new("127.0.0.1", &key()),
+            vec![SourceConfig::Simulator(
+                simulator::SimulatorConfig::default(),
+            )],
+        )
+    }
+
+    #[test]
+    fn the_builders_defaults_are_those_of_a_file_naming_only_the_required_keys() {
+        let cfg = built();
+        cfg.validate().unwrap();
+        let minimal = format!(
+            "data_dir = \"/tmp/agent-data\"\n[site]\nlat = 52.52\nlon = 13.405\n\
+             [link]\nhost = \"127.0.0.1\"\ncontroller_key = \"{}\"\n\
+             [[source]]\ntype = \"simulator\"\n",
+            key()
+        );
+        assert_eq!(AgentConfig::parse(&minimal).unwrap(), cfg);
+        // Each source's own defaults, from a table naming only its type and required keys.
+        let sources = vec![
+            SourceConfig::Hwmon(hwmon::HwmonConfig::default()),
+            SourceConfig::Vedirect(vedirect::VeDirectConfig::new("/dev/ttyUSB0")),
+            SourceConfig::Nvml(nvml::NvmlConfig::default()),
+            SourceConfig::Sunspec(sunspec::SunSpecConfig::new(
+                "192.168.1.50:502".parse().unwrap(),
+                sunspec::Measures::Grid,
+            )),
+        ];
+        let tables = "[[source]]\ntype = \"hwmon\"\n\
+                      [[source]]\ntype = \"vedirect\"\nport = \"/dev/ttyUSB0\"\n\
+                      [[source]]\ntype = \"nvml\"\n\
+                      [[source]]\ntype = \"sunspec\"\naddress = \"192.168.1.50:502\"\n\
+                      measures = \"grid\"\n";
+        let parsed =
+            AgentConfig::parse(&minimal.replace("[[source]]\ntype = \"simulator\"\n", tables))
+                .unwrap();
+        assert_eq!(parsed.sources, sources);
+    }
+
+    #[test]
+    fn a_built_config_round_trips_through_toml_to_an_equal_value() {
+        let mut cfg = built();
+        cfg.site = SiteConfig {
+            panel_watts_peak: 400,
+            battery_wh: 1000,
+            battery_reserve_wh: 200,
+            grid_region: "DE".into(),
+            price_micro_per_gpu_hour: 250_000,
+            embodied_kg_co2e: 150.5,
+            expected_life_years: 5.0,
+            max_draw_w: 300,
+            ..cfg.site
+        };
+        cfg.meter = MeterConfig {
+            sample_interval_ms: 20,
+            record_interval_ms: 100,
+        };
+        cfg.outbox.segment_bytes = 8192;
+        cfg.outbox.fsync = FsyncPolicy::Never;
+        cfg.link = LinkConfig {
+            port: 18_830,
+            username: Some("rig-17".into()),
+            password: Some("s3cret".into()),
+            tls_ca_file: Some("/etc/heliostat/ca.pem".into()),
+            tls_client_cert: Some("/etc/heliostat/client.pem".into()),
+            tls_client_key: Some("/etc/heliostat/client.key".into()),
+            batch_max: 200,
+            ..cfg.link
+        };
+        cfg.jobs = JobsConfig {
+            prefer_gpu: false,
+            grid_allowance_w: 12.5,
+            min_duty: 0.25,
+            devfreq_dir: Some("/sys/class/devfreq/17000000.ga10b".into()),
+            nvml_power_limit_gpu: Some(0),
+            blob_dir: Some("/tmp/blobs".into()),
+            blob_url: Some("http://controller:8080/api/v1/blobs/".into()),
+            ..JobsConfig::default()
+        };
+        cfg.sources = vec![
+            SourceConfig::Simulator(simulator::SimulatorConfig {
+                seed: 3,
+                cloudiness: 0.1,
+                trace_csv: Some("/tmp/trace.csv".into()),
+                ..Default::default()
+            }),
+            SourceConfig::Hwmon(hwmon::HwmonConfig {
+                rails: vec!["VDD_IN".into()],
+                gpu_rail: Some("VDD_GPU".into()),
+                ..Default::default()
+            }),
+            SourceConfig::Vedirect(vedirect::VeDirectConfig::new("/dev/ttyUSB0")),
+            SourceConfig::Nvml(nvml::NvmlConfig { index: 1 }),
+            SourceConfig::Sunspec(sunspec::SunSpecConfig {
+                unit_id: 3,
+                ..sunspec::SunSpecConfig::new(
+                    "192.168.1.50:502".parse().unwrap(),
+                    sunspec::Measures::Solar,
+                )
+            }),
+        ];
+        cfg.validate().unwrap();
+        let text = cfg.to_toml().unwrap();
+        assert_eq!(AgentConfig::parse(&text).unwrap(), cfg, "{text}");
+
+        // And through a file, as a binary started with `--config` loads it.
+        let dir = std::env::temp_dir().join(format!("agent-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.toml");
+        cfg.write_toml(&path).unwrap();
+        assert_eq!(AgentConfig::load(&path).unwrap(), cfg);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_example_file_round_trips_through_toml() {
+        let cfg = AgentConfig::parse(EXAMPLE).unwrap();
+        assert_eq!(AgentConfig::parse(&cfg.to_toml().unwrap()).unwrap(), cfg);
+    }
+
+    #[test]
+    fn a_value_the_file_cannot_say_is_refused_rather_than_written_differently() {
+        let mut cfg = built();
+        cfg.sources = vec![SourceConfig::Hwmon(hwmon::HwmonConfig {
+            gpu_rail: None,
+            ..Default::default()
+        })];
+        let e = cfg.to_toml().unwrap_err().to_string();
+        assert!(e.contains("source.gpu_rail"), "{e}");
+    }
 
     #[test]
     fn the_example_file_loads() {

@@ -18,4 +18,14 @@ pub enum ConfigError {
     /// A value breaks a rule.
     #[error("config key `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// A configuration built in code holds a value the file format cannot say (the message
+    /// names the key).
+    #[error("writing the configuration as TOML: {message}")]
+    Unwritable { message: String },
+    /// The file could not be written.
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }

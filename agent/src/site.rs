@@ -2,10 +2,10 @@
 //! what it asks. Read from the config file's `[site]` table; signed in the `Hello`. Power
 //! sources read it too (the simulator's sun and battery), so it sits below both.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Site metadata.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
     /// Latitude, degrees north.
@@ -40,6 +40,25 @@ pub struct SiteConfig {
     /// add no emissions).
     #[serde(default)]
     pub max_draw_w: u32,
+}
+
+impl SiteConfig {
+    /// A site at `lat`, `lon` (degrees north and east) with every other key at its default:
+    /// no panels, no battery, region `unknown`, nothing asked or stated.
+    pub fn new(lat: f64, lon: f64) -> SiteConfig {
+        SiteConfig {
+            lat,
+            lon,
+            panel_watts_peak: 0,
+            battery_wh: 0,
+            battery_reserve_wh: 0,
+            grid_region: default_region(),
+            price_micro_per_gpu_hour: 0,
+            embodied_kg_co2e: 0.0,
+            expected_life_years: 0.0,
+            max_draw_w: 0,
+        }
+    }
 }
 
 fn default_region() -> String {

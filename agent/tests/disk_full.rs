@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use attest::chain::{ChainPolicy, ChainVerifier, Outcome};
 use attest::msg::{ChannelKind, MeterRecord};
 use attest::{Envelope, TimestampMs};
+use heliostat_agent::config::{AgentConfig, LinkConfig, MeterConfig, SiteConfig};
+use heliostat_agent::power::SourceConfig;
+use heliostat_agent::power::simulator::SimulatorConfig;
 use hil_tests::collector::Collector;
 use hil_tests::{Mosquitto, TempDir};
 
@@ -49,34 +52,29 @@ fn fill(dir: &Path) -> PathBuf {
 /// Writes the agent's configuration: a 40 W constant load, records every 100 ms into an
 /// outbox of small segments, sent to the broker on `port`.
 fn write_config(path: &Path, data: &Path, port: u16) {
-    std::fs::write(
-        path,
-        format!(
-            r#"data_dir = "{data}"
-[site]
-lat = 52.52
-lon = 13.405
-battery_wh = 1000
-[meter]
-sample_interval_ms = 20
-record_interval_ms = 100
-[outbox]
-segment_bytes = 4096
-[link]
-host = "127.0.0.1"
-port = {port}
-controller_key = "{key}"
-backoff_max_ms = 400
-[[source]]
-type = "simulator"
-base_load_w = 40.0
-gpu_w = 0.0
-"#,
-            data = data.display(),
-            key = controller().public()
-        ),
-    )
-    .unwrap();
+    let mut cfg = AgentConfig::new(
+        data,
+        SiteConfig {
+            battery_wh: 1000,
+            ..SiteConfig::new(52.52, 13.405)
+        },
+        LinkConfig {
+            port,
+            backoff_max_ms: 400,
+            ..LinkConfig::new("127.0.0.1", &controller().public())
+        },
+        vec![SourceConfig::Simulator(SimulatorConfig {
+            base_load_w: 40.0,
+            gpu_w: 0.0,
+            ..Default::default()
+        })],
+    );
+    cfg.meter = MeterConfig {
+        sample_interval_ms: 20,
+        record_interval_ms: 100,
+    };
+    cfg.outbox.segment_bytes = 4096;
+    cfg.write_toml(path).unwrap();
 }
 
 #[test]

@@ -5,21 +5,26 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use heliostat_agent::config::{AgentConfig, LinkConfig, SiteConfig};
+use heliostat_agent::power::SourceConfig;
+use heliostat_agent::power::simulator::SimulatorConfig;
+use heliostat_agent::power::vedirect::VeDirectConfig;
 use hil_tests::{TempDir, agent_next_seq, free_port, spawn_agent, test_controller};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_heliostat-agent");
 
-fn write_config(dir: &Path, sources: &str) -> std::path::PathBuf {
+fn write_config(dir: &Path, sources: Vec<SourceConfig>) -> std::path::PathBuf {
     let path = dir.join("agent.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "data_dir = \"{}\"\n[site]\nlat = 10.0\nlon = 20.0\n[link]\nhost = \"127.0.0.1\"\nport = {}\ncontroller_key = \"{}\"\n{sources}",
-            dir.join("data").display(),
-            free_port(),
-            test_controller().public()
-        ),
+    AgentConfig::new(
+        dir.join("data"),
+        SiteConfig::new(10.0, 20.0),
+        LinkConfig {
+            port: free_port(),
+            ..LinkConfig::new("127.0.0.1", &test_controller().public())
+        },
+        sources,
     )
+    .write_toml(&path)
     .unwrap();
     path
 }
@@ -27,7 +32,10 @@ fn write_config(dir: &Path, sources: &str) -> std::path::PathBuf {
 #[test]
 fn the_first_run_after_id_created_the_key_starts_a_new_chain_at_zero() {
     let dir = TempDir::new("first-start");
-    let cfg = write_config(dir.path(), "[[source]]\ntype = \"simulator\"\n");
+    let cfg = write_config(
+        dir.path(),
+        vec![SourceConfig::Simulator(SimulatorConfig::default())],
+    );
     let id = Command::new(AGENT)
         .arg("--config")
         .arg(&cfg)
@@ -58,7 +66,9 @@ fn the_log_has_no_colour_codes_when_it_is_not_a_terminal() {
     let dir = TempDir::new("no-ansi");
     let cfg = write_config(
         dir.path(),
-        "[[source]]\ntype = \"vedirect\"\nport = \"/dev/does-not-exist\"\n",
+        vec![SourceConfig::Vedirect(VeDirectConfig::new(
+            "/dev/does-not-exist",
+        ))],
     );
     let out = Command::new(AGENT)
         .arg("--config")

@@ -6,37 +6,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use heliostat_agent::config::{AgentConfig, LinkConfig, MeterConfig, SiteConfig};
+use heliostat_agent::power::SourceConfig;
+use heliostat_agent::power::simulator::SimulatorConfig;
 use hil_tests::collector::Collector;
 use hil_tests::{Mosquitto, Proc, TempDir, free_port, require};
 
 use hil_tests::test_controller as controller;
 
-fn agent(dir: &Path, port: u16, link_extra: &str) -> (Proc, PathBuf) {
+/// The link every agent here starts from: the broker's secured listener on `port`.
+fn link(port: u16) -> LinkConfig {
+    LinkConfig {
+        port,
+        backoff_max_ms: 300,
+        ..LinkConfig::new("127.0.0.1", &controller().public())
+    }
+}
+
+fn agent(dir: &Path, link: LinkConfig) -> (Proc, PathBuf) {
     let cfg = dir.join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"data_dir = "{data}"
-[site]
-lat = 1.0
-lon = 2.0
-[meter]
-sample_interval_ms = 50
-record_interval_ms = 100
-[link]
-host = "127.0.0.1"
-port = {port}
-controller_key = "{key}"
-backoff_max_ms = 300
-{link_extra}
-[[source]]
-type = "simulator"
-"#,
-            data = dir.join("data").display(),
-            key = controller().public()
-        ),
-    )
-    .unwrap();
+    let mut config = AgentConfig::new(
+        dir.join("data"),
+        SiteConfig::new(1.0, 2.0),
+        link,
+        vec![SourceConfig::Simulator(SimulatorConfig::default())],
+    );
+    config.meter = MeterConfig {
+        sample_interval_ms: 50,
+        record_interval_ms: 100,
+    };
+    config.write_toml(&cfg).unwrap();
     let log = dir.join("agent.log");
     (
         hil_tests::spawn_agent(env!("CARGO_BIN_EXE_heliostat-agent"), &cfg, &log),
@@ -80,14 +79,20 @@ fn username_and_password_let_the_agent_in_and_a_wrong_password_does_not() {
     let bad_dir = TempDir::new("auth-bad");
     let (_bad, bad_log) = agent(
         bad_dir.path(),
-        port,
-        "username = \"rig-17\"\npassword = \"wrong\"",
+        LinkConfig {
+            username: Some("rig-17".into()),
+            password: Some("wrong".into()),
+            ..link(port)
+        },
     );
     let good_dir = TempDir::new("auth-good");
     let (_good, _) = agent(
         good_dir.path(),
-        port,
-        "username = \"rig-17\"\npassword = \"s3cret\"",
+        LinkConfig {
+            username: Some("rig-17".into()),
+            password: Some("s3cret".into()),
+            ..link(port)
+        },
     );
     assert!(
         arrives(&collector, 10, Duration::from_secs(10)),
@@ -198,20 +203,20 @@ fn tls_with_client_certificates_connects_and_a_foreign_ca_is_refused() {
         ),
     );
     let collector = Collector::start(open, controller(), true);
-    let tls = |ca: &str, client: &str| {
-        format!(
-            "tls_ca_file = \"{d}/{ca}-ca.pem\"\ntls_client_cert = \"{d}/{client}-client.pem\"\ntls_client_key = \"{d}/{client}-client.key\"",
-            d = d.display()
-        )
+    let tls = |ca: &str, client: &str| LinkConfig {
+        tls_ca_file: Some(d.join(format!("{ca}-ca.pem"))),
+        tls_client_cert: Some(d.join(format!("{client}-client.pem"))),
+        tls_client_key: Some(d.join(format!("{client}-client.key"))),
+        ..link(port)
     };
     // Trusts another CA: must not connect.
     let wrong = TempDir::new("tls-wrong");
-    let (_w, wrong_log) = agent(wrong.path(), port, &tls("other", "good"));
+    let (_w, wrong_log) = agent(wrong.path(), tls("other", "good"));
     // Right CA, but a client certificate the broker does not trust: refused by the broker.
     let stranger = TempDir::new("tls-stranger");
-    let (_s, _) = agent(stranger.path(), port, &tls("good", "other"));
+    let (_s, _) = agent(stranger.path(), tls("good", "other"));
     let right = TempDir::new("tls-right");
-    let (_r, _) = agent(right.path(), port, &tls("good", "good"));
+    let (_r, _) = agent(right.path(), tls("good", "good"));
     assert!(
         arrives(&collector, 10, Duration::from_secs(10)),
         "no records over TLS"

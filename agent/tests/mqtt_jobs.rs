@@ -13,8 +13,11 @@ use attest::msg::{
     MeterRecord,
 };
 use attest::{DeviceId, Envelope, Hash32, KeyPair, Millijoules, TimestampMs};
+use heliostat_agent::config::{AgentConfig, LinkConfig, MeterConfig, SiteConfig};
 use heliostat_agent::jobs::Builtin;
 use heliostat_agent::jobs::kernel::Sha256Batch;
+use heliostat_agent::power::SourceConfig;
+use heliostat_agent::power::simulator::SimulatorConfig;
 use hil_tests::collector::Collector;
 use hil_tests::{Mosquitto, TempDir};
 use rumqttc::{Client, MqttOptions, QoS};
@@ -23,35 +26,33 @@ use sha2::Digest;
 use hil_tests::test_controller as controller;
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
-    let cfg = format!(
-        r#"data_dir = "{data}"
-[site]
-lat = 52.52
-lon = 13.405
-panel_watts_peak = 400
-battery_wh = 1000
-battery_reserve_wh = 200
-[meter]
-sample_interval_ms = 50
-record_interval_ms = 500
-[link]
-host = "127.0.0.1"
-port = {port}
-controller_key = "{key}"
-resend_after_ms = 1500
-backoff_max_ms = 400
-[jobs]
-prefer_gpu = false
-[[source]]
-type = "simulator"
-seed = 5
-initial_soc = 1.0
-"#,
-        data = dir.join("data").display(),
-        key = controller().public(),
+    let mut cfg = AgentConfig::new(
+        dir.join("data"),
+        SiteConfig {
+            panel_watts_peak: 400,
+            battery_wh: 1000,
+            battery_reserve_wh: 200,
+            ..SiteConfig::new(52.52, 13.405)
+        },
+        LinkConfig {
+            port,
+            resend_after_ms: 1500,
+            backoff_max_ms: 400,
+            ..LinkConfig::new("127.0.0.1", &controller().public())
+        },
+        vec![SourceConfig::Simulator(SimulatorConfig {
+            seed: 5,
+            initial_soc: 1.0,
+            ..Default::default()
+        })],
     );
+    cfg.meter = MeterConfig {
+        sample_interval_ms: 50,
+        record_interval_ms: 500,
+    };
+    cfg.jobs.prefer_gpu = false;
     let p = dir.join("agent.toml");
-    std::fs::write(&p, cfg).unwrap();
+    cfg.write_toml(&p).unwrap();
     p
 }
 

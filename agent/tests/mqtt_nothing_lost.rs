@@ -15,43 +15,44 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use heliostat_agent::config::{AgentConfig, LinkConfig, MeterConfig, SiteConfig};
+use heliostat_agent::power::SourceConfig;
+use heliostat_agent::power::simulator::SimulatorConfig;
 use hil_tests::collector::Collector;
 use hil_tests::{Mosquitto, Proc, TempDir};
 
 use hil_tests::test_controller as controller;
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
-    let cfg = format!(
-        r#"data_dir = "{data}"
-[site]
-lat = 52.52
-lon = 13.405
-panel_watts_peak = 400
-battery_wh = 1000
-battery_reserve_wh = 200
-grid_region = "DE"
-[meter]
-sample_interval_ms = 20
-record_interval_ms = 100
-[outbox]
-segment_bytes = 8192
-[link]
-host = "127.0.0.1"
-port = {port}
-controller_key = "{key}"
-resend_after_ms = 1500
-backoff_max_ms = 400
-keepalive_s = 5
-batch_max = 200
-[[source]]
-type = "simulator"
-seed = 3
-"#,
-        data = dir.join("data").display(),
-        key = controller().public(),
+    let mut cfg = AgentConfig::new(
+        dir.join("data"),
+        SiteConfig {
+            panel_watts_peak: 400,
+            battery_wh: 1000,
+            battery_reserve_wh: 200,
+            grid_region: "DE".into(),
+            ..SiteConfig::new(52.52, 13.405)
+        },
+        LinkConfig {
+            port,
+            resend_after_ms: 1500,
+            backoff_max_ms: 400,
+            keepalive_s: 5,
+            batch_max: 200,
+            ..LinkConfig::new("127.0.0.1", &controller().public())
+        },
+        vec![SourceConfig::Simulator(SimulatorConfig {
+            seed: 3,
+            ..Default::default()
+        })],
     );
+    cfg.meter = MeterConfig {
+        sample_interval_ms: 20,
+        record_interval_ms: 100,
+    };
+    cfg.outbox.segment_bytes = 8192;
     let p = dir.join("agent.toml");
-    std::fs::write(&p, cfg).unwrap();
+    cfg.write_toml(&p).unwrap();
     p
 }
 

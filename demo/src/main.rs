@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use fleet_controller::config::{BrokerConfig, ControllerConfig};
 use fleet_controller::store::Store;
+use heliostat_agent::config::{AgentConfig, FsyncPolicy, LinkConfig, MeterConfig, SiteConfig};
+use heliostat_agent::power::SourceConfig;
+use heliostat_agent::power::simulator::SimulatorConfig;
 
 #[derive(Parser)]
 #[command(
@@ -66,26 +70,33 @@ fn bind_local(port: u16, what: &str) -> Result<std::net::TcpListener> {
 /// Starts the embedded broker on `port`, which the caller found free, and returns once it
 /// listens (the port can no longer be bound), without connecting to it.
 fn start_broker(port: u16) -> Result<()> {
-    let text = format!(
-        r#"id = 0
-[router]
-id = 0
-max_connections = 10010
-max_outgoing_packet_count = 200
-max_segment_size = 104857600
-max_segment_count = 10
-[v4.1]
-name = "v4-1"
-listen = "127.0.0.1:{port}"
-next_connection_delay_ms = 1
-[v4.1.connections]
-connection_timeout_ms = 60000
-max_payload_size = 2097152
-max_inflight_count = 200
-dynamic_filters = true
-"#
-    );
-    let cfg: rumqttd::Config = toml::from_str(&text).context("embedded broker configuration")?;
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: 2 << 20,
+        max_inflight_count: 200,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let listener = rumqttd::ServerSettings {
+        name: "v4-1".into(),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    let cfg = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 10_010,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 100 << 20,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4: Some([("1".to_string(), listener)].into()),
+        ..Default::default()
+    };
     let mut broker = rumqttd::Broker::new(cfg);
     std::thread::Builder::new()
         .name("broker".into())
@@ -105,70 +116,74 @@ dynamic_filters = true
     Ok(())
 }
 
+/// The controller's configuration, also written to `dir/controller.toml` for the
+/// `fleet-controller --config` commands the demo prints.
 fn controller_config(
     dir: &Path,
     port: u16,
     epoch_ms: u64,
     api_port: u16,
-) -> Result<(PathBuf, fleet_controller::config::ControllerConfig)> {
-    let text = format!(
-        "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\nshare_group = \"\"\n[enrollment]\nauto_approve = true\n[epochs]\ninterval_ms = {epoch_ms}\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n",
-        dir.join("controller").display()
+) -> Result<(PathBuf, ControllerConfig)> {
+    let mut cfg = ControllerConfig::new(
+        dir.join("controller"),
+        BrokerConfig {
+            port,
+            // One controller: no shared subscription.
+            share_group: String::new(),
+            ..BrokerConfig::new("127.0.0.1")
+        },
     );
+    cfg.enrollment.auto_approve = true;
+    cfg.epochs.interval_ms = epoch_ms;
+    cfg.api.listen = format!("127.0.0.1:{api_port}");
+    cfg.validate()?;
     let path = dir.join("controller.toml");
-    std::fs::write(&path, &text)?;
-    Ok((
-        path.clone(),
-        fleet_controller::config::ControllerConfig::load(&path)?,
-    ))
+    cfg.write_toml(&path)?;
+    Ok((path, cfg))
 }
 
+/// Agent `i` of the fleet: its site from [`SITES`], its sampling fitted to `record_ms`.
 fn agent_config(
     dir: &Path,
     i: usize,
     port: u16,
-    key: &str,
+    key: &attest::PublicKey,
     record_ms: u64,
-) -> Result<heliostat_agent::config::AgentConfig> {
+) -> Result<AgentConfig> {
     let (_, lat, lon, wp, wh, region, clouds) = SITES[i % SITES.len()];
     let sample_ms = (record_ms / 10).clamp(100, 1_000);
     let record_ms = record_ms.max(sample_ms).div_ceil(sample_ms) * sample_ms;
-    let text = format!(
-        r#"data_dir = "{data}"
-[site]
-lat = {lat}
-lon = {lon}
-panel_watts_peak = {wp}
-battery_wh = {wh}
-battery_reserve_wh = {reserve}
-grid_region = "{region}"
-price_micro_per_gpu_hour = {price}
-max_draw_w = 300
-[meter]
-sample_interval_ms = {sample_ms}
-record_interval_ms = {record_ms}
-[outbox]
-fsync = "always"
-[link]
-host = "127.0.0.1"
-port = {port}
-controller_key = "{key}"
-resend_after_ms = 15000
-[[source]]
-type = "simulator"
-seed = {seed}
-cloudiness = {clouds}
-base_load_w = {base}
-gpu_w = {gpu}
-"#,
-        data = dir.join(format!("agent-{i}")).display(),
-        reserve = wh / 5,
-        price = 200_000 + 25_000 * i as u64,
-        seed = 1_000 + i,
-        base = 30 + 5 * (i % 4),
-        gpu = 40 + 20 * (i % 3),
+    let mut cfg = AgentConfig::new(
+        dir.join(format!("agent-{i}")),
+        SiteConfig {
+            panel_watts_peak: wp,
+            battery_wh: wh,
+            battery_reserve_wh: wh / 5,
+            grid_region: region.into(),
+            price_micro_per_gpu_hour: 200_000 + 25_000 * i as u64,
+            max_draw_w: 300,
+            ..SiteConfig::new(lat, lon)
+        },
+        LinkConfig {
+            port,
+            resend_after_ms: 15_000,
+            ..LinkConfig::new("127.0.0.1", key)
+        },
+        vec![SourceConfig::Simulator(SimulatorConfig {
+            seed: 1_000 + i as u64,
+            cloudiness: clouds,
+            base_load_w: (30 + 5 * (i % 4)) as f64,
+            gpu_w: (40 + 20 * (i % 3)) as f64,
+            ..Default::default()
+        })],
     );
-    Ok(heliostat_agent::config::AgentConfig::parse(&text)?)
+    cfg.meter = MeterConfig {
+        sample_interval_ms: sample_ms,
+        record_interval_ms: record_ms,
+    };
+    cfg.outbox.fsync = FsyncPolicy::Always;
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 fn main() -> std::process::ExitCode {
@@ -237,7 +252,7 @@ fn run(args: Args) -> Result<()> {
     }));
     let mut ids = Vec::new();
     for i in 0..args.agents {
-        let cfg = agent_config(&data, i, broker_port, &ckey_hex, args.record_ms)?;
+        let cfg = agent_config(&data, i, broker_port, &ckey.public(), args.record_ms)?;
         // The demo provisions each device's key before it starts, as an image's first boot
         // would: nothing reads a key file while another task writes it.
         let key_file = heliostat_agent::runtime::key_path(&cfg.data_dir);

@@ -99,17 +99,16 @@ fn main() {
 
     // The controller, in-process, ingesting from the broker.
     let tmp = TempDir::new("ingest-bench");
-    let cfg_path = tmp.path().join("controller.toml");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n[enrollment]\nauto_approve = true\n[api]\nlisten = \"127.0.0.1:{}\"\n",
-            tmp.path().join("data").display(),
-            free_port()
-        ),
-    )
-    .unwrap();
-    let cfg = fleet_controller::config::ControllerConfig::load(&cfg_path).unwrap();
+    let mut cfg = fleet_controller::config::ControllerConfig::new(
+        tmp.path().join("data"),
+        fleet_controller::config::BrokerConfig {
+            port,
+            ..fleet_controller::config::BrokerConfig::new("127.0.0.1")
+        },
+    );
+    cfg.enrollment.auto_approve = true;
+    cfg.api.listen = format!("127.0.0.1:{}", free_port());
+    cfg.validate().unwrap();
     let db = cfg.db_path();
     rt.spawn(fleet_controller::runtime::run(cfg, std::future::pending()));
     std::thread::sleep(Duration::from_millis(500));

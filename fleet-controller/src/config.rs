@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
     /// Database, controller key and status file.
@@ -31,7 +31,7 @@ pub struct ControllerConfig {
 }
 
 /// The HTTP API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// Address to listen on; empty turns the API off.
@@ -52,7 +52,7 @@ fn default_listen() -> String {
 }
 
 /// Epochs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EpochConfig {
     /// How often an epoch closes and its root is anchored, milliseconds (default one hour).
@@ -78,7 +78,7 @@ impl Default for EpochConfig {
 }
 
 /// Where epoch roots are anchored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AnchorBackend {
     /// The signed, hash-chained log in the database.
@@ -89,7 +89,7 @@ pub enum AnchorBackend {
 }
 
 /// The EVM anchor.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvmConfig {
     /// The node's JSON-RPC URL.
@@ -117,6 +117,28 @@ pub struct EvmConfig {
     pub max_fee_gwei: u64,
 }
 
+impl EvmConfig {
+    /// The anchor contract at `contract` on the chain `chain_id` behind `rpc_url`, sent from
+    /// the key in `key_file`; confirmations, polling, timeout and fee cap at their defaults.
+    pub fn new(
+        rpc_url: impl Into<String>,
+        contract: impl Into<String>,
+        key_file: impl Into<PathBuf>,
+        chain_id: u64,
+    ) -> EvmConfig {
+        EvmConfig {
+            rpc_url: rpc_url.into(),
+            contract: contract.into(),
+            key_file: key_file.into(),
+            chain_id,
+            confirmations: default_confirmations(),
+            poll_ms: default_poll(),
+            receipt_timeout_ms: default_receipt_timeout(),
+            max_fee_gwei: default_max_fee_gwei(),
+        }
+    }
+}
+
 const fn default_confirmations() -> u64 {
     1
 }
@@ -136,7 +158,7 @@ const fn default_max_fee_gwei() -> u64 {
 
 /// Accounting inputs: where the grid carbon intensity of each device-hour comes from (see
 /// [`crate::intensity`] for the order).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountingConfig {
     /// An explicit flat grid intensity, mg CO2e per kWh, for every device and hour; unset
@@ -192,7 +214,7 @@ const fn default_epoch_ms() -> u64 {
 }
 
 /// An external MQTT broker (Mosquitto in tests and production).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     /// Host.
@@ -211,8 +233,21 @@ pub struct BrokerConfig {
     pub share_group: String,
 }
 
+impl BrokerConfig {
+    /// The broker at `host` on the default port, anonymous, in the default share group.
+    pub fn new(host: impl Into<String>) -> BrokerConfig {
+        BrokerConfig {
+            host: host.into(),
+            port: default_port(),
+            username: None,
+            password: None,
+            share_group: default_group(),
+        }
+    }
+}
+
 /// Enrollment.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollmentConfig {
     /// Approve every device that says hello (demos and tests only).
@@ -255,7 +290,7 @@ const fn default_pending_expiry() -> u64 {
 }
 
 /// Ingest tunables.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestTuning {
     /// Most MQTT messages handled in one store transaction.
@@ -317,6 +352,35 @@ const fn default_resend() -> u64 {
 }
 
 impl ControllerConfig {
+    /// A configuration from what every controller must be told (where its data lives, the
+    /// broker it ingests from), every other key at its default: the same value a file
+    /// naming only these keys loads to. Change the rest through the public fields
+    /// (`cfg.enrollment.auto_approve = true`) or struct update.
+    pub fn new(data_dir: impl Into<PathBuf>, broker: BrokerConfig) -> ControllerConfig {
+        ControllerConfig {
+            data_dir: data_dir.into(),
+            broker,
+            enrollment: EnrollmentConfig::default(),
+            ingest: IngestTuning::default(),
+            epochs: EpochConfig::default(),
+            accounting: AccountingConfig::default(),
+            api: ApiConfig::default(),
+        }
+    }
+
+    /// The configuration as a TOML file that [`ControllerConfig::load`] reads back to an
+    /// equal value (not validated here: that is the reader's step).
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string(self).map_err(|e| anyhow::anyhow!("writing the configuration as TOML: {e}"))
+    }
+
+    /// Writes [`ControllerConfig::to_toml`] to `path`, for a controller started with
+    /// `--config path`.
+    pub fn write_toml(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, self.to_toml()?)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+    }
+
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> anyhow::Result<ControllerConfig> {
         let text = std::fs::read_to_string(path)
@@ -396,6 +460,73 @@ mod tests {
         ))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    #[test]
+    fn the_builders_defaults_are_those_of_a_file_naming_only_the_required_keys() {
+        let cfg = ControllerConfig::new("/tmp/controller-data", BrokerConfig::new("127.0.0.1"));
+        cfg.validate().unwrap();
+        let minimal: ControllerConfig =
+            toml::from_str("data_dir = \"/tmp/controller-data\"\n[broker]\nhost = \"127.0.0.1\"\n")
+                .unwrap();
+        assert_eq!(minimal, cfg);
+        let evm = EvmConfig::new("http://127.0.0.1:8545", "0xabc", "k", 31337);
+        let table: EvmConfig = toml::from_str(
+            "rpc_url = \"http://127.0.0.1:8545\"\ncontract = \"0xabc\"\nkey_file = \"k\"\n\
+             chain_id = 31337\n",
+        )
+        .unwrap();
+        assert_eq!(table, evm);
+    }
+
+    #[test]
+    fn a_built_config_round_trips_through_a_toml_file_to_an_equal_value() {
+        let mut cfg = ControllerConfig::new(
+            "/tmp/controller-data",
+            BrokerConfig {
+                port: 18_830,
+                username: Some("controller".into()),
+                password: Some("s3cret".into()),
+                share_group: String::new(),
+                ..BrokerConfig::new("127.0.0.1")
+            },
+        );
+        cfg.enrollment.auto_approve = true;
+        cfg.enrollment.approved =
+            vec![attest::KeyPair::from_seed(&[7; 32]).device_id().to_string()];
+        cfg.ingest.resend_after_ms = 2_000;
+        cfg.epochs = EpochConfig {
+            interval_ms: 300,
+            anchor: AnchorBackend::Evm,
+            evm: Some(EvmConfig {
+                poll_ms: 100,
+                ..EvmConfig::new(
+                    "http://127.0.0.1:8545",
+                    "0x5fbdb2315678afecb367f032d93f642f64180aa3",
+                    "/tmp/evm.key",
+                    31337,
+                )
+            }),
+        };
+        cfg.accounting.hourly_csv = Some("/tmp/grid.csv".into());
+        cfg.api.listen = "127.0.0.1:18080".into();
+        cfg.validate().unwrap();
+
+        let dir = std::env::temp_dir().join(format!("controller-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("controller.toml");
+        cfg.write_toml(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(ControllerConfig::load(&path).unwrap(), cfg, "{text}");
+        // A flat intensity and its name, the other accounting shape.
+        cfg.accounting = AccountingConfig {
+            intensity_mg_per_kwh: Some(200_000),
+            intensity_source: Some("utility 2025".into()),
+            hourly_csv: None,
+        };
+        cfg.write_toml(&path).unwrap();
+        assert_eq!(ControllerConfig::load(&path).unwrap(), cfg);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use attest::Envelope;
 use attest::msg::{Ack, MeterRecord};
 use attest::sample::SampleDevice;
+use fleet_controller::config::{BrokerConfig, ControllerConfig};
 use fleet_controller::store::Store;
 use fleet_controller::store::sqlite::SqliteStore;
 use hil_tests::{Mosquitto, Proc, TempDir, free_port, require};
@@ -39,16 +40,16 @@ fn garbage_forgeries_forks_and_skew_are_counted_exactly_replays_are_reacknowledg
     let tmp = TempDir::new("bad-input");
     let broker = Mosquitto::start();
     let cfg = tmp.path().join("controller.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {}\n[enrollment]\nauto_approve = true\n[api]\nlisten = \"127.0.0.1:{}\"\n",
-            tmp.path().join("data").display(),
-            broker.port,
-            free_port()
-        ),
-    )
-    .unwrap();
+    let mut config = ControllerConfig::new(
+        tmp.path().join("data"),
+        BrokerConfig {
+            port: broker.port,
+            ..BrokerConfig::new("127.0.0.1")
+        },
+    );
+    config.enrollment.auto_approve = true;
+    config.api.listen = format!("127.0.0.1:{}", free_port());
+    config.write_toml(&cfg).unwrap();
     let log = std::fs::File::create(tmp.path().join("controller.log")).unwrap();
     let _controller = Proc(
         Command::new(CONTROLLER)

@@ -12,9 +12,14 @@ use std::time::{Duration, Instant};
 
 use attest::{Envelope, EpochId, SeqNo};
 use fleet_controller::anchor::evm::EvmAnchor;
-use fleet_controller::config::EvmConfig;
+use fleet_controller::config::{
+    AnchorBackend, BrokerConfig, ControllerConfig, EpochConfig, EvmConfig,
+};
 use fleet_controller::store::Store;
 use fleet_controller::store::sqlite::SqliteStore;
+use heliostat_agent::config::{AgentConfig, LinkConfig, MeterConfig, SiteConfig};
+use heliostat_agent::power::SourceConfig;
+use heliostat_agent::power::simulator::SimulatorConfig;
 use hil_tests::{Anvil, Mosquitto, Proc, TempDir, spawn_agent, workspace_binary};
 
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_fleet-controller");
@@ -39,21 +44,33 @@ fn hourly_csv(dir: &Path) -> PathBuf {
 }
 
 fn controller_config(dir: &Path, port: u16, evm: &EvmConfig) -> PathBuf {
+    let mut cfg = ControllerConfig::new(
+        dir.join("data"),
+        BrokerConfig {
+            port,
+            ..BrokerConfig::new("127.0.0.1")
+        },
+    );
+    cfg.enrollment.auto_approve = true;
+    cfg.ingest.resend_after_ms = 2000;
+    cfg.epochs = EpochConfig {
+        interval_ms: 300,
+        anchor: AnchorBackend::Evm,
+        // The chain the test deployed to, polled often; the rest at the controller's defaults.
+        evm: Some(EvmConfig {
+            poll_ms: 100,
+            ..EvmConfig::new(
+                evm.rpc_url.clone(),
+                evm.contract.clone(),
+                evm.key_file.clone(),
+                evm.chain_id,
+            )
+        }),
+    };
+    cfg.accounting.hourly_csv = Some(hourly_csv(dir));
+    cfg.api.listen = format!("127.0.0.1:{}", api_port(dir));
     let p = dir.join("controller.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {port}\n[enrollment]\nauto_approve = true\n[ingest]\nresend_after_ms = 2000\n[epochs]\ninterval_ms = 300\nanchor = \"evm\"\n[epochs.evm]\nrpc_url = \"{}\"\ncontract = \"{}\"\nkey_file = \"{}\"\nchain_id = {}\npoll_ms = 100\n[accounting]\nhourly_csv = \"{}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
-            dir.join("data").display(),
-            evm.rpc_url,
-            evm.contract,
-            evm.key_file.display(),
-            evm.chain_id,
-            hourly_csv(dir).display(),
-            api = api_port(dir)
-        ),
-    )
-    .unwrap();
+    cfg.write_toml(&p).unwrap();
     p
 }
 
@@ -77,14 +94,9 @@ fn chain(dir: &Path) -> (Anvil, EvmConfig) {
         "{contract}"
     );
     let cfg = EvmConfig {
-        rpc_url: anvil.url(),
-        contract,
-        key_file,
-        chain_id: 31337,
-        confirmations: 1,
         poll_ms: 100,
         receipt_timeout_ms: 10_000,
-        max_fee_gwei: 500,
+        ..EvmConfig::new(anvil.url(), contract, key_file, 31337)
     };
     (anvil, cfg)
 }
@@ -164,33 +176,31 @@ fn controller_key(config: &Path) -> String {
 }
 
 fn agent_config(dir: &Path, port: u16, key: &str, seed: u64) -> PathBuf {
+    let key = attest::PublicKey(attest::hex::decode_array(key).unwrap());
+    let mut cfg = AgentConfig::new(
+        dir.join("data"),
+        SiteConfig {
+            battery_wh: 800,
+            grid_region: "DE".into(),
+            ..SiteConfig::new(48.1, 11.6)
+        },
+        LinkConfig {
+            port,
+            resend_after_ms: 1500,
+            backoff_max_ms: 400,
+            ..LinkConfig::new("127.0.0.1", &key)
+        },
+        vec![SourceConfig::Simulator(SimulatorConfig {
+            seed,
+            ..Default::default()
+        })],
+    );
+    cfg.meter = MeterConfig {
+        sample_interval_ms: 20,
+        record_interval_ms: 100,
+    };
     let p = dir.join("agent.toml");
-    std::fs::write(
-        &p,
-        format!(
-            r#"data_dir = "{}"
-[site]
-lat = 48.1
-lon = 11.6
-battery_wh = 800
-grid_region = "DE"
-[meter]
-sample_interval_ms = 20
-record_interval_ms = 100
-[link]
-host = "127.0.0.1"
-port = {port}
-controller_key = "{key}"
-resend_after_ms = 1500
-backoff_max_ms = 400
-[[source]]
-type = "simulator"
-seed = {seed}
-"#,
-            dir.join("data").display()
-        ),
-    )
-    .unwrap();
+    cfg.write_toml(&p).unwrap();
     p
 }
 

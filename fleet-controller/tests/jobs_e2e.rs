@@ -5,13 +5,16 @@
 //! outbox; the real controller process stores it once, in the device's chain, and a proof
 //! bundle over the period verifies with `attest verify`.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use attest::msg::{Command, CommandBody, JobId, JobLimits, JobOutcome, JobReceipt, JobSpec};
 use attest::{Envelope, Hash32, Millijoules, SeqNo, TimestampMs};
+use fleet_controller::config::{BrokerConfig, ControllerConfig};
 use fleet_controller::store::Store;
 use fleet_controller::store::sqlite::SqliteStore;
+use heliostat_agent::config::{AgentConfig, LinkConfig, MeterConfig, SiteConfig};
+use heliostat_agent::power::SourceConfig;
+use heliostat_agent::power::simulator::SimulatorConfig;
 use hil_tests::{Mosquitto, Proc, TempDir, free_port, http, spawn_agent, workspace_binary};
 use sha2::Digest;
 
@@ -35,11 +38,6 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-fn write(path: &Path, text: String) -> &Path {
-    std::fs::write(path, text).unwrap();
-    path
-}
-
 #[test]
 fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_proven() {
     let tmp = TempDir::new("jobs-e2e");
@@ -48,14 +46,17 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
     let cdir = tmp.path().join("controller");
     std::fs::create_dir_all(&cdir).unwrap();
     let ccfg = cdir.join("controller.toml");
-    write(
-        &ccfg,
-        format!(
-            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {}\n[enrollment]\nauto_approve = true\n[epochs]\ninterval_ms = 300\n[api]\nlisten = \"127.0.0.1:{api}\"\n",
-            cdir.join("data").display(),
-            broker.port
-        ),
+    let mut controller_cfg = ControllerConfig::new(
+        cdir.join("data"),
+        BrokerConfig {
+            port: broker.port,
+            ..BrokerConfig::new("127.0.0.1")
+        },
     );
+    controller_cfg.enrollment.auto_approve = true;
+    controller_cfg.epochs.interval_ms = 300;
+    controller_cfg.api.listen = format!("127.0.0.1:{api}");
+    controller_cfg.write_toml(&ccfg).unwrap();
     let clog = std::fs::File::create(cdir.join("controller.log")).unwrap();
     let _controller = Proc(
         std::process::Command::new(CONTROLLER)
@@ -71,39 +72,34 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
     let adir = tmp.path().join("agent");
     std::fs::create_dir_all(&adir).unwrap();
     let acfg = adir.join("agent.toml");
-    write(
-        &acfg,
-        format!(
-            r#"data_dir = "{}"
-[site]
-lat = 48.1
-lon = 11.6
-panel_watts_peak = 400
-battery_wh = 1000
-battery_reserve_wh = 200
-grid_region = "DE"
-[meter]
-sample_interval_ms = 50
-record_interval_ms = 200
-[link]
-host = "127.0.0.1"
-port = {}
-controller_key = "{}"
-resend_after_ms = 1500
-backoff_max_ms = 400
-[jobs]
-prefer_gpu = false
-blob_url = "http://127.0.0.1:{api}/api/v1/blobs/"
-[[source]]
-type = "simulator"
-seed = 3
-initial_soc = 1.0
-"#,
-            adir.join("data").display(),
-            broker.port,
-            ckey.public()
-        ),
+    let mut agent_cfg = AgentConfig::new(
+        adir.join("data"),
+        SiteConfig {
+            panel_watts_peak: 400,
+            battery_wh: 1000,
+            battery_reserve_wh: 200,
+            grid_region: "DE".into(),
+            ..SiteConfig::new(48.1, 11.6)
+        },
+        LinkConfig {
+            port: broker.port,
+            resend_after_ms: 1500,
+            backoff_max_ms: 400,
+            ..LinkConfig::new("127.0.0.1", &ckey.public())
+        },
+        vec![SourceConfig::Simulator(SimulatorConfig {
+            seed: 3,
+            initial_soc: 1.0,
+            ..Default::default()
+        })],
     );
+    agent_cfg.meter = MeterConfig {
+        sample_interval_ms: 50,
+        record_interval_ms: 200,
+    };
+    agent_cfg.jobs.prefer_gpu = false;
+    agent_cfg.jobs.blob_url = Some(format!("http://127.0.0.1:{api}/api/v1/blobs/"));
+    agent_cfg.write_toml(&acfg).unwrap();
     let agent_bin = workspace_binary(CONTROLLER, "heliostat-agent", "heliostat-agent");
     let mut agent = spawn_agent(agent_bin.to_str().unwrap(), &acfg, &adir.join("agent.log"));
     let store = SqliteStore::open(&cdir.join("data/controller.db")).unwrap();

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use fleet_controller::config::ControllerConfig;
+use fleet_controller::config::{
+    AnchorBackend, BrokerConfig, ControllerConfig, EpochConfig, EvmConfig,
+};
 use hil_tests::{Anvil, Mosquitto, TempDir};
 
 #[test]
@@ -26,19 +28,23 @@ fn run_returns_only_after_every_part_has_stopped() {
         .unwrap();
     let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let api_addr = api.local_addr().unwrap();
-    let path = tmp.path().join("controller.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "data_dir = \"{}\"\n[broker]\nhost = \"127.0.0.1\"\nport = {}\n[epochs]\ninterval_ms = 200\nanchor = \"evm\"\n[epochs.evm]\nrpc_url = \"{}\"\ncontract = \"{contract:#x}\"\nkey_file = \"{}\"\nchain_id = 31337\npoll_ms = 50\n[api]\nlisten = \"{api_addr}\"\n",
-            tmp.path().join("data").display(),
-            broker.port,
-            anvil.url(),
-            key_file.display(),
-        ),
-    )
-    .unwrap();
-    let cfg = ControllerConfig::load(&path).unwrap();
+    let mut cfg = ControllerConfig::new(
+        tmp.path().join("data"),
+        BrokerConfig {
+            port: broker.port,
+            ..BrokerConfig::new("127.0.0.1")
+        },
+    );
+    cfg.epochs = EpochConfig {
+        interval_ms: 200,
+        anchor: AnchorBackend::Evm,
+        evm: Some(EvmConfig {
+            poll_ms: 50,
+            ..EvmConfig::new(anvil.url(), format!("{contract:#x}"), key_file, 31337)
+        }),
+    };
+    cfg.api.listen = api_addr.to_string();
+    cfg.validate().unwrap();
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let run = rt.spawn(async move {
         fleet_controller::runtime::run_with_api_listener(

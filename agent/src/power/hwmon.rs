@@ -17,13 +17,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use attest::msg::{ChannelKind, TrustTier};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ChannelSpec, PowerSource, Sample, SourceError};
 use crate::config_error::ConfigError;
 
 /// `[[source]] type = "hwmon"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HwmonConfig {
     /// Where the hwmon class directory is (tests point it at a fixture tree).
@@ -34,11 +34,23 @@ pub struct HwmonConfig {
     #[serde(default = "default_rails")]
     pub rails: Vec<String>,
     /// The rail reported on its own as the `Gpu` channel (none: no GPU channel).
-    #[serde(default = "default_gpu_rail")]
+    #[serde(default = "default_gpu_rail", serialize_with = "gpu_rail_in_file")]
     pub gpu_rail: Option<String>,
     /// Where JetPack 4's `ina3221x` IIO devices are (read when `root` has no INA3221).
     #[serde(default = "default_iio_root")]
     pub iio_root: PathBuf,
+}
+
+impl Default for HwmonConfig {
+    /// AGX Orin's rails, as a `[[source]] type = "hwmon"` table with no other key gives.
+    fn default() -> Self {
+        HwmonConfig {
+            root: default_root(),
+            rails: default_rails(),
+            gpu_rail: default_gpu_rail(),
+            iio_root: default_iio_root(),
+        }
+    }
 }
 
 fn default_iio_root() -> PathBuf {
@@ -57,6 +69,19 @@ fn default_rails() -> Vec<String> {
 }
 fn default_gpu_rail() -> Option<String> {
     Some("VDD_GPU_SOC".into())
+}
+
+/// A file cannot say "no GPU rail" (a missing `gpu_rail` means [`default_gpu_rail`]), so a
+/// config built without one is refused rather than written as a file that would read back
+/// with a GPU channel.
+fn gpu_rail_in_file<S: serde::Serializer>(rail: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match rail {
+        Some(r) => s.serialize_str(r),
+        None => Err(serde::ser::Error::custom(
+            "source.gpu_rail: a hwmon source without a GPU rail cannot be written in a config \
+             file (a missing gpu_rail means VDD_GPU_SOC)",
+        )),
+    }
 }
 
 impl HwmonConfig {

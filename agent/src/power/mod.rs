@@ -16,7 +16,7 @@ pub mod sunspec;
 pub mod vedirect;
 
 use attest::msg::{ChannelKind, TrustTier};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config_error::ConfigError;
 
@@ -104,7 +104,7 @@ pub struct JobLoad {
 }
 
 /// A `[[source]]` table, selected by its `type` key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SourceConfig {
     /// The simulator.

@@ -8,12 +8,12 @@
 
 use attest::msg::{ChannelKind, TrustTier};
 use nvml_wrapper::Nvml;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ChannelSpec, PowerSource, Sample, SourceError};
 
 /// `[[source]] type = "nvml"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NvmlConfig {
     /// The GPU's NVML index.

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use attest::msg::{ChannelKind, TrustTier};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ChannelSpec, PowerSource, Sample, SourceError};
 use crate::config_error::ConfigError;
@@ -24,7 +24,7 @@ pub const CHANNELS: [(&str, ChannelKind); 6] = [
 ];
 
 /// `[[source]] type = "simulator"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatorConfig {
     /// Seed of the cloud pattern.
@@ -45,6 +45,20 @@ pub struct SimulatorConfig {
     /// A CSV trace (`seconds_of_day,solar_watts` lines) instead of the clear-sky model.
     #[serde(default)]
     pub trace_csv: Option<PathBuf>,
+}
+
+impl Default for SimulatorConfig {
+    /// The simulator a `[[source]] type = "simulator"` table with no other key gives.
+    fn default() -> Self {
+        SimulatorConfig {
+            seed: 0,
+            cloudiness: default_cloudiness(),
+            base_load_w: default_base_load(),
+            gpu_w: default_gpu(),
+            initial_soc: default_soc(),
+            trace_csv: None,
+        }
+    }
 }
 
 const fn default_cloudiness() -> f64 {

@@ -26,13 +26,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use attest::msg::{ChannelKind, TrustTier};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio_modbus::client::Reader;
 
 use super::{ChannelSpec, PowerSource, Sample, SourceError};
 
 /// `[[source]] type = "sunspec"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SunSpecConfig {
     /// `host:port` of the Modbus TCP device (port 502 usually).
@@ -51,7 +51,7 @@ pub struct SunSpecConfig {
 }
 
 /// What a SunSpec device measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Measures {
     /// Grid import and export (a meter).
@@ -69,6 +69,19 @@ impl Measures {
                 ("sunspec-grid-export", ChannelKind::GridExport),
             ],
             Measures::Solar => &[("sunspec-solar", ChannelKind::Solar)],
+        }
+    }
+}
+
+impl SunSpecConfig {
+    /// A device at `address` that measures `measures`, on the default unit id and timings.
+    pub fn new(address: SocketAddr, measures: Measures) -> SunSpecConfig {
+        SunSpecConfig {
+            address,
+            unit_id: default_unit(),
+            measures,
+            poll_ms: default_poll_ms(),
+            timeout_ms: default_timeout_ms(),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use attest::msg::{ChannelKind, TrustTier};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ChannelSpec, PowerSource, Sample, SourceError};
 
@@ -29,7 +29,7 @@ pub const CHANNELS: [(&str, ChannelKind); 3] = [
 pub const MAX_BLOCK: usize = 1024;
 
 /// `[[source]] type = "vedirect"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VeDirectConfig {
     /// The serial device (e.g. "/dev/ttyUSB0").
@@ -37,6 +37,16 @@ pub struct VeDirectConfig {
     /// A block older than this many milliseconds is stale.
     #[serde(default = "default_stale_ms")]
     pub stale_after_ms: u64,
+}
+
+impl VeDirectConfig {
+    /// A charge controller on the serial device `port`, stale after the default time.
+    pub fn new(port: impl Into<String>) -> VeDirectConfig {
+        VeDirectConfig {
+            port: port.into(),
+            stale_after_ms: default_stale_ms(),
+        }
+    }
 }
 
 const fn default_stale_ms() -> u64 {

@@ -5,24 +5,29 @@ use attest::{Envelope, KeyPair, SeqNo, TimestampMs};
 
 use super::files::{running_job_path, save_state, state_path};
 use super::*;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, LinkConfig, SiteConfig};
 use crate::jobs::desk::{Marker, ReceiptOrder};
+use crate::power::SourceConfig;
+use crate::power::simulator::SimulatorConfig;
+use crate::power::vedirect::VeDirectConfig;
 
-fn config(dir: &Path, sources: &str) -> AgentConfig {
-    AgentConfig::parse(&format!(
-        r#"data_dir = "{}"
-[site]
-lat = 10.0
-lon = 20.0
-battery_wh = 500
-[link]
-host = "127.0.0.1"
-controller_key = "{}"
-{sources}"#,
-        dir.display(),
-        KeyPair::from_seed(&[0xc0; 32]).public()
-    ))
-    .unwrap()
+fn config(dir: &Path, sources: Vec<SourceConfig>) -> AgentConfig {
+    let cfg = AgentConfig::new(
+        dir,
+        SiteConfig {
+            battery_wh: 500,
+            ..SiteConfig::new(10.0, 20.0)
+        },
+        LinkConfig::new("127.0.0.1", &KeyPair::from_seed(&[0xc0; 32]).public()),
+        sources,
+    );
+    cfg.validate().unwrap();
+    cfg
+}
+
+/// The one simulated source most tests here run.
+fn simulator() -> Vec<SourceConfig> {
+    vec![SourceConfig::Simulator(SimulatorConfig::default())]
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -48,7 +53,7 @@ fn receipts_for(a: &Agent, job: attest::msg::JobId) -> Vec<attest::msg::JobRecei
 #[test]
 fn a_restart_closes_a_marked_job_once_whether_or_not_its_receipt_was_stored() {
     let dir = tmp("marker");
-    let cfg = || config(&dir, "[[source]]\ntype = \"simulator\"\n");
+    let cfg = || config(&dir, simulator());
     let marker = |job| Marker {
         job,
         started_ms: now_ms(),
@@ -110,7 +115,10 @@ fn a_source_that_cannot_open_is_skipped_and_reported_while_the_others_run() {
     let dir = tmp("skip");
     let cfg = config(
         &dir,
-        "[[source]]\ntype = \"vedirect\"\nport = \"/dev/does-not-exist\"\n[[source]]\ntype = \"simulator\"\n",
+        vec![
+            SourceConfig::Vedirect(VeDirectConfig::new("/dev/does-not-exist")),
+            SourceConfig::Simulator(SimulatorConfig::default()),
+        ],
     );
     let mut a = Agent::start(cfg, now_ms()).unwrap();
     assert!(
@@ -136,7 +144,7 @@ fn a_source_that_cannot_open_is_skipped_and_reported_while_the_others_run() {
 #[test]
 fn lost_chain_state_restarts_the_chain_and_a_lagging_one_catches_up_from_the_outbox() {
     let dir = tmp("state");
-    let cfg = || config(&dir, "[[source]]\ntype = \"simulator\"\n");
+    let cfg = || config(&dir, simulator());
     let mut a = Agent::start(cfg(), now_ms()).unwrap();
     let t = now_ms();
     for i in 0..3 {
@@ -170,7 +178,7 @@ fn lost_chain_state_restarts_the_chain_and_a_lagging_one_catches_up_from_the_out
 #[test]
 fn only_acks_signed_by_the_pinned_controller_for_stored_records_delete_anything() {
     let dir = tmp("acks");
-    let mut a = Agent::start(config(&dir, "[[source]]\ntype = \"simulator\"\n"), now_ms()).unwrap();
+    let mut a = Agent::start(config(&dir, simulator()), now_ms()).unwrap();
     let t = now_ms();
     for i in 0..5 {
         a.tick_meter(t + i * 10_000);
@@ -213,7 +221,7 @@ fn only_acks_signed_by_the_pinned_controller_for_stored_records_delete_anything(
 #[test]
 fn forged_expired_and_replayed_commands_are_refused_and_a_valid_resend_is_obeyed() {
     let dir = tmp("cmds");
-    let mut a = Agent::start(config(&dir, "[[source]]\ntype = \"simulator\"\n"), now_ms()).unwrap();
+    let mut a = Agent::start(config(&dir, simulator()), now_ms()).unwrap();
     let t = now_ms();
     let me = a.key.device_id();
     let cmd = |nonce, expires| Command {
@@ -246,7 +254,7 @@ fn forged_expired_and_replayed_commands_are_refused_and_a_valid_resend_is_obeyed
 #[test]
 fn a_replayed_command_is_refused_after_a_restart_and_after_4096_newer_commands() {
     let dir = tmp("replay-window");
-    let cfg = || config(&dir, "[[source]]\ntype = \"simulator\"\n");
+    let cfg = || config(&dir, simulator());
     let mut a = Agent::start(cfg(), now_ms()).unwrap();
     let t = now_ms();
     let me = a.key.device_id();
@@ -300,7 +308,7 @@ fn a_replayed_command_is_refused_after_a_restart_and_after_4096_newer_commands()
 #[test]
 fn a_restarted_agent_with_an_empty_outbox_accepts_the_retained_ack_of_its_last_record() {
     let dir = tmp("retained-ack");
-    let cfg = || config(&dir, "[[source]]\ntype = \"simulator\"\n");
+    let cfg = || config(&dir, simulator());
     let mut a = Agent::start(cfg(), now_ms()).unwrap();
     let t = now_ms();
     for i in 0..3 {
@@ -334,7 +342,7 @@ fn a_restarted_agent_with_an_empty_outbox_accepts_the_retained_ack_of_its_last_r
 #[test]
 fn an_unreadable_nonce_file_refuses_commands_instead_of_forgetting_them() {
     let dir = tmp("nonces-unreadable");
-    let cfg = || config(&dir, "[[source]]\ntype = \"simulator\"\n");
+    let cfg = || config(&dir, simulator());
     drop(Agent::start(cfg(), now_ms()).unwrap());
     std::fs::write(dir.join("command-nonces.json"), b"{\"seen\": [tr").unwrap();
     let mut a = Agent::start(cfg(), now_ms()).unwrap();
@@ -401,7 +409,7 @@ fn bad_vedirect_checksums_are_counted_in_the_status_file_and_the_mqtt_status_and
     tracing::subscriber::with_default(subscriber, || {
         let cfg = config(
             &dir,
-            &format!("[[source]]\ntype = \"vedirect\"\nport = \"{path}\"\n"),
+            vec![SourceConfig::Vedirect(VeDirectConfig::new(path.clone()))],
         );
         let mut a = Agent::start(cfg, now_ms()).unwrap();
         // A charge controller on a noisy line: one block in seven arrives damaged (after
