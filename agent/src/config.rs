@@ -337,9 +337,9 @@ impl AgentConfig {
 
     /// Writes [`AgentConfig::to_toml`] to `path`, for a binary started with `--config path`.
     pub fn write_toml(&self, path: &Path) -> Result<(), ConfigError> {
-        std::fs::write(path, self.to_toml()?).map_err(|source| ConfigError::Write {
+        std::fs::write(path, self.to_toml()?).map_err(|cause| ConfigError::Write {
             path: path.to_path_buf(),
-            source,
+            cause,
         })
     }
 
@@ -350,9 +350,9 @@ impl AgentConfig {
 
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let cfg = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 /// A configuration that cannot be used, naming the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    /// The file could not be read. (The cause is in the message, not chained as a source:
+    /// `{:#}` would print it twice.)
+    #[error("reading {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The TOML did not parse or named an unknown key (the message names it).
     #[error("{path}: {message}")]
@@ -23,9 +24,9 @@ pub enum ConfigError {
     #[error("writing the configuration as TOML: {message}")]
     Unwritable { message: String },
     /// The file could not be written.
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
