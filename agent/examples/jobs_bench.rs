@@ -57,6 +57,7 @@ fn job(n: u8, deadline: u64) -> (JobSpec, Vec<Vec<u8>>) {
         id: JobId([n; 16]),
         workload: Builtin::Sha256Batch(Sha256Batch::new(count, 32).unwrap()).to_workload(),
         inputs: vec![],
+        input_sizes: vec![],
         output_sizes: vec![count as u64 * 32],
         limits: JobLimits {
             max_energy: Millijoules(0),

@@ -54,6 +54,7 @@ fn job(count: i64, deadline: u64) -> (JobSpec, Vec<Vec<u8>>) {
         id: JobId([count as u8; 16]),
         workload: Builtin::Sha256Batch(b).to_workload(),
         inputs: vec![],
+        input_sizes: vec![],
         output_sizes: vec![count as u64 * 32],
         limits: JobLimits {
             max_energy: Millijoules(0),

@@ -472,6 +472,7 @@ DONE:
 fn xor_workload(kernel: &str, grid: u32) -> Workload {
     Workload::Ptx {
         module: Hash32::digest(XOR_PTX.as_bytes()),
+        module_size: XOR_PTX.len() as u64,
         kernel: kernel.into(),
         grid: [grid, 1, 1],
         block: [128, 1, 1],
@@ -526,6 +527,7 @@ fn gpu_ptx_module_runs_with_the_documented_argument_convention() {
     let garbage = b".version 7.0\n.target sm_52\nthis is not ptx";
     let bad = Workload::Ptx {
         module: Hash32::digest(garbage),
+        module_size: garbage.len() as u64,
         kernel: "k".into(),
         grid: [1, 1, 1],
         block: [1, 1, 1],
@@ -614,6 +616,7 @@ fn gpu_job_under_the_governor_gives_the_cpu_receipt() {
         id: JobId([3; 16]),
         workload: Builtin::Sha256Batch(Sha256Batch::new(count, 100).unwrap()).to_workload(),
         inputs: vec![],
+        input_sizes: vec![],
         output_sizes: vec![count as u64 * 32],
         limits: JobLimits {
             max_energy: attest::Millijoules(0),
@@ -680,6 +683,7 @@ fn gpu_job_prepared_on_one_thread_runs_on_the_runner_thread() {
         id: JobId([4; 16]),
         workload: Builtin::Sha256Batch(Sha256Batch::new(count, 64).unwrap()).to_workload(),
         inputs: vec![],
+        input_sizes: vec![],
         output_sizes: vec![count as u64 * 32],
         limits: JobLimits {
             max_energy: attest::Millijoules(0),

@@ -103,6 +103,7 @@ fn job(data: &Path, id: u8, count: i64) -> (JobSpec, Vec<u8>) {
         id: JobId([id; 16]),
         workload: Builtin::Sha256Batch(Sha256Batch::new(count, 64).unwrap()).to_workload(),
         inputs: vec![hash],
+        input_sizes: vec![count as u64 * 64],
         output_sizes: vec![count as u64 * 32],
         limits: JobLimits {
             max_energy: Millijoules(0),

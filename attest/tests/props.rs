@@ -84,6 +84,7 @@ fn command() -> impl Strategy<Value = Command> {
                         params: vec![Param { name: k, value: v }],
                     },
                     inputs: vec![Hash32(h)],
+                    input_sizes: vec![e % 4096],
                     output_sizes: vec![32],
                     limits: JobLimits {
                         max_energy: Millijoules(e),

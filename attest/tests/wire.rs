@@ -181,6 +181,33 @@ fn protocol_limits_are_enforced_after_decoding() {
         Envelope::seal(&cmd, &dev.key).open::<Command>(),
         Err(DecodeError::Invalid { .. })
     ));
+    // A job must say how large each of its inputs is.
+    let job = attest::msg::JobSpec {
+        id: attest::msg::JobId([1; 16]),
+        workload: attest::msg::Workload::Builtin {
+            kernel: "sha256_batch".into(),
+            params: vec![],
+        },
+        inputs: vec![Hash32::digest(b"a"), Hash32::digest(b"b")],
+        input_sizes: vec![1],
+        output_sizes: vec![],
+        limits: attest::msg::JobLimits {
+            max_energy: Millijoules(0),
+            max_duration_ms: 0,
+            deadline: TimestampMs(0),
+        },
+    };
+    let cmd = Command {
+        expires: TimestampMs(10),
+        body: CommandBody::RunJob(job),
+        ..cmd
+    };
+    assert_eq!(
+        Envelope::seal(&cmd, &dev.key).open::<Command>(),
+        Err(DecodeError::Invalid {
+            what: "job input_sizes (one per input)"
+        })
+    );
 }
 
 /// A small deterministic generator so the test needs no RNG crate.

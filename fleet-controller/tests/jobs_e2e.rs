@@ -127,6 +127,7 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
         id: JobId([0x5a; 16]),
         workload: heliostat_agent_workload(count),
         inputs: vec![hash],
+        input_sizes: vec![input.len() as u64],
         output_sizes: vec![count as u64 * 32],
         limits: JobLimits {
             max_energy: Millijoules(0),

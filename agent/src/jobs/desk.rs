@@ -331,6 +331,7 @@ mod tests {
                 params: vec![],
             },
             inputs: vec![],
+            input_sizes: vec![],
             output_sizes: vec![],
             limits: JobLimits {
                 max_energy: attest::Millijoules(0),

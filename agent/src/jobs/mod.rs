@@ -237,6 +237,7 @@ impl ComputeBackend {
                 grid,
                 block,
                 shared_mem_bytes,
+                ..
             } => {
                 let ComputeBackend::Cuda(gpu) = self else {
                     return Err(JobError::PtxNeedsGpu);
@@ -593,6 +594,7 @@ mod tests {
     fn ptx_on_the_cpu_is_refused() {
         let w = Workload::Ptx {
             module: Hash32::digest(b""),
+            module_size: 0,
             kernel: "k".into(),
             grid: [1, 1, 1],
             block: [1, 1, 1],

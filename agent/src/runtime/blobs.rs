@@ -37,58 +37,67 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     Some(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
-/// How large a blob may be, from what the job declares.
+/// How large a blob is, from what the job declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Declared {
-    /// Exactly this many bytes (a built-in kernel's input, sized by its parameters).
-    Exactly(u64),
-    /// At most this many (a PTX module or PTX input: the job states no size, so the
-    /// agent's own bound applies).
-    AtMost(u64),
-}
+pub(super) struct Declared(u64);
 
 impl Declared {
     fn max(self) -> u64 {
-        match self {
-            Declared::Exactly(n) | Declared::AtMost(n) => n,
-        }
+        self.0
     }
 }
 
-/// The size each input may have, from the job alone: checked before any byte is fetched,
-/// so a job whose inputs disagree with its kernel costs no download.
+/// The size of each input, from the job alone: checked before any byte is fetched, so a
+/// job whose inputs disagree with its kernel, or that would not fit the agent's bound,
+/// costs no download.
 pub(super) fn declared_inputs(spec: &attest::msg::JobSpec) -> Result<Vec<Declared>, String> {
-    match &spec.workload {
-        attest::msg::Workload::Builtin { kernel, params } => {
-            let builtin =
-                crate::jobs::kernel::Builtin::parse(kernel, params).map_err(|e| e.to_string())?;
-            let sizes = builtin.input_sizes();
-            if sizes.len() != spec.inputs.len() {
-                return Err(format!(
-                    "the job names {} inputs, kernel {kernel} takes {}",
-                    spec.inputs.len(),
-                    sizes.len()
-                ));
-            }
-            Ok(sizes.into_iter().map(Declared::Exactly).collect())
+    if spec.input_sizes.len() != spec.inputs.len() {
+        return Err(format!(
+            "the job names {} inputs and {} input sizes",
+            spec.inputs.len(),
+            spec.input_sizes.len()
+        ));
+    }
+    if let attest::msg::Workload::Builtin { kernel, params } = &spec.workload {
+        let builtin =
+            crate::jobs::kernel::Builtin::parse(kernel, params).map_err(|e| e.to_string())?;
+        let sizes = builtin.input_sizes();
+        if sizes.len() != spec.inputs.len() {
+            return Err(format!(
+                "the job names {} inputs, kernel {kernel} takes {}",
+                spec.inputs.len(),
+                sizes.len()
+            ));
         }
-        attest::msg::Workload::Ptx { .. } => {
-            Ok(vec![Declared::AtMost(MAX_INPUT_BYTES); spec.inputs.len()])
+        if sizes != spec.input_sizes {
+            return Err(format!(
+                "the job declares input sizes {:?}, kernel {kernel} with these parameters takes {sizes:?}",
+                spec.input_sizes
+            ));
         }
     }
+    spec.input_sizes.iter().map(|&n| bounded(n)).collect()
+}
+
+/// A declared size within the agent's own bound for one blob.
+fn bounded(n: u64) -> Result<Declared, String> {
+    if n > MAX_INPUT_BYTES {
+        return Err(format!(
+            "the job declares a {n}-byte blob, more than the {MAX_INPUT_BYTES} bytes a job may fetch"
+        ));
+    }
+    Ok(Declared(n))
 }
 
 /// Checks a blob's size against what was declared.
 fn check_size(hash: &attest::Hash32, declared: Declared, len: u64) -> Result<(), String> {
-    match declared {
-        Declared::Exactly(n) if len != n => Err(format!(
-            "input {hash}: the blob is {len} bytes, the job declares {n}"
-        )),
-        Declared::AtMost(n) if len > n => Err(format!(
-            "input {hash}: the blob is {len} bytes, more than the {n} allowed"
-        )),
-        _ => Ok(()),
+    if len != declared.0 {
+        return Err(format!(
+            "input {hash}: the blob is {len} bytes, the job declares {}",
+            declared.0
+        ));
     }
+    Ok(())
 }
 
 /// Streams `body` into `tmp` while hashing it, reading at most one byte past
@@ -269,6 +278,10 @@ pub(super) fn fetch_and_prepare(
 ) -> Result<crate::jobs::PreparedJob, String> {
     let reserve = limits.disk_reserve_bytes;
     let declared = declared_inputs(spec)?;
+    let module_declared = match &spec.workload {
+        attest::msg::Workload::Ptx { module_size, .. } => Some(bounded(*module_size)?),
+        attest::msg::Workload::Builtin { .. } => None,
+    };
     let inputs = spec
         .inputs
         .iter()
@@ -280,7 +293,7 @@ pub(super) fn fetch_and_prepare(
             dir,
             url,
             module,
-            Declared::AtMost(MAX_INPUT_BYTES),
+            module_declared.expect("declared above"),
             reserve,
         )?),
         attest::msg::Workload::Builtin { .. } => None,
@@ -361,6 +374,9 @@ mod tests {
         attest::msg::JobSpec {
             id: attest::msg::JobId([9; 16]),
             workload: b.to_workload(),
+            input_sizes: (0..inputs.len())
+                .map(|i| b.input_sizes().get(i).copied().unwrap_or(0))
+                .collect(),
             inputs,
             output_sizes: vec![b.output_size()],
             limits: attest::msg::JobLimits {
@@ -491,6 +507,45 @@ mod tests {
             e.contains("names 2 inputs, kernel sha256_batch takes 1"),
             "{e}"
         );
+        assert_eq!(requests.load(Ordering::SeqCst), 0, "no download");
+    }
+
+    #[test]
+    fn declared_sizes_that_disagree_with_the_kernel_or_exceed_the_bound_are_refused_before_any_byte()
+     {
+        let body = vec![b'z'; 40];
+        let hash = attest::Hash32::digest(&body);
+        let (url, requests) = blob_server(body, true);
+        let dir = tmp("declared");
+        let mut wrong = job(1, 40, vec![hash]);
+        wrong.input_sizes = vec![41];
+        let e = refused(fetch_and_prepare(
+            &wrong,
+            &cpu(),
+            &dir,
+            Some(&url),
+            BlobLimits::none(),
+        ));
+        assert!(e.contains("declares input sizes [41]"), "{e}");
+        // A PTX module (whose size only the job can say) above the bound.
+        let mut ptx = job(1, 40, vec![]);
+        ptx.input_sizes = vec![];
+        ptx.workload = attest::msg::Workload::Ptx {
+            module: hash,
+            module_size: MAX_INPUT_BYTES + 1,
+            kernel: "k".into(),
+            grid: [1, 1, 1],
+            block: [1, 1, 1],
+            shared_mem_bytes: 0,
+        };
+        let e = refused(fetch_and_prepare(
+            &ptx,
+            &cpu(),
+            &dir,
+            Some(&url),
+            BlobLimits::none(),
+        ));
+        assert!(e.contains("more than the"), "{e}");
         assert_eq!(requests.load(Ordering::SeqCst), 0, "no download");
     }
 

@@ -48,6 +48,9 @@ pub struct JobSpec {
     pub workload: Workload,
     /// Inputs by content hash (SHA-256), checked before use.
     pub inputs: Vec<Hash32>,
+    /// Each input's size in bytes, in the order of `inputs`: a device knows what a job
+    /// will take from its disk before it fetches a byte, and refuses a blob of another size.
+    pub input_sizes: Vec<u64>,
     /// Expected output sizes in bytes.
     pub output_sizes: Vec<u64>,
     /// Energy, time and deadline limits.
@@ -63,6 +66,8 @@ pub enum Workload {
     /// A PTX module fetched by hash, with the kernel to launch and its shape.
     Ptx {
         module: Hash32,
+        /// The module's size in bytes (checked like an input's).
+        module_size: u64,
         kernel: String,
         grid: [u32; 3],
         block: [u32; 3],
@@ -93,6 +98,11 @@ pub struct JobLimits {
 impl JobSpec {
     pub(crate) fn validate(&self) -> Result<(), DecodeError> {
         check_len("job inputs", &self.inputs, MAX_JOB_ITEMS)?;
+        if self.input_sizes.len() != self.inputs.len() {
+            return Err(DecodeError::Invalid {
+                what: "job input_sizes (one per input)",
+            });
+        }
         check_len("job outputs", &self.output_sizes, MAX_JOB_ITEMS)?;
         match &self.workload {
             Workload::Builtin { kernel, params } => {
