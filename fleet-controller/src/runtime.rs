@@ -1,6 +1,7 @@
 //! The running controller (ingest part): an MQTT client on an external broker with shared
-//! subscriptions, feeding batches to [`Ingest`] on a thread of its own (SQLite is blocking)
-//! and publishing what it returns (acks, resend commands).
+//! subscriptions, feeding batches to [`Ingest`] in two stages on threads of their own
+//! (decoding and signatures ahead, then chains, SQLite and acks) and publishing what it
+//! returns (acks, resend commands).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,8 +11,13 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::ControllerConfig;
-use crate::ingest::{Enrollment, Ingest, IngestConfig, Outgoing};
+use std::collections::HashMap;
+
+use attest::{DeviceId, PublicKey};
+
+use crate::ingest::{Enrollment, Ingest, IngestConfig, Outgoing, Prepared, prepare};
 use crate::queue::Recv;
+use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
 
 /// Milliseconds since the Unix epoch.
@@ -104,15 +110,53 @@ pub async fn run_with_api_listener(
     // the batch in hand), the EVM anchor thread and the HTTP API when `stop` turns true,
     // and `run` returns once they have.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Two stages, one thread each: `ingest-sig` batches what the MQTT loop queued, decodes
+    // it and checks its signatures (on every core) while `ingest` checks the chains of the
+    // batch before, commits it and signs its acks. A device's key never changes, so the
+    // first stage keeps the keys it has read.
+    let (prep_tx, prep_rx) = std::sync::mpsc::sync_channel::<(Prepared, (u64, u64))>(1);
+    let keys_db = SqliteStore::open(&cfg.db_path())?;
+    let sig_thread = std::thread::Builder::new()
+        .name("ingest-sig".into())
+        .spawn(move || {
+            let mut keys: HashMap<DeviceId, PublicKey> = HashMap::new();
+            loop {
+                let first = match in_rx.recv_timeout(Duration::from_millis(1_000)) {
+                    Recv::Message(m) => m,
+                    Recv::Timeout => continue,
+                    Recv::Closed => return,
+                };
+                let mut batch = vec![first];
+                let deadline = Instant::now() + wait;
+                while batch.len() < batch_max {
+                    match in_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Recv::Message(m) => batch.push(m),
+                        Recv::Timeout | Recv::Closed => break,
+                    }
+                }
+                let prepared = prepare(&batch, |id| {
+                    if let Some(k) = keys.get(&id) {
+                        return Some(*k);
+                    }
+                    let k = keys_db.device(id).ok().flatten()?.public_key;
+                    keys.insert(id, k);
+                    Some(k)
+                });
+                if prep_tx.send((prepared, in_rx.shed())).is_err() {
+                    return;
+                }
+            }
+        })?;
     let ingest_thread = std::thread::Builder::new().name("ingest".into()).spawn(move || {
         let mut next_epoch = now_ms() + epoch_every;
         loop {
             // Wake for the epoch timer even when no message comes.
             let wait_ms = next_epoch.saturating_sub(now_ms()).clamp(1, 1_000);
-            let first = match in_rx.recv_timeout(Duration::from_millis(wait_ms)) {
-                Recv::Message(m) => Some(m),
-                Recv::Timeout => None,
-                Recv::Closed => return,
+            let got = match prep_rx.recv_timeout(Duration::from_millis(wait_ms)) {
+                Ok(p) => Some(p),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                // The first stage ended (the queue closed) and everything it sent is done.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             };
             if now_ms() >= next_epoch {
                 next_epoch = now_ms() + epoch_every;
@@ -120,16 +164,9 @@ pub async fn run_with_api_listener(
                     tracing::error!(error = %e, "closing an epoch failed; retried next interval");
                 }
             }
-            let Some(first) = first else { continue };
-            let mut batch = vec![first];
-            let deadline = Instant::now() + wait;
-            while batch.len() < batch_max {
-                match in_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Recv::Message(m) => batch.push(m),
-                    Recv::Timeout | Recv::Closed => break,
-                }
-            }
-            match ingest.handle(&batch, now_ms()) {
+            let Some((prepared, (shed, shed_bytes))) = got else { continue };
+            let messages = prepared.chain_messages();
+            match ingest.handle_prepared(prepared, now_ms()) {
                 Ok(out) => {
                     if !out.is_empty() {
                         crate::crash::point("ingest-committed");
@@ -139,9 +176,8 @@ pub async fn run_with_api_listener(
                     }
                 }
                 // Nothing of the batch was acknowledged; the agents send it again.
-                Err(e) => tracing::error!(error = %e, messages = batch.len(), "storing a batch failed"),
+                Err(e) => tracing::error!(error = %e, messages, "storing a batch failed"),
             }
-            let (shed, shed_bytes) = in_rx.shed();
             let status = IngestStatus {
                 stored: ingest.stored,
                 rejected: ingest.rejected.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
@@ -159,7 +195,7 @@ pub async fn run_with_api_listener(
         }
     })?;
 
-    let mut parts: Vec<std::thread::JoinHandle<()>> = vec![ingest_thread];
+    let mut parts: Vec<std::thread::JoinHandle<()>> = vec![sig_thread, ingest_thread];
     let mut api_task = None;
     if cfg.epochs.anchor == crate::config::AnchorBackend::Evm {
         let evm = cfg

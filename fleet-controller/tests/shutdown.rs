@@ -1,5 +1,5 @@
 //! One shutdown for every part: a controller run in-process (as the demo runs it) against a
-//! real Mosquitto and a real anvil, asked to stop, returns only once its ingest thread, its
+//! real Mosquitto and a real anvil, asked to stop, returns only once its two ingest threads, its
 //! EVM anchor thread and its HTTP API have stopped.
 
 use std::time::{Duration, Instant};
@@ -63,10 +63,10 @@ fn run_returns_only_after_every_part_has_stopped() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Each thread names itself as it starts.
-    while threads_named(&["ingest", "evm-anchor"]) < 2 {
+    while threads_named(&["ingest-sig", "ingest", "evm-anchor"]) < 3 {
         assert!(
             Instant::now() < deadline,
-            "the ingest and EVM anchor threads never ran"
+            "the two ingest stages and the EVM anchor thread never ran"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -85,7 +85,7 @@ fn run_returns_only_after_every_part_has_stopped() {
         "the API still answers"
     );
     assert_eq!(
-        threads_named(&["ingest", "evm-anchor"]),
+        threads_named(&["ingest-sig", "ingest", "evm-anchor"]),
         0,
         "a thread outlived run"
     );

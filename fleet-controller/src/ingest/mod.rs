@@ -25,6 +25,9 @@ pub use attest::topics::PREFIX;
 use attest::topics::{self, Leaf};
 
 mod hello;
+mod prepare;
+
+pub use prepare::{Prepared, prepare};
 
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,56 +267,42 @@ impl<S: Store> Ingest<S> {
         batch: &[(String, Vec<u8>)],
         now: u64,
     ) -> Result<Vec<Outgoing>, StoreError> {
+        let store = &self.store;
+        let prepared = prepare(batch, |id| {
+            store.device(id).ok().flatten().map(|d| d.public_key)
+        });
+        self.handle_prepared(prepared, now)
+    }
+
+    /// The second stage of [`Ingest::handle`], for a batch [`prepare`]d elsewhere (a stage
+    /// of its own that checks signatures ahead): hellos, the signatures [`prepare`] could not
+    /// check, chains, the store, acks.
+    pub fn handle_prepared(
+        &mut self,
+        prepared: Prepared,
+        now: u64,
+    ) -> Result<Vec<Outgoing>, StoreError> {
+        let Prepared {
+            hellos,
+            early,
+            mut checked,
+            unchecked,
+        } = prepared;
         // 1. Hellos first, so records in the same batch find their device.
-        let mut chain_msgs: Vec<(DeviceId, Envelope, ChainMessage)> = Vec::new();
-        for (topic, payload) in batch {
-            let Some((id, leaf)) = topics::parse(topic) else {
-                self.reject(None, "bad_topic", topic, now);
-                continue;
-            };
-            match leaf {
-                Leaf::Hello => self.hello(id, payload, now)?,
-                Leaf::Records => {
-                    let envs = if attest::batch::is_batch(payload) {
-                        match attest::batch::decode(payload) {
-                            Ok(items) => items,
-                            Err(e) => {
-                                self.reject(Some(id), "malformed_batch", &e.to_string(), now);
-                                continue;
-                            }
-                        }
-                    } else {
-                        vec![Envelope::decode(payload)]
-                    };
-                    for env in envs {
-                        let decoded = env.map_err(|e| e.to_string()).and_then(|env| {
-                            let msg = ChainMessage::open(&env).map_err(|e| e.to_string())?;
-                            Ok((env, msg))
-                        });
-                        match decoded {
-                            Ok((env, msg)) if msg.link().device == id => {
-                                chain_msgs.push((id, env, msg))
-                            }
-                            Ok((_, msg)) => {
-                                let detail = format!(
-                                    "message of {} on the topic of {id}",
-                                    msg.link().device
-                                );
-                                self.reject(Some(id), "wrong_topic", &detail, now)
-                            }
-                            Err(e) => self.reject(Some(id), "malformed", &e, now),
-                        }
-                    }
-                }
-                _ => {}
-            }
+        for e in early {
+            self.reject(e.device, e.reason, &e.detail, now);
+        }
+        for (id, payload) in &hellos {
+            self.hello(*id, payload, now)?;
         }
 
-        // 2. Signatures, in one batch per ingest batch.
+        // 2. Signatures [`prepare`] could not check (a device it did not know), in one
+        // batch: only attest's check turns a message into a `Verified` one, the only kind
+        // the chain check and the store take.
         let mut keys = HashMap::new();
         let mut known: Vec<(DeviceId, Envelope, ChainMessage)> =
-            Vec::with_capacity(chain_msgs.len());
-        for (id, env, msg) in chain_msgs {
+            Vec::with_capacity(unchecked.len());
+        for (id, env, msg) in unchecked {
             if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(id) {
                 match self.store.device(id)? {
                     Some(d) => {
@@ -328,16 +317,36 @@ impl<S: Store> Ingest<S> {
             }
             known.push((id, env, msg));
         }
-        // Per device in sequence order, then signatures in one batch: only attest's check
-        // turns a message into a `Verified` one, the only kind the chain check and the store
-        // take.
-        known.sort_by_key(|(id, _, m)| (*id, m.link().seq));
-        let checked = attest::sigbatch::verify_messages(
+        checked.extend(attest::sigbatch::verify_messages(
             known
                 .into_iter()
                 .map(|(id, env, msg)| (env, msg, &keys[&id].public_key))
                 .collect(),
-        );
+        ));
+        // Every device of a checked message, for its state.
+        for c in &checked {
+            let id = match c {
+                Ok(v) => v.message().link().device,
+                Err(u) => u.message.link().device,
+            };
+            if let std::collections::hash_map::Entry::Vacant(slot) = keys.entry(id) {
+                match self.store.device(id)? {
+                    Some(d) => {
+                        slot.insert(d);
+                    }
+                    // Known to the first stage, gone now (expired while pending).
+                    None => continue,
+                }
+            }
+        }
+        // Per device in sequence order.
+        checked.sort_by_key(|c| {
+            let l = match c {
+                Ok(v) => v.message().link(),
+                Err(u) => u.message.link(),
+            };
+            (l.device, l.seq)
+        });
 
         // 3. Chains.
         let mut to_store = Vec::new();
@@ -356,7 +365,11 @@ impl<S: Store> Ingest<S> {
             };
             let id = verified.message().link().device;
             let seq = verified.message().link().seq;
-            if keys[&id].state == DeviceState::Pending {
+            let Some(state) = keys.get(&id).map(|d| d.state) else {
+                self.reject(Some(id), "unknown_device", "forgotten while pending", now);
+                continue;
+            };
+            if state == DeviceState::Pending {
                 let max = self.cfg.enrollment.max_pending_messages;
                 let room = match pending_room.entry(id) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
@@ -381,7 +394,6 @@ impl<S: Store> Ingest<S> {
             };
             match v.feed_verified(&verified, TimestampMs(now)) {
                 Ok(Outcome::Accepted(accepted)) => {
-                    let state = keys[&id].state;
                     to_store.push(self.accepted(state, *accepted));
                     touched.insert(id, ());
                 }
