@@ -463,6 +463,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_loads_and_holds_the_builders_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("controller.example.toml");
+        let cfg = ControllerConfig::load(&path).unwrap();
+        let built = ControllerConfig::new(
+            "/var/lib/heliostat-controller",
+            BrokerConfig::new("127.0.0.1"),
+        );
+        assert_eq!(
+            cfg, built,
+            "the example names every default as the code has it"
+        );
+    }
+
+    #[test]
     fn the_builders_defaults_are_those_of_a_file_naming_only_the_required_keys() {
         let cfg = ControllerConfig::new("/tmp/controller-data", BrokerConfig::new("127.0.0.1"));
         cfg.validate().unwrap();
