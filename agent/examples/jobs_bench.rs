@@ -26,16 +26,9 @@ const JUNE_21: u64 = 1_781_999_999_999 - 1_781_999_999_999 % 86_400_000;
 
 fn site() -> SiteConfig {
     SiteConfig {
-        lat: 0.0,
-        lon: 0.0,
         panel_watts_peak: 300,
-        battery_wh: 0,
-        battery_reserve_wh: 0,
         grid_region: "bench".into(),
-        price_micro_per_gpu_hour: 0,
-        embodied_kg_co2e: 0.0,
-        expected_life_years: 0.0,
-        max_draw_w: 0,
+        ..SiteConfig::new(0.0, 0.0)
     }
 }
 

@@ -22,16 +22,11 @@ const JUNE_21: u64 = 1_782_000_000_000 - 1_782_000_000_000 % DAY_MS;
 
 fn site(panel_w: u32, battery_wh: u32, reserve_wh: u32) -> SiteConfig {
     SiteConfig {
-        lat: 0.0,
-        lon: 0.0,
         panel_watts_peak: panel_w,
         battery_wh,
         battery_reserve_wh: reserve_wh,
         grid_region: "test".into(),
-        price_micro_per_gpu_hour: 0,
-        embodied_kg_co2e: 0.0,
-        expected_life_years: 0.0,
-        max_draw_w: 0,
+        ..SiteConfig::new(0.0, 0.0)
     }
 }
 

@@ -628,16 +628,9 @@ fn gpu_job_under_the_governor_gives_the_cpu_receipt() {
     let run = |backend: &ComputeBackend| {
         let mut rig = SimRig::new(
             SiteConfig {
-                lat: 0.0,
-                lon: 0.0,
                 panel_watts_peak: 100,
-                battery_wh: 0,
-                battery_reserve_wh: 0,
                 grid_region: "test".into(),
-                price_micro_per_gpu_hour: 0,
-                embodied_kg_co2e: 0.0,
-                expected_life_years: 0.0,
-                max_draw_w: 0,
+                ..SiteConfig::new(0.0, 0.0)
             },
             SimulatorConfig {
                 seed: 1,

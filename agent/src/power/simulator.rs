@@ -307,16 +307,11 @@ mod tests {
 
     fn site() -> SiteConfig {
         SiteConfig {
-            lat: 52.5,
-            lon: 13.4,
             panel_watts_peak: 400,
             battery_wh: 1000,
             battery_reserve_wh: 200,
             grid_region: "DE".into(),
-            price_micro_per_gpu_hour: 0,
-            embodied_kg_co2e: 0.0,
-            expected_life_years: 0.0,
-            max_draw_w: 0,
+            ..SiteConfig::new(52.5, 13.4)
         }
     }
 
