@@ -8,6 +8,8 @@
 //! - [`governor`]: the power budget (solar surplus, battery, grid allowance, cap) and the
 //!   control law that holds a job to it (duty cycle, pause), sans-IO; [`levers`]: the
 //!   hardware it turns (NVML power limit, devfreq frequency cap).
+//! - [`hardware`]: what the hello offers (board, GPUs from NVML or a Jetson's device tree,
+//!   CPU).
 //! - [`identity`]: the device key file (created on first start, mode 0600).
 //! - [`inbox`]: acks and commands from the controller, verified or refused with a reason.
 //! - [`jobs`]: the job kernel layer (built-in kernels and PTX on CUDA or the CPU, in
@@ -25,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod config_error;
 pub mod governor;
+pub mod hardware;
 pub mod identity;
 pub mod inbox;
 pub mod jobs;

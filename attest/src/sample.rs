@@ -80,6 +80,8 @@ impl SampleDevice {
                 embodied_g_co2e: 150_000,
                 expected_life_hours: 5 * 8_766,
                 max_draw_w: 400,
+                cpu_model: "ARM Cortex-A78AE".to_string(),
+                cpu_cores: 12,
             },
             site: Site {
                 lat_microdeg: 52_520_000,

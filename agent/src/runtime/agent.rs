@@ -41,6 +41,8 @@ pub struct Agent {
     pub(super) meter: Meter,
     sources: Vec<OpenSource>,
     pub(super) channel_infos: Vec<ChannelInfo>,
+    /// The board, GPUs and CPU the hello offers (read once at start).
+    pub(super) offer: crate::hardware::Offer,
     pub(super) queue: SendQueue,
     pub(super) status: Status,
     last_record_slot: u64,
@@ -169,7 +171,12 @@ impl Agent {
             },
             ..Status::default()
         };
-        tracing::info!(device = %key.device_id(), pending = outbox.depth(), "agent started");
+        // GPUs are offered only when jobs may use them.
+        let offer = crate::hardware::discover(
+            std::path::Path::new("/"),
+            cfg.jobs.enabled && cfg.jobs.prefer_gpu,
+        );
+        tracing::info!(device = %key.device_id(), pending = outbox.depth(), board = %offer.board, gpus = offer.gpus.len(), cpu = %offer.cpu_model, "agent started");
         let mut agent = Agent {
             cfg,
             key,
@@ -178,6 +185,7 @@ impl Agent {
             meter,
             sources,
             channel_infos,
+            offer,
             queue,
             status,
             last_record_slot: 0,
@@ -192,17 +200,16 @@ impl Agent {
     /// The device's signed hello at `now`.
     pub fn hello(&self, now: u64) -> Envelope {
         let s = &self.cfg.site;
-        let board = std::fs::read_to_string("/proc/device-tree/model")
-            .map(|m| m.trim_end_matches('\0').trim().to_string())
-            .unwrap_or_else(|_| std::env::consts::ARCH.to_string());
         let hello = Hello {
             device: self.key.device_id(),
             public_key: self.key.public(),
             timestamp: TimestampMs(now),
             agent_version: crate::VERSION.to_string(),
             hardware: Hardware {
-                board,
-                gpus: vec![],
+                board: self.offer.board.clone(),
+                gpus: self.offer.gpus.clone(),
+                cpu_model: self.offer.cpu_model.clone(),
+                cpu_cores: self.offer.cpu_cores,
                 embodied_g_co2e: (s.embodied_kg_co2e.max(0.0) * 1_000.0).round() as u64,
                 expected_life_hours: (s.expected_life_years.max(0.0) * 8_766.0).round() as u32,
                 max_draw_w: s.max_draw_w,

@@ -50,6 +50,10 @@ pub struct Hardware {
     /// metered is counted as this much, all from the grid. 0 when not stated (such an
     /// interval then adds no emissions, and its flag says why).
     pub max_draw_w: u32,
+    /// The CPU's model name (e.g. "ARM Cortex-A78AE", "AMD EPYC 7763").
+    pub cpu_model: String,
+    /// Its logical cores.
+    pub cpu_cores: u16,
 }
 
 /// One GPU.
@@ -59,8 +63,17 @@ pub struct Gpu {
     pub model: String,
     /// Memory in MiB.
     pub vram_mib: u32,
-    /// Architecture (e.g. "sm_87").
+    /// CUDA compute capability as an architecture name (e.g. "sm_87" for 8.7).
     pub arch: String,
+}
+
+impl Gpu {
+    /// The compute capability `(major, minor)` its `arch` names, when it names one.
+    pub fn compute_capability(&self) -> Option<(u8, u8)> {
+        let digits = self.arch.strip_prefix("sm_")?;
+        let (major, minor) = digits.split_at(digits.len().checked_sub(1)?);
+        Some((major.parse().ok()?, minor.parse().ok()?))
+    }
 }
 
 /// Where a device is and what powers it.
@@ -99,6 +112,7 @@ impl Message for Hello {
     fn validate(&self) -> Result<(), DecodeError> {
         check_text("agent_version", &self.agent_version)?;
         check_text("board", &self.hardware.board)?;
+        check_text("cpu_model", &self.hardware.cpu_model)?;
         check_len("gpus", &self.hardware.gpus, MAX_GPUS)?;
         for g in &self.hardware.gpus {
             check_text("gpu model", &g.model)?;
