@@ -78,14 +78,28 @@ pub fn device_statement(
     intensity: &IntensityResolver,
 ) -> Result<DeviceStatement, AccountError> {
     let first = hellos.first().ok_or(AccountError::NoHello)?;
+    let subject = Subject::DevicePeriod {
+        device: first.device,
+    };
+    statement_for(subject, hellos, chain, from, intensity)
+}
+
+/// [`device_statement`] for any subject: a device's period, or one job on it (the receipt
+/// must be in `chain`, inside its records).
+pub fn statement_for(
+    subject: Subject,
+    hellos: &[Hello],
+    chain: &[ChainMessage],
+    from: TimestampMs,
+    intensity: &IntensityResolver,
+) -> Result<DeviceStatement, AccountError> {
+    let first = hellos.first().ok_or(AccountError::NoHello)?;
     let region_at = |hour: u64| {
         let t = TimestampMs(hour.saturating_mul(attest::units::MS_PER_HOUR));
         &hello_at(hellos, t).unwrap_or(first).site.grid_region
     };
     let statement = compute_statement(&StatementInput {
-        subject: Subject::DevicePeriod {
-            device: first.device,
-        },
+        subject,
         hellos,
         chain,
         from,

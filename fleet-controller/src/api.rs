@@ -8,6 +8,7 @@
 //! | `GET /api/v1/devices` | every device: state, last seen, messages, site, channels |
 //! | `GET /api/v1/devices/{id}` | one device |
 //! | `GET /api/v1/devices/{id}/bundle?from=MS&to=MS&format=json\|postcard` | a proof bundle (anchored messages) |
+//! | `GET /api/v1/devices/{id}/jobs/{job}/bundle?format=json\|postcard` | a job's proof bundle (its receipt, the records over its hours) |
 //! | `GET /api/v1/devices/{id}/hours?from=MS&to=MS` | hour-by-hour energy by source, renewable share, emissions |
 //! | `GET /api/v1/fleet/hours?from=MS&to=MS` | the approved devices' hours summed per hour, with the device count (at most 31 days) |
 //! | `PUT /api/v1/blobs` | stores the body (at most 256 MiB) under its SHA-256: job inputs and PTX modules |
@@ -66,6 +67,12 @@ pub enum AppError {
     /// Nothing to put in a bundle.
     #[error("{0}")]
     NothingToProve(String),
+    /// Not a job id (32 hex digits).
+    #[error("{0}")]
+    BadJobId(String),
+    /// No receipt of that job from that device.
+    #[error("{0}")]
+    NoReceipt(String),
     /// A period that is missing or inverted.
     #[error("{0}")]
     BadPeriod(String),
@@ -107,6 +114,8 @@ impl AppError {
             AppError::BadDeviceId(_) => (StatusCode::BAD_REQUEST, "bad_device_id"),
             AppError::UnknownDevice(_) => (StatusCode::NOT_FOUND, "unknown_device"),
             AppError::NothingToProve(_) => (StatusCode::CONFLICT, "nothing_to_prove"),
+            AppError::BadJobId(_) => (StatusCode::BAD_REQUEST, "bad_job_id"),
+            AppError::NoReceipt(_) => (StatusCode::NOT_FOUND, "no_receipt"),
             AppError::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_query"),
             AppError::BadPeriod(_) => (StatusCode::BAD_REQUEST, "bad_period"),
             AppError::PeriodTooLong(_) => (StatusCode::BAD_REQUEST, "period_too_long"),
@@ -138,6 +147,7 @@ impl From<BundleError> for AppError {
         match e {
             BundleError::Store(s) => AppError::Store(s),
             BundleError::UnknownDevice(d) => AppError::UnknownDevice(d),
+            e @ BundleError::NoReceipt { .. } => AppError::NoReceipt(e.to_string()),
             other => AppError::NothingToProve(other.to_string()),
         }
     }
@@ -520,6 +530,31 @@ async fn bundle(
     .await
 }
 
+/// The proof bundle of one job: its receipt and the device's records over the job's hours.
+async fn job_bundle(
+    State(s): State<ApiState>,
+    Path((id, job)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<BundleQuery>,
+) -> Result<Response, AppError> {
+    let id = parse_id(&id)?;
+    let job = attest::hex::decode_array::<16>(&job)
+        .map(attest::msg::JobId)
+        .map_err(|e| AppError::BadJobId(format!("{job}: {e}")))?;
+    blocking(move || {
+        let store = s.store.get()?;
+        let b = crate::bundles::job(&*store, &s.controller, id, job, &s.intensity)?;
+        Ok(match q.format.as_deref() {
+            Some("postcard") => (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                b.to_postcard(),
+            )
+                .into_response(),
+            _ => ([(header::CONTENT_TYPE, "application/json")], b.to_json()).into_response(),
+        })
+    })
+    .await
+}
+
 async fn not_found() -> AppError {
     AppError::NoRoute
 }
@@ -540,6 +575,7 @@ fn app_with_blob_limit(state: ApiState, max_blob_bytes: usize) -> Router {
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{id}", get(device))
         .route("/api/v1/devices/{id}/bundle", get(bundle))
+        .route("/api/v1/devices/{id}/jobs/{job}/bundle", get(job_bundle))
         .route("/api/v1/devices/{id}/hours", get(hours))
         .route("/api/v1/fleet/hours", get(fleet_hours))
         .route("/api/v1/epochs", get(epochs))

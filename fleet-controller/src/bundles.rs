@@ -1,5 +1,5 @@
-//! Proof bundles for a device-period: the device's signed messages from the start of its
-//! chain to the period's end (the ones before the period give the battery's content at its
+//! Proof bundles for a device-period or for one job on a device: the device's signed
+//! messages from the start of its chain to the period's end (the ones before the period give the battery's content at its
 //! start), their inclusion proofs in their epochs' trees, the epochs' anchors, the device's
 //! hello, the intensity datasets the statement names, and the statement computed with
 //! `attest`'s own arithmetic and signed with the controller key, so `attest verify`
@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use attest::account::AccountError;
 use attest::bundle::{BUNDLE_FORMAT, Blob, EpochProof, Evidence, ProofBundle};
 use attest::merkle::{MerkleTree, TreeHead};
-use attest::msg::ChainMessage;
+use attest::msg::{ChainMessage, JobId, JobReceipt, Subject};
 use attest::{DeviceId, Envelope, EpochId, KeyPair, SeqNo};
 
-use crate::accounting::{counted_period, device_statement, stored_hellos};
+use crate::accounting::{counted_period, statement_for, stored_hellos};
 use crate::anchor::{Anchor, EvmContract, LocalLog};
 use crate::intensity::IntensityResolver;
 use crate::store::{Store, StoreError};
@@ -36,6 +36,9 @@ pub enum BundleError {
     /// The statement could not be computed.
     #[error("statement: {0}")]
     Statement(String),
+    /// No receipt of that job from that device (yet).
+    #[error("no receipt of job {job} from {device}")]
+    NoReceipt { device: DeviceId, job: JobId },
     /// Nothing in the period counts: the device was pending or revoked throughout.
     #[error("no message of {0} in that period counts (the device was not approved then)")]
     NotCounted(DeviceId),
@@ -54,6 +57,64 @@ pub fn device_period<S: Store>(
     intensity: &IntensityResolver,
     trim_unanchored: bool,
 ) -> Result<ProofBundle, BundleError> {
+    let subject = Subject::DevicePeriod { device };
+    period(
+        store,
+        controller,
+        subject,
+        from_ms,
+        to_ms,
+        intensity,
+        trim_unanchored,
+    )
+}
+
+/// The bundle for one job on `device`: its receipt, the records from the one sealed when
+/// the job started to the receipt (so the job's share of the sun, the battery and the grid
+/// is taken over the job's own hours), and everything a device-period bundle carries. Every
+/// message up to the receipt must be anchored.
+pub fn job<S: Store>(
+    store: &S,
+    controller: &KeyPair,
+    device: DeviceId,
+    job: JobId,
+    intensity: &IntensityResolver,
+) -> Result<ProofBundle, BundleError> {
+    store
+        .device(device)?
+        .ok_or(BundleError::UnknownDevice(device))?;
+    let receipt = store
+        .items_between(device, 0, u64::MAX / 2)?
+        .into_iter()
+        .rev()
+        .filter(|it| it.envelope.get(1) == Some(&(attest::Kind::JobReceipt as u8)))
+        .find_map(|it| {
+            let r: JobReceipt = Envelope::decode(&it.envelope).ok()?.open().ok()?;
+            (r.job == job).then_some(r)
+        })
+        .ok_or(BundleError::NoReceipt { device, job })?;
+    let subject = Subject::Job { device, job };
+    period(
+        store,
+        controller,
+        subject,
+        receipt.started.0,
+        receipt.link.timestamp.0,
+        intensity,
+        false,
+    )
+}
+
+fn period<S: Store>(
+    store: &S,
+    controller: &KeyPair,
+    subject: Subject,
+    from_ms: u64,
+    to_ms: u64,
+    intensity: &IntensityResolver,
+    trim_unanchored: bool,
+) -> Result<ProofBundle, BundleError> {
+    let device = subject.device();
     store
         .device(device)?
         .ok_or(BundleError::UnknownDevice(device))?;
@@ -120,7 +181,7 @@ pub fn device_period<S: Store>(
         chain.push(ChainMessage::open(&env).map_err(|e| StoreError::Corrupt(e.to_string()))?);
     }
     let hellos = stored_hellos(store, device)?;
-    let made = match device_statement(&hellos, &chain, from, intensity) {
+    let made = match statement_for(subject, &hellos, &chain, from, intensity) {
         Ok(s) => s,
         Err(AccountError::NoRecords) => return Err(BundleError::Empty(device)),
         Err(e) => return Err(BundleError::Statement(e.to_string())),
@@ -144,6 +205,96 @@ mod tests {
     use attest::KeyPair;
     use attest::bundle::{Check, VerifyOptions, verify};
     use attest::sample::{SAMPLE_START, SampleDevice};
+
+    #[test]
+    fn a_jobs_bundle_covers_the_jobs_own_hours_and_verifies() {
+        use attest::msg::{
+            Backend, ChannelKind, CounterSnapshot, JobOutcome, MeterRecord, TrustTier,
+        };
+        let key = KeyPair::from_seed(&[0xc0; 32]);
+        let mut ing = Ingest::new(
+            SqliteStore::in_memory().unwrap(),
+            key.clone(),
+            IngestConfig::auto_approving(),
+        );
+        let mut dev = SampleDevice::new(6);
+        let dev_id = dev.key.device_id();
+        let topic = |leaf: &str| format!("{PREFIX}{dev_id}/{leaf}");
+        let mut msgs = vec![(topic("hello"), dev.hello().into_bytes())];
+        // Records every 30 minutes over a day; a job from 10:00 to 13:00 with its receipt.
+        let half_hour = 1_800_000;
+        let mut at_start: Option<MeterRecord> = None;
+        let mut job_id = None;
+        for i in 0..48u64 {
+            let t = SAMPLE_START.0 + i * half_hour;
+            let env = dev.record_at(t);
+            let rec: MeterRecord = env.open().unwrap();
+            msgs.push((topic("records"), env.into_bytes()));
+            if i == 20 {
+                at_start = Some(rec.clone());
+            }
+            if i == 26 {
+                let first = at_start.clone().unwrap();
+                let snap = |r: &MeterRecord| {
+                    vec![CounterSnapshot {
+                        channel: attest::ChannelId(5),
+                        kind: ChannelKind::Gpu,
+                        energy: r.channels[5].energy,
+                    }]
+                };
+                let receipt = JobReceipt {
+                    link: dev.next_link(t),
+                    job: JobId([0x33; 16]),
+                    outcome: JobOutcome::Completed,
+                    output_hash: attest::Hash32::digest(b"out"),
+                    started: first.link.timestamp,
+                    ended: rec.link.timestamp,
+                    start_counters: snap(&first),
+                    end_counters: snap(&rec),
+                    chunks: 6,
+                    pauses: 0,
+                    backend: Backend::Cpu,
+                    tier: TrustTier::HardwareMeter,
+                };
+                job_id = Some(receipt.job);
+                msgs.push((topic("records"), dev.seal_chained(&receipt).into_bytes()));
+            }
+        }
+        let now = SAMPLE_START.0 + 2 * 86_400_000;
+        ing.handle(&msgs, now).unwrap();
+        let id = dev.key.device_id();
+        let intensity = IntensityResolver::bundled(None).unwrap();
+        let job_id = job_id.unwrap();
+        assert!(matches!(
+            job(ing.store(), &key, id, job_id, &intensity),
+            Err(BundleError::NotAnchored { .. })
+        ));
+        close_epoch(ing.store_mut(), &key, now).unwrap().unwrap();
+        assert!(matches!(
+            job(ing.store(), &key, id, JobId([9; 16]), &intensity),
+            Err(BundleError::NoReceipt { .. })
+        ));
+        let b = job(ing.store(), &key, id, job_id, &intensity).unwrap();
+        let opts = VerifyOptions::pinned(key.public(), attest::TimestampMs(now));
+        let r = verify(&b, &opts).unwrap();
+        assert_eq!(
+            r.statement.subject,
+            Subject::Job {
+                device: id,
+                job: job_id
+            }
+        );
+        let account = r.statement.job.expect("a job account");
+        assert!(account.energy.0 > 0, "{account:?}");
+        assert!(
+            account.renewable <= account.energy,
+            "renewable within the job's energy: {account:?}"
+        );
+        // Midday in June in Berlin: the job's hours are sunny, most of its energy renewable.
+        assert!(account.renewable.0 * 2 > account.energy.0, "{account:?}");
+        // The period is the job's: from its start record to its receipt.
+        assert_eq!(r.statement.from, at_start.unwrap().link.timestamp);
+    }
 
     #[test]
     fn a_bundle_over_two_anchored_epochs_verifies_and_an_unanchored_period_is_refused() {

@@ -50,12 +50,16 @@ enum Cmd {
         #[arg(long)]
         key_file: PathBuf,
     },
-    /// Export a proof bundle for a device over a period (anchored epochs only), with the
+    /// Export a proof bundle for a device over a period, or for one job on it (`--job`:
+    /// its receipt and the records over its hours), anchored epochs only, with the
     /// intensities of `accounting` (table, hourly CSV or flat figure).
     Bundle {
         /// The device id.
         #[arg(long)]
         device: String,
+        /// A job id (32 hex digits): the job's bundle instead of a period's.
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        job: Option<String>,
         /// Period start, ms since the Unix epoch.
         #[arg(long, default_value_t = 0)]
         from: u64,
@@ -148,6 +152,7 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Bundle {
             device,
+            job,
             from,
             to,
             out,
@@ -158,15 +163,23 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
             let (key, _) = attest::keyfile::load_or_create(&cfg.key_path())?;
             let intensity =
                 fleet_controller::intensity::IntensityResolver::from_config(&cfg.accounting)?;
-            let b = fleet_controller::bundles::device_period(
-                ingest.store(),
-                &key,
-                id,
-                from,
-                to.unwrap_or(u64::MAX / 2),
-                &intensity,
-                to.is_none(),
-            )?;
+            let b = match job {
+                Some(job) => {
+                    let job = attest::hex::decode_array::<16>(&job)
+                        .map(attest::msg::JobId)
+                        .map_err(|e| anyhow::anyhow!("--job {job}: {e}"))?;
+                    fleet_controller::bundles::job(ingest.store(), &key, id, job, &intensity)?
+                }
+                None => fleet_controller::bundles::device_period(
+                    ingest.store(),
+                    &key,
+                    id,
+                    from,
+                    to.unwrap_or(u64::MAX / 2),
+                    &intensity,
+                    to.is_none(),
+                )?,
+            };
             let bytes = if json {
                 b.to_json().into_bytes()
             } else {

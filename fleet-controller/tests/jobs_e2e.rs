@@ -221,6 +221,33 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
         "attest verify: {}",
         String::from_utf8_lossy(&v.stdout)
     );
+
+    // And the job's own proof: its receipt and the records over its hours.
+    let job_out = tmp.path().join("job-only.bundle");
+    let made = std::process::Command::new(CONTROLLER)
+        .args(["--config", ccfg.to_str().unwrap(), "bundle", "--device"])
+        .arg(device.to_string())
+        .args([
+            "--job",
+            &spec.id.to_string(),
+            "--out",
+            job_out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "bundle --job: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let v = std::process::Command::new(workspace_binary(CONTROLLER, "attest", "attest"))
+        .args(["verify", "--controller-key", &ckey.public().to_string()])
+        .arg(&job_out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&v.stdout);
+    assert!(v.status.success(), "attest verify of the job: {text}");
+    assert!(text.contains("  job: "), "a job account: {text}");
     agent.terminate(Duration::from_secs(5));
 }
 
