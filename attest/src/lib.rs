@@ -19,6 +19,7 @@
 //! - [`solar`]: sun elevation and clear-sky fraction (simulator and plausibility), in
 //!   software floating point (`libm`) so every platform computes the same.
 //! - [`plausibility`]: the flags the controller raises and the verifier recomputes.
+//! - [`ptx`]: the PTX argument convention, checked on a module's text before launch.
 //! - [`intensity`]: grid-intensity datasets named by content hash (the bundled table).
 //! - [`sigbatch`]: ed25519 batch verification coalesced by key.
 //! - [`chain`]: the sans-IO hash-chain checker (Accepted / Duplicate / typed rejection).
@@ -56,6 +57,7 @@ pub mod live;
 pub mod merkle;
 pub mod msg;
 pub mod plausibility;
+pub mod ptx;
 #[cfg(feature = "std")]
 pub mod sample;
 pub mod sigbatch;

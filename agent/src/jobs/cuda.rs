@@ -29,6 +29,9 @@
 //! split. Inputs are read-only by contract. Buffers are 256-byte aligned; a zero-length
 //! buffer still gets a valid (1-byte) pointer. The kernel must stay within its lengths:
 //! an out-of-bounds access faults the whole CUDA context (see [`CudaError::Driver`]).
+//! The entry's parameter list is checked against this convention on the module's text
+//! before the module is loaded (`attest::ptx::check_convention`, which the controller can
+//! run at submission too): a kernel declaring other parameters is refused, not launched.
 //!
 //! [`PreparedJob::run_chunk`]: super::PreparedJob::run_chunk
 //! [`PreparedJob::finish`]: super::PreparedJob::finish

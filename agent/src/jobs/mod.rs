@@ -133,6 +133,10 @@ pub enum JobError {
     /// A PTX launch shape that cannot run.
     #[error("bad PTX launch shape: {0}")]
     BadLaunch(&'static str),
+    /// The PTX entry's parameters do not follow the argument convention (checked on the
+    /// module's text before it is loaded).
+    #[error(transparent)]
+    PtxConvention(#[from] attest::ptx::PtxConventionError),
     /// Chunks must run in order, each once.
     #[error("chunk {got} asked for; the next chunk is {expected}")]
     ChunkOutOfOrder {
@@ -252,6 +256,7 @@ impl ComputeBackend {
                 }
                 check_ptx_shape(*grid, *block)?;
                 check_ptx_buffers(&inputs, output_sizes)?;
+                attest::ptx::check_convention(text, kernel, inputs.len(), output_sizes.len())?;
                 let threads_per_block = u64::from(block[0] * block[1] * block[2]);
                 let per_x_block = threads_per_block * u64::from(grid[1]) * u64::from(grid[2]);
                 let plan = ChunkPlan::new(u64::from(grid[0]), per_x_block, chunk_work);
