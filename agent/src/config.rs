@@ -89,6 +89,38 @@ pub struct JobsConfig {
     /// CPU does the real compute; the simulator's load and GPU channels show this).
     #[serde(default = "default_job_power")]
     pub simulated_gpu_w: f64,
+    /// Run every job in a worker process without the device key (`heliostat-agent worker`).
+    /// Off only for debugging: a buyer's kernel then runs in the agent's own process.
+    #[serde(default = "yes")]
+    pub isolate: bool,
+    /// The user the worker runs as when the agent runs as root.
+    #[serde(default = "default_worker_user")]
+    pub worker_user: String,
+    /// The worker's address space for CPU jobs, MiB (0: no limit).
+    #[serde(default = "default_worker_memory")]
+    pub worker_memory_mib: u64,
+    /// The worker's open files.
+    #[serde(default = "default_worker_files")]
+    pub worker_open_files: u64,
+    /// Longest one chunk may run before its worker is killed, ms.
+    #[serde(default = "default_chunk_timeout")]
+    pub chunk_timeout_ms: u64,
+}
+
+fn default_worker_user() -> String {
+    "nobody".into()
+}
+
+const fn default_worker_memory() -> u64 {
+    4_096
+}
+
+const fn default_worker_files() -> u64 {
+    64
+}
+
+const fn default_chunk_timeout() -> u64 {
+    300_000
 }
 
 const fn default_blob_cache() -> u64 {
@@ -116,6 +148,11 @@ impl Default for JobsConfig {
             blob_cache_max_bytes: default_blob_cache(),
             outputs_kept: default_outputs_kept(),
             simulated_gpu_w: default_job_power(),
+            isolate: true,
+            worker_user: default_worker_user(),
+            worker_memory_mib: default_worker_memory(),
+            worker_open_files: default_worker_files(),
+            chunk_timeout_ms: default_chunk_timeout(),
         }
     }
 }

@@ -32,6 +32,10 @@ enum Cmd {
     Id,
     /// Print the running agent's status.
     Status,
+    /// Run one job for the agent, on stdin and stdout (started by the agent itself; holds no
+    /// key and reads no configuration).
+    #[command(hide = true)]
+    Worker,
 }
 
 /// Logs to stderr at `RUST_LOG` (`warn`, or `info,heliostat_agent::power=debug`; `info`
@@ -70,6 +74,11 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Cmd::Worker = cli.cmd {
+        // Before any configuration or key is read: the worker gets only the job.
+        let code = heliostat_agent::jobs::worker::serve(std::io::stdin(), std::io::stdout());
+        return ExitCode::from(code as u8);
+    }
     match main_inner(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -88,6 +97,7 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
             println!("{}", key.device_id());
             Ok(())
         }
+        Cmd::Worker => unreachable!("served before the configuration is read"),
         Cmd::Status => {
             let path = runtime::status_path(&cfg.data_dir);
             let text = std::fs::read_to_string(&path)

@@ -3,7 +3,8 @@
 //! controls for unknown jobs are rejected and counted by reason; a valid `RunJob` runs,
 //! pauses and resumes on command, and its signed receipt arrives through the durable
 //! outbox with the output hash and counters of the records around it; after `Drain` a new
-//! job is refused with a receipt saying why.
+//! job is refused with a receipt saying why. Jobs run in worker processes: one whose worker
+//! aborts or hangs fails alone, and the agent and the next job go on.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -26,6 +27,14 @@ use sha2::Digest;
 use hil_tests::test_controller as controller;
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    write_config_with(dir, port, |_| {})
+}
+
+fn write_config_with(
+    dir: &Path,
+    port: u16,
+    change: impl FnOnce(&mut AgentConfig),
+) -> std::path::PathBuf {
     let mut cfg = AgentConfig::new(
         dir.join("data"),
         SiteConfig {
@@ -51,6 +60,7 @@ fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
         record_interval_ms: 500,
     };
     cfg.jobs.prefer_gpu = false;
+    change(&mut cfg);
     let p = dir.join("agent.toml");
     cfg.write_toml(&p).unwrap();
     p
@@ -421,4 +431,97 @@ fn a_job_interrupted_by_kill_9_gets_a_failed_receipt_after_the_restart() {
             .filter(|(s, _)| **s <= g.contiguous().unwrap())
             .map(|(s, b)| (attest::SeqNo(*s), b.as_slice())),
     );
+}
+
+#[test]
+fn a_job_whose_worker_aborts_or_hangs_fails_alone_and_the_next_job_runs() {
+    let tmp = TempDir::new("job-worker");
+    let broker = Mosquitto::start();
+    let collector = Collector::start(broker.port, controller(), true);
+    let config = write_config_with(tmp.path(), broker.port, |cfg| {
+        cfg.jobs.chunk_timeout_ms = 1_500;
+    });
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("agent.log");
+    // The worker may run as another user (`nobody` when the test runs as root): it must be
+    // able to take the fault file away.
+    let faults = tmp.path().join("faults");
+    std::fs::create_dir_all(&faults).unwrap();
+    std::fs::set_permissions(&faults, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let fault = faults.join("fault");
+    let fault_env = format!("once:{}", fault.display());
+    let mut agent = hil_tests::spawn_agent_with_env(
+        env!("CARGO_BIN_EXE_heliostat-agent"),
+        &config,
+        &log,
+        &[("HELIOSTAT_WORKER_FAULT", &fault_env)],
+    );
+    wait_for("the agent online", Duration::from_secs(20), || {
+        status(&data)["link"]["connected"] == true
+    });
+    let device = hil_tests::agent_key(&data).device_id();
+    let o = MqttOptions::new("test-worker-commander", "127.0.0.1", broker.port);
+    let (client, mut conn) = Client::new(o, 64);
+    std::thread::spawn(move || for _ in conn.iter() {});
+    let topic = format!("heliostat/v1/dev/{device}/cmd");
+    let ctl = controller();
+    let run = |nonce: u64, spec: &JobSpec| {
+        client
+            .publish(
+                &topic,
+                QoS::AtLeastOnce,
+                false,
+                command(
+                    device,
+                    nonce,
+                    60_000,
+                    CommandBody::RunJob(spec.clone()),
+                    &ctl,
+                ),
+            )
+            .unwrap();
+        wait_for("the receipt", Duration::from_secs(30), || {
+            receipts(&collector).iter().any(|r| r.job == spec.id)
+        });
+        receipts(&collector)
+            .into_iter()
+            .find(|r| r.job == spec.id)
+            .unwrap()
+    };
+
+    // A kernel that faults: its worker dies, the job fails with the signal.
+    std::fs::write(&fault, "abort").unwrap();
+    let (aborts, _) = job(&data, 1, 5_000);
+    let r = run(1, &aborts);
+    match &r.outcome {
+        JobOutcome::Failed(why) => assert!(why.contains("SIGABRT"), "{why}"),
+        other => panic!(
+            "{other:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ),
+    }
+    assert!(!fault.exists(), "the worker took the fault");
+    // A kernel that never ends: killed when its chunk outlives `jobs.chunk_timeout_ms`.
+    std::fs::write(&fault, "hang").unwrap();
+    let (hangs, _) = job(&data, 2, 5_000);
+    let r = run(2, &hangs);
+    match &r.outcome {
+        JobOutcome::Failed(why) => assert!(why.contains("the worker was killed"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // The next job runs, in a worker of its own, to the right output.
+    let (fine, expected) = job(&data, 3, 5_000);
+    let r = run(3, &fine);
+    assert_eq!(r.outcome, JobOutcome::Completed);
+    let mut h = sha2::Sha256::new();
+    h.update(&expected);
+    assert_eq!(r.output_hash, Hash32(h.finalize().into()));
+    // The agent itself kept sealing records through it all, and never ran the kernels.
+    let records_before = collector.got.lock().unwrap().records.len();
+    wait_for("more records", Duration::from_secs(10), || {
+        collector.got.lock().unwrap().records.len() > records_before + 2
+    });
+    agent.terminate(Duration::from_secs(5));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("jobs run in a worker process"), "{text}");
 }

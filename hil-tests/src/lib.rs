@@ -203,6 +203,11 @@ pub fn test_controller() -> attest::KeyPair {
 
 /// Starts an agent binary with `--config CONFIG run`, its log appended to `log`.
 pub fn spawn_agent(binary: &str, config: &Path, log: &Path) -> Proc {
+    spawn_agent_with_env(binary, config, log, &[])
+}
+
+/// [`spawn_agent`] with extra environment variables.
+pub fn spawn_agent_with_env(binary: &str, config: &Path, log: &Path, env: &[(&str, &str)]) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -213,6 +218,7 @@ pub fn spawn_agent(binary: &str, config: &Path, log: &Path) -> Proc {
             .arg("--config")
             .arg(config)
             .arg("run")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

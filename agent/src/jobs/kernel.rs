@@ -550,6 +550,12 @@ impl ChunkPlan {
         }
     }
 
+    /// A plan of `chunks` chunks over `items` items, as another process made it: `None`
+    /// unless `1 <= chunks <= items`.
+    pub fn from_parts(items: u64, chunks: u32) -> Option<ChunkPlan> {
+        (chunks >= 1 && u64::from(chunks) <= items).then_some(ChunkPlan { items, chunks })
+    }
+
     /// The number of chunks.
     pub fn chunks(&self) -> u32 {
         self.chunks

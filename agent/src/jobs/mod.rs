@@ -13,6 +13,8 @@
 //! - [`cpu`]: the CPU backend (every built-in; no PTX).
 //! - [`cuda`]: the CUDA backend (cudarc, loaded at run time; built-ins compiled by NVRTC,
 //!   and user PTX modules with the argument convention documented there).
+//! - [`worker`]: the same, in a worker process without the device key, with limits: how
+//!   the running agent runs every job.
 //!
 //! Use:
 //!
@@ -40,6 +42,7 @@ pub mod exec;
 pub mod kernel;
 pub mod runner;
 pub mod sim;
+pub mod worker;
 
 use attest::Hash32;
 use attest::msg::Workload;
@@ -156,6 +159,9 @@ pub enum JobError {
     /// The CUDA backend failed.
     #[error(transparent)]
     Cuda(#[from] CudaError),
+    /// The worker process failed, died or was killed (the reason says which).
+    #[error("job worker: {0}")]
+    Worker(String),
 }
 
 /// Where jobs run: the CPU, or one CUDA device.
@@ -367,6 +373,8 @@ pub struct PreparedJob {
 enum State {
     Cpu(CpuJob),
     Cuda(CudaJob),
+    /// In a worker process (see [`worker`]).
+    Worker(worker::WorkerJob),
 }
 
 impl std::fmt::Debug for PreparedJob {
@@ -438,6 +446,7 @@ impl PreparedJob {
         match &mut self.state {
             State::Cpu(job) => job.run(items),
             State::Cuda(job) => job.run(items)?,
+            State::Worker(job) => job.run(i)?,
         }
         self.done += 1;
         Ok(())
@@ -454,6 +463,7 @@ impl PreparedJob {
         match self.state {
             State::Cpu(job) => Ok(job.finish()),
             State::Cuda(job) => Ok(job.finish()?),
+            State::Worker(job) => job.finish(),
         }
     }
 }

@@ -275,6 +275,7 @@ pub(super) fn fetch_and_prepare(
     dir: &Path,
     url: Option<&str>,
     limits: BlobLimits,
+    worker: Option<&crate::jobs::worker::WorkerCommand>,
 ) -> Result<crate::jobs::PreparedJob, String> {
     let reserve = limits.disk_reserve_bytes;
     let declared = declared_inputs(spec)?;
@@ -304,6 +305,31 @@ pub(super) fn fetch_and_prepare(
     }
     for gone in evict(dir, limits.cache_max_bytes, &keep) {
         tracing::info!(blob = %gone, "blob cache over its size: least recently used removed");
+    }
+    if let Some(cmd) = worker {
+        // The job's CPU time, bounded from its own run-time limit (all cores, twice over).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let cpu_seconds = match spec.limits.max_duration_ms {
+            0 => 0,
+            ms => (ms / 1000 + 1) * cores * 2 + 60,
+        };
+        let cmd = crate::jobs::worker::WorkerCommand {
+            limits: crate::jobs::worker::WorkerLimits {
+                cpu_seconds,
+                ..cmd.limits
+            },
+            ..cmd.clone()
+        };
+        let gpu = matches!(backend, crate::jobs::ComputeBackend::Cuda(_));
+        return crate::jobs::worker::prepare(
+            &cmd,
+            gpu,
+            &spec.workload,
+            module.as_deref(),
+            &inputs,
+            &spec.output_sizes,
+        )
+        .map_err(|e| e.to_string());
     }
     let prepared = backend.prepare(
         &spec.workload,
@@ -428,6 +454,7 @@ mod tests {
             &dir,
             Some(&url),
             BlobLimits::none(),
+            None,
         ));
         assert!(
             e.contains("larger than the 40 bytes declared (refused while streaming)"),
@@ -448,6 +475,7 @@ mod tests {
             &dir,
             Some(&url),
             BlobLimits::none(),
+            None,
         ));
         assert!(
             e.contains("offers 41 bytes, larger than the 40 declared"),
@@ -473,6 +501,7 @@ mod tests {
             &dir,
             Some(&url),
             limits,
+            None,
         ));
         assert!(e.contains("the outbox keeps"), "{e}");
         assert_eq!(requests.load(Ordering::SeqCst), 0, "nothing was fetched");
@@ -486,6 +515,7 @@ mod tests {
                 disk_reserve_bytes: 64 << 20,
                 ..BlobLimits::none()
             },
+            None,
         )
         .unwrap();
     }
@@ -502,6 +532,7 @@ mod tests {
             &dir,
             Some(&url),
             BlobLimits::none(),
+            None,
         ));
         assert!(
             e.contains("names 2 inputs, kernel sha256_batch takes 1"),
@@ -525,6 +556,7 @@ mod tests {
             &dir,
             Some(&url),
             BlobLimits::none(),
+            None,
         ));
         assert!(e.contains("declares input sizes [41]"), "{e}");
         // A PTX module (whose size only the job can say) above the bound.
@@ -544,6 +576,7 @@ mod tests {
             &dir,
             Some(&url),
             BlobLimits::none(),
+            None,
         ));
         assert!(e.contains("more than the"), "{e}");
         assert_eq!(requests.load(Ordering::SeqCst), 0, "no download");
@@ -556,9 +589,9 @@ mod tests {
         let (url, requests) = blob_server(body, false);
         let dir = tmp("kept");
         let spec = job(2, 40, vec![hash]);
-        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url), BlobLimits::none()).unwrap();
+        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url), BlobLimits::none(), None).unwrap();
         assert_eq!(files_in(&dir), vec![hash.to_hex()]);
-        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url), BlobLimits::none()).unwrap();
+        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url), BlobLimits::none(), None).unwrap();
         assert_eq!(
             requests.load(Ordering::SeqCst),
             1,
@@ -572,6 +605,7 @@ mod tests {
             &dir,
             None,
             BlobLimits::none(),
+            None,
         ));
         assert!(e.contains("hashes to"), "{e}");
     }

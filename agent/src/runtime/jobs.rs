@@ -48,6 +48,43 @@ pub(super) struct Jobs {
     simulated: bool,
     prepared_tx: mpsc::Sender<Prepared>,
     prepared_rx: mpsc::Receiver<Prepared>,
+    /// How jobs run in a worker process (`jobs.isolate`), or why they cannot (every job is
+    /// then refused with the reason: a buyer's code never runs as root).
+    worker: Option<Result<crate::jobs::worker::WorkerCommand, String>>,
+}
+
+/// How to start workers for `cfg`: the agent's own binary, as `jobs.worker_user` when the
+/// agent runs as root.
+fn worker_command(cfg: &AgentConfig) -> Result<crate::jobs::worker::WorkerCommand, String> {
+    let program = std::env::current_exe().map_err(|e| format!("the agent's own binary: {e}"))?;
+    let user = if rustix::process::geteuid().is_root() {
+        let passwd = std::fs::read_to_string("/etc/passwd")
+            .map_err(|e| format!("reading /etc/passwd: {e}"))?;
+        let ids = crate::jobs::worker::user_ids(&passwd, &cfg.jobs.worker_user).ok_or_else(|| {
+            format!(
+                "no user {:?} (jobs.worker_user) to run jobs as: jobs are refused rather than run as root",
+                cfg.jobs.worker_user
+            )
+        })?;
+        if ids.0 == 0 {
+            return Err(
+                "jobs.worker_user is root: jobs are refused rather than run as root".into(),
+            );
+        }
+        Some(ids)
+    } else {
+        None
+    };
+    Ok(crate::jobs::worker::WorkerCommand {
+        program,
+        user,
+        limits: crate::jobs::worker::WorkerLimits {
+            memory_bytes: cfg.jobs.worker_memory_mib << 20,
+            open_files: cfg.jobs.worker_open_files,
+            cpu_seconds: 0,
+        },
+        chunk_timeout: std::time::Duration::from_millis(cfg.jobs.chunk_timeout_ms),
+    })
 }
 
 impl Jobs {
@@ -78,7 +115,20 @@ impl Jobs {
         let governor = crate::governor::Governor::new(cfg.jobs.governor(), levers);
         let (done_tx, done_rx) = mpsc::channel();
         let (prepared_tx, prepared_rx) = mpsc::channel();
+        let worker = cfg.jobs.isolate.then(|| worker_command(cfg));
+        match &worker {
+            Some(Ok(w)) => {
+                tracing::info!(program = %w.program.display(), user = ?w.user, "jobs run in a worker process")
+            }
+            Some(Err(why)) => {
+                tracing::error!(reason = %why, "jobs cannot be isolated: every job is refused")
+            }
+            None => tracing::warn!(
+                "jobs.isolate is off: a buyer's kernel runs inside the agent, beside the device key"
+            ),
+        }
         Jobs {
+            worker,
             desk: Desk::new(cfg.jobs.enabled, backend.kind()),
             backend,
             cpu_fallback,
@@ -241,11 +291,26 @@ impl Agent {
             cache_max_bytes: self.cfg.jobs.blob_cache_max_bytes,
             disk_reserve_bytes: self.cfg.outbox.max_bytes,
         };
+        let worker = match &self.jobs.worker {
+            None => None,
+            Some(Ok(w)) => Some(w.clone()),
+            Some(Err(why)) => {
+                let refusal = self.jobs.desk.refuse(id, why.clone(), now);
+                return self.store_receipt(refusal, now);
+            }
+        };
         let tx = self.jobs.prepared_tx.clone();
         let spawned = std::thread::Builder::new()
             .name("job-prepare".into())
             .spawn(move || {
-                let r = fetch_and_prepare(&spec, &backend, &dir, url.as_deref(), limits);
+                let r = fetch_and_prepare(
+                    &spec,
+                    &backend,
+                    &dir,
+                    url.as_deref(),
+                    limits,
+                    worker.as_ref(),
+                );
                 let _ = tx.send((spec, r));
             });
         if let Err(e) = spawned {

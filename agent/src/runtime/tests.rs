@@ -12,7 +12,7 @@ use crate::power::simulator::SimulatorConfig;
 use crate::power::vedirect::VeDirectConfig;
 
 fn config(dir: &Path, sources: Vec<SourceConfig>) -> AgentConfig {
-    let cfg = AgentConfig::new(
+    let mut cfg = AgentConfig::new(
         dir,
         SiteConfig {
             battery_wh: 500,
@@ -21,6 +21,9 @@ fn config(dir: &Path, sources: Vec<SourceConfig>) -> AgentConfig {
         LinkConfig::new("127.0.0.1", &KeyPair::from_seed(&[0xc0; 32]).public()),
         sources,
     );
+    // This test binary is not the agent: it cannot be a job worker. The agent's own
+    // binary runs jobs in workers in the tests that start it (mqtt_jobs, jobs_e2e).
+    cfg.jobs.isolate = false;
     cfg.validate().unwrap();
     cfg
 }
