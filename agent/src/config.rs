@@ -652,14 +652,22 @@ mod tests {
     }
 
     #[test]
-    fn a_value_the_file_cannot_say_is_refused_rather_than_written_differently() {
+    fn a_hwmon_source_without_a_gpu_rail_is_written_and_read_back_as_such() {
+        // An Orin Nano/NX: the GPU shares VDD_CPU_GPU_CV, there is no GPU rail of its own.
         let mut cfg = built();
         cfg.sources = vec![SourceConfig::Hwmon(hwmon::HwmonConfig {
+            rails: vec!["VDD_IN".into()],
             gpu_rail: None,
             ..Default::default()
         })];
-        let e = cfg.to_toml().unwrap_err().to_string();
-        assert!(e.contains("source.gpu_rail"), "{e}");
+        let text = cfg.to_toml().unwrap();
+        assert!(text.contains("gpu_rail = \"\""), "{text}");
+        assert_eq!(AgentConfig::parse(&text).unwrap(), cfg);
+        let missing = text.replace("gpu_rail = \"\"\n", "");
+        match &AgentConfig::parse(&missing).unwrap().sources[0] {
+            SourceConfig::Hwmon(h) => assert_eq!(h.gpu_rail.as_deref(), Some("VDD_GPU_SOC")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -319,10 +319,7 @@ impl WorkerJob {
     /// What became of the worker, for an error: its exit status once it is gone.
     fn died(&mut self, what: &str) -> JobError {
         let _ = self.child.kill();
-        let status = self
-            .child
-            .wait()
-            .map_or_else(|e| e.to_string(), describe);
+        let status = self.child.wait().map_or_else(|e| e.to_string(), describe);
         JobError::Worker(format!("{what}: the worker {status}"))
     }
 

@@ -33,8 +33,13 @@ pub struct HwmonConfig {
     /// VDD_GPU_SOC, VDD_CPU_CV, VIN_SYS_5V0 (on Orin Nano/NX use VDD_IN alone).
     #[serde(default = "default_rails")]
     pub rails: Vec<String>,
-    /// The rail reported on its own as the `Gpu` channel (none: no GPU channel).
-    #[serde(default = "default_gpu_rail", serialize_with = "gpu_rail_in_file")]
+    /// The rail reported on its own as the `Gpu` channel (none: no GPU channel; in a file
+    /// `gpu_rail = ""`, as on an Orin Nano/NX whose GPU shares `VDD_CPU_GPU_CV`).
+    #[serde(
+        default = "default_gpu_rail",
+        serialize_with = "gpu_rail_in_file",
+        deserialize_with = "gpu_rail_from_file"
+    )]
     pub gpu_rail: Option<String>,
     /// Where JetPack 4's `ina3221x` IIO devices are (read when `root` has no INA3221).
     #[serde(default = "default_iio_root")]
@@ -71,17 +76,15 @@ fn default_gpu_rail() -> Option<String> {
     Some("VDD_GPU_SOC".into())
 }
 
-/// A file cannot say "no GPU rail" (a missing `gpu_rail` means [`default_gpu_rail`]), so a
-/// config built without one is refused rather than written as a file that would read back
-/// with a GPU channel.
+/// "No GPU rail" is written `gpu_rail = ""` (a missing `gpu_rail` means
+/// [`default_gpu_rail`]).
 fn gpu_rail_in_file<S: serde::Serializer>(rail: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    match rail {
-        Some(r) => s.serialize_str(r),
-        None => Err(serde::ser::Error::custom(
-            "source.gpu_rail: a hwmon source without a GPU rail cannot be written in a config \
-             file (a missing gpu_rail means VDD_GPU_SOC)",
-        )),
-    }
+    s.serialize_str(rail.as_deref().unwrap_or(""))
+}
+
+fn gpu_rail_from_file<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let rail = <String as serde::Deserialize>::deserialize(d)?;
+    Ok((!rail.is_empty()).then_some(rail))
 }
 
 impl HwmonConfig {
