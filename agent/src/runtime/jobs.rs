@@ -237,6 +237,7 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| self.cfg.data_dir.join("blobs"));
         let url = self.cfg.jobs.blob_url.clone();
+        let token_file = self.cfg.jobs.blob_token_file.clone();
         let limits = super::blobs::BlobLimits {
             cache_max_bytes: self.cfg.jobs.blob_cache_max_bytes,
             disk_reserve_bytes: self.cfg.outbox.max_bytes,
@@ -245,7 +246,14 @@ impl Agent {
         let spawned = std::thread::Builder::new()
             .name("job-prepare".into())
             .spawn(move || {
-                let r = fetch_and_prepare(&spec, &backend, &dir, url.as_deref(), limits);
+                let r = fetch_and_prepare(
+                    &spec,
+                    &backend,
+                    &dir,
+                    url.as_deref(),
+                    token_file.as_deref(),
+                    limits,
+                );
                 let _ = tx.send((spec, r));
             });
         if let Err(e) = spawned {
