@@ -71,6 +71,11 @@ impl AccountKind {
         Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
+    /// Parses a kind a person typed or posted, naming the known ones when it is none.
+    pub fn parse_named(s: &str) -> Result<AccountKind, AccountError> {
+        Self::parse(s).ok_or_else(|| AccountError::UnknownKind(s.into()))
+    }
+
     /// The scopes this kind's tokens may carry, and get when none are named.
     pub fn allowed(self) -> Scopes {
         match self {
@@ -266,6 +271,9 @@ pub struct Caller {
 /// Why an account or a token could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
+    /// Not buyer, provider or operator.
+    #[error("unknown account kind {0:?} (known: buyer, provider, operator)")]
+    UnknownKind(String),
     /// The name is not 1 to 64 of `A-Z a-z 0-9 . _ -`.
     #[error("account name {0:?}: 1 to 64 of A-Z a-z 0-9 . _ -")]
     BadName(String),

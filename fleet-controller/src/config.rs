@@ -37,12 +37,24 @@ pub struct ApiConfig {
     /// Address to listen on; empty turns the API off.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Largest blob one upload may carry, bytes (streamed to disk, never held in memory).
+    #[serde(default = "default_max_blob_bytes")]
+    pub max_blob_bytes: u64,
+    /// Largest body of every other route (the JSON ones), bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Blob quota of an account made without one, bytes.
+    #[serde(default = "default_quota_bytes")]
+    pub default_quota_bytes: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: default_listen(),
+            max_blob_bytes: default_max_blob_bytes(),
+            max_body_bytes: default_max_body_bytes(),
+            default_quota_bytes: default_quota_bytes(),
         }
     }
 }
@@ -50,6 +62,17 @@ impl Default for ApiConfig {
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
+const fn default_max_blob_bytes() -> u64 {
+    256 << 20
+}
+const fn default_max_body_bytes() -> usize {
+    64 << 10
+}
+const fn default_quota_bytes() -> u64 {
+    1 << 30
+}
+/// The smallest `api.max_body_bytes` accepted: room for a job with its 64 inputs.
+pub const MIN_BODY_BYTES: usize = 16 << 10;
 
 /// Epochs.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -402,6 +425,15 @@ impl ControllerConfig {
                 "config key `api.listen`: {} is not an address:port",
                 self.api.listen
             );
+        }
+        if self.api.max_body_bytes < MIN_BODY_BYTES {
+            anyhow::bail!(
+                "config key `api.max_body_bytes`: must be at least {MIN_BODY_BYTES} (a job \
+                 naming 64 inputs is about 10 KiB)"
+            );
+        }
+        if self.api.max_blob_bytes == 0 {
+            anyhow::bail!("config key `api.max_blob_bytes`: must be above 0");
         }
         if self.epochs.interval_ms < 100 {
             anyhow::bail!("config key `epochs.interval_ms`: must be at least 100");
