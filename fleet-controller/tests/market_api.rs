@@ -553,6 +553,7 @@ fn a_job_with_an_unknown_workload_a_missing_input_or_a_past_deadline_is_refused_
         json!({"min_renewable_share_ppm": 900_000})
     );
     assert_eq!(job["order"]["hardware"]["min_cuda_capability"], "8.7");
+    assert_eq!(job["order"]["deadline_ms"], job["deadline_ms"]);
     assert_eq!(job["spec"]["id"], job["id"]);
     assert_eq!(
         api.get("/api/v1/jobs", Some(&alice))

@@ -158,6 +158,8 @@ pub struct JobOrder {
     inputs: Vec<Hash32>,
     output_sizes: Vec<u64>,
     hardware: HardwareNeeds,
+    // Spelt as in the request, so that an order reads back like what was posted.
+    #[serde(rename = "deadline_ms")]
     deadline: TimestampMs,
     max_price_micro_per_gpu_hour: u64,
     carbon: Option<CarbonConstraint>,
