@@ -637,4 +637,32 @@ mod tests {
         assert!(e.to_string().contains("`epochs.evm.max_fee_gwei`"), "{e}");
         assert!(cfg(evm).is_ok());
     }
+
+    #[test]
+    fn api_limits_default_to_the_documented_sizes_and_refuse_a_body_too_small_for_a_job() {
+        let cfg = ControllerConfig::new("/tmp/x", BrokerConfig::new("127.0.0.1"));
+        assert_eq!(
+            (
+                cfg.api.max_blob_bytes,
+                cfg.api.max_body_bytes,
+                cfg.api.default_quota_bytes
+            ),
+            (268_435_456, 65_536, 1_073_741_824)
+        );
+        let parse = |api: &str| -> anyhow::Result<ControllerConfig> {
+            let cfg: ControllerConfig =
+                toml::from_str(&format!("[broker]\nhost = \"h\"\n[api]\n{api}"))?;
+            cfg.validate()?;
+            Ok(cfg)
+        };
+        let e = parse("max_body_bytes = 1000").unwrap_err();
+        assert!(e.to_string().contains("`api.max_body_bytes`"), "{e}");
+        let e = parse("max_blob_bytes = 0").unwrap_err();
+        assert!(e.to_string().contains("`api.max_blob_bytes`"), "{e}");
+        let cfg = parse("default_quota_bytes = 5000\nmax_blob_bytes = 4096").unwrap();
+        assert_eq!(
+            (cfg.api.default_quota_bytes, cfg.api.max_blob_bytes),
+            (5000, 4096)
+        );
+    }
 }
