@@ -77,6 +77,11 @@ pub struct JobsConfig {
     /// not in `blob_dir` are fetched from `{blob_url}{sha256}`, checked and kept there.
     #[serde(default)]
     pub blob_url: Option<String>,
+    /// A file holding the provider's API token (`hst_...`, read scope), sent as
+    /// `Authorization: Bearer` when fetching from `blob_url`: the controller gives a job's
+    /// inputs only to its buyer and to providers' tokens while the job is open.
+    #[serde(default)]
+    pub blob_token_file: Option<PathBuf>,
     /// Most bytes of blobs kept in `blob_dir`: past it, the least recently used go (never
     /// those of the job at hand).
     #[serde(default = "default_blob_cache")]
@@ -145,6 +150,7 @@ impl Default for JobsConfig {
             nvml_power_limit_gpu: None,
             blob_dir: None,
             blob_url: None,
+            blob_token_file: None,
             blob_cache_max_bytes: default_blob_cache(),
             outputs_kept: default_outputs_kept(),
             simulated_gpu_w: default_job_power(),
@@ -447,6 +453,12 @@ impl AgentConfig {
                 format!("{u} is not an http:// or https:// URL"),
             );
         }
+        if j.blob_token_file.is_some() && j.blob_url.is_none() {
+            return bad(
+                "jobs.blob_token_file",
+                "is sent to jobs.blob_url, which is not set".into(),
+            );
+        }
         if self.site.grid_region.len() > attest::msg::MAX_TEXT {
             return bad("site.grid_region", "too long".into());
         }
@@ -608,6 +620,7 @@ mod tests {
             nvml_power_limit_gpu: Some(0),
             blob_dir: Some("/tmp/blobs".into()),
             blob_url: Some("http://controller:8080/api/v1/blobs/".into()),
+            blob_token_file: Some("/etc/heliostat/blob.token".into()),
             ..JobsConfig::default()
         };
         cfg.sources = vec![
@@ -725,6 +738,11 @@ mod tests {
                 "# blob_dir = \"/var/lib/heliostat/blobs\"",
                 "blob_url = \"ftp://controller/blobs/\"",
                 "jobs.blob_url",
+            ),
+            (
+                "# blob_dir = \"/var/lib/heliostat/blobs\"",
+                "blob_token_file = \"/etc/heliostat/blob.token\"",
+                "jobs.blob_token_file",
             ),
         ] {
             let bad = EXAMPLE.replace(from, to);

@@ -142,6 +142,41 @@ fn controller_config(
     Ok((path, cfg))
 }
 
+/// A token for the demo's account `name` of `kind`: the account is made on the first start,
+/// and each start gives it a fresh token (the old ones keep working).
+fn demo_token(
+    store: &mut fleet_controller::store::sqlite::SqliteStore,
+    kind: fleet_controller::accounts::AccountKind,
+    name: &str,
+    quota_bytes: u64,
+) -> Result<(String, String)> {
+    use fleet_controller::accounts::{self, Token};
+    use fleet_controller::store::accounts::AccountStore;
+    let now = fleet_controller::runtime::now_ms();
+    let label = "heliostat-demo";
+    let (token, scopes) = match store.account_by_name(name)? {
+        Some(a) => {
+            let (_, t, scopes) =
+                accounts::issue(store, a.id, None, label, Token::generate()?, now)?;
+            (t, scopes)
+        }
+        None => {
+            let made = accounts::create(
+                store,
+                kind,
+                name,
+                quota_bytes,
+                None,
+                label,
+                Token::generate()?,
+                now,
+            )?;
+            (made.token, made.scopes)
+        }
+    };
+    Ok((token.reveal(), scopes.to_stored()))
+}
+
 /// Agent `i` of the fleet: its site from [`SITES`], its sampling fitted to `record_ms`.
 fn agent_config(
     dir: &Path,
@@ -227,6 +262,17 @@ fn run(args: Args) -> Result<()> {
     let (ckey, _) = attest::keyfile::load_or_create(&ccfg.key_path())?;
     let ckey_hex = ckey.public().to_string();
     let db = ccfg.db_path();
+    // A buyer and an operator to try the API with (README: "Accounts and tokens").
+    let (operator, buyer) = {
+        use fleet_controller::accounts::AccountKind;
+        let mut store = fleet_controller::store::sqlite::SqliteStore::open(&db)
+            .with_context(|| format!("opening {}", db.display()))?;
+        let quota = ccfg.api.default_quota_bytes;
+        (
+            demo_token(&mut store, AccountKind::Operator, "demo-operator", quota)?,
+            demo_token(&mut store, AccountKind::Buyer, "demo-buyer", quota)?,
+        )
+    };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -277,6 +323,14 @@ fn run(args: Args) -> Result<()> {
     println!("  HTTP API               http://127.0.0.1:{api_port}/api/v1/devices");
     println!("  controller public key  {ckey_hex}");
     println!(
+        "  operator token         {} (account demo-operator: {})",
+        operator.0, operator.1
+    );
+    println!(
+        "  buyer token            {} (account demo-buyer: {})",
+        buyer.0, buyer.1
+    );
+    println!(
         "  epochs anchored every  {} ms (local signed log)",
         args.epoch_ms
     );
@@ -296,6 +350,10 @@ fn run(args: Args) -> Result<()> {
         println!("  cargo run -p attest -- verify bundle.json --controller-key {ckey_hex}");
     }
     println!("  curl http://127.0.0.1:{api_port}/api/v1/epochs");
+    println!(
+        "  curl -H 'Authorization: Bearer {}' http://127.0.0.1:{api_port}/api/v1/account",
+        buyer.0
+    );
     println!("(Ctrl-C stops it; the web console comes with the controller issue.)");
 
     let started = Instant::now();

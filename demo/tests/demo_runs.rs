@@ -37,6 +37,19 @@ fn the_demo_stores_every_agents_records_against_the_embedded_broker_and_its_bund
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("embedded MQTT broker"), "{stdout}");
+    // A buyer and an operator, their tokens printed once at start.
+    for (line, scopes) in [
+        ("operator token", "demo-operator: read,submit,operate"),
+        ("buyer token", "demo-buyer: read,submit"),
+    ] {
+        let row = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(line))
+            .unwrap_or_else(|| panic!("no {line} line:\n{stdout}"));
+        let token = row.split_whitespace().nth(2).unwrap();
+        assert!(token.starts_with("hst_") && token.len() == 68, "{row}");
+        assert!(row.contains(scopes), "{row}");
+    }
     // A normal start logs no error, and no colour codes into a file.
     assert!(!stderr.contains("ERROR"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "{stderr}");
@@ -94,6 +107,14 @@ fn the_demo_stores_every_agents_records_against_the_embedded_broker_and_its_bund
     let text = String::from_utf8_lossy(&v.stdout);
     assert!(v.status.success(), "{text}");
     assert!(text.contains("bundled grid-intensity table"), "{text}");
+    // The accounts whose tokens it printed are in the controller's database.
+    let list = Command::new(&controller)
+        .args(["--config", config.to_str().unwrap(), "account", "list"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.contains("\toperator\tdemo-operator\t"), "{list}");
+    assert!(list.contains("\tbuyer\tdemo-buyer\t"), "{list}");
 }
 
 #[test]

@@ -37,12 +37,24 @@ pub struct ApiConfig {
     /// Address to listen on; empty turns the API off.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Largest blob one upload may carry, bytes (streamed to disk, never held in memory).
+    #[serde(default = "default_max_blob_bytes")]
+    pub max_blob_bytes: u64,
+    /// Largest body of every other route (the JSON ones), bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Blob quota of an account made without one, bytes.
+    #[serde(default = "default_quota_bytes")]
+    pub default_quota_bytes: u64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: default_listen(),
+            max_blob_bytes: default_max_blob_bytes(),
+            max_body_bytes: default_max_body_bytes(),
+            default_quota_bytes: default_quota_bytes(),
         }
     }
 }
@@ -50,6 +62,17 @@ impl Default for ApiConfig {
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
+const fn default_max_blob_bytes() -> u64 {
+    256 << 20
+}
+const fn default_max_body_bytes() -> usize {
+    64 << 10
+}
+const fn default_quota_bytes() -> u64 {
+    1 << 30
+}
+/// The smallest `api.max_body_bytes` accepted: room for a job with its 64 inputs.
+pub const MIN_BODY_BYTES: usize = 16 << 10;
 
 /// Epochs.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -403,6 +426,15 @@ impl ControllerConfig {
                 self.api.listen
             );
         }
+        if self.api.max_body_bytes < MIN_BODY_BYTES {
+            anyhow::bail!(
+                "config key `api.max_body_bytes`: must be at least {MIN_BODY_BYTES} (a job \
+                 naming 64 inputs is about 10 KiB)"
+            );
+        }
+        if self.api.max_blob_bytes == 0 {
+            anyhow::bail!("config key `api.max_blob_bytes`: must be above 0");
+        }
         if self.epochs.interval_ms < 100 {
             anyhow::bail!("config key `epochs.interval_ms`: must be at least 100");
         }
@@ -618,5 +650,33 @@ mod tests {
         let e = cfg(&format!("{evm}max_fee_gwei = 0")).unwrap_err();
         assert!(e.to_string().contains("`epochs.evm.max_fee_gwei`"), "{e}");
         assert!(cfg(evm).is_ok());
+    }
+
+    #[test]
+    fn api_limits_default_to_the_documented_sizes_and_refuse_a_body_too_small_for_a_job() {
+        let cfg = ControllerConfig::new("/tmp/x", BrokerConfig::new("127.0.0.1"));
+        assert_eq!(
+            (
+                cfg.api.max_blob_bytes,
+                cfg.api.max_body_bytes,
+                cfg.api.default_quota_bytes
+            ),
+            (268_435_456, 65_536, 1_073_741_824)
+        );
+        let parse = |api: &str| -> anyhow::Result<ControllerConfig> {
+            let cfg: ControllerConfig =
+                toml::from_str(&format!("[broker]\nhost = \"h\"\n[api]\n{api}"))?;
+            cfg.validate()?;
+            Ok(cfg)
+        };
+        let e = parse("max_body_bytes = 1000").unwrap_err();
+        assert!(e.to_string().contains("`api.max_body_bytes`"), "{e}");
+        let e = parse("max_blob_bytes = 0").unwrap_err();
+        assert!(e.to_string().contains("`api.max_blob_bytes`"), "{e}");
+        let cfg = parse("default_quota_bytes = 5000\nmax_blob_bytes = 4096").unwrap();
+        assert_eq!(
+            (cfg.api.default_quota_bytes, cfg.api.max_blob_bytes),
+            (5000, 4096)
+        );
     }
 }

@@ -1,13 +1,17 @@
 //! The Heliostat fleet controller as a library.
 //!
 //! Map (growing with the controller issue):
+//! - [`accounts`]: buyer, provider and operator accounts; API tokens (hashed) and scopes.
+//! - [`jobs`]: jobs as buyers submit them (sans-IO): the checks, the order that is stored,
+//!   the states and their legal moves.
 //! - [`accounting`]: the statement builder (bundles, device hours, fleet hours) and the
 //!   device-hour and fleet-hour accounting over stored records.
 //! - [`anchor`]: where epoch roots are anchored, one backend a file behind one trait:
 //!   `anchor/local.rs` (epochs closed into RFC 6962 trees, the signed local log) and
 //!   `anchor/evm.rs` (the anchor contract on an EVM chain, alloy, crash-safe).
 //! - [`crash`]: named crash points for the kill -9 tests.
-//! - [`api`]: the HTTP API (axum): devices, epochs, status, bundle download.
+//! - [`api`]: the HTTP API (axum): devices, epochs, status, bundle download (public);
+//!   accounts, blobs and jobs (with a token): `api/` has one file per part.
 //! - [`config`]: the TOML configuration.
 //! - [`bundles`]: proof bundles for a device-period that `attest verify` accepts.
 //! - [`intensity`]: grid carbon intensity by region and hour (bundled Ember table, operator
@@ -21,6 +25,7 @@
 //!   idempotent inserts on (device, sequence)).
 
 pub mod accounting;
+pub mod accounts;
 pub mod anchor;
 pub mod api;
 pub mod bundles;
@@ -28,6 +33,7 @@ pub mod config;
 pub mod crash;
 pub mod ingest;
 pub mod intensity;
+pub mod jobs;
 pub mod queue;
 pub mod runtime;
 pub mod store;

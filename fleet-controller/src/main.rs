@@ -6,6 +6,9 @@
 //! - `fleet-controller --config FILE approve|revoke ID`.
 //! - `fleet-controller --config FILE bundle --device ID --out FILE`: a proof bundle.
 //! - `fleet-controller deploy-anchor --rpc URL --key-file FILE`: deploy the anchor contract.
+//! - `fleet-controller --config FILE account create --kind operator --name ops`: an account
+//!   and its first API token, printed once (how the first operator is made); `account
+//!   token --name N` another token; `account list`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +53,11 @@ enum Cmd {
         #[arg(long)]
         key_file: PathBuf,
     },
+    /// API accounts and tokens (the first operator is made here).
+    Account {
+        #[command(subcommand)]
+        cmd: AccountCmd,
+    },
     /// Export a proof bundle for a device over a period, or for one job on it (`--job`:
     /// its receipt and the records over its hours), anchored epochs only, with the
     /// intensities of `accounting` (table, hourly CSV or flat figure).
@@ -73,6 +81,42 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Make an account and its first token; prints the token (shown this once).
+    Create {
+        /// buyer, provider or operator.
+        #[arg(long)]
+        kind: String,
+        /// A unique name (A-Z a-z 0-9 . _ -).
+        #[arg(long)]
+        name: String,
+        /// Its blob quota in bytes (default: api.default_quota_bytes).
+        #[arg(long)]
+        quota_bytes: Option<u64>,
+        /// The token's scopes, comma-separated (default: all the kind may hold).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// The token's label.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Another token for an account; prints it (shown this once).
+    Token {
+        /// The account's name.
+        #[arg(long)]
+        name: String,
+        /// The token's scopes, comma-separated (default: all the kind may hold).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// The token's label.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List accounts and their tokens (never the secrets).
+    List,
 }
 
 fn main() -> ExitCode {
@@ -196,6 +240,7 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Account { cmd } => account(&cfg, cmd),
         Cmd::Approve { id } => set(&cfg, &id, DeviceState::Approved),
         Cmd::Revoke { id } => set(&cfg, &id, DeviceState::Revoked),
     }
@@ -208,5 +253,90 @@ fn set(cfg: &ControllerConfig, id: &str, state: DeviceState) -> anyhow::Result<(
         anyhow::bail!("no device {id} (it must say hello first)");
     }
     println!("{id}: {}", state.as_str());
+    Ok(())
+}
+
+fn account(cfg: &ControllerConfig, cmd: AccountCmd) -> anyhow::Result<()> {
+    use fleet_controller::accounts::{self, AccountKind, Token};
+    use fleet_controller::store::accounts::AccountStore;
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let mut store = fleet_controller::store::sqlite::SqliteStore::open(&cfg.db_path())?;
+    let now = fleet_controller::runtime::now_ms();
+    match cmd {
+        AccountCmd::Create {
+            kind,
+            name,
+            quota_bytes,
+            scopes,
+            label,
+        } => {
+            let kind = AccountKind::parse_named(&kind)?;
+            let made = accounts::create(
+                &mut store,
+                kind,
+                &name,
+                quota_bytes.unwrap_or(cfg.api.default_quota_bytes),
+                scopes.as_deref(),
+                &label,
+                Token::generate()?,
+                now,
+            )?;
+            // The token alone on stdout (for `$(...)`), what it is on stderr.
+            println!("{}", made.token.reveal());
+            eprintln!(
+                "account {} ({kind} {name}), token {} with scopes {}: keep it, it is not shown again",
+                made.account.id,
+                made.token_id,
+                made.scopes.to_stored()
+            );
+        }
+        AccountCmd::Token {
+            name,
+            scopes,
+            label,
+        } => {
+            let a = store
+                .account_by_name(&name)?
+                .ok_or_else(|| anyhow::anyhow!("no account named {name}"))?;
+            let (id, token, scopes) = accounts::issue(
+                &mut store,
+                a.id,
+                scopes.as_deref(),
+                &label,
+                Token::generate()?,
+                now,
+            )?;
+            println!("{}", token.reveal());
+            eprintln!(
+                "token {id} for account {} ({name}) with scopes {}: keep it, it is not shown again",
+                a.id,
+                scopes.to_stored()
+            );
+        }
+        AccountCmd::List => {
+            for a in store.accounts()? {
+                let tokens: Vec<String> = store
+                    .tokens(a.id)?
+                    .iter()
+                    .map(|t| {
+                        let state = if t.revoked_ms.is_some() {
+                            " revoked"
+                        } else {
+                            ""
+                        };
+                        format!("{}:{}{state}", t.id, t.scopes.to_stored())
+                    })
+                    .collect();
+                println!(
+                    "{}\t{}\t{}\tquota {} bytes\ttokens {}",
+                    a.id,
+                    a.kind,
+                    a.name,
+                    a.quota_bytes,
+                    tokens.join(" ")
+                );
+            }
+        }
+    }
     Ok(())
 }

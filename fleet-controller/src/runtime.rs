@@ -211,11 +211,14 @@ pub async fn run_with_api_listener(
     }
     if api.is_some() || !cfg.api.listen.is_empty() {
         let state = crate::api::ApiState {
-            store: std::sync::Arc::new(crate::store::pool::SqlitePool::new(cfg.db_path())),
-            status: cfg.data_dir.join("status.json"),
-            controller: std::sync::Arc::new(key.clone()),
-            intensity,
-            blobs: cfg.data_dir.join("blobs"),
+            limits: crate::api::ApiLimits::from(&cfg.api),
+            ..crate::api::ApiState::new(
+                std::sync::Arc::new(crate::store::pool::SqlitePool::new(cfg.db_path())),
+                cfg.data_dir.join("status.json"),
+                std::sync::Arc::new(key.clone()),
+                intensity,
+                cfg.data_dir.join("blobs"),
+            )
         };
         let listener = match api {
             Some(l) => {

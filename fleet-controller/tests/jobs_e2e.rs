@@ -1,21 +1,24 @@
-//! A job through the real parts: the test stores an input in the controller's blob store
-//! over HTTP and sends a `RunJob` signed with the controller's key through a real
-//! Mosquitto; a real agent process fetches the input from the controller, runs the job
+//! A job through the real parts: an operator made with `fleet-controller account create`
+//! makes a buyer and a provider over the API; the buyer uploads an input to the
+//! controller's blob store and submits the job over HTTP; the test sends the job's spec
+//! in a `RunJob` signed with the controller's key through a real Mosquitto (dispatch is
+//! not built yet); a real agent process fetches the input from the controller with the
+//! provider's token, runs the job
 //! under its governor (simulated rig, CPU backend) and sends its signed receipt through its
 //! outbox; the real controller process stores it once, in the device's chain, and a proof
 //! bundle over the period verifies with `attest verify`.
 
 use std::time::{Duration, Instant};
 
-use attest::msg::{Command, CommandBody, JobId, JobLimits, JobOutcome, JobReceipt, JobSpec};
-use attest::{Envelope, Hash32, Millijoules, SeqNo, TimestampMs};
+use attest::msg::{Command, CommandBody, JobOutcome, JobReceipt, JobSpec};
+use attest::{Envelope, Hash32, SeqNo, TimestampMs};
 use fleet_controller::config::{BrokerConfig, ControllerConfig};
 use fleet_controller::store::Store;
 use fleet_controller::store::sqlite::SqliteStore;
 use heliostat_agent::config::{AgentConfig, LinkConfig, MeterConfig, SiteConfig};
 use heliostat_agent::power::SourceConfig;
 use heliostat_agent::power::simulator::SimulatorConfig;
-use hil_tests::{Mosquitto, Proc, TempDir, free_port, http, spawn_agent, workspace_binary};
+use hil_tests::{Mosquitto, Proc, TempDir, free_port, http_with, spawn_agent, workspace_binary};
 use sha2::Digest;
 
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_fleet-controller");
@@ -68,6 +71,26 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
     );
     assert!(hil_tests::wait_for_port(api, Duration::from_secs(20)));
     let (ckey, _) = attest::keyfile::load_or_create(&cdir.join("data/controller.key")).unwrap();
+    // The first operator, from the command line; a buyer and a provider from it, over HTTP.
+    let out = std::process::Command::new(CONTROLLER)
+        .args(["--config", ccfg.to_str().unwrap()])
+        .args(["account", "create", "--kind", "operator", "--name", "ops"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let operator = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let account = |kind: &str, name: &str| -> String {
+        let body = serde_json::json!({"kind": kind, "name": name}).to_string();
+        let r = call(api, "POST", "/api/v1/accounts", &operator, body.as_bytes());
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["token"]["secret"].as_str().unwrap().to_string()
+    };
+    let buyer = account("buyer", "buyer");
+    let provider = account("provider", "rigs");
 
     let adir = tmp.path().join("agent");
     std::fs::create_dir_all(&adir).unwrap();
@@ -99,6 +122,9 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
     };
     agent_cfg.jobs.prefer_gpu = false;
     agent_cfg.jobs.blob_url = Some(format!("http://127.0.0.1:{api}/api/v1/blobs/"));
+    let token_file = adir.join("blob.token");
+    std::fs::write(&token_file, format!("{provider}\n")).unwrap();
+    agent_cfg.jobs.blob_token_file = Some(token_file);
     agent_cfg.write_toml(&acfg).unwrap();
     let agent_bin = workspace_binary(CONTROLLER, "heliostat-agent", "heliostat-agent");
     let mut agent = spawn_agent(agent_bin.to_str().unwrap(), &acfg, &adir.join("agent.log"));
@@ -109,32 +135,45 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
         || store.devices().unwrap().first().map(|d| d.id),
     );
 
-    // The input, into the controller's blob store over HTTP.
+    // The input, into the controller's blob store over HTTP, and the job, submitted.
     let count = 50_000usize;
     let input: Vec<u8> = (0..count * 64).map(|i| (i * 13 % 251) as u8).collect();
-    let (status, body) = http(api, "PUT", "/api/v1/blobs", &input);
-    assert!(
-        status.contains("200"),
-        "{status}: {}",
-        String::from_utf8_lossy(&body)
-    );
     let hash = Hash32::digest(&input);
+    let r = call(
+        api,
+        "PUT",
+        &format!("/api/v1/blobs/{}", hash.to_hex()),
+        &buyer,
+        &input,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let mut expected = sha2::Sha256::new();
     for item in input.chunks(64) {
         expected.update(sha2::Sha256::digest(item));
     }
-    let spec = JobSpec {
-        id: JobId([0x5a; 16]),
-        workload: heliostat_agent_workload(count),
-        inputs: vec![hash],
-        input_sizes: vec![input.len() as u64],
-        output_sizes: vec![count as u64 * 32],
-        limits: JobLimits {
-            max_energy: Millijoules(0),
-            max_duration_ms: 0,
-            deadline: TimestampMs(now() + 3_600_000),
-        },
-    };
+    let job = serde_json::json!({
+        "workload": heliostat_agent_workload(count),
+        "inputs": [hash],
+        "deadline_ms": now() + 3_600_000,
+        "max_price_micro_per_gpu_hour": 1_000_000,
+    });
+    let r = call(
+        api,
+        "POST",
+        "/api/v1/jobs",
+        &buyer,
+        job.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let submitted = r.json();
+    assert_eq!(submitted["state"], "queued");
+    assert_eq!(
+        submitted["order"]["output_sizes"],
+        serde_json::json!([count * 32])
+    );
+    let spec: JobSpec = serde_json::from_value(submitted["spec"].clone()).unwrap();
+    assert_eq!(spec.inputs, vec![hash]);
+    assert_eq!(spec.input_sizes, vec![input.len() as u64]);
     let t = now();
     let cmd = Envelope::seal(
         &Command {
@@ -249,6 +288,12 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
     assert!(v.status.success(), "attest verify of the job: {text}");
     assert!(text.contains("  job: "), "a job account: {text}");
     agent.terminate(Duration::from_secs(5));
+}
+
+/// One request to the controller's API with a token.
+fn call(port: u16, method: &str, path: &str, token: &str, body: &[u8]) -> hil_tests::HttpResponse {
+    let auth = format!("Bearer {token}");
+    http_with(port, method, path, &[("Authorization", &auth)], Some(body))
 }
 
 /// The agent's built-in `sha256_batch` over `count` items of 64 bytes, as a workload.

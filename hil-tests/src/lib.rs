@@ -388,17 +388,88 @@ fn answers_http(port: u16) -> bool {
 /// One HTTP/1.1 request to `127.0.0.1:port` over a plain socket (no client library between
 /// the test and the server): (status line, body).
 pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (String, Vec<u8>) {
+    let r = http_with(port, method, path, &[], Some(body));
+    (r.status_line, r.body)
+}
+
+/// What [`http_with`] got back.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status line (`HTTP/1.1 200 OK`).
+    pub status_line: String,
+    /// The status code.
+    pub status: u16,
+    /// The header lines, as sent (names in the server's case).
+    pub headers: Vec<String>,
+    /// The body (de-chunked).
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The body as JSON (a panic naming the status and body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{}: body is not JSON ({e}): {:?}",
+                self.status_line,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// A header's value (name compared in any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// One HTTP/1.1 request with extra header lines (`("Authorization", "Bearer ...")`). With
+/// `body` the request carries it and its `Content-Length` (unless `headers` names one: a
+/// test may declare a length and send no body, to see what a server does before reading
+/// it); `None` sends no body. A server that answers without reading the whole body may
+/// close early: a failed body write is ignored and the response read all the same.
+pub fn http_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> HttpResponse {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the API");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .expect("request head");
-    s.write_all(body).expect("request body");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let declares = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+    if let Some(b) = body
+        && !declares
+    {
+        head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).expect("request head");
+    if let Some(b) = body {
+        let _ = s.write_all(b);
+    }
     let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("response");
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            // A reset after the response (the server closed with the body unread): keep
+            // what came.
+            Err(_) if !out.is_empty() => break,
+            Err(e) => panic!("reading the response: {e}"),
+        }
+    }
     let split = out
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -411,7 +482,19 @@ pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (String, Vec<u8
     {
         body = dechunk(&body);
     }
-    (head.lines().next().unwrap_or_default().to_string(), body)
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default().to_string();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    HttpResponse {
+        status_line,
+        status,
+        headers: lines.map(str::to_string).collect(),
+        body,
+    }
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {

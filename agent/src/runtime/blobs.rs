@@ -147,6 +147,7 @@ fn stream_to_file(
 fn download(
     dir: &Path,
     base: &str,
+    token: Option<&str>,
     hash: &attest::Hash32,
     declared: Declared,
     reserve: u64,
@@ -168,8 +169,11 @@ fn download(
             .timeout_global(Some(Duration::from_secs(120)))
             .build(),
     );
-    let mut resp = agent
-        .get(&from)
+    let mut request = agent.get(&from);
+    if let Some(t) = token {
+        request = request.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut resp = request
         .call()
         .map_err(|e| format!("input {hash}: fetching {from}: {e}"))?;
     if let Some(offered) = resp.body().content_length()
@@ -202,6 +206,7 @@ fn download(
 fn fetch_blob(
     dir: &Path,
     url: Option<&str>,
+    token: Option<&str>,
     hash: &attest::Hash32,
     declared: Declared,
     reserve: u64,
@@ -213,7 +218,7 @@ fn fetch_blob(
             let Some(base) = url else {
                 return Err(format!("input {hash}: {e} (and no jobs.blob_url)"));
             };
-            download(dir, base, hash, declared, reserve)?;
+            download(dir, base, token, hash, declared, reserve)?;
         }
     }
     let bytes = std::fs::read(&path).map_err(|e| format!("input {hash}: reading it: {e}"))?;
@@ -268,12 +273,21 @@ pub(super) fn evict(dir: &Path, max_bytes: u64, keep: &[attest::Hash32]) -> Vec<
     removed
 }
 
+/// Reads an API token from `path` (surrounding white space dropped).
+fn read_token(path: &Path) -> Result<String, String> {
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading jobs.blob_token_file {}: {e}", path.display()))?;
+    Ok(t.trim().to_string())
+}
+
 /// Fetches a job's inputs and prepares it (uploads to the GPU): off the agent's task.
+/// Downloads from `url` carry the token in `token_file`, read once per job.
 pub(super) fn fetch_and_prepare(
     spec: &attest::msg::JobSpec,
     backend: &crate::jobs::ComputeBackend,
     dir: &Path,
     url: Option<&str>,
+    token_file: Option<&Path>,
     limits: BlobLimits,
     worker: Option<&crate::jobs::worker::WorkerCommand>,
 ) -> Result<crate::jobs::PreparedJob, String> {
@@ -283,16 +297,22 @@ pub(super) fn fetch_and_prepare(
         attest::msg::Workload::Ptx { module_size, .. } => Some(bounded(*module_size)?),
         attest::msg::Workload::Builtin { .. } => None,
     };
+    let token = match (url, token_file) {
+        (Some(_), Some(p)) => Some(read_token(p)?),
+        _ => None,
+    };
+    let token = token.as_deref();
     let inputs = spec
         .inputs
         .iter()
         .zip(declared)
-        .map(|(h, d)| fetch_blob(dir, url, h, d, reserve))
+        .map(|(h, d)| fetch_blob(dir, url, token, h, d, reserve))
         .collect::<Result<Vec<_>, _>>()?;
     let module = match &spec.workload {
         attest::msg::Workload::Ptx { module, .. } => Some(fetch_blob(
             dir,
             url,
+            token,
             module,
             module_declared.expect("declared above"),
             reserve,
@@ -453,6 +473,7 @@ mod tests {
             &cpu(),
             &dir,
             Some(&url),
+            None,
             BlobLimits::none(),
             None,
         ));
@@ -474,6 +495,7 @@ mod tests {
             &cpu(),
             &dir,
             Some(&url),
+            None,
             BlobLimits::none(),
             None,
         ));
@@ -500,6 +522,7 @@ mod tests {
             &cpu(),
             &dir,
             Some(&url),
+            None,
             limits,
             None,
         ));
@@ -511,6 +534,7 @@ mod tests {
             &cpu(),
             &dir,
             Some(&url),
+            None,
             BlobLimits {
                 disk_reserve_bytes: 64 << 20,
                 ..BlobLimits::none()
@@ -531,6 +555,7 @@ mod tests {
             &cpu(),
             &dir,
             Some(&url),
+            None,
             BlobLimits::none(),
             None,
         ));
@@ -555,6 +580,7 @@ mod tests {
             &cpu(),
             &dir,
             Some(&url),
+            None,
             BlobLimits::none(),
             None,
         ));
@@ -575,6 +601,7 @@ mod tests {
             &cpu(),
             &dir,
             Some(&url),
+            None,
             BlobLimits::none(),
             None,
         ));
@@ -589,9 +616,27 @@ mod tests {
         let (url, requests) = blob_server(body, false);
         let dir = tmp("kept");
         let spec = job(2, 40, vec![hash]);
-        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url), BlobLimits::none(), None).unwrap();
+        fetch_and_prepare(
+            &spec,
+            &cpu(),
+            &dir,
+            Some(&url),
+            None,
+            BlobLimits::none(),
+            None,
+        )
+        .unwrap();
         assert_eq!(files_in(&dir), vec![hash.to_hex()]);
-        fetch_and_prepare(&spec, &cpu(), &dir, Some(&url), BlobLimits::none(), None).unwrap();
+        fetch_and_prepare(
+            &spec,
+            &cpu(),
+            &dir,
+            Some(&url),
+            None,
+            BlobLimits::none(),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             requests.load(Ordering::SeqCst),
             1,
@@ -603,6 +648,7 @@ mod tests {
             &spec,
             &cpu(),
             &dir,
+            None,
             None,
             BlobLimits::none(),
             None,

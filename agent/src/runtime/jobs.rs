@@ -287,6 +287,7 @@ impl Agent {
             .clone()
             .unwrap_or_else(|| self.cfg.data_dir.join("blobs"));
         let url = self.cfg.jobs.blob_url.clone();
+        let token_file = self.cfg.jobs.blob_token_file.clone();
         let limits = super::blobs::BlobLimits {
             cache_max_bytes: self.cfg.jobs.blob_cache_max_bytes,
             disk_reserve_bytes: self.cfg.outbox.max_bytes,
@@ -308,6 +309,7 @@ impl Agent {
                     &backend,
                     &dir,
                     url.as_deref(),
+                    token_file.as_deref(),
                     limits,
                     worker.as_ref(),
                 );

@@ -66,7 +66,9 @@ pub enum Workload {
     /// A PTX module fetched by hash, with the kernel to launch and its shape.
     Ptx {
         module: Hash32,
-        /// The module's size in bytes (checked like an input's).
+        /// The module's size in bytes (checked like an input's). In JSON it may be left out
+        /// where whoever fills it in knows the blob (the controller, at submission).
+        #[serde(default)]
         module_size: u64,
         kernel: String,
         grid: [u32; 3],

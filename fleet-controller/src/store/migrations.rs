@@ -57,6 +57,63 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         envelope BLOB NOT NULL,
         PRIMARY KEY (device, timestamp_ms)
     ) WITHOUT ROWID;",
+    // 5: the market's accounts, hashed API tokens, blob ownership (quotas), and jobs with
+    // their state history and the blobs they name.
+    "CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('buyer', 'provider', 'operator')),
+        name TEXT NOT NULL UNIQUE,
+        quota_bytes INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        id INTEGER PRIMARY KEY,
+        account INTEGER NOT NULL REFERENCES accounts (id),
+        hash BLOB NOT NULL UNIQUE,
+        scopes TEXT NOT NULL,
+        label TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        revoked_ms INTEGER
+    );
+    CREATE INDEX api_tokens_account ON api_tokens (account);
+    CREATE TABLE blob_owners (
+        account INTEGER NOT NULL REFERENCES accounts (id),
+        hash BLOB NOT NULL,
+        bytes INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (account, hash)
+    ) WITHOUT ROWID;
+    CREATE INDEX blob_owners_hash ON blob_owners (hash);
+    CREATE TABLE jobs (
+        id BLOB PRIMARY KEY,
+        owner INTEGER NOT NULL REFERENCES accounts (id),
+        state TEXT NOT NULL CHECK (state IN ('queued', 'scheduled', 'running', 'paused',
+            'validating', 'done', 'failed', 'cancelled', 'expired')),
+        job_order TEXT NOT NULL,
+        deadline_ms INTEGER NOT NULL,
+        flexible INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX jobs_owner ON jobs (owner, created_ms);
+    CREATE INDEX jobs_state ON jobs (state, deadline_ms);
+    CREATE TABLE job_events (
+        job BLOB NOT NULL REFERENCES jobs (id),
+        seq INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        PRIMARY KEY (job, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE job_blobs (
+        job BLOB NOT NULL REFERENCES jobs (id),
+        role TEXT NOT NULL CHECK (role IN ('input', 'module', 'output')),
+        idx INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        bytes INTEGER,
+        PRIMARY KEY (job, role, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX job_blobs_hash ON job_blobs (hash);",
 ];
 
 /// The schema version this code writes.

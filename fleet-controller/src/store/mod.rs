@@ -9,7 +9,15 @@
 //! - messages from devices that are not approved are kept apart (`counted = false`) and
 //!   never enter accounting (hours, fleet hours, statements); they are anchored like every
 //!   stored message, because a device's later bundles prove its chain from its start.
+//!
+//! The market's parts sit beside [`Store`] as traits of their own, so each caller asks
+//! for only what it uses: [`accounts::AccountStore`] (accounts, hashed API tokens),
+//! [`blobs::BlobStore`] (who owns which blob, quotas) and [`jobs::JobStore`] (jobs, their
+//! state history, the blobs they name). [`sqlite`] implements them all.
 
+pub mod accounts;
+pub mod blobs;
+pub mod jobs;
 mod migrations;
 pub mod pool;
 pub mod sqlite;

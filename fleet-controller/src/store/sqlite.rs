@@ -1,5 +1,11 @@
 //! The SQLite backend: WAL journal, versioned migrations, one connection owned by the
-//! writer (callers serialise access; the ingest task is the one writer).
+//! writer (callers serialise access; the ingest task is the one writer). The market's
+//! traits are implemented one file each: `sqlite/accounts.rs`, `sqlite/blobs.rs`,
+//! `sqlite/jobs.rs`.
+
+mod accounts;
+mod blobs;
+mod jobs;
 
 use std::path::Path;
 

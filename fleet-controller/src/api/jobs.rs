@@ -1,0 +1,213 @@
+//! Jobs: a buyer submits one (scope `submit`), lists and reads its own with their state
+//! history (scope `read`), cancels one (scope `submit`) and lists its outputs (scope
+//! `read`). Another account's job is a 404 `unknown_job`, exactly like one that does not
+//! exist, so job ids leak nothing.
+
+use std::collections::HashMap;
+
+use attest::msg::{JobId, Workload};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::Auth;
+use super::{ApiJson, ApiQuery, ApiState, AppError, blocking};
+use crate::accounts::Scope;
+use crate::jobs::submit::named_blobs;
+use crate::jobs::{JobRequest, JobState, new_job_id, parse_job_id, validate};
+use crate::store::blobs::BlobStore;
+use crate::store::jobs::{JobEvent, JobRecord, JobStore, NewJob};
+
+/// Most jobs one listing returns.
+pub const MAX_LIST: usize = 1_000;
+
+fn job_id(s: &str) -> Result<JobId, AppError> {
+    parse_job_id(s).ok_or_else(|| AppError::BadJobId(format!("{s:?}: a job id is 32 hex digits")))
+}
+
+fn workload_name(w: &Workload) -> String {
+    match w {
+        Workload::Builtin { kernel, .. } => format!("builtin:{kernel}"),
+        Workload::Ptx { kernel, .. } => format!("ptx:{kernel}"),
+    }
+}
+
+/// A job as a listing shows it.
+fn summary(rec: &JobRecord) -> Value {
+    json!({
+        "id": rec.id.to_string(),
+        "state": rec.state,
+        "workload": workload_name(rec.order.workload()),
+        "deadline_ms": rec.order.deadline().0,
+        "flexible": rec.order.flexible(),
+        "created_ms": rec.created_ms,
+        "updated_ms": rec.updated_ms,
+    })
+}
+
+/// A job in full: what was asked, what a device is sent, and its history.
+fn detail(rec: &JobRecord, history: &[JobEvent]) -> Value {
+    let mut v = summary(rec);
+    v["order"] = json!(rec.order);
+    v["spec"] = json!(rec.order.job_spec(rec.id));
+    v["history"] = json!(history);
+    v
+}
+
+/// `POST /api/v1/jobs`: checks and stores a job (`queued`); 201 with the job.
+pub(super) async fn submit(
+    State(s): State<ApiState>,
+    auth: Auth,
+    ApiJson(req): ApiJson<JobRequest>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let caller = auth.require(Scope::Submit)?;
+    let owner = caller.account;
+    blocking(move || {
+        // Under the blob lock: an input cannot be given up between its check and the
+        // job that names it.
+        let _held = s.blob_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = s.store.get()?;
+        let mut owned = HashMap::new();
+        for h in named_blobs(&req) {
+            if let Some(b) = st.owned_blob(owner, h)? {
+                owned.insert(h, b.bytes);
+            }
+        }
+        let now = crate::runtime::now_ms();
+        let order = validate(req, now, &owned)?;
+        let id = new_job_id().map_err(|e| AppError::Internal(format!("random source: {e}")))?;
+        let job = NewJob {
+            id,
+            owner,
+            order,
+            created_ms: now,
+        };
+        st.insert_job(&job, "accepted")?;
+        let rec = st
+            .job_of(owner, id)?
+            .ok_or_else(|| AppError::Internal(format!("job {id} vanished after its insert")))?;
+        Ok((
+            StatusCode::CREATED,
+            Json(detail(&rec, &st.job_history(id)?)),
+        ))
+    })
+    .await
+}
+
+/// Query of the job listing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Most jobs returned, newest first (default 100, at most [`MAX_LIST`]).
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/jobs`: the caller's jobs, newest first.
+pub(super) async fn list(
+    State(s): State<ApiState>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Value>, AppError> {
+    let caller = auth.require(Scope::Read)?;
+    let limit = q.limit.unwrap_or(100).min(MAX_LIST);
+    blocking(move || {
+        let jobs = s.store.get()?.jobs_of(caller.account, limit)?;
+        Ok(Json(Value::Array(jobs.iter().map(summary).collect())))
+    })
+    .await
+}
+
+/// `GET /api/v1/jobs/{id}`: one of the caller's jobs with its state history.
+pub(super) async fn show(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let caller = auth.require(Scope::Read)?;
+    let id = job_id(&id)?;
+    blocking(move || {
+        let st = s.store.get()?;
+        let rec = st
+            .job_of(caller.account, id)?
+            .ok_or_else(|| AppError::UnknownJob(id.to_string()))?;
+        Ok(Json(detail(&rec, &st.job_history(id)?)))
+    })
+    .await
+}
+
+/// `POST /api/v1/jobs/{id}/cancel`: cancels one of the caller's jobs, if its state allows
+/// (not once it is validating or finished: 409 `illegal_state`).
+pub(super) async fn cancel(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let caller = auth.require(Scope::Submit)?;
+    let id = job_id(&id)?;
+    blocking(move || {
+        let mut st = s.store.get()?;
+        // Another writer (the scheduler) may move the job between the read and the
+        // write; the move is then retried from the state it found.
+        for _ in 0..3 {
+            let rec = st
+                .job_of(caller.account, id)?
+                .ok_or_else(|| AppError::UnknownJob(id.to_string()))?;
+            let t = rec
+                .state
+                .transition(
+                    JobState::Cancelled,
+                    crate::runtime::now_ms(),
+                    "cancelled by its buyer",
+                )
+                .map_err(|e| AppError::IllegalState(format!("job {id}: {e}")))?;
+            if st.apply_transition(id, &t)? {
+                let rec = st
+                    .job_of(caller.account, id)?
+                    .ok_or_else(|| AppError::UnknownJob(id.to_string()))?;
+                return Ok(Json(detail(&rec, &st.job_history(id)?)));
+            }
+        }
+        Err(AppError::IllegalState(format!(
+            "job {id} kept changing state; try again"
+        )))
+    })
+    .await
+}
+
+/// `GET /api/v1/jobs/{id}/results`: the job's outputs by hash, each downloadable from
+/// `GET /api/v1/blobs/{sha256}` with a token of the same account.
+pub(super) async fn results(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let caller = auth.require(Scope::Read)?;
+    let id = job_id(&id)?;
+    blocking(move || {
+        let st = s.store.get()?;
+        let rec = st
+            .job_of(caller.account, id)?
+            .ok_or_else(|| AppError::UnknownJob(id.to_string()))?;
+        let outputs: Vec<Value> = st
+            .job_outputs(id)?
+            .iter()
+            .map(|o| {
+                json!({
+                    "index": o.index,
+                    "sha256": o.hash.to_hex(),
+                    "bytes": o.bytes,
+                    "url": format!("/api/v1/blobs/{}", o.hash.to_hex()),
+                })
+            })
+            .collect();
+        Ok(Json(json!({
+            "id": id.to_string(),
+            "state": rec.state,
+            "expected_sizes": rec.order.output_sizes(),
+            "outputs": outputs,
+        })))
+    })
+    .await
+}

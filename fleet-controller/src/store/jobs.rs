@@ -1,0 +1,89 @@
+//! Jobs as stored: the order, its state history, the blobs it names (inputs, PTX module,
+//! outputs). Reads are by owner, so an account cannot be handed another's job by mistake.
+//!
+//! Invariants every backend keeps:
+//! - a job is stored with its blobs and its first history entry (`queued`) in one
+//!   transaction;
+//! - a state moves only by a [`Transition`] (legal by construction) from the state the job
+//!   is in, and the move and its history entry are one transaction; a move from a state
+//!   the job has already left changes nothing.
+
+use attest::Hash32;
+use attest::msg::JobId;
+
+use super::StoreError;
+use crate::accounts::AccountId;
+use crate::jobs::{JobOrder, JobState, Transition};
+
+/// A job to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    /// Its id.
+    pub id: JobId,
+    /// The buyer.
+    pub owner: AccountId,
+    /// What was asked, checked.
+    pub order: JobOrder,
+    /// When it was accepted (controller clock, ms).
+    pub created_ms: u64,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    /// Its id.
+    pub id: JobId,
+    /// The buyer.
+    pub owner: AccountId,
+    /// Where it stands.
+    pub state: JobState,
+    /// What was asked.
+    pub order: JobOrder,
+    /// When it was accepted (ms).
+    pub created_ms: u64,
+    /// When its state last moved (ms).
+    pub updated_ms: u64,
+}
+
+/// One entry of a job's history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JobEvent {
+    /// The state entered.
+    pub state: JobState,
+    /// When (ms).
+    pub at_ms: u64,
+    /// Why.
+    pub reason: String,
+}
+
+/// One output of a job, as its device uploaded it (hash-checked against the receipt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobOutput {
+    /// Its position among the job's outputs.
+    pub index: u32,
+    /// Its SHA-256 (the blob's name).
+    pub hash: Hash32,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// The jobs part of the store.
+pub trait JobStore {
+    /// Stores a new job (state `queued`, with `reason` as its first history entry) with
+    /// the blobs it names.
+    fn insert_job(&mut self, job: &NewJob, reason: &str) -> Result<(), StoreError>;
+    /// A job of `owner`: `None` when there is no such job or another account's.
+    fn job_of(&self, owner: AccountId, id: JobId) -> Result<Option<JobRecord>, StoreError>;
+    /// `owner`'s jobs, newest first, at most `limit`.
+    fn jobs_of(&self, owner: AccountId, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
+    /// A job's history, oldest first.
+    fn job_history(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError>;
+    /// Applies a move if the job is still in its `from` state; false otherwise (another
+    /// writer moved it first, or no such job).
+    fn apply_transition(&mut self, id: JobId, t: &Transition) -> Result<bool, StoreError>;
+    /// A job's outputs, in order.
+    fn job_outputs(&self, id: JobId) -> Result<Vec<JobOutput>, StoreError>;
+    /// Records an output of a job (the agent's result upload, to come); a second one at
+    /// the same index is refused unless it is the same.
+    fn put_job_output(&mut self, id: JobId, output: &JobOutput) -> Result<bool, StoreError>;
+}
