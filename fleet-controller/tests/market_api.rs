@@ -675,3 +675,92 @@ fn another_accounts_job_is_a_404_it_cannot_cancel_and_a_cancel_shows_in_the_hist
         (json!(id), json!("cancelled"))
     );
 }
+
+/// `fleetctl` against the real API: the account, a submission with an uploaded input, its
+/// status and cancellation, data on stdout (JSON with `--output json`), and an API error
+/// naming its reason with exit status 1.
+#[test]
+fn fleetctl_submits_follows_and_cancels_a_job_and_names_api_errors() {
+    let fleetctl = env!("CARGO_BIN_EXE_fleetctl");
+    let api = Api::start("fleetctl");
+    let buyer = api.account("buyer", "alice", json!({}));
+    let tmp = TempDir::new("fleetctl-files");
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, &buyer).unwrap();
+    let input = tmp.path().join("items.bin");
+    std::fs::write(&input, vec![7u8; 100 * 64]).unwrap();
+    let url = format!("http://127.0.0.1:{}", api.port);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(fleetctl)
+            .args(["--url", &url, "--token-file", token_file.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, _) = run(&["--output", "json", "account"]);
+    assert_eq!(code, Some(0));
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (v["kind"].as_str(), v["name"].as_str()),
+        (Some("buyer"), Some("alice"))
+    );
+
+    let (code, stdout, stderr) = run(&[
+        "--output",
+        "json",
+        "submit",
+        "--kernel",
+        "sha256_batch",
+        "--param",
+        "count=100",
+        "--param",
+        "item_len=64",
+        "--input",
+        input.to_str().unwrap(),
+        "--flexible",
+        "--min-renewable",
+        "0.8",
+        "--detach",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("uploaded"), "progress on stderr: {stderr}");
+    let job: Value = serde_json::from_str(&stdout).unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(job["state"], "queued");
+    assert_eq!(job["order"]["carbon"]["min_renewable_share_ppm"], 800_000);
+    assert_eq!(
+        job["spec"]["input_sizes"],
+        json!([6400]),
+        "the device is told each input's size"
+    );
+
+    let (code, stdout, _) = run(&["cancel", &id]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("cancelled"), "{stdout}");
+    let (code, stdout, _) = run(&["--output", "json", "status", &id]);
+    assert_eq!(code, Some(0));
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    let states: Vec<&str> = v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, vec!["queued", "cancelled"]);
+
+    // An error of the API: exit 1, its reason on stderr, nothing on stdout.
+    let (code, stdout, stderr) = run(&["cancel", &id]);
+    assert_eq!(code, Some(1));
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("409 illegal_state"), "{stderr}");
+    std::fs::write(&token_file, "hst_not_a_token").unwrap();
+    let (code, _, stderr) = run(&["account"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("401 bad_token"), "{stderr}");
+}

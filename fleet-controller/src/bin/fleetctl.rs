@@ -1,0 +1,488 @@
+//! `fleetctl`: the controller's HTTP API from a shell. Data goes to stdout (`--output json`
+//! for scripts), progress and errors to stderr; an API error exits 1 naming its `reason`.
+//!
+//! The token comes from `--token-file`, else `FLEETCTL_TOKEN`; the API from `--url`, else
+//! `FLEETCTL_URL`, else `http://127.0.0.1:8080`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use attest::Hash32;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(
+    name = "fleetctl",
+    version,
+    about = "Heliostat's controller API from a shell"
+)]
+struct Cli {
+    /// The controller's API (else FLEETCTL_URL, else http://127.0.0.1:8080).
+    #[arg(long)]
+    url: Option<String>,
+    /// A file holding the API token (else FLEETCTL_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Text for people, or JSON for scripts.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Who the token belongs to, its scopes and the account's blob usage.
+    Account,
+    /// Upload input files and submit a built-in job; follows it to the end unless --detach.
+    Submit {
+        /// The built-in kernel (sha256_batch, mandelbrot, matmul_f32).
+        #[arg(long)]
+        kernel: String,
+        /// A kernel parameter, NAME=VALUE (repeat).
+        #[arg(long = "param", value_parser = parse_param)]
+        params: Vec<(String, i64)>,
+        /// An input file, uploaded by its SHA-256 (repeat, in order).
+        #[arg(long = "input")]
+        inputs: Vec<PathBuf>,
+        /// Due this many seconds from now.
+        #[arg(long, default_value_t = 86_400)]
+        deadline_in_s: u64,
+        /// The price ceiling, micro-credits per GPU-hour.
+        #[arg(long, default_value_t = 1_000_000)]
+        max_price: u64,
+        /// The least renewable share of its energy, 0..1.
+        #[arg(long)]
+        min_renewable: Option<f64>,
+        /// May wait for the sun within its deadline.
+        #[arg(long)]
+        flexible: bool,
+        /// Print the job and return instead of following it.
+        #[arg(long)]
+        detach: bool,
+        /// Stop following after this many seconds (the job goes on).
+        #[arg(long, default_value_t = 3_600)]
+        follow_s: u64,
+    },
+    /// Your jobs, or one job with its history.
+    Status { job: Option<String> },
+    /// Cancel a job.
+    Cancel { job: String },
+    /// A job's outputs; with --out, downloaded into that folder and checked by hash.
+    Results {
+        job: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// A job's carbon proof from the device that ran it, verified here against the
+    /// controller key you pin; written to --out.
+    Proof {
+        job: String,
+        /// The device that ran it.
+        #[arg(long)]
+        device: String,
+        /// The controller's public key (hex) you trust.
+        #[arg(long)]
+        controller_key: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The fleet's devices.
+    Devices,
+    /// Approve a pending device (operator).
+    Approve { device: String },
+    /// Revoke a device (operator).
+    Revoke { device: String },
+}
+
+fn parse_param(s: &str) -> Result<(String, i64), String> {
+    let (k, v) = s.split_once('=').ok_or("NAME=VALUE")?;
+    Ok((k.to_string(), v.parse().map_err(|e| format!("{v}: {e}"))?))
+}
+
+/// The API, with or without a token.
+struct Api {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// An error answer of the API.
+#[derive(Debug, thiserror::Error)]
+#[error("{status} {reason}: {message}")]
+struct ApiError {
+    status: u16,
+    reason: String,
+    message: String,
+}
+
+impl Api {
+    fn new(base: &str, token: Option<String>) -> Api {
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(300)))
+                .http_status_as_error(false)
+                .build(),
+        );
+        Api {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            agent,
+        }
+    }
+
+    fn auth(&self) -> Result<String> {
+        let t = self
+            .token
+            .as_deref()
+            .context("this needs a token: --token-file FILE or FLEETCTL_TOKEN")?;
+        Ok(format!("Bearer {t}"))
+    }
+
+    fn answer(mut resp: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>> {
+        let status = resp.status().as_u16();
+        let mut body = Vec::new();
+        resp.body_mut()
+            .as_reader()
+            .read_to_end(&mut body)
+            .context("reading the answer")?;
+        if status >= 400 {
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            return Err(ApiError {
+                status,
+                reason: v["reason"].as_str().unwrap_or("unknown").to_string(),
+                message: v["message"]
+                    .as_str()
+                    .map_or_else(|| String::from_utf8_lossy(&body).into_owned(), String::from),
+            }
+            .into());
+        }
+        Ok(body)
+    }
+
+    fn get(&self, path: &str, token: bool) -> Result<Vec<u8>> {
+        let mut r = self.agent.get(format!("{}{path}", self.base));
+        if token {
+            r = r.header("Authorization", &self.auth()?);
+        }
+        Api::answer(
+            r.call()
+                .with_context(|| format!("GET {}{path}", self.base))?,
+        )
+    }
+
+    fn json(&self, path: &str, token: bool) -> Result<Value> {
+        Ok(serde_json::from_slice(&self.get(path, token)?)?)
+    }
+
+    fn send(&self, method: &str, path: &str, body: Vec<u8>) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let auth = self.auth()?;
+        let resp = match method {
+            "PUT" => self
+                .agent
+                .put(&url)
+                .header("Authorization", &auth)
+                .send(body),
+            _ => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(body),
+        }
+        .with_context(|| format!("{method} {url}"))?;
+        Ok(serde_json::from_slice(&Api::answer(resp)?)?)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetctl: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn token(cli: &Cli) -> Result<Option<String>> {
+    if let Some(p) = &cli.token_file {
+        let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        return Ok(Some(t.trim().to_string()));
+    }
+    Ok(std::env::var("FLEETCTL_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty()))
+}
+
+fn print(out: Output, v: &Value, text: impl FnOnce(&Value) -> String) {
+    match out {
+        Output::Json => println!("{v}"),
+        Output::Text => println!("{}", text(v)),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let url = cli
+        .url
+        .clone()
+        .or_else(|| std::env::var("FLEETCTL_URL").ok())
+        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let api = Api::new(&url, token(&cli)?);
+    let out = cli.output;
+    match cli.cmd {
+        Cmd::Account => {
+            let v = api.json("/api/v1/account", true)?;
+            print(out, &v, |v| {
+                format!(
+                    "{} {} ({}), scopes {}, blobs {} of {} bytes",
+                    v["kind"],
+                    v["name"],
+                    v["id"],
+                    v["token"]["scopes"],
+                    v["used_bytes"],
+                    v["quota_bytes"]
+                )
+            });
+        }
+        Cmd::Submit {
+            kernel,
+            params,
+            inputs,
+            deadline_in_s,
+            max_price,
+            min_renewable,
+            flexible,
+            detach,
+            follow_s,
+        } => {
+            let mut hashes = Vec::new();
+            for path in &inputs {
+                let bytes =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let hash = Hash32::digest(&bytes);
+                let n = bytes.len();
+                api.send("PUT", &format!("/api/v1/blobs/{}", hash.to_hex()), bytes)?;
+                eprintln!("uploaded {} ({n} bytes) as {hash}", path.display());
+                hashes.push(hash.to_hex());
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as u64;
+            let mut job = json!({
+                "workload": {"builtin": {"kernel": kernel, "params":
+                    params.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>()}},
+                "inputs": hashes,
+                "deadline_ms": now + deadline_in_s * 1000,
+                "max_price_micro_per_gpu_hour": max_price,
+                "flexible": flexible,
+            });
+            if let Some(share) = min_renewable {
+                if !(0.0..=1.0).contains(&share) {
+                    bail!("--min-renewable {share}: a share from 0 to 1");
+                }
+                job["carbon"] =
+                    json!({"min_renewable_share_ppm": ((share * 1e6).round() as u32).max(1)});
+            }
+            let v = api.send("POST", "/api/v1/jobs", job.to_string().into_bytes())?;
+            let id = v["id"]
+                .as_str()
+                .context("the answer names no job id")?
+                .to_string();
+            eprintln!("job {id} {}", v["state"]);
+            if detach {
+                print(out, &v, |v| {
+                    format!("{}", v["id"].as_str().unwrap_or_default())
+                });
+                return Ok(());
+            }
+            let v = follow(&api, &id, Duration::from_secs(follow_s))?;
+            print(out, &v, |v| format!("{} {}", id, v["state"]));
+        }
+        Cmd::Status { job: None } => {
+            let v = api.json("/api/v1/jobs", true)?;
+            print(out, &v, |v| {
+                v["jobs"]
+                    .as_array()
+                    .or_else(|| v.as_array())
+                    .map(|a| {
+                        a.iter()
+                            .map(|j| {
+                                format!(
+                                    "{}  {:<10}  deadline {}",
+                                    j["id"].as_str().unwrap_or("?"),
+                                    j["state"].as_str().unwrap_or("?"),
+                                    j["deadline_ms"]
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .unwrap_or_default()
+            });
+        }
+        Cmd::Status { job: Some(id) } => {
+            let v = api.json(&format!("/api/v1/jobs/{id}"), true)?;
+            print(out, &v, |v| {
+                let mut s = format!("{} {}", id, v["state"]);
+                for h in v["history"].as_array().into_iter().flatten() {
+                    s.push_str(&format!(
+                        "\n  {}  {}  {}",
+                        h["at_ms"],
+                        h["state"],
+                        h["reason"].as_str().unwrap_or("")
+                    ));
+                }
+                s
+            });
+        }
+        Cmd::Cancel { job } => {
+            let v = api.send(
+                "POST",
+                &format!("/api/v1/jobs/{job}/cancel"),
+                b"{}".to_vec(),
+            )?;
+            print(out, &v, |v| format!("{} {}", job, v["state"]));
+        }
+        Cmd::Results { job, out: dir } => {
+            let v = api.json(&format!("/api/v1/jobs/{job}/results"), true)?;
+            if let Some(dir) = &dir {
+                std::fs::create_dir_all(dir)?;
+                for o in v["outputs"].as_array().into_iter().flatten() {
+                    let hash = o["sha256"].as_str().context("an output without a hash")?;
+                    let bytes = api.get(&format!("/api/v1/blobs/{hash}"), true)?;
+                    if Hash32::digest(&bytes).to_hex() != hash {
+                        bail!("output {}: the bytes do not hash to {hash}", o["index"]);
+                    }
+                    let path = dir.join(format!("out{}.bin", o["index"]));
+                    std::fs::write(&path, bytes)?;
+                    eprintln!("{} ({} bytes, sha256 checked)", path.display(), o["bytes"]);
+                }
+            }
+            print(out, &v, |v| {
+                let outputs = v["outputs"].as_array().map_or(0, |a| a.len());
+                format!("{} {}: {outputs} output(s)", job, v["state"])
+            });
+        }
+        Cmd::Proof {
+            job,
+            device,
+            controller_key,
+            out: path,
+        } => {
+            let bytes = api.get(
+                &format!("/api/v1/devices/{device}/jobs/{job}/bundle?format=postcard"),
+                false,
+            )?;
+            let bundle = attest::bundle::ProofBundle::decode(&bytes)
+                .map_err(|e| anyhow::anyhow!("the bundle does not decode: {e}"))?;
+            let key = attest::PublicKey(
+                attest::hex::decode_array(&controller_key)
+                    .map_err(|e| anyhow::anyhow!("--controller-key: {e}"))?,
+            );
+            let now = attest::TimestampMs(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as u64,
+            );
+            let report =
+                attest::bundle::verify(&bundle, &attest::bundle::VerifyOptions::pinned(key, now))
+                    .map_err(|e| anyhow::anyhow!("the proof does not verify: {e}"))?;
+            std::fs::write(&path, &bytes)?;
+            let v = serde_json::to_value(&report.statement)?;
+            print(out, &v, |_| {
+                let s = &report.statement;
+                let mut t = format!(
+                    "{}: verified against the pinned controller key, {} records",
+                    path.display(),
+                    report.records
+                );
+                if let Some(j) = &s.job {
+                    t.push_str(&format!(
+                        "\njob: {:.6} kWh, {:.6} kWh renewable, {:.3} g CO2e",
+                        j.energy.kwh(),
+                        j.renewable.kwh(),
+                        j.co2e_mg as f64 / 1000.0
+                    ));
+                }
+                t
+            });
+        }
+        Cmd::Devices => {
+            let v = api.json("/api/v1/devices", false)?;
+            print(out, &v, |v| {
+                v.as_array()
+                    .or_else(|| v["devices"].as_array())
+                    .map(|a| {
+                        a.iter()
+                            .map(|d| {
+                                format!(
+                                    "{}  {:<8}  last seen {}",
+                                    d["id"].as_str().unwrap_or("?"),
+                                    d["state"].as_str().unwrap_or("?"),
+                                    d["last_seen_ms"]
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                    .unwrap_or_default()
+            });
+        }
+        Cmd::Approve { device } => {
+            let v = api.send(
+                "POST",
+                &format!("/api/v1/devices/{device}/approve"),
+                b"{}".to_vec(),
+            )?;
+            print(out, &v, |v| format!("{device} {}", v["state"]));
+        }
+        Cmd::Revoke { device } => {
+            let v = api.send(
+                "POST",
+                &format!("/api/v1/devices/{device}/revoke"),
+                b"{}".to_vec(),
+            )?;
+            print(out, &v, |v| format!("{device} {}", v["state"]));
+        }
+    }
+    Ok(())
+}
+
+/// Follows a job until it reaches a final state (or `limit` passes), printing each change
+/// of state on stderr.
+fn follow(api: &Api, id: &str, limit: Duration) -> Result<Value> {
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        let v = api.json(&format!("/api/v1/jobs/{id}"), true)?;
+        let state = v["state"].as_str().unwrap_or("?").to_string();
+        if state != last {
+            eprintln!("[{:>5} s] {state}", start.elapsed().as_secs());
+            last = state.clone();
+        }
+        if matches!(state.as_str(), "done" | "failed" | "cancelled" | "expired") {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            eprintln!(
+                "still {state} after {} s; the job goes on (fleetctl status {id})",
+                limit.as_secs()
+            );
+            return Ok(v);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
