@@ -304,7 +304,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("job {id} {}", v["state"]);
             if detach {
                 print(out, &v, |v| {
-                    format!("{}", v["id"].as_str().unwrap_or_default())
+                    v["id"].as_str().unwrap_or_default().to_string()
                 });
                 return Ok(());
             }
