@@ -16,6 +16,8 @@
 //! - [`bundles`]: proof bundles for a device-period that `attest verify` accepts.
 //! - [`intensity`]: grid carbon intensity by region and hour (bundled Ember table, operator
 //!   hourly CSV, or a flat figure), named in every statement.
+//! - [`market`]: the carbon-aware scheduler (sans-IO): jobs and device offers in, placements,
+//!   waits for sun and refusals out; `examples/scheduler_sim` runs it over a simulated week.
 //! - [`runtime`]: the MQTT ingest loop around [`ingest`].
 //! - [`queue`]: the byte-bounded queue between the MQTT loop and the ingest thread.
 //! - [`ingest`]: payloads in, verified evidence stored, acks out (sans-IO); hellos and
@@ -34,6 +36,7 @@ pub mod crash;
 pub mod ingest;
 pub mod intensity;
 pub mod jobs;
+pub mod market;
 pub mod queue;
 pub mod runtime;
 pub mod store;
