@@ -28,6 +28,65 @@ pub struct ControllerConfig {
     /// The HTTP API.
     #[serde(default)]
     pub api: ApiConfig,
+    /// The market: scheduling and dispatch of submitted jobs.
+    #[serde(default)]
+    pub market: MarketConfig,
+}
+
+/// `[market]`: the scheduler and dispatch.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketConfig {
+    /// Schedule and dispatch submitted jobs.
+    #[serde(default = "market_yes")]
+    pub enabled: bool,
+    /// How often jobs are decided, ms.
+    #[serde(default = "default_market_tick")]
+    pub tick_ms: u64,
+    /// A device heard from within this long counts as online, ms.
+    #[serde(default = "default_online_within")]
+    pub online_within_ms: u64,
+    /// What a job draws on a device until devices state it, watts.
+    #[serde(default = "default_market_job_power")]
+    pub job_power_w: u32,
+    /// A job's expected run time when it states no `max_duration_ms`, ms.
+    #[serde(default = "default_run_ms")]
+    pub default_run_ms: u64,
+    /// How long a lease survives its device's silence before the job goes elsewhere, ms.
+    #[serde(default = "default_lease_grace")]
+    pub lease_grace_ms: u64,
+}
+
+const fn market_yes() -> bool {
+    true
+}
+const fn default_market_tick() -> u64 {
+    5_000
+}
+const fn default_online_within() -> u64 {
+    60_000
+}
+const fn default_market_job_power() -> u32 {
+    60
+}
+const fn default_run_ms() -> u64 {
+    60_000
+}
+const fn default_lease_grace() -> u64 {
+    30 * 60_000
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        MarketConfig {
+            enabled: market_yes(),
+            tick_ms: default_market_tick(),
+            online_within_ms: default_online_within(),
+            job_power_w: default_market_job_power(),
+            default_run_ms: default_run_ms(),
+            lease_grace_ms: default_lease_grace(),
+        }
+    }
 }
 
 /// The HTTP API.
@@ -388,6 +447,7 @@ impl ControllerConfig {
             epochs: EpochConfig::default(),
             accounting: AccountingConfig::default(),
             api: ApiConfig::default(),
+            market: MarketConfig::default(),
         }
     }
 

@@ -9,6 +9,8 @@
 //! - [`anchor`]: where epoch roots are anchored, one backend a file behind one trait:
 //!   `anchor/local.rs` (epochs closed into RFC 6962 trees, the signed local log) and
 //!   `anchor/evm.rs` (the anchor contract on an EVM chain, alloy, crash-safe).
+//! - [`dispatch`]: jobs placed by the scheduler as signed `RunJob`s, their states following
+//!   the devices' receipts.
 //! - [`crash`]: named crash points for the kill -9 tests.
 //! - [`api`]: the HTTP API (axum): devices, epochs, status, bundle download (public);
 //!   accounts, blobs and jobs (with a token): `api/` has one file per part.
@@ -33,6 +35,7 @@ pub mod api;
 pub mod bundles;
 pub mod config;
 pub mod crash;
+pub mod dispatch;
 pub mod ingest;
 pub mod intensity;
 pub mod jobs;

@@ -98,6 +98,7 @@ pub async fn run_with_api_listener(
     let queue = crate::queue::ByteQueue::new(cfg.ingest.queue_max_bytes);
     let in_rx = queue.clone();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
+    let dispatch_tx = out_tx.clone();
     let (batch_max, wait) = (
         cfg.ingest.batch_max,
         Duration::from_millis(cfg.ingest.batch_wait_ms),
@@ -196,6 +197,14 @@ pub async fn run_with_api_listener(
     })?;
 
     let mut parts: Vec<std::thread::JoinHandle<()>> = vec![sig_thread, ingest_thread];
+    if cfg.market.enabled {
+        parts.push(spawn_dispatch(
+            &cfg,
+            key.clone(),
+            dispatch_tx,
+            stop_rx.clone(),
+        )?);
+    }
     let mut api_task = None;
     if cfg.epochs.anchor == crate::config::AnchorBackend::Evm {
         let evm = cfg
@@ -320,4 +329,52 @@ pub async fn run_with_api_listener(
         let _ = p.join();
     }
     Ok(())
+}
+
+/// The `dispatch` thread: every `market.tick_ms` the scheduler decides the open jobs over
+/// the devices' offers (its own connection to the database), and the signed commands go
+/// out through the MQTT loop. Stops with `stop`.
+fn spawn_dispatch(
+    cfg: &ControllerConfig,
+    key: attest::KeyPair,
+    out: mpsc::UnboundedSender<Outgoing>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<()>> {
+    let mut store = SqliteStore::open(&cfg.db_path())?;
+    let m = cfg.market.clone();
+    let scheduler = crate::market::Scheduler::with_bundled_table(crate::market::SchedulerConfig {
+        lease_grace_ms: m.lease_grace_ms,
+        ..Default::default()
+    })
+    .map_err(|e| anyhow::anyhow!("the scheduler's intensity table: {e}"))?;
+    let mut dispatcher = crate::dispatch::Dispatcher::new(
+        scheduler,
+        key,
+        crate::dispatch::DispatchConfig {
+            online_within_ms: m.online_within_ms,
+            job_power_w: m.job_power_w,
+            default_run_ms: m.default_run_ms,
+            ..Default::default()
+        },
+    );
+    Ok(std::thread::Builder::new()
+        .name("dispatch".into())
+        .spawn(move || {
+            let mut next = 0u64;
+            while !*stop.borrow() {
+                let now = now_ms();
+                if now >= next {
+                    next = now + m.tick_ms;
+                    match dispatcher.tick(&mut store, now) {
+                        Ok(commands) => {
+                            for c in commands {
+                                let _ = out.send(c);
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "dispatch failed; retried next tick"),
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })?)
 }

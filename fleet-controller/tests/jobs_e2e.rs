@@ -1,17 +1,18 @@
 //! A job through the real parts: an operator made with `fleet-controller account create`
 //! makes a buyer and a provider over the API; the buyer uploads an input to the
-//! controller's blob store and submits the job over HTTP; the test sends the job's spec
-//! in a `RunJob` signed with the controller's key through a real Mosquitto (dispatch is
-//! not built yet); a real agent process fetches the input from the controller with the
-//! provider's token, runs the job
-//! under its governor (simulated rig, CPU backend) and sends its signed receipt through its
-//! outbox; the real controller process stores it once, in the device's chain, and a proof
-//! bundle over the period verifies with `attest verify`.
+//! controller's blob store and submits the job over HTTP; the controller's scheduler places
+//! it and its dispatch sends the device a `RunJob` signed with the controller's key through
+//! a real Mosquitto; a real agent process fetches the input from the controller with the
+//! provider's token, runs the job in its keyless worker under its governor (simulated rig,
+//! CPU backend) and sends its signed receipt through its outbox; the real controller
+//! process stores it once, in the device's chain, the job's state follows (queued,
+//! scheduled, running, done), and a proof bundle over the period and the job's own proof
+//! verify with `attest verify`.
 
 use std::time::{Duration, Instant};
 
-use attest::msg::{Command, CommandBody, JobOutcome, JobReceipt, JobSpec};
-use attest::{Envelope, Hash32, SeqNo, TimestampMs};
+use attest::msg::{JobOutcome, JobReceipt, JobSpec};
+use attest::{Envelope, Hash32, SeqNo};
 use fleet_controller::config::{BrokerConfig, ControllerConfig};
 use fleet_controller::store::Store;
 use fleet_controller::store::sqlite::SqliteStore;
@@ -59,6 +60,7 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
     controller_cfg.enrollment.auto_approve = true;
     controller_cfg.epochs.interval_ms = 300;
     controller_cfg.api.listen = format!("127.0.0.1:{api}");
+    controller_cfg.market.tick_ms = 200;
     controller_cfg.write_toml(&ccfg).unwrap();
     let clog = std::fs::File::create(cdir.join("controller.log")).unwrap();
     let _controller = Proc(
@@ -174,31 +176,8 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
     let spec: JobSpec = serde_json::from_value(submitted["spec"].clone()).unwrap();
     assert_eq!(spec.inputs, vec![hash]);
     assert_eq!(spec.input_sizes, vec![input.len() as u64]);
-    let t = now();
-    let cmd = Envelope::seal(
-        &Command {
-            device,
-            nonce: 42,
-            issued: TimestampMs(t),
-            expires: TimestampMs(t + 60_000),
-            body: CommandBody::RunJob(spec.clone()),
-        },
-        &ckey,
-    );
-    let (client, mut conn) = rumqttc::Client::new(
-        rumqttc::MqttOptions::new("test-dispatch", "127.0.0.1", broker.port),
-        16,
-    );
-    std::thread::spawn(move || for _ in conn.iter() {});
-    client
-        .publish(
-            format!("heliostat/v1/dev/{device}/cmd"),
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            cmd.into_bytes(),
-        )
-        .unwrap();
-
+    // The controller's scheduler places it on the only device (inflexible, the battery
+    // full) and sends it a signed `RunJob`: no one else signs anything.
     // The receipt, stored by the controller in the device's chain, exactly once.
     let receipt = wait_for(
         "the receipt at the controller",
@@ -226,6 +205,20 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
         })
         .count();
     assert_eq!(receipts, 1);
+    // The job's state followed: placed, run, done; its history says where and why.
+    let job_id = spec.id.to_string();
+    let states = wait_for("the job done", Duration::from_secs(30), || {
+        let v = call(api, "GET", &format!("/api/v1/jobs/{job_id}"), &buyer, b"").json();
+        (v["state"] == "done").then(|| {
+            v["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["state"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+    });
+    assert_eq!(states, vec!["queued", "scheduled", "running", "done"]);
     hil_tests::assert_chain_from_genesis(
         &hil_tests::agent_key(&adir.join("data")).public(),
         items.iter().map(|(s, b)| (*s, b.as_slice())),

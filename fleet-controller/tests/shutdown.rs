@@ -63,10 +63,10 @@ fn run_returns_only_after_every_part_has_stopped() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Each thread names itself as it starts.
-    while threads_named(&["ingest-sig", "ingest", "evm-anchor"]) < 3 {
+    while threads_named(&["ingest-sig", "ingest", "evm-anchor", "dispatch"]) < 4 {
         assert!(
             Instant::now() < deadline,
-            "the two ingest stages and the EVM anchor thread never ran"
+            "the two ingest stages, the EVM anchor and dispatch threads never ran"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -85,7 +85,7 @@ fn run_returns_only_after_every_part_has_stopped() {
         "the API still answers"
     );
     assert_eq!(
-        threads_named(&["ingest-sig", "ingest", "evm-anchor"]),
+        threads_named(&["ingest-sig", "ingest", "evm-anchor", "dispatch"]),
         0,
         "a thread outlived run"
     );

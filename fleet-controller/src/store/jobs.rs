@@ -56,6 +56,19 @@ pub struct JobEvent {
     pub reason: String,
 }
 
+/// Where a placed job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLease {
+    /// The device.
+    pub device: attest::DeviceId,
+    /// When its `RunJob` was sent (ms).
+    pub start_ms: u64,
+    /// When it is expected to end (ms).
+    pub expected_end_ms: u64,
+    /// The nonce of that `RunJob`.
+    pub nonce: u64,
+}
+
 /// One output of a job, as its device uploaded it (hash-checked against the receipt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobOutput {
@@ -78,6 +91,14 @@ pub trait JobStore {
     fn jobs_of(&self, owner: AccountId, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
     /// A job's history, oldest first.
     fn job_history(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError>;
+    /// Every job not in a final state, of every account, oldest first (for dispatch).
+    fn open_jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
+    /// Where a job runs, if it is placed.
+    fn job_lease(&self, id: JobId) -> Result<Option<JobLease>, StoreError>;
+    /// Records (or replaces) where a job runs.
+    fn put_job_lease(&mut self, id: JobId, lease: &JobLease) -> Result<(), StoreError>;
+    /// Forgets where a job ran (it finished, or is queued again).
+    fn drop_job_lease(&mut self, id: JobId) -> Result<(), StoreError>;
     /// Applies a move if the job is still in its `from` state; false otherwise (another
     /// writer moved it first, or no such job).
     fn apply_transition(&mut self, id: JobId, t: &Transition) -> Result<bool, StoreError>;

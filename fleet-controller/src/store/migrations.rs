@@ -114,6 +114,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job, role, idx)
     ) WITHOUT ROWID;
     CREATE INDEX job_blobs_hash ON job_blobs (hash);",
+    // 6: where each placed job runs (dispatch): its device, when it was sent, when it is
+    // expected to end, and the nonce of its signed `RunJob`.
+    "CREATE TABLE job_leases (
+        job BLOB PRIMARY KEY REFERENCES jobs (id),
+        device BLOB NOT NULL,
+        start_ms INTEGER NOT NULL,
+        expected_end_ms INTEGER NOT NULL,
+        nonce INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this code writes.

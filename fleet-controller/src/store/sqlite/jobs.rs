@@ -8,7 +8,7 @@ use super::{SqliteStore, to_i64};
 use crate::accounts::AccountId;
 use crate::jobs::{JobOrder, JobState, Transition};
 use crate::store::StoreError;
-use crate::store::jobs::{JobEvent, JobOutput, JobRecord, JobStore, NewJob};
+use crate::store::jobs::{JobEvent, JobLease, JobOutput, JobRecord, JobStore, NewJob};
 
 const JOB_COLUMNS: &str = "id, owner, state, job_order, created_ms, updated_ms";
 
@@ -95,6 +95,61 @@ impl JobStore for SqliteStore {
             )
             .optional()?;
         raw.map(to_job).transpose()
+    }
+
+    fn open_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE state IN ('queued', 'scheduled', 'running', 'paused', 'validating')
+             ORDER BY created_ms, id"
+        ))?;
+        let rows = st.query_map([], job_row)?.collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter().map(to_job).collect()
+    }
+
+    fn job_lease(&self, id: JobId) -> Result<Option<JobLease>, StoreError> {
+        let raw: Option<(Vec<u8>, i64, i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT device, start_ms, expected_end_ms, nonce FROM job_leases WHERE job = ?1",
+                params![&id.0[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        raw.map(|(d, start, end, nonce)| {
+            let device = attest::DeviceId(
+                d.try_into()
+                    .map_err(|_| StoreError::Corrupt(format!("job {id}: its lease's device")))?,
+            );
+            Ok(JobLease {
+                device,
+                start_ms: start as u64,
+                expected_end_ms: end as u64,
+                nonce: nonce as u64,
+            })
+        })
+        .transpose()
+    }
+
+    fn put_job_lease(&mut self, id: JobId, l: &JobLease) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO job_leases (job, device, start_ms, expected_end_ms, nonce)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                &id.0[..],
+                &l.device.0[..],
+                to_i64(l.start_ms),
+                to_i64(l.expected_end_ms),
+                to_i64(l.nonce)
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn drop_job_lease(&mut self, id: JobId) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM job_leases WHERE job = ?1", params![&id.0[..]])?;
+        Ok(())
     }
 
     fn jobs_of(&self, owner: AccountId, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
