@@ -261,9 +261,9 @@ impl Dispatcher {
                 move_to(store, job.id, state, JobState::Queued, now, &reason)?;
             }
             outcome => {
+                // The lease stays: it says where the job ran (its proof is that device's).
                 self.scheduler.job_finished(job.id);
                 self.known.remove(&job.id);
-                store.drop_job_lease(job.id)?;
                 let (to, reason) = match outcome {
                     JobOutcome::Completed => (
                         JobState::Done,
@@ -683,7 +683,11 @@ mod tests {
                 JobState::Done
             ]
         );
-        assert_eq!(ing.store().job_lease(job).unwrap(), None);
+        assert_eq!(
+            ing.store().job_lease(job).unwrap().map(|l| l.device),
+            Some(id),
+            "where it ran stays known"
+        );
     }
 
     #[test]

@@ -280,6 +280,26 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
     let text = String::from_utf8_lossy(&v.stdout);
     assert!(v.status.success(), "attest verify of the job: {text}");
     assert!(text.contains("  job: "), "a job account: {text}");
+    // The buyer's side: fleetctl finds the device the job ran on and verifies its proof
+    // against the controller key the buyer pins.
+    let buyer_file = tmp.path().join("buyer.token");
+    std::fs::write(&buyer_file, &buyer).unwrap();
+    let proof = tmp.path().join("fleetctl.bundle");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args(["--url", &format!("http://127.0.0.1:{api}")])
+        .args(["--token-file", buyer_file.to_str().unwrap()])
+        .args(["proof", &spec.id.to_string(), "--controller-key"])
+        .arg(ckey.public().to_string())
+        .args(["--out", proof.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fleetctl proof: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("verified") && text.contains("job: "), "{text}");
     agent.terminate(Duration::from_secs(5));
 }
 

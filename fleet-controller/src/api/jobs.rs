@@ -18,7 +18,7 @@ use crate::accounts::Scope;
 use crate::jobs::submit::named_blobs;
 use crate::jobs::{JobRequest, JobState, new_job_id, parse_job_id, validate};
 use crate::store::blobs::BlobStore;
-use crate::store::jobs::{JobEvent, JobRecord, JobStore, NewJob};
+use crate::store::jobs::{JobEvent, JobLease, JobRecord, JobStore, NewJob};
 
 /// Most jobs one listing returns.
 pub const MAX_LIST: usize = 1_000;
@@ -48,11 +48,13 @@ fn summary(rec: &JobRecord) -> Value {
 }
 
 /// A job in full: what was asked, what a device is sent, and its history.
-fn detail(rec: &JobRecord, history: &[JobEvent]) -> Value {
+fn detail(rec: &JobRecord, history: &[JobEvent], lease: Option<JobLease>) -> Value {
     let mut v = summary(rec);
     v["order"] = json!(rec.order);
     v["spec"] = json!(rec.order.job_spec(rec.id));
     v["history"] = json!(history);
+    // Where it was sent (its proof is that device's: `/api/v1/devices/{device}/jobs/{id}/bundle`).
+    v["device"] = json!(lease.map(|l| l.device.to_string()));
     v
 }
 
@@ -90,7 +92,7 @@ pub(super) async fn submit(
             .ok_or_else(|| AppError::Internal(format!("job {id} vanished after its insert")))?;
         Ok((
             StatusCode::CREATED,
-            Json(detail(&rec, &st.job_history(id)?)),
+            Json(detail(&rec, &st.job_history(id)?, st.job_lease(id)?)),
         ))
     })
     .await
@@ -132,7 +134,7 @@ pub(super) async fn show(
         let rec = st
             .job_of(caller.account, id)?
             .ok_or_else(|| AppError::UnknownJob(id.to_string()))?;
-        Ok(Json(detail(&rec, &st.job_history(id)?)))
+        Ok(Json(detail(&rec, &st.job_history(id)?, st.job_lease(id)?)))
     })
     .await
 }
@@ -166,7 +168,7 @@ pub(super) async fn cancel(
                 let rec = st
                     .job_of(caller.account, id)?
                     .ok_or_else(|| AppError::UnknownJob(id.to_string()))?;
-                return Ok(Json(detail(&rec, &st.job_history(id)?)));
+                return Ok(Json(detail(&rec, &st.job_history(id)?, st.job_lease(id)?)));
             }
         }
         Err(AppError::IllegalState(format!(

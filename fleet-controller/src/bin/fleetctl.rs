@@ -88,9 +88,9 @@ enum Cmd {
     /// controller key you pin; written to --out.
     Proof {
         job: String,
-        /// The device that ran it.
+        /// The device that ran it (default: the one the job was sent to).
         #[arg(long)]
-        device: String,
+        device: Option<String>,
         /// The controller's public key (hex) you trust.
         #[arg(long)]
         controller_key: String,
@@ -382,6 +382,13 @@ fn run(cli: Cli) -> Result<()> {
             controller_key,
             out: path,
         } => {
+            let device = match device {
+                Some(d) => d,
+                None => api.json(&format!("/api/v1/jobs/{job}"), true)?["device"]
+                    .as_str()
+                    .context("the job was not sent to a device yet")?
+                    .to_string(),
+            };
             let bytes = api.get(
                 &format!("/api/v1/devices/{device}/jobs/{job}/bundle?format=postcard"),
                 false,
