@@ -16,6 +16,8 @@ use heliostat_agent::config::{AgentConfig, FsyncPolicy, LinkConfig, MeterConfig,
 use heliostat_agent::power::SourceConfig;
 use heliostat_agent::power::simulator::SimulatorConfig;
 
+mod buyer;
+
 #[derive(Parser)]
 #[command(
     name = "heliostat-demo",
@@ -44,6 +46,9 @@ struct Args {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     run_for_s: Option<u64>,
+    /// The demo buyer submits a job this often, seconds (0: none).
+    #[arg(long, default_value_t = 30)]
+    jobs_every_s: u64,
 }
 
 /// Sites of the simulated fleet: (name, lat, lon, panel W, battery Wh, region, cloudiness).
@@ -136,6 +141,8 @@ fn controller_config(
     cfg.enrollment.auto_approve = true;
     cfg.epochs.interval_ms = epoch_ms;
     cfg.api.listen = format!("127.0.0.1:{api_port}");
+    // A demo shows placements as they happen.
+    cfg.market.tick_ms = 1_000;
     cfg.validate()?;
     let path = dir.join("controller.toml");
     cfg.write_toml(&path)?;
@@ -184,6 +191,7 @@ fn agent_config(
     port: u16,
     key: &attest::PublicKey,
     record_ms: u64,
+    api_port: u16,
 ) -> Result<AgentConfig> {
     let (_, lat, lon, wp, wh, region, clouds) = SITES[i % SITES.len()];
     let sample_ms = (record_ms / 10).clamp(100, 1_000);
@@ -217,11 +225,19 @@ fn agent_config(
         record_interval_ms: record_ms,
     };
     cfg.outbox.fsync = FsyncPolicy::Always;
+    // Inputs from the controller's blob store with the demo provider's token.
+    cfg.jobs.blob_url = Some(format!("http://127.0.0.1:{api_port}/api/v1/blobs/"));
+    cfg.jobs.blob_token_file = Some(dir.join("provider.token"));
     cfg.validate()?;
     Ok(cfg)
 }
 
 fn main() -> std::process::ExitCode {
+    // The in-process agents run their jobs in worker processes of this same binary.
+    if std::env::args().nth(1).as_deref() == Some("worker") {
+        let code = heliostat_agent::jobs::worker::serve(std::io::stdin(), std::io::stdout());
+        return std::process::ExitCode::from(code as u8);
+    }
     match run(Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -263,7 +279,7 @@ fn run(args: Args) -> Result<()> {
     let ckey_hex = ckey.public().to_string();
     let db = ccfg.db_path();
     // A buyer and an operator to try the API with (README: "Accounts and tokens").
-    let (operator, buyer) = {
+    let (operator, buyer, provider) = {
         use fleet_controller::accounts::AccountKind;
         let mut store = fleet_controller::store::sqlite::SqliteStore::open(&db)
             .with_context(|| format!("opening {}", db.display()))?;
@@ -271,8 +287,26 @@ fn run(args: Args) -> Result<()> {
         (
             demo_token(&mut store, AccountKind::Operator, "demo-operator", quota)?,
             demo_token(&mut store, AccountKind::Buyer, "demo-buyer", quota)?,
+            demo_token(&mut store, AccountKind::Provider, "demo-provider", quota)?,
         )
     };
+    // The agents' provider token, and the buyer's for fleetctl, in files of mode 0600.
+    let write_secret = |path: &Path, secret: &str| -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(path);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        writeln!(f, "{secret}")?;
+        Ok(())
+    };
+    write_secret(&data.join("provider.token"), &provider.0)?;
+    let buyer_token_file = data.join("buyer.token");
+    write_secret(&buyer_token_file, &buyer.0)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -298,7 +332,14 @@ fn run(args: Args) -> Result<()> {
     }));
     let mut ids = Vec::new();
     for i in 0..args.agents {
-        let cfg = agent_config(&data, i, broker_port, &ckey.public(), args.record_ms)?;
+        let cfg = agent_config(
+            &data,
+            i,
+            broker_port,
+            &ckey.public(),
+            args.record_ms,
+            api_port,
+        )?;
         // The demo provisions each device's key before it starts, as an image's first boot
         // would: nothing reads a key file while another task writes it.
         let key_file = heliostat_agent::runtime::key_path(&cfg.data_dir);
@@ -350,12 +391,47 @@ fn run(args: Args) -> Result<()> {
         println!("  cargo run -p attest -- verify bundle.json --controller-key {ckey_hex}");
     }
     println!("  curl http://127.0.0.1:{api_port}/api/v1/epochs");
+    let fleetctl = format!(
+        "cargo run -p fleet-controller --bin fleetctl -- --url http://127.0.0.1:{api_port} --token-file {}",
+        buyer_token_file.display()
+    );
+    println!("  {fleetctl} status");
+    println!("  {fleetctl} proof JOB --controller-key {ckey_hex} --out job.bundle");
     println!(
         "  curl -H 'Authorization: Bearer {}' http://127.0.0.1:{api_port}/api/v1/account",
         buyer.0
     );
     println!("(Ctrl-C stops it; the web console comes with the controller issue.)");
 
+    // The buyer's stream of jobs, through the HTTP API.
+    if args.jobs_every_s > 0 {
+        let every = Duration::from_secs(args.jobs_every_s);
+        let api = format!("http://127.0.0.1:{api_port}");
+        let token = buyer.0.clone();
+        let rx = stop_rx.clone();
+        std::thread::Builder::new()
+            .name("demo-buyer".into())
+            .spawn(move || {
+                let mut n = 0u64;
+                let mut next = Instant::now() + Duration::from_secs(3);
+                while !*rx.borrow() {
+                    if Instant::now() >= next {
+                        next += every;
+                        match buyer::submit_one(
+                            &api,
+                            &token,
+                            n,
+                            fleet_controller::runtime::now_ms(),
+                        ) {
+                            Ok(id) => tracing::info!(job = %id, "demo buyer submitted a job"),
+                            Err(e) => tracing::warn!(error = %e, "demo buyer could not submit"),
+                        }
+                        n += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })?;
+    }
     let started = Instant::now();
     let failure = rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -388,9 +464,24 @@ fn run(args: Args) -> Result<()> {
                     .ok()
                     .flatten()
                     .map_or(0, |e| e.epoch.next().0);
+                let jobs = {
+                    use fleet_controller::store::accounts::AccountStore;
+                    use fleet_controller::store::jobs::JobStore;
+                    store
+                        .account_by_name("demo-buyer")
+                        .ok()
+                        .flatten()
+                        .and_then(|a| store.jobs_of(a.id, 10_000).ok())
+                        .unwrap_or_default()
+                };
+                let done = jobs
+                    .iter()
+                    .filter(|j| j.state == fleet_controller::jobs::JobState::Done)
+                    .count();
                 println!(
-                    "[{:>5} s] {stored} signed records stored, {epochs} epoch(s) anchored",
-                    started.elapsed().as_secs()
+                    "[{:>5} s] {stored} signed records stored, {epochs} epoch(s) anchored, jobs: {} submitted, {done} done",
+                    started.elapsed().as_secs(),
+                    jobs.len()
                 );
             }
         }

@@ -29,6 +29,8 @@ fn the_demo_stores_every_agents_records_against_the_embedded_broker_and_its_bund
             "1000",
             "--run-for-s",
             "12",
+            "--jobs-every-s",
+            "2",
         ])
         .env_remove("RUST_LOG")
         .output()
@@ -115,6 +117,29 @@ fn the_demo_stores_every_agents_records_against_the_embedded_broker_and_its_bund
     let list = String::from_utf8_lossy(&list.stdout);
     assert!(list.contains("\toperator\tdemo-operator\t"), "{list}");
     assert!(list.contains("\tbuyer\tdemo-buyer\t"), "{list}");
+    // The demo buyer's jobs went through the market: placed by the scheduler, run by an
+    // agent in its worker, done on its signed receipt.
+    use fleet_controller::store::accounts::AccountStore;
+    use fleet_controller::store::jobs::JobStore;
+    let store = fleet_controller::store::sqlite::SqliteStore::open(
+        &tmp.path().join("controller/controller.db"),
+    )
+    .unwrap();
+    let buyer = store.account_by_name("demo-buyer").unwrap().unwrap();
+    let jobs = store.jobs_of(buyer.id, 100).unwrap();
+    assert!(jobs.len() >= 3, "{} jobs submitted", jobs.len());
+    let done: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.state == fleet_controller::jobs::JobState::Done)
+        .collect();
+    assert!(!done.is_empty(), "no job done: {stdout}");
+    let states: Vec<String> = store
+        .job_history(done[0].id)
+        .unwrap()
+        .iter()
+        .map(|e| e.state.as_str().to_string())
+        .collect();
+    assert_eq!(states, ["queued", "scheduled", "running", "done"]);
 }
 
 #[test]

@@ -299,7 +299,10 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
         "fleetctl proof: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("verified") && text.contains("job: "), "{text}");
+    assert!(
+        text.contains("verified") && text.contains("job: "),
+        "{text}"
+    );
     agent.terminate(Duration::from_secs(5));
 }
 
