@@ -31,7 +31,7 @@ pub fn submit_one(api: &str, token: &str, n: u64, now_ms: u64) -> Result<String>
     if !put.status().is_success() {
         bail!("uploading the input: HTTP {}", put.status());
     }
-    let flexible = n % 2 == 0;
+    let flexible = n.is_multiple_of(2);
     let job = serde_json::json!({
         "workload": {"builtin": {"kernel": "sha256_batch", "params": [
             {"name": "count", "value": ITEMS}, {"name": "item_len", "value": 64}]}},
