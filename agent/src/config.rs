@@ -110,6 +110,14 @@ pub struct JobsConfig {
     /// Longest one chunk may run before its worker is killed, ms.
     #[serde(default = "default_chunk_timeout")]
     pub chunk_timeout_ms: u64,
+    /// How often a running job's progress is saved (chunks done and outputs so far), ms:
+    /// after a restart it goes on from there.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every_ms: u64,
+}
+
+const fn default_checkpoint_every() -> u64 {
+    30_000
 }
 
 fn default_worker_user() -> String {
@@ -159,6 +167,7 @@ impl Default for JobsConfig {
             worker_memory_mib: default_worker_memory(),
             worker_open_files: default_worker_files(),
             chunk_timeout_ms: default_chunk_timeout(),
+            checkpoint_every_ms: default_checkpoint_every(),
         }
     }
 }

@@ -365,6 +365,7 @@ fn signed_commands_run_pause_and_drain_jobs_and_everything_else_is_rejected() {
     );
 }
 
+/// Paused before its first checkpoint: nothing to resume from, so the restart closes it.
 #[test]
 fn a_job_interrupted_by_kill_9_gets_a_failed_receipt_after_the_restart() {
     let tmp = TempDir::new("mqtt-jobs-kill");
@@ -524,4 +525,83 @@ fn a_job_whose_worker_aborts_or_hangs_fails_alone_and_the_next_job_runs() {
     agent.terminate(Duration::from_secs(5));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("jobs run in a worker process"), "{text}");
+}
+
+#[test]
+fn a_job_interrupted_by_kill_9_resumes_from_its_checkpoint_and_its_output_is_right() {
+    let tmp = TempDir::new("mqtt-jobs-resume");
+    let broker = Mosquitto::start();
+    let collector = Collector::start(broker.port, controller(), true);
+    let config = write_config_with(tmp.path(), broker.port, |cfg| {
+        cfg.jobs.checkpoint_every_ms = 100;
+    });
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("agent.log");
+    let bin = env!("CARGO_BIN_EXE_heliostat-agent");
+    let mut agent = hil_tests::spawn_agent(bin, &config, &log);
+    wait_for("the agent online", Duration::from_secs(20), || {
+        status(&data)["link"]["connected"] == true
+    });
+    let device = hil_tests::agent_key(&data).device_id();
+    let (client, mut conn) = Client::new(
+        MqttOptions::new("test-resumer", "127.0.0.1", broker.port),
+        16,
+    );
+    std::thread::spawn(move || for _ in conn.iter() {});
+    let (spec, expected) = job(&data, 4, 1_000_000);
+    client
+        .publish(
+            format!("heliostat/v1/dev/{device}/cmd"),
+            QoS::AtLeastOnce,
+            false,
+            command(
+                device,
+                1,
+                60_000,
+                CommandBody::RunJob(spec.clone()),
+                &controller(),
+            ),
+        )
+        .unwrap();
+    // Killed once a checkpoint holds some chunks and before the last one.
+    let checkpoint = data
+        .join("jobs")
+        .join(spec.id.to_string())
+        .join("checkpoint.bin");
+    wait_for("a checkpoint", Duration::from_secs(60), || {
+        let running = &status(&data)["jobs"]["running"];
+        checkpoint.exists()
+            && running["chunks_done"].as_u64().unwrap_or(0) >= 1
+            && running["chunks_done"].as_u64() < running["chunks"].as_u64()
+    });
+    agent.kill9();
+    let _agent = hil_tests::spawn_agent(bin, &config, &log);
+    wait_for("the resumed job's receipt", Duration::from_secs(90), || {
+        receipts(&collector).iter().any(|r| r.job == spec.id)
+    });
+    let r = receipts(&collector)
+        .into_iter()
+        .find(|r| r.job == spec.id)
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(r.outcome, JobOutcome::Completed, "{r:?}\n{text}");
+    // The chunks before the checkpoint were not run again: their output comes from it,
+    // and the whole output is the right one.
+    let resumed = text
+        .lines()
+        .find(|l| l.contains("resuming it from its checkpoint"))
+        .unwrap_or_else(|| panic!("no resume in the log:\n{text}"));
+    assert!(!resumed.contains("chunks_done=0"), "{resumed}");
+    let mut h = sha2::Sha256::new();
+    h.update(&expected);
+    assert_eq!(r.output_hash, Hash32(h.finalize().into()));
+    assert_eq!(
+        receipts(&collector)
+            .iter()
+            .filter(|x| x.job == spec.id)
+            .count(),
+        1,
+        "one receipt"
+    );
+    assert!(!data.join("running-job.json").exists());
 }

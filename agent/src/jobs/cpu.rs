@@ -106,6 +106,22 @@ impl CpuJob {
     pub(crate) fn finish(self) -> Vec<Vec<u8>> {
         vec![self.output]
     }
+
+    /// The output so far (the chunks run have filled their part of it).
+    pub(crate) fn snapshot(&self) -> Vec<Vec<u8>> {
+        vec![self.output.clone()]
+    }
+
+    /// Puts back an output saved by [`CpuJob::snapshot`]; false when it does not fit.
+    pub(crate) fn restore(&mut self, mut outputs: Vec<Vec<u8>>) -> bool {
+        match outputs.pop() {
+            Some(o) if outputs.is_empty() && o.len() == self.output.len() => {
+                self.output = o;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Computes the items from `first` on whose output fills `out`.

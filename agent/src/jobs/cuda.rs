@@ -479,6 +479,53 @@ impl CudaJob {
         launched.map(|_| ()).map_err(driver("launching a kernel"))
     }
 
+    /// The outputs so far, copied back (a checkpoint).
+    pub(crate) fn snapshot(&self) -> Result<Vec<Vec<u8>>, CudaError> {
+        guarded("copying a checkpoint back", || {
+            let stream = &self.backend.inner.stream;
+            self.outputs
+                .iter()
+                .map(|(buf, len)| {
+                    let len = *len as usize;
+                    if len == 0 {
+                        return Ok(Vec::new());
+                    }
+                    stream
+                        .clone_dtoh(&buf.slice(..len))
+                        .map_err(driver("copying a checkpoint back"))
+                })
+                .collect()
+        })
+    }
+
+    /// Puts back outputs saved by [`CudaJob::snapshot`]; `Ok(false)` when they do not fit.
+    pub(crate) fn restore(&mut self, outputs: Vec<Vec<u8>>) -> Result<bool, CudaError> {
+        if outputs.len() != self.outputs.len()
+            || outputs
+                .iter()
+                .zip(&self.outputs)
+                .any(|(o, (_, len))| o.len() as u64 != *len)
+        {
+            return Ok(false);
+        }
+        guarded("restoring a checkpoint", || {
+            let stream = self.backend.inner.stream.clone();
+            for (o, (buf, len)) in outputs.iter().zip(self.outputs.iter_mut()) {
+                if *len == 0 {
+                    continue;
+                }
+                let mut view = buf.slice_mut(..*len as usize);
+                stream
+                    .memcpy_htod(&o[..], &mut view)
+                    .map_err(driver("restoring a checkpoint"))?;
+            }
+            stream
+                .synchronize()
+                .map_err(driver("restoring a checkpoint"))?;
+            Ok(true)
+        })
+    }
+
     /// Copies the outputs back, each at its declared length.
     pub(crate) fn finish(self) -> Result<Vec<Vec<u8>>, CudaError> {
         guarded("copying outputs back", || {

@@ -24,6 +24,10 @@ pub struct Marker {
     pub start_counters: Vec<CounterSnapshot>,
     pub chunks_done: u32,
     pub backend: Backend,
+    /// The job, so that a restart can resume it from its checkpoint (absent in markers
+    /// written before jobs were resumed).
+    #[serde(default)]
+    pub spec: Option<JobSpec>,
 }
 
 /// A receipt to seal and store (the runtime adds the meter's counters at the end).
@@ -168,7 +172,15 @@ impl<H> Desk<H> {
             start_counters: Vec::new(),
             chunks_done: 0,
             backend: self.backend.clone(),
+            spec: Some(spec.clone()),
         })
+    }
+
+    /// A job resumed after a restart is being prepared again (as [`Desk::run_job`] would
+    /// have it, without its checks: it was admitted before the restart).
+    pub fn resuming(&mut self, job: JobId) {
+        self.preparing = Some(job);
+        self.marked = Some(job);
     }
 
     /// A refusal for `job` at `now`, for `why` (admission, a thread that would not start).

@@ -178,6 +178,11 @@ impl Execution {
 
     /// Ends the job: its outputs (when complete) and their hash (SHA-256 over the outputs
     /// in order; each has its declared size, so the concatenation is unambiguous).
+    /// The chunks done and the outputs so far: a checkpoint.
+    pub fn checkpoint(&mut self) -> Result<(u32, Vec<Vec<u8>>), JobError> {
+        self.job.snapshot()
+    }
+
     /// A completed job whose outputs cannot be read back ends `Failed`.
     pub fn finish(self, outcome: JobOutcome) -> (JobOutcome, Vec<Vec<u8>>, Hash32) {
         if outcome != JobOutcome::Completed {

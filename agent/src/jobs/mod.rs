@@ -162,6 +162,9 @@ pub enum JobError {
     /// The worker process failed, died or was killed (the reason says which).
     #[error("job worker: {0}")]
     Worker(String),
+    /// A checkpoint that does not fit the job.
+    #[error("checkpoint: {0}")]
+    BadCheckpoint(String),
 }
 
 /// Where jobs run: the CPU, or one CUDA device.
@@ -452,6 +455,41 @@ impl PreparedJob {
         Ok(())
     }
 
+    /// The outputs so far, with the chunks done: a checkpoint to resume from after a
+    /// restart ([`PreparedJob::restore`]).
+    pub fn snapshot(&mut self) -> Result<(u32, Vec<Vec<u8>>), JobError> {
+        let outputs = match &mut self.state {
+            State::Cpu(job) => job.snapshot(),
+            State::Cuda(job) => job.snapshot()?,
+            State::Worker(job) => job.snapshot()?,
+        };
+        Ok((self.done, outputs))
+    }
+
+    /// Continues from a checkpoint: `done` chunks ran and left `outputs`. Only on a job
+    /// that has run nothing yet.
+    pub fn restore(&mut self, done: u32, outputs: Vec<Vec<u8>>) -> Result<(), JobError> {
+        if self.done != 0 || done > self.plan.chunks() {
+            return Err(JobError::BadCheckpoint(format!(
+                "{done} chunks done of {} (this run has done {})",
+                self.plan.chunks(),
+                self.done
+            )));
+        }
+        let fits = match &mut self.state {
+            State::Cpu(job) => job.restore(outputs),
+            State::Cuda(job) => job.restore(outputs)?,
+            State::Worker(job) => job.restore(done, outputs)?,
+        };
+        if !fits {
+            return Err(JobError::BadCheckpoint(
+                "its outputs are not the job's sizes".into(),
+            ));
+        }
+        self.done = done;
+        Ok(())
+    }
+
     /// The outputs, in order, each of its declared size. Every chunk must have run.
     pub fn finish(self) -> Result<Vec<Vec<u8>>, JobError> {
         if !self.is_complete() {
@@ -663,6 +701,52 @@ mod tests {
         assert!(matches!(backend, ComputeBackend::Cpu(_)));
         assert_eq!(why, None);
         assert_eq!(backend.kind(), attest::msg::Backend::Cpu);
+    }
+
+    #[test]
+    fn a_job_restored_from_a_checkpoint_finishes_with_the_outputs_of_one_uninterrupted_run() {
+        let b = Builtin::Sha256Batch(Sha256Batch::new(50, 16).unwrap());
+        let input: Vec<u8> = (0..800u32).map(|i| (i * 7 % 251) as u8).collect();
+        let cpu = ComputeBackend::Cpu(CpuBackend::new());
+        let prep = || {
+            cpu.prepare(
+                &b.to_workload(),
+                None,
+                vec![input.clone()],
+                &[b.output_size()],
+                1,
+            )
+            .unwrap()
+        };
+        let mut whole = prep();
+        for i in 0..whole.chunk_count() {
+            whole.run_chunk(i).unwrap();
+        }
+        let whole = whole.finish().unwrap();
+        let mut first = prep();
+        for i in 0..7 {
+            first.run_chunk(i).unwrap();
+        }
+        let (done, outputs) = first.snapshot().unwrap();
+        assert_eq!(done, 7);
+        let mut second = prep();
+        assert!(matches!(
+            second.restore(done, vec![vec![0; 3]]),
+            Err(JobError::BadCheckpoint(_))
+        ));
+        second.restore(done, outputs).unwrap();
+        assert_eq!(second.chunks_done(), 7);
+        assert!(matches!(
+            second.run_chunk(0),
+            Err(JobError::ChunkOutOfOrder {
+                expected: 7,
+                got: 0
+            })
+        ));
+        for i in 7..second.chunk_count() {
+            second.run_chunk(i).unwrap();
+        }
+        assert_eq!(second.finish().unwrap(), whole);
     }
 
     #[test]

@@ -70,12 +70,22 @@ pub struct Handle {
     pub chunk_count: u32,
 }
 
+/// Saves a job's progress between chunks: `save(chunks_done, outputs)` at most every
+/// `every`.
+pub struct Checkpointer {
+    /// How often.
+    pub every: Duration,
+    /// Where to (from the job's thread).
+    pub save: Box<dyn FnMut(u32, Vec<Vec<u8>>) + Send>,
+}
+
 /// Starts the thread. `sim_load` (with the simulated GPU's watts) makes a simulated rig see
 /// the job's draw. `done` is called once, from the thread, with how it ended.
 pub fn spawn(
     mut exec: Execution,
     initial: Decision,
     sim_load: Option<(Arc<JobLoad>, f64)>,
+    mut checkpoint: Option<Checkpointer>,
     done: impl FnOnce(Finished) + Send + 'static,
 ) -> std::io::Result<Handle> {
     let shared = Arc::new(Shared::default());
@@ -89,6 +99,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("job".into())
         .spawn(move || {
+            let mut last_checkpoint = std::time::Instant::now();
             let outcome = loop {
                 while let Ok(c) = rx.try_recv() {
                     match c {
@@ -120,6 +131,18 @@ pub fn spawn(
                             .store(exec.chunks_done() as u64, Ordering::Relaxed);
                         sh.remaining_ms
                             .store((exec.remaining_s() * 1000.0) as u64, Ordering::Relaxed);
+                        if let Some(c) = checkpoint.as_mut()
+                            && last_checkpoint.elapsed() >= c.every
+                            && exec.chunks_done() < exec.chunk_count()
+                        {
+                            last_checkpoint = std::time::Instant::now();
+                            match exec.checkpoint() {
+                                Ok((done, outputs)) => (c.save)(done, outputs),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "no checkpoint taken")
+                                }
+                            }
+                        }
                     }
                     Step::WaitUntil(t) => {
                         sh.paused.store(exec.is_paused() as u64, Ordering::Relaxed);

@@ -74,6 +74,10 @@ enum ToWorker {
     },
     /// Run chunk `chunk`.
     Run { chunk: u32 },
+    /// Send the outputs so far (a checkpoint).
+    Snapshot,
+    /// Continue from a checkpoint: `done` chunks ran; `outputs` blobs follow.
+    Restore { done: u32, outputs: u32 },
     /// Send the outputs and exit.
     Finish,
 }
@@ -92,6 +96,10 @@ enum FromWorker {
     Ran { chunk: u32 },
     /// The outputs follow, one blob each.
     Finished { outputs: u32 },
+    /// The outputs so far follow, one blob each.
+    Snapshot { outputs: u32 },
+    /// The checkpoint was taken back.
+    Restored,
     /// It could not.
     Failed { error: String },
 }
@@ -213,6 +221,28 @@ fn serve_inner(r: &mut impl Read, w: &mut impl Write) -> Result<(), String> {
                 fault_for_tests();
                 job.run_chunk(chunk).map_err(|e| e.to_string())?;
                 write_frame(w, &FromWorker::Ran { chunk }).map_err(io("answering"))?;
+            }
+            ToWorker::Snapshot => {
+                let (_, outputs) = job.snapshot().map_err(|e| e.to_string())?;
+                write_frame(
+                    w,
+                    &FromWorker::Snapshot {
+                        outputs: outputs.len() as u32,
+                    },
+                )
+                .map_err(io("answering"))?;
+                for o in &outputs {
+                    write_blob(w, o).map_err(io("sending a checkpoint"))?;
+                }
+                w.flush().map_err(io("sending a checkpoint"))?;
+            }
+            ToWorker::Restore { done, outputs } => {
+                let outputs = (0..outputs)
+                    .map(|_| read_blob(r))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(io("reading a checkpoint"))?;
+                job.restore(done, outputs).map_err(|e| e.to_string())?;
+                write_frame(w, &FromWorker::Restored).map_err(io("answering"))?;
             }
             ToWorker::Finish => {
                 let outputs = job.finish().map_err(|e| e.to_string())?;
@@ -350,6 +380,43 @@ impl WorkerJob {
         }
     }
 
+    /// The outputs so far.
+    pub(super) fn snapshot(&mut self) -> Result<Vec<Vec<u8>>, JobError> {
+        if write_frame(&mut self.stdin, &ToWorker::Snapshot).is_err() {
+            return Err(self.died("a checkpoint"));
+        }
+        match self.reply(self.chunk_timeout, "a checkpoint")? {
+            Reply::Outputs(o) => Ok(o),
+            Reply::Message(FromWorker::Failed { error }) => Err(JobError::Worker(error)),
+            _ => Err(self.died("a checkpoint: an answer out of turn")),
+        }
+    }
+
+    /// Continues from a checkpoint.
+    pub(super) fn restore(&mut self, done: u32, outputs: Vec<Vec<u8>>) -> Result<bool, JobError> {
+        let sent = (|| {
+            write_frame(
+                &mut self.stdin,
+                &ToWorker::Restore {
+                    done,
+                    outputs: outputs.len() as u32,
+                },
+            )?;
+            for o in &outputs {
+                write_blob(&mut self.stdin, o)?;
+            }
+            self.stdin.flush()
+        })();
+        if sent.is_err() {
+            return Err(self.died("restoring a checkpoint"));
+        }
+        match self.reply(self.chunk_timeout, "restoring a checkpoint")? {
+            Reply::Message(FromWorker::Restored) => Ok(true),
+            Reply::Message(FromWorker::Failed { error }) => Err(JobError::BadCheckpoint(error)),
+            _ => Err(self.died("restoring a checkpoint: an answer out of turn")),
+        }
+    }
+
     /// The outputs; the worker exits.
     pub(super) fn finish(mut self) -> Result<Vec<Vec<u8>>, JobError> {
         if write_frame(&mut self.stdin, &ToWorker::Finish).is_err() {
@@ -400,7 +467,9 @@ fn read_replies(
                     }
                 };
                 let reply = match msg {
-                    FromWorker::Finished { outputs: n } if n as usize == outputs => {
+                    FromWorker::Finished { outputs: n } | FromWorker::Snapshot { outputs: n }
+                        if n as usize == outputs =>
+                    {
                         match (0..n).map(|_| read_blob(&mut r)).collect() {
                             Ok(o) => Reply::Outputs(o),
                             Err(e) => {

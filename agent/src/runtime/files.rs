@@ -112,6 +112,55 @@ pub fn read_marker(data: &Path) -> Option<Result<Marker, serde_json::Error>> {
     Some(serde_json::from_slice(&bytes))
 }
 
+/// Where a running job's checkpoint is kept.
+pub fn checkpoint_path(data: &Path, job: attest::msg::JobId) -> PathBuf {
+    data.join("jobs")
+        .join(job.to_string())
+        .join("checkpoint.bin")
+}
+
+/// Saves a job's checkpoint durably: `HCK1`, the chunks done (u32 LE), the outputs' count
+/// (u32 LE), then each output as a length (u64 LE) and its bytes.
+pub fn write_checkpoint(
+    data: &Path,
+    job: attest::msg::JobId,
+    done: u32,
+    outputs: &[Vec<u8>],
+) -> std::io::Result<()> {
+    let path = checkpoint_path(data, job);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut b = Vec::with_capacity(12 + outputs.iter().map(|o| o.len() + 8).sum::<usize>());
+    b.extend_from_slice(b"HCK1");
+    b.extend_from_slice(&done.to_le_bytes());
+    b.extend_from_slice(&(outputs.len() as u32).to_le_bytes());
+    for o in outputs {
+        b.extend_from_slice(&(o.len() as u64).to_le_bytes());
+        b.extend_from_slice(o);
+    }
+    write_durable(&path, &b)
+}
+
+/// A job's checkpoint: the chunks done and the outputs then; `None` when there is none or
+/// it does not parse.
+pub fn read_checkpoint(data: &Path, job: attest::msg::JobId) -> Option<(u32, Vec<Vec<u8>>)> {
+    let b = std::fs::read(checkpoint_path(data, job)).ok()?;
+    let rest = b.strip_prefix(b"HCK1")?;
+    let u32_at =
+        |s: &[u8]| -> Option<u32> { Some(u32::from_le_bytes(s.get(..4)?.try_into().ok()?)) };
+    let done = u32_at(rest)?;
+    let n = u32_at(rest.get(4..)?)?;
+    let mut at = &rest[8..];
+    let mut outputs = Vec::new();
+    for _ in 0..n {
+        let len = u64::from_le_bytes(at.get(..8)?.try_into().ok()?) as usize;
+        outputs.push(at.get(8..8 + len)?.to_vec());
+        at = &at[8 + len..];
+    }
+    at.is_empty().then_some((done, outputs))
+}
+
 /// Removes the running-job marker.
 pub fn remove_marker(data: &Path) {
     let _ = std::fs::remove_file(running_job_path(data));

@@ -25,7 +25,8 @@ const CPU_WORK_PER_S: f64 = 2e9;
 const GPU_WORK_PER_S: f64 = 1e12;
 
 /// A job's inputs fetched and checked, and the job prepared on its backend (or why not).
-type Prepared = (JobSpec, Result<PreparedJob, String>);
+/// A job prepared on its thread, with the marker it resumes from after a restart.
+type Prepared = (JobSpec, Result<PreparedJob, String>, Option<Marker>);
 
 /// The runtime's link to a running job's thread, and the governor loop's memory of it.
 pub(super) struct RunnerLink {
@@ -174,6 +175,19 @@ impl Agent {
             // Killed between storing its receipt and removing the marker: done already.
             Ok(m) if self.last_stored_receipt_is_for(m.job) => {}
             Ok(m) => {
+                // With its checkpoint, before its deadline: it goes on from there.
+                let checkpoint = files::read_checkpoint(&self.cfg.data_dir, m.job);
+                if let (Some(spec), Some((done, outputs)), true) = (
+                    m.spec.clone(),
+                    checkpoint,
+                    self.cfg.jobs.enabled
+                        && now < m.spec.as_ref().map_or(0, |s| s.limits.deadline.0),
+                ) {
+                    tracing::warn!(job = %m.job, chunks_done = done, "a job was interrupted by a restart; resuming it from its checkpoint");
+                    self.jobs.desk.resuming(m.job);
+                    self.prepare_job(spec, Some((m, done, outputs)), now);
+                    return;
+                }
                 tracing::warn!(job = %m.job, "a job was interrupted by a restart; closing it");
                 self.jobs.desk.marked(m.job);
                 self.store_receipt(ReceiptOrder::interrupted(m), now);
@@ -278,6 +292,17 @@ impl Agent {
             Intake::Refuse(refusal) => return self.store_receipt(refusal, now),
         };
         self.mark_job(&marker);
+        self.prepare_job(spec, None, now);
+    }
+
+    /// Fetches a job's inputs and prepares it on a thread of its own; `resume`: the marker
+    /// of a job interrupted by a restart, continued from its checkpoint.
+    fn prepare_job(
+        &mut self,
+        spec: JobSpec,
+        resume: Option<(Marker, u32, Vec<Vec<u8>>)>,
+        now: u64,
+    ) {
         let id = spec.id;
         let backend = self.jobs.backend.clone();
         let dir = self
@@ -304,7 +329,7 @@ impl Agent {
         let spawned = std::thread::Builder::new()
             .name("job-prepare".into())
             .spawn(move || {
-                let r = fetch_and_prepare(
+                let mut r = fetch_and_prepare(
                     &spec,
                     &backend,
                     &dir,
@@ -313,7 +338,16 @@ impl Agent {
                     limits,
                     worker.as_ref(),
                 );
-                let _ = tx.send((spec, r));
+                let marker = match (resume, &mut r) {
+                    (Some((marker, done, outputs)), Ok(job)) => {
+                        if let Err(e) = job.restore(done, outputs) {
+                            r = Err(format!("resuming from the checkpoint: {e}"));
+                        }
+                        Some(marker)
+                    }
+                    (resume, _) => resume.map(|(m, _, _)| m),
+                };
+                let _ = tx.send((spec, r, marker));
             });
         if let Err(e) = spawned {
             let refusal = self
@@ -325,7 +359,13 @@ impl Agent {
     }
 
     /// Admission and start, once the inputs are in and the job is prepared.
-    fn start_prepared(&mut self, spec: JobSpec, job: PreparedJob, now: u64) {
+    fn start_prepared(
+        &mut self,
+        spec: JobSpec,
+        job: PreparedJob,
+        resumed: Option<Marker>,
+        now: u64,
+    ) {
         let id = spec.id;
         let work_per_s = match job.backend() {
             Backend::Cpu => CPU_WORK_PER_S,
@@ -347,15 +387,21 @@ impl Agent {
             }
         };
         self.force_record(now);
-        let start_counters = self.meter.snapshot(&crate::jobs::RECEIPT_KINDS);
+        // A resumed job keeps its start: its receipt covers it from its first chunk, on
+        // the counters of the record sealed then.
+        let (started_ms, start_counters) = match &resumed {
+            Some(m) => (m.started_ms, m.start_counters.clone()),
+            None => (now, self.meter.snapshot(&crate::jobs::RECEIPT_KINDS)),
+        };
         let gpu_baseline_w = self.meter.power_w(attest::msg::ChannelKind::Gpu);
         let decision = self.jobs.governor.update(&power, full_s, 0.0, 1.0);
         self.mark_job(&Marker {
             job: id,
-            started_ms: now,
+            started_ms,
             start_counters: start_counters.clone(),
-            chunks_done: 0,
+            chunks_done: job.chunks_done(),
             backend: job.backend().clone(),
+            spec: Some(spec.clone()),
         });
         let exec = crate::jobs::exec::Execution::new(spec, job, now, work_per_s);
         let chunks = exec.chunk_count();
@@ -364,7 +410,16 @@ impl Agent {
             .jobs
             .simulated
             .then(|| (self.jobs.job_load.clone(), self.cfg.jobs.simulated_gpu_w));
-        match crate::jobs::runner::spawn(exec, decision, sim, move |f| {
+        let data = self.cfg.data_dir.clone();
+        let checkpoint = crate::jobs::runner::Checkpointer {
+            every: std::time::Duration::from_millis(self.cfg.jobs.checkpoint_every_ms),
+            save: Box::new(move |done, outputs| {
+                if let Err(e) = files::write_checkpoint(&data, id, done, &outputs) {
+                    tracing::warn!(job = %id, error = %e, "checkpoint not saved");
+                }
+            }),
+        };
+        match crate::jobs::runner::spawn(exec, decision, sim, Some(checkpoint), move |f| {
             let _ = tx.send((id, f));
         }) {
             Ok(handle) => {
@@ -378,7 +433,7 @@ impl Agent {
                 };
                 let running = Running {
                     job: id,
-                    started_ms: now,
+                    started_ms,
                     start_counters,
                     handle: link,
                 };
@@ -431,13 +486,13 @@ impl Agent {
     /// On every meter sample: the governor's step for the running job, and any job that
     /// finished.
     pub(super) fn tick_jobs(&mut self, now: u64) {
-        while let Ok((spec, prepared)) = self.jobs.prepared_rx.try_recv() {
+        while let Ok((spec, prepared, resumed)) = self.jobs.prepared_rx.try_recv() {
             let failure = prepared.as_ref().err().cloned();
             match self.jobs.desk.prepared(spec.id, failure, now) {
                 Some(closing) => self.store_receipt(closing, now),
                 None => {
                     if let Ok(job) = prepared {
-                        self.start_prepared(spec, job, now);
+                        self.start_prepared(spec, job, resumed, now);
                     }
                 }
             }

@@ -63,6 +63,7 @@ fn a_restart_closes_a_marked_job_once_whether_or_not_its_receipt_was_stored() {
         start_counters: Vec::new(),
         chunks_done: 3,
         backend: attest::msg::Backend::Cpu,
+        spec: None,
     };
     let (done, interrupted) = (attest::msg::JobId([1; 16]), attest::msg::JobId([2; 16]));
 
@@ -474,4 +475,21 @@ fn bad_vedirect_checksums_are_counted_in_the_status_file_and_the_mqtt_status_and
         "{log}"
     );
     drop(port);
+}
+
+#[test]
+fn a_checkpoint_file_reads_back_and_a_damaged_one_reads_as_none() {
+    let dir = tmp("checkpoint");
+    let job = attest::msg::JobId([5; 16]);
+    let outputs = vec![vec![1u8, 2, 3], vec![], vec![9; 1000]];
+    super::files::write_checkpoint(&dir, job, 12, &outputs).unwrap();
+    assert_eq!(
+        super::files::read_checkpoint(&dir, job),
+        Some((12, outputs))
+    );
+    let path = super::files::checkpoint_path(&dir, job);
+    let mut b = std::fs::read(&path).unwrap();
+    b.truncate(b.len() - 1);
+    std::fs::write(&path, b).unwrap();
+    assert_eq!(super::files::read_checkpoint(&dir, job), None);
 }
