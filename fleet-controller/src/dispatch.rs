@@ -489,7 +489,7 @@ fn last_record<S: Store>(store: &S, device: DeviceId) -> Result<Option<MeterReco
 }
 
 /// The device's receipt of `job`, among its messages since `since_ms`.
-fn receipt<S: Store>(
+pub fn receipt<S: Store>(
     store: &S,
     device: DeviceId,
     job: JobId,

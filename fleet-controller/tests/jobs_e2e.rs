@@ -219,6 +219,52 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
         })
     });
     assert_eq!(states, vec!["queued", "scheduled", "running", "done"]);
+    // The agent uploaded the output; the controller kept it because it hashes to what the
+    // receipt says, and the buyer downloads it.
+    let results = wait_for("the job's output", Duration::from_secs(30), || {
+        let v = call(
+            api,
+            "GET",
+            &format!("/api/v1/jobs/{job_id}/results"),
+            &buyer,
+            b"",
+        )
+        .json();
+        (v["outputs"].as_array().is_some_and(|a| a.len() == 1)).then_some(v)
+    });
+    let out_hash = results["outputs"][0]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let got = call(
+        api,
+        "GET",
+        &format!("/api/v1/blobs/{out_hash}"),
+        &buyer,
+        b"",
+    );
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body.len(), count * 32);
+    assert_eq!(Hash32::digest(&got.body).to_hex(), out_hash);
+    assert_eq!(
+        Hash32::digest(&got.body),
+        receipt.output_hash,
+        "one output: its hash is the receipt's"
+    );
+    // Another upload of that output with other bytes is refused.
+    let provider_again = call(
+        api,
+        "PUT",
+        &format!("/api/v1/jobs/{job_id}/outputs/0"),
+        &provider,
+        &vec![0u8; count * 32],
+    );
+    assert_eq!(
+        provider_again.status,
+        409,
+        "{}",
+        String::from_utf8_lossy(&provider_again.body)
+    );
     hil_tests::assert_chain_from_genesis(
         &hil_tests::agent_key(&adir.join("data")).public(),
         items.iter().map(|(s, b)| (*s, b.as_slice())),

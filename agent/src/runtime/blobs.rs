@@ -274,10 +274,68 @@ pub(super) fn evict(dir: &Path, max_bytes: u64, keep: &[attest::Hash32]) -> Vec<
 }
 
 /// Reads an API token from `path` (surrounding white space dropped).
-fn read_token(path: &Path) -> Result<String, String> {
+pub(super) fn read_token(path: &Path) -> Result<String, String> {
     let t = std::fs::read_to_string(path)
         .map_err(|e| format!("reading jobs.blob_token_file {}: {e}", path.display()))?;
     Ok(t.trim().to_string())
+}
+
+/// Uploads a completed job's outputs to the controller (`PUT {api}/api/v1/jobs/{job}/
+/// outputs/{i}`, the provider's token), off the agent's task: the controller takes them
+/// once it has the job's receipt (until then it answers 409, and this tries again every
+/// 2 s for five minutes) and keeps them only if together they hash to the receipt's
+/// `output_hash`.
+pub(super) fn upload_outputs(
+    blob_url: &str,
+    token_file: Option<&Path>,
+    job: attest::msg::JobId,
+    outputs: Vec<Vec<u8>>,
+) {
+    let api = blob_url
+        .trim_end_matches('/')
+        .trim_end_matches("/api/v1/blobs")
+        .to_string();
+    let token = match token_file.map(read_token).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(job = %job, error = %e, "outputs not uploaded");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("job-results".into())
+        .spawn(move || {
+            let agent = ureq::Agent::new_with_config(
+                ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(120)))
+                    .http_status_as_error(false)
+                    .build(),
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(300);
+            for (i, o) in outputs.iter().enumerate() {
+                loop {
+                    let mut r = agent.put(format!("{api}/api/v1/jobs/{job}/outputs/{i}"));
+                    if let Some(t) = &token {
+                        r = r.header("Authorization", &format!("Bearer {t}"));
+                    }
+                    let status = r.send(&o[..]).map(|resp| resp.status().as_u16());
+                    match status {
+                        Ok(200) => break,
+                        Ok(409) if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_secs(2));
+                        }
+                        other => {
+                            tracing::warn!(job = %job, output = i, answer = ?other, "output not uploaded");
+                            return;
+                        }
+                    }
+                }
+            }
+            tracing::info!(job = %job, outputs = outputs.len(), "job outputs uploaded");
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(job = %job, error = %e, "outputs not uploaded");
+    }
 }
 
 /// Fetches a job's inputs and prepares it (uploads to the GPU): off the agent's task.

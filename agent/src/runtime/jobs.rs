@@ -521,6 +521,14 @@ impl Agent {
                 if let Err(e) = written {
                     tracing::error!(job = %id, error = %e, "writing job outputs failed");
                 }
+                if let Some(url) = &self.cfg.jobs.blob_url {
+                    super::blobs::upload_outputs(
+                        url,
+                        self.cfg.jobs.blob_token_file.as_deref(),
+                        id,
+                        f.outputs.clone(),
+                    );
+                }
                 let jobs_dir = self.cfg.data_dir.join("jobs");
                 for gone in files::prune_oldest(&jobs_dir, self.cfg.jobs.outputs_kept) {
                     tracing::info!(outputs = %gone, "older job outputs removed");

@@ -61,7 +61,7 @@ fn too_large(bytes: u64, max: u64) -> AppError {
 
 /// A temporary upload file that is removed when dropped, unless it was renamed away: every
 /// error path (and a client that hangs up, which drops the handler) leaves nothing behind.
-struct Incoming(PathBuf);
+pub(super) struct Incoming(PathBuf);
 
 impl Drop for Incoming {
     fn drop(&mut self) {
@@ -78,6 +78,58 @@ fn sync_dir(dir: &FsPath) -> std::io::Result<()> {
 
 fn io(what: &str, e: std::io::Error) -> AppError {
     AppError::Internal(format!("{what}: {e}"))
+}
+
+/// Streams `body` into `blobs/.incoming/` while it is hashed and counted, stopping at the
+/// first length `refuse` says no to; fsynced. The file goes when the [`Incoming`] is
+/// dropped, unless it was renamed into place.
+pub(super) async fn receive(
+    blobs: &FsPath,
+    hex: &str,
+    mut body: Body,
+    refuse: impl Fn(u64) -> Option<AppError>,
+) -> Result<(Incoming, Hash32, u64), AppError> {
+    let incoming_dir = blobs.join(".incoming");
+    tokio::fs::create_dir_all(&incoming_dir)
+        .await
+        .map_err(|e| io("creating the upload folder", e))?;
+    let n = NEXT_UPLOAD.fetch_add(1, Ordering::Relaxed);
+    let tmp = Incoming(incoming_dir.join(format!("{hex}.{}.{n}", std::process::id())));
+    let mut file = tokio::fs::File::create(&tmp.0)
+        .await
+        .map_err(|e| io("creating the upload file", e))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| AppError::BadBody(format!("reading the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry no bytes of the blob
+        };
+        len += data.len() as u64;
+        if let Some(e) = refuse(len) {
+            return Err(e);
+        }
+        hasher.update(&data);
+        file.write_all(&data)
+            .await
+            .map_err(|e| io("writing the upload", e))?;
+    }
+    file.sync_all()
+        .await
+        .map_err(|e| io("syncing the upload", e))?;
+    Ok((tmp, Hash32(hasher.finalize().into()), len))
+}
+
+/// Puts a received file in place as `blobs/{hex}` (unless a file of that name, the same
+/// bytes, is there already); whether it was there.
+pub(super) fn place(dir: &FsPath, tmp: &Incoming, hex: &str) -> Result<bool, AppError> {
+    let path = dir.join(hex);
+    let existed = path.exists();
+    if !existed {
+        std::fs::rename(&tmp.0, &path).map_err(|e| io("keeping the upload", e))?;
+        sync_dir(dir).map_err(|e| io("syncing the blob folder", e))?;
+    }
+    Ok(existed)
 }
 
 /// `PUT /api/v1/blobs/{sha256}`: streams the body to disk under its hash (see the module
@@ -120,40 +172,16 @@ pub(super) async fn put(
             return Err(over_quota(len, usage));
         }
     }
-    let incoming_dir = s.blobs.join(".incoming");
-    tokio::fs::create_dir_all(&incoming_dir)
-        .await
-        .map_err(|e| io("creating the upload folder", e))?;
-    let n = NEXT_UPLOAD.fetch_add(1, Ordering::Relaxed);
-    let tmp = Incoming(incoming_dir.join(format!("{hex}.{}.{n}", std::process::id())));
-    let mut file = tokio::fs::File::create(&tmp.0)
-        .await
-        .map_err(|e| io("creating the upload file", e))?;
-    let mut hasher = sha2::Sha256::new();
-    let mut len = 0u64;
-    let mut body = body;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| AppError::BadBody(format!("reading the body: {e}")))?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers carry no bytes of the blob
-        };
-        len += data.len() as u64;
+    let (tmp, got, len) = receive(&s.blobs, &hex, body, |len| {
         if len > max {
-            return Err(too_large(len, max));
+            Some(too_large(len, max))
+        } else if len > room {
+            Some(over_quota(len, usage))
+        } else {
+            None
         }
-        if len > room {
-            return Err(over_quota(len, usage));
-        }
-        hasher.update(&data);
-        file.write_all(&data)
-            .await
-            .map_err(|e| io("writing the upload", e))?;
-    }
-    file.sync_all()
-        .await
-        .map_err(|e| io("syncing the upload", e))?;
-    drop(file);
-    let got = Hash32(hasher.finalize().into());
+    })
+    .await?;
     if got != hash {
         return Err(AppError::HashMismatch {
             named: hex,
@@ -166,11 +194,7 @@ pub(super) async fn put(
         // decided together, so a refused upload removes only a file nobody else holds.
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         let path = dir.join(&hex);
-        let existed = path.exists();
-        if !existed {
-            std::fs::rename(&tmp.0, &path).map_err(|e| io("keeping the upload", e))?;
-            sync_dir(&dir).map_err(|e| io("syncing the blob folder", e))?;
-        }
+        let existed = place(&dir, &tmp, &hex)?;
         let mut st = pool.get()?;
         let granted = st.grant_blob(account, hash, len, crate::runtime::now_ms());
         let refusal = match granted {

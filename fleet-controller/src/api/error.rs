@@ -29,6 +29,13 @@ pub enum AppError {
     /// No receipt of that job from that device.
     #[error("{0}")]
     NoReceipt(String),
+    /// An output upload the job cannot take (not a provider's, not done, wrong index or
+    /// size).
+    #[error("{0}")]
+    OutputRefused(String),
+    /// Uploaded outputs that together do not hash to the receipt's `output_hash`.
+    #[error("{0}")]
+    OutputMismatch(String),
     /// A period that is missing or inverted.
     #[error("{0}")]
     BadPeriod(String),
@@ -118,6 +125,8 @@ impl AppError {
             AppError::UnknownDevice(_) => (StatusCode::NOT_FOUND, "unknown_device"),
             AppError::NothingToProve(_) => (StatusCode::CONFLICT, "nothing_to_prove"),
             AppError::NoReceipt(_) => (StatusCode::NOT_FOUND, "no_receipt"),
+            AppError::OutputRefused(_) => (StatusCode::CONFLICT, "output_refused"),
+            AppError::OutputMismatch(_) => (StatusCode::UNPROCESSABLE_ENTITY, "output_mismatch"),
             AppError::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_query"),
             AppError::BadPeriod(_) => (StatusCode::BAD_REQUEST, "bad_period"),
             AppError::PeriodTooLong(_) => (StatusCode::BAD_REQUEST, "period_too_long"),

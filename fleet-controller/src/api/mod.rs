@@ -43,6 +43,7 @@ mod auth;
 mod blobs;
 mod error;
 mod jobs;
+mod outputs;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -52,7 +53,7 @@ use attest::{DeviceId, Envelope, EpochId, KeyPair};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -491,6 +492,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/jobs/{id}", get(jobs::show))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/v1/jobs/{id}/results", get(jobs::results))
+        .route("/api/v1/jobs/{id}/outputs/{index}", put(outputs::put))
         // Every body an extractor reads (the JSON routes) is bounded; the blob upload
         // streams its own body against `max_blob_bytes` and the quota.
         .layer(DefaultBodyLimit::max(body_limit))

@@ -91,6 +91,8 @@ pub trait JobStore {
     fn jobs_of(&self, owner: AccountId, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
     /// A job's history, oldest first.
     fn job_history(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError>;
+    /// A job, whoever's (for dispatch and providers' uploads; never for a buyer's read).
+    fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError>;
     /// Every job not in a final state, of every account, oldest first (for dispatch).
     fn open_jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
     /// Where a job runs, if it is placed.
@@ -99,6 +101,8 @@ pub trait JobStore {
     fn put_job_lease(&mut self, id: JobId, lease: &JobLease) -> Result<(), StoreError>;
     /// Forgets where a job ran (it finished, or is queued again).
     fn drop_job_lease(&mut self, id: JobId) -> Result<(), StoreError>;
+    /// Forgets a job's uploaded outputs (they did not match its receipt).
+    fn clear_job_outputs(&mut self, id: JobId) -> Result<(), StoreError>;
     /// Applies a move if the job is still in its `from` state; false otherwise (another
     /// writer moved it first, or no such job).
     fn apply_transition(&mut self, id: JobId, t: &Transition) -> Result<bool, StoreError>;

@@ -97,6 +97,18 @@ impl JobStore for SqliteStore {
         raw.map(to_job).transpose()
     }
 
+    fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        let raw = self
+            .conn
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                params![&id.0[..]],
+                job_row,
+            )
+            .optional()?;
+        raw.map(to_job).transpose()
+    }
+
     fn open_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs
@@ -149,6 +161,14 @@ impl JobStore for SqliteStore {
     fn drop_job_lease(&mut self, id: JobId) -> Result<(), StoreError> {
         self.conn
             .execute("DELETE FROM job_leases WHERE job = ?1", params![&id.0[..]])?;
+        Ok(())
+    }
+
+    fn clear_job_outputs(&mut self, id: JobId) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM job_blobs WHERE job = ?1 AND role = 'output'",
+            params![&id.0[..]],
+        )?;
         Ok(())
     }
 
