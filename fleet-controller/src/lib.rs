@@ -9,6 +9,7 @@
 //! - [`anchor`]: where epoch roots are anchored, one backend a file behind one trait:
 //!   `anchor/local.rs` (epochs closed into RFC 6962 trees, the signed local log) and
 //!   `anchor/evm.rs` (the anchor contract on an EVM chain, alloy, crash-safe).
+//! - [`market_view`]: the market view (offers joined with live state and an energy runway).
 //! - [`dispatch`]: jobs placed by the scheduler as signed `RunJob`s, their states following
 //!   the devices' receipts.
 //! - [`crash`]: named crash points for the kill -9 tests.
@@ -40,6 +41,7 @@ pub mod ingest;
 pub mod intensity;
 pub mod jobs;
 pub mod market;
+pub mod market_view;
 pub mod queue;
 pub mod runtime;
 pub mod store;

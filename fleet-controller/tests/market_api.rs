@@ -754,6 +754,13 @@ fn fleetctl_submits_follows_and_cancels_a_job_and_names_api_errors() {
         .collect();
     assert_eq!(states, vec!["queued", "cancelled"]);
 
+    // The market is public; this controller has no device.
+    let (code, stdout, _) = run(&["--output", "json", "market", "--sort", "runway"]);
+    assert_eq!((code, stdout.trim()), (Some(0), "[]"));
+    let (code, _, stderr) = run(&["market", "--sort", "colour"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("400 bad_query"), "{stderr}");
+
     // An error of the API: exit 1, its reason on stderr, nothing on stdout.
     let (code, stdout, stderr) = run(&["cancel", &id]);
     assert_eq!(code, Some(1));

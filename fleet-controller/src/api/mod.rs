@@ -190,6 +190,47 @@ async fn device(
     .await
 }
 
+/// Query of the market route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketQuery {
+    gpu: Option<String>,
+    vram_min_mib: Option<u32>,
+    renewable_now_min: Option<f64>,
+    online: Option<bool>,
+    sort: Option<String>,
+    load_w: Option<f64>,
+}
+
+/// `GET /api/v1/market`: the approved devices' offers with their live state and runway.
+async fn market(
+    State(s): State<ApiState>,
+    ApiQuery(q): ApiQuery<MarketQuery>,
+) -> Result<Json<Value>, AppError> {
+    if let Some(sort) = q.sort.as_deref()
+        && !["price", "renewable", "runway"].contains(&sort)
+    {
+        return Err(AppError::BadQuery(format!(
+            "sort={sort}: price, renewable or runway"
+        )));
+    }
+    let search = crate::market_view::Search {
+        gpu: q.gpu,
+        vram_min_mib: q.vram_min_mib,
+        renewable_now_min: q.renewable_now_min,
+        online_only: q.online.unwrap_or(false),
+        job_load_w: q.load_w.unwrap_or(60.0).max(0.0),
+        sort: q.sort,
+    };
+    blocking(move || {
+        let store = s.store.get()?;
+        let listings =
+            crate::market_view::view(&*store, &search, crate::runtime::now_ms(), 60_000)?;
+        Ok(Json(json!(listings)))
+    })
+    .await
+}
+
 async fn epochs(State(s): State<ApiState>) -> Result<Json<Value>, AppError> {
     blocking(move || {
         let store = s.store.get()?;
@@ -488,6 +529,7 @@ pub fn app(state: ApiState) -> Router {
             "/api/v1/blobs/{sha256}",
             get(blobs::get).put(blobs::put).delete(blobs::delete),
         )
+        .route("/api/v1/market", get(market))
         .route("/api/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/api/v1/jobs/{id}", get(jobs::show))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
@@ -550,6 +592,43 @@ mod tests {
         let status = r.status();
         let body = to_bytes(r.into_body(), 1 << 24).await.unwrap();
         (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_market_lists_offers_with_their_state_and_filters_them() {
+        let (state, dev) = setup("market");
+        let id = dev.key.device_id().to_string();
+        let (s, v) = get_json(app(state.clone()), "/api/v1/market?sort=price").await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v[0]["device"], id);
+        assert_eq!(v[0]["gpu"], "Orin (nvgpu)");
+        assert_eq!(v[0]["cuda"], "8.7");
+        assert_eq!(v[0]["vram_mib"], 65_536);
+        assert_eq!(v[0]["cpu"], "ARM Cortex-A78AE (12 cores)");
+        assert_eq!(v[0]["price_micro_per_gpu_hour"], 250_000);
+        assert!(v[0]["runway_h"].as_f64().unwrap() >= 0.0, "{v}");
+        assert!(v[0]["battery"].as_f64().is_some(), "{v}");
+        // Filters: a GPU it does not have, more memory than it has, only online devices
+        // (its records are from the sample's June day, long ago).
+        for q in ["gpu=h100", "vram_min_mib=100000", "online=true"] {
+            let (s, v) = get_json(app(state.clone()), &format!("/api/v1/market?{q}")).await;
+            assert_eq!(s, StatusCode::OK);
+            assert_eq!(v, json!([]), "{q}");
+        }
+        let (s, v) = get_json(
+            app(state.clone()),
+            "/api/v1/market?gpu=orin&vram_min_mib=8192",
+        )
+        .await;
+        assert_eq!(
+            (s, v.as_array().map(|a| a.len())),
+            (StatusCode::OK, Some(1))
+        );
+        let (s, v) = get_json(app(state), "/api/v1/market?sort=colour").await;
+        assert_eq!(
+            (s, &v["reason"]),
+            (StatusCode::BAD_REQUEST, &json!("bad_query"))
+        );
     }
 
     #[tokio::test]

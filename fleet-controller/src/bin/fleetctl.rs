@@ -97,6 +97,27 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The market: devices' offers with their state now and energy runway.
+    Market {
+        /// Only GPUs whose model contains this (`orin`, `h100`).
+        #[arg(long)]
+        gpu: Option<String>,
+        /// At least this much GPU memory, MiB.
+        #[arg(long)]
+        vram_min_mib: Option<u32>,
+        /// At least this renewable share now, 0..1.
+        #[arg(long)]
+        renewable_now_min: Option<f64>,
+        /// Only devices online now.
+        #[arg(long)]
+        online: bool,
+        /// price, renewable or runway.
+        #[arg(long)]
+        sort: Option<String>,
+        /// The load the runway is for, W (on top of the rig's own).
+        #[arg(long, default_value_t = 60.0)]
+        load_w: f64,
+    },
     /// The fleet's devices.
     Devices,
     /// Approve a pending device (operator).
@@ -422,6 +443,53 @@ fn run(cli: Cli) -> Result<()> {
                         j.energy.kwh(),
                         j.renewable.kwh(),
                         j.co2e_mg as f64 / 1000.0
+                    ));
+                }
+                t
+            });
+        }
+        Cmd::Market {
+            gpu,
+            vram_min_mib,
+            renewable_now_min,
+            online,
+            sort,
+            load_w,
+        } => {
+            let mut q = vec![format!("load_w={load_w}")];
+            if let Some(g) = gpu {
+                q.push(format!("gpu={g}"));
+            }
+            if let Some(v) = vram_min_mib {
+                q.push(format!("vram_min_mib={v}"));
+            }
+            if let Some(r) = renewable_now_min {
+                q.push(format!("renewable_now_min={r}"));
+            }
+            if online {
+                q.push("online=true".into());
+            }
+            if let Some(s) = sort {
+                q.push(format!("sort={s}"));
+            }
+            let v = api.json(&format!("/api/v1/market?{}", q.join("&")), false)?;
+            print(out, &v, |v| {
+                let mut t = format!(
+                    "{:<34} {:<22} {:>7} {:>9} {:>6} {:>6} {:>8}",
+                    "device", "gpu", "price", "renewable", "batt", "online", "runway"
+                );
+                for d in v.as_array().into_iter().flatten() {
+                    t.push_str(&format!(
+                        "\n{:<34} {:<22} {:>7} {:>8.0}% {:>6} {:>6} {:>7.1}h",
+                        d["device"].as_str().unwrap_or("?"),
+                        d["gpu"].as_str().unwrap_or("(cpu)"),
+                        d["price_micro_per_gpu_hour"],
+                        d["renewable_now"].as_f64().unwrap_or(0.0) * 100.0,
+                        d["battery"]
+                            .as_f64()
+                            .map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
+                        if d["online"] == true { "yes" } else { "no" },
+                        d["runway_h"].as_f64().unwrap_or(0.0),
                     ));
                 }
                 t
