@@ -120,6 +120,11 @@ enum Cmd {
     },
     /// The fleet's devices.
     Devices,
+    /// Shell completions on stdout (`fleetctl completions bash > /etc/bash_completion.d/fleetctl`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Approve a pending device (operator).
     Approve { device: String },
     /// Revoke a device (operator).
@@ -256,6 +261,16 @@ fn print(out: Output, v: &Value, text: impl FnOnce(&Value) -> String) {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Cmd::Completions { shell } = cli.cmd {
+        use clap::CommandFactory;
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "fleetctl", &mut script);
+        // A reader that stops early (`| head`) is no error.
+        return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.context("writing the completions"),
+        };
+    }
     let url = cli
         .url
         .clone()
@@ -495,6 +510,7 @@ fn run(cli: Cli) -> Result<()> {
                 t
             });
         }
+        Cmd::Completions { .. } => unreachable!("answered above"),
         Cmd::Devices => {
             let v = api.json("/api/v1/devices", false)?;
             print(out, &v, |v| {
