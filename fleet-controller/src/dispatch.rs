@@ -477,7 +477,10 @@ fn gpu_model<S: Store>(store: &S, device: DeviceId) -> Result<Option<String>, St
 }
 
 /// The device's latest meter record.
-fn last_record<S: Store>(store: &S, device: DeviceId) -> Result<Option<MeterRecord>, StoreError> {
+pub fn last_record<S: Store>(
+    store: &S,
+    device: DeviceId,
+) -> Result<Option<MeterRecord>, StoreError> {
     let Some((seq, _)) = store.last_item(device)? else {
         return Ok(None);
     };

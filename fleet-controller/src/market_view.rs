@@ -6,7 +6,7 @@
 //! search. The arithmetic is pure; [`view`] reads the store.
 
 use attest::msg::{ChannelKind, Hello, MeterRecord, Site};
-use attest::{DeviceId, Envelope, SeqNo};
+use attest::{DeviceId, Envelope};
 use serde::Serialize;
 
 use crate::store::{DeviceState, Store, StoreError};
@@ -119,7 +119,7 @@ pub fn view<S: Store>(
         else {
             continue;
         };
-        let last = last_record(store, d.id)?;
+        let last = crate::dispatch::last_record(store, d.id)?;
         let power = |kind: ChannelKind| {
             last.as_ref().map_or(0.0, |r| {
                 r.channels
@@ -193,17 +193,6 @@ fn matches(l: &Listing, s: &Search) -> bool {
     }) && s.vram_min_mib.is_none_or(|v| l.vram_mib >= v)
         && s.renewable_now_min.is_none_or(|r| l.renewable_now >= r)
         && (!s.online_only || l.online)
-}
-
-fn last_record<S: Store>(store: &S, device: DeviceId) -> Result<Option<MeterRecord>, StoreError> {
-    let Some((seq, _)) = store.last_item(device)? else {
-        return Ok(None);
-    };
-    let items = store.items(device, SeqNo(seq.0.saturating_sub(8)), seq)?;
-    Ok(items
-        .iter()
-        .rev()
-        .find_map(|(_, b)| Envelope::decode(b).ok()?.open::<MeterRecord>().ok()))
 }
 
 /// `1 - grid import / load` over today's (UTC) records, from the first and last record's

@@ -757,7 +757,10 @@ fn fleetctl_submits_follows_and_cancels_a_job_and_names_api_errors() {
     // Completions for a shell.
     let (code, stdout, _) = run(&["completions", "bash"]);
     assert_eq!(code, Some(0));
-    assert!(stdout.contains("_fleetctl()") && stdout.contains("submit"), "{stdout}");
+    assert!(
+        stdout.contains("_fleetctl()") && stdout.contains("submit"),
+        "{stdout}"
+    );
 
     // The market is public; this controller has no device.
     let (code, stdout, _) = run(&["--output", "json", "market", "--sort", "runway"]);

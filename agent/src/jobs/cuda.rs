@@ -479,9 +479,10 @@ impl CudaJob {
         launched.map(|_| ()).map_err(driver("launching a kernel"))
     }
 
-    /// The outputs so far, copied back (a checkpoint).
+    /// The outputs so far (a checkpoint; all of them once every chunk ran), copied back
+    /// from the device, each at its declared length.
     pub(crate) fn snapshot(&self) -> Result<Vec<Vec<u8>>, CudaError> {
-        guarded("copying a checkpoint back", || {
+        guarded("copying outputs back", || {
             let stream = &self.backend.inner.stream;
             self.outputs
                 .iter()
@@ -492,7 +493,7 @@ impl CudaJob {
                     }
                     stream
                         .clone_dtoh(&buf.slice(..len))
-                        .map_err(driver("copying a checkpoint back"))
+                        .map_err(driver("copying an output back"))
                 })
                 .collect()
         })
@@ -528,21 +529,7 @@ impl CudaJob {
 
     /// Copies the outputs back, each at its declared length.
     pub(crate) fn finish(self) -> Result<Vec<Vec<u8>>, CudaError> {
-        guarded("copying outputs back", || {
-            let stream = &self.backend.inner.stream;
-            self.outputs
-                .iter()
-                .map(|(buf, len)| {
-                    let len = *len as usize;
-                    if len == 0 {
-                        return Ok(Vec::new());
-                    }
-                    stream
-                        .clone_dtoh(&buf.slice(..len))
-                        .map_err(driver("copying an output back"))
-                })
-                .collect()
-        })
+        self.snapshot()
     }
 }
 
