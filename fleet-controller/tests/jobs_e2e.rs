@@ -374,3 +374,224 @@ fn heliostat_agent_workload(count: usize) -> attest::msg::Workload {
         ],
     }
 }
+
+/// The controller, its operator and a buyer and a provider made over the API: `(api port,
+/// controller key, buyer token, provider token, the process)`.
+fn market(tmp: &std::path::Path, broker: u16) -> (u16, attest::KeyPair, String, String, Proc) {
+    let api = free_port();
+    let cdir = tmp.join("controller");
+    std::fs::create_dir_all(&cdir).unwrap();
+    let ccfg = cdir.join("controller.toml");
+    let mut cfg = ControllerConfig::new(
+        cdir.join("data"),
+        BrokerConfig {
+            port: broker,
+            ..BrokerConfig::new("127.0.0.1")
+        },
+    );
+    cfg.enrollment.auto_approve = true;
+    cfg.epochs.interval_ms = 500;
+    cfg.api.listen = format!("127.0.0.1:{api}");
+    cfg.market.tick_ms = 200;
+    cfg.write_toml(&ccfg).unwrap();
+    let log = std::fs::File::create(cdir.join("controller.log")).unwrap();
+    let proc = Proc(
+        std::process::Command::new(CONTROLLER)
+            .args(["--config", ccfg.to_str().unwrap(), "run"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(hil_tests::wait_for_port(api, Duration::from_secs(20)));
+    let (ckey, _) = attest::keyfile::load_or_create(&cdir.join("data/controller.key")).unwrap();
+    let out = std::process::Command::new(CONTROLLER)
+        .args(["--config", ccfg.to_str().unwrap()])
+        .args(["account", "create", "--kind", "operator", "--name", "ops"])
+        .output()
+        .unwrap();
+    let operator = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let account = |kind: &str| -> String {
+        let body = serde_json::json!({"kind": kind, "name": kind}).to_string();
+        let r = call(api, "POST", "/api/v1/accounts", &operator, body.as_bytes());
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["token"]["secret"].as_str().unwrap().to_string()
+    };
+    (api, ckey, account("buyer"), account("provider"), proc)
+}
+
+/// A simulated rig at longitude `lon` on the equator whose panels give `sun_w` all day
+/// (a trace), its battery at `soc` (its reserve is 0.2).
+#[allow(clippy::too_many_arguments)]
+fn rig(
+    dir: &std::path::Path,
+    lon: f64,
+    sun_w: u32,
+    broker: u16,
+    api: u16,
+    ckey: &attest::KeyPair,
+    provider: &str,
+    seed: u64,
+    soc: f64,
+) -> Proc {
+    std::fs::create_dir_all(dir).unwrap();
+    let trace = dir.join("sun.csv");
+    std::fs::write(&trace, format!("0,{sun_w}\n86399,{sun_w}\n")).unwrap();
+    let mut cfg = AgentConfig::new(
+        dir.join("data"),
+        SiteConfig {
+            panel_watts_peak: 400,
+            battery_wh: 1000,
+            battery_reserve_wh: 200,
+            grid_region: "KE".into(),
+            ..SiteConfig::new(0.0, lon)
+        },
+        LinkConfig {
+            port: broker,
+            resend_after_ms: 1500,
+            backoff_max_ms: 400,
+            ..LinkConfig::new("127.0.0.1", &ckey.public())
+        },
+        vec![SourceConfig::Simulator(SimulatorConfig {
+            seed,
+            initial_soc: soc,
+            trace_csv: Some(trace),
+            ..Default::default()
+        })],
+    );
+    cfg.meter = MeterConfig {
+        sample_interval_ms: 50,
+        record_interval_ms: 200,
+    };
+    cfg.jobs.prefer_gpu = false;
+    cfg.jobs.blob_url = Some(format!("http://127.0.0.1:{api}/api/v1/blobs/"));
+    let token = dir.join("provider.token");
+    std::fs::write(&token, provider).unwrap();
+    cfg.jobs.blob_token_file = Some(token);
+    let path = dir.join("agent.toml");
+    cfg.write_toml(&path).unwrap();
+    let bin = workspace_binary(CONTROLLER, "heliostat-agent", "heliostat-agent");
+    spawn_agent(bin.to_str().unwrap(), &path, &dir.join("agent.log"))
+}
+
+/// Submits a `sha256_batch` job of `count` items; its id.
+fn submit(api: u16, buyer: &str, count: usize, flexible: bool, n: u8) -> String {
+    let input: Vec<u8> = (0..count * 64)
+        .map(|i| (i * 7 + n as usize) as u8)
+        .collect();
+    let hash = Hash32::digest(&input);
+    let r = call(
+        api,
+        "PUT",
+        &format!("/api/v1/blobs/{}", hash.to_hex()),
+        buyer,
+        &input,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let job = serde_json::json!({
+        "workload": heliostat_agent_workload(count),
+        "inputs": [hash],
+        "deadline_ms": now() + 12 * 3_600_000,
+        "max_price_micro_per_gpu_hour": 1_000_000,
+        "flexible": flexible,
+    });
+    let r = call(
+        api,
+        "POST",
+        "/api/v1/jobs",
+        buyer,
+        job.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+/// Two rigs on the equator, one where it is noon now and one where it is midnight with its
+/// battery at its reserve: a flexible job goes to the sunlit one (the dark one could only
+/// run it on the grid, which it does not offer) and its proof shows its energy renewable;
+/// an inflexible one runs at once.
+#[test]
+fn a_flexible_job_submitted_at_night_runs_at_a_sunlit_site_and_its_proof_says_so() {
+    let tmp = TempDir::new("market-e2e");
+    let broker = Mosquitto::start();
+    let (api, ckey, buyer, provider, _controller) = market(tmp.path(), broker.port);
+    // The longitude where it is solar noon now (and the one where it is midnight).
+    let hours = (now() % 86_400_000) as f64 / 3_600_000.0;
+    let noon_lon = ((12.0 - hours) * 15.0 + 540.0) % 360.0 - 180.0;
+    let night_lon = (noon_lon + 360.0) % 360.0 - 180.0;
+    let _sunny = rig(
+        &tmp.path().join("sunny"),
+        noon_lon,
+        350,
+        broker.port,
+        api,
+        &ckey,
+        &provider,
+        1,
+        0.25,
+    );
+    let _dark = rig(
+        &tmp.path().join("dark"),
+        night_lon,
+        0,
+        broker.port,
+        api,
+        &ckey,
+        &provider,
+        2,
+        0.2,
+    );
+    let store = SqliteStore::open(&tmp.path().join("controller/data/controller.db")).unwrap();
+    wait_for(
+        "both rigs and their records",
+        Duration::from_secs(30),
+        || {
+            let devices = store.devices().unwrap();
+            (devices.len() == 2
+                && devices
+                    .iter()
+                    .all(|d| store.count_items(d.id).unwrap_or(0) >= 3))
+            .then_some(())
+        },
+    );
+    let sunny_id = hil_tests::agent_key(&tmp.path().join("sunny/data")).device_id();
+
+    let flexible = submit(api, &buyer, 5_000, true, 1);
+    let job = wait_for("the flexible job done", Duration::from_secs(60), || {
+        let v = call(api, "GET", &format!("/api/v1/jobs/{flexible}"), &buyer, b"").json();
+        (v["state"] == "done").then_some(v)
+    });
+    assert_eq!(job["device"], sunny_id.to_string(), "{job}");
+    let placed = job["history"][1]["reason"].as_str().unwrap();
+    assert!(placed.contains("100 % renewable"), "{placed}");
+    // Its proof, from the sunny rig, once anchored: the job's energy came from the sun.
+    let proof = wait_for("the job's proof", Duration::from_secs(30), || {
+        let r = http_with(
+            api,
+            "GET",
+            &format!("/api/v1/devices/{sunny_id}/jobs/{flexible}/bundle"),
+            &[],
+            None,
+        );
+        (r.status == 200).then_some(r.body)
+    });
+    let bundle = attest::bundle::ProofBundle::decode(&proof).unwrap();
+    let report = attest::bundle::verify(
+        &bundle,
+        &attest::bundle::VerifyOptions::pinned(ckey.public(), attest::TimestampMs(now())),
+    )
+    .unwrap();
+    let account = report.statement.job.expect("a job account");
+    assert!(account.energy.0 > 0, "{account:?}");
+    assert!(
+        account.renewable.0 * 10 >= account.energy.0 * 9,
+        "at least 90 % renewable: {account:?}"
+    );
+
+    // An inflexible job is placed at once, wherever there is room.
+    let urgent = submit(api, &buyer, 2_000, false, 2);
+    wait_for("the urgent job done", Duration::from_secs(60), || {
+        let v = call(api, "GET", &format!("/api/v1/jobs/{urgent}"), &buyer, b"").json();
+        (v["state"] == "done").then_some(())
+    });
+}
