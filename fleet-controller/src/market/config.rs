@@ -41,6 +41,10 @@ pub struct SchedulerConfig {
     pub lease_grace_ms: u64,
     /// When nothing better is known (all devices busy or offline), decide again after this.
     pub retry_ms: u64,
+    /// A run that starts within this of now is placed now, with its later `start_at`, so
+    /// that the device has it in time; a wait ends this long before its planned start. At
+    /// least the caller's tick period.
+    pub lead_ms: u64,
     /// Fraction by which forecast sun is lowered when planning (forecasts err; a job
     /// planned on 100 % of the forecast runs on the grid half the time).
     pub forecast_margin: f64,
@@ -48,7 +52,7 @@ pub struct SchedulerConfig {
     pub typical_sky_ratio: f64,
     /// Hours over which the site's recent ratio fades to the typical one.
     pub sky_ratio_fade_hours: f64,
-    /// A run must end this fraction of its length before the deadline...
+    /// A run must end this fraction of the time from now to its end before the deadline...
     pub deadline_slack_fraction: f64,
     /// ...and at least this long before it, ms.
     pub deadline_slack_min_ms: u64,
@@ -65,6 +69,7 @@ impl Default for SchedulerConfig {
             horizon_hours: 48,
             lease_grace_ms: 30 * 60_000,
             retry_ms: 5 * 60_000,
+            lead_ms: 5 * 60_000,
             forecast_margin: 0.15,
             typical_sky_ratio: 0.7,
             sky_ratio_fade_hours: 4.0,

@@ -29,6 +29,9 @@ use super::forecast::{HOUR_MS, Outlook, RunPlan};
 use super::job::{CarbonLimit, Co2eMg, JobRequest, MicroCredits, SharePpm};
 use super::offer::DeviceOffer;
 
+/// What an hour's wait weighs for an inflexible job: more than any emissions.
+const INFLEXIBLE_WAIT_MG_PER_HOUR: f64 = 1e15;
+
 /// The chosen run.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Chosen {
@@ -158,7 +161,14 @@ fn best_start(
     let mut start = earliest;
     while start < o.horizon_end() {
         let wait_h = (start - ask.now) as f64 / HOUR_MS as f64;
-        let lower = fixed + wait_h * ask.kwh * w.wait_mg_per_kwh_hour;
+        // An inflexible job starts now wherever it can; it waits for a busy device only
+        // when every device is busy, and then for the one free first.
+        let per_hour = if ask.job.flexible {
+            ask.kwh * w.wait_mg_per_kwh_hour
+        } else {
+            INFLEXIBLE_WAIT_MG_PER_HOUR
+        };
+        let lower = fixed + wait_h * per_hour;
         if lower >= bar {
             break;
         }
@@ -206,10 +216,17 @@ fn feasible(
     carbon: bool,
 ) -> Result<RunPlan, Infeasible> {
     let plan = o.run(start, ask.energy_wh).ok_or(Infeasible::Unfinished)?;
-    let run_ms = plan.end - plan.start;
-    let slack = cfg
+    // The further the end lies from now, the more can delay it (the job before it
+    // overrunning, an outage, a refused admission): the slack grows with it.
+    let span_ms = plan.end - ask.now;
+    let mut slack = cfg
         .deadline_slack_min_ms
-        .max((run_ms as f64 * cfg.deadline_slack_fraction) as u64);
+        .max((span_ms as f64 * cfg.deadline_slack_fraction) as u64);
+    if start > ask.now + cfg.lead_ms {
+        // Waiting must not spend the room to recover: a lease lost at the end of the run
+        // (silent past the grace) still leaves time to run it again elsewhere.
+        slack = slack.max(cfg.lease_grace_ms + (plan.end - plan.start));
+    }
     if plan.end.saturating_add(slack) > ask.job.deadline.0 {
         return Err(Infeasible::Late);
     }
@@ -232,6 +249,26 @@ fn feasible(
         }
     }
     Ok(plan)
+}
+
+/// The run of `job` from `start` on the device of `o`, if it is still feasible there (a
+/// hold checked again after a job before it changed the device's plan).
+pub(crate) fn fits_at(
+    cfg: &SchedulerConfig,
+    job: &JobRequest,
+    o: &Outlook,
+    now: u64,
+    start: u64,
+) -> Option<RunPlan> {
+    let energy_wh = job.work.wh();
+    let ask = Ask {
+        job,
+        energy_wh,
+        kwh: energy_wh / 1_000.0,
+        now,
+    };
+    let carbon = cfg.strategy == Strategy::CarbonAware;
+    feasible(cfg, &ask, o, start, &mut Funnel::default(), carbon).ok()
 }
 
 fn price_of(offer: &DeviceOffer, plan: &RunPlan) -> MicroCredits {

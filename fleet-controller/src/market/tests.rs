@@ -126,21 +126,24 @@ fn a_flexible_job_with_no_sunlit_device_waits_for_sunrise_and_holds_the_device()
             device: DeviceId([1; 16])
         }
     );
-    // Berlin's sun rises about 02:45 UTC; the wait ends on an hour once the panel can
-    // carry the job, within the morning.
-    assert_eq!(until.0 % H, 0);
-    let elevation = sun_elevation(BERLIN.0, BERLIN.1, until.0).to_degrees();
+    // Berlin's sun rises about 02:45 UTC; the run is planned on an hour once the panel
+    // can carry the job, within the morning; the wait ends the lead (5 min) before it.
+    let lead = SchedulerConfig::default().lead_ms;
+    let start = until.0 + lead;
+    assert_eq!(start % H, 0);
+    let elevation = sun_elevation(BERLIN.0, BERLIN.1, start).to_degrees();
     assert!(
-        until.0 > MIDNIGHT + 2 * H && until.0 <= MIDNIGHT + 9 * H,
+        start > MIDNIGHT + 2 * H && start <= MIDNIGHT + 9 * H,
         "{}",
-        (until.0 - MIDNIGHT) / H
+        (start - MIDNIGHT) / H
     );
     assert!(elevation > 5.0, "{elevation}");
     assert_eq!(s.queued(), 1);
-    // Nothing is decided before then; at that hour it is placed there, on sun.
+    // Nothing is decided before then; then it is placed there, to start on the hour, on sun.
     assert!(s.tick(TimestampMs(MIDNIGHT + H), &offers).is_empty());
     let d = s.tick(until, &offers);
     let p = placement(&d[0]);
+    assert_eq!(p.start_at, TimestampMs(start));
     assert_eq!(p.device, DeviceId([1; 16]));
     assert_eq!(p.renewable, SharePpm::ALL);
 }
