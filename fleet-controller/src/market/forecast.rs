@@ -528,6 +528,32 @@ mod tests {
     }
 
     #[test]
+    fn a_job_before_a_hold_leaves_it_the_battery_it_was_planned_on() {
+        // No sun (an overcast forecast); 500 Wh above the reserve; a hold from 03:00 needs
+        // 200 Wh of it.
+        let dark = SolarForecast {
+            first_hour: MIDNIGHT / HOUR_MS,
+            wh: vec![0.0; 24],
+        };
+        let mut o = outlook(&offer(700, 100), MIDNIGHT, 0.0, Some(&dark));
+        o.commit(Commit {
+            job: JobId([1; 16]),
+            start: MIDNIGHT + 3 * HOUR_MS,
+            end: MIDNIGHT + 5 * HOUR_MS,
+            watts: 100.0,
+            energy_wh: 200.0,
+            hold: true,
+        });
+        // A 250 Wh job now gets 300 Wh of battery at most: 250 renewable...
+        let p = o.run(MIDNIGHT, 250.0).unwrap();
+        assert!((p.renewable_wh - 250.0).abs() < 1e-9, "{p:?}");
+        // ...and a 400 Wh job the 300 Wh, the rest from the grid.
+        let p = o.run(MIDNIGHT, 400.0).unwrap();
+        assert!((p.renewable_wh - 300.0).abs() < 1e-9, "{p:?}");
+        assert!((p.grid_wh - 100.0).abs() < 1e-9, "{p:?}");
+    }
+
+    #[test]
     fn committed_work_holds_the_device_and_its_sun() {
         let f = SolarForecast {
             first_hour: MIDNIGHT / HOUR_MS,

@@ -1,4 +1,6 @@
-//! Choosing where and when one job runs, over the tick's outlooks.
+//! Choosing where and when one job runs, over the tick's outlooks, and the decision that
+//! follows: a placement, a wait holding the device, or a refusal with the reason the
+//! candidates stopped at.
 //!
 //! Every device that meets the job's needs, is online, has not failed the job before and
 //! asks no more than its ceiling is a candidate. For each, the start times tried depend on
@@ -25,7 +27,11 @@
 use attest::DeviceId;
 
 use super::config::{SchedulerConfig, Strategy};
-use super::forecast::{HOUR_MS, Outlook, RunPlan};
+use attest::TimestampMs;
+use attest::msg::JobId;
+
+use super::decision::{Decision, Placement, RefuseReason, WaitReason};
+use super::forecast::{Commit, HOUR_MS, Outlook, RunPlan};
 use super::job::{CarbonLimit, Co2eMg, JobRequest, MicroCredits, SharePpm};
 use super::offer::DeviceOffer;
 
@@ -274,4 +280,117 @@ pub(crate) fn fits_at(
 fn price_of(offer: &DeviceOffer, plan: &RunPlan) -> MicroCredits {
     let hours = (plan.end - plan.start) as f64 / HOUR_MS as f64;
     MicroCredits((offer.price_per_gpu_hour.0 as f64 * hours).ceil() as u64)
+}
+
+/// No feasible run: a refusal with the reason the candidates stopped at, or a wait
+/// when more time (devices freeing up, coming online, the horizon moving) may help.
+pub(crate) fn explain(
+    cfg: &SchedulerConfig,
+    job: &JobRequest,
+    f: Funnel,
+    now: u64,
+    outlooks: &[Outlook],
+) -> Decision {
+    let id = job.id;
+    let retry = now + cfg.retry_ms;
+    let wait = |why| Decision::Wait {
+        job: id,
+        until: TimestampMs(retry),
+        why,
+    };
+    if !f.meets_needs {
+        return refuse(id, RefuseReason::NoDeviceMeetsNeeds);
+    }
+    if !f.candidate {
+        return if retry < job.deadline.0 {
+            wait(WaitReason::NoDeviceOnline)
+        } else {
+            refuse(id, RefuseReason::DeadlineCannotBeMet)
+        };
+    }
+    if !f.price_ok {
+        let cheapest = f.cheapest_above_ceiling.unwrap_or_default();
+        return refuse(id, RefuseReason::AbovePriceCeiling { cheapest });
+    }
+    if f.busy_now && retry < job.deadline.0 {
+        return wait(WaitReason::Busy { device: None });
+    }
+    let horizon_end = outlooks
+        .iter()
+        .map(Outlook::horizon_end)
+        .max()
+        .unwrap_or(now);
+    let beyond = job.deadline.0 > horizon_end;
+    if !f.finishes {
+        return if beyond {
+            wait(WaitReason::BeyondHorizon)
+        } else {
+            refuse(id, RefuseReason::DeadlineCannotBeMet)
+        };
+    }
+    if beyond {
+        return Decision::Wait {
+            job: id,
+            until: TimestampMs(now + HOUR_MS),
+            why: WaitReason::BeyondHorizon,
+        };
+    }
+    let (best_renewable, best_co2e) = f.best_failing.unwrap_or_default();
+    refuse(
+        id,
+        RefuseReason::CarbonLimit {
+            best_renewable,
+            best_co2e,
+        },
+    )
+}
+
+/// Places the chosen run when it starts within `lead` of now, or holds its device and
+/// waits until `lead` before it starts.
+pub(crate) fn accept(
+    job: &JobRequest,
+    c: Chosen,
+    now: u64,
+    lead: u64,
+    outlooks: &mut [Outlook],
+) -> Decision {
+    let o = &mut outlooks[c.outlook];
+    let device = o.device;
+    let wait = c.plan.start > now + lead;
+    o.commit(Commit {
+        job: job.id,
+        start: c.plan.start,
+        end: c.plan.end,
+        watts: o.job_w,
+        energy_wh: job.work.wh(),
+        hold: wait,
+    });
+    if wait {
+        let why = if c.busy_before {
+            WaitReason::Busy {
+                device: Some(device),
+            }
+        } else {
+            WaitReason::Sun { device }
+        };
+        return Decision::Wait {
+            job: job.id,
+            until: TimestampMs(c.plan.start - lead),
+            why,
+        };
+    }
+    let energy = job.work.wh().max(1e-12);
+    Decision::Place(Placement {
+        job: job.id,
+        device,
+        start_at: TimestampMs(c.plan.start),
+        expected_end: TimestampMs(c.plan.end),
+        renewable: SharePpm::from_fraction(c.plan.renewable_wh / energy),
+        co2e: Co2eMg(c.plan.co2e_mg.ceil() as u64),
+        price: c.price,
+    })
+}
+
+pub(crate) fn refuse(job: JobId, reason: RefuseReason) -> Decision {
+    Decision::Refuse { job, reason }
 }

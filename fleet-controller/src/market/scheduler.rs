@@ -9,13 +9,13 @@ use attest::msg::JobId;
 use attest::{DeviceId, Milliwatts, TimestampMs};
 
 pub use super::config::{SchedulerConfig, Strategy, Weights};
-use super::decision::{Decision, Placement, RefuseReason, RevokeReason, WaitReason};
+use super::decision::{Decision, RefuseReason, RevokeReason, WaitReason};
 use super::forecast::{
     ClearSkyCurve, Commit, ForecastParams, GridIntensity, HOUR_MS, Outlook, SolarForecast,
 };
-use super::job::{Co2eMg, JobRequest, SharePpm};
+use super::job::JobRequest;
 use super::offer::{DeviceOffer, watts};
-use super::planner::{Chosen, Funnel, choose, fits_at};
+use super::planner::{accept, choose, explain, fits_at, refuse};
 
 /// Why a job is not accepted into the queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -441,65 +441,8 @@ impl Scheduler {
                 accept(job, c, now, self.config.lead_ms, outlooks),
                 c.plan.co2e_mg,
             ),
-            Err(f) => (self.explain(job, f, now, outlooks), 0.0),
+            Err(f) => (explain(&self.config, job, f, now, outlooks), 0.0),
         }
-    }
-
-    /// No feasible run: a refusal with the reason the candidates stopped at, or a wait
-    /// when more time (devices freeing up, coming online, the horizon moving) may help.
-    fn explain(&self, job: &JobRequest, f: Funnel, now: u64, outlooks: &[Outlook]) -> Decision {
-        let id = job.id;
-        let retry = now + self.config.retry_ms;
-        let wait = |why| Decision::Wait {
-            job: id,
-            until: TimestampMs(retry),
-            why,
-        };
-        if !f.meets_needs {
-            return refuse(id, RefuseReason::NoDeviceMeetsNeeds);
-        }
-        if !f.candidate {
-            return if retry < job.deadline.0 {
-                wait(WaitReason::NoDeviceOnline)
-            } else {
-                refuse(id, RefuseReason::DeadlineCannotBeMet)
-            };
-        }
-        if !f.price_ok {
-            let cheapest = f.cheapest_above_ceiling.unwrap_or_default();
-            return refuse(id, RefuseReason::AbovePriceCeiling { cheapest });
-        }
-        if f.busy_now && retry < job.deadline.0 {
-            return wait(WaitReason::Busy { device: None });
-        }
-        let horizon_end = outlooks
-            .iter()
-            .map(Outlook::horizon_end)
-            .max()
-            .unwrap_or(now);
-        let beyond = job.deadline.0 > horizon_end;
-        if !f.finishes {
-            return if beyond {
-                wait(WaitReason::BeyondHorizon)
-            } else {
-                refuse(id, RefuseReason::DeadlineCannotBeMet)
-            };
-        }
-        if beyond {
-            return Decision::Wait {
-                job: id,
-                until: TimestampMs(now + HOUR_MS),
-                why: WaitReason::BeyondHorizon,
-            };
-        }
-        let (best_renewable, best_co2e) = f.best_failing.unwrap_or_default();
-        refuse(
-            id,
-            RefuseReason::CarbonLimit {
-                best_renewable,
-                best_co2e,
-            },
-        )
     }
 
     fn apply(
@@ -548,48 +491,4 @@ impl Scheduler {
             Decision::Revoke { .. } => {}
         }
     }
-}
-
-/// Places the chosen run when it starts within `lead` of now, or holds its device and
-/// waits until `lead` before it starts.
-fn accept(job: &JobRequest, c: Chosen, now: u64, lead: u64, outlooks: &mut [Outlook]) -> Decision {
-    let o = &mut outlooks[c.outlook];
-    let device = o.device;
-    let wait = c.plan.start > now + lead;
-    o.commit(Commit {
-        job: job.id,
-        start: c.plan.start,
-        end: c.plan.end,
-        watts: o.job_w,
-        energy_wh: job.work.wh(),
-        hold: wait,
-    });
-    if wait {
-        let why = if c.busy_before {
-            WaitReason::Busy {
-                device: Some(device),
-            }
-        } else {
-            WaitReason::Sun { device }
-        };
-        return Decision::Wait {
-            job: job.id,
-            until: TimestampMs(c.plan.start - lead),
-            why,
-        };
-    }
-    let energy = job.work.wh().max(1e-12);
-    Decision::Place(Placement {
-        job: job.id,
-        device,
-        start_at: TimestampMs(c.plan.start),
-        expected_end: TimestampMs(c.plan.end),
-        renewable: SharePpm::from_fraction(c.plan.renewable_wh / energy),
-        co2e: Co2eMg(c.plan.co2e_mg.ceil() as u64),
-        price: c.price,
-    })
-}
-
-fn refuse(job: JobId, reason: RefuseReason) -> Decision {
-    Decision::Refuse { job, reason }
 }

@@ -412,3 +412,62 @@ fn the_same_inputs_give_the_same_decisions() {
     assert!(a.iter().any(|d| matches!(d, Decision::Wait { .. })));
     assert_eq!(a, run());
 }
+
+#[test]
+fn an_inflexible_job_starts_now_where_a_flexible_one_waits_for_the_busy_sunlit_device() {
+    let mut tokyo = device(2, TOKYO, "JP");
+    // Busy for another hour with work the caller knows of.
+    tokyo.leased.push(LeasedJob {
+        job: JobId([9; 16]),
+        until: TimestampMs(MIDNIGHT + H),
+    });
+    let offers = [device(1, BERLIN, "DE"), tokyo];
+    let mut s = scheduler();
+    let d = decide(&mut s, vec![job(1, 200, false, 24)], MIDNIGHT, &offers);
+    let p = placement(&d[0]);
+    assert_eq!(
+        (p.device, p.start_at),
+        (DeviceId([1; 16]), TimestampMs(MIDNIGHT))
+    );
+    let d = decide(&mut s, vec![job(2, 200, true, 24)], MIDNIGHT, &offers);
+    assert_eq!(
+        d,
+        vec![Decision::Wait {
+            job: JobId([2; 16]),
+            until: TimestampMs(MIDNIGHT + H - SchedulerConfig::default().lead_ms),
+            why: WaitReason::Busy {
+                device: Some(DeviceId([2; 16]))
+            }
+        }]
+    );
+}
+
+#[test]
+fn a_later_hold_keeps_its_place_when_the_job_before_it_runs_as_planned() {
+    // One device, night: two flexible jobs wait for Berlin's sun, one after the other.
+    let offers = [device(1, BERLIN, "DE")];
+    let mut s = scheduler();
+    let d = decide(
+        &mut s,
+        vec![job(1, 200, true, 24), job(2, 200, true, 24)],
+        MIDNIGHT,
+        &offers,
+    );
+    let until = |d: &Decision| match d {
+        Decision::Wait { until, .. } => until.0,
+        other => panic!("expected a wait, got {other:?}"),
+    };
+    let (first, second) = (until(&d[0]), until(&d[1]));
+    assert!(
+        second >= first + 2 * H,
+        "the second runs after the first's two hours"
+    );
+    // The first is placed; the second's hold still stands, so it is not decided again.
+    let d = s.tick(TimestampMs(first), &offers);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(placement(&d[0]).job, JobId([1; 16]));
+    let d = s.tick(TimestampMs(second), &offers);
+    let p = placement(&d[0]);
+    assert_eq!(p.job, JobId([2; 16]));
+    assert_eq!(p.renewable, SharePpm::ALL);
+}
