@@ -17,6 +17,7 @@
 //! fall short the job runs slower, as the agent's governor would hold it.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use attest::intensity::RegionTable;
 use attest::msg::JobId;
@@ -168,7 +169,8 @@ pub(crate) struct Outlook {
     batt: Vec<f64>,
     /// Battery charge committed work needs at each slot's start (never above `batt`).
     keep: Vec<f64>,
-    mg: Vec<f64>,
+    /// The region's intensity per slot, mg/kWh (shared by the region's devices).
+    mg: Rc<[f64]>,
     base_w: f64,
     span_wh: f64,
     battery_now_wh: f64,
@@ -188,7 +190,7 @@ impl Outlook {
         params: ForecastParams,
         curve: &mut ClearSkyCurve,
         operator: Option<&SolarForecast>,
-        mg: Vec<f64>,
+        mg: Rc<[f64]>,
     ) -> Outlook {
         let now = now.0;
         let h0 = now / HOUR_MS;
@@ -196,7 +198,9 @@ impl Outlook {
         let lat_lon = offer.lat_lon();
         let panel = f64::from(offer.site.panel_watts_peak);
         let mut sun = Vec::with_capacity(n);
-        let recent = sky_ratio(offer, now, params.typical_sky_ratio);
+        // The model (and the sun's position now, for the sky ratio) only where the
+        // operator's forecast does not reach.
+        let mut recent = None;
         if operator.is_none_or(|f| f.at(h0 + n as u64 - 1).is_none() || f.at(h0).is_none()) {
             curve.cover(lat_lon, h0, n);
         }
@@ -207,6 +211,8 @@ impl Outlook {
             let wh = match operator.and_then(|f| f.at(hour)) {
                 Some(wh) => wh,
                 None => {
+                    let recent = *recent
+                        .get_or_insert_with(|| sky_ratio(offer, now, params.typical_sky_ratio));
                     let ahead = ((start + end) / 2 - now) as f64 / HOUR_MS as f64;
                     let fade = (-ahead / params.sky_ratio_fade_hours.max(1e-3)).exp();
                     let ratio =
@@ -249,9 +255,15 @@ impl Outlook {
 
     /// Adds work that keeps the device busy, and carries the battery forward again.
     pub(crate) fn commit(&mut self, c: Commit) {
+        self.commit_quietly(c);
+        self.refresh();
+    }
+
+    /// Adds work without carrying the battery forward: call [`Outlook::refresh`] after the
+    /// last of a batch.
+    pub(crate) fn commit_quietly(&mut self, c: Commit) {
         self.commits.push(c);
         self.add_load(c, 1.0);
-        self.refresh();
     }
 
     /// Removes a job's work (its hold is replanned); `true` if it had any.
@@ -290,7 +302,7 @@ impl Outlook {
     /// committed jobs charges it up to its span, loads beyond the sun drain it. Then,
     /// backwards, what committed work needs kept in it: the least charge at each slot's
     /// start that still serves every later commitment as the forward pass does.
-    fn refresh(&mut self) {
+    pub(crate) fn refresh(&mut self) {
         let mut b = self.battery_now_wh.min(self.span_wh);
         self.batt[0] = b;
         for k in 0..self.slots() {
@@ -480,7 +492,7 @@ mod tests {
             params(margin),
             &mut curve,
             f,
-            vec![342_060.0; 24],
+            vec![342_060.0; 24].into(),
         )
     }
 

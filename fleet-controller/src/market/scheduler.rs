@@ -3,6 +3,7 @@
 //! clock: the caller passes `now` and acts on what comes back (see the folder's map).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
 
 use attest::intensity::{RegionTable, TableError};
 use attest::msg::JobId;
@@ -345,7 +346,7 @@ impl Scheduler {
             sky_ratio_fade_hours: self.config.sky_ratio_fade_hours,
         };
         let h0 = now.0 / HOUR_MS;
-        let mut regions: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let mut regions: BTreeMap<&str, Rc<[f64]>> = BTreeMap::new();
         let mut outlooks = Vec::with_capacity(offers.len());
         for (i, offer) in offers.iter().enumerate() {
             if !offer.online || self.silent.contains_key(&offer.device) {
@@ -403,7 +404,7 @@ impl Scheduler {
                 State::Queued { .. } => continue,
             };
             if let Some(&i) = index.get(&device) {
-                outlooks[i].commit(c);
+                outlooks[i].commit_quietly(c);
             }
         }
         for o in outlooks.iter_mut() {
@@ -411,7 +412,7 @@ impl Scheduler {
             for l in &offer.leased {
                 if l.until.0 > now && !self.jobs.contains_key(&l.job) {
                     let job_w = o.job_w;
-                    o.commit(Commit {
+                    o.commit_quietly(Commit {
                         job: l.job,
                         start: now,
                         end: l.until.0,
@@ -421,6 +422,7 @@ impl Scheduler {
                     });
                 }
             }
+            o.refresh();
         }
     }
 

@@ -471,3 +471,9 @@ fn a_later_hold_keeps_its_place_when_the_job_before_it_runs_as_planned() {
     assert_eq!(p.job, JobId([2; 16]));
     assert_eq!(p.renewable, SharePpm::ALL);
 }
+
+#[test]
+fn the_scheduler_can_live_behind_the_api_s_shared_state() {
+    fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Scheduler>();
+}
