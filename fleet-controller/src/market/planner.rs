@@ -8,7 +8,8 @@
 //! - carbon-aware, flexible job: the first moment the device is free, then every hour
 //!   boundary after it while the job can still finish before its deadline (temporal
 //!   shifting; trying every device is the spatial shifting);
-//! - carbon-aware, inflexible job: the first moment the device is free;
+//! - carbon-aware, inflexible job: the first moment the device is free (its wait weighs
+//!   more than any emissions, so it starts now wherever it can);
 //! - first-fit and cheapest: now, on a device free now.
 //!
 //! A start is feasible when the device's forecast budget (sun, battery above reserve, grid
@@ -24,12 +25,10 @@
 //! later starts on that device are not tried) once the other terms alone exceed the best
 //! score so far.
 
-use attest::DeviceId;
+use attest::msg::JobId;
+use attest::{DeviceId, TimestampMs};
 
 use super::config::{SchedulerConfig, Strategy};
-use attest::TimestampMs;
-use attest::msg::JobId;
-
 use super::decision::{Decision, Placement, RefuseReason, WaitReason};
 use super::forecast::{Commit, HOUR_MS, Outlook, RunPlan};
 use super::job::{CarbonLimit, Co2eMg, JobRequest, MicroCredits, SharePpm};
@@ -228,9 +227,9 @@ fn feasible(
     let mut slack = cfg
         .deadline_slack_min_ms
         .max((span_ms as f64 * cfg.deadline_slack_fraction) as u64);
-    if start > ask.now + cfg.lead_ms {
-        // Waiting must not spend the room to recover: a lease lost at the end of the run
-        // (silent past the grace) still leaves time to run it again elsewhere.
+    if ask.job.flexible && start > ask.now + cfg.lead_ms {
+        // Choosing to wait must not spend the room to recover: a lease lost at the end of
+        // the run (silent past the grace) still leaves time to run it again elsewhere.
         slack = slack.max(cfg.lease_grace_ms + (plan.end - plan.start));
     }
     if plan.end.saturating_add(slack) > ask.job.deadline.0 {

@@ -217,7 +217,9 @@ impl Scheduler {
 
     /// Decides every job that is due at `now` over the devices' `offers` (each device at
     /// most once): revocations of leases silent past the grace first, then one decision
-    /// per due job, most urgent first (inflexible before flexible, then by deadline).
+    /// per due job, most urgent first (inflexible before flexible, then by deadline). A
+    /// waiting job whose hold no longer stands after a job ahead of it took its device is
+    /// decided again in the same tick: the later decision about a job replaces the earlier.
     pub fn tick(&mut self, now: TimestampMs, offers: &[DeviceOffer]) -> Vec<Decision> {
         let mut out = Vec::new();
         for o in offers {
@@ -286,29 +288,24 @@ impl Scheduler {
         };
         let State::Queued {
             hold: Some(ref mut h),
-            ref mut not_before,
+            ..
         } = e.state
         else {
             return true;
         };
         let kept = fits_at(&self.config, &e.job, o, now, c.start)
             .filter(|p| p.co2e_mg <= h.co2e_mg * 1.01 + 1_000.0);
-        match kept {
-            Some(plan) => {
-                h.commit.end = plan.end;
-                h.co2e_mg = plan.co2e_mg;
-                o.commit(h.commit);
-                true
-            }
-            None => {
-                *not_before = 0;
-                e.state = State::Queued {
-                    not_before: 0,
-                    hold: None,
-                };
-                false
-            }
+        if let Some(plan) = kept {
+            h.commit.end = plan.end;
+            h.co2e_mg = plan.co2e_mg;
+            o.commit(h.commit);
+            return true;
         }
+        e.state = State::Queued {
+            not_before: 0,
+            hold: None,
+        };
+        false
     }
 
     fn revoke_silent(&mut self, now: u64, out: &mut Vec<Decision>) {
