@@ -8,6 +8,8 @@
 //!   error of 10 % (part per site and day, part per hour);
 //! - carbon-aware, site model: no forecasts given; the scheduler's clear-sky curve scaled
 //!   by each site's measured ratio;
+//! - carbon-aware, deadline risk not weighed: a run that leaves no room to recover from a
+//!   lost lease is not avoided (`no_room_to_recover_mg` = 0);
 //! - oracle: the carbon-aware scheduler given the future sun exactly (and no margin);
 //! - FIFO: the first device in the fleet's order that is free now and fits;
 //! - cheapest: the cheapest device that is free now and fits.
@@ -22,7 +24,7 @@ mod report;
 mod run;
 mod world;
 
-use fleet_controller::market::{SchedulerConfig, Strategy};
+use fleet_controller::market::{SchedulerConfig, Strategy, Weights};
 
 use run::Setup;
 use world::{Params, World};
@@ -83,6 +85,17 @@ fn main() {
             forecast_error: None,
         },
         Setup {
+            name: "carbon-aware, deadline risk not weighed",
+            config: SchedulerConfig {
+                weights: Weights {
+                    no_room_to_recover_mg: 0.0,
+                    ..ours.weights
+                },
+                ..ours
+            },
+            forecast_error: Some(p.forecast_error),
+        },
+        Setup {
             name: "oracle (future sun known)",
             config: SchedulerConfig {
                 forecast_margin: 0.0,
@@ -117,7 +130,7 @@ fn main() {
     println!();
     report::print_table(&rows);
     println!();
-    report::print_targets(&rows[0], &rows[2], &rows[3]);
+    report::print_targets(&rows[0], &rows[3], &rows[4]);
 }
 
 fn usage() -> ! {

@@ -16,6 +16,8 @@ pub struct Row {
     pub grams_per_kwh: f64,
     pub misses_pct: f64,
     pub misses: usize,
+    /// Of those, after a device failed the job (refused it, fell silent, fell behind).
+    pub misses_after_setback: usize,
     /// Accepted, then refused because the carbon limit could no longer be met.
     pub dropped_on_carbon: usize,
     pub mean_wait_h: f64,
@@ -56,6 +58,11 @@ pub fn row(o: &Outcome) -> Row {
         .filter(|j| !j.dropped_on_carbon && j.finished.is_none_or(|f| f > j.deadline))
         .count();
     let dropped = accepted.iter().filter(|j| j.dropped_on_carbon).count();
+    let missed_after_setback = accepted
+        .iter()
+        .filter(|j| !j.dropped_on_carbon && j.finished.is_none_or(|f| f > j.deadline))
+        .filter(|j| j.setbacks > 0)
+        .count();
     let waits: Vec<f64> = accepted
         .iter()
         .filter_map(|j| j.first_start.map(|s| (s - j.submitted) as f64 / 3.6e6))
@@ -77,6 +84,7 @@ pub fn row(o: &Outcome) -> Row {
         grams_per_kwh: grams / energy_kwh.max(1e-9),
         misses_pct: 100.0 * missed as f64 / accepted.len().max(1) as f64,
         misses: missed,
+        misses_after_setback: missed_after_setback,
         dropped_on_carbon: dropped,
         mean_wait_h: waits.iter().sum::<f64>() / waits.len().max(1) as f64,
         decision_mean_us: 1e6 * o.scheduler_s / per.len().max(1) as f64,
@@ -113,14 +121,15 @@ pub fn print_table(rows: &[Row]) {
     }
     println!();
     println!(
-        "| policy | deadline misses (jobs) | dropped on carbon limit after acceptance | decisions | revocations (silent past grace) | admission refusals | progress misses |"
+        "| policy | deadline misses (jobs; after a device failed the job) | dropped on carbon limit after acceptance | decisions | revocations (silent past grace) | admission refusals | progress misses |"
     );
     println!("|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} ({}) | {} | {} | {} | {} | {} |",
             r.name,
             r.misses,
+            r.misses_after_setback,
             r.dropped_on_carbon,
             r.decisions,
             r.revocations,

@@ -44,6 +44,8 @@ pub struct JobStat {
     pub placements: u32,
     /// Refused after acceptance because its carbon limit could no longer be met.
     pub dropped_on_carbon: bool,
+    /// Times a device failed it: refused it, went silent past the grace, fell behind.
+    pub setbacks: u32,
 }
 
 /// A policy's run, measured.
@@ -288,6 +290,7 @@ fn physics(
             // Far behind what the scheduler expected: it is told, and the job is moved.
             sched.progress_missed(world.arrivals[r.job].job.id, dev.id);
             out.progress_misses += 1;
+            jobs[r.job].setbacks += 1;
             s.jobs.pop_front();
         }
     }
@@ -315,6 +318,7 @@ fn apply(
             if refuses || devs[d].jobs.len() >= 2 || devs[d].silent {
                 sched.admission_refused(p.job, p.device);
                 out.admission_refusals += 1;
+                jobs[j].setbacks += 1;
                 return;
             }
             jobs[j].first_start.get_or_insert(p.start_at.0);
@@ -336,6 +340,7 @@ fn apply(
         }
         Decision::Revoke { device, .. } => {
             out.revocations += 1;
+            jobs[j].setbacks += 1;
             let d = device_index(device);
             devs[d].jobs.retain(|r| r.job != j);
         }

@@ -28,6 +28,11 @@ pub struct Weights {
     pub price_mg_per_micro_credit: f64,
     /// Per kWh of the job, times one minus the device's reliability.
     pub unreliability_mg_per_kwh: f64,
+    /// A run that would leave no time before the deadline to run the job again after a
+    /// lost lease (the grace period plus a run at full power). The default, more than any
+    /// emissions, puts deadlines first: an urgent job then prefers a device that finishes
+    /// with room to spare over a slower one on sun. 0 weighs emissions alone.
+    pub no_room_to_recover_mg: f64,
 }
 
 /// The scheduler's settings.
@@ -83,6 +88,8 @@ impl Default for SchedulerConfig {
                 // A GPU-hour at 0.3 credits weighs 3 g.
                 price_mg_per_micro_credit: 0.01,
                 unreliability_mg_per_kwh: 100_000.0,
+                // A tonne: above any job's emissions, below an inflexible job's wait.
+                no_room_to_recover_mg: 1e12,
             },
         }
     }

@@ -19,7 +19,11 @@
 //! milligram-equivalents of the other concerns:
 //!
 //! `score = expected grid mg + wait_h x kWh x wait weight + price x price weight
-//!          + (1 - reliability) x kWh x unreliability weight`
+//!          + (1 - reliability) x kWh x unreliability weight [+ no room to recover]`
+//!
+//! where a run that would leave no time to run the job again after a lost lease (the
+//! grace period plus a run at full power) weighs `no_room_to_recover_mg`: by default
+//! more than any emissions, so that such a run is chosen only when none leaves that room.
 //!
 //! Only the first term depends on the walk through the slots, so the walk is skipped (and
 //! later starts on that device are not tried) once the other terms alone exceed the best
@@ -179,7 +183,13 @@ fn best_start(
         }
         match feasible(cfg, ask, o, start, funnel, true) {
             Ok(plan) => {
-                let score = plan.co2e_mg + lower;
+                let room = plan.end + cfg.lease_grace_ms + full_power_ms as u64;
+                let risk = if room > ask.job.deadline.0 {
+                    w.no_room_to_recover_mg
+                } else {
+                    0.0
+                };
+                let score = plan.co2e_mg + lower + risk;
                 if score < bar {
                     bar = score;
                     let busy = start == earliest && start > ask.now;
