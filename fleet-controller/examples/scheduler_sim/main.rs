@@ -72,7 +72,11 @@ fn main() {
         load.solar_kwh_per_day,
         100.0 * load.utilisation
     );
-    let ours = SchedulerConfig::default();
+    // The simulation ticks every step: a wait must end a step before its planned start.
+    let ours = SchedulerConfig {
+        lead_ms: p.step_ms,
+        ..SchedulerConfig::default()
+    };
     let setups = [
         Setup {
             name: "carbon-aware",

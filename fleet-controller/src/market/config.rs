@@ -48,7 +48,8 @@ pub struct SchedulerConfig {
     pub retry_ms: u64,
     /// A run that starts within this of now is placed now, with its later `start_at`, so
     /// that the device has it in time; a wait ends this long before its planned start. At
-    /// least the caller's tick period.
+    /// least the caller's tick period (a caller that sends `RunJob` at once starts the job
+    /// up to this much early).
     pub lead_ms: u64,
     /// Fraction by which forecast sun is lowered when planning (forecasts err; a job
     /// planned on 100 % of the forecast runs on the grid half the time).
@@ -74,7 +75,8 @@ impl Default for SchedulerConfig {
             horizon_hours: 48,
             lease_grace_ms: 30 * 60_000,
             retry_ms: 5 * 60_000,
-            lead_ms: 5 * 60_000,
+            // The controller's dispatch ticks every few seconds.
+            lead_ms: 60_000,
             forecast_margin: 0.15,
             typical_sky_ratio: 0.7,
             sky_ratio_fade_hours: 4.0,

@@ -127,7 +127,7 @@ fn a_flexible_job_with_no_sunlit_device_waits_for_sunrise_and_holds_the_device()
         }
     );
     // Berlin's sun rises about 02:45 UTC; the run is planned on an hour once the panel
-    // can carry the job, within the morning; the wait ends the lead (5 min) before it.
+    // can carry the job, within the morning; the wait ends the lead (a minute) before it.
     let lead = SchedulerConfig::default().lead_ms;
     let start = until.0 + lead;
     assert_eq!(start % H, 0);
