@@ -28,6 +28,11 @@ pub struct Weights {
     pub price_mg_per_micro_credit: f64,
     /// Per kWh of the job, times one minus the device's reliability.
     pub unreliability_mg_per_kwh: f64,
+    /// A run that would leave no time before the deadline to run the job again after a
+    /// lost lease (the grace period plus a run at full power). The default, more than any
+    /// emissions, puts deadlines first: an urgent job then prefers a device that finishes
+    /// with room to spare over a slower one on sun. 0 weighs emissions alone.
+    pub no_room_to_recover_mg: f64,
 }
 
 /// The scheduler's settings.
@@ -41,6 +46,11 @@ pub struct SchedulerConfig {
     pub lease_grace_ms: u64,
     /// When nothing better is known (all devices busy or offline), decide again after this.
     pub retry_ms: u64,
+    /// A run that starts within this of now is placed now, with its later `start_at`, so
+    /// that the device has it in time; a wait ends this long before its planned start. At
+    /// least the caller's tick period (a caller that sends `RunJob` at once starts the job
+    /// up to this much early).
+    pub lead_ms: u64,
     /// Fraction by which forecast sun is lowered when planning (forecasts err; a job
     /// planned on 100 % of the forecast runs on the grid half the time).
     pub forecast_margin: f64,
@@ -48,7 +58,7 @@ pub struct SchedulerConfig {
     pub typical_sky_ratio: f64,
     /// Hours over which the site's recent ratio fades to the typical one.
     pub sky_ratio_fade_hours: f64,
-    /// A run must end this fraction of its length before the deadline...
+    /// A run must end this fraction of the time from now to its end before the deadline...
     pub deadline_slack_fraction: f64,
     /// ...and at least this long before it, ms.
     pub deadline_slack_min_ms: u64,
@@ -65,6 +75,8 @@ impl Default for SchedulerConfig {
             horizon_hours: 48,
             lease_grace_ms: 30 * 60_000,
             retry_ms: 5 * 60_000,
+            // The controller's dispatch ticks every few seconds.
+            lead_ms: 60_000,
             forecast_margin: 0.15,
             typical_sky_ratio: 0.7,
             sky_ratio_fade_hours: 4.0,
@@ -78,6 +90,8 @@ impl Default for SchedulerConfig {
                 // A GPU-hour at 0.3 credits weighs 3 g.
                 price_mg_per_micro_credit: 0.01,
                 unreliability_mg_per_kwh: 100_000.0,
+                // A tonne: above any job's emissions, below an inflexible job's wait.
+                no_room_to_recover_mg: 1e12,
             },
         }
     }

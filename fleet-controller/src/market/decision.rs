@@ -5,8 +5,10 @@ use attest::{DeviceId, TimestampMs};
 
 use super::job::{Co2eMg, MicroCredits, SharePpm};
 
-/// One decision about one job. A tick returns at most one per job, except that a
-/// [`Decision::Revoke`] is followed by the job's new decision.
+/// One decision about one job. A tick usually returns at most one per job; a
+/// [`Decision::Revoke`] is followed by the job's new decision, and a waiting job may be
+/// decided again when a job ahead of it took the device it held: the later decision about
+/// a job replaces the earlier.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
     /// Run it there, now: send the device its signed `RunJob`.

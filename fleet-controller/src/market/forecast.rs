@@ -17,6 +17,7 @@
 //! fall short the job runs slower, as the agent's governor would hold it.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use attest::intensity::RegionTable;
 use attest::msg::JobId;
@@ -126,13 +127,19 @@ pub(crate) struct ForecastParams {
     pub sky_ratio_fade_hours: f64,
 }
 
-/// Work that keeps a device busy and draws its job power over `[start, end)` (ms).
+/// Work that keeps a device busy and draws its job power over `[start, end)` (ms): a
+/// lease, or a waiting job's hold.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Commit {
     pub job: JobId,
     pub start: u64,
     pub end: u64,
     pub watts: f64,
+    /// Energy it still draws, Wh: at `watts` from its start until spent (an off-grid job
+    /// that waits out the night spans more time than its energy at full power).
+    pub energy_wh: f64,
+    /// A waiting job's hold (which a job holding the device from earlier displaces).
+    pub hold: bool,
 }
 
 /// What a job started on a device at some time is expected to draw, and when it ends.
@@ -160,7 +167,10 @@ pub(crate) struct Outlook {
     sun: Vec<f64>,
     load: Vec<f64>,
     batt: Vec<f64>,
-    mg: Vec<f64>,
+    /// Battery charge committed work needs at each slot's start (never above `batt`).
+    keep: Vec<f64>,
+    /// The region's intensity per slot, mg/kWh (shared by the region's devices).
+    mg: Rc<[f64]>,
     base_w: f64,
     span_wh: f64,
     battery_now_wh: f64,
@@ -180,7 +190,7 @@ impl Outlook {
         params: ForecastParams,
         curve: &mut ClearSkyCurve,
         operator: Option<&SolarForecast>,
-        mg: Vec<f64>,
+        mg: Rc<[f64]>,
     ) -> Outlook {
         let now = now.0;
         let h0 = now / HOUR_MS;
@@ -188,7 +198,9 @@ impl Outlook {
         let lat_lon = offer.lat_lon();
         let panel = f64::from(offer.site.panel_watts_peak);
         let mut sun = Vec::with_capacity(n);
-        let recent = sky_ratio(offer, now, params.typical_sky_ratio);
+        // The model (and the sun's position now, for the sky ratio) only where the
+        // operator's forecast does not reach.
+        let mut recent = None;
         if operator.is_none_or(|f| f.at(h0 + n as u64 - 1).is_none() || f.at(h0).is_none()) {
             curve.cover(lat_lon, h0, n);
         }
@@ -199,6 +211,8 @@ impl Outlook {
             let wh = match operator.and_then(|f| f.at(hour)) {
                 Some(wh) => wh,
                 None => {
+                    let recent = *recent
+                        .get_or_insert_with(|| sky_ratio(offer, now, params.typical_sky_ratio));
                     let ahead = ((start + end) / 2 - now) as f64 / HOUR_MS as f64;
                     let fade = (-ahead / params.sky_ratio_fade_hours.max(1e-3)).exp();
                     let ratio =
@@ -216,6 +230,7 @@ impl Outlook {
             sun,
             load: vec![0.0; n],
             batt: vec![0.0; n + 1],
+            keep: vec![0.0; n + 1],
             mg,
             base_w: watts(offer.base_load),
             span_wh: offer.battery_span_wh(),
@@ -240,9 +255,15 @@ impl Outlook {
 
     /// Adds work that keeps the device busy, and carries the battery forward again.
     pub(crate) fn commit(&mut self, c: Commit) {
+        self.commit_quietly(c);
+        self.refresh();
+    }
+
+    /// Adds work without carrying the battery forward: call [`Outlook::refresh`] after the
+    /// last of a batch.
+    pub(crate) fn commit_quietly(&mut self, c: Commit) {
         self.commits.push(c);
         self.add_load(c, 1.0);
-        self.refresh();
     }
 
     /// Removes a job's work (its hold is replanned); `true` if it had any.
@@ -262,25 +283,43 @@ impl Outlook {
     }
 
     fn add_load(&mut self, c: Commit, sign: f64) {
+        let mut left = c.energy_wh;
         for k in 0..self.slots() {
+            if left <= 0.0 {
+                break;
+            }
             let (s, e) = slot_bounds(self.now, self.h0, k);
             let overlap = e.min(c.end).saturating_sub(s.max(c.start));
             if overlap > 0 {
-                self.load[k] =
-                    (self.load[k] + sign * c.watts * overlap as f64 / HOUR_MS as f64).max(0.0);
+                let wh = left.min(c.watts * overlap as f64 / HOUR_MS as f64);
+                left -= wh;
+                self.load[k] = (self.load[k] + sign * wh).max(0.0);
             }
         }
     }
 
     /// Carries the battery above its reserve through the slots: sun beyond base load and
-    /// committed jobs charges it up to its span, loads beyond the sun drain it.
-    fn refresh(&mut self) {
+    /// committed jobs charges it up to its span, loads beyond the sun drain it. Then,
+    /// backwards, what committed work needs kept in it: the least charge at each slot's
+    /// start that still serves every later commitment as the forward pass does.
+    pub(crate) fn refresh(&mut self) {
         let mut b = self.battery_now_wh.min(self.span_wh);
         self.batt[0] = b;
         for k in 0..self.slots() {
             let net = self.sun[k] - self.base_wh(k) - self.load[k];
             b = (b + net).clamp(0.0, self.span_wh);
             self.batt[k + 1] = b;
+        }
+        let n = self.slots();
+        self.keep[n] = 0.0;
+        for k in (0..n).rev() {
+            self.keep[k] = if self.load[k] <= 0.0 && self.keep[k + 1] <= 0.0 {
+                // Nothing committed from here on: the base load alone is not protected.
+                0.0
+            } else {
+                let net = self.sun[k] - self.base_wh(k) - self.load[k];
+                (self.keep[k + 1] - net).clamp(0.0, self.batt[k])
+            };
         }
     }
 
@@ -306,8 +345,21 @@ impl Outlook {
             .all(|c| c.end <= start || end <= c.start)
     }
 
+    /// The jobs holding the device from `t` on (not leases).
+    pub(crate) fn holds_from(&self, t: u64) -> Vec<JobId> {
+        self.commits
+            .iter()
+            .filter(|c| c.hold && c.start >= t)
+            .map(|c| c.job)
+            .collect()
+    }
+
     /// Walks a job of `energy_wh` started at `start` (ms, within the horizon) through the
-    /// slots; `None` if it would not finish within the horizon.
+    /// slots; `None` if it would not finish within the horizon. In each slot the job takes
+    /// sun left over by the base load and committed work, then battery, but never so much
+    /// that the battery falls below what later commitments need (a job placed before a
+    /// hold must not eat the charge the hold was planned on); then the grid, up to the
+    /// allowance.
     pub(crate) fn run(&self, start: u64, energy_wh: f64) -> Option<RunPlan> {
         let first = self.slot_of(start)?;
         let mut b = self.batt[first];
@@ -318,17 +370,15 @@ impl Outlook {
             let from = s.max(start);
             let part = (e - from) as f64 / (e - s) as f64;
             let hours = (e - from) as f64 / HOUR_MS as f64;
-            let other = (self.base_wh(k) + self.load[k]) * part;
-            let sun = self.sun[k] * part;
-            let spare_sun = (sun - other).max(0.0);
+            // What the battery would hold at the slot's end without this job (uncapped).
+            let without = b + (self.sun[k] - self.base_wh(k) - self.load[k]) * part;
             let want = self.job_w * hours;
-            let from_sun = want.min(spare_sun);
-            let from_batt = (want - from_sun).min(b);
-            let from_grid = (want - from_sun - from_batt).min(self.grid_w * hours);
-            let got = from_sun + from_batt + from_grid;
+            let clean = want.min((without - self.keep[k + 1]).max(0.0));
+            let from_grid = (want - clean).min(self.grid_w * hours);
+            let got = clean + from_grid;
             if got > 0.0 && got >= left {
                 let r = left / got;
-                renewable += (from_sun + from_batt) * r;
+                renewable += clean * r;
                 grid += from_grid * r;
                 mg += from_grid * r * self.mg[k] / 1_000.0;
                 let end = from + ((e - from) as f64 * r).ceil() as u64;
@@ -341,11 +391,10 @@ impl Outlook {
                 });
             }
             left -= got;
-            renewable += from_sun + from_batt;
+            renewable += clean;
             grid += from_grid;
             mg += from_grid * self.mg[k] / 1_000.0;
-            b = (b - from_batt + (spare_sun - from_sun) - (other - sun).max(0.0))
-                .clamp(0.0, self.span_wh);
+            b = (without - clean).clamp(0.0, self.span_wh);
         }
         None
     }
@@ -443,7 +492,7 @@ mod tests {
             params(margin),
             &mut curve,
             f,
-            vec![342_060.0; 24],
+            vec![342_060.0; 24].into(),
         )
     }
 
@@ -491,6 +540,32 @@ mod tests {
     }
 
     #[test]
+    fn a_job_before_a_hold_leaves_it_the_battery_it_was_planned_on() {
+        // No sun (an overcast forecast); 500 Wh above the reserve; a hold from 03:00 needs
+        // 200 Wh of it.
+        let dark = SolarForecast {
+            first_hour: MIDNIGHT / HOUR_MS,
+            wh: vec![0.0; 24],
+        };
+        let mut o = outlook(&offer(700, 100), MIDNIGHT, 0.0, Some(&dark));
+        o.commit(Commit {
+            job: JobId([1; 16]),
+            start: MIDNIGHT + 3 * HOUR_MS,
+            end: MIDNIGHT + 5 * HOUR_MS,
+            watts: 100.0,
+            energy_wh: 200.0,
+            hold: true,
+        });
+        // A 250 Wh job now gets 300 Wh of battery at most: 250 renewable...
+        let p = o.run(MIDNIGHT, 250.0).unwrap();
+        assert!((p.renewable_wh - 250.0).abs() < 1e-9, "{p:?}");
+        // ...and a 400 Wh job the 300 Wh, the rest from the grid.
+        let p = o.run(MIDNIGHT, 400.0).unwrap();
+        assert!((p.renewable_wh - 300.0).abs() < 1e-9, "{p:?}");
+        assert!((p.grid_wh - 100.0).abs() < 1e-9, "{p:?}");
+    }
+
+    #[test]
     fn committed_work_holds_the_device_and_its_sun() {
         let f = SolarForecast {
             first_hour: MIDNIGHT / HOUR_MS,
@@ -503,9 +578,13 @@ mod tests {
             start: MIDNIGHT,
             end: MIDNIGHT + 2 * HOUR_MS,
             watts: 100.0,
+            energy_wh: 200.0,
+            hold: true,
         });
         assert_eq!(o.free_from(MIDNIGHT), MIDNIGHT + 2 * HOUR_MS);
         assert!(!o.is_free(MIDNIGHT + HOUR_MS, MIDNIGHT + 3 * HOUR_MS));
+        assert_eq!(o.holds_from(MIDNIGHT), vec![job]);
+        assert!(o.holds_from(MIDNIGHT + 1).is_empty());
         // Run alongside it anyway: the hour's sun is taken, the grid pays.
         assert_eq!(o.run(MIDNIGHT, 100.0).unwrap().grid_wh, 100.0);
         assert!(o.release(job));

@@ -9,7 +9,8 @@
 //! - [`forecast`]: each device's power over the coming hours (clear-sky curve or the
 //!   operator's [`SolarForecast`], battery, grid intensity) and the walk of a job through
 //!   it.
-//! - `planner.rs`: choosing one job's device and start time over those outlooks.
+//! - `planner.rs`: choosing one job's device and start time over those outlooks, and the
+//!   decision that follows.
 //! - [`config`]: its settings ([`SchedulerConfig`], [`Strategy`]) and their defaults.
 //! - [`scheduler`]: the state (queue, leases, silences) and the tick.
 //!

@@ -1,4 +1,6 @@
-//! Choosing where and when one job runs, over the tick's outlooks.
+//! Choosing where and when one job runs, over the tick's outlooks, and the decision that
+//! follows: a placement, a wait holding the device, or a refusal with the reason the
+//! candidates stopped at.
 //!
 //! Every device that meets the job's needs, is online, has not failed the job before and
 //! asks no more than its ceiling is a candidate. For each, the start times tried depend on
@@ -6,7 +8,8 @@
 //! - carbon-aware, flexible job: the first moment the device is free, then every hour
 //!   boundary after it while the job can still finish before its deadline (temporal
 //!   shifting; trying every device is the spatial shifting);
-//! - carbon-aware, inflexible job: the first moment the device is free;
+//! - carbon-aware, inflexible job: the first moment the device is free (its wait weighs
+//!   more than any emissions, so it starts now wherever it can);
 //! - first-fit and cheapest: now, on a device free now.
 //!
 //! A start is feasible when the device's forecast budget (sun, battery above reserve, grid
@@ -16,18 +19,27 @@
 //! milligram-equivalents of the other concerns:
 //!
 //! `score = expected grid mg + wait_h x kWh x wait weight + price x price weight
-//!          + (1 - reliability) x kWh x unreliability weight`
+//!          + (1 - reliability) x kWh x unreliability weight [+ no room to recover]`
+//!
+//! where a run that would leave no time to run the job again after a lost lease (the
+//! grace period plus a run at full power) weighs `no_room_to_recover_mg`: by default
+//! more than any emissions, so that such a run is chosen only when none leaves that room.
 //!
 //! Only the first term depends on the walk through the slots, so the walk is skipped (and
 //! later starts on that device are not tried) once the other terms alone exceed the best
 //! score so far.
 
-use attest::DeviceId;
+use attest::msg::JobId;
+use attest::{DeviceId, TimestampMs};
 
 use super::config::{SchedulerConfig, Strategy};
-use super::forecast::{HOUR_MS, Outlook, RunPlan};
+use super::decision::{Decision, Placement, RefuseReason, WaitReason};
+use super::forecast::{Commit, HOUR_MS, Outlook, RunPlan};
 use super::job::{CarbonLimit, Co2eMg, JobRequest, MicroCredits, SharePpm};
 use super::offer::DeviceOffer;
+
+/// What an hour's wait weighs for an inflexible job: more than any emissions.
+const INFLEXIBLE_WAIT_MG_PER_HOUR: f64 = 1e15;
 
 /// The chosen run.
 #[derive(Clone, Copy, Debug)]
@@ -158,13 +170,26 @@ fn best_start(
     let mut start = earliest;
     while start < o.horizon_end() {
         let wait_h = (start - ask.now) as f64 / HOUR_MS as f64;
-        let lower = fixed + wait_h * ask.kwh * w.wait_mg_per_kwh_hour;
+        // An inflexible job starts now wherever it can; it waits for a busy device only
+        // when every device is busy, and then for the one free first.
+        let per_hour = if ask.job.flexible {
+            ask.kwh * w.wait_mg_per_kwh_hour
+        } else {
+            INFLEXIBLE_WAIT_MG_PER_HOUR
+        };
+        let lower = fixed + wait_h * per_hour;
         if lower >= bar {
             break;
         }
         match feasible(cfg, ask, o, start, funnel, true) {
             Ok(plan) => {
-                let score = plan.co2e_mg + lower;
+                let room = plan.end + cfg.lease_grace_ms + full_power_ms as u64;
+                let risk = if room > ask.job.deadline.0 {
+                    w.no_room_to_recover_mg
+                } else {
+                    0.0
+                };
+                let score = plan.co2e_mg + lower + risk;
                 if score < bar {
                     bar = score;
                     let busy = start == earliest && start > ask.now;
@@ -206,10 +231,17 @@ fn feasible(
     carbon: bool,
 ) -> Result<RunPlan, Infeasible> {
     let plan = o.run(start, ask.energy_wh).ok_or(Infeasible::Unfinished)?;
-    let run_ms = plan.end - plan.start;
-    let slack = cfg
+    // The further the end lies from now, the more can delay it (the job before it
+    // overrunning, an outage, a refused admission): the slack grows with it.
+    let span_ms = plan.end - ask.now;
+    let mut slack = cfg
         .deadline_slack_min_ms
-        .max((run_ms as f64 * cfg.deadline_slack_fraction) as u64);
+        .max((span_ms as f64 * cfg.deadline_slack_fraction) as u64);
+    if ask.job.flexible && start > ask.now + cfg.lead_ms {
+        // Choosing to wait must not spend the room to recover: a lease lost at the end of
+        // the run (silent past the grace) still leaves time to run it again elsewhere.
+        slack = slack.max(cfg.lease_grace_ms + (plan.end - plan.start));
+    }
     if plan.end.saturating_add(slack) > ask.job.deadline.0 {
         return Err(Infeasible::Late);
     }
@@ -234,7 +266,140 @@ fn feasible(
     Ok(plan)
 }
 
+/// The run of `job` from `start` on the device of `o`, if it is still feasible there (a
+/// hold checked again after a job before it changed the device's plan).
+pub(crate) fn fits_at(
+    cfg: &SchedulerConfig,
+    job: &JobRequest,
+    o: &Outlook,
+    now: u64,
+    start: u64,
+) -> Option<RunPlan> {
+    let energy_wh = job.work.wh();
+    let ask = Ask {
+        job,
+        energy_wh,
+        kwh: energy_wh / 1_000.0,
+        now,
+    };
+    let carbon = cfg.strategy == Strategy::CarbonAware;
+    feasible(cfg, &ask, o, start, &mut Funnel::default(), carbon).ok()
+}
+
 fn price_of(offer: &DeviceOffer, plan: &RunPlan) -> MicroCredits {
     let hours = (plan.end - plan.start) as f64 / HOUR_MS as f64;
     MicroCredits((offer.price_per_gpu_hour.0 as f64 * hours).ceil() as u64)
+}
+
+/// No feasible run: a refusal with the reason the candidates stopped at, or a wait
+/// when more time (devices freeing up, coming online, the horizon moving) may help.
+pub(crate) fn explain(
+    cfg: &SchedulerConfig,
+    job: &JobRequest,
+    f: Funnel,
+    now: u64,
+    outlooks: &[Outlook],
+) -> Decision {
+    let id = job.id;
+    let retry = now + cfg.retry_ms;
+    let wait = |why| Decision::Wait {
+        job: id,
+        until: TimestampMs(retry),
+        why,
+    };
+    if !f.meets_needs {
+        return refuse(id, RefuseReason::NoDeviceMeetsNeeds);
+    }
+    if !f.candidate {
+        return if retry < job.deadline.0 {
+            wait(WaitReason::NoDeviceOnline)
+        } else {
+            refuse(id, RefuseReason::DeadlineCannotBeMet)
+        };
+    }
+    if !f.price_ok {
+        let cheapest = f.cheapest_above_ceiling.unwrap_or_default();
+        return refuse(id, RefuseReason::AbovePriceCeiling { cheapest });
+    }
+    if f.busy_now && retry < job.deadline.0 {
+        return wait(WaitReason::Busy { device: None });
+    }
+    let horizon_end = outlooks
+        .iter()
+        .map(Outlook::horizon_end)
+        .max()
+        .unwrap_or(now);
+    let beyond = job.deadline.0 > horizon_end;
+    if !f.finishes {
+        return if beyond {
+            wait(WaitReason::BeyondHorizon)
+        } else {
+            refuse(id, RefuseReason::DeadlineCannotBeMet)
+        };
+    }
+    if beyond {
+        return Decision::Wait {
+            job: id,
+            until: TimestampMs(now + HOUR_MS),
+            why: WaitReason::BeyondHorizon,
+        };
+    }
+    let (best_renewable, best_co2e) = f.best_failing.unwrap_or_default();
+    refuse(
+        id,
+        RefuseReason::CarbonLimit {
+            best_renewable,
+            best_co2e,
+        },
+    )
+}
+
+/// Places the chosen run when it starts within `lead` of now, or holds its device and
+/// waits until `lead` before it starts.
+pub(crate) fn accept(
+    job: &JobRequest,
+    c: Chosen,
+    now: u64,
+    lead: u64,
+    outlooks: &mut [Outlook],
+) -> Decision {
+    let o = &mut outlooks[c.outlook];
+    let device = o.device;
+    let wait = c.plan.start > now + lead;
+    o.commit(Commit {
+        job: job.id,
+        start: c.plan.start,
+        end: c.plan.end,
+        watts: o.job_w,
+        energy_wh: job.work.wh(),
+        hold: wait,
+    });
+    if wait {
+        let why = if c.busy_before {
+            WaitReason::Busy {
+                device: Some(device),
+            }
+        } else {
+            WaitReason::Sun { device }
+        };
+        return Decision::Wait {
+            job: job.id,
+            until: TimestampMs(c.plan.start - lead),
+            why,
+        };
+    }
+    let energy = job.work.wh().max(1e-12);
+    Decision::Place(Placement {
+        job: job.id,
+        device,
+        start_at: TimestampMs(c.plan.start),
+        expected_end: TimestampMs(c.plan.end),
+        renewable: SharePpm::from_fraction(c.plan.renewable_wh / energy),
+        co2e: Co2eMg(c.plan.co2e_mg.ceil() as u64),
+        price: c.price,
+    })
+}
+
+pub(crate) fn refuse(job: JobId, reason: RefuseReason) -> Decision {
+    Decision::Refuse { job, reason }
 }

@@ -2,20 +2,21 @@
 //! the time and the devices' offers that returns decisions. It does no IO and reads no
 //! clock: the caller passes `now` and acts on what comes back (see the folder's map).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
 
 use attest::intensity::{RegionTable, TableError};
 use attest::msg::JobId;
 use attest::{DeviceId, Milliwatts, TimestampMs};
 
 pub use super::config::{SchedulerConfig, Strategy, Weights};
-use super::decision::{Decision, Placement, RefuseReason, RevokeReason, WaitReason};
+use super::decision::{Decision, RefuseReason, RevokeReason, WaitReason};
 use super::forecast::{
     ClearSkyCurve, Commit, ForecastParams, GridIntensity, HOUR_MS, Outlook, SolarForecast,
 };
-use super::job::{Co2eMg, JobRequest, SharePpm};
+use super::job::JobRequest;
 use super::offer::{DeviceOffer, watts};
-use super::planner::{Chosen, Funnel, choose};
+use super::planner::{accept, choose, explain, fits_at, refuse};
 
 /// Why a job is not accepted into the queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -47,9 +48,18 @@ enum State {
     /// for sun there.
     Queued {
         not_before: u64,
-        hold: Option<(DeviceId, Commit)>,
+        hold: Option<Hold>,
     },
     Leased(Lease),
+}
+
+/// A waiting job's claim on the device it plans to run on.
+#[derive(Clone, Copy, Debug)]
+struct Hold {
+    device: DeviceId,
+    commit: Commit,
+    /// The emissions it was planned with, mg.
+    co2e_mg: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -58,6 +68,12 @@ struct Entry {
     /// Devices that failed it (refused it, went silent past the grace, missed progress).
     excluded: Vec<DeviceId>,
     state: State,
+}
+
+impl Entry {
+    fn is_due(&self, now: u64) -> bool {
+        matches!(self.state, State::Queued { not_before, .. } if not_before <= now)
+    }
 }
 
 /// The carbon-aware scheduler (sans-IO). See the folder's map for how the caller drives it.
@@ -201,7 +217,9 @@ impl Scheduler {
 
     /// Decides every job that is due at `now` over the devices' `offers` (each device at
     /// most once): revocations of leases silent past the grace first, then one decision
-    /// per due job, most urgent first (inflexible before flexible, then by deadline).
+    /// per due job, most urgent first (inflexible before flexible, then by deadline). A
+    /// waiting job whose hold no longer stands after a job ahead of it took its device is
+    /// decided again in the same tick: the later decision about a job replaces the earlier.
     pub fn tick(&mut self, now: TimestampMs, offers: &[DeviceOffer]) -> Vec<Decision> {
         let mut out = Vec::new();
         for o in offers {
@@ -212,6 +230,9 @@ impl Scheduler {
             }
         }
         self.revoke_silent(now.0, &mut out);
+        if !self.jobs.values().any(|e| e.is_due(now.0)) {
+            return out;
+        }
         let mut outlooks = self.outlooks(now, offers);
         let index: BTreeMap<DeviceId, usize> = outlooks
             .iter()
@@ -219,30 +240,72 @@ impl Scheduler {
             .map(|(i, o)| (o.device, i))
             .collect();
         self.commit_known_work(now.0, offers, &mut outlooks, &index);
-        let mut due: Vec<&Entry> = self
-            .jobs
-            .values()
-            .filter(|e| matches!(e.state, State::Queued { not_before, .. } if not_before <= now.0))
-            .collect();
+        let mut due: Vec<&Entry> = self.jobs.values().filter(|e| e.is_due(now.0)).collect();
         due.sort_by_key(|e| (e.job.flexible, e.job.deadline, e.job.submitted, e.job.id));
-        let due: Vec<JobId> = due.into_iter().map(|e| e.job.id).collect();
-        for id in due {
-            let Some(entry) = self.jobs.get(&id) else {
+        let mut due: VecDeque<JobId> = due.into_iter().map(|e| e.job.id).collect();
+        while let Some(id) = due.pop_front() {
+            let Some(entry) = self.jobs.get(&id).filter(|e| e.is_due(now.0)) else {
                 continue;
             };
-            if let State::Queued {
-                hold: Some((device, _)),
-                ..
-            } = entry.state
-                && let Some(&i) = index.get(&device)
+            // A job keeps first claim on the device it holds: the holds there from its
+            // start on were planned around it, so they step aside while it is decided,
+            // and keep their place after only if their plans still stand.
+            let mut later = Vec::new();
+            let mut held_at = None;
+            if let State::Queued { hold: Some(h), .. } = entry.state
+                && let Some(&i) = index.get(&h.device)
             {
                 outlooks[i].release(id);
+                for other in outlooks[i].holds_from(h.commit.start) {
+                    if let Some(c) = outlooks[i].commit_of(other) {
+                        outlooks[i].release(other);
+                        later.push(c);
+                    }
+                }
+                held_at = Some(i);
             }
-            let decision = self.decide(entry, now.0, offers, &mut outlooks);
-            self.apply(id, &decision, now.0, offers, &outlooks, &index);
-            out.push(decision);
+            let decided = self.decide(entry, now.0, offers, &mut outlooks);
+            self.apply(id, &decided, offers, &outlooks, &index);
+            out.push(decided.0);
+            if let Some(i) = held_at {
+                later.sort_by_key(|c| c.start);
+                for c in later {
+                    if !self.hold_again(c, now.0, &mut outlooks[i]) {
+                        due.push_back(c.job);
+                    }
+                }
+            }
         }
         out
+    }
+
+    /// Puts a hold that stepped aside back on its device if its plan still stands there
+    /// (it finishes in time, within its carbon limit, with no more emissions than
+    /// planned); otherwise its job is decided again now.
+    fn hold_again(&mut self, c: Commit, now: u64, o: &mut Outlook) -> bool {
+        let Some(e) = self.jobs.get_mut(&c.job) else {
+            return true;
+        };
+        let State::Queued {
+            hold: Some(ref mut h),
+            ..
+        } = e.state
+        else {
+            return true;
+        };
+        let kept = fits_at(&self.config, &e.job, o, now, c.start)
+            .filter(|p| p.co2e_mg <= h.co2e_mg * 1.01 + 1_000.0);
+        if let Some(plan) = kept {
+            h.commit.end = plan.end;
+            h.co2e_mg = plan.co2e_mg;
+            o.commit(h.commit);
+            return true;
+        }
+        e.state = State::Queued {
+            not_before: 0,
+            hold: None,
+        };
+        false
     }
 
     fn revoke_silent(&mut self, now: u64, out: &mut Vec<Decision>) {
@@ -280,7 +343,7 @@ impl Scheduler {
             sky_ratio_fade_hours: self.config.sky_ratio_fade_hours,
         };
         let h0 = now.0 / HOUR_MS;
-        let mut regions: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let mut regions: BTreeMap<&str, Rc<[f64]>> = BTreeMap::new();
         let mut outlooks = Vec::with_capacity(offers.len());
         for (i, offer) in offers.iter().enumerate() {
             if !offer.online || self.silent.contains_key(&offer.device) {
@@ -319,22 +382,26 @@ impl Scheduler {
                     } else {
                         now + self.config.overrun_ms
                     };
+                    // What is left of its energy, as far as its expected run has gone.
+                    let done = now.saturating_sub(l.start.0) as f64
+                        / l.expected_end.0.saturating_sub(l.start.0).max(1) as f64;
                     let c = Commit {
                         job: *id,
                         start: l.start.0.min(now),
                         end,
                         watts: watts(l.power),
+                        energy_wh: e.job.work.wh() * (1.0 - done).max(0.1),
+                        hold: false,
                     };
                     (l.device, c)
                 }
-                State::Queued {
-                    hold: Some((device, c)),
-                    not_before,
-                } if not_before > now => (device, c),
+                // Due jobs' holds too: each is released only when its job is decided, so
+                // that jobs decided before it in the tick cannot take its device.
+                State::Queued { hold: Some(h), .. } => (h.device, h.commit),
                 State::Queued { .. } => continue,
             };
             if let Some(&i) = index.get(&device) {
-                outlooks[i].commit(c);
+                outlooks[i].commit_quietly(c);
             }
         }
         for o in outlooks.iter_mut() {
@@ -342,14 +409,17 @@ impl Scheduler {
             for l in &offer.leased {
                 if l.until.0 > now && !self.jobs.contains_key(&l.job) {
                     let job_w = o.job_w;
-                    o.commit(Commit {
+                    o.commit_quietly(Commit {
                         job: l.job,
                         start: now,
                         end: l.until.0,
                         watts: job_w,
+                        energy_wh: job_w * (l.until.0 - now) as f64 / HOUR_MS as f64,
+                        hold: false,
                     });
                 }
             }
+            o.refresh();
         }
     }
 
@@ -359,84 +429,30 @@ impl Scheduler {
         now: u64,
         offers: &[DeviceOffer],
         outlooks: &mut [Outlook],
-    ) -> Decision {
+    ) -> (Decision, f64) {
         let job = &entry.job;
         let id = job.id;
         if job.deadline.0 <= now {
-            return refuse(id, RefuseReason::DeadlinePassed);
+            return (refuse(id, RefuseReason::DeadlinePassed), 0.0);
         }
         match choose(&self.config, job, &entry.excluded, now, offers, outlooks) {
-            Ok(c) => accept(job, c, now, outlooks),
-            Err(f) => self.explain(job, f, now, outlooks),
+            Ok(c) => (
+                accept(job, c, now, self.config.lead_ms, outlooks),
+                c.plan.co2e_mg,
+            ),
+            Err(f) => (explain(&self.config, job, f, now, outlooks), 0.0),
         }
-    }
-
-    /// No feasible run: a refusal with the reason the candidates stopped at, or a wait
-    /// when more time (devices freeing up, coming online, the horizon moving) may help.
-    fn explain(&self, job: &JobRequest, f: Funnel, now: u64, outlooks: &[Outlook]) -> Decision {
-        let id = job.id;
-        let retry = now + self.config.retry_ms;
-        let wait = |why| Decision::Wait {
-            job: id,
-            until: TimestampMs(retry),
-            why,
-        };
-        if !f.meets_needs {
-            return refuse(id, RefuseReason::NoDeviceMeetsNeeds);
-        }
-        if !f.candidate {
-            return if retry < job.deadline.0 {
-                wait(WaitReason::NoDeviceOnline)
-            } else {
-                refuse(id, RefuseReason::DeadlineCannotBeMet)
-            };
-        }
-        if !f.price_ok {
-            let cheapest = f.cheapest_above_ceiling.unwrap_or_default();
-            return refuse(id, RefuseReason::AbovePriceCeiling { cheapest });
-        }
-        if f.busy_now && retry < job.deadline.0 {
-            return wait(WaitReason::Busy { device: None });
-        }
-        let horizon_end = outlooks
-            .iter()
-            .map(Outlook::horizon_end)
-            .max()
-            .unwrap_or(now);
-        let beyond = job.deadline.0 > horizon_end;
-        if !f.finishes {
-            return if beyond {
-                wait(WaitReason::BeyondHorizon)
-            } else {
-                refuse(id, RefuseReason::DeadlineCannotBeMet)
-            };
-        }
-        if beyond {
-            return Decision::Wait {
-                job: id,
-                until: TimestampMs(now + HOUR_MS),
-                why: WaitReason::BeyondHorizon,
-            };
-        }
-        let (best_renewable, best_co2e) = f.best_failing.unwrap_or_default();
-        refuse(
-            id,
-            RefuseReason::CarbonLimit {
-                best_renewable,
-                best_co2e,
-            },
-        )
     }
 
     fn apply(
         &mut self,
         id: JobId,
-        decision: &Decision,
-        now: u64,
+        (decision, planned_co2e_mg): &(Decision, f64),
         offers: &[DeviceOffer],
         outlooks: &[Outlook],
         index: &BTreeMap<DeviceId, usize>,
     ) {
+        let planned_co2e_mg = *planned_co2e_mg;
         let at = |device: DeviceId| index.get(&device).map(|&i| &outlooks[i]);
         let Some(e) = self.jobs.get_mut(&id) else {
             return;
@@ -446,7 +462,7 @@ impl Scheduler {
                 let power = at(p.device).map_or(Milliwatts(0), |o| offers[o.index].job_power);
                 e.state = State::Leased(Lease {
                     device: p.device,
-                    start: TimestampMs(now),
+                    start: p.start_at,
                     expected_end: p.expected_end,
                     power,
                 });
@@ -456,9 +472,11 @@ impl Scheduler {
                     WaitReason::Sun { device }
                     | WaitReason::Busy {
                         device: Some(device),
-                    } => at(device)
-                        .and_then(|o| o.commit_of(id))
-                        .map(|c| (device, c)),
+                    } => at(device).and_then(|o| o.commit_of(id)).map(|commit| Hold {
+                        device,
+                        commit,
+                        co2e_mg: planned_co2e_mg,
+                    }),
                     _ => None,
                 };
                 e.state = State::Queued {
@@ -472,44 +490,4 @@ impl Scheduler {
             Decision::Revoke { .. } => {}
         }
     }
-}
-
-/// Places the chosen run (it starts now), or holds its device and waits for it.
-fn accept(job: &JobRequest, c: Chosen, now: u64, outlooks: &mut [Outlook]) -> Decision {
-    let o = &mut outlooks[c.outlook];
-    let device = o.device;
-    o.commit(Commit {
-        job: job.id,
-        start: c.plan.start,
-        end: c.plan.end,
-        watts: o.job_w,
-    });
-    if c.plan.start > now {
-        let why = if c.busy_before {
-            WaitReason::Busy {
-                device: Some(device),
-            }
-        } else {
-            WaitReason::Sun { device }
-        };
-        return Decision::Wait {
-            job: job.id,
-            until: TimestampMs(c.plan.start),
-            why,
-        };
-    }
-    let energy = job.work.wh().max(1e-12);
-    Decision::Place(Placement {
-        job: job.id,
-        device,
-        start_at: TimestampMs(now),
-        expected_end: TimestampMs(c.plan.end),
-        renewable: SharePpm::from_fraction(c.plan.renewable_wh / energy),
-        co2e: Co2eMg(c.plan.co2e_mg.ceil() as u64),
-        price: c.price,
-    })
-}
-
-fn refuse(job: JobId, reason: RefuseReason) -> Decision {
-    Decision::Refuse { job, reason }
 }

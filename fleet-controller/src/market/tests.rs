@@ -126,21 +126,24 @@ fn a_flexible_job_with_no_sunlit_device_waits_for_sunrise_and_holds_the_device()
             device: DeviceId([1; 16])
         }
     );
-    // Berlin's sun rises about 02:45 UTC; the wait ends on an hour once the panel can
-    // carry the job, within the morning.
-    assert_eq!(until.0 % H, 0);
-    let elevation = sun_elevation(BERLIN.0, BERLIN.1, until.0).to_degrees();
+    // Berlin's sun rises about 02:45 UTC; the run is planned on an hour once the panel
+    // can carry the job, within the morning; the wait ends the lead (a minute) before it.
+    let lead = SchedulerConfig::default().lead_ms;
+    let start = until.0 + lead;
+    assert_eq!(start % H, 0);
+    let elevation = sun_elevation(BERLIN.0, BERLIN.1, start).to_degrees();
     assert!(
-        until.0 > MIDNIGHT + 2 * H && until.0 <= MIDNIGHT + 9 * H,
+        start > MIDNIGHT + 2 * H && start <= MIDNIGHT + 9 * H,
         "{}",
-        (until.0 - MIDNIGHT) / H
+        (start - MIDNIGHT) / H
     );
     assert!(elevation > 5.0, "{elevation}");
     assert_eq!(s.queued(), 1);
-    // Nothing is decided before then; at that hour it is placed there, on sun.
+    // Nothing is decided before then; then it is placed there, to start on the hour, on sun.
     assert!(s.tick(TimestampMs(MIDNIGHT + H), &offers).is_empty());
     let d = s.tick(until, &offers);
     let p = placement(&d[0]);
+    assert_eq!(p.start_at, TimestampMs(start));
     assert_eq!(p.device, DeviceId([1; 16]));
     assert_eq!(p.renewable, SharePpm::ALL);
 }
@@ -408,4 +411,69 @@ fn the_same_inputs_give_the_same_decisions() {
     assert!(a.iter().any(|d| matches!(d, Decision::Place(_))));
     assert!(a.iter().any(|d| matches!(d, Decision::Wait { .. })));
     assert_eq!(a, run());
+}
+
+#[test]
+fn an_inflexible_job_starts_now_where_a_flexible_one_waits_for_the_busy_sunlit_device() {
+    let mut tokyo = device(2, TOKYO, "JP");
+    // Busy for another hour with work the caller knows of.
+    tokyo.leased.push(LeasedJob {
+        job: JobId([9; 16]),
+        until: TimestampMs(MIDNIGHT + H),
+    });
+    let offers = [device(1, BERLIN, "DE"), tokyo];
+    let mut s = scheduler();
+    let d = decide(&mut s, vec![job(1, 200, false, 24)], MIDNIGHT, &offers);
+    let p = placement(&d[0]);
+    assert_eq!(
+        (p.device, p.start_at),
+        (DeviceId([1; 16]), TimestampMs(MIDNIGHT))
+    );
+    let d = decide(&mut s, vec![job(2, 200, true, 24)], MIDNIGHT, &offers);
+    assert_eq!(
+        d,
+        vec![Decision::Wait {
+            job: JobId([2; 16]),
+            until: TimestampMs(MIDNIGHT + H - SchedulerConfig::default().lead_ms),
+            why: WaitReason::Busy {
+                device: Some(DeviceId([2; 16]))
+            }
+        }]
+    );
+}
+
+#[test]
+fn a_later_hold_keeps_its_place_when_the_job_before_it_runs_as_planned() {
+    // One device, night: two flexible jobs wait for Berlin's sun, one after the other.
+    let offers = [device(1, BERLIN, "DE")];
+    let mut s = scheduler();
+    let d = decide(
+        &mut s,
+        vec![job(1, 200, true, 24), job(2, 200, true, 24)],
+        MIDNIGHT,
+        &offers,
+    );
+    let until = |d: &Decision| match d {
+        Decision::Wait { until, .. } => until.0,
+        other => panic!("expected a wait, got {other:?}"),
+    };
+    let (first, second) = (until(&d[0]), until(&d[1]));
+    assert!(
+        second >= first + 2 * H,
+        "the second runs after the first's two hours"
+    );
+    // The first is placed; the second's hold still stands, so it is not decided again.
+    let d = s.tick(TimestampMs(first), &offers);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(placement(&d[0]).job, JobId([1; 16]));
+    let d = s.tick(TimestampMs(second), &offers);
+    let p = placement(&d[0]);
+    assert_eq!(p.job, JobId([2; 16]));
+    assert_eq!(p.renewable, SharePpm::ALL);
+}
+
+#[test]
+fn the_scheduler_can_live_behind_the_api_s_shared_state() {
+    fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<Scheduler>();
 }
