@@ -674,7 +674,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hwmon_source_without_a_gpu_rail_is_written_and_read_back_as_such() {
+    fn a_hwmon_source_with_no_rail_of_the_graphics_unit_is_written_and_read_back_as_such() {
         // An Orin Nano/NX: the GPU shares VDD_CPU_GPU_CV, there is no GPU rail of its own.
         let mut cfg = built();
         cfg.sources = vec![SourceConfig::Hwmon(hwmon::HwmonConfig {

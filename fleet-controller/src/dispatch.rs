@@ -73,6 +73,8 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher signing with `key`.
+    /// The scheduler should plan starts no later than the next tick (`lead_ms`): a
+    /// placement's `RunJob` is sent when it is decided.
     pub fn new(scheduler: Scheduler, key: KeyPair, cfg: DispatchConfig) -> Dispatcher {
         Dispatcher {
             scheduler,

@@ -342,8 +342,11 @@ fn spawn_dispatch(
 ) -> Result<std::thread::JoinHandle<()>> {
     let mut store = SqliteStore::open(&cfg.db_path())?;
     let m = cfg.market.clone();
+    // Dispatch sends a placement's `RunJob` when it is decided: the scheduler may plan a
+    // start no later than the next tick.
     let scheduler = crate::market::Scheduler::with_bundled_table(crate::market::SchedulerConfig {
         lease_grace_ms: m.lease_grace_ms,
+        lead_ms: m.tick_ms,
         ..Default::default()
     })
     .map_err(|e| anyhow::anyhow!("the scheduler's intensity table: {e}"))?;
