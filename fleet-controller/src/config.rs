@@ -378,6 +378,10 @@ pub struct IngestTuning {
     /// Most MQTT messages handled in one store transaction.
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
+    /// Most payload bytes in one batch: a catch-up of many records is cut into batches of
+    /// about this size, so that one is verified while the one before is committed.
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
     /// Longest wait to fill a batch, milliseconds.
     #[serde(default = "default_batch_wait")]
     pub batch_wait_ms: u64,
@@ -397,6 +401,7 @@ impl Default for IngestTuning {
     fn default() -> Self {
         IngestTuning {
             batch_max: default_batch_max(),
+            batch_max_bytes: default_batch_max_bytes(),
             batch_wait_ms: default_batch_wait(),
             max_future_skew_ms: default_skew(),
             resend_after_ms: default_resend(),
@@ -420,6 +425,10 @@ pub const MIN_QUEUE_BYTES: usize = attest::batch::MAX_BATCH_LEN;
 const fn default_queue_bytes() -> usize {
     64 << 20
 }
+const fn default_batch_max_bytes() -> usize {
+    256 << 10
+}
+
 const fn default_batch_max() -> usize {
     1_000
 }

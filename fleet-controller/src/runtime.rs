@@ -99,8 +99,9 @@ pub async fn run_with_api_listener(
     let in_rx = queue.clone();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let dispatch_tx = out_tx.clone();
-    let (batch_max, wait) = (
+    let (batch_max, batch_max_bytes, wait) = (
         cfg.ingest.batch_max,
+        cfg.ingest.batch_max_bytes,
         Duration::from_millis(cfg.ingest.batch_wait_ms),
     );
     let epoch_every = cfg.epochs.interval_ms;
@@ -127,11 +128,17 @@ pub async fn run_with_api_listener(
                     Recv::Timeout => continue,
                     Recv::Closed => return,
                 };
+                let mut bytes = first.1.len();
                 let mut batch = vec![first];
                 let deadline = Instant::now() + wait;
-                while batch.len() < batch_max {
+                // A catch-up of many records goes in batches of about `batch_max_bytes`:
+                // one is verified while the one before is committed.
+                while batch.len() < batch_max && bytes < batch_max_bytes {
                     match in_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                        Recv::Message(m) => batch.push(m),
+                        Recv::Message(m) => {
+                            bytes += m.1.len();
+                            batch.push(m);
+                        }
                         Recv::Timeout | Recv::Closed => break,
                     }
                 }
