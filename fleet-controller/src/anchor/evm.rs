@@ -423,6 +423,26 @@ impl EvmAnchor {
         Ok(done)
     }
 
+    /// An anchor found on chain (sent by an earlier run, or ours whose receipt the node had
+    /// not served yet) counts once it has the configured confirmations, like one this run
+    /// saw mined; before that the epoch is still pending (and is found again next round).
+    async fn take_found<S: Store>(
+        &self,
+        store: &mut S,
+        found: EvmAnchorRow,
+    ) -> Result<EvmAnchorRow, EvmAnchorError> {
+        let head = self.provider.get_block_number().await.map_err(rpc_err)?;
+        let block = found.block_number.unwrap_or(u64::MAX / 2);
+        if head + 1 < block + self.confirmations {
+            return Err(EvmAnchorError::Pending {
+                epoch: found.epoch,
+                tx: found.tx_hash,
+            });
+        }
+        store.put_evm_anchor(&found)?;
+        Ok(found)
+    }
+
     /// Anchors one epoch, resuming whatever an earlier run left.
     pub async fn anchor_epoch<S: Store>(
         &self,
@@ -437,10 +457,9 @@ impl EvmAnchor {
                     tracing::warn!(
                         epoch = ep.epoch.0,
                         tx = %found.tx_hash,
-                        "epoch was already anchored on chain; recorded that transaction"
+                        "epoch was already anchored on chain; recording that transaction"
                     );
-                    store.put_evm_anchor(&found)?;
-                    return Ok(found);
+                    return self.take_found(store, found).await;
                 }
                 let call = HeliostatAnchor::anchorCall {
                     epoch: ep.epoch.0,
@@ -490,8 +509,7 @@ impl EvmAnchor {
                     // lost; otherwise this needs a look.
                     if let Some(found) = self.find_on_chain(ep).await? {
                         store.drop_unconfirmed_evm_anchor(ep.epoch)?;
-                        store.put_evm_anchor(&found)?;
-                        return Ok(found);
+                        return self.take_found(store, found).await;
                     }
                     return Err(EvmAnchorError::Reverted {
                         epoch: ep.epoch,
@@ -525,8 +543,7 @@ impl EvmAnchor {
                 if mined > row.nonce {
                     store.drop_unconfirmed_evm_anchor(ep.epoch)?;
                     if let Some(found) = self.find_on_chain(ep).await? {
-                        store.put_evm_anchor(&found)?;
-                        return Ok(found);
+                        return self.take_found(store, found).await;
                     }
                     return Err(EvmAnchorError::Pending {
                         epoch: ep.epoch,
