@@ -696,6 +696,78 @@ mod tests {
     }
 
     #[test]
+    fn a_job_whose_device_falls_silent_past_the_grace_is_cancelled_there_and_sent_to_another() {
+        let noon = SAMPLE_START.0 + 12 * 3_600_000;
+        let (mut ing, first, job, key) = fleet(noon);
+        // A second rig, as sunny.
+        let mut second = SampleDevice::new(9);
+        let topic = |d: &SampleDevice, leaf: &str| format!("{PREFIX}{}/{leaf}", d.key.device_id());
+        let mut msgs = vec![(topic(&second, "hello"), second.hello().into_bytes())];
+        let mut at = SAMPLE_START.0;
+        while at <= noon {
+            msgs.push((topic(&second, "records"), second.record_at(at).into_bytes()));
+            at += 600_000;
+        }
+        ing.handle(&msgs, noon).unwrap();
+        let mut d = dispatcher(&key);
+        let out = d.tick(ing.store_mut(), noon + 1_000).unwrap();
+        assert_eq!(out.len(), 1);
+        let placed: Command = Envelope::decode(&out[0].payload).unwrap().open().unwrap();
+        let (gone, other) = if placed.device == first.key.device_id() {
+            (first.key.device_id(), second)
+        } else {
+            (second.key.device_id(), first)
+        };
+        let mut other = other;
+        // The other rig keeps reporting; the one with the job falls silent.
+        let grace = SchedulerConfig::default().lease_grace_ms;
+        let mut t = noon + 1_000;
+        let mut revoked = Vec::new();
+        while t < noon + grace + 10 * 60_000 {
+            t += 60_000;
+            let r = other.record_at(t);
+            ing.handle(&[(topic(&other, "records"), r.into_bytes())], t)
+                .unwrap();
+            revoked.extend(d.tick(ing.store_mut(), t).unwrap());
+            if !revoked.is_empty() {
+                break;
+            }
+        }
+        assert!(
+            t > noon + grace,
+            "not revoked within the grace: {} min",
+            (t - noon) / 60_000
+        );
+        let commands: Vec<Command> = revoked
+            .iter()
+            .map(|o| Envelope::decode(&o.payload).unwrap().open().unwrap())
+            .collect();
+        assert!(
+            commands
+                .iter()
+                .any(|c| c.device == gone && c.body == CommandBody::Cancel { job }),
+            "{commands:?}"
+        );
+        assert!(
+            commands.iter().any(|c| c.device == other.key.device_id()
+                && matches!(&c.body, CommandBody::RunJob(s) if s.id == job)),
+            "placed again on the other rig: {commands:?}"
+        );
+        assert_eq!(
+            ing.store().job_lease(job).unwrap().map(|l| l.device),
+            Some(other.key.device_id())
+        );
+        let reasons: Vec<String> = ing
+            .store()
+            .job_history(job)
+            .unwrap()
+            .iter()
+            .map(|e| e.reason.clone())
+            .collect();
+        assert!(reasons.iter().any(|r| r.contains("silent")), "{reasons:?}");
+    }
+
+    #[test]
     fn a_refused_job_is_queued_again_and_not_sent_back_to_the_device_that_refused_it() {
         let noon = SAMPLE_START.0 + 12 * 3_600_000;
         let (mut ing, mut dev, job, key) = fleet(noon);
