@@ -5,6 +5,7 @@
 //! contract once the transaction is confirmed, the local log otherwise.
 
 pub mod evm;
+mod evm_loop;
 pub mod local;
 
 use attest::PublicKey;
