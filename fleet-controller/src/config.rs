@@ -55,6 +55,11 @@ pub struct MarketConfig {
     /// How long a lease survives its device's silence before the job goes elsewhere, ms.
     #[serde(default = "default_lease_grace")]
     pub lease_grace_ms: u64,
+    /// How long a placed job may go without a progress report from its device while the
+    /// device is online before it goes elsewhere, ms (0: never). A job not started by
+    /// then after its `RunJob` expired counts the same.
+    #[serde(default = "default_progress_grace")]
+    pub progress_grace_ms: u64,
 }
 
 const fn market_yes() -> bool {
@@ -75,6 +80,9 @@ const fn default_run_ms() -> u64 {
 const fn default_lease_grace() -> u64 {
     30 * 60_000
 }
+const fn default_progress_grace() -> u64 {
+    5 * 60_000
+}
 
 impl Default for MarketConfig {
     fn default() -> Self {
@@ -85,6 +93,7 @@ impl Default for MarketConfig {
             job_power_w: default_market_job_power(),
             default_run_ms: default_run_ms(),
             lease_grace_ms: default_lease_grace(),
+            progress_grace_ms: default_progress_grace(),
         }
     }
 }

@@ -194,21 +194,20 @@ pub async fn run_with_api_listener(
                 shed_bytes,
                 updated_ms: now_ms(),
             };
-            if let Ok(b) = serde_json::to_vec_pretty(&status) {
-                let tmp = status_path.with_extension("json.tmp");
-                if std::fs::write(&tmp, b).is_ok() {
-                    let _ = std::fs::rename(&tmp, &status_path);
-                }
-            }
+            write_json(&status_path, &status);
         }
     })?;
 
     let mut parts: Vec<std::thread::JoinHandle<()>> = vec![sig_thread, ingest_thread];
+    // The devices' job events go to dispatch (never to ingest: they are unsigned advice);
+    // when dispatch is behind they are dropped, and the next progress report says the same.
+    let (events_tx, events_rx) = std::sync::mpsc::sync_channel::<(DeviceId, Vec<u8>)>(1024);
     if cfg.market.enabled {
         parts.push(spawn_dispatch(
             &cfg,
             key.clone(),
             dispatch_tx,
+            events_rx,
             stop_rx.clone(),
         )?);
     }
@@ -289,6 +288,10 @@ pub async fn run_with_api_listener(
             "{share}{}",
             attest::topics::every_device(attest::topics::Leaf::Hello)
         ),
+        format!(
+            "{share}{}",
+            attest::topics::every_device(attest::topics::Leaf::Jobs)
+        ),
     ];
     tokio::pin!(shutdown);
     loop {
@@ -307,6 +310,12 @@ pub async fn run_with_api_listener(
                     tracing::info!(broker = %format!("{}:{}", b.host, b.port), "controller connected");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some((device, attest::topics::Leaf::Jobs)) = attest::topics::parse(&p.topic) {
+                        // Never waits either: a full channel drops the event (counted by
+                        // dispatch as `shed` is not: the next report repeats it).
+                        let _ = events_tx.try_send((device, p.payload.to_vec()));
+                        continue;
+                    }
                     // Never waits: a full queue sheds (counted), the agent sends again.
                     if !queue.try_push((p.topic, p.payload.to_vec())) {
                         let (n, _) = queue.shed();
@@ -338,17 +347,34 @@ pub async fn run_with_api_listener(
     Ok(())
 }
 
+/// What the dispatch thread did with the devices' job events since start (written to
+/// `dispatch.json` beside `status.json`, served as metrics).
+#[derive(Debug, Default, Serialize)]
+pub struct DispatchStatus {
+    /// Job events by what they did: `moved`, `progress`, `ignored` (not a job the device
+    /// holds), `malformed` (refused: oversize or not a job event).
+    pub job_events: std::collections::BTreeMap<&'static str, u64>,
+    /// When this was written.
+    pub updated_ms: u64,
+}
+
+/// Largest job event taken, bytes (a progress report is about 300).
+pub const MAX_JOB_EVENT_BYTES: usize = 16 << 10;
+
 /// The `dispatch` thread: every `market.tick_ms` the scheduler decides the open jobs over
 /// the devices' offers (its own connection to the database), and the signed commands go
-/// out through the MQTT loop. Stops with `stop`.
+/// out through the MQTT loop; between ticks it takes the devices' job events. Stops with
+/// `stop`.
 fn spawn_dispatch(
     cfg: &ControllerConfig,
     key: attest::KeyPair,
     out: mpsc::UnboundedSender<Outgoing>,
+    events: std::sync::mpsc::Receiver<(DeviceId, Vec<u8>)>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<std::thread::JoinHandle<()>> {
     let mut store = SqliteStore::open(&cfg.db_path())?;
     let m = cfg.market.clone();
+    let status_path = cfg.data_dir.join("dispatch.json");
     // Dispatch sends a placement's `RunJob` when it is decided: the scheduler may plan a
     // start no later than the next tick.
     let scheduler = crate::market::Scheduler::with_bundled_table(crate::market::SchedulerConfig {
@@ -364,6 +390,7 @@ fn spawn_dispatch(
             online_within_ms: m.online_within_ms,
             job_power_w: m.job_power_w,
             default_run_ms: m.default_run_ms,
+            progress_grace_ms: m.progress_grace_ms,
             ..Default::default()
         },
     );
@@ -371,6 +398,8 @@ fn spawn_dispatch(
         .name("dispatch".into())
         .spawn(move || {
             let mut next = 0u64;
+            let mut status = DispatchStatus::default();
+            let mut dirty = true;
             while !*stop.borrow() {
                 let now = now_ms();
                 if now >= next {
@@ -383,8 +412,41 @@ fn spawn_dispatch(
                         }
                         Err(e) => tracing::error!(error = %e, "dispatch failed; retried next tick"),
                     }
+                    if std::mem::take(&mut dirty) {
+                        status.updated_ms = now;
+                        write_json(&status_path, &status);
+                    }
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                let Ok((device, payload)) = events.recv_timeout(Duration::from_millis(100)) else {
+                    continue;
+                };
+                dirty = true;
+                let effect = match crate::dispatch::parse_job_event(&payload, MAX_JOB_EVENT_BYTES) {
+                    Err(why) => {
+                        tracing::debug!(%device, %why, "job event refused");
+                        "malformed"
+                    }
+                    Ok(e) => match dispatcher.job_event(&mut store, device, &e, now_ms()) {
+                        Ok(crate::dispatch::EventEffect::Moved(_)) => "moved",
+                        Ok(crate::dispatch::EventEffect::Progress) => "progress",
+                        Ok(crate::dispatch::EventEffect::Ignored) => "ignored",
+                        Err(e) => {
+                            tracing::error!(error = %e, "storing a job event failed");
+                            "failed"
+                        }
+                    },
+                };
+                *status.job_events.entry(effect).or_default() += 1;
             }
         })?)
+}
+
+/// Writes `value` as pretty JSON to `path` through a temporary file and a rename.
+fn write_json(path: &std::path::Path, value: &impl Serialize) {
+    if let Ok(b) = serde_json::to_vec_pretty(value) {
+        let tmp = path.with_extension("json.tmp");
+        if std::fs::write(&tmp, b).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
 }

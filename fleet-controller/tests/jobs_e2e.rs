@@ -219,6 +219,51 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
         })
     });
     assert_eq!(states, vec!["queued", "scheduled", "running", "done"]);
+    // The agent's job events reached dispatch (its `started` and `finished` at least,
+    // whichever came first of them and the receipt), and none was refused.
+    let metrics = wait_for("the job events counted", Duration::from_secs(20), || {
+        let m = String::from_utf8(hil_tests::http(api, "GET", "/metrics", b"").1).unwrap();
+        let taken: u64 = m
+            .lines()
+            .filter(|l| l.starts_with("heliostat_job_events_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        (taken >= 2).then_some(m)
+    });
+    assert!(!metrics.contains("effect=\"malformed\""), "{metrics}");
+    // `fleetctl logs`: the history, one line each, in text and as JSON lines.
+    let buyer_file = tmp.path().join("buyer.token");
+    std::fs::write(&buyer_file, &buyer).unwrap();
+    let logs = |json: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"));
+        c.args(["--url", &format!("http://127.0.0.1:{api}")])
+            .args(["--token-file", buyer_file.to_str().unwrap()]);
+        if json {
+            c.args(["--output", "json"]);
+        }
+        let out = c.args(["logs", &job_id, "--follow"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = logs(false);
+    let logged: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|s| *s != "progress")
+        .collect();
+    assert_eq!(logged, ["queued", "scheduled", "running", "done"], "{text}");
+    let events: Vec<serde_json::Value> = logs(true)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("event").is_some())
+        .collect();
+    assert_eq!(events.len(), 4);
+    assert_eq!(events[3]["event"]["state"], "done");
+    assert_eq!(events[3]["event"]["seq"], 3);
     // The agent uploaded the output; the controller kept it because it hashes to what the
     // receipt says, and the buyer downloads it.
     let results = wait_for("the job's output", Duration::from_secs(30), || {
@@ -328,8 +373,6 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
     assert!(text.contains("  job: "), "a job account: {text}");
     // The buyer's side: fleetctl finds the device the job ran on and verifies its proof
     // against the controller key the buyer pins.
-    let buyer_file = tmp.path().join("buyer.token");
-    std::fs::write(&buyer_file, &buyer).unwrap();
     let proof = tmp.path().join("fleetctl.bundle");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
         .args(["--url", &format!("http://127.0.0.1:{api}")])

@@ -55,7 +55,71 @@ fn detail(rec: &JobRecord, history: &[JobEvent], lease: Option<JobLease>) -> Val
     v["history"] = json!(history);
     // Where it was sent (its proof is that device's: `/api/v1/devices/{device}/jobs/{id}/bundle`).
     v["device"] = json!(lease.map(|l| l.device.to_string()));
+    v["progress"] = json!(lease.and_then(|l| l.progress));
     v
+}
+
+/// Longest a `GET /api/v1/jobs/{id}/events` waits for something new, ms.
+pub const MAX_EVENTS_WAIT_MS: u64 = 30_000;
+
+/// Query of the job events route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Only events after this one (its `seq`); all when absent.
+    after: Option<u32>,
+    /// Wait up to this long (ms, at most [`MAX_EVENTS_WAIT_MS`]) for an event after
+    /// `after` or for progress newer than `progress_after`, when there is none yet.
+    wait_ms: Option<u64>,
+    /// The `at_ms` of the progress the caller has seen.
+    progress_after: Option<u64>,
+}
+
+/// `GET /api/v1/jobs/{id}/events`: the job's history after `after` and its latest
+/// progress, waiting up to `wait_ms` when there is nothing new (a long poll: `fleetctl
+/// logs` follows a job with it and resumes where it was after a lost connection).
+pub(super) async fn events(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<Json<Value>, AppError> {
+    let caller = auth.require(Scope::Read)?;
+    let id = job_id(&id)?;
+    let until = std::time::Instant::now()
+        + std::time::Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_EVENTS_WAIT_MS));
+    loop {
+        let st2 = s.clone();
+        let (rec, history, lease) = blocking(move || {
+            let st = st2.store.get()?;
+            let rec = st
+                .job_of(caller.account, id)?
+                .ok_or_else(|| AppError::UnknownJob(id.to_string()))?;
+            Ok((rec, st.job_history(id)?, st.job_lease(id)?))
+        })
+        .await?;
+        let news: Vec<&JobEvent> = history
+            .iter()
+            .filter(|e| q.after.is_none_or(|a| e.seq > a))
+            .collect();
+        let progress = lease.and_then(|l| l.progress);
+        let new_progress = progress.is_some_and(|p| q.progress_after.is_none_or(|a| p.at_ms > a));
+        if !news.is_empty()
+            || new_progress
+            || rec.state.is_final()
+            || std::time::Instant::now() >= until
+        {
+            return Ok(Json(json!({
+                "id": id.to_string(),
+                "state": rec.state,
+                "final": rec.state.is_final(),
+                "events": news,
+                "progress": progress,
+                "device": lease.map(|l| l.device.to_string()),
+            })));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 /// `POST /api/v1/jobs`: checks and stores a job (`queued`); 201 with the job.

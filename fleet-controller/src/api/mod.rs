@@ -339,6 +339,24 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, AppError> {
             "Closed epochs without a confirmed EVM anchor (all of them when anchoring is local).",
             &[(String::new(), store.count_epochs_not_on_chain()?)],
         );
+        let dispatch: Value = std::fs::read(s.status.with_file_name("dispatch.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| json!({}));
+        let events: Vec<(String, u64)> = dispatch["job_events"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (format!("{{effect=\"{k}\"}}"), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        metric(
+            "heliostat_job_events_total",
+            "counter",
+            "Devices' job events taken by dispatch, by effect (moved a job, recorded progress, ignored, malformed).",
+            &events,
+        );
         Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
     })
     .await
@@ -533,6 +551,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/api/v1/jobs/{id}", get(jobs::show))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/v1/jobs/{id}/events", get(jobs::events))
         .route("/api/v1/jobs/{id}/results", get(jobs::results))
         .route("/api/v1/jobs/{id}/outputs/{index}", put(outputs::put))
         // Every body an extractor reads (the JSON routes) is bounded; the blob upload

@@ -13,6 +13,33 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// The civil date (year, month 1..=12, day 1..=31) of a day since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Unix milliseconds as an RFC 3339 UTC date-time to the second (`2026-06-21T13:00:00Z`).
+pub fn format_rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1_000);
+    let (days, s) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, mo, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3_600,
+        s % 3_600 / 60,
+        s % 60
+    )
+}
+
 /// The UTC calendar year that contains an hour: attest's, so the controller and the
 /// verifier pick the same table row.
 pub use attest::intensity::year_of_hour;
@@ -100,6 +127,22 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formatted_times_parse_back_to_the_same_second() {
+        for ms in [
+            0i64,
+            951_782_400_000,
+            1_782_046_800_000,
+            4_107_542_399_000,
+            -86_400_000,
+        ] {
+            let s = format_rfc3339_ms(ms);
+            assert_eq!(parse_rfc3339_ms(&s), Ok(ms), "{s}");
+        }
+        assert_eq!(format_rfc3339_ms(1_782_046_800_999), "2026-06-21T13:00:00Z");
+        assert_eq!(format_rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
 
     #[test]
     fn rfc3339_times_give_unix_milliseconds() {

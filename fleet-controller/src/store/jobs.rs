@@ -48,6 +48,9 @@ pub struct JobRecord {
 /// One entry of a job's history.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct JobEvent {
+    /// Its place in the history (0 for `queued`, then 1, 2...): a reader that saw up to
+    /// `seq` asks for what came after it.
+    pub seq: u32,
     /// The state entered.
     pub state: JobState,
     /// When (ms).
@@ -67,6 +70,22 @@ pub struct JobLease {
     pub expected_end_ms: u64,
     /// The nonce of that `RunJob`.
     pub nonce: u64,
+    /// The device's last progress report for the job, if one came.
+    pub progress: Option<LeaseProgress>,
+}
+
+/// What the device last said of a placed job's progress (its unsigned job events: advice
+/// for people and for dispatch's watch, never accounted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LeaseProgress {
+    /// Chunks done.
+    pub chunks_done: u64,
+    /// Chunks in all.
+    pub chunks: u32,
+    /// Whether the device's power governor holds it paused.
+    pub paused: bool,
+    /// When it came (controller clock, ms).
+    pub at_ms: u64,
 }
 
 /// One output of a job, as its device uploaded it (hash-checked against the receipt).
@@ -97,7 +116,15 @@ pub trait JobStore {
     fn open_jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
     /// Where a job runs, if it is placed.
     fn job_lease(&self, id: JobId) -> Result<Option<JobLease>, StoreError>;
-    /// Records (or replaces) where a job runs.
+    /// Records a device's progress report on the job's lease; false (nothing changed) when
+    /// the job has no lease on that device.
+    fn set_job_progress(
+        &mut self,
+        id: JobId,
+        device: attest::DeviceId,
+        progress: &LeaseProgress,
+    ) -> Result<bool, StoreError>;
+    /// Records (or replaces, progress and all) where a job runs.
     fn put_job_lease(&mut self, id: JobId, lease: &JobLease) -> Result<(), StoreError>;
     /// Forgets where a job ran (it finished, or is queued again).
     fn drop_job_lease(&mut self, id: JobId) -> Result<(), StoreError>;

@@ -123,6 +123,12 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         expected_end_ms INTEGER NOT NULL,
         nonce INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 7: the device's last progress report on a placed job (its job events): chunks done
+    // of how many, paused or not, and when it came.
+    "ALTER TABLE job_leases ADD COLUMN chunks_done INTEGER;
+    ALTER TABLE job_leases ADD COLUMN chunks INTEGER;
+    ALTER TABLE job_leases ADD COLUMN paused INTEGER;
+    ALTER TABLE job_leases ADD COLUMN progress_ms INTEGER;",
 ];
 
 /// The schema version this code writes.

@@ -8,7 +8,9 @@ use super::{SqliteStore, to_i64};
 use crate::accounts::AccountId;
 use crate::jobs::{JobOrder, JobState, Transition};
 use crate::store::StoreError;
-use crate::store::jobs::{JobEvent, JobLease, JobOutput, JobRecord, JobStore, NewJob};
+use crate::store::jobs::{
+    JobEvent, JobLease, JobOutput, JobRecord, JobStore, LeaseProgress, NewJob,
+};
 
 const JOB_COLUMNS: &str = "id, owner, state, job_order, created_ms, updated_ms";
 
@@ -120,39 +122,100 @@ impl JobStore for SqliteStore {
     }
 
     fn job_lease(&self, id: JobId) -> Result<Option<JobLease>, StoreError> {
-        let raw: Option<(Vec<u8>, i64, i64, i64)> = self
+        type Row = (
+            Vec<u8>,
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<bool>,
+            Option<i64>,
+        );
+        let raw: Option<Row> = self
             .conn
             .query_row(
-                "SELECT device, start_ms, expected_end_ms, nonce FROM job_leases WHERE job = ?1",
+                "SELECT device, start_ms, expected_end_ms, nonce,
+                        chunks_done, chunks, paused, progress_ms
+                 FROM job_leases WHERE job = ?1",
                 params![&id.0[..]],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
+                },
             )
             .optional()?;
-        raw.map(|(d, start, end, nonce)| {
+        raw.map(|(d, start, end, nonce, done, chunks, paused, at)| {
             let device = attest::DeviceId(
                 d.try_into()
                     .map_err(|_| StoreError::Corrupt(format!("job {id}: its lease's device")))?,
             );
+            let progress = match (done, chunks, at) {
+                (Some(done), Some(chunks), Some(at)) => Some(LeaseProgress {
+                    chunks_done: done as u64,
+                    chunks: u32::try_from(chunks).unwrap_or(u32::MAX),
+                    paused: paused.unwrap_or(false),
+                    at_ms: at as u64,
+                }),
+                _ => None,
+            };
             Ok(JobLease {
                 device,
                 start_ms: start as u64,
                 expected_end_ms: end as u64,
                 nonce: nonce as u64,
+                progress,
             })
         })
         .transpose()
     }
 
+    fn set_job_progress(
+        &mut self,
+        id: JobId,
+        device: attest::DeviceId,
+        p: &LeaseProgress,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE job_leases SET chunks_done = ?3, chunks = ?4, paused = ?5, progress_ms = ?6
+             WHERE job = ?1 AND device = ?2",
+            params![
+                &id.0[..],
+                &device.0[..],
+                to_i64(p.chunks_done),
+                i64::from(p.chunks),
+                p.paused,
+                to_i64(p.at_ms)
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
     fn put_job_lease(&mut self, id: JobId, l: &JobLease) -> Result<(), StoreError> {
+        let p = l.progress.as_ref();
         self.conn.execute(
-            "INSERT OR REPLACE INTO job_leases (job, device, start_ms, expected_end_ms, nonce)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR REPLACE INTO job_leases
+                 (job, device, start_ms, expected_end_ms, nonce,
+                  chunks_done, chunks, paused, progress_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 &id.0[..],
                 &l.device.0[..],
                 to_i64(l.start_ms),
                 to_i64(l.expected_end_ms),
-                to_i64(l.nonce)
+                to_i64(l.nonce),
+                p.map(|p| to_i64(p.chunks_done)),
+                p.map(|p| i64::from(p.chunks)),
+                p.map(|p| p.paused),
+                p.map(|p| to_i64(p.at_ms))
             ],
         )?;
         Ok(())
@@ -185,20 +248,23 @@ impl JobStore for SqliteStore {
 
     fn job_history(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT state, at_ms, reason FROM job_events WHERE job = ?1 ORDER BY seq",
+            "SELECT seq, state, at_ms, reason FROM job_events WHERE job = ?1 ORDER BY seq",
         )?;
         let rows = st
             .query_map([&id.0[..]], |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|(s, at, reason)| {
+            .map(|(seq, s, at, reason)| {
                 Ok(JobEvent {
+                    seq: u32::try_from(seq)
+                        .map_err(|_| StoreError::Corrupt(format!("job {id}: event seq {seq}")))?,
                     state: state(&s)?,
                     at_ms: at as u64,
                     reason,

@@ -4,14 +4,19 @@
 //! The token comes from `--token-file`, else `FLEETCTL_TOKEN`; the API from `--url`, else
 //! `FLEETCTL_URL`, else `http://127.0.0.1:8080`.
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use attest::Hash32;
 use clap::{Parser, Subcommand, ValueEnum};
+
+mod api;
+mod logs;
+
+use api::Api;
+use logs::follow;
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -76,6 +81,17 @@ enum Cmd {
     },
     /// Your jobs, or one job with its history.
     Status { job: Option<String> },
+    /// A job's events: its state changes with their reasons and its device's progress;
+    /// with --follow, until it ends (resuming after a lost connection). With
+    /// `--output json`, one JSON object a line.
+    Logs {
+        job: String,
+        #[arg(long, short)]
+        follow: bool,
+        /// Stop following after this many seconds (the job goes on).
+        #[arg(long, default_value_t = 86_400)]
+        follow_s: u64,
+    },
     /// Cancel a job.
     Cancel { job: String },
     /// A job's outputs; with --out, downloaded into that folder and checked by hash.
@@ -134,102 +150,6 @@ enum Cmd {
 fn parse_param(s: &str) -> Result<(String, i64), String> {
     let (k, v) = s.split_once('=').ok_or("NAME=VALUE")?;
     Ok((k.to_string(), v.parse().map_err(|e| format!("{v}: {e}"))?))
-}
-
-/// The API, with or without a token.
-struct Api {
-    base: String,
-    token: Option<String>,
-    agent: ureq::Agent,
-}
-
-/// An error answer of the API.
-#[derive(Debug, thiserror::Error)]
-#[error("{status} {reason}: {message}")]
-struct ApiError {
-    status: u16,
-    reason: String,
-    message: String,
-}
-
-impl Api {
-    fn new(base: &str, token: Option<String>) -> Api {
-        let agent = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(300)))
-                .http_status_as_error(false)
-                .build(),
-        );
-        Api {
-            base: base.trim_end_matches('/').to_string(),
-            token,
-            agent,
-        }
-    }
-
-    fn auth(&self) -> Result<String> {
-        let t = self
-            .token
-            .as_deref()
-            .context("this needs a token: --token-file FILE or FLEETCTL_TOKEN")?;
-        Ok(format!("Bearer {t}"))
-    }
-
-    fn answer(mut resp: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>> {
-        let status = resp.status().as_u16();
-        let mut body = Vec::new();
-        resp.body_mut()
-            .as_reader()
-            .read_to_end(&mut body)
-            .context("reading the answer")?;
-        if status >= 400 {
-            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-            return Err(ApiError {
-                status,
-                reason: v["reason"].as_str().unwrap_or("unknown").to_string(),
-                message: v["message"]
-                    .as_str()
-                    .map_or_else(|| String::from_utf8_lossy(&body).into_owned(), String::from),
-            }
-            .into());
-        }
-        Ok(body)
-    }
-
-    fn get(&self, path: &str, token: bool) -> Result<Vec<u8>> {
-        let mut r = self.agent.get(format!("{}{path}", self.base));
-        if token {
-            r = r.header("Authorization", &self.auth()?);
-        }
-        Api::answer(
-            r.call()
-                .with_context(|| format!("GET {}{path}", self.base))?,
-        )
-    }
-
-    fn json(&self, path: &str, token: bool) -> Result<Value> {
-        Ok(serde_json::from_slice(&self.get(path, token)?)?)
-    }
-
-    fn send(&self, method: &str, path: &str, body: Vec<u8>) -> Result<Value> {
-        let url = format!("{}{path}", self.base);
-        let auth = self.auth()?;
-        let resp = match method {
-            "PUT" => self
-                .agent
-                .put(&url)
-                .header("Authorization", &auth)
-                .send(body),
-            _ => self
-                .agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .header("Content-Type", "application/json")
-                .send(body),
-        }
-        .with_context(|| format!("{method} {url}"))?;
-        Ok(serde_json::from_slice(&Api::answer(resp)?)?)
-    }
 }
 
 fn main() -> ExitCode {
@@ -383,6 +303,35 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 s
             });
+        }
+        Cmd::Logs {
+            job,
+            follow,
+            follow_s,
+        } => {
+            let mut stdout = std::io::stdout().lock();
+            logs::stream(&api, &job, follow, Duration::from_secs(follow_s), |item| {
+                use std::io::Write;
+                let line = match (item, out) {
+                    (logs::Item::Event(e), Output::Json) => json!({"event": e}).to_string(),
+                    (logs::Item::Progress(p), Output::Json) => json!({"progress": p}).to_string(),
+                    (logs::Item::Event(e), Output::Text) => logs::event_line(e),
+                    (logs::Item::Progress(p), Output::Text) => format!(
+                        "{}  progress    {}",
+                        p["at_ms"].as_i64().map_or_else(
+                            || "?".into(),
+                            fleet_controller::intensity::civil::format_rfc3339_ms
+                        ),
+                        logs::progress_bar(p)
+                    ),
+                    (logs::Item::Reconnecting(why), _) => {
+                        eprintln!("connection lost ({why}); resuming");
+                        return;
+                    }
+                };
+                let _ = writeln!(stdout, "{line}");
+                let _ = stdout.flush();
+            })?;
         }
         Cmd::Cancel { job } => {
             let v = api.send(
@@ -550,30 +499,4 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Follows a job until it reaches a final state (or `limit` passes), printing each change
-/// of state on stderr.
-fn follow(api: &Api, id: &str, limit: Duration) -> Result<Value> {
-    let start = Instant::now();
-    let mut last = String::new();
-    loop {
-        let v = api.json(&format!("/api/v1/jobs/{id}"), true)?;
-        let state = v["state"].as_str().unwrap_or("?").to_string();
-        if state != last {
-            eprintln!("[{:>5} s] {state}", start.elapsed().as_secs());
-            last = state.clone();
-        }
-        if matches!(state.as_str(), "done" | "failed" | "cancelled" | "expired") {
-            return Ok(v);
-        }
-        if start.elapsed() > limit {
-            eprintln!(
-                "still {state} after {} s; the job goes on (fleetctl status {id})",
-                limit.as_secs()
-            );
-            return Ok(v);
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
 }

@@ -15,10 +15,18 @@
 //!    revoked lease (the device silent past the grace) cancels the job there and queues it
 //!    again.
 //!
-//! Not yet: progress (the agent's job events) does not move a job to `running` before its
-//! receipt; outputs are not uploaded nor validated (a completed receipt makes the job
-//! `done`); devices have no measured reliability (0.9 for all) and no stated job power
+//! Between ticks the devices' job events (unsigned, advice: [`Dispatcher::job_event`]) move
+//! a placed job to `running` and between `running` and `paused`, and record its progress;
+//! each tick a job whose online device stopped reporting progress goes elsewhere
+//! ([`Dispatcher::watch_progress`]). Only the signed receipt ends a job.
+//!
+//! Not yet: outputs are not validated (a completed receipt makes the job `done`); devices
+//! have no measured reliability (0.9 for all) and no stated job power
 //! (`DispatchConfig::job_power_w`).
+
+mod events;
+
+pub use events::{EventEffect, parse_job_event};
 
 use std::collections::HashSet;
 
@@ -48,6 +56,9 @@ pub struct DispatchConfig {
     pub default_run_ms: u64,
     /// How long a signed command stays valid, ms (the agent takes at most an hour).
     pub command_lifetime_ms: u64,
+    /// A placed job silent this long on an online device goes elsewhere, ms (0: never);
+    /// see [`Dispatcher::watch_progress`].
+    pub progress_grace_ms: u64,
 }
 
 impl Default for DispatchConfig {
@@ -57,6 +68,7 @@ impl Default for DispatchConfig {
             job_power_w: 60,
             default_run_ms: 60_000,
             command_lifetime_ms: 10 * 60_000,
+            progress_grace_ms: 5 * 60_000,
         }
     }
 }
@@ -124,6 +136,8 @@ impl Dispatcher {
                 self.settle(store, job, &lease, &r, now)?;
             }
         }
+        // 2b. Placed jobs whose online device stopped reporting progress.
+        self.watch_progress(store, &open, now, &mut out)?;
         // 3. Jobs new to the scheduler (or to this process).
         for job in store.open_jobs()? {
             if self.known.contains(&job.id) {
@@ -203,6 +217,7 @@ impl Dispatcher {
                         start_ms: now,
                         expected_end_ms: p.expected_end.0,
                         nonce,
+                        progress: None,
                     },
                 )?;
                 let why = format!(
@@ -248,7 +263,9 @@ impl Dispatcher {
     ) -> Result<(), StoreError> {
         let at = format!("receipt seq {} from {}", r.link.seq, lease.device);
         let mut state = job.state;
-        if state == JobState::Scheduled
+        // A receipt ends a job that is running: one still `scheduled` or `paused` (its
+        // events lost or late) passes through `running`.
+        if matches!(state, JobState::Scheduled | JobState::Paused)
             && !matches!(r.outcome, JobOutcome::Refused(_))
             && move_to(store, job.id, state, JobState::Running, now, &at)?
         {
@@ -533,280 +550,4 @@ fn refusal(r: &RefuseReason) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use attest::Hash32;
-    use attest::msg::{Backend, TrustTier};
-    use attest::sample::{SAMPLE_START, SampleDevice};
-
-    use super::*;
-    use crate::accounts::{self, AccountKind, Token};
-    use crate::ingest::{Ingest, IngestConfig, PREFIX};
-    use crate::market::SchedulerConfig;
-    use crate::store::blobs::BlobStore;
-    use crate::store::jobs::NewJob;
-    use crate::store::sqlite::SqliteStore;
-
-    /// A store with one approved sample device that has sent records up to `t` (ms), and a
-    /// buyer's queued job due in a day.
-    fn fleet(t: u64) -> (Ingest<SqliteStore>, SampleDevice, JobId, KeyPair) {
-        let key = KeyPair::from_seed(&[0xc0; 32]);
-        let mut ing = Ingest::new(
-            SqliteStore::in_memory().unwrap(),
-            key.clone(),
-            IngestConfig::auto_approving(),
-        );
-        let mut dev = SampleDevice::new(8);
-        let id = dev.key.device_id();
-        let topic = |leaf: &str| format!("{PREFIX}{id}/{leaf}");
-        let mut msgs = vec![(topic("hello"), dev.hello().into_bytes())];
-        let mut at = SAMPLE_START.0;
-        while at <= t {
-            msgs.push((topic("records"), dev.record_at(at).into_bytes()));
-            at += 600_000;
-        }
-        ing.handle(&msgs, t).unwrap();
-        let s = ing.store_mut();
-        let buyer = accounts::create(
-            s,
-            AccountKind::Buyer,
-            "alice",
-            1 << 20,
-            None,
-            "",
-            Token::from_secret([1; 32]),
-            1,
-        )
-        .unwrap()
-        .account
-        .id;
-        let input = Hash32::digest(b"abc");
-        s.grant_blob(buyer, input, 3, 50).unwrap();
-        let req = serde_json::from_value(serde_json::json!({
-            "workload": {"builtin": {"kernel": "sha256_batch",
-                "params": [{"name": "count", "value": 1}, {"name": "item_len", "value": 3}]}},
-            "inputs": [input],
-            "deadline_ms": t + 86_400_000,
-            "max_price_micro_per_gpu_hour": 1_000_000,
-        }))
-        .unwrap();
-        let order = crate::jobs::validate(req, t, &HashMap::from([(input, 3)])).unwrap();
-        let job = JobId([0x42; 16]);
-        s.insert_job(
-            &NewJob {
-                id: job,
-                owner: buyer,
-                order,
-                created_ms: t,
-            },
-            "accepted",
-        )
-        .unwrap();
-        (ing, dev, job, key)
-    }
-
-    fn dispatcher(key: &KeyPair) -> Dispatcher {
-        Dispatcher::new(
-            Scheduler::with_bundled_table(SchedulerConfig::default()).unwrap(),
-            key.clone(),
-            DispatchConfig::default(),
-        )
-    }
-
-    fn state(ing: &Ingest<SqliteStore>, job: JobId) -> Option<JobState> {
-        ing.store()
-            .open_jobs()
-            .unwrap()
-            .iter()
-            .find(|j| j.id == job)
-            .map(|j| j.state)
-    }
-
-    fn receipt(dev: &mut SampleDevice, job: JobId, t: u64, outcome: JobOutcome) -> Envelope {
-        let r = JobReceipt {
-            link: dev.next_link(t),
-            job,
-            outcome,
-            output_hash: Hash32::digest(b"out"),
-            started: TimestampMs(t),
-            ended: TimestampMs(t),
-            start_counters: vec![],
-            end_counters: vec![],
-            chunks: 1,
-            pauses: 0,
-            backend: Backend::Cpu,
-            tier: TrustTier::HardwareMeter,
-        };
-        dev.seal_chained(&r)
-    }
-
-    #[test]
-    fn a_queued_job_is_placed_with_a_signed_run_job_and_done_when_its_receipt_comes() {
-        // Noon on the sample's June day: sun on the rig.
-        let noon = SAMPLE_START.0 + 12 * 3_600_000;
-        let (mut ing, mut dev, job, key) = fleet(noon);
-        let mut d = dispatcher(&key);
-        let out = d.tick(ing.store_mut(), noon + 1_000).unwrap();
-        assert_eq!(out.len(), 1, "one RunJob");
-        let id = dev.key.device_id();
-        assert_eq!(out[0].topic, topics::device(&id, Leaf::Cmd));
-        let env = Envelope::decode(&out[0].payload).unwrap();
-        env.verify(&key.public()).unwrap();
-        let cmd: Command = env.open().unwrap();
-        match &cmd.body {
-            CommandBody::RunJob(spec) => {
-                assert_eq!(spec.id, job);
-                assert_eq!(spec.input_sizes, vec![3]);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(state(&ing, job), Some(JobState::Scheduled));
-        assert_eq!(ing.store().job_lease(job).unwrap().unwrap().device, id);
-        // Nothing more to send while it runs.
-        assert!(d.tick(ing.store_mut(), noon + 2_000).unwrap().is_empty());
-        // Its receipt arrives through ingest.
-        let topic = format!("{PREFIX}{id}/records");
-        let r = receipt(&mut dev, job, noon + 3_000, JobOutcome::Completed);
-        ing.handle(&[(topic, r.into_bytes())], noon + 3_000)
-            .unwrap();
-        d.tick(ing.store_mut(), noon + 4_000).unwrap();
-        assert_eq!(state(&ing, job), None, "no longer open");
-        let history: Vec<JobState> = ing
-            .store()
-            .job_history(job)
-            .unwrap()
-            .iter()
-            .map(|e| e.state)
-            .collect();
-        assert_eq!(
-            history,
-            vec![
-                JobState::Queued,
-                JobState::Scheduled,
-                JobState::Running,
-                JobState::Done
-            ]
-        );
-        assert_eq!(
-            ing.store().job_lease(job).unwrap().map(|l| l.device),
-            Some(id),
-            "where it ran stays known"
-        );
-    }
-
-    #[test]
-    fn a_job_whose_device_falls_silent_past_the_grace_is_cancelled_there_and_sent_to_another() {
-        let noon = SAMPLE_START.0 + 12 * 3_600_000;
-        let (mut ing, first, job, key) = fleet(noon);
-        // A second rig, as sunny.
-        let mut second = SampleDevice::new(9);
-        let topic = |d: &SampleDevice, leaf: &str| format!("{PREFIX}{}/{leaf}", d.key.device_id());
-        let mut msgs = vec![(topic(&second, "hello"), second.hello().into_bytes())];
-        let mut at = SAMPLE_START.0;
-        while at <= noon {
-            msgs.push((topic(&second, "records"), second.record_at(at).into_bytes()));
-            at += 600_000;
-        }
-        ing.handle(&msgs, noon).unwrap();
-        let mut d = dispatcher(&key);
-        let out = d.tick(ing.store_mut(), noon + 1_000).unwrap();
-        assert_eq!(out.len(), 1);
-        let placed: Command = Envelope::decode(&out[0].payload).unwrap().open().unwrap();
-        let (gone, other) = if placed.device == first.key.device_id() {
-            (first.key.device_id(), second)
-        } else {
-            (second.key.device_id(), first)
-        };
-        let mut other = other;
-        // The other rig keeps reporting; the one with the job falls silent.
-        let grace = SchedulerConfig::default().lease_grace_ms;
-        let mut t = noon + 1_000;
-        let mut revoked = Vec::new();
-        while t < noon + grace + 10 * 60_000 {
-            t += 60_000;
-            let r = other.record_at(t);
-            ing.handle(&[(topic(&other, "records"), r.into_bytes())], t)
-                .unwrap();
-            revoked.extend(d.tick(ing.store_mut(), t).unwrap());
-            if !revoked.is_empty() {
-                break;
-            }
-        }
-        assert!(
-            t > noon + grace,
-            "not revoked within the grace: {} min",
-            (t - noon) / 60_000
-        );
-        let commands: Vec<Command> = revoked
-            .iter()
-            .map(|o| Envelope::decode(&o.payload).unwrap().open().unwrap())
-            .collect();
-        assert!(
-            commands
-                .iter()
-                .any(|c| c.device == gone && c.body == CommandBody::Cancel { job }),
-            "{commands:?}"
-        );
-        assert!(
-            commands.iter().any(|c| c.device == other.key.device_id()
-                && matches!(&c.body, CommandBody::RunJob(s) if s.id == job)),
-            "placed again on the other rig: {commands:?}"
-        );
-        assert_eq!(
-            ing.store().job_lease(job).unwrap().map(|l| l.device),
-            Some(other.key.device_id())
-        );
-        let reasons: Vec<String> = ing
-            .store()
-            .job_history(job)
-            .unwrap()
-            .iter()
-            .map(|e| e.reason.clone())
-            .collect();
-        assert!(reasons.iter().any(|r| r.contains("silent")), "{reasons:?}");
-    }
-
-    #[test]
-    fn a_refused_job_is_queued_again_and_not_sent_back_to_the_device_that_refused_it() {
-        let noon = SAMPLE_START.0 + 12 * 3_600_000;
-        let (mut ing, mut dev, job, key) = fleet(noon);
-        let mut d = dispatcher(&key);
-        assert_eq!(d.tick(ing.store_mut(), noon + 1_000).unwrap().len(), 1);
-        let id = dev.key.device_id();
-        let r = receipt(
-            &mut dev,
-            job,
-            noon + 2_000,
-            JobOutcome::Refused("the budget cannot pay for it".into()),
-        );
-        ing.handle(
-            &[(format!("{PREFIX}{id}/records"), r.into_bytes())],
-            noon + 2_000,
-        )
-        .unwrap();
-        let out = d.tick(ing.store_mut(), noon + 3_000).unwrap();
-        assert!(out.is_empty(), "the only device refused it: {out:?}");
-        assert_eq!(state(&ing, job), Some(JobState::Queued));
-        let last = ing.store().job_history(job).unwrap().pop().unwrap();
-        assert!(last.reason.contains("refused"), "{}", last.reason);
-    }
-
-    #[test]
-    fn a_job_the_buyer_cancels_while_placed_is_cancelled_on_its_device() {
-        let noon = SAMPLE_START.0 + 12 * 3_600_000;
-        let (mut ing, dev, job, key) = fleet(noon);
-        let mut d = dispatcher(&key);
-        assert_eq!(d.tick(ing.store_mut(), noon + 1_000).unwrap().len(), 1);
-        let t = JobState::Scheduled
-            .transition(JobState::Cancelled, noon + 1_500, "by its buyer")
-            .unwrap();
-        assert!(ing.store_mut().apply_transition(job, &t).unwrap());
-        let out = d.tick(ing.store_mut(), noon + 2_000).unwrap();
-        assert_eq!(out.len(), 1);
-        let cmd: Command = Envelope::decode(&out[0].payload).unwrap().open().unwrap();
-        assert_eq!(cmd.device, dev.key.device_id());
-        assert_eq!(cmd.body, CommandBody::Cancel { job });
-        assert_eq!(ing.store().job_lease(job).unwrap(), None);
-    }
-}
+mod tests;

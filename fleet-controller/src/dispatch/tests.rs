@@ -1,0 +1,431 @@
+//! Dispatch's unit tests: a real SQLite store, a real scheduler, signed messages.
+
+use std::collections::HashMap;
+
+use attest::Hash32;
+use attest::msg::{Backend, TrustTier};
+use attest::sample::{SAMPLE_START, SampleDevice};
+
+use super::*;
+use crate::accounts::{self, AccountKind, Token};
+use crate::ingest::{Ingest, IngestConfig, PREFIX};
+use crate::market::SchedulerConfig;
+use crate::store::blobs::BlobStore;
+use crate::store::jobs::NewJob;
+use crate::store::sqlite::SqliteStore;
+
+/// A store with one approved sample device that has sent records up to `t` (ms), and a
+/// buyer's queued job due in a day.
+fn fleet(t: u64) -> (Ingest<SqliteStore>, SampleDevice, JobId, KeyPair) {
+    let key = KeyPair::from_seed(&[0xc0; 32]);
+    let mut ing = Ingest::new(
+        SqliteStore::in_memory().unwrap(),
+        key.clone(),
+        IngestConfig::auto_approving(),
+    );
+    let mut dev = SampleDevice::new(8);
+    let id = dev.key.device_id();
+    let topic = |leaf: &str| format!("{PREFIX}{id}/{leaf}");
+    let mut msgs = vec![(topic("hello"), dev.hello().into_bytes())];
+    let mut at = SAMPLE_START.0;
+    while at <= t {
+        msgs.push((topic("records"), dev.record_at(at).into_bytes()));
+        at += 600_000;
+    }
+    ing.handle(&msgs, t).unwrap();
+    let s = ing.store_mut();
+    let buyer = accounts::create(
+        s,
+        AccountKind::Buyer,
+        "alice",
+        1 << 20,
+        None,
+        "",
+        Token::from_secret([1; 32]),
+        1,
+    )
+    .unwrap()
+    .account
+    .id;
+    let input = Hash32::digest(b"abc");
+    s.grant_blob(buyer, input, 3, 50).unwrap();
+    let req = serde_json::from_value(serde_json::json!({
+        "workload": {"builtin": {"kernel": "sha256_batch",
+            "params": [{"name": "count", "value": 1}, {"name": "item_len", "value": 3}]}},
+        "inputs": [input],
+        "deadline_ms": t + 86_400_000,
+        "max_price_micro_per_gpu_hour": 1_000_000,
+    }))
+    .unwrap();
+    let order = crate::jobs::validate(req, t, &HashMap::from([(input, 3)])).unwrap();
+    let job = JobId([0x42; 16]);
+    s.insert_job(
+        &NewJob {
+            id: job,
+            owner: buyer,
+            order,
+            created_ms: t,
+        },
+        "accepted",
+    )
+    .unwrap();
+    (ing, dev, job, key)
+}
+
+fn dispatcher(key: &KeyPair) -> Dispatcher {
+    Dispatcher::new(
+        Scheduler::with_bundled_table(SchedulerConfig::default()).unwrap(),
+        key.clone(),
+        DispatchConfig::default(),
+    )
+}
+
+fn state(ing: &Ingest<SqliteStore>, job: JobId) -> Option<JobState> {
+    ing.store()
+        .open_jobs()
+        .unwrap()
+        .iter()
+        .find(|j| j.id == job)
+        .map(|j| j.state)
+}
+
+fn receipt(dev: &mut SampleDevice, job: JobId, t: u64, outcome: JobOutcome) -> Envelope {
+    let r = JobReceipt {
+        link: dev.next_link(t),
+        job,
+        outcome,
+        output_hash: Hash32::digest(b"out"),
+        started: TimestampMs(t),
+        ended: TimestampMs(t),
+        start_counters: vec![],
+        end_counters: vec![],
+        chunks: 1,
+        pauses: 0,
+        backend: Backend::Cpu,
+        tier: TrustTier::HardwareMeter,
+    };
+    dev.seal_chained(&r)
+}
+
+#[test]
+fn a_queued_job_is_placed_with_a_signed_run_job_and_done_when_its_receipt_comes() {
+    // Noon on the sample's June day: sun on the rig.
+    let noon = SAMPLE_START.0 + 12 * 3_600_000;
+    let (mut ing, mut dev, job, key) = fleet(noon);
+    let mut d = dispatcher(&key);
+    let out = d.tick(ing.store_mut(), noon + 1_000).unwrap();
+    assert_eq!(out.len(), 1, "one RunJob");
+    let id = dev.key.device_id();
+    assert_eq!(out[0].topic, topics::device(&id, Leaf::Cmd));
+    let env = Envelope::decode(&out[0].payload).unwrap();
+    env.verify(&key.public()).unwrap();
+    let cmd: Command = env.open().unwrap();
+    match &cmd.body {
+        CommandBody::RunJob(spec) => {
+            assert_eq!(spec.id, job);
+            assert_eq!(spec.input_sizes, vec![3]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(state(&ing, job), Some(JobState::Scheduled));
+    assert_eq!(ing.store().job_lease(job).unwrap().unwrap().device, id);
+    // Nothing more to send while it runs.
+    assert!(d.tick(ing.store_mut(), noon + 2_000).unwrap().is_empty());
+    // Its receipt arrives through ingest.
+    let topic = format!("{PREFIX}{id}/records");
+    let r = receipt(&mut dev, job, noon + 3_000, JobOutcome::Completed);
+    ing.handle(&[(topic, r.into_bytes())], noon + 3_000)
+        .unwrap();
+    d.tick(ing.store_mut(), noon + 4_000).unwrap();
+    assert_eq!(state(&ing, job), None, "no longer open");
+    let history: Vec<JobState> = ing
+        .store()
+        .job_history(job)
+        .unwrap()
+        .iter()
+        .map(|e| e.state)
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            JobState::Queued,
+            JobState::Scheduled,
+            JobState::Running,
+            JobState::Done
+        ]
+    );
+    assert_eq!(
+        ing.store().job_lease(job).unwrap().map(|l| l.device),
+        Some(id),
+        "where it ran stays known"
+    );
+}
+
+#[test]
+fn a_job_whose_device_falls_silent_past_the_grace_is_cancelled_there_and_sent_to_another() {
+    let noon = SAMPLE_START.0 + 12 * 3_600_000;
+    let (mut ing, first, job, key) = fleet(noon);
+    // A second rig, as sunny.
+    let mut second = SampleDevice::new(9);
+    let topic = |d: &SampleDevice, leaf: &str| format!("{PREFIX}{}/{leaf}", d.key.device_id());
+    let mut msgs = vec![(topic(&second, "hello"), second.hello().into_bytes())];
+    let mut at = SAMPLE_START.0;
+    while at <= noon {
+        msgs.push((topic(&second, "records"), second.record_at(at).into_bytes()));
+        at += 600_000;
+    }
+    ing.handle(&msgs, noon).unwrap();
+    let mut d = dispatcher(&key);
+    let out = d.tick(ing.store_mut(), noon + 1_000).unwrap();
+    assert_eq!(out.len(), 1);
+    let placed: Command = Envelope::decode(&out[0].payload).unwrap().open().unwrap();
+    let (gone, other) = if placed.device == first.key.device_id() {
+        (first.key.device_id(), second)
+    } else {
+        (second.key.device_id(), first)
+    };
+    let mut other = other;
+    // The other rig keeps reporting; the one with the job falls silent.
+    let grace = SchedulerConfig::default().lease_grace_ms;
+    let mut t = noon + 1_000;
+    let mut revoked = Vec::new();
+    while t < noon + grace + 10 * 60_000 {
+        t += 60_000;
+        let r = other.record_at(t);
+        ing.handle(&[(topic(&other, "records"), r.into_bytes())], t)
+            .unwrap();
+        revoked.extend(d.tick(ing.store_mut(), t).unwrap());
+        if !revoked.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        t > noon + grace,
+        "not revoked within the grace: {} min",
+        (t - noon) / 60_000
+    );
+    let commands: Vec<Command> = revoked
+        .iter()
+        .map(|o| Envelope::decode(&o.payload).unwrap().open().unwrap())
+        .collect();
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.device == gone && c.body == CommandBody::Cancel { job }),
+        "{commands:?}"
+    );
+    assert!(
+        commands.iter().any(|c| c.device == other.key.device_id()
+            && matches!(&c.body, CommandBody::RunJob(s) if s.id == job)),
+        "placed again on the other rig: {commands:?}"
+    );
+    assert_eq!(
+        ing.store().job_lease(job).unwrap().map(|l| l.device),
+        Some(other.key.device_id())
+    );
+    let reasons: Vec<String> = ing
+        .store()
+        .job_history(job)
+        .unwrap()
+        .iter()
+        .map(|e| e.reason.clone())
+        .collect();
+    assert!(reasons.iter().any(|r| r.contains("silent")), "{reasons:?}");
+}
+
+#[test]
+fn a_refused_job_is_queued_again_and_not_sent_back_to_the_device_that_refused_it() {
+    let noon = SAMPLE_START.0 + 12 * 3_600_000;
+    let (mut ing, mut dev, job, key) = fleet(noon);
+    let mut d = dispatcher(&key);
+    assert_eq!(d.tick(ing.store_mut(), noon + 1_000).unwrap().len(), 1);
+    let id = dev.key.device_id();
+    let r = receipt(
+        &mut dev,
+        job,
+        noon + 2_000,
+        JobOutcome::Refused("the budget cannot pay for it".into()),
+    );
+    ing.handle(
+        &[(format!("{PREFIX}{id}/records"), r.into_bytes())],
+        noon + 2_000,
+    )
+    .unwrap();
+    let out = d.tick(ing.store_mut(), noon + 3_000).unwrap();
+    assert!(out.is_empty(), "the only device refused it: {out:?}");
+    assert_eq!(state(&ing, job), Some(JobState::Queued));
+    let last = ing.store().job_history(job).unwrap().pop().unwrap();
+    assert!(last.reason.contains("refused"), "{}", last.reason);
+}
+
+#[test]
+fn a_job_the_buyer_cancels_while_placed_is_cancelled_on_its_device() {
+    let noon = SAMPLE_START.0 + 12 * 3_600_000;
+    let (mut ing, dev, job, key) = fleet(noon);
+    let mut d = dispatcher(&key);
+    assert_eq!(d.tick(ing.store_mut(), noon + 1_000).unwrap().len(), 1);
+    let t = JobState::Scheduled
+        .transition(JobState::Cancelled, noon + 1_500, "by its buyer")
+        .unwrap();
+    assert!(ing.store_mut().apply_transition(job, &t).unwrap());
+    let out = d.tick(ing.store_mut(), noon + 2_000).unwrap();
+    assert_eq!(out.len(), 1);
+    let cmd: Command = Envelope::decode(&out[0].payload).unwrap().open().unwrap();
+    assert_eq!(cmd.device, dev.key.device_id());
+    assert_eq!(cmd.body, CommandBody::Cancel { job });
+    assert_eq!(ing.store().job_lease(job).unwrap(), None);
+}
+
+#[test]
+fn job_events_move_a_placed_job_and_a_job_whose_online_device_stops_reporting_goes_elsewhere() {
+    use attest::live::JobEvent;
+    let noon = SAMPLE_START.0 + 12 * 3_600_000;
+    let (mut ing, mut dev, job, key) = fleet(noon);
+    let mut d = dispatcher(&key);
+    assert_eq!(d.tick(ing.store_mut(), noon + 1_000).unwrap().len(), 1);
+    let id = dev.key.device_id();
+    let progress = |done: u64, paused: bool| JobEvent::Progress {
+        job,
+        chunks_done: done,
+        chunks: 10,
+        paused,
+        decision: None,
+    };
+    // Another device's word on this job changes nothing.
+    let stranger = KeyPair::from_seed(&[0x77; 32]).device_id();
+    assert_eq!(
+        d.job_event(ing.store_mut(), stranger, &progress(5, false), noon + 1_500)
+            .unwrap(),
+        EventEffect::Ignored
+    );
+    assert_eq!(state(&ing, job), Some(JobState::Scheduled));
+    // Its device's: started, progress, a pause by the power budget, running again.
+    let started = JobEvent::Started {
+        job,
+        chunks: 10,
+        budget_w: 42.0,
+    };
+    assert_eq!(
+        d.job_event(ing.store_mut(), id, &started, noon + 2_000)
+            .unwrap(),
+        EventEffect::Moved(JobState::Running)
+    );
+    assert_eq!(
+        d.job_event(ing.store_mut(), id, &progress(3, false), noon + 3_000)
+            .unwrap(),
+        EventEffect::Progress
+    );
+    let lease = ing.store().job_lease(job).unwrap().unwrap();
+    assert_eq!(
+        lease
+            .progress
+            .map(|p| (p.chunks_done, p.chunks, p.paused, p.at_ms)),
+        Some((3, 10, false, noon + 3_000))
+    );
+    assert_eq!(
+        d.job_event(ing.store_mut(), id, &progress(4, true), noon + 4_000)
+            .unwrap(),
+        EventEffect::Moved(JobState::Paused)
+    );
+    assert_eq!(
+        d.job_event(ing.store_mut(), id, &progress(4, false), noon + 5_000)
+            .unwrap(),
+        EventEffect::Moved(JobState::Running)
+    );
+    // Malformed or oversize events are refused before they reach dispatch.
+    assert!(parse_job_event(b"{\"event\":\"progress\"}", 1024).is_err());
+    assert!(parse_job_event(&[b' '; 2048], 1024).is_err());
+    let states: Vec<(JobState, String)> = ing
+        .store()
+        .job_history(job)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.state, e.reason))
+        .collect();
+    assert_eq!(
+        states.iter().map(|s| s.0).collect::<Vec<_>>(),
+        [
+            JobState::Queued,
+            JobState::Scheduled,
+            JobState::Running,
+            JobState::Paused,
+            JobState::Running
+        ]
+    );
+    assert!(states[2].1.contains("10 chunks under 42.0 W"), "{states:?}");
+    assert!(states[3].1.contains("power budget"), "{states:?}");
+    // The device stays online (its records keep coming) but says nothing of the job.
+    let topic = format!("{PREFIX}{id}/records");
+    let grace = DispatchConfig::default().progress_grace_ms;
+    let mut t = noon + 5_000;
+    let mut out = Vec::new();
+    while out.is_empty() && t < noon + 5_000 + 2 * grace {
+        t += 30_000;
+        let r = dev.record_at(t);
+        ing.handle(&[(topic.clone(), r.into_bytes())], t).unwrap();
+        out = d.tick(ing.store_mut(), t).unwrap();
+    }
+    assert!(t > noon + 5_000 + grace, "moved before the grace: {t}");
+    let commands: Vec<Command> = out
+        .iter()
+        .map(|o| Envelope::decode(&o.payload).unwrap().open().unwrap())
+        .collect();
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert_eq!(commands[0].body, CommandBody::Cancel { job });
+    assert_eq!(state(&ing, job), Some(JobState::Queued));
+    assert!(ing.store().job_lease(job).unwrap().is_none());
+    let last = ing.store().job_history(job).unwrap().pop().unwrap();
+    assert!(last.reason.contains("no progress"), "{last:?}");
+    // Never sent back there: the only device, so it waits.
+    for k in 1..5 {
+        assert!(d.tick(ing.store_mut(), t + k * 1_000).unwrap().is_empty());
+    }
+    assert_eq!(state(&ing, job), Some(JobState::Queued));
+}
+
+#[test]
+fn a_receipt_for_a_paused_job_ends_it_through_running() {
+    use attest::live::JobEvent;
+    let noon = SAMPLE_START.0 + 12 * 3_600_000;
+    let (mut ing, mut dev, job, key) = fleet(noon);
+    let mut d = dispatcher(&key);
+    d.tick(ing.store_mut(), noon + 1_000).unwrap();
+    let id = dev.key.device_id();
+    let paused = JobEvent::Progress {
+        job,
+        chunks_done: 0,
+        chunks: 1,
+        paused: true,
+        decision: None,
+    };
+    assert_eq!(
+        d.job_event(ing.store_mut(), id, &paused, noon + 2_000)
+            .unwrap(),
+        EventEffect::Moved(JobState::Paused)
+    );
+    let r = receipt(&mut dev, job, noon + 3_000, JobOutcome::Completed);
+    ing.handle(
+        &[(format!("{PREFIX}{id}/records"), r.into_bytes())],
+        noon + 3_000,
+    )
+    .unwrap();
+    d.tick(ing.store_mut(), noon + 4_000).unwrap();
+    let states: Vec<JobState> = ing
+        .store()
+        .job_history(job)
+        .unwrap()
+        .iter()
+        .map(|e| e.state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            JobState::Queued,
+            JobState::Scheduled,
+            JobState::Running,
+            JobState::Paused,
+            JobState::Running,
+            JobState::Done
+        ]
+    );
+}
