@@ -421,6 +421,15 @@ fn heliostat_agent_workload(count: usize) -> attest::msg::Workload {
 /// The controller, its operator and a buyer and a provider made over the API: `(api port,
 /// controller key, buyer token, provider token, the process)`.
 fn market(tmp: &std::path::Path, broker: u16) -> (u16, attest::KeyPair, String, String, Proc) {
+    market_with(tmp, broker, |_| {})
+}
+
+/// [`market`] with the controller's configuration adjusted by `tune`.
+fn market_with(
+    tmp: &std::path::Path,
+    broker: u16,
+    tune: impl FnOnce(&mut ControllerConfig),
+) -> (u16, attest::KeyPair, String, String, Proc) {
     let api = free_port();
     let cdir = tmp.join("controller");
     std::fs::create_dir_all(&cdir).unwrap();
@@ -436,6 +445,7 @@ fn market(tmp: &std::path::Path, broker: u16) -> (u16, attest::KeyPair, String, 
     cfg.epochs.interval_ms = 500;
     cfg.api.listen = format!("127.0.0.1:{api}");
     cfg.market.tick_ms = 200;
+    tune(&mut cfg);
     cfg.write_toml(&ccfg).unwrap();
     let log = std::fs::File::create(cdir.join("controller.log")).unwrap();
     let proc = Proc(
@@ -637,4 +647,146 @@ fn a_flexible_job_submitted_at_night_runs_at_a_sunlit_site_and_its_proof_says_so
         let v = call(api, "GET", &format!("/api/v1/jobs/{urgent}"), &buyer, b"").json();
         (v["state"] == "done").then_some(())
     });
+}
+
+/// A rig dies (kill -9) while it runs a job and stays gone: past the lease grace the
+/// controller cancels the job there and places it on another rig, where it runs to the
+/// end once: one receipt in all, one output, the history saying why it moved.
+#[test]
+fn a_job_whose_rig_dies_past_the_grace_runs_again_elsewhere_and_finishes_once() {
+    let tmp = TempDir::new("market-regrace");
+    let broker = Mosquitto::start();
+    let (api, ckey, buyer, provider, _controller) = market_with(tmp.path(), broker.port, |c| {
+        c.market.online_within_ms = 1_500;
+        c.market.lease_grace_ms = 3_000;
+    });
+    let hours = (now() % 86_400_000) as f64 / 3_600_000.0;
+    let noon_lon = ((12.0 - hours) * 15.0 + 540.0) % 360.0 - 180.0;
+    let rig_at = |name: &str, seed: u64| {
+        rig(
+            &tmp.path().join(name),
+            noon_lon,
+            350,
+            broker.port,
+            api,
+            &ckey,
+            &provider,
+            seed,
+            0.9,
+        )
+    };
+    let mut first = rig_at("first", 1);
+    let store = SqliteStore::open(&tmp.path().join("controller/data/controller.db")).unwrap();
+    let key_of = |name: &str| {
+        let data = tmp.path().join(name).join("data");
+        wait_for("the rig's key", Duration::from_secs(20), || {
+            data.join("device.key")
+                .exists()
+                .then(|| hil_tests::agent_key(&data).device_id())
+        })
+    };
+    let first_id = key_of("first");
+    wait_for("the first rig's records", Duration::from_secs(30), || {
+        (store.count_items(first_id).unwrap_or(0) >= 3).then_some(())
+    });
+    // A Mandelbrot tile inside the main cardioid: every pixel runs to `max_iter`, seconds
+    // of work, no input.
+    const ONE: i64 = 1 << 56;
+    let param = |name: &str, value: i64| serde_json::json!({"name": name, "value": value});
+    let order = serde_json::json!({
+        "workload": {"builtin": {"kernel": "mandelbrot", "params": [
+            param("width", 256), param("height", 256),
+            param("x0", -3 * ONE / 10), param("y0", -3 * ONE / 100),
+            param("step", ONE / 4096), param("max_iter", 20_000),
+        ]}},
+        "inputs": [],
+        "deadline_ms": now() + 3_600_000,
+        "max_price_micro_per_gpu_hour": 1_000_000,
+    });
+    let r = call(
+        api,
+        "POST",
+        "/api/v1/jobs",
+        &buyer,
+        order.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let job = r.json()["id"].as_str().unwrap().to_string();
+    let get = || call(api, "GET", &format!("/api/v1/jobs/{job}"), &buyer, b"").json();
+    // Running there (its device's `started` event), then the rig dies.
+    let running = wait_for(
+        "the job running on the first rig",
+        Duration::from_secs(30),
+        || {
+            let v = get();
+            (v["state"] == "running").then_some(v)
+        },
+    );
+    assert_eq!(running["device"], first_id.to_string());
+    first.kill9();
+    let killed_at = now();
+    let _second = rig_at("second", 2);
+    let second_id = key_of("second");
+    let done = wait_for("the job done elsewhere", Duration::from_secs(120), || {
+        let v = get();
+        assert!(
+            !["failed", "expired", "cancelled"].contains(&v["state"].as_str().unwrap()),
+            "{v}"
+        );
+        (v["state"] == "done").then_some(v)
+    });
+    assert_eq!(done["device"], second_id.to_string(), "{done}");
+    let history = done["history"].as_array().unwrap();
+    let states: Vec<&str> = history
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "queued",
+            "scheduled",
+            "running",
+            "queued",
+            "scheduled",
+            "running",
+            "done"
+        ],
+        "{done}"
+    );
+    let moved = &history[3];
+    assert!(
+        moved["reason"].as_str().unwrap().contains("silent"),
+        "{moved}"
+    );
+    assert!(
+        moved["at_ms"].as_u64().unwrap() >= killed_at + 3_000 - 1_000,
+        "moved before the grace: {moved} (killed at {killed_at})"
+    );
+    // One receipt in all, from the second rig, completed; the first rig never sealed one.
+    let receipts = |device| -> Vec<JobReceipt> {
+        store
+            .items(device, SeqNo(0), SeqNo(u64::MAX / 2))
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, b)| Envelope::decode(&b).ok()?.open::<JobReceipt>().ok())
+            .filter(|r| r.job.to_string() == job)
+            .collect()
+    };
+    assert!(receipts(first_id).is_empty());
+    let second_receipts = receipts(second_id);
+    assert_eq!(second_receipts.len(), 1, "{second_receipts:?}");
+    assert_eq!(second_receipts[0].outcome, JobOutcome::Completed);
+    let results = wait_for("the job's output", Duration::from_secs(30), || {
+        let v = call(
+            api,
+            "GET",
+            &format!("/api/v1/jobs/{job}/results"),
+            &buyer,
+            b"",
+        )
+        .json();
+        (v["outputs"].as_array().is_some_and(|a| a.len() == 1)).then_some(v)
+    });
+    assert_eq!(results["outputs"][0]["bytes"], 4 * 256 * 256);
 }

@@ -244,7 +244,12 @@ impl Dispatcher {
                 out.push(self.command(device, CommandBody::Cancel { job }, now));
                 store.drop_job_lease(job)?;
                 if let Some(rec) = state_of(store, job)? {
-                    let reason = format!("{device} silent ({why:?}): placed again elsewhere");
+                    let crate::market::RevokeReason::SilentPastGrace { since } = why;
+                    let reason = format!(
+                        "{device} silent for {} s (since {}), past the lease grace: placed again elsewhere",
+                        now.saturating_sub(since.0) / 1000,
+                        crate::intensity::civil::format_rfc3339_ms(since.0 as i64)
+                    );
                     move_to(store, job, rec.state, JobState::Queued, now, &reason)?;
                 }
             }
