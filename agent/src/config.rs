@@ -107,6 +107,10 @@ pub struct JobsConfig {
     /// The worker's open files.
     #[serde(default = "default_worker_files")]
     pub worker_open_files: u64,
+    /// Put the worker in a Landlock sandbox: no filesystem for a CPU job, system folders
+    /// read-only for a GPU job, never the data folder (the key) nor the blob token.
+    #[serde(default = "yes")]
+    pub sandbox: bool,
     /// Longest one chunk may run before its worker is killed, ms.
     #[serde(default = "default_chunk_timeout")]
     pub chunk_timeout_ms: u64,
@@ -166,6 +170,7 @@ impl Default for JobsConfig {
             worker_user: default_worker_user(),
             worker_memory_mib: default_worker_memory(),
             worker_open_files: default_worker_files(),
+            sandbox: true,
             chunk_timeout_ms: default_chunk_timeout(),
             checkpoint_every_ms: default_checkpoint_every(),
         }

@@ -75,7 +75,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     if let Cmd::Worker = cli.cmd {
-        // Before any configuration or key is read: the worker gets only the job.
+        // Before any configuration or key is read: the worker gets only the job, and ends
+        // with the agent.
+        heliostat_agent::jobs::confine::die_with_parent();
         let code = heliostat_agent::jobs::worker::serve(std::io::stdin(), std::io::stdout());
         return ExitCode::from(code as u8);
     }

@@ -605,3 +605,77 @@ fn a_job_interrupted_by_kill_9_resumes_from_its_checkpoint_and_its_output_is_rig
     );
     assert!(!data.join("running-job.json").exists());
 }
+
+/// A job's worker cannot reach the agent's data folder (its key) in the sandbox, while
+/// the same job without it can: the worker reads a file there in every chunk and fails if
+/// it gets it. (The file is world-readable, standing in for the key as a worker running as
+/// the agent's own user would see it.)
+#[test]
+fn a_jobs_worker_cannot_read_the_agents_data_folder_in_its_sandbox() {
+    let broker = Mosquitto::start();
+    let collector = Collector::start(broker.port, controller(), true);
+    let ctl = controller();
+    let mut outcomes = Vec::new();
+    for sandbox in [true, false] {
+        let tmp = TempDir::new("job-sandbox");
+        let config = write_config_with(tmp.path(), broker.port, |cfg| {
+            cfg.jobs.sandbox = sandbox;
+        });
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let probe = data.join("probe");
+        std::fs::write(&probe, "secret").unwrap();
+        std::fs::set_permissions(&probe, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let log = tmp.path().join("agent.log");
+        let fault = format!("read:{}", probe.display());
+        let mut agent = hil_tests::spawn_agent_with_env(
+            env!("CARGO_BIN_EXE_heliostat-agent"),
+            &config,
+            &log,
+            &[("HELIOSTAT_WORKER_FAULT", &fault)],
+        );
+        wait_for("the agent online", Duration::from_secs(20), || {
+            status(&data)["link"]["connected"] == true
+        });
+        let device = hil_tests::agent_key(&data).device_id();
+        // Open to the worker's user (`nobody` when the test runs as root) but for the
+        // sandbox.
+        for dir in [tmp.path(), data.as_path()] {
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        let o = MqttOptions::new(format!("test-sandbox-{sandbox}"), "127.0.0.1", broker.port);
+        let (client, mut conn) = Client::new(o, 64);
+        std::thread::spawn(move || for _ in conn.iter() {});
+        let (spec, _) = job(&data, 7, 2_000);
+        client
+            .publish(
+                format!("heliostat/v1/dev/{device}/cmd"),
+                QoS::AtLeastOnce,
+                false,
+                command(device, 1, 60_000, CommandBody::RunJob(spec.clone()), &ctl),
+            )
+            .unwrap();
+        wait_for("the receipt", Duration::from_secs(30), || {
+            receipts(&collector)
+                .iter()
+                .any(|r| r.job == spec.id && r.link.device == device)
+        });
+        let r = receipts(&collector)
+            .into_iter()
+            .find(|r| r.job == spec.id && r.link.device == device)
+            .unwrap();
+        outcomes.push(r.outcome);
+        agent.terminate(Duration::from_secs(5));
+    }
+    assert_eq!(
+        outcomes[0],
+        JobOutcome::Completed,
+        "sandboxed: {outcomes:?}"
+    );
+    match &outcomes[1] {
+        JobOutcome::Failed(why) => assert!(why.contains("the job read"), "{why}"),
+        other => panic!("without the sandbox the job read the file: {other:?}"),
+    }
+}

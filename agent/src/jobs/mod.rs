@@ -35,6 +35,7 @@
 //! let outputs = job.finish().unwrap();
 //! ```
 
+pub mod confine;
 pub mod cpu;
 pub mod cuda;
 pub mod desk;

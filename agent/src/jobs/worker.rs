@@ -17,6 +17,7 @@ use std::time::Duration;
 use attest::msg::{Backend, Workload};
 use serde::{Deserialize, Serialize};
 
+use super::confine::{SandboxSpec, apply_limits, enter_sandbox};
 use super::kernel::ChunkPlan;
 use super::{ComputeBackend, JobError, PreparedJob, select_backend};
 
@@ -57,6 +58,8 @@ pub struct WorkerCommand {
     pub limits: WorkerLimits,
     /// Longest one chunk may take before the worker is killed.
     pub chunk_timeout: Duration,
+    /// The sandbox the worker enters (`jobs.sandbox`).
+    pub sandbox: Option<SandboxSpec>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,6 +74,9 @@ enum ToWorker {
         chunk_work: Option<u64>,
         prefer_gpu: bool,
         limits: WorkerLimits,
+        /// The sandbox to enter before the job runs (none: a worker served in a test).
+        #[serde(default)]
+        sandbox: Option<SandboxSpec>,
     },
     /// Run chunk `chunk`.
     Run { chunk: u32 },
@@ -91,6 +97,9 @@ enum FromWorker {
         items: u64,
         chunks: u32,
         work: u64,
+        /// What sandbox holds, in words (none asked: absent).
+        #[serde(default)]
+        sandbox: Option<String>,
     },
     /// Chunk `chunk` ran.
     Ran { chunk: u32 },
@@ -170,12 +179,21 @@ fn serve_inner(r: &mut impl Read, w: &mut impl Write) -> Result<(), String> {
         chunk_work,
         prefer_gpu,
         limits,
+        sandbox,
     } = read_frame(r).map_err(io("reading the job"))?
     else {
         return Err("the first message was not the job".into());
     };
+    let fault = TestFault::arm();
     let (backend, _) = select_backend(prefer_gpu);
-    apply_limits(&limits, matches!(backend, ComputeBackend::Cpu(_)))?;
+    let cpu = matches!(backend, ComputeBackend::Cpu(_));
+    apply_limits(&limits, cpu)?;
+    // A CPU job needs no file from here on: sandboxed before its inputs are even read. A
+    // GPU job's worker first makes its CUDA context (below).
+    let mut confined = match &sandbox {
+        Some(spec) if cpu => Some(enter_sandbox(spec, false)?),
+        _ => None,
+    };
     let blobs = (0..inputs)
         .map(|_| read_blob(r))
         .collect::<Result<Vec<_>, _>>()
@@ -205,6 +223,11 @@ fn serve_inner(r: &mut impl Read, w: &mut impl Write) -> Result<(), String> {
         (other, _) => other,
     }
     .map_err(|e| e.to_string())?;
+    if let Some(spec) = &sandbox
+        && confined.is_none()
+    {
+        confined = Some(enter_sandbox(spec, true)?);
+    }
     write_frame(
         w,
         &FromWorker::Ready {
@@ -212,13 +235,14 @@ fn serve_inner(r: &mut impl Read, w: &mut impl Write) -> Result<(), String> {
             items: job.plan.items(),
             chunks: job.chunk_count(),
             work: job.work_units(),
+            sandbox: confined,
         },
     )
     .map_err(io("answering"))?;
     loop {
         match read_frame::<ToWorker>(r).map_err(io("reading a request"))? {
             ToWorker::Run { chunk } => {
-                fault_for_tests();
+                TestFault::fire(&fault)?;
                 job.run_chunk(chunk).map_err(|e| e.to_string())?;
                 write_frame(w, &FromWorker::Ran { chunk }).map_err(io("answering"))?;
             }
@@ -264,57 +288,49 @@ fn serve_inner(r: &mut impl Read, w: &mut impl Write) -> Result<(), String> {
     }
 }
 
-/// `HELIOSTAT_WORKER_FAULT=once:FILE` makes the next worker to find FILE remove it and then
-/// hang or abort in its chunk, as FILE says (`hang` or `abort`): how the tests stand in for
-/// a kernel that never ends or faults, on machines without a GPU.
-fn fault_for_tests() {
-    let Ok(spec) = std::env::var("HELIOSTAT_WORKER_FAULT") else {
-        return;
-    };
-    let Some(path) = spec.strip_prefix("once:") else {
-        return;
-    };
-    let Ok(what) = std::fs::read_to_string(path) else {
-        return;
-    };
-    if std::fs::remove_file(path).is_err() {
-        return;
-    }
-    match what.trim() {
-        "hang" => loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        },
-        "abort" => std::process::abort(),
-        _ => {}
-    }
+/// A fault the tests ask a worker for (`HELIOSTAT_WORKER_FAULT`), armed before the
+/// sandbox (which would keep the worker from its file) and fired in its chunks:
+/// - `once:FILE`: the next worker to find FILE removes it and then hangs or aborts in its
+///   chunk, as FILE says (`hang` or `abort`): how the tests stand in for a kernel that
+///   never ends or faults, on machines without a GPU;
+/// - `read:PATH`: every chunk tries to read PATH and fails if it can: how the tests stand
+///   in for a job that goes after the device key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TestFault {
+    Hang,
+    Abort,
+    Read(String),
 }
 
-fn apply_limits(limits: &WorkerLimits, cpu_backend: bool) -> Result<(), String> {
-    use rustix::process::{Resource, Rlimit, setrlimit};
-    let set = |res: Resource, n: u64, what: &str| {
-        setrlimit(
-            res,
-            Rlimit {
-                current: Some(n),
-                maximum: Some(n),
+impl TestFault {
+    fn arm() -> Option<TestFault> {
+        let spec = std::env::var("HELIOSTAT_WORKER_FAULT").ok()?;
+        if let Some(path) = spec.strip_prefix("read:") {
+            return Some(TestFault::Read(path.to_string()));
+        }
+        let path = spec.strip_prefix("once:")?;
+        let what = std::fs::read_to_string(path).ok()?;
+        std::fs::remove_file(path).ok()?;
+        match what.trim() {
+            "hang" => Some(TestFault::Hang),
+            "abort" => Some(TestFault::Abort),
+            _ => None,
+        }
+    }
+
+    fn fire(fault: &Option<TestFault>) -> Result<(), String> {
+        match fault {
+            None => Ok(()),
+            Some(TestFault::Hang) => loop {
+                std::thread::sleep(Duration::from_secs(3600));
             },
-        )
-        .map_err(|e| format!("limiting {what} to {n}: {e}"))
-    };
-    if *limits == WorkerLimits::NONE {
-        return Ok(());
+            Some(TestFault::Abort) => std::process::abort(),
+            Some(TestFault::Read(path)) => match std::fs::read(path) {
+                Ok(b) => Err(format!("the job read {path} ({} bytes)", b.len())),
+                Err(_) => Ok(()),
+            },
+        }
     }
-    set(Resource::Core, 0, "core dumps")?;
-    if limits.open_files > 0 {
-        set(Resource::Nofile, limits.open_files, "open files")?;
-    }
-    if limits.cpu_seconds > 0 {
-        set(Resource::Cpu, limits.cpu_seconds, "CPU seconds")?;
-    }
-    if cpu_backend && limits.memory_bytes > 0 {
-        set(Resource::As, limits.memory_bytes, "the address space")?;
-    }
-    Ok(())
 }
 
 /// The agent's side of a running worker.
@@ -531,6 +547,7 @@ pub fn prepare(
                 chunk_work: None,
                 prefer_gpu,
                 limits: cmd.limits,
+                sandbox: cmd.sandbox.clone(),
             },
         )?;
         for i in inputs {
@@ -550,7 +567,15 @@ pub fn prepare(
             items,
             chunks,
             work,
+            sandbox,
         }) => {
+            match sandbox {
+                Some(s) if s.contains("fully enforced") => {
+                    tracing::debug!(sandbox = %s, "worker ready")
+                }
+                Some(s) => tracing::warn!(sandbox = %s, "worker ready, not fully sandboxed"),
+                None => {}
+            }
             let plan = ChunkPlan::from_parts(items, chunks).ok_or_else(|| {
                 JobError::Worker(format!("a plan of {chunks} chunks over {items} items"))
             })?;
@@ -605,6 +630,7 @@ mod tests {
                 chunk_work: Some(1),
                 prefer_gpu: false,
                 limits: WorkerLimits::NONE,
+                sandbox: None,
             },
         )
         .unwrap();
@@ -658,6 +684,7 @@ mod tests {
                 chunk_work: None,
                 prefer_gpu: false,
                 limits: WorkerLimits::NONE,
+                sandbox: None,
             },
         )
         .unwrap();

@@ -85,6 +85,14 @@ fn worker_command(cfg: &AgentConfig) -> Result<crate::jobs::worker::WorkerComman
             cpu_seconds: 0,
         },
         chunk_timeout: std::time::Duration::from_millis(cfg.jobs.chunk_timeout_ms),
+        sandbox: cfg.jobs.sandbox.then(|| {
+            let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or(p.to_path_buf());
+            crate::jobs::confine::SandboxSpec {
+                secret: std::iter::once(absolute(&cfg.data_dir))
+                    .chain(cfg.jobs.blob_token_file.as_deref().map(absolute))
+                    .collect(),
+            }
+        }),
     })
 }
 
