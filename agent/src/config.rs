@@ -118,6 +118,14 @@ pub struct JobsConfig {
     /// after a restart it goes on from there.
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every_ms: u64,
+    /// A job paused this long lets its worker go (its GPU memory and process), ms; it is
+    /// prepared again from its checkpoint when it may run. 0: never.
+    #[serde(default = "default_release_after_pause")]
+    pub release_after_pause_ms: u64,
+}
+
+const fn default_release_after_pause() -> u64 {
+    10 * 60_000
 }
 
 const fn default_checkpoint_every() -> u64 {
@@ -173,6 +181,7 @@ impl Default for JobsConfig {
             sandbox: true,
             chunk_timeout_ms: default_chunk_timeout(),
             checkpoint_every_ms: default_checkpoint_every(),
+            release_after_pause_ms: default_release_after_pause(),
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct RunningStatus {
     pub chunks_done: u64,
     pub chunks: u32,
     pub paused: bool,
+    /// Its worker was let go in a long pause (`jobs.release_after_pause_ms`).
+    pub released: bool,
 }
 
 /// One source in the status.

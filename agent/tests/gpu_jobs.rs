@@ -705,7 +705,7 @@ fn gpu_job_prepared_on_one_thread_runs_on_the_runner_thread() {
         1e12,
     );
     let (tx, rx) = std::sync::mpsc::channel();
-    let _h = runner::spawn(exec, Decision::default(), None, None, move |f| {
+    let _h = runner::spawn(exec, Decision::default(), None, None, None, move |f| {
         tx.send(f).unwrap();
     })
     .unwrap();

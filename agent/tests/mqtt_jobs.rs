@@ -612,11 +612,12 @@ fn a_job_interrupted_by_kill_9_resumes_from_its_checkpoint_and_its_output_is_rig
 /// the agent's own user would see it.)
 #[test]
 fn a_jobs_worker_cannot_read_the_agents_data_folder_in_its_sandbox() {
-    let broker = Mosquitto::start();
-    let collector = Collector::start(broker.port, controller(), true);
     let ctl = controller();
     let mut outcomes = Vec::new();
     for sandbox in [true, false] {
+        // A broker and a collector each: the collector follows one device's chain.
+        let broker = Mosquitto::start();
+        let collector = Collector::start(broker.port, controller(), true);
         let tmp = TempDir::new("job-sandbox");
         let config = write_config_with(tmp.path(), broker.port, |cfg| {
             cfg.jobs.sandbox = sandbox;
@@ -657,11 +658,18 @@ fn a_jobs_worker_cannot_read_the_agents_data_folder_in_its_sandbox() {
                 command(device, 1, 60_000, CommandBody::RunJob(spec.clone()), &ctl),
             )
             .unwrap();
-        wait_for("the receipt", Duration::from_secs(30), || {
-            receipts(&collector)
-                .iter()
-                .any(|r| r.job == spec.id && r.link.device == device)
-        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !receipts(&collector)
+            .iter()
+            .any(|r| r.job == spec.id && r.link.device == device)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no receipt (sandbox {sandbox}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let r = receipts(&collector)
             .into_iter()
             .find(|r| r.job == spec.id && r.link.device == device)
@@ -678,4 +686,110 @@ fn a_jobs_worker_cannot_read_the_agents_data_folder_in_its_sandbox() {
         JobOutcome::Failed(why) => assert!(why.contains("the job read"), "{why}"),
         other => panic!("without the sandbox the job read the file: {other:?}"),
     }
+}
+
+/// The worker processes whose parent is `pid`.
+fn workers_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid ...`: the fields after the last ')'.
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .and_then(|s| s.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            ppid == Some(pid) && cmdline.split(|b| *b == 0).any(|a| a == b"worker")
+        })
+        .collect()
+}
+
+/// A job paused for long lets its worker go (checkpointed first) and, resumed, is prepared
+/// again from that checkpoint and finishes with the right output.
+#[test]
+fn a_job_paused_for_long_lets_its_worker_go_and_resumes_from_its_checkpoint() {
+    let tmp = TempDir::new("job-release");
+    let broker = Mosquitto::start();
+    let collector = Collector::start(broker.port, controller(), true);
+    let config = write_config_with(tmp.path(), broker.port, |cfg| {
+        cfg.jobs.checkpoint_every_ms = 50;
+        cfg.jobs.release_after_pause_ms = 3_000;
+    });
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("agent.log");
+    let agent = hil_tests::spawn_agent(env!("CARGO_BIN_EXE_heliostat-agent"), &config, &log);
+    let pid = agent.0.id();
+    wait_for("the agent online", Duration::from_secs(20), || {
+        status(&data)["link"]["connected"] == true
+    });
+    let device = hil_tests::agent_key(&data).device_id();
+    let (client, mut conn) = Client::new(
+        MqttOptions::new("test-releaser", "127.0.0.1", broker.port),
+        16,
+    );
+    std::thread::spawn(move || for _ in conn.iter() {});
+    let topic = format!("heliostat/v1/dev/{device}/cmd");
+    let ctl = controller();
+    let send = |nonce: u64, body: CommandBody| {
+        client
+            .publish(
+                &topic,
+                QoS::AtLeastOnce,
+                false,
+                command(device, nonce, 60_000, body, &ctl),
+            )
+            .unwrap();
+    };
+    let (spec, expected) = job(&data, 9, 200_000);
+    // Paused as it starts: its worker is up, waiting.
+    send(1, CommandBody::RunJob(spec.clone()));
+    send(2, CommandBody::Pause { job: spec.id });
+    wait_for(
+        "the job paused in its worker",
+        Duration::from_secs(30),
+        || {
+            let running = &status(&data)["jobs"]["running"];
+            running["paused"] == true && running["released"] == false && !workers_of(pid).is_empty()
+        },
+    );
+    wait_for("the paused job released", Duration::from_secs(20), || {
+        let running = &status(&data)["jobs"]["running"];
+        running["paused"] == true && running["released"] == true
+    });
+    assert!(
+        workers_of(pid).is_empty(),
+        "a released job keeps no worker: {:?}",
+        workers_of(pid)
+    );
+    let done_at_release = status(&data)["jobs"]["running"]["chunks_done"]
+        .as_u64()
+        .unwrap();
+    send(3, CommandBody::Resume { job: spec.id });
+    wait_for("the receipt", Duration::from_secs(60), || {
+        receipts(&collector).iter().any(|r| r.job == spec.id)
+    });
+    let r = receipts(&collector)
+        .into_iter()
+        .find(|r| r.job == spec.id)
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(r.outcome, JobOutcome::Completed, "{r:?}\n{text}");
+    assert!(r.pauses >= 1, "{r:?}");
+    assert!(
+        done_at_release < u64::from(r.chunks),
+        "released before the end: {done_at_release} of {}",
+        r.chunks
+    );
+    let mut h = sha2::Sha256::new();
+    h.update(&expected);
+    assert_eq!(r.output_hash, Hash32(h.finalize().into()));
+    assert!(
+        text.contains("taken over again from its checkpoint"),
+        "{text}"
+    );
+    let mut agent = agent;
+    agent.terminate(Duration::from_secs(5));
 }

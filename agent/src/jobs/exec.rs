@@ -178,6 +178,23 @@ impl Execution {
 
     /// Ends the job: its outputs (when complete) and their hash (SHA-256 over the outputs
     /// in order; each has its declared size, so the concatenation is unambiguous).
+    /// Lets the job's worker (or GPU context) go while it is paused: see
+    /// [`PreparedJob::release`].
+    pub fn release(&mut self) {
+        self.job.release();
+    }
+
+    /// Whether its worker was let go.
+    pub fn is_released(&self) -> bool {
+        self.job.is_released()
+    }
+
+    /// Continues a released job in `fresh` (prepared again and restored from the
+    /// checkpoint taken at its release).
+    pub fn take_over(&mut self, fresh: PreparedJob) -> Result<(), JobError> {
+        self.job.take_over(fresh)
+    }
+
     /// The chunks done and the outputs so far: a checkpoint.
     pub fn checkpoint(&mut self) -> Result<(u32, Vec<Vec<u8>>), JobError> {
         self.job.snapshot()

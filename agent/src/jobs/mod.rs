@@ -74,6 +74,9 @@ pub enum JobError {
     /// The built-in workload is invalid.
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// The job was released during a long pause and not taken over again.
+    #[error("the job's worker was released during a pause")]
+    Released,
     /// Wrong number of inputs.
     #[error("the job gives {got} inputs; the workload takes {expected}")]
     InputCount {
@@ -379,6 +382,9 @@ enum State {
     Cuda(CudaJob),
     /// In a worker process (see [`worker`]).
     Worker(worker::WorkerJob),
+    /// Let go during a long pause (its worker ended, its GPU memory freed); its progress is
+    /// in the checkpoint it was released at, and [`PreparedJob::take_over`] brings it back.
+    Released,
 }
 
 impl std::fmt::Debug for PreparedJob {
@@ -418,6 +424,34 @@ impl PreparedJob {
         self.done
     }
 
+    /// Lets the job's resources go (its worker process, its GPU context and memory) while
+    /// it waits; take a checkpoint first: [`take_over`](Self::take_over) continues from it.
+    pub fn release(&mut self) {
+        self.state = State::Released;
+    }
+
+    /// Whether [`release`](Self::release)d.
+    pub fn is_released(&self) -> bool {
+        matches!(self.state, State::Released)
+    }
+
+    /// Continues a released job in `fresh`: the same job prepared again and restored from
+    /// the checkpoint taken at its release (so at the same chunk).
+    pub fn take_over(&mut self, fresh: PreparedJob) -> Result<(), JobError> {
+        if fresh.done != self.done || fresh.plan != self.plan {
+            return Err(JobError::BadCheckpoint(format!(
+                "taken over at chunk {} of {}, released at {} of {}",
+                fresh.done,
+                fresh.plan.chunks(),
+                self.done,
+                self.plan.chunks()
+            )));
+        }
+        self.backend = fresh.backend;
+        self.state = fresh.state;
+        Ok(())
+    }
+
     /// Whether every chunk has run.
     pub fn is_complete(&self) -> bool {
         self.done == self.plan.chunks()
@@ -451,6 +485,7 @@ impl PreparedJob {
             State::Cpu(job) => job.run(items),
             State::Cuda(job) => job.run(items)?,
             State::Worker(job) => job.run(i)?,
+            State::Released => return Err(JobError::Released),
         }
         self.done += 1;
         Ok(())
@@ -463,6 +498,7 @@ impl PreparedJob {
             State::Cpu(job) => job.snapshot(),
             State::Cuda(job) => job.snapshot()?,
             State::Worker(job) => job.snapshot()?,
+            State::Released => return Err(JobError::Released),
         };
         Ok((self.done, outputs))
     }
@@ -481,6 +517,7 @@ impl PreparedJob {
             State::Cpu(job) => job.restore(outputs),
             State::Cuda(job) => job.restore(outputs)?,
             State::Worker(job) => job.restore(done, outputs)?,
+            State::Released => return Err(JobError::Released),
         };
         if !fits {
             return Err(JobError::BadCheckpoint(
@@ -503,6 +540,7 @@ impl PreparedJob {
             State::Cpu(job) => Ok(job.finish()),
             State::Cuda(job) => Ok(job.finish()?),
             State::Worker(job) => job.finish(),
+            State::Released => Err(JobError::Released),
         }
     }
 }

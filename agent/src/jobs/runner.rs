@@ -30,6 +30,8 @@ pub struct Shared {
     pub chunks_done: AtomicU64,
     /// 1 while paused.
     pub paused: AtomicU64,
+    /// 1 while its worker is released (a long pause).
+    pub released: AtomicU64,
 }
 
 /// Operator controls.
@@ -75,8 +77,19 @@ pub struct Handle {
 pub struct Checkpointer {
     /// How often.
     pub every: Duration,
-    /// Where to (from the job's thread).
-    pub save: Box<dyn FnMut(u32, Vec<Vec<u8>>) + Send>,
+    /// Where to (from the job's thread); an error says why it was not saved.
+    pub save: Box<dyn FnMut(u32, Vec<Vec<u8>>) -> Result<(), String> + Send>,
+}
+
+/// Lets a job's worker go when it has been paused for `after` (a night without sun, an
+/// operator's pause): checkpointed first, then its worker ends (and with it its GPU
+/// context and memory); when it may run again, `take_over` prepares it anew from that
+/// checkpoint.
+pub struct Release {
+    /// How long a pause lasts before the worker is let go.
+    pub after: Duration,
+    /// The job prepared again and restored from its last checkpoint.
+    pub take_over: Box<dyn FnMut() -> Result<super::PreparedJob, String> + Send>,
 }
 
 /// Starts the thread. `sim_load` (with the simulated GPU's watts) makes a simulated rig see
@@ -86,6 +99,7 @@ pub fn spawn(
     initial: Decision,
     sim_load: Option<(Arc<JobLoad>, f64)>,
     mut checkpoint: Option<Checkpointer>,
+    mut release: Option<Release>,
     done: impl FnOnce(Finished) + Send + 'static,
 ) -> std::io::Result<Handle> {
     let shared = Arc::new(Shared::default());
@@ -100,6 +114,7 @@ pub fn spawn(
         .name("job".into())
         .spawn(move || {
             let mut last_checkpoint = std::time::Instant::now();
+            let mut paused_since: Option<std::time::Instant> = None;
             let outcome = loop {
                 while let Ok(c) = rx.try_recv() {
                     match c {
@@ -112,6 +127,20 @@ pub fn spawn(
                 let now = now_ms();
                 match exec.next(now, &d, sh.energy_mj.load(Ordering::Relaxed)) {
                     Step::RunChunk(i) => {
+                        paused_since = None;
+                        if exec.is_released() {
+                            let fresh = match release.as_mut() {
+                                Some(r) => (r.take_over)(),
+                                None => Err("no way to take it over".into()),
+                            };
+                            if let Err(e) = fresh.and_then(|j| exec.take_over(j).map_err(|e| e.to_string())) {
+                                break JobOutcome::Failed(format!(
+                                    "resuming after its worker was released in a long pause: {e}"
+                                ));
+                            }
+                            sh.released.store(0, Ordering::Relaxed);
+                            tracing::info!(chunk = i, "job taken over again from its checkpoint after a long pause");
+                        }
                         let t0 = std::time::Instant::now();
                         if let Err(e) = exec.run_chunk(i) {
                             break JobOutcome::Failed(e.to_string());
@@ -136,16 +165,43 @@ pub fn spawn(
                             && exec.chunks_done() < exec.chunk_count()
                         {
                             last_checkpoint = std::time::Instant::now();
-                            match exec.checkpoint() {
-                                Ok((done, outputs)) => (c.save)(done, outputs),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "no checkpoint taken")
-                                }
+                            let saved = exec
+                                .checkpoint()
+                                .map_err(|e| e.to_string())
+                                .and_then(|(done, outputs)| (c.save)(done, outputs));
+                            if let Err(e) = saved {
+                                tracing::warn!(error = %e, "no checkpoint taken");
                             }
                         }
                     }
                     Step::WaitUntil(t) => {
                         sh.paused.store(exec.is_paused() as u64, Ordering::Relaxed);
+                        if exec.is_paused() {
+                            let since = *paused_since.get_or_insert_with(std::time::Instant::now);
+                            if let (Some(r), Some(c)) = (release.as_ref(), checkpoint.as_mut())
+                                && !exec.is_released()
+                                && since.elapsed() >= r.after
+                            {
+                                let saved = exec
+                                    .checkpoint()
+                                    .map_err(|e| e.to_string())
+                                    .and_then(|(done, outputs)| (c.save)(done, outputs));
+                                match saved {
+                                    Ok(()) => {
+                                        exec.release();
+                                        sh.released.store(1, Ordering::Relaxed);
+                                        tracing::info!(
+                                            paused_s = since.elapsed().as_secs(),
+                                            "job paused for long: checkpointed and its worker released"
+                                        );
+                                    }
+                                    // Kept as it is: without a checkpoint a release would lose it.
+                                    Err(e) => tracing::warn!(error = %e, "paused job not released: no checkpoint"),
+                                }
+                            }
+                        } else {
+                            paused_since = None;
+                        }
                         // Short sleeps: a control or a new decision is seen quickly.
                         let ms = t.saturating_sub(now).clamp(1, 50);
                         match rx.recv_timeout(Duration::from_millis(ms)) {

@@ -11,7 +11,6 @@ use attest::{Envelope, TimestampMs};
 use rumqttc::{AsyncClient, QoS};
 
 use super::agent::Agent;
-use super::blobs::fetch_and_prepare;
 use super::files;
 use crate::config::AgentConfig;
 use crate::jobs::desk::{Desk, Ended, Intake, Marker, ReceiptOrder, Running};
@@ -54,48 +53,6 @@ pub(super) struct Jobs {
     worker: Option<Result<crate::jobs::worker::WorkerCommand, String>>,
 }
 
-/// How to start workers for `cfg`: the agent's own binary, as `jobs.worker_user` when the
-/// agent runs as root.
-fn worker_command(cfg: &AgentConfig) -> Result<crate::jobs::worker::WorkerCommand, String> {
-    let program = std::env::current_exe().map_err(|e| format!("the agent's own binary: {e}"))?;
-    let user = if rustix::process::geteuid().is_root() {
-        let passwd = std::fs::read_to_string("/etc/passwd")
-            .map_err(|e| format!("reading /etc/passwd: {e}"))?;
-        let ids = crate::jobs::worker::user_ids(&passwd, &cfg.jobs.worker_user).ok_or_else(|| {
-            format!(
-                "no user {:?} (jobs.worker_user) to run jobs as: jobs are refused rather than run as root",
-                cfg.jobs.worker_user
-            )
-        })?;
-        if ids.0 == 0 {
-            return Err(
-                "jobs.worker_user is root: jobs are refused rather than run as root".into(),
-            );
-        }
-        Some(ids)
-    } else {
-        None
-    };
-    Ok(crate::jobs::worker::WorkerCommand {
-        program,
-        user,
-        limits: crate::jobs::worker::WorkerLimits {
-            memory_bytes: cfg.jobs.worker_memory_mib << 20,
-            open_files: cfg.jobs.worker_open_files,
-            cpu_seconds: 0,
-        },
-        chunk_timeout: std::time::Duration::from_millis(cfg.jobs.chunk_timeout_ms),
-        sandbox: cfg.jobs.sandbox.then(|| {
-            let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or(p.to_path_buf());
-            crate::jobs::confine::SandboxSpec {
-                secret: std::iter::once(absolute(&cfg.data_dir))
-                    .chain(cfg.jobs.blob_token_file.as_deref().map(absolute))
-                    .collect(),
-            }
-        }),
-    })
-}
-
 impl Jobs {
     /// The backend, the governor with its hardware levers, and an idle desk.
     pub(super) fn open(
@@ -124,7 +81,10 @@ impl Jobs {
         let governor = crate::governor::Governor::new(cfg.jobs.governor(), levers);
         let (done_tx, done_rx) = mpsc::channel();
         let (prepared_tx, prepared_rx) = mpsc::channel();
-        let worker = cfg.jobs.isolate.then(|| worker_command(cfg));
+        let worker = cfg
+            .jobs
+            .isolate
+            .then(|| super::prepare::worker_command(cfg));
         match &worker {
             Some(Ok(w)) => {
                 tracing::info!(program = %w.program.display(), user = ?w.user, "jobs run in a worker process")
@@ -312,24 +272,10 @@ impl Agent {
         now: u64,
     ) {
         let id = spec.id;
-        let backend = self.jobs.backend.clone();
-        let dir = self
-            .cfg
-            .jobs
-            .blob_dir
-            .clone()
-            .unwrap_or_else(|| self.cfg.data_dir.join("blobs"));
-        let url = self.cfg.jobs.blob_url.clone();
-        let token_file = self.cfg.jobs.blob_token_file.clone();
-        let limits = super::blobs::BlobLimits {
-            cache_max_bytes: self.cfg.jobs.blob_cache_max_bytes,
-            disk_reserve_bytes: self.cfg.outbox.max_bytes,
-        };
-        let worker = match &self.jobs.worker {
-            None => None,
-            Some(Ok(w)) => Some(w.clone()),
-            Some(Err(why)) => {
-                let refusal = self.jobs.desk.refuse(id, why.clone(), now);
+        let preparer = match self.preparer(&spec) {
+            Ok(p) => p,
+            Err(why) => {
+                let refusal = self.jobs.desk.refuse(id, why, now);
                 return self.store_receipt(refusal, now);
             }
         };
@@ -337,15 +283,7 @@ impl Agent {
         let spawned = std::thread::Builder::new()
             .name("job-prepare".into())
             .spawn(move || {
-                let mut r = fetch_and_prepare(
-                    &spec,
-                    &backend,
-                    &dir,
-                    url.as_deref(),
-                    token_file.as_deref(),
-                    limits,
-                    worker.as_ref(),
-                );
+                let mut r = preparer.prepare();
                 let marker = match (resume, &mut r) {
                     (Some((marker, done, outputs)), Ok(job)) => {
                         if let Err(e) = job.restore(done, outputs) {
@@ -364,6 +302,31 @@ impl Agent {
                 .refuse(id, format!("cannot start preparing: {e}"), now);
             self.store_receipt(refusal, now);
         }
+    }
+
+    /// How to prepare `spec` here (an error: the agent cannot run jobs as configured).
+    fn preparer(&self, spec: &JobSpec) -> Result<super::prepare::Preparer, String> {
+        Ok(super::prepare::Preparer {
+            spec: spec.clone(),
+            backend: self.jobs.backend.clone(),
+            dir: self
+                .cfg
+                .jobs
+                .blob_dir
+                .clone()
+                .unwrap_or_else(|| self.cfg.data_dir.join("blobs")),
+            url: self.cfg.jobs.blob_url.clone(),
+            token_file: self.cfg.jobs.blob_token_file.clone(),
+            limits: super::blobs::BlobLimits {
+                cache_max_bytes: self.cfg.jobs.blob_cache_max_bytes,
+                disk_reserve_bytes: self.cfg.outbox.max_bytes,
+            },
+            worker: match &self.jobs.worker {
+                None => None,
+                Some(Ok(w)) => Some(w.clone()),
+                Some(Err(why)) => return Err(why.clone()),
+            },
+        })
     }
 
     /// Admission and start, once the inputs are in and the job is prepared.
@@ -411,8 +374,6 @@ impl Agent {
             backend: job.backend().clone(),
             spec: Some(spec.clone()),
         });
-        let exec = crate::jobs::exec::Execution::new(spec, job, now, work_per_s);
-        let chunks = exec.chunk_count();
         let tx = self.jobs.done_tx.clone();
         let sim = self
             .jobs
@@ -422,12 +383,24 @@ impl Agent {
         let checkpoint = crate::jobs::runner::Checkpointer {
             every: std::time::Duration::from_millis(self.cfg.jobs.checkpoint_every_ms),
             save: Box::new(move |done, outputs| {
-                if let Err(e) = files::write_checkpoint(&data, id, done, &outputs) {
-                    tracing::warn!(job = %id, error = %e, "checkpoint not saved");
-                }
+                files::write_checkpoint(&data, id, done, &outputs).map_err(|e| e.to_string())
             }),
         };
-        match crate::jobs::runner::spawn(exec, decision, sim, Some(checkpoint), move |f| {
+        // A job paused for long lets its worker go; prepared again from its checkpoint
+        // when it may run.
+        let release = match (self.cfg.jobs.release_after_pause_ms, self.preparer(&spec)) {
+            (0, _) | (_, Err(_)) => None,
+            (ms, Ok(p)) => {
+                let data = self.cfg.data_dir.clone();
+                Some(crate::jobs::runner::Release {
+                    after: std::time::Duration::from_millis(ms),
+                    take_over: Box::new(move || p.from_checkpoint(&data)),
+                })
+            }
+        };
+        let exec = crate::jobs::exec::Execution::new(spec, job, now, work_per_s);
+        let chunks = exec.chunk_count();
+        match crate::jobs::runner::spawn(exec, decision, sim, Some(checkpoint), release, move |f| {
             let _ = tx.send((id, f));
         }) {
             Ok(handle) => {
@@ -564,6 +537,7 @@ impl Agent {
             chunks_done: sh.chunks_done.load(Ordering::Relaxed),
             chunks: l.handle.chunk_count,
             paused: sh.paused.load(Ordering::Relaxed) == 1,
+            released: sh.released.load(Ordering::Relaxed) == 1,
         };
         let p = self.power_now(baseline);
         let lever = self.status.jobs.decision.map_or(1.0, |d| d.lever_fraction);

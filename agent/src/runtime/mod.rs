@@ -22,6 +22,7 @@ mod blobs;
 pub mod files;
 mod jobs;
 pub mod mqtt;
+mod prepare;
 #[cfg(test)]
 mod tests;
 
