@@ -78,8 +78,11 @@ pub struct Checkpointer {
     /// How often.
     pub every: Duration,
     /// Where to (from the job's thread); an error says why it was not saved.
-    pub save: Box<dyn FnMut(u32, Vec<Vec<u8>>) -> Result<(), String> + Send>,
+    pub save: SaveCheckpoint,
 }
+
+/// Saves `(chunks_done, outputs)` somewhere durable.
+pub type SaveCheckpoint = Box<dyn FnMut(u32, Vec<Vec<u8>>) -> Result<(), String> + Send>;
 
 /// Lets a job's worker go when it has been paused for `after` (a night without sun, an
 /// operator's pause): checkpointed first, then its worker ends (and with it its GPU

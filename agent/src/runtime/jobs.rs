@@ -394,7 +394,7 @@ impl Agent {
                 let data = self.cfg.data_dir.clone();
                 Some(crate::jobs::runner::Release {
                     after: std::time::Duration::from_millis(ms),
-                    take_over: Box::new(move || p.from_checkpoint(&data)),
+                    take_over: Box::new(move || p.prepare_from_checkpoint(&data)),
                 })
             }
         };

@@ -39,7 +39,7 @@ impl Preparer {
     }
 
     /// Prepares the job again and restores it from its checkpoint under `data`.
-    pub fn from_checkpoint(&self, data: &Path) -> Result<PreparedJob, String> {
+    pub fn prepare_from_checkpoint(&self, data: &Path) -> Result<PreparedJob, String> {
         let (done, outputs) = files::read_checkpoint(data, self.spec.id)
             .ok_or_else(|| format!("no checkpoint of job {}", self.spec.id))?;
         let mut job = self.prepare()?;
