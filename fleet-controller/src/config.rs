@@ -60,6 +60,11 @@ pub struct MarketConfig {
     /// then after its `RunJob` expired counts the same.
     #[serde(default = "default_progress_grace")]
     pub progress_grace_ms: u64,
+    /// The operator's solar forecasts by device and hour (CSV `device,hour_start_utc,
+    /// solar_wh`), planned on instead of the clear-sky curve where they cover an hour;
+    /// read again when the file changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solar_forecast_csv: Option<PathBuf>,
 }
 
 const fn market_yes() -> bool {
@@ -94,6 +99,7 @@ impl Default for MarketConfig {
             default_run_ms: default_run_ms(),
             lease_grace_ms: default_lease_grace(),
             progress_grace_ms: default_progress_grace(),
+            solar_forecast_csv: None,
         }
     }
 }

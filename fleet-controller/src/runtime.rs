@@ -394,6 +394,16 @@ fn spawn_dispatch(
             ..Default::default()
         },
     );
+    // The operator's forecasts: a bad file stops the start here, naming its line.
+    let mut forecasts = m
+        .solar_forecast_csv
+        .as_deref()
+        .map(crate::dispatch::forecasts::ForecastFile::new);
+    if let Some(Some(r)) = forecasts.as_mut().map(|f| f.changed()) {
+        let f = r.map_err(|e| anyhow::anyhow!("config key `market.solar_forecast_csv`: {e}"))?;
+        tracing::info!(devices = f.len(), "operator solar forecasts read");
+        dispatcher.set_solar_forecasts(f);
+    }
     Ok(std::thread::Builder::new()
         .name("dispatch".into())
         .spawn(move || {
@@ -404,6 +414,15 @@ fn spawn_dispatch(
                 let now = now_ms();
                 if now >= next {
                     next = now + m.tick_ms;
+                    if let Some(Some(r)) = forecasts.as_mut().map(|f| f.changed()) {
+                        match r {
+                            Ok(f) => {
+                                tracing::info!(devices = f.len(), "operator solar forecasts read again");
+                                dispatcher.set_solar_forecasts(f);
+                            }
+                            Err(e) => tracing::error!(error = %e, "operator solar forecasts refused; the last good ones kept"),
+                        }
+                    }
                     match dispatcher.tick(&mut store, now) {
                         Ok(commands) => {
                             for c in commands {

@@ -25,6 +25,7 @@
 //! (`DispatchConfig::job_power_w`).
 
 mod events;
+pub mod forecasts;
 
 pub use events::{EventEffect, parse_job_event};
 
@@ -81,6 +82,8 @@ pub struct Dispatcher {
     cfg: DispatchConfig,
     known: HashSet<JobId>,
     nonce: u64,
+    /// Devices with an operator forecast.
+    forecast_devices: HashSet<DeviceId>,
 }
 
 impl Dispatcher {
@@ -94,6 +97,25 @@ impl Dispatcher {
             cfg,
             known: HashSet::new(),
             nonce: 0,
+            forecast_devices: HashSet::new(),
+        }
+    }
+
+    /// Plans on `forecasts` (the operator's, by device) instead of the clear-sky curve for
+    /// the hours they give; devices no longer in them go back to the clear sky.
+    pub fn set_solar_forecasts(
+        &mut self,
+        forecasts: std::collections::HashMap<DeviceId, crate::market::SolarForecast>,
+    ) {
+        for gone in self
+            .forecast_devices
+            .difference(&forecasts.keys().copied().collect())
+        {
+            self.scheduler.clear_solar_forecast(*gone);
+        }
+        self.forecast_devices = forecasts.keys().copied().collect();
+        for (device, f) in forecasts {
+            self.scheduler.set_solar_forecast(device, f);
         }
     }
 

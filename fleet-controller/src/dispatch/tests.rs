@@ -429,3 +429,52 @@ fn a_receipt_for_a_paused_job_ends_it_through_running() {
         ]
     );
 }
+
+#[test]
+fn an_operator_forecast_file_changes_what_a_placement_expects() {
+    // Noon with sun on the rig: placed at once, all renewable by the clear-sky curve; with
+    // the operator's forecast of an overcast day, refused.
+    let noon = SAMPLE_START.0 + 12 * 3_600_000;
+    let placement = |forecast: bool| -> String {
+        let (mut ing, dev, job, key) = fleet(noon);
+        // A long job (10 hours at 60 W): more than the battery holds.
+        let mut d = Dispatcher::new(
+            Scheduler::with_bundled_table(SchedulerConfig::default()).unwrap(),
+            key.clone(),
+            DispatchConfig {
+                default_run_ms: 10 * 3_600_000,
+                ..DispatchConfig::default()
+            },
+        );
+        if forecast {
+            let id = dev.key.device_id();
+            let first = noon / 3_600_000;
+            let text = (0..48)
+                .map(|h| format!("{id},{},0\n", (first + h) * 3_600))
+                .collect::<String>();
+            let f = forecasts::parse_solar_forecasts(
+                "sun.csv",
+                &format!("device,hour_start_utc,solar_wh\n{text}"),
+            )
+            .unwrap();
+            d.set_solar_forecasts(f);
+        }
+        d.tick(ing.store_mut(), noon + 1_000).unwrap();
+        ing.store()
+            .job_history(job)
+            .unwrap()
+            .last()
+            .unwrap()
+            .reason
+            .clone()
+    };
+    let clear = placement(false);
+    let overcast = placement(true);
+    // Clear sky: the sun carries it. The operator's overcast day: the battery cannot, and
+    // the rig takes no grid power, so no budget can finish it.
+    assert!(clear.contains("expected 100 % renewable"), "{clear}");
+    assert!(
+        overcast.contains("no device's forecast power budget"),
+        "{overcast}"
+    );
+}

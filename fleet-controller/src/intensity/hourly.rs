@@ -217,7 +217,7 @@ impl HourlySeries {
 }
 
 /// Unix milliseconds of an `hour_start_utc` field: Unix seconds (digits only) or RFC 3339.
-fn parse_hour_start(s: &str) -> Result<u64, &'static str> {
+pub fn parse_hour_start(s: &str) -> Result<u64, &'static str> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         let secs: u64 = s.parse().map_err(|_| "too large")?;
         return secs.checked_mul(1_000).ok_or("too large");

@@ -55,14 +55,19 @@ impl GridIntensity for crate::intensity::IntensityResolver {
 pub struct SolarForecast {
     /// The first hour it covers (hours since the Unix epoch).
     pub first_hour: u64,
-    /// Expected solar energy in each hour from `first_hour` on, Wh.
+    /// Expected solar energy in each hour from `first_hour` on, Wh (NaN: not forecast).
     pub wh: Vec<f32>,
 }
 
 impl SolarForecast {
+    /// The forecast for `hour`; none outside it or where it holds NaN (an hour it skips:
+    /// the clear-sky model stands in).
     fn at(&self, hour: u64) -> Option<f64> {
         let i = usize::try_from(hour.checked_sub(self.first_hour)?).ok()?;
-        self.wh.get(i).map(|w| f64::from(w.max(0.0)))
+        self.wh
+            .get(i)
+            .filter(|w| !w.is_nan())
+            .map(|w| f64::from(w.max(0.0)))
     }
 }
 
