@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use fleet_controller::config::{BrokerConfig, ControllerConfig};
 use fleet_controller::store::Store;
+use fleet_controller::store::accounts::AccountStore as _;
 use heliostat_agent::config::{AgentConfig, FsyncPolicy, LinkConfig, MeterConfig, SiteConfig};
 use heliostat_agent::power::SourceConfig;
 use heliostat_agent::power::simulator::SimulatorConfig;
@@ -308,6 +309,13 @@ fn run(args: Args) -> Result<()> {
     let buyer_token_file = data.join("buyer.token");
     write_secret(&buyer_token_file, &buyer.0)?;
 
+    let mut provisioning = fleet_controller::store::sqlite::SqliteStore::open(&db)
+        .with_context(|| format!("opening {}", db.display()))?;
+    let provider_id = provisioning
+        .account_by_name("demo-provider")?
+        .context("the demo provider's account")?
+        .id;
+    let now = fleet_controller::runtime::now_ms();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -346,6 +354,8 @@ fn run(args: Args) -> Result<()> {
         let (key, _) = heliostat_agent::identity::load_or_create(&key_file)
             .with_context(|| format!("agent {i}'s key"))?;
         ids.push((SITES[i % SITES.len()].0, key.device_id()));
+        // Each rig is the demo provider's: only its token serves the jobs placed there.
+        provisioning.set_device_provider(key.device_id(), Some(provider_id), now)?;
         let rx = stop_rx.clone();
         let failed = failed_tx.clone();
         // Agents connect a few milliseconds apart, as a fleet does (hundreds at the very same

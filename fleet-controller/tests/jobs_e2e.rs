@@ -137,6 +137,17 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
         || store.devices().unwrap().first().map(|d| d.id),
     );
 
+    // The device is the provider's: only its token serves jobs placed there.
+    let r = call(
+        api,
+        "POST",
+        &format!("/api/v1/devices/{device}/provider"),
+        &operator,
+        br#"{"provider": "rigs"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let stranger = account("provider", "other-rigs");
+
     // The input, into the controller's blob store over HTTP, and the job, submitted.
     let count = 50_000usize;
     let input: Vec<u8> = (0..count * 64).map(|i| (i * 13 % 251) as u8).collect();
@@ -296,6 +307,15 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
         receipt.output_hash,
         "one output: its hash is the receipt's"
     );
+    // Another provider cannot upload for a device it does not run: the job is not there.
+    let r = call(
+        api,
+        "PUT",
+        &format!("/api/v1/jobs/{job_id}/outputs/0"),
+        &stranger,
+        &got.body,
+    );
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
     // Another upload of that output with other bytes is refused.
     let provider_again = call(
         api,

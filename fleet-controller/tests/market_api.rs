@@ -605,10 +605,59 @@ fn another_accounts_job_is_a_404_it_cannot_cancel_and_a_cancel_shows_in_the_hist
         ),
         (json!("queued"), 1)
     );
-    // A provider's agent fetches the input of an open job.
+    // A provider's agent fetches the input of an open job placed on one of its devices (or
+    // on a device no provider is set for); not before it is placed, not another's.
     let input_path = format!("/api/v1/blobs/{}", Hash32::digest(&input).to_hex());
+    assert_eq!(
+        reason(&api.get(&input_path, Some(&provider))),
+        (404, "no_such_blob".into()),
+        "not placed yet"
+    );
+    let device = attest::KeyPair::from_seed(&[9; 32]).device_id();
+    {
+        use fleet_controller::store::jobs::{JobLease, JobStore};
+        let job_id = fleet_controller::jobs::parse_job_id(&id).unwrap();
+        let lease = JobLease {
+            device,
+            start_ms: now_ms(),
+            expected_end_ms: now_ms() + 60_000,
+            nonce: 1,
+            progress: None,
+        };
+        api.pool
+            .get()
+            .unwrap()
+            .put_job_lease(job_id, &lease)
+            .unwrap();
+    }
     let r = api.get(&input_path, Some(&provider));
     assert_eq!((r.status, r.body.as_slice()), (200, &input[..]));
+    let other = api.account("provider", "other-rigs", json!({}));
+    let assign = |name: serde_json::Value| {
+        api.post(
+            &format!("/api/v1/devices/{device}/provider"),
+            &api.operator,
+            &json!({ "provider": name }),
+        )
+    };
+    let r = assign(json!("other-rigs"));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        reason(&api.get(&input_path, Some(&provider))),
+        (404, "no_such_blob".into()),
+        "the device is another provider's"
+    );
+    assert_eq!(api.get(&input_path, Some(&other)).status, 200);
+    // Only operators assign, and only to providers.
+    assert_eq!(reason(&assign(json!("alice"))).0, 400);
+    let r = api.post(
+        &format!("/api/v1/devices/{device}/provider"),
+        &provider,
+        &json!({"provider": "rigs"}),
+    );
+    assert_eq!(reason(&r), (403, "missing_scope".into()));
+    assert_eq!(assign(json!(null)).status, 200);
+    assert_eq!(api.get(&input_path, Some(&provider)).status, 200);
 
     let r = api.call(
         "POST",

@@ -233,3 +233,49 @@ pub(super) async fn revoke(
     auth.require(Scope::Operate)?;
     set_state(s, id, DeviceState::Revoked).await
 }
+
+/// Body of `POST /api/v1/devices/{id}/provider`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderBody {
+    /// The provider account's name; null: no one (any provider's token serves the device).
+    provider: Option<String>,
+}
+
+/// `POST /api/v1/devices/{id}/provider`: which provider runs the device (known yet or
+/// not). Only that provider's token then fetches the inputs of jobs placed there and
+/// uploads their outputs.
+pub(super) async fn set_provider(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<ProviderBody>,
+) -> Result<Json<Value>, AppError> {
+    auth.require(Scope::Operate)?;
+    let device = parse_id(&id)?;
+    blocking(move || {
+        // A device may be assigned before its first hello (provisioned with its key).
+        let mut st = s.store.get()?;
+        let provider = match &b.provider {
+            None => None,
+            Some(name) => {
+                let a = st
+                    .account_by_name(name)?
+                    .ok_or_else(|| AppError::BadBody(format!("no account named {name:?}")))?;
+                if a.kind != AccountKind::Provider {
+                    return Err(AppError::BadBody(format!(
+                        "account {name:?} is a {}, not a provider",
+                        a.kind.as_str()
+                    )));
+                }
+                Some(a.id)
+            }
+        };
+        st.set_device_provider(device, provider, crate::runtime::now_ms())?;
+        tracing::info!(%device, provider = ?b.provider, "device provider set over the API");
+        Ok(Json(
+            json!({"id": device.to_string(), "provider": b.provider}),
+        ))
+    })
+    .await
+}

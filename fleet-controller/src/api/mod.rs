@@ -535,6 +535,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/devices/{id}/hours", get(hours))
         .route("/api/v1/devices/{id}/approve", post(admin::approve))
         .route("/api/v1/devices/{id}/revoke", post(admin::revoke))
+        .route("/api/v1/devices/{id}/provider", post(admin::set_provider))
         .route("/api/v1/fleet/hours", get(fleet_hours))
         .route("/api/v1/epochs", get(epochs))
         .route("/metrics", get(metrics))

@@ -15,6 +15,7 @@ use super::blobs::{place, receive};
 use super::{ApiState, AppError, blocking};
 use crate::accounts::{AccountKind, Scope};
 use crate::jobs::{JobState, parse_job_id};
+use crate::store::accounts::AccountStore;
 use crate::store::jobs::{JobOutput, JobStore};
 
 /// The upload of output `index` of job `id`.
@@ -56,6 +57,15 @@ pub(super) async fn put(
         let lease = st
             .job_lease(job)?
             .ok_or_else(|| AppError::OutputRefused(format!("job {job} ran nowhere")))?;
+        // Only the provider that runs the device (when one is set) uploads its results;
+        // to any other the job does not exist.
+        if caller.kind == AccountKind::Provider
+            && st
+                .device_provider(lease.device)?
+                .is_some_and(|p| p != caller.account)
+        {
+            return Err(AppError::UnknownJob(job.to_string()));
+        }
         let r = crate::dispatch::receipt(&*st, lease.device, job, lease.start_ms)?
             .ok_or_else(|| AppError::OutputRefused(format!("no receipt of job {job}")))?;
         Ok((size, r.output_hash))

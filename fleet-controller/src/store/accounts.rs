@@ -95,4 +95,14 @@ pub trait AccountStore {
     fn caller(&self, hash: &TokenHash) -> Result<Option<Caller>, StoreError>;
     /// Revokes a token; false when it is unknown or already revoked.
     fn revoke_token(&mut self, id: TokenId, now_ms: u64) -> Result<bool, StoreError>;
+    /// Says which provider runs `device` (`None`: no one, any provider's token serves
+    /// it); the caller checks that the account is a provider.
+    fn set_device_provider(
+        &mut self,
+        device: attest::DeviceId,
+        provider: Option<AccountId>,
+        now_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// The provider that runs `device`, if one is set.
+    fn device_provider(&self, device: attest::DeviceId) -> Result<Option<AccountId>, StoreError>;
 }

@@ -86,7 +86,8 @@ pub trait BlobStore {
     /// Every blob `account` owns, oldest first.
     fn owned_blobs(&self, account: AccountId) -> Result<Vec<OwnedBlob>, StoreError>;
     /// Whether `caller` may read the blob: it owns it, or it is an output of one of its
-    /// jobs, or (a provider) it is an input or PTX module of a job that is not finished.
+    /// jobs, or (a provider) it is an input or PTX module of a job that is not finished and
+    /// is placed on a device that provider runs (or on one no provider is set for).
     fn can_read_blob(&self, caller: &Caller, hash: Hash32) -> Result<bool, StoreError>;
     /// Whether anyone owns the blob or any job names it (its file must stay).
     fn blob_held(&self, hash: Hash32) -> Result<bool, StoreError>;

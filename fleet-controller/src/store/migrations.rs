@@ -129,6 +129,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE job_leases ADD COLUMN chunks INTEGER;
     ALTER TABLE job_leases ADD COLUMN paused INTEGER;
     ALTER TABLE job_leases ADD COLUMN progress_ms INTEGER;",
+    // 8: which provider account runs each device (set by an operator): only that
+    // provider's token fetches the inputs of jobs placed there and uploads their outputs.
+    "CREATE TABLE device_providers (
+        device BLOB PRIMARY KEY,
+        provider INTEGER NOT NULL REFERENCES accounts (id),
+        assigned_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this code writes.

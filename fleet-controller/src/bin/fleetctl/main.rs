@@ -141,8 +141,13 @@ enum Cmd {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Approve a pending device (operator).
-    Approve { device: String },
+    /// Approve a pending device (operator); with --provider, say which provider runs it
+    /// (only that provider's token then serves its jobs).
+    Approve {
+        device: String,
+        #[arg(long)]
+        provider: Option<String>,
+    },
     /// Revoke a device (operator).
     Revoke { device: String },
 }
@@ -481,13 +486,21 @@ fn run(cli: Cli) -> Result<()> {
                     .unwrap_or_default()
             });
         }
-        Cmd::Approve { device } => {
-            let v = api.send(
+        Cmd::Approve { device, provider } => {
+            let mut v = api.send(
                 "POST",
                 &format!("/api/v1/devices/{device}/approve"),
                 b"{}".to_vec(),
             )?;
-            print(out, &v, |v| format!("{device} {}", v["state"]));
+            if let Some(p) = provider {
+                let body = json!({ "provider": p }).to_string().into_bytes();
+                let r = api.send("POST", &format!("/api/v1/devices/{device}/provider"), body)?;
+                v["provider"] = r["provider"].clone();
+            }
+            print(out, &v, |v| match v["provider"].as_str() {
+                Some(p) => format!("{device} {} (provider {p})", v["state"]),
+                None => format!("{device} {}", v["state"]),
+            });
         }
         Cmd::Revoke { device } => {
             let v = api.send(

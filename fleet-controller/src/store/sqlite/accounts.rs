@@ -204,4 +204,36 @@ impl AccountStore for SqliteStore {
         )?;
         Ok(n == 1)
     }
+
+    fn set_device_provider(
+        &mut self,
+        device: attest::DeviceId,
+        provider: Option<AccountId>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        match provider {
+            Some(p) => self.conn.execute(
+                "INSERT OR REPLACE INTO device_providers (device, provider, assigned_ms)
+                 VALUES (?1, ?2, ?3)",
+                params![&device.0[..], to_i64(p.0), to_i64(now_ms)],
+            )?,
+            None => self.conn.execute(
+                "DELETE FROM device_providers WHERE device = ?1",
+                params![&device.0[..]],
+            )?,
+        };
+        Ok(())
+    }
+
+    fn device_provider(&self, device: attest::DeviceId) -> Result<Option<AccountId>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT provider FROM device_providers WHERE device = ?1",
+                params![&device.0[..]],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|p| AccountId(p as u64)))
+    }
 }

@@ -145,7 +145,10 @@ impl BlobStore for SqliteStore {
         let sql = if caller.kind == AccountKind::Provider {
             format!(
                 "SELECT {own} OR EXISTS (SELECT 1 FROM job_blobs b JOIN jobs j ON j.id = b.job
-                 WHERE b.hash = ?2 AND b.role IN ('input', 'module') AND {OPEN_JOB})"
+                 JOIN job_leases l ON l.job = j.id
+                 LEFT JOIN device_providers p ON p.device = l.device
+                 WHERE b.hash = ?2 AND b.role IN ('input', 'module') AND {OPEN_JOB}
+                 AND (p.provider IS NULL OR p.provider = ?1))"
             )
         } else {
             format!("SELECT {own}")
