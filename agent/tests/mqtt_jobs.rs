@@ -606,15 +606,15 @@ fn a_job_interrupted_by_kill_9_resumes_from_its_checkpoint_and_its_output_is_rig
     assert!(!data.join("running-job.json").exists());
 }
 
-/// A job's worker cannot reach the agent's data folder (its key) in the sandbox, while
-/// the same job without it can: the worker reads a file there in every chunk and fails if
-/// it gets it. (The file is world-readable, standing in for the key as a worker running as
+/// A job's worker cannot reach the agent's data folder (its key) nor open a TCP connection
+/// in the sandbox, while the same job without it can: the worker reads a file there and
+/// connects to the broker in every chunk and fails if it gets through. (The file is world-readable, standing in for the key as a worker running as
 /// the agent's own user would see it.)
 #[test]
-fn a_jobs_worker_cannot_read_the_agents_data_folder_in_its_sandbox() {
+fn a_jobs_worker_cannot_read_the_agents_data_folder_nor_connect_out_in_its_sandbox() {
     let ctl = controller();
     let mut outcomes = Vec::new();
-    for sandbox in [true, false] {
+    for (sandbox, faults) in [(true, "read;connect"), (false, "read"), (false, "connect")] {
         // A broker and a collector each: the collector follows one device's chain.
         let broker = Mosquitto::start();
         let collector = Collector::start(broker.port, controller(), true);
@@ -629,7 +629,15 @@ fn a_jobs_worker_cannot_read_the_agents_data_folder_in_its_sandbox() {
         std::fs::set_permissions(&probe, std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .unwrap();
         let log = tmp.path().join("agent.log");
-        let fault = format!("read:{}", probe.display());
+        // The broker listens: a connection there would succeed.
+        let fault = faults
+            .split(';')
+            .map(|f| match f {
+                "read" => format!("read:{}", probe.display()),
+                _ => format!("connect:127.0.0.1:{}", broker.port),
+            })
+            .collect::<Vec<_>>()
+            .join(";");
         let mut agent = hil_tests::spawn_agent_with_env(
             env!("CARGO_BIN_EXE_heliostat-agent"),
             &config,
@@ -646,7 +654,11 @@ fn a_jobs_worker_cannot_read_the_agents_data_folder_in_its_sandbox() {
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
                 .unwrap();
         }
-        let o = MqttOptions::new(format!("test-sandbox-{sandbox}"), "127.0.0.1", broker.port);
+        let o = MqttOptions::new(
+            format!("test-sandbox-{sandbox}-{faults}"),
+            "127.0.0.1",
+            broker.port,
+        );
         let (client, mut conn) = Client::new(o, 64);
         std::thread::spawn(move || for _ in conn.iter() {});
         let (spec, _) = job(&data, 7, 2_000);
@@ -685,6 +697,10 @@ fn a_jobs_worker_cannot_read_the_agents_data_folder_in_its_sandbox() {
     match &outcomes[1] {
         JobOutcome::Failed(why) => assert!(why.contains("the job read"), "{why}"),
         other => panic!("without the sandbox the job read the file: {other:?}"),
+    }
+    match &outcomes[2] {
+        JobOutcome::Failed(why) => assert!(why.contains("the job connected"), "{why}"),
+        other => panic!("without the sandbox the job connected: {other:?}"),
     }
 }
 

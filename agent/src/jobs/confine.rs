@@ -3,7 +3,8 @@
 //! the device key, which a worker running as the agent's own user could otherwise read).
 //!
 //! The sandbox: a CPU job needs no file at all once its inputs came over stdin, so its
-//! worker may open none. A GPU job's worker has loaded the CUDA driver and made its
+//! worker may open none; no worker may bind or connect a TCP socket (Landlock ABI 4, Linux
+//! 6.7; UDP and other families are not covered). A GPU job's worker has loaded the CUDA driver and made its
 //! context by then; it may still read (and open the device nodes for writing) under the
 //! system folders the driver uses, except any that holds a secret path the agent names
 //! (its data folder). Landlock needs Linux 5.13; where the kernel lacks it the job runs
@@ -90,13 +91,17 @@ fn gpu_roots(secret: &[PathBuf]) -> Vec<&'static Path> {
 /// Returns what holds, in words ("landlock: fully enforced", or why not).
 pub fn enter_sandbox(spec: &SandboxSpec, gpu: bool) -> Result<String, String> {
     use landlock::{
-        ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
+        ABI, Access, AccessFs, AccessNet, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
         path_beneath_rules,
     };
     let abi = ABI::V5;
     let fail = |e: landlock::RulesetError| format!("the Landlock sandbox: {e}");
+    // No TCP either (binding or connecting): nothing a job needs, and the way out for a
+    // job that found something to send.
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
+        .map_err(fail)?
+        .handle_access(AccessNet::from_all(abi))
         .map_err(fail)?
         .create()
         .map_err(fail)?;

@@ -288,25 +288,36 @@ fn serve_inner(r: &mut impl Read, w: &mut impl Write) -> Result<(), String> {
     }
 }
 
-/// A fault the tests ask a worker for (`HELIOSTAT_WORKER_FAULT`), armed before the
-/// sandbox (which would keep the worker from its file) and fired in its chunks:
+/// Faults the tests ask a worker for (`HELIOSTAT_WORKER_FAULT`, `;`-separated), armed
+/// before the sandbox (which would keep the worker from its file) and fired in its chunks:
 /// - `once:FILE`: the next worker to find FILE removes it and then hangs or aborts in its
 ///   chunk, as FILE says (`hang` or `abort`): how the tests stand in for a kernel that
 ///   never ends or faults, on machines without a GPU;
-/// - `read:PATH`: every chunk tries to read PATH and fails if it can: how the tests stand
-///   in for a job that goes after the device key.
+/// - `read:PATH`: every chunk tries to read PATH and fails if it can, and
+///   `connect:HOST:PORT` to connect there: how the tests stand in for a job that goes
+///   after the device key or out to the network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum TestFault {
     Hang,
     Abort,
     Read(String),
+    Connect(String),
 }
 
 impl TestFault {
-    fn arm() -> Option<TestFault> {
-        let spec = std::env::var("HELIOSTAT_WORKER_FAULT").ok()?;
+    fn arm() -> Vec<TestFault> {
+        let Ok(spec) = std::env::var("HELIOSTAT_WORKER_FAULT") else {
+            return Vec::new();
+        };
+        spec.split(';').filter_map(TestFault::arm_one).collect()
+    }
+
+    fn arm_one(spec: &str) -> Option<TestFault> {
         if let Some(path) = spec.strip_prefix("read:") {
             return Some(TestFault::Read(path.to_string()));
+        }
+        if let Some(addr) = spec.strip_prefix("connect:") {
+            return Some(TestFault::Connect(addr.to_string()));
         }
         let path = spec.strip_prefix("once:")?;
         let what = std::fs::read_to_string(path).ok()?;
@@ -318,18 +329,26 @@ impl TestFault {
         }
     }
 
-    fn fire(fault: &Option<TestFault>) -> Result<(), String> {
-        match fault {
-            None => Ok(()),
-            Some(TestFault::Hang) => loop {
-                std::thread::sleep(Duration::from_secs(3600));
-            },
-            Some(TestFault::Abort) => std::process::abort(),
-            Some(TestFault::Read(path)) => match std::fs::read(path) {
-                Ok(b) => Err(format!("the job read {path} ({} bytes)", b.len())),
-                Err(_) => Ok(()),
-            },
+    fn fire(faults: &[TestFault]) -> Result<(), String> {
+        for f in faults {
+            match f {
+                TestFault::Hang => loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                },
+                TestFault::Abort => std::process::abort(),
+                TestFault::Read(path) => {
+                    if let Ok(b) = std::fs::read(path) {
+                        return Err(format!("the job read {path} ({} bytes)", b.len()));
+                    }
+                }
+                TestFault::Connect(addr) => {
+                    if std::net::TcpStream::connect(addr.as_str()).is_ok() {
+                        return Err(format!("the job connected to {addr}"));
+                    }
+                }
+            }
         }
+        Ok(())
     }
 }
 
