@@ -152,6 +152,9 @@ fn controller_config(
 
 /// A token for the demo's account `name` of `kind`: the account is made on the first start,
 /// and each start gives it a fresh token (the old ones keep working).
+/// Micro-credits the demo buyer holds at each start.
+const DEMO_BUYER_CREDITS: u64 = 1_000_000_000_000;
+
 fn demo_token(
     store: &mut fleet_controller::store::sqlite::SqliteStore,
     kind: fleet_controller::accounts::AccountKind,
@@ -316,6 +319,23 @@ fn run(args: Args) -> Result<()> {
         .context("the demo provider's account")?
         .id;
     let now = fleet_controller::runtime::now_ms();
+    // The demo buyer's credits, topped up at each start: its jobs' ceilings are held in
+    // escrow from them.
+    {
+        use fleet_controller::store::ledger::LedgerStore;
+        let buyer_id = provisioning
+            .account_by_name("demo-buyer")?
+            .context("the demo buyer's account")?
+            .id;
+        let have = provisioning.balance(fleet_controller::ledger::Book::Wallet(buyer_id))?;
+        if let Some(top_up) = DEMO_BUYER_CREDITS
+            .checked_sub(have.max(0) as u64)
+            .filter(|n| *n > 0)
+        {
+            let tx = fleet_controller::ledger::deposit(buyer_id, top_up, "the demo's buyer")?;
+            provisioning.post(&tx, now)?;
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -65,6 +65,13 @@ pub struct MarketConfig {
     /// read again when the file changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub solar_forecast_csv: Option<PathBuf>,
+    /// The platform's fee on each payout, parts per million of the price (50000: 5 %).
+    #[serde(default = "default_fee_ppm")]
+    pub fee_ppm: u32,
+}
+
+const fn default_fee_ppm() -> u32 {
+    50_000
 }
 
 const fn market_yes() -> bool {
@@ -100,6 +107,7 @@ impl Default for MarketConfig {
             lease_grace_ms: default_lease_grace(),
             progress_grace_ms: default_progress_grace(),
             solar_forecast_csv: None,
+            fee_ppm: default_fee_ppm(),
         }
     }
 }

@@ -40,6 +40,7 @@ pub mod dispatch;
 pub mod ingest;
 pub mod intensity;
 pub mod jobs;
+pub mod ledger;
 pub mod market;
 pub mod market_view;
 pub mod queue;

@@ -227,6 +227,7 @@ pub async fn run_with_api_listener(
     if api.is_some() || !cfg.api.listen.is_empty() {
         let state = crate::api::ApiState {
             limits: crate::api::ApiLimits::from(&cfg.api),
+            escrow_run_ms: cfg.market.default_run_ms,
             ..crate::api::ApiState::new(
                 std::sync::Arc::new(crate::store::pool::SqlitePool::new(cfg.db_path())),
                 cfg.data_dir.join("status.json"),
@@ -391,6 +392,7 @@ fn spawn_dispatch(
             job_power_w: m.job_power_w,
             default_run_ms: m.default_run_ms,
             progress_grace_ms: m.progress_grace_ms,
+            fee_ppm: m.fee_ppm,
             ..Default::default()
         },
     );

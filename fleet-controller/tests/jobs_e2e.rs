@@ -89,7 +89,11 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
         let body = serde_json::json!({"kind": kind, "name": name}).to_string();
         let r = call(api, "POST", "/api/v1/accounts", &operator, body.as_bytes());
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-        r.json()["token"]["secret"].as_str().unwrap().to_string()
+        let v = r.json();
+        if kind == "buyer" {
+            credit(api, &operator, v["id"].as_u64().unwrap(), BUYER_CREDITS);
+        }
+        v["token"]["secret"].as_str().unwrap().to_string()
     };
     let buyer = account("buyer", "buyer");
     let provider = account("provider", "rigs");
@@ -104,6 +108,8 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
             battery_wh: 1000,
             battery_reserve_wh: 200,
             grid_region: "DE".into(),
+            // Under the buyer's ceiling (1000000): a quarter credit a second.
+            price_micro_per_gpu_hour: 900_000,
             ..SiteConfig::new(48.1, 11.6)
         },
         LinkConfig {
@@ -307,6 +313,20 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
         receipt.output_hash,
         "one output: its hash is the receipt's"
     );
+    // Paid once, on its receipt: the device's price over the time it ran, less the 5 %
+    // fee, to its provider; the rest of the escrow back to the buyer.
+    let balance = |token: &str| call(api, "GET", "/api/v1/account/balance", token, b"").json();
+    let (b, p) = (balance(&buyer), balance(&provider));
+    assert_eq!(b["escrowed"], 0, "{b}");
+    let price = BUYER_CREDITS - b["available"].as_u64().unwrap();
+    let ran_ms = receipt.ended.0 - receipt.started.0;
+    assert_eq!(price, (900_000 * ran_ms).div_ceil(3_600_000), "{b}");
+    assert!(price > 0);
+    assert_eq!(
+        p["available"].as_u64().unwrap(),
+        price - price * 50_000 / 1_000_000,
+        "{p}"
+    );
     // Another provider cannot upload for a device it does not run: the job is not there.
     let r = call(
         api,
@@ -415,6 +435,22 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
     agent.terminate(Duration::from_secs(5));
 }
 
+/// Micro-credits each buyer gets.
+const BUYER_CREDITS: u64 = 1_000_000_000;
+
+/// An operator's deposit of `amount` micro-credits for account `id`.
+fn credit(api: u16, operator: &str, id: u64, amount: u64) {
+    let body = serde_json::json!({"amount": amount}).to_string();
+    let r = call(
+        api,
+        "POST",
+        &format!("/api/v1/accounts/{id}/credits"),
+        operator,
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+}
+
 /// One request to the controller's API with a token.
 fn call(port: u16, method: &str, path: &str, token: &str, body: &[u8]) -> hil_tests::HttpResponse {
     let auth = format!("Bearer {token}");
@@ -488,7 +524,11 @@ fn market_with(
         let body = serde_json::json!({"kind": kind, "name": kind}).to_string();
         let r = call(api, "POST", "/api/v1/accounts", &operator, body.as_bytes());
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-        r.json()["token"]["secret"].as_str().unwrap().to_string()
+        let v = r.json();
+        if kind == "buyer" {
+            credit(api, &operator, v["id"].as_u64().unwrap(), BUYER_CREDITS);
+        }
+        v["token"]["secret"].as_str().unwrap().to_string()
     };
     (api, ckey, account("buyer"), account("provider"), proc)
 }
@@ -797,6 +837,16 @@ fn a_job_whose_rig_dies_past_the_grace_runs_again_elsewhere_and_finishes_once() 
     let second_receipts = receipts(second_id);
     assert_eq!(second_receipts.len(), 1, "{second_receipts:?}");
     assert_eq!(second_receipts[0].outcome, JobOutcome::Completed);
+    // Paid once: one escrow, one payout, whatever the moves.
+    use fleet_controller::store::ledger::LedgerStore;
+    let job_id = fleet_controller::jobs::parse_job_id(&job).unwrap();
+    let kinds: Vec<&str> = store
+        .job_transactions(job_id)
+        .unwrap()
+        .iter()
+        .map(|t| t.kind)
+        .collect();
+    assert_eq!(kinds, ["escrow", "payout"]);
     let results = wait_for("the job's output", Duration::from_secs(30), || {
         let v = call(
             api,

@@ -20,6 +20,9 @@ const CONTROLLER: &str = env!("CARGO_BIN_EXE_fleet-controller");
 const MAX_BLOB: u64 = 64 << 10;
 
 /// A controller's API on a free loopback port, with its data folder; stopped when dropped.
+/// Micro-credits each buyer gets.
+const BUYER_CREDITS: u64 = 1_000_000_000;
+
 struct Api {
     port: u16,
     cfg: ControllerConfig,
@@ -135,7 +138,18 @@ impl Api {
             .extend(extra.as_object().unwrap().clone());
         let r = self.post("/api/v1/accounts", &self.operator, &body);
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-        r.json()["token"]["secret"].as_str().unwrap().to_string()
+        let v = r.json();
+        // A buyer gets credits to escrow its jobs' ceilings with.
+        if kind == "buyer" {
+            let id = v["id"].as_u64().unwrap();
+            let r = self.post(
+                &format!("/api/v1/accounts/{id}/credits"),
+                &self.operator,
+                &json!({"amount": BUYER_CREDITS, "memo": "test"}),
+            );
+            assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        }
+        v["token"]["secret"].as_str().unwrap().to_string()
     }
 
     /// Files in the blob folder and in its uploads-in-flight folder.
@@ -827,4 +841,80 @@ fn fleetctl_submits_follows_and_cancels_a_job_and_names_api_errors() {
     let (code, _, stderr) = run(&["account"]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("401 bad_token"), "{stderr}");
+}
+
+/// A job's ceiling is held from its buyer's credits when it is submitted (refused whole
+/// when they do not cover it) and given back when it is cancelled; only operators issue
+/// credits.
+#[test]
+fn a_job_escrows_its_ceiling_from_the_buyers_credits_and_a_cancel_refunds_it() {
+    let api = Api::start("market-ledger");
+    let r = api.post(
+        "/api/v1/accounts",
+        &api.operator,
+        &json!({"kind": "buyer", "name": "poor"}),
+    );
+    assert_eq!(r.status, 201);
+    let v = r.json();
+    let (id, poor) = (
+        v["id"].as_u64().unwrap(),
+        v["token"]["secret"].as_str().unwrap().to_string(),
+    );
+    let input = [3u8; 16];
+    assert_eq!(api.put_blob(&poor, &input).status, 200);
+    // 300000 micro-credits per GPU-hour over the default minute: 5000 held.
+    let balance = || api.get("/api/v1/account/balance", Some(&poor)).json();
+    let credit = |token: &str, amount: u64| {
+        api.post(
+            &format!("/api/v1/accounts/{id}/credits"),
+            token,
+            &json!({"amount": amount, "memo": "wire 7"}),
+        )
+    };
+    let r = api.post("/api/v1/jobs", &poor, &sha_job(&input, 1));
+    assert_eq!(reason(&r), (402, "insufficient_credits".into()));
+    assert_eq!(credit(&api.operator, 4_999).status, 201);
+    let r = api.post("/api/v1/jobs", &poor, &sha_job(&input, 1));
+    assert_eq!(reason(&r), (402, "insufficient_credits".into()));
+    assert_eq!(api.get("/api/v1/jobs", Some(&poor)).json(), json!([]));
+    assert_eq!(credit(&api.operator, 1).status, 201);
+    let r = api.post("/api/v1/jobs", &poor, &sha_job(&input, 1));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let job = r.json()["id"].as_str().unwrap().to_string();
+    let b = balance();
+    assert_eq!(
+        (b["available"].clone(), b["escrowed"].clone()),
+        (json!(0), json!(5_000))
+    );
+    // Only an operator issues credits, and only a positive amount, to an account that is.
+    assert_eq!(reason(&credit(&poor, 1)), (403, "missing_scope".into()));
+    assert_eq!(reason(&credit(&api.operator, 0)).0, 400);
+    let r = api.post(
+        "/api/v1/accounts/999/credits",
+        &api.operator,
+        &json!({"amount": 1}),
+    );
+    assert_eq!(reason(&r), (404, "unknown_account".into()));
+    // Cancelled: the ceiling back, once.
+    let r = api.call(
+        "POST",
+        &format!("/api/v1/jobs/{job}/cancel"),
+        Some(&poor),
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let b = balance();
+    assert_eq!(
+        (b["available"].clone(), b["escrowed"].clone()),
+        (json!(5_000), json!(0))
+    );
+    let h = api.get("/api/v1/account/ledger", Some(&poor)).json();
+    let kinds: Vec<&str> = h["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["refund", "escrow", "deposit", "deposit"]);
+    assert_eq!(h["transactions"][3]["memo"], "wire 7");
 }

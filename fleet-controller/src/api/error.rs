@@ -11,6 +11,7 @@ use crate::accounting::HoursError;
 use crate::accounts::{AccountError, Scope};
 use crate::bundles::BundleError;
 use crate::jobs::SubmitError;
+use crate::ledger::LedgerError;
 use crate::store::StoreError;
 use attest::DeviceId;
 
@@ -130,6 +131,12 @@ impl AppError {
             AppError::BadQuery(_) => (StatusCode::BAD_REQUEST, "bad_query"),
             AppError::BadPeriod(_) => (StatusCode::BAD_REQUEST, "bad_period"),
             AppError::PeriodTooLong(_) => (StatusCode::BAD_REQUEST, "period_too_long"),
+            AppError::Store(StoreError::Ledger(LedgerError::Insufficient { .. })) => {
+                (StatusCode::PAYMENT_REQUIRED, "insufficient_credits")
+            }
+            AppError::Store(StoreError::Ledger(_)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "ledger_refused")
+            }
             AppError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             AppError::NoRoute => (StatusCode::NOT_FOUND, "no_such_route"),

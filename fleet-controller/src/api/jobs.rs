@@ -144,11 +144,19 @@ pub(super) async fn submit(
         let now = crate::runtime::now_ms();
         let order = validate(req, now, &owned)?;
         let id = new_job_id().map_err(|e| AppError::Internal(format!("random source: {e}")))?;
+        // Its price ceiling over its run time, held from the buyer's wallet with the job
+        // (402 `insufficient_credits` when it cannot be, nothing stored).
+        let run_ms = match order.job_spec(id).limits.max_duration_ms {
+            0 => s.escrow_run_ms,
+            ms => ms,
+        };
+        let escrow = crate::ledger::ceiling(order.max_price_micro_per_gpu_hour(), run_ms);
         let job = NewJob {
             id,
             owner,
             order,
             created_ms: now,
+            escrow,
         };
         st.insert_job(&job, "accepted")?;
         let rec = st

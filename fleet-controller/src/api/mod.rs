@@ -43,6 +43,7 @@ mod auth;
 mod blobs;
 mod error;
 mod jobs;
+mod ledger;
 mod outputs;
 
 use std::path::PathBuf;
@@ -86,6 +87,9 @@ pub struct ApiState {
     pub limits: ApiLimits,
     /// Held while a blob's file is placed or removed together with its ownership rows.
     pub blob_lock: Arc<Mutex<()>>,
+    /// How long a job that states no `max_duration_ms` is held in escrow for, ms
+    /// (`market.default_run_ms`): its escrow is its price ceiling over this long.
+    pub escrow_run_ms: u64,
 }
 
 impl ApiState {
@@ -106,6 +110,7 @@ impl ApiState {
             blobs,
             limits: ApiLimits::default(),
             blob_lock: Arc::new(Mutex::new(())),
+            escrow_run_ms: crate::config::MarketConfig::default().default_run_ms,
         }
     }
 }
@@ -540,6 +545,9 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/epochs", get(epochs))
         .route("/metrics", get(metrics))
         .route("/api/v1/account", get(admin::whoami))
+        .route("/api/v1/account/balance", get(ledger::balance))
+        .route("/api/v1/account/ledger", get(ledger::history))
+        .route("/api/v1/accounts/{id}/credits", post(ledger::deposit))
         .route("/api/v1/accounts", get(admin::list).post(admin::create))
         .route("/api/v1/accounts/{id}/tokens", post(admin::create_token))
         .route("/api/v1/tokens/{id}/revoke", post(admin::revoke_token))

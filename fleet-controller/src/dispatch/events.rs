@@ -29,7 +29,7 @@ pub enum EventEffect {
 
 impl Dispatcher {
     /// A job event from `device` at `now` (ms).
-    pub fn job_event<S: Store + JobStore>(
+    pub fn job_event<S: Store + JobStore + crate::store::accounts::AccountStore>(
         &mut self,
         store: &mut S,
         device: DeviceId,
@@ -131,7 +131,7 @@ impl Dispatcher {
     /// job with no progress report for `progress_grace_ms`, or a scheduled one not started
     /// by then after its `RunJob` expired (the command lost, or the agent stuck). Each is
     /// cancelled there and placed again, never on that device.
-    pub(super) fn watch_progress<S: Store + JobStore>(
+    pub(super) fn watch_progress<S: Store + JobStore + crate::store::accounts::AccountStore>(
         &mut self,
         store: &mut S,
         open: &[JobRecord],
@@ -175,7 +175,7 @@ impl Dispatcher {
         Ok(())
     }
 
-    fn progress_missed<S: Store + JobStore>(
+    fn progress_missed<S: Store + JobStore + crate::store::accounts::AccountStore>(
         &mut self,
         store: &mut S,
         job: &JobRecord,

@@ -43,6 +43,7 @@ use crate::market::{
     CarbonLimit, Co2eMg, ComputeCapability, Decision, DeviceOffer, GpuClass, GpuOffer, JobNeeds,
     JobRequest, LeasedJob, MicroCredits, RefuseReason, Scheduler, SharePpm, Work,
 };
+use crate::store::accounts::AccountStore;
 use crate::store::jobs::{JobLease, JobRecord, JobStore};
 use crate::store::{DeviceState, Store, StoreError};
 
@@ -60,6 +61,8 @@ pub struct DispatchConfig {
     /// A placed job silent this long on an online device goes elsewhere, ms (0: never);
     /// see [`Dispatcher::watch_progress`].
     pub progress_grace_ms: u64,
+    /// The platform's fee on each payout, parts per million.
+    pub fee_ppm: u32,
 }
 
 impl Default for DispatchConfig {
@@ -70,6 +73,7 @@ impl Default for DispatchConfig {
             default_run_ms: 60_000,
             command_lifetime_ms: 10 * 60_000,
             progress_grace_ms: 5 * 60_000,
+            fee_ppm: 50_000,
         }
     }
 }
@@ -120,7 +124,7 @@ impl Dispatcher {
     }
 
     /// One round at `now` (ms): returns the commands to publish.
-    pub fn tick<S: Store + JobStore>(
+    pub fn tick<S: Store + JobStore + AccountStore>(
         &mut self,
         store: &mut S,
         now: u64,
@@ -203,7 +207,7 @@ impl Dispatcher {
         Ok(out)
     }
 
-    fn decided<S: Store + JobStore>(
+    fn decided<S: Store + JobStore + AccountStore>(
         &mut self,
         store: &mut S,
         d: Decision,
@@ -280,7 +284,7 @@ impl Dispatcher {
     }
 
     /// A placed job's receipt arrived.
-    fn settle<S: Store + JobStore>(
+    fn settle<S: Store + JobStore + AccountStore>(
         &mut self,
         store: &mut S,
         job: &JobRecord,
@@ -321,10 +325,38 @@ impl Dispatcher {
                     }
                     _ => (JobState::Failed, format!("{at}: cancelled on the device")),
                 };
-                move_to(store, job.id, state, to, now, &reason)?;
+                if to == JobState::Done {
+                    // Paid out of its escrow in the same transaction: the device's price
+                    // over the time the receipt says it ran.
+                    let p = self.payout(store, lease.device, r)?;
+                    if let Ok(t) = state.transition(to, now, &reason) {
+                        store.apply_transition(job.id, &t.with_payout(p))?;
+                    }
+                } else {
+                    move_to(store, job.id, state, to, now, &reason)?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// What a job that ran on `device` for what its receipt `r` says pays.
+    fn payout<S: Store + AccountStore>(
+        &self,
+        store: &S,
+        device: DeviceId,
+        r: &JobReceipt,
+    ) -> Result<crate::ledger::Payout, StoreError> {
+        let price_per_hour = store
+            .device(device)?
+            .and_then(|d| Envelope::decode(&d.hello).ok()?.open::<Hello>().ok())
+            .map_or(0, |h| h.price_micro_per_gpu_hour);
+        let ran_ms = r.ended.0.saturating_sub(r.started.0);
+        Ok(crate::ledger::Payout {
+            provider: store.device_provider(device)?,
+            price: crate::ledger::price_of(price_per_hour, ran_ms),
+            fee_ppm: self.cfg.fee_ppm,
+        })
     }
 
     /// What the scheduler is told of a job.
@@ -365,7 +397,7 @@ impl Dispatcher {
     }
 
     /// Every approved device's offer now.
-    fn offers<S: Store + JobStore>(
+    fn offers<S: Store + JobStore + AccountStore>(
         &self,
         store: &S,
         now: u64,

@@ -65,6 +65,7 @@ fn fleet(t: u64) -> (Ingest<SqliteStore>, SampleDevice, JobId, KeyPair) {
             owner: buyer,
             order,
             created_ms: t,
+            escrow: 0,
         },
         "accepted",
     )

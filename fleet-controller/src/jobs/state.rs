@@ -123,6 +123,7 @@ impl JobState {
             to,
             at_ms,
             reason,
+            payout: None,
         })
     }
 }
@@ -151,6 +152,7 @@ pub struct Transition {
     to: JobState,
     at_ms: u64,
     reason: String,
+    payout: Option<crate::ledger::Payout>,
 }
 
 impl Transition {
@@ -169,6 +171,15 @@ impl Transition {
     /// Why.
     pub fn reason(&self) -> &str {
         &self.reason
+    }
+    /// What the job pays when this move makes it `done` (none: its escrow is refunded).
+    pub fn payout(&self) -> Option<crate::ledger::Payout> {
+        self.payout
+    }
+    /// This move, paying `payout` out of the job's escrow when it makes the job `done`.
+    pub fn with_payout(mut self, payout: crate::ledger::Payout) -> Transition {
+        self.payout = Some(payout);
+        self
     }
 }
 

@@ -26,6 +26,9 @@ pub struct NewJob {
     pub order: JobOrder,
     /// When it was accepted (controller clock, ms).
     pub created_ms: u64,
+    /// Micro-credits held from the buyer's wallet in escrow for it (0: none), in the same
+    /// transaction as the job is stored.
+    pub escrow: u64,
 }
 
 /// A stored job.
@@ -102,7 +105,8 @@ pub struct JobOutput {
 /// The jobs part of the store.
 pub trait JobStore {
     /// Stores a new job (state `queued`, with `reason` as its first history entry) with
-    /// the blobs it names.
+    /// the blobs it names and its escrow (refused whole, `StoreError::Ledger`, when the
+    /// buyer's wallet cannot hold it).
     fn insert_job(&mut self, job: &NewJob, reason: &str) -> Result<(), StoreError>;
     /// A job of `owner`: `None` when there is no such job or another account's.
     fn job_of(&self, owner: AccountId, id: JobId) -> Result<Option<JobRecord>, StoreError>;
@@ -131,7 +135,9 @@ pub trait JobStore {
     /// Forgets a job's uploaded outputs (they did not match its receipt).
     fn clear_job_outputs(&mut self, id: JobId) -> Result<(), StoreError>;
     /// Applies a move if the job is still in its `from` state; false otherwise (another
-    /// writer moved it first, or no such job).
+    /// writer moved it first, or no such job). A move to a final state settles the job's
+    /// escrow in the same transaction: paid out by the transition's payout when it is done,
+    /// refunded to the buyer otherwise.
     fn apply_transition(&mut self, id: JobId, t: &Transition) -> Result<bool, StoreError>;
     /// A job's outputs, in order.
     fn job_outputs(&self, id: JobId) -> Result<Vec<JobOutput>, StoreError>;

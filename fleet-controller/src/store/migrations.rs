@@ -136,6 +136,26 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         provider INTEGER NOT NULL REFERENCES accounts (id),
         assigned_ms INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 9: the ledger: balanced transactions, their postings and every book's balance.
+    "CREATE TABLE ledger_tx (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        job BLOB,
+        memo TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX ledger_tx_job ON ledger_tx (job);
+    CREATE TABLE ledger_postings (
+        tx INTEGER NOT NULL REFERENCES ledger_tx (id),
+        book TEXT NOT NULL,
+        amount INTEGER NOT NULL
+    );
+    CREATE INDEX ledger_postings_book ON ledger_postings (book, tx);
+    CREATE INDEX ledger_postings_tx ON ledger_postings (tx);
+    CREATE TABLE ledger_balances (
+        book TEXT PRIMARY KEY,
+        balance INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this code writes.

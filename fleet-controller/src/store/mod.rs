@@ -18,6 +18,7 @@
 pub mod accounts;
 pub mod blobs;
 pub mod jobs;
+pub mod ledger;
 mod migrations;
 pub mod pool;
 pub mod sqlite;
@@ -146,6 +147,9 @@ pub enum StoreError {
     /// The schema is newer than this code.
     #[error("database schema version {found} is newer than this controller ({supported})")]
     TooNew { found: u32, supported: u32 },
+    /// The ledger refused a transaction (nothing of it was stored).
+    #[error("ledger: {0}")]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 /// A closed epoch: its tree head and its anchor-log entry.

@@ -7,6 +7,7 @@ mod accounts;
 mod blobs;
 mod epochs;
 mod jobs;
+pub(crate) mod ledger;
 
 use epochs::{EPOCH_COLUMNS, EVM_COLUMNS, NOT_ON_CHAIN, epoch_row, evm_row, to_epoch, to_evm};
 

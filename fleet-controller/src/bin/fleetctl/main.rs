@@ -136,6 +136,22 @@ enum Cmd {
     },
     /// The fleet's devices.
     Devices,
+    /// Your credits: available, and held in escrow by your open jobs (micro-credits).
+    Balance,
+    /// Your ledger: deposits, escrows, payouts and refunds, newest first.
+    History {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Issue credits to an account, paid for outside the platform (operator).
+    Credit {
+        /// The account's number (`fleetctl account` shows yours).
+        account: u64,
+        /// Micro-credits.
+        amount: u64,
+        #[arg(long, default_value = "")]
+        memo: String,
+    },
     /// Shell completions on stdout (`fleetctl completions bash > /etc/bash_completion.d/fleetctl`).
     Completions {
         #[arg(value_enum)]
@@ -465,6 +481,61 @@ fn run(cli: Cli) -> Result<()> {
             });
         }
         Cmd::Completions { .. } => unreachable!("answered above"),
+        Cmd::Balance => {
+            let v = api.json("/api/v1/account/balance", true)?;
+            print(out, &v, |v| {
+                format!(
+                    "available {} micro-credits, {} held in escrow",
+                    v["available"], v["escrowed"]
+                )
+            });
+        }
+        Cmd::History { limit } => {
+            let v = api.json(&format!("/api/v1/account/ledger?limit={limit}"), true)?;
+            print(out, &v, |v| {
+                v["transactions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|t| {
+                        let lines: Vec<String> = t["postings"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|p| format!("{} {:+}", p[0].as_str().unwrap_or("?"), p[1]))
+                            .collect();
+                        format!(
+                            "{}  #{:<5} {:<8} {}  [{}]",
+                            t["at_ms"].as_i64().map_or_else(
+                                || "?".into(),
+                                fleet_controller::intensity::civil::format_rfc3339_ms
+                            ),
+                            t["id"],
+                            t["kind"].as_str().unwrap_or("?"),
+                            t["memo"].as_str().unwrap_or(""),
+                            lines.join(", ")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Cmd::Credit {
+            account,
+            amount,
+            memo,
+        } => {
+            let body = json!({"amount": amount, "memo": memo})
+                .to_string()
+                .into_bytes();
+            let v = api.send("POST", &format!("/api/v1/accounts/{account}/credits"), body)?;
+            print(out, &v, |v| {
+                format!(
+                    "account {account}: {} micro-credits available",
+                    v["available"]
+                )
+            });
+        }
         Cmd::Devices => {
             let v = api.json("/api/v1/devices", false)?;
             print(out, &v, |v| {

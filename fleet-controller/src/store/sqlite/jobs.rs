@@ -72,6 +72,10 @@ impl JobStore for SqliteStore {
             "INSERT INTO job_events (job, seq, state, at_ms, reason) VALUES (?1, 0, 'queued', ?2, ?3)",
             params![&job.id.0[..], to_i64(job.created_ms), reason],
         )?;
+        if job.escrow > 0 {
+            let hold = crate::ledger::escrow(job.owner, job.id, job.escrow)?;
+            super::ledger::post_in(&tx, &hold, job.created_ms)?;
+        }
         {
             let mut blob = tx.prepare_cached(
                 "INSERT INTO job_blobs (job, role, idx, hash) VALUES (?1, ?2, ?3, ?4)",
@@ -293,6 +297,24 @@ impl JobStore for SqliteStore {
              SELECT ?1, COALESCE(MAX(seq), -1) + 1, ?2, ?3, ?4 FROM job_events WHERE job = ?1",
             params![&id.0[..], t.to().as_str(), to_i64(t.at_ms()), t.reason()],
         )?;
+        if t.to().is_final() {
+            let owner: i64 =
+                tx.query_row("SELECT owner FROM jobs WHERE id = ?1", [&id.0[..]], |r| {
+                    r.get(0)
+                })?;
+            let held = super::ledger::balance_in(&tx, crate::ledger::Book::Escrow(id))?;
+            let payout = if t.to() == JobState::Done {
+                t.payout()
+            } else {
+                None
+            };
+            let memo = format!("job {}: {}", t.to(), t.reason());
+            if let Some(settle) =
+                crate::ledger::settle(AccountId(owner as u64), id, held, payout, &memo)?
+            {
+                super::ledger::post_in(&tx, &settle, t.at_ms())?;
+            }
+        }
         tx.commit()?;
         Ok(true)
     }
@@ -406,6 +428,7 @@ mod tests {
             owner: alice,
             order: order(input),
             created_ms: 100,
+            escrow: 0,
         };
         s.insert_job(&job, "accepted").unwrap();
         let rec = s.job_of(alice, id).unwrap().unwrap();
@@ -456,6 +479,7 @@ mod tests {
             owner: alice,
             order: order(input),
             created_ms: 100,
+            escrow: 0,
         };
         s.insert_job(&new, "accepted").unwrap();
         let out = JobOutput {

@@ -1,0 +1,111 @@
+//! Credits: an account's balance and history (scope `read`), an operator's deposit
+//! (scope `operate`).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::Auth;
+use super::{ApiJson, ApiQuery, ApiState, AppError, blocking};
+use crate::accounts::{AccountId, Scope};
+use crate::ledger::Book;
+use crate::store::accounts::AccountStore;
+use crate::store::ledger::LedgerStore;
+
+/// `GET /api/v1/account/balance`: what the caller may spend (or has earned) and what its
+/// open jobs hold in escrow, micro-credits.
+pub(super) async fn balance(
+    State(s): State<ApiState>,
+    auth: Auth,
+) -> Result<Json<Value>, AppError> {
+    let caller = auth.require(Scope::Read)?;
+    blocking(move || {
+        let st = s.store.get()?;
+        Ok(Json(json!({
+            "account": caller.account,
+            "available": st.balance(Book::Wallet(caller.account))?,
+            "escrowed": st.escrowed(caller.account)?,
+        })))
+    })
+    .await
+}
+
+/// Query of the history route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Most transactions, newest first (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/account/ledger`: the transactions that touch the caller's wallet or its
+/// jobs' escrows, newest first, each with all its postings.
+pub(super) async fn history(
+    State(s): State<ApiState>,
+    auth: Auth,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Json<Value>, AppError> {
+    let caller = auth.require(Scope::Read)?;
+    let limit = q.limit.unwrap_or(100).min(1_000);
+    blocking(move || {
+        let rows = s.store.get()?.account_history(caller.account, limit)?;
+        Ok(Json(
+            json!({"account": caller.account, "transactions": rows}),
+        ))
+    })
+    .await
+}
+
+/// Body of a deposit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DepositBody {
+    /// Micro-credits, above zero.
+    amount: u64,
+    /// Why (a payment's reference), at most 200 characters kept.
+    #[serde(default)]
+    memo: String,
+}
+
+/// `POST /api/v1/accounts/{id}/credits`: an operator issues credits to an account (paid
+/// for outside the platform); 201 with the transaction and the new balance.
+pub(super) async fn deposit(
+    State(s): State<ApiState>,
+    auth: Auth,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<DepositBody>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    auth.require(Scope::Operate)?;
+    let account = AccountId(
+        id.parse()
+            .map_err(|_| AppError::BadPath(format!("{id:?} is not an account number")))?,
+    );
+    blocking(move || {
+        let mut st = s.store.get()?;
+        if st.account(account)?.is_none() {
+            return Err(AppError::Account(
+                crate::accounts::AccountError::UnknownAccount(account),
+            ));
+        }
+        let tx = crate::ledger::deposit(account, b.amount, &b.memo)
+            .map_err(|e| AppError::BadBody(e.to_string()))?;
+        let n = st.post(&tx, crate::runtime::now_ms())?;
+        tracing::info!(
+            account = account.0,
+            amount = b.amount,
+            tx = n,
+            "credits deposited"
+        );
+        Ok((
+            StatusCode::CREATED,
+            Json(json!({
+                "transaction": n,
+                "account": account,
+                "available": st.balance(Book::Wallet(account))?,
+            })),
+        ))
+    })
+    .await
+}
