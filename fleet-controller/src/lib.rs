@@ -44,8 +44,10 @@ pub mod ledger;
 pub mod market;
 pub mod market_view;
 pub mod queue;
+pub mod reputation;
 pub mod runtime;
 pub mod store;
+pub mod validate;
 
 /// The controller's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

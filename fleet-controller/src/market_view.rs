@@ -54,6 +54,9 @@ pub struct Listing {
     /// How long it could run the asked load on battery and forecast sun, hours (capped at
     /// [`RUNWAY_HORIZON_H`]).
     pub runway_h: f64,
+    /// Its reputation, 0..1 ([`crate::reputation`]): 0.5 for a device never seen; below
+    /// [`crate::reputation::MIN_SCORE`] it gets no work.
+    pub reputation: f64,
 }
 
 /// A market search.
@@ -102,7 +105,7 @@ pub fn runway_hours(site: &Site, stored_wh: f64, span_wh: f64, load_w: f64, now_
 }
 
 /// The approved devices matching `search`, sorted.
-pub fn view<S: Store>(
+pub fn view<S: Store + crate::store::marks::MarkStore>(
     store: &S,
     search: &Search,
     now_ms: u64,
@@ -170,6 +173,7 @@ pub fn view<S: Store>(
             renewable_now,
             renewable_today: renewable_today(store, d.id, now_ms)?,
             runway_h: runway_hours(site, stored_wh, span_wh, load_w + search.job_load_w, now_ms),
+            reputation: crate::reputation::device_score(store, d.id, now_ms)?,
         };
         if matches(&listing, search) {
             out.push(listing);

@@ -395,7 +395,8 @@ fn spawn_dispatch(
             fee_ppm: m.fee_ppm,
             ..Default::default()
         },
-    );
+    )
+    .with_blob_dir(cfg.data_dir.join("blobs"));
     // The operator's forecasts: a bad file stops the start here, naming its line.
     let mut forecasts = m
         .solar_forecast_csv

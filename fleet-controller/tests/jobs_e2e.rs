@@ -480,6 +480,17 @@ fn market(tmp: &std::path::Path, broker: u16) -> (u16, attest::KeyPair, String, 
     market_with(tmp, broker, |_| {})
 }
 
+/// [`market_with`], and the operator's token.
+fn market_ops(
+    tmp: &std::path::Path,
+    broker: u16,
+    tune: impl FnOnce(&mut ControllerConfig),
+) -> (u16, attest::KeyPair, String, String, Proc, String) {
+    let (api, key, buyer, provider, proc) = market_with(tmp, broker, tune);
+    let operator = std::fs::read_to_string(tmp.join("controller/operator.token")).unwrap();
+    (api, key, buyer, provider, proc, operator)
+}
+
 /// [`market`] with the controller's configuration adjusted by `tune`.
 fn market_with(
     tmp: &std::path::Path,
@@ -520,6 +531,7 @@ fn market_with(
         .output()
         .unwrap();
     let operator = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    std::fs::write(cdir.join("operator.token"), &operator).unwrap();
     let account = |kind: &str| -> String {
         let body = serde_json::json!({"kind": kind, "name": kind}).to_string();
         let r = call(api, "POST", "/api/v1/accounts", &operator, body.as_bytes());
@@ -547,6 +559,23 @@ fn rig(
     seed: u64,
     soc: f64,
 ) -> Proc {
+    rig_env(dir, lon, sun_w, broker, api, ckey, provider, seed, soc, &[])
+}
+
+/// [`rig`] with extra environment variables for its agent (a test fault).
+#[allow(clippy::too_many_arguments)]
+fn rig_env(
+    dir: &std::path::Path,
+    lon: f64,
+    sun_w: u32,
+    broker: u16,
+    api: u16,
+    ckey: &attest::KeyPair,
+    provider: &str,
+    seed: u64,
+    soc: f64,
+    env: &[(&str, &str)],
+) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     let trace = dir.join("sun.csv");
     std::fs::write(&trace, format!("0,{sun_w}\n86399,{sun_w}\n")).unwrap();
@@ -557,6 +586,7 @@ fn rig(
             battery_wh: 1000,
             battery_reserve_wh: 200,
             grid_region: "KE".into(),
+            price_micro_per_gpu_hour: 500_000,
             ..SiteConfig::new(0.0, lon)
         },
         LinkConfig {
@@ -584,7 +614,7 @@ fn rig(
     let path = dir.join("agent.toml");
     cfg.write_toml(&path).unwrap();
     let bin = workspace_binary(CONTROLLER, "heliostat-agent", "heliostat-agent");
-    spawn_agent(bin.to_str().unwrap(), &path, &dir.join("agent.log"))
+    hil_tests::spawn_agent_with_env(bin.to_str().unwrap(), &path, &dir.join("agent.log"), env)
 }
 
 /// Submits a `sha256_batch` job of `count` items; its id.
@@ -859,4 +889,189 @@ fn a_job_whose_rig_dies_past_the_grace_runs_again_elsewhere_and_finishes_once() 
         (v["outputs"].as_array().is_some_and(|a| a.len() == 1)).then_some(v)
     });
     assert_eq!(results["outputs"][0]["bytes"], 4 * 256 * 256);
+}
+
+/// A rig that returns wrong matrix products (a test fault in its worker) is caught by
+/// Freivalds' check: marked with the evidence, its provider unpaid, its reputation gone;
+/// the job runs again on an honest rig, is validated there and paid once, to that rig's
+/// provider.
+#[test]
+fn a_rig_returning_a_wrong_product_is_caught_and_the_honest_rig_is_paid() {
+    let tmp = TempDir::new("market-liar");
+    let broker = Mosquitto::start();
+    let (api, ckey, buyer, _, _controller, operator) = market_ops(tmp.path(), broker.port, |_| {});
+    let provider = |name: &str| -> String {
+        let body = serde_json::json!({"kind": "provider", "name": name}).to_string();
+        let r = call(api, "POST", "/api/v1/accounts", &operator, body.as_bytes());
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["token"]["secret"].as_str().unwrap().to_string()
+    };
+    let (liar_p, honest_p) = (provider("liar-rigs"), provider("honest-rigs"));
+    let hours = (now() % 86_400_000) as f64 / 3_600_000.0;
+    let noon_lon = ((12.0 - hours) * 15.0 + 540.0) % 360.0 - 180.0;
+    let start = |name: &str, token: &str, seed: u64, env: &[(&str, &str)]| {
+        rig_env(
+            &tmp.path().join(name),
+            noon_lon,
+            350,
+            broker.port,
+            api,
+            &ckey,
+            token,
+            seed,
+            0.9,
+            env,
+        )
+    };
+    let key_of = |name: &str| {
+        let data = tmp.path().join(name).join("data");
+        wait_for("the rig's key", Duration::from_secs(20), || {
+            data.join("device.key")
+                .exists()
+                .then(|| hil_tests::agent_key(&data).device_id())
+        })
+    };
+    let assign = |device: attest::DeviceId, name: &str| {
+        let body = serde_json::json!({ "provider": name }).to_string();
+        let r = call(
+            api,
+            "POST",
+            &format!("/api/v1/devices/{device}/provider"),
+            &operator,
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    };
+    let _liar = start("liar", &liar_p, 1, &[("HELIOSTAT_WORKER_FAULT", "corrupt")]);
+    let liar = key_of("liar");
+    assign(liar, "liar-rigs");
+    let store = SqliteStore::open(&tmp.path().join("controller/data/controller.db")).unwrap();
+    wait_for("the liar's records", Duration::from_secs(30), || {
+        (store.count_items(liar).unwrap_or(0) >= 3).then_some(())
+    });
+    // A 48 x 40 by 40 x 56 product.
+    let (m, n, k) = (48usize, 56usize, 40usize);
+    let f32s = |len: usize, mul: usize| -> Vec<u8> {
+        (0..len)
+            .flat_map(|i| (((i * mul) % 211) as f32 / 50.0 - 2.0).to_le_bytes())
+            .collect()
+    };
+    let (a, b) = (f32s(m * k, 37), f32s(k * n, 53));
+    for blob in [&a, &b] {
+        let r = call(
+            api,
+            "PUT",
+            &format!("/api/v1/blobs/{}", Hash32::digest(blob).to_hex()),
+            &buyer,
+            blob,
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let param = |name: &str, value: usize| serde_json::json!({"name": name, "value": value});
+    let order = serde_json::json!({
+        "workload": {"builtin": {"kernel": "matmul_f32",
+            "params": [param("m", m), param("n", n), param("k", k)]}},
+        "inputs": [Hash32::digest(&a), Hash32::digest(&b)],
+        "deadline_ms": now() + 3_600_000,
+        "max_price_micro_per_gpu_hour": 1_000_000,
+    });
+    let r = call(
+        api,
+        "POST",
+        "/api/v1/jobs",
+        &buyer,
+        order.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let job = r.json()["id"].as_str().unwrap().to_string();
+    let get = || call(api, "GET", &format!("/api/v1/jobs/{job}"), &buyer, b"").json();
+    // The liar runs it, its receipt says completed, its upload matches its receipt, and
+    // the check finds the product wrong: queued again.
+    let caught = wait_for("the wrong result caught", Duration::from_secs(60), || {
+        let v = get();
+        v["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| {
+                h["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("its result is wrong")
+            })
+            .then_some(v)
+    });
+    assert_ne!(caught["state"], "done", "{caught}");
+    let _honest = start("honest", &honest_p, 2, &[]);
+    let honest = key_of("honest");
+    assign(honest, "honest-rigs");
+    let done = wait_for(
+        "the job done on the honest rig",
+        Duration::from_secs(90),
+        || {
+            let v = get();
+            assert!(
+                !["failed", "expired", "cancelled"].contains(&v["state"].as_str().unwrap()),
+                "{v}"
+            );
+            (v["state"] == "done").then_some(v)
+        },
+    );
+    assert_eq!(done["device"], honest.to_string(), "{done}");
+    let states: Vec<&str> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.last(), Some(&"done"));
+    assert!(
+        done["history"].as_array().unwrap().last().unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("result validated (Freivalds"),
+        "{done}"
+    );
+    // The honest rig's provider is paid, once; the liar's nothing.
+    let balance = |token: &str| {
+        call(api, "GET", "/api/v1/account/balance", token, b"").json()["available"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(balance(&liar_p), 0);
+    assert!(balance(&honest_p) > 0);
+    use fleet_controller::store::ledger::LedgerStore;
+    let id = fleet_controller::jobs::parse_job_id(&job).unwrap();
+    let kinds: Vec<&str> = store
+        .job_transactions(id)
+        .unwrap()
+        .iter()
+        .map(|t| t.kind)
+        .collect();
+    assert_eq!(kinds, ["escrow", "payout"]);
+    // The evidence is kept, and the market lists the liar far below the honest rig.
+    use fleet_controller::store::marks::MarkStore;
+    let marks = store.device_marks(liar, 0).unwrap();
+    let wrong = marks
+        .iter()
+        .find(|m| m.kind == fleet_controller::reputation::MarkKind::Wrong)
+        .expect("a wrong mark");
+    assert!(wrong.detail.contains("freivalds"), "{}", wrong.detail);
+    let market = call(api, "GET", "/api/v1/market", &buyer, b"").json();
+    let rep = |d: attest::DeviceId| {
+        market
+            .as_array()
+            .or_else(|| market["devices"].as_array())
+            .unwrap()
+            .iter()
+            .find(|l| l["device"] == d.to_string())
+            .unwrap()["reputation"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        rep(liar) < fleet_controller::reputation::MIN_SCORE,
+        "{market}"
+    );
+    assert!(rep(honest) > 0.5, "{market}");
 }

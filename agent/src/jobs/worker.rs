@@ -269,7 +269,18 @@ fn serve_inner(r: &mut impl Read, w: &mut impl Write) -> Result<(), String> {
                 write_frame(w, &FromWorker::Restored).map_err(io("answering"))?;
             }
             ToWorker::Finish => {
-                let outputs = job.finish().map_err(|e| e.to_string())?;
+                let mut outputs = job.finish().map_err(|e| e.to_string())?;
+                if fault.contains(&TestFault::Corrupt)
+                    && let Some(v) = outputs.first_mut().and_then(|o| o.get_mut(..4))
+                {
+                    let x = f32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+                    let wrong = if x.is_finite() {
+                        x + 1.0 + x.abs()
+                    } else {
+                        1.0
+                    };
+                    v.copy_from_slice(&wrong.to_le_bytes());
+                }
                 write_frame(
                     w,
                     &FromWorker::Finished {
@@ -295,13 +306,17 @@ fn serve_inner(r: &mut impl Read, w: &mut impl Write) -> Result<(), String> {
 ///   never ends or faults, on machines without a GPU;
 /// - `read:PATH`: every chunk tries to read PATH and fails if it can, and
 ///   `connect:HOST:PORT` to connect there: how the tests stand in for a job that goes
-///   after the device key or out to the network.
+///   after the device key or out to the network;
+/// - `corrupt`: the first value of the first output is changed before it is sent (the
+///   receipt then signs the wrong output): how the tests stand in for a device that
+///   returns wrong results.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum TestFault {
     Hang,
     Abort,
     Read(String),
     Connect(String),
+    Corrupt,
 }
 
 impl TestFault {
@@ -318,6 +333,9 @@ impl TestFault {
         }
         if let Some(addr) = spec.strip_prefix("connect:") {
             return Some(TestFault::Connect(addr.to_string()));
+        }
+        if spec == "corrupt" {
+            return Some(TestFault::Corrupt);
         }
         let path = spec.strip_prefix("once:")?;
         let what = std::fs::read_to_string(path).ok()?;
@@ -346,6 +364,7 @@ impl TestFault {
                         return Err(format!("the job connected to {addr}"));
                     }
                 }
+                TestFault::Corrupt => {}
             }
         }
         Ok(())

@@ -38,7 +38,7 @@ pub(super) async fn put(
         let rec = st
             .job(job)?
             .ok_or_else(|| AppError::UnknownJob(job.to_string()))?;
-        if rec.state != JobState::Done {
+        if !matches!(rec.state, JobState::Done | JobState::Validating) {
             return Err(AppError::OutputRefused(format!(
                 "job {job} is {}: outputs are taken once its receipt says it completed",
                 rec.state.as_str()

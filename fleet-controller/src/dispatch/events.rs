@@ -13,7 +13,7 @@ use attest::msg::CommandBody;
 use super::{Dispatcher, move_to};
 use crate::ingest::Outgoing;
 use crate::jobs::JobState;
-use crate::store::jobs::{JobRecord, JobStore, LeaseProgress};
+use crate::store::jobs::{JobRecord, LeaseProgress};
 use crate::store::{Store, StoreError};
 
 /// What a job event did (counted by the caller).
@@ -29,7 +29,7 @@ pub enum EventEffect {
 
 impl Dispatcher {
     /// A job event from `device` at `now` (ms).
-    pub fn job_event<S: Store + JobStore + crate::store::accounts::AccountStore>(
+    pub fn job_event<S: super::DispatchStore>(
         &mut self,
         store: &mut S,
         device: DeviceId,
@@ -131,7 +131,7 @@ impl Dispatcher {
     /// job with no progress report for `progress_grace_ms`, or a scheduled one not started
     /// by then after its `RunJob` expired (the command lost, or the agent stuck). Each is
     /// cancelled there and placed again, never on that device.
-    pub(super) fn watch_progress<S: Store + JobStore + crate::store::accounts::AccountStore>(
+    pub(super) fn watch_progress<S: super::DispatchStore>(
         &mut self,
         store: &mut S,
         open: &[JobRecord],
@@ -175,7 +175,7 @@ impl Dispatcher {
         Ok(())
     }
 
-    fn progress_missed<S: Store + JobStore + crate::store::accounts::AccountStore>(
+    fn progress_missed<S: super::DispatchStore>(
         &mut self,
         store: &mut S,
         job: &JobRecord,
@@ -186,6 +186,14 @@ impl Dispatcher {
     ) -> Result<(), StoreError> {
         out.push(self.command(device, CommandBody::Cancel { job: job.id }, now));
         store.drop_job_lease(job.id)?;
+        super::mark(
+            store,
+            device,
+            crate::reputation::MarkKind::NoProgress,
+            Some(job.id),
+            why,
+            now,
+        )?;
         if self.known.contains(&job.id) {
             self.scheduler.progress_missed(job.id, device);
         }

@@ -26,6 +26,7 @@
 
 mod events;
 pub mod forecasts;
+mod validation;
 
 pub use events::{EventEffect, parse_job_event};
 
@@ -43,9 +44,15 @@ use crate::market::{
     CarbonLimit, Co2eMg, ComputeCapability, Decision, DeviceOffer, GpuClass, GpuOffer, JobNeeds,
     JobRequest, LeasedJob, MicroCredits, RefuseReason, Scheduler, SharePpm, Work,
 };
+use crate::reputation::MarkKind;
 use crate::store::accounts::AccountStore;
 use crate::store::jobs::{JobLease, JobRecord, JobStore};
+use crate::store::marks::MarkStore;
 use crate::store::{DeviceState, Store, StoreError};
+
+/// What dispatch needs of the store.
+pub trait DispatchStore: Store + JobStore + AccountStore + MarkStore {}
+impl<S: Store + JobStore + AccountStore + MarkStore> DispatchStore for S {}
 
 /// Dispatch settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +95,10 @@ pub struct Dispatcher {
     nonce: u64,
     /// Devices with an operator forecast.
     forecast_devices: HashSet<DeviceId>,
+    /// The blob store (job inputs and outputs by hash), for validating results there.
+    blob_dir: Option<std::path::PathBuf>,
+    /// Devices a job must not go to again (they returned a wrong result for it).
+    excluded: std::collections::HashMap<JobId, HashSet<DeviceId>>,
 }
 
 impl Dispatcher {
@@ -102,7 +113,16 @@ impl Dispatcher {
             known: HashSet::new(),
             nonce: 0,
             forecast_devices: HashSet::new(),
+            blob_dir: None,
+            excluded: std::collections::HashMap::new(),
         }
+    }
+
+    /// Validates results (Freivalds' check of matrix products) from the blob store in
+    /// `dir`; without one, jobs are done on their receipts.
+    pub fn with_blob_dir(mut self, dir: std::path::PathBuf) -> Dispatcher {
+        self.blob_dir = Some(dir);
+        self
     }
 
     /// Plans on `forecasts` (the operator's, by device) instead of the clear-sky curve for
@@ -124,7 +144,7 @@ impl Dispatcher {
     }
 
     /// One round at `now` (ms): returns the commands to publish.
-    pub fn tick<S: Store + JobStore + AccountStore>(
+    pub fn tick<S: DispatchStore>(
         &mut self,
         store: &mut S,
         now: u64,
@@ -162,6 +182,8 @@ impl Dispatcher {
                 self.settle(store, job, &lease, &r, now)?;
             }
         }
+        // 2a. Completed jobs whose results are in: validated, then paid or sent elsewhere.
+        self.validate_results(store, &open, now)?;
         // 2b. Placed jobs whose online device stopped reporting progress.
         self.watch_progress(store, &open, now, &mut out)?;
         // 3. Jobs new to the scheduler (or to this process).
@@ -172,6 +194,8 @@ impl Dispatcher {
             let request = self.request(&job);
             let submitted = match (job.state, store.job_lease(job.id)?) {
                 (JobState::Queued, _) => self.scheduler.submit(request),
+                // Its work is done there (the lease only says where): nothing to place.
+                (JobState::Validating, _) => continue,
                 (_, Some(l)) => self.scheduler.restore_lease(
                     request,
                     crate::market::Lease {
@@ -207,7 +231,7 @@ impl Dispatcher {
         Ok(out)
     }
 
-    fn decided<S: Store + JobStore + AccountStore>(
+    fn decided<S: DispatchStore>(
         &mut self,
         store: &mut S,
         d: Decision,
@@ -224,6 +248,17 @@ impl Dispatcher {
                     self.known.remove(&p.job);
                     return Ok(());
                 };
+                // Never again where it came back wrong, nor where the reputation is too
+                // low for any work.
+                if self
+                    .excluded
+                    .get(&p.job)
+                    .is_some_and(|d| d.contains(&p.device))
+                    || self.reputation(store, p.device, now)? < crate::reputation::MIN_SCORE
+                {
+                    self.scheduler.admission_refused(p.job, p.device);
+                    return Ok(());
+                }
                 // A job naming a GPU model (`gpu_class = "orin"`) runs only where the
                 // device's GPU model says so; the scheduler knows classes, not models.
                 if let Some(want) = &job.order.hardware().gpu_class
@@ -269,6 +304,14 @@ impl Dispatcher {
             Decision::Revoke { job, device, why } => {
                 out.push(self.command(device, CommandBody::Cancel { job }, now));
                 store.drop_job_lease(job)?;
+                mark(
+                    store,
+                    device,
+                    MarkKind::Silent,
+                    Some(job),
+                    "silent past its lease's grace",
+                    now,
+                )?;
                 if let Some(rec) = state_of(store, job)? {
                     let crate::market::RevokeReason::SilentPastGrace { since } = why;
                     let reason = format!(
@@ -284,7 +327,7 @@ impl Dispatcher {
     }
 
     /// A placed job's receipt arrived.
-    fn settle<S: Store + JobStore + AccountStore>(
+    fn settle<S: DispatchStore>(
         &mut self,
         store: &mut S,
         job: &JobRecord,
@@ -315,6 +358,13 @@ impl Dispatcher {
                 self.scheduler.job_finished(job.id);
                 self.known.remove(&job.id);
                 let (to, reason) = match outcome {
+                    JobOutcome::Completed if self.validates(job) => (
+                        JobState::Validating,
+                        format!(
+                            "{at}: completed, output {}; its result is checked (Freivalds) once uploaded",
+                            r.output_hash
+                        ),
+                    ),
                     JobOutcome::Completed => (
                         JobState::Done,
                         format!("{at}: completed, output {}", r.output_hash),
@@ -325,6 +375,15 @@ impl Dispatcher {
                     }
                     _ => (JobState::Failed, format!("{at}: cancelled on the device")),
                 };
+                let kind = match outcome {
+                    JobOutcome::Completed if to == JobState::Done => Some(MarkKind::Completed),
+                    JobOutcome::Failed(_) => Some(MarkKind::Failed),
+                    JobOutcome::DeadlineMissed => Some(MarkKind::Missed),
+                    _ => None,
+                };
+                if let Some(k) = kind {
+                    mark(store, lease.device, k, Some(job.id), &reason, now)?;
+                }
                 if to == JobState::Done {
                     // Paid out of its escrow in the same transaction: the device's price
                     // over the time the receipt says it ran.
@@ -396,8 +455,18 @@ impl Dispatcher {
         }
     }
 
+    /// A device's reputation now ([`crate::reputation::device_score`]).
+    pub fn reputation<S: DispatchStore>(
+        &self,
+        store: &S,
+        device: DeviceId,
+        now: u64,
+    ) -> Result<f64, StoreError> {
+        crate::reputation::device_score(store, device, now)
+    }
+
     /// Every approved device's offer now.
-    fn offers<S: Store + JobStore + AccountStore>(
+    fn offers<S: DispatchStore>(
         &self,
         store: &S,
         now: u64,
@@ -432,7 +501,7 @@ impl Dispatcher {
                 device: d.id,
                 gpu: gpu_offer(&hello),
                 price_per_gpu_hour: MicroCredits(hello.price_micro_per_gpu_hour),
-                reliability: 0.9,
+                reliability: self.reputation(store, d.id, now)?,
                 online: now.saturating_sub(d.last_seen_ms) <= self.cfg.online_within_ms,
                 job_power: Milliwatts(self.cfg.job_power_w * 1000),
                 base_load: Milliwatts(power_of(ChannelKind::Load)),
@@ -500,6 +569,24 @@ fn move_to<S: JobStore>(
             Ok(false)
         }
     }
+}
+
+/// Records what `device` did.
+fn mark<S: MarkStore>(
+    store: &mut S,
+    device: DeviceId,
+    kind: MarkKind,
+    job: Option<JobId>,
+    detail: &str,
+    now: u64,
+) -> Result<(), StoreError> {
+    store.mark_device(&crate::store::marks::DeviceMark {
+        device,
+        at_ms: now,
+        kind,
+        job,
+        detail: detail.chars().take(2_000).collect(),
+    })
 }
 
 /// The scheduler's GPU classes by name (`gpu_class = "embedded"`); other names are GPU

@@ -479,3 +479,169 @@ fn an_operator_forecast_file_changes_what_a_placement_expects() {
         "{overcast}"
     );
 }
+
+/// A store with one sunny sample device and a buyer's queued `matmul_f32` job (2 × 4 by
+/// 4 × 3) with its inputs in the blob folder `blobs`; the inputs and C = A·B.
+fn matmul_fleet(
+    t: u64,
+    blobs: &std::path::Path,
+) -> (Ingest<SqliteStore>, SampleDevice, JobId, KeyPair, Vec<f32>) {
+    let (mut ing, dev, _, key) = fleet(t);
+    let (m, n, k) = (2usize, 3usize, 4usize);
+    let a: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.5 - 1.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| 2.0 - i as f32 * 0.25).collect();
+    let mut c = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+        }
+    }
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (ab, bb) = (le(&a), le(&b));
+    let s = ing.store_mut();
+    let buyer = s.open_jobs().unwrap()[0].owner;
+    let mut owned = HashMap::new();
+    for bytes in [&ab, &bb] {
+        let h = Hash32::digest(bytes);
+        std::fs::write(blobs.join(h.to_hex()), bytes).unwrap();
+        s.grant_blob(buyer, h, bytes.len() as u64, 50).unwrap();
+        owned.insert(h, bytes.len() as u64);
+    }
+    let req = serde_json::from_value(serde_json::json!({
+        "workload": {"builtin": {"kernel": "matmul_f32",
+            "params": [{"name": "m", "value": m}, {"name": "n", "value": n}, {"name": "k", "value": k}]}},
+        "inputs": [Hash32::digest(&ab), Hash32::digest(&bb)],
+        "deadline_ms": t + 86_400_000,
+        "max_price_micro_per_gpu_hour": 1_000_000,
+    }))
+    .unwrap();
+    let order = crate::jobs::validate(req, t, &owned).unwrap();
+    // The sha256 job of `fleet` out of the way: only the product is open.
+    let old = s.open_jobs().unwrap()[0].id;
+    let t0 = JobState::Queued
+        .transition(JobState::Cancelled, t, "not this one")
+        .unwrap();
+    s.apply_transition(old, &t0).unwrap();
+    let job = JobId([0x77; 16]);
+    s.insert_job(
+        &NewJob {
+            id: job,
+            owner: buyer,
+            order,
+            created_ms: t,
+            escrow: 0,
+        },
+        "accepted",
+    )
+    .unwrap();
+    (ing, dev, job, key, c)
+}
+
+/// Runs `job` on `dev`'s rig: placed, a completed receipt for output `c`, the output
+/// uploaded into `blobs`; returns the job's state after the next tick.
+fn run_matmul(
+    ing: &mut Ingest<SqliteStore>,
+    d: &mut Dispatcher,
+    dev: &mut SampleDevice,
+    job: JobId,
+    c: &[f32],
+    blobs: &std::path::Path,
+    t: u64,
+) -> Option<JobState> {
+    let out = d.tick(ing.store_mut(), t).unwrap();
+    assert_eq!(out.len(), 1, "one RunJob");
+    let bytes: Vec<u8> = c.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let h = Hash32::digest(&bytes);
+    let id = dev.key.device_id();
+    let r = JobReceipt {
+        link: dev.next_link(t + 1_500),
+        job,
+        outcome: JobOutcome::Completed,
+        output_hash: h,
+        started: TimestampMs(t),
+        ended: TimestampMs(t + 1_500),
+        start_counters: vec![],
+        end_counters: vec![],
+        chunks: 2,
+        pauses: 0,
+        backend: Backend::Cpu,
+        tier: TrustTier::HardwareMeter,
+    };
+    let env = dev.seal_chained(&r);
+    ing.handle(
+        &[(format!("{PREFIX}{id}/records"), env.into_bytes())],
+        t + 1_500,
+    )
+    .unwrap();
+    d.tick(ing.store_mut(), t + 2_000).unwrap();
+    assert_eq!(state(ing, job), Some(JobState::Validating));
+    std::fs::write(blobs.join(h.to_hex()), &bytes).unwrap();
+    ing.store_mut()
+        .put_job_output(
+            job,
+            &crate::store::jobs::JobOutput {
+                index: 0,
+                hash: h,
+                bytes: bytes.len() as u64,
+            },
+        )
+        .unwrap();
+    d.tick(ing.store_mut(), t + 3_000).unwrap();
+    ing.store().job(job).unwrap().map(|j| j.state)
+}
+
+#[test]
+fn a_matrix_product_is_done_when_freivalds_check_holds_and_queued_elsewhere_when_it_does_not() {
+    use crate::store::marks::MarkStore;
+    let noon = SAMPLE_START.0 + 12 * 3_600_000;
+    let dir = hil_tests::TempDir::new("dispatch-validate");
+    for wrong in [false, true] {
+        let blobs = dir.path().join(format!("blobs-{wrong}"));
+        std::fs::create_dir_all(&blobs).unwrap();
+        let (mut ing, mut dev, job, key, mut c) = matmul_fleet(noon, &blobs);
+        let mut d = dispatcher(&key).with_blob_dir(blobs.clone());
+        if wrong {
+            c[4] += 1.0;
+        }
+        let got = run_matmul(&mut ing, &mut d, &mut dev, job, &c, &blobs, noon + 1_000);
+        let id = dev.key.device_id();
+        let marks = ing.store().device_marks(id, 0).unwrap();
+        let history = ing.store().job_history(job).unwrap();
+        let last = history.last().unwrap();
+        if !wrong {
+            assert_eq!(got, Some(JobState::Done), "{history:?}");
+            assert!(
+                last.reason.contains("result validated (Freivalds"),
+                "{last:?}"
+            );
+            assert_eq!(
+                marks.iter().map(|m| m.kind).collect::<Vec<_>>(),
+                [MarkKind::Validated]
+            );
+            continue;
+        }
+        assert_eq!(got, Some(JobState::Queued), "{history:?}");
+        assert!(last.reason.contains("its result is wrong"), "{last:?}");
+        assert!(ing.store().job_lease(job).unwrap().is_none());
+        assert!(ing.store().job_outputs(job).unwrap().is_empty());
+        assert_eq!(d.excluded_for(job), [id]);
+        // The evidence: the receipt, the output's hash, what the check found.
+        let m = marks.iter().find(|m| m.kind == MarkKind::Wrong).unwrap();
+        let ev: serde_json::Value = serde_json::from_str(&m.detail).unwrap();
+        assert_eq!(ev["check"], "freivalds");
+        assert!(ev["found"].as_str().unwrap().contains("row 1"), "{ev}");
+        assert!(ev["receipt_seq"].as_u64().is_some());
+        // Its reputation is gone: no more work there, this job or another.
+        assert!(
+            d.reputation(ing.store(), id, noon + 4_000).unwrap() < crate::reputation::MIN_SCORE
+        );
+        for k in 1..4 {
+            assert!(
+                d.tick(ing.store_mut(), noon + 4_000 + k * 1_000)
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+        assert_eq!(state(&ing, job), Some(JobState::Queued));
+    }
+}

@@ -156,6 +156,17 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         book TEXT PRIMARY KEY,
         balance INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 10: what dispatch saw each device do (its reputation's marks), with the evidence of
+    // a wrong result.
+    "CREATE TABLE device_marks (
+        id INTEGER PRIMARY KEY,
+        device BLOB NOT NULL,
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        job BLOB,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX device_marks_device ON device_marks (device, at_ms);",
 ];
 
 /// The schema version this code writes.

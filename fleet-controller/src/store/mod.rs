@@ -19,6 +19,7 @@ pub mod accounts;
 pub mod blobs;
 pub mod jobs;
 pub mod ledger;
+pub mod marks;
 mod migrations;
 pub mod pool;
 pub mod sqlite;

@@ -8,6 +8,7 @@ mod blobs;
 mod epochs;
 mod jobs;
 pub(crate) mod ledger;
+mod marks;
 
 use epochs::{EPOCH_COLUMNS, EVM_COLUMNS, NOT_ON_CHAIN, epoch_row, evm_row, to_epoch, to_evm};
 
