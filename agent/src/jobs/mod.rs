@@ -43,6 +43,7 @@ pub mod exec;
 pub mod kernel;
 pub mod runner;
 pub mod sim;
+mod test_faults;
 pub mod worker;
 
 use attest::Hash32;
