@@ -82,6 +82,8 @@ pub struct Scheduler {
     intensity: Box<dyn GridIntensity + Send + Sync>,
     jobs: BTreeMap<JobId, Entry>,
     silent: BTreeMap<DeviceId, u64>,
+    /// The devices online at the last tick: one that joins them wakes the waiting jobs.
+    online: std::collections::BTreeSet<DeviceId>,
     forecasts: BTreeMap<DeviceId, SolarForecast>,
     curves: BTreeMap<DeviceId, ClearSkyCurve>,
 }
@@ -97,6 +99,7 @@ impl Scheduler {
             intensity: Box::new(intensity),
             jobs: BTreeMap::new(),
             silent: BTreeMap::new(),
+            online: std::collections::BTreeSet::new(),
             forecasts: BTreeMap::new(),
             curves: BTreeMap::new(),
         }
@@ -230,6 +233,26 @@ impl Scheduler {
             }
         }
         self.revoke_silent(now.0, &mut out);
+        // A device that came online (new, or back) may take jobs waiting for one: they are
+        // decided now rather than at their retry (jobs holding a device for its sun keep
+        // their plan).
+        let online: std::collections::BTreeSet<DeviceId> = offers
+            .iter()
+            .filter(|o| o.online)
+            .map(|o| o.device)
+            .collect();
+        if online.iter().any(|d| !self.online.contains(d)) {
+            for e in self.jobs.values_mut() {
+                if let State::Queued {
+                    not_before,
+                    hold: None,
+                } = &mut e.state
+                {
+                    *not_before = (*not_before).min(now.0);
+                }
+            }
+        }
+        self.online = online;
         if !self.jobs.values().any(|e| e.is_due(now.0)) {
             return out;
         }

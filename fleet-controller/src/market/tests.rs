@@ -477,3 +477,23 @@ fn the_scheduler_can_live_behind_the_api_s_shared_state() {
     fn send_and_sync<T: Send + Sync>() {}
     send_and_sync::<Scheduler>();
 }
+
+#[test]
+fn a_job_waiting_for_a_device_is_placed_as_soon_as_one_comes_online() {
+    let mut s = scheduler();
+    let id = job(1, 50, false, 12).id;
+    s.submit(job(1, 50, false, 12)).unwrap();
+    let mut offers = vec![device(1, BERLIN, "DE")];
+    offers[0].online = false;
+    let d = s.tick(TimestampMs(MIDNIGHT), &offers);
+    assert!(
+        matches!(d[..], [Decision::Wait { why: WaitReason::NoDeviceOnline, until, .. }] if until.0 > MIDNIGHT + 60_000),
+        "{d:?}"
+    );
+    // Nothing new a minute on: still waiting for its retry.
+    assert!(s.tick(TimestampMs(MIDNIGHT + 60_000), &offers).is_empty());
+    // The device comes online: decided at once, not at the retry.
+    offers[0].online = true;
+    let d = s.tick(TimestampMs(MIDNIGHT + 61_000), &offers);
+    assert_eq!(placement(&d[0]).job, id, "{d:?}");
+}
