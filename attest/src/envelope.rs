@@ -55,6 +55,9 @@ pub enum Kind {
     AnchorEntry = 7,
     /// A carbon statement (controller-signed).
     Statement = 8,
+    /// One transaction of the controller's ledger (controller-signed), a leaf of the
+    /// anchored epochs.
+    LedgerEntry = 9,
 }
 
 /// Who signs a kind of message.
@@ -68,7 +71,7 @@ pub enum Signer {
 
 impl Kind {
     /// Every kind, in byte order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Hello,
         Kind::MeterRecord,
         Kind::JobReceipt,
@@ -77,6 +80,7 @@ impl Kind {
         Kind::Ack,
         Kind::AnchorEntry,
         Kind::Statement,
+        Kind::LedgerEntry,
     ];
 
     /// The kind for a byte, if known.
@@ -90,7 +94,9 @@ impl Kind {
             Kind::Hello | Kind::MeterRecord | Kind::JobReceipt | Kind::ChainRestart => {
                 Signer::Device
             }
-            Kind::Command | Kind::Ack | Kind::AnchorEntry | Kind::Statement => Signer::Controller,
+            Kind::Command | Kind::Ack | Kind::AnchorEntry | Kind::Statement | Kind::LedgerEntry => {
+                Signer::Controller
+            }
         }
     }
 
@@ -114,6 +120,7 @@ impl fmt::Display for Kind {
             Kind::Ack => "ack",
             Kind::AnchorEntry => "anchor_entry",
             Kind::Statement => "statement",
+            Kind::LedgerEntry => "ledger_entry",
         };
         f.write_str(s)
     }

@@ -136,37 +136,8 @@ fn period<S: Store>(
     for it in &items {
         let (epoch, leaf) = it.placed.ok_or(BundleError::NotAnchored { seq: it.seq })?;
         if let std::collections::btree_map::Entry::Vacant(slot) = trees.entry(epoch) {
-            let row = store
-                .epoch(epoch)?
-                .ok_or_else(|| StoreError::Corrupt(format!("epoch {epoch} missing")))?;
-            let tree = MerkleTree::from_leaves(&store.epoch_leaves(epoch)?);
-            if tree.head()
-                != (TreeHead {
-                    size: row.tree_size,
-                    root: row.root,
-                })
-            {
-                return Err(StoreError::Corrupt(format!(
-                    "epoch {epoch}'s leaves do not give its stored root"
-                ))
-                .into());
-            }
-            // An epoch confirmed on chain is proven there (`attest verify --rpc`);
-            // otherwise by the controller-signed local log.
-            let local = LocalLog {
-                controller: controller.public(),
-            };
-            let anchor = match EvmContract.cite(store, &row)? {
-                Some(a) => a,
-                None => local
-                    .cite(store, &row)?
-                    .ok_or_else(|| StoreError::Corrupt(format!("epoch {epoch} unanchored")))?,
-            };
-            epochs.push(EpochProof {
-                epoch,
-                head: tree.head(),
-                anchor,
-            });
+            let (tree, proof) = epoch_tree(store, controller, epoch)?;
+            epochs.push(proof);
             slot.insert(tree);
         }
         let proof = trees[&epoch]
@@ -194,6 +165,46 @@ fn period<S: Store>(
         evidence,
         epochs,
     })
+}
+
+/// An epoch's tree rebuilt from its stored leaves (checked against its stored root) and
+/// its proof for a bundle: anchored on chain when confirmed there, else in the
+/// controller-signed local log.
+pub(crate) fn epoch_tree<S: Store>(
+    store: &S,
+    controller: &KeyPair,
+    epoch: EpochId,
+) -> Result<(MerkleTree, EpochProof), BundleError> {
+    let row = store
+        .epoch(epoch)?
+        .ok_or_else(|| StoreError::Corrupt(format!("epoch {epoch} missing")))?;
+    let tree = MerkleTree::from_leaves(&store.epoch_leaves(epoch)?);
+    if tree.head()
+        != (TreeHead {
+            size: row.tree_size,
+            root: row.root,
+        })
+    {
+        return Err(StoreError::Corrupt(format!(
+            "epoch {epoch}'s leaves do not give its stored root"
+        ))
+        .into());
+    }
+    let local = LocalLog {
+        controller: controller.public(),
+    };
+    let anchor = match EvmContract.cite(store, &row)? {
+        Some(a) => a,
+        None => local
+            .cite(store, &row)?
+            .ok_or_else(|| StoreError::Corrupt(format!("epoch {epoch} unanchored")))?,
+    };
+    let proof = EpochProof {
+        epoch,
+        head: tree.head(),
+        anchor,
+    };
+    Ok((tree, proof))
 }
 
 #[cfg(test)]

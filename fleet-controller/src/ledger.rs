@@ -316,6 +316,45 @@ pub fn price_of(price_per_gpu_hour: u64, run_ms: u64) -> u64 {
     ceiling(price_per_gpu_hour, run_ms)
 }
 
+/// A book's statement of account ([`attest::bundle::AccountProof`]): every anchored entry
+/// with a posting to it and its inclusion proof; and how many more wait for the next epoch
+/// (not in the statement yet).
+pub fn statement<S: crate::store::Store + crate::store::ledger::LedgerStore>(
+    store: &S,
+    controller: &attest::KeyPair,
+    book: Book,
+) -> Result<(attest::bundle::AccountProof, u64), crate::bundles::BundleError> {
+    use std::collections::BTreeMap;
+    let entries = store.sealed_entries_of(book)?;
+    let mut trees = BTreeMap::new();
+    let mut epochs = Vec::new();
+    let mut evidence = Vec::with_capacity(entries.sealed.len());
+    for (envelope, epoch, leaf) in entries.sealed {
+        if let std::collections::btree_map::Entry::Vacant(slot) = trees.entry(epoch) {
+            let (tree, proof) = crate::bundles::epoch_tree(store, controller, epoch)?;
+            epochs.push(proof);
+            slot.insert(tree);
+        }
+        let proof = trees[&epoch].inclusion_proof(leaf).map_err(|e| {
+            crate::store::StoreError::Corrupt(format!("ledger leaf {leaf} of epoch {epoch}: {e}"))
+        })?;
+        evidence.push(attest::bundle::Evidence {
+            envelope: attest::bundle::Blob(envelope),
+            epoch,
+            proof,
+        });
+    }
+    Ok((
+        attest::bundle::AccountProof {
+            format: attest::bundle::ACCOUNT_FORMAT,
+            book: book.to_string(),
+            entries: evidence,
+            epochs,
+        },
+        entries.pending,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

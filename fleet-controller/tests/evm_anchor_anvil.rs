@@ -97,6 +97,7 @@ fn store_with_epoch(path: &Path, epoch: EpochId, root: Hash32, size: u64) -> Sql
                 anchor_index: 0,
             },
             &[],
+            &[],
         )
         .unwrap();
     store

@@ -327,6 +327,57 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
         price - price * 50_000 / 1_000_000,
         "{p}"
     );
+    // The buyer's statement of account, once the next epoch holds the payout: every
+    // posting signed and anchored, verified by fleetctl and by attest against the pinned
+    // controller key, its balance the API's.
+    let statement = tmp.path().join("statement.json");
+    let verified = wait_for("the payout anchored", Duration::from_secs(20), || {
+        let r = call(api, "GET", "/api/v1/account/statement", &buyer, b"");
+        (r.status == 200 && !r.body.is_empty()).then_some(())?;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+            .args(["--url", &format!("http://127.0.0.1:{api}")])
+            .args(["--token-file", buyer_file.to_str().unwrap()])
+            .args(["statement", "--controller-key", &ckey.public().to_string()])
+            .args(["--out", statement.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.success() && text.contains("after 3 postings")).then_some(text)
+    });
+    assert!(
+        verified.contains(&format!("holds {} micro-credits", b["available"])),
+        "{verified}"
+    );
+    let v = std::process::Command::new(workspace_binary(CONTROLLER, "attest", "attest"))
+        .args([
+            "verify-account",
+            "--controller-key",
+            &ckey.public().to_string(),
+        ])
+        .arg(&statement)
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    // A statement with a posting taken out fails.
+    let mut doctored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&statement).unwrap()).unwrap();
+    doctored["entries"].as_array_mut().unwrap().remove(1);
+    std::fs::write(&statement, doctored.to_string()).unwrap();
+    let v = std::process::Command::new(workspace_binary(CONTROLLER, "attest", "attest"))
+        .args([
+            "verify-account",
+            "--controller-key",
+            &ckey.public().to_string(),
+        ])
+        .arg(&statement)
+        .output()
+        .unwrap();
+    assert_eq!(
+        v.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
     // Another provider cannot upload for a device it does not run: the job is not there.
     let r = call(
         api,
@@ -987,36 +1038,60 @@ fn a_rig_returning_a_wrong_product_is_caught_and_the_honest_rig_is_paid() {
     let get = || call(api, "GET", &format!("/api/v1/jobs/{job}"), &buyer, b"").json();
     // The liar runs it, its receipt says completed, its upload matches its receipt, and
     // the check finds the product wrong: queued again.
-    let caught = wait_for("the wrong result caught", Duration::from_secs(60), || {
-        let v = get();
-        v["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|h| {
-                h["reason"]
-                    .as_str()
-                    .unwrap()
-                    .contains("its result is wrong")
-            })
-            .then_some(v)
+    // On a timeout: the job, and what the controller and the rigs logged.
+    let logs = || -> String {
+        [
+            "controller/controller.log",
+            "liar/agent.log",
+            "honest/agent.log",
+        ]
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(tmp.path().join(f)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            format!(
+                "--- {f}\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+    };
+    let until = |what: &str, secs: u64, f: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = get();
+            if f(&v) {
+                return v;
+            }
+            assert!(
+                !["failed", "expired", "cancelled"].contains(&v["state"].as_str().unwrap()),
+                "{v}\n{}",
+                logs()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {v}\n{}",
+                logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let caught = until("the wrong result caught", 120, &|v| {
+        v["history"].as_array().unwrap().iter().any(|h| {
+            h["reason"]
+                .as_str()
+                .unwrap()
+                .contains("its result is wrong")
+        })
     });
     assert_ne!(caught["state"], "done", "{caught}");
     let _honest = start("honest", &honest_p, 2, &[]);
     let honest = key_of("honest");
     assign(honest, "honest-rigs");
-    let done = wait_for(
-        "the job done on the honest rig",
-        Duration::from_secs(90),
-        || {
-            let v = get();
-            assert!(
-                !["failed", "expired", "cancelled"].contains(&v["state"].as_str().unwrap()),
-                "{v}"
-            );
-            (v["state"] == "done").then_some(v)
-        },
-    );
+    let done = until("the job done on the honest rig", 120, &|v| {
+        v["state"] == "done"
+    });
     assert_eq!(done["device"], honest.to_string(), "{done}");
     let states: Vec<&str> = done["history"]
         .as_array()

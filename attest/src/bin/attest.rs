@@ -49,6 +49,15 @@ enum Cmd {
         #[command(flatten)]
         args: VerifyArgs,
     },
+    /// Verify a statement of account (`fleetctl statement`): every ledger entry signed by
+    /// the controller you trust and anchored, the book's postings complete and its
+    /// balances consistent. Exit 0 verified, 1 failed, 2 unusable, 3 no trust pinned.
+    VerifyAccount {
+        /// The statement (JSON).
+        statement: PathBuf,
+        #[command(flatten)]
+        args: VerifyArgs,
+    },
 }
 
 /// What `verify` is told to trust and accept.
@@ -85,6 +94,7 @@ fn main() -> ExitCode {
         Cmd::Keygen { out } => keygen(&out).map(|_| ExitCode::SUCCESS),
         Cmd::Inspect { file } => inspect(&file).map(|_| ExitCode::SUCCESS),
         Cmd::Verify { bundle, args } => verify(&bundle, args),
+        Cmd::VerifyAccount { statement, args } => verify_account(&statement, args),
     };
     match result {
         Ok(code) => code,
@@ -170,13 +180,14 @@ fn inspect(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn verify(path: &Path, args: VerifyArgs) -> Result<ExitCode> {
+/// The options `args` pin; `None` (after saying so) when no controller key is pinned.
+fn options(args: &VerifyArgs) -> Result<Option<VerifyOptions>> {
     let Some(controller_key) = args.controller_key.as_deref() else {
         println!(
             "UNPINNED: pass --controller-key with the controller key you trust; \
              a bundle's own keys prove nothing"
         );
-        return Ok(ExitCode::from(3));
+        return Ok(None);
     };
     let controller_key = attest::hex::decode_array::<32>(controller_key)
         .map(PublicKey)
@@ -198,12 +209,11 @@ fn verify(path: &Path, args: VerifyArgs) -> Result<ExitCode> {
         .map(|d| attest::hex::decode_array::<32>(d).map(Hash32))
         .collect::<Result<Vec<_>, _>>()
         .context("--accept-dataset")?;
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let opts = VerifyOptions {
+    Ok(Some(VerifyOptions {
         trust: Trust {
             controller_key,
             evm,
@@ -211,7 +221,54 @@ fn verify(path: &Path, args: VerifyArgs) -> Result<ExitCode> {
         now: TimestampMs(now),
         accepted_datasets,
         any_dataset: args.allow_unknown_datasets,
+    }))
+}
+
+/// `attest verify-account`.
+fn verify_account(path: &Path, args: VerifyArgs) -> Result<ExitCode> {
+    let Some(opts) = options(&args)? else {
+        return Ok(ExitCode::from(3));
     };
+    if args.rpc.is_some() {
+        bail!(
+            "--rpc is not supported for statements of account yet (EVM anchors are checked offline)"
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let report = match attest::bundle::AccountProof::decode(&bytes)
+        .and_then(|p| attest::bundle::verify_account(&p, &opts))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            println!("FAILED: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "verified: {} holds {} micro-credits after {} postings, all accounted for{}",
+            report.book,
+            report.balance,
+            report.postings,
+            report.through_epoch.map_or(String::new(), |e| format!(
+                " (anchored through epoch {})",
+                e.0
+            ))
+        );
+        if report.onchain_unchecked {
+            println!("  some anchors are on an EVM chain and were checked offline only");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(path: &Path, args: VerifyArgs) -> Result<ExitCode> {
+    let Some(opts) = options(&args)? else {
+        return Ok(ExitCode::from(3));
+    };
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let (rpc, as_json) = (args.rpc.as_deref(), args.json);
     let report = match ProofBundle::decode(&bytes).and_then(|b| attest::bundle::verify(&b, &opts)) {
         Ok(r) => r,

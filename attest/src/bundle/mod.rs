@@ -24,7 +24,9 @@ use crate::merkle::{InclusionProof, TreeHead, leaf_hash};
 use crate::msg::Statement;
 use crate::units::{EpochId, TimestampMs};
 
+mod account;
 mod verify;
+pub use account::{ACCOUNT_FORMAT, AccountProof, AccountReport, verify_account};
 pub use verify::verify;
 
 /// The bundle format version this crate writes and reads. Version 2: the statement is a
@@ -180,6 +182,9 @@ pub enum Check {
     Tier,
     /// A job's share and SCI recomputed from its receipt.
     Job,
+    /// A statement of account: entries balanced, the book's postings complete and its
+    /// balances consistent.
+    Ledger,
 }
 
 impl fmt::Display for Check {
@@ -198,6 +203,7 @@ impl fmt::Display for Check {
             Check::Carbon => "carbon",
             Check::Tier => "tier",
             Check::Job => "job",
+            Check::Ledger => "ledger",
         };
         f.write_str(s)
     }

@@ -202,64 +202,9 @@ fn checks_after_signatures(
         }
     }
 
-    // Inclusion proofs.
-    let mut epochs: BTreeMap<EpochId, &EpochProof> = BTreeMap::new();
-    for ep in &bundle.epochs {
-        if epochs.insert(ep.epoch, ep).is_some() {
-            return fail(Check::Format, format!("epoch {} listed twice", ep.epoch));
-        }
-    }
-    let mut checkers: BTreeMap<EpochId, crate::merkle::InclusionChecker> = epochs
-        .iter()
-        .map(|(id, ep)| (*id, crate::merkle::InclusionChecker::new(ep.head)))
-        .collect();
-    for (index, ev) in bundle.evidence.iter().enumerate() {
-        let Some(checker) = checkers.get_mut(&ev.epoch) else {
-            return fail(
-                Check::Inclusion,
-                format!("evidence #{index}: epoch {} is not in the bundle", ev.epoch),
-            );
-        };
-        checker
-            .verify(&leaf_hash(&ev.envelope.0), &ev.proof)
-            .or_else(|e| {
-                fail(
-                    Check::Inclusion,
-                    format!("evidence #{index} in epoch {}: {e}", ev.epoch),
-                )
-            })?;
-    }
-
-    // Anchors.
-    let mut onchain_unchecked = false;
-    for ep in &bundle.epochs {
-        match &ep.anchor {
-            AnchorRef::Local {
-                entry,
-                controller_key,
-            } => check_local_anchor(ep, entry, controller_key, &opts.trust.controller_key)?,
-            AnchorRef::Evm {
-                chain_id, contract, ..
-            } => {
-                let pinned = opts.trust.evm.as_ref();
-                if pinned.is_none_or(|p| p.chain_id != *chain_id || p.contract != *contract) {
-                    return fail(
-                        Check::Anchor,
-                        format!(
-                            "UNPINNED: epoch {} is anchored on chain {chain_id} at {contract}, \
-                             but the pinned EVM anchor is {}",
-                            ep.epoch,
-                            pinned.map_or("none".into(), |p| format!(
-                                "chain {} at {}",
-                                p.chain_id, p.contract
-                            ))
-                        ),
-                    );
-                }
-                onchain_unchecked = true;
-            }
-        }
-    }
+    // Inclusion proofs, then anchors.
+    check_inclusion(&bundle.evidence, &bundle.epochs)?;
+    let onchain_unchecked = check_anchors(&bundle.epochs, opts)?;
 
     // Intensities, each against its named dataset.
     let (figures, datasets) = check_intensities(bundle, opts, stated, subject_hellos)?;
@@ -433,6 +378,80 @@ fn verify_signatures(
         Check::Signature,
         "batch verification failed but no single signature did",
     )
+}
+
+/// Checks every piece of evidence against its epoch's tree head (each epoch listed once).
+pub(super) fn check_inclusion(
+    evidence: &[super::Evidence],
+    epochs_in: &[EpochProof],
+) -> Result<(), VerifyError> {
+    let mut epochs: BTreeMap<EpochId, &EpochProof> = BTreeMap::new();
+    for ep in epochs_in {
+        if epochs.insert(ep.epoch, ep).is_some() {
+            return fail(Check::Format, format!("epoch {} listed twice", ep.epoch));
+        }
+    }
+    let mut checkers: BTreeMap<EpochId, crate::merkle::InclusionChecker> = epochs
+        .iter()
+        .map(|(id, ep)| (*id, crate::merkle::InclusionChecker::new(ep.head)))
+        .collect();
+    for (index, ev) in evidence.iter().enumerate() {
+        let Some(checker) = checkers.get_mut(&ev.epoch) else {
+            return fail(
+                Check::Inclusion,
+                format!("evidence #{index}: epoch {} is not in the bundle", ev.epoch),
+            );
+        };
+        checker
+            .verify(&leaf_hash(&ev.envelope.0), &ev.proof)
+            .or_else(|e| {
+                fail(
+                    Check::Inclusion,
+                    format!("evidence #{index} in epoch {}: {e}", ev.epoch),
+                )
+            })?;
+    }
+
+    Ok(())
+}
+
+/// Checks every epoch's anchor against the pinned trust; true when some are on an EVM
+/// chain and were only checked offline.
+pub(super) fn check_anchors(
+    epochs: &[EpochProof],
+    opts: &VerifyOptions,
+) -> Result<bool, VerifyError> {
+    let mut onchain_unchecked = false;
+    for ep in epochs {
+        match &ep.anchor {
+            AnchorRef::Local {
+                entry,
+                controller_key,
+            } => check_local_anchor(ep, entry, controller_key, &opts.trust.controller_key)?,
+            AnchorRef::Evm {
+                chain_id, contract, ..
+            } => {
+                let pinned = opts.trust.evm.as_ref();
+                if pinned.is_none_or(|p| p.chain_id != *chain_id || p.contract != *contract) {
+                    return fail(
+                        Check::Anchor,
+                        format!(
+                            "UNPINNED: epoch {} is anchored on chain {chain_id} at {contract}, \
+                             but the pinned EVM anchor is {}",
+                            ep.epoch,
+                            pinned.map_or("none".into(), |p| format!(
+                                "chain {} at {}",
+                                p.chain_id, p.contract
+                            ))
+                        ),
+                    );
+                }
+                onchain_unchecked = true;
+            }
+        }
+    }
+
+    Ok(onchain_unchecked)
 }
 
 fn check_local_anchor(

@@ -9,6 +9,7 @@ mod anchor;
 mod command;
 mod hello;
 mod job;
+mod ledger;
 mod meter;
 mod restart;
 mod statement;
@@ -18,6 +19,7 @@ pub use anchor::AnchorEntry;
 pub use command::{Command, CommandBody};
 pub use hello::{ChannelInfo, Gpu, Hardware, Hello, Site, hello_at};
 pub use job::{Backend, JobId, JobLimits, JobOutcome, JobReceipt, JobSpec, Param, Workload};
+pub use ledger::{LedgerEntry, LedgerPosting, MAX_POSTINGS};
 pub use meter::{ChannelReading, MeterRecord, Unmetered};
 pub use restart::{ChainRestart, RestartReason};
 pub use statement::{Flag, FlagCode, JobAccount, Statement, Subject};
@@ -140,6 +142,7 @@ pub enum AnyMessage {
     Ack(Ack),
     AnchorEntry(AnchorEntry),
     Statement(Statement),
+    LedgerEntry(LedgerEntry),
 }
 
 impl AnyMessage {
@@ -154,6 +157,7 @@ impl AnyMessage {
             Kind::Ack => AnyMessage::Ack(env.open()?),
             Kind::AnchorEntry => AnyMessage::AnchorEntry(env.open()?),
             Kind::Statement => AnyMessage::Statement(env.open()?),
+            Kind::LedgerEntry => AnyMessage::LedgerEntry(env.open()?),
         })
     }
 

@@ -6,19 +6,31 @@
 use attest::msg::AnchorEntry;
 use attest::{Envelope, EpochId, Hash32, KeyPair, SeqNo, TimestampMs};
 
+use crate::store::ledger::LedgerStore;
 use crate::store::{EpochRow, Store, StoreError};
 
 /// Closes the next epoch over every unanchored stored message; `None` when there is none.
-pub fn close_epoch<S: Store>(
+pub fn close_epoch<S: Store + LedgerStore>(
     store: &mut S,
     key: &KeyPair,
     now_ms: u64,
 ) -> Result<Option<EpochRow>, StoreError> {
     let items = store.unplaced()?;
-    if items.is_empty() {
+    // The ledger's transactions since the last epoch, signed now: leaves after the chain
+    // messages, so that a statement of account verifies offline.
+    let ledger: Vec<(u64, Vec<u8>)> = store
+        .unsealed_ledger()?
+        .iter()
+        .map(|entry| (entry.id, Envelope::seal(entry, key).into_bytes()))
+        .collect();
+    if items.is_empty() && ledger.is_empty() {
         return Ok(None);
     }
-    let leaves: Vec<&[u8]> = items.iter().map(|(_, _, e)| e.as_slice()).collect();
+    let leaves: Vec<&[u8]> = items
+        .iter()
+        .map(|(_, _, e)| e.as_slice())
+        .chain(ledger.iter().map(|(_, e)| e.as_slice()))
+        .collect();
     let head = attest::merkle::TreeHead::from_leaf_hashes(
         &leaves
             .iter()
@@ -48,7 +60,7 @@ pub fn close_epoch<S: Store>(
         anchor_index: index,
     };
     let placed: Vec<(attest::DeviceId, SeqNo)> = items.iter().map(|(d, s, _)| (*d, *s)).collect();
-    store.commit_epoch(&row, &placed)?;
+    store.commit_epoch(&row, &placed, &ledger)?;
     crate::crash::point("epoch-closed");
     tracing::info!(epoch = epoch.0, leaves = head.size, root = %head.root, "epoch anchored (local log)");
     Ok(Some(row))

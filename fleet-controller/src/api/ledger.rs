@@ -58,6 +58,28 @@ pub(super) async fn history(
     .await
 }
 
+/// `GET /api/v1/account/statement`: the caller's statement of account, every anchored
+/// posting of its wallet with its proof (`attest verify-account` checks it offline);
+/// `X-Heliostat-Pending` says how many more wait for the next epoch.
+pub(super) async fn statement(
+    State(s): State<ApiState>,
+    auth: Auth,
+) -> Result<axum::response::Response, AppError> {
+    use axum::response::IntoResponse;
+    let caller = auth.require(Scope::Read)?;
+    blocking(move || {
+        let st = s.store.get()?;
+        let (proof, pending) =
+            crate::ledger::statement(&*st, &s.controller, Book::Wallet(caller.account))?;
+        Ok((
+            [("x-heliostat-pending", pending.to_string())],
+            Json(serde_json::to_value(&proof).map_err(|e| AppError::Internal(e.to_string()))?),
+        )
+            .into_response())
+    })
+    .await
+}
+
 /// Body of a deposit.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -45,6 +45,21 @@ pub trait LedgerStore {
     fn escrowed(&self, account: AccountId) -> Result<i64, StoreError>;
     /// A job's transactions, oldest first.
     fn job_transactions(&self, job: JobId) -> Result<Vec<TxRow>, StoreError>;
+    /// The transactions no epoch holds yet, oldest first, as the controller signs them
+    /// (each posting with its number in its book and the book's balance after it).
+    fn unsealed_ledger(&self) -> Result<Vec<attest::msg::LedgerEntry>, StoreError>;
+    /// The signed entries with a posting to `book` that epochs hold, oldest first, and how
+    /// many more wait for the next epoch.
+    fn sealed_entries_of(&self, book: Book) -> Result<SealedEntries, StoreError>;
+}
+
+/// A book's anchored ledger entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedEntries {
+    /// Each entry's envelope, its epoch and its leaf there.
+    pub sealed: Vec<(Vec<u8>, attest::EpochId, u64)>,
+    /// Entries not in an epoch yet.
+    pub pending: u64,
 }
 
 /// The name of a stored kind.

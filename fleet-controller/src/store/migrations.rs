@@ -167,6 +167,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     CREATE INDEX device_marks_device ON device_marks (device, at_ms);",
+    // 11: the ledger anchored: each posting's number in its book and the book's balance
+    // after it; each transaction's controller-signed entry and its place in an epoch.
+    "ALTER TABLE ledger_balances ADD COLUMN postings INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ledger_postings ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ledger_postings ADD COLUMN balance INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ledger_tx ADD COLUMN envelope BLOB;
+    ALTER TABLE ledger_tx ADD COLUMN epoch INTEGER;
+    ALTER TABLE ledger_tx ADD COLUMN leaf INTEGER;
+    CREATE INDEX ledger_tx_epoch ON ledger_tx (epoch, leaf);",
 ];
 
 /// The schema version this code writes.

@@ -277,18 +277,21 @@ pub trait Store {
     /// counted or not, but none of a device still pending (it may be forgotten; once approved
     /// or revoked, its earlier messages are anchored too).
     fn unplaced(&self) -> Result<Vec<(DeviceId, SeqNo, Vec<u8>)>, StoreError>;
-    /// Closes an epoch in one transaction: its row, its anchor entry, and the leaf index
-    /// of each message `(device, seq)` in order. Refuses an epoch number already used.
+    /// Closes an epoch in one transaction: its row, its anchor entry, the leaf index of
+    /// each message `(device, seq)` in order, then of each ledger transaction `(id, signed
+    /// entry)` after them. Refuses an epoch number already used.
     fn commit_epoch(
         &mut self,
         epoch: &EpochRow,
         leaves: &[(DeviceId, SeqNo)],
+        ledger: &[(u64, Vec<u8>)],
     ) -> Result<(), StoreError>;
     /// The last closed epoch.
     fn last_epoch(&self) -> Result<Option<EpochRow>, StoreError>;
     /// A closed epoch.
     fn epoch(&self, epoch: EpochId) -> Result<Option<EpochRow>, StoreError>;
-    /// The leaves (envelopes) of a closed epoch in leaf order.
+    /// The leaves (envelopes: chain messages, then ledger entries) of a closed epoch in
+    /// leaf order.
     fn epoch_leaves(&self, epoch: EpochId) -> Result<Vec<Vec<u8>>, StoreError>;
     /// The EVM anchor of an epoch, sent or confirmed.
     fn evm_anchor(&self, epoch: EpochId) -> Result<Option<EvmAnchorRow>, StoreError>;

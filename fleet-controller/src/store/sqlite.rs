@@ -367,6 +367,7 @@ impl Store for SqliteStore {
         &mut self,
         e: &EpochRow,
         leaves: &[(DeviceId, SeqNo)],
+        ledger: &[(u64, Vec<u8>)],
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -390,6 +391,18 @@ impl Store for SqliteStore {
                 if n != 1 {
                     return Err(StoreError::Corrupt(format!(
                         "message {d}/{s} is missing or already in an epoch"
+                    )));
+                }
+            }
+            let mut seal = tx.prepare_cached(
+                "UPDATE ledger_tx SET envelope = ?2, epoch = ?3, leaf = ?4 WHERE id = ?1 AND epoch IS NULL",
+            )?;
+            for (i, (id, envelope)) in ledger.iter().enumerate() {
+                let leaf = (leaves.len() + i) as i64;
+                let n = seal.execute(params![to_i64(*id), envelope, to_i64(e.epoch.0), leaf])?;
+                if n != 1 {
+                    return Err(StoreError::Corrupt(format!(
+                        "ledger transaction {id} is missing or already in an epoch"
                     )));
                 }
             }
@@ -424,7 +437,10 @@ impl Store for SqliteStore {
 
     fn epoch_leaves(&self, epoch: EpochId) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut st = self.conn.prepare_cached(
-            "SELECT envelope FROM chain_items WHERE epoch = ?1 ORDER BY leaf_index",
+            "SELECT envelope FROM (
+                 SELECT envelope, leaf_index AS leaf FROM chain_items WHERE epoch = ?1
+                 UNION ALL SELECT envelope, leaf FROM ledger_tx WHERE epoch = ?1)
+             ORDER BY leaf",
         )?;
         let rows = st
             .query_map(params![to_i64(epoch.0)], |r| r.get(0))?
@@ -643,7 +659,7 @@ mod tests {
             anchor_entry: vec![1, 2, 3],
             anchor_index: 0,
         };
-        s.commit_epoch(&e, &[]).unwrap();
+        s.commit_epoch(&e, &[], &[]).unwrap();
         assert_eq!(s.epochs_not_on_chain().unwrap(), vec![e.clone()]);
         assert_eq!(s.count_epochs_not_on_chain().unwrap(), 1);
         let mut a = EvmAnchorRow {

@@ -143,6 +143,15 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// Your statement of account, verified here against the controller key you pin (every
+    /// posting signed, anchored and accounted for); written to --out.
+    Statement {
+        /// The controller's public key (hex) you trust.
+        #[arg(long)]
+        controller_key: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Issue credits to an account, paid for outside the platform (operator).
     Credit {
         /// The account's number (`fleetctl account` shows yours).
@@ -518,6 +527,31 @@ fn run(cli: Cli) -> Result<()> {
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
+            });
+        }
+        Cmd::Statement {
+            controller_key,
+            out: file,
+        } => {
+            let bytes = api.get("/api/v1/account/statement", true)?;
+            std::fs::write(&file, &bytes).with_context(|| format!("writing {}", file.display()))?;
+            let key = attest::hex::decode_array::<32>(&controller_key)
+                .map(attest::PublicKey)
+                .context("--controller-key")?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as u64;
+            let opts = attest::bundle::VerifyOptions::pinned(key, attest::TimestampMs(now));
+            let report = attest::bundle::AccountProof::decode(&bytes)
+                .and_then(|p| attest::bundle::verify_account(&p, &opts))
+                .map_err(|e| anyhow::anyhow!("the statement does not verify: {e}"))?;
+            print(out, &json!(report), |v| {
+                format!(
+                    "verified: {} holds {} micro-credits after {} postings, all accounted for",
+                    v["book"].as_str().unwrap_or("?"),
+                    v["balance"],
+                    v["postings"]
+                )
             });
         }
         Cmd::Credit {

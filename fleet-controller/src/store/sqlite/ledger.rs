@@ -6,21 +6,23 @@ use super::{SqliteStore, to_i64};
 use crate::accounts::AccountId;
 use crate::ledger::{Book, LedgerError, LedgerTx};
 use crate::store::StoreError;
-use crate::store::ledger::{LedgerStore, TxRow, kind_name};
+use crate::store::ledger::{LedgerStore, SealedEntries, TxRow, kind_name};
+use attest::msg::{LedgerEntry, LedgerPosting};
 
 /// Posts `tx` inside the database transaction `db` (the caller commits): balances moved,
 /// refused whole (`StoreError::Ledger`) when one would go below zero.
 pub(crate) fn post_in(db: &Transaction<'_>, tx: &LedgerTx, at_ms: u64) -> Result<u64, StoreError> {
+    let mut lines = Vec::with_capacity(tx.postings().len());
     for p in tx.postings() {
         let book = p.book.to_string();
-        let now: i64 = db
+        let (now, count): (i64, i64) = db
             .query_row(
-                "SELECT balance FROM ledger_balances WHERE book = ?1",
+                "SELECT balance, postings FROM ledger_balances WHERE book = ?1",
                 [&book],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?
-            .unwrap_or(0);
+            .unwrap_or((0, 0));
         let next = now
             .checked_add(p.amount)
             .ok_or(StoreError::Ledger(LedgerError::TooLarge("a balance")))?;
@@ -32,10 +34,11 @@ pub(crate) fn post_in(db: &Transaction<'_>, tx: &LedgerTx, at_ms: u64) -> Result
             }));
         }
         db.execute(
-            "INSERT INTO ledger_balances (book, balance) VALUES (?1, ?2)
-             ON CONFLICT (book) DO UPDATE SET balance = ?2",
+            "INSERT INTO ledger_balances (book, balance, postings) VALUES (?1, ?2, 1)
+             ON CONFLICT (book) DO UPDATE SET balance = ?2, postings = postings + 1",
             params![book, next],
         )?;
+        lines.push((book, p.amount, count, next));
     }
     db.execute(
         "INSERT INTO ledger_tx (kind, job, memo, at_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -47,10 +50,11 @@ pub(crate) fn post_in(db: &Transaction<'_>, tx: &LedgerTx, at_ms: u64) -> Result
         ],
     )?;
     let id = db.last_insert_rowid();
-    let mut st =
-        db.prepare_cached("INSERT INTO ledger_postings (tx, book, amount) VALUES (?1, ?2, ?3)")?;
-    for p in tx.postings() {
-        st.execute(params![id, p.book.to_string(), p.amount])?;
+    let mut st = db.prepare_cached(
+        "INSERT INTO ledger_postings (tx, book, amount, seq, balance) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (book, amount, seq, balance) in lines {
+        st.execute(params![id, book, amount, seq, balance])?;
     }
     Ok(id as u64)
 }
@@ -163,6 +167,83 @@ impl LedgerStore for SqliteStore {
 
     fn job_transactions(&self, job: attest::msg::JobId) -> Result<Vec<TxRow>, StoreError> {
         self.tx_rows("job = ?1 ORDER BY id", &[&job.0.to_vec()])
+    }
+
+    fn unsealed_ledger(&self) -> Result<Vec<LedgerEntry>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, kind, job, memo, at_ms FROM ledger_tx WHERE epoch IS NULL ORDER BY id",
+        )?;
+        let heads = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut lines = self.conn.prepare_cached(
+            "SELECT book, amount, seq, balance FROM ledger_postings WHERE tx = ?1 ORDER BY rowid",
+        )?;
+        heads
+            .into_iter()
+            .map(|(id, kind, job, memo, at)| {
+                let postings = lines
+                    .query_map([id], |r| {
+                        Ok(LedgerPosting {
+                            book: r.get(0)?,
+                            amount: r.get(1)?,
+                            seq: r.get::<_, i64>(2)? as u64,
+                            balance: r.get(3)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let job = job
+                    .map(|j| {
+                        j.try_into()
+                            .map(attest::msg::JobId)
+                            .map_err(|_| StoreError::Corrupt("a job id is not 16 bytes".into()))
+                    })
+                    .transpose()?;
+                Ok(LedgerEntry {
+                    id: id as u64,
+                    kind: kind_name(&kind)?.to_string(),
+                    job,
+                    memo,
+                    at: attest::TimestampMs(at as u64),
+                    postings,
+                })
+            })
+            .collect()
+    }
+
+    fn sealed_entries_of(&self, book: Book) -> Result<SealedEntries, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT t.envelope, t.epoch, t.leaf FROM ledger_tx t
+             WHERE t.id IN (SELECT tx FROM ledger_postings WHERE book = ?1)
+             AND t.epoch IS NOT NULL ORDER BY t.id",
+        )?;
+        let sealed = st
+            .query_map([book.to_string()], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    attest::EpochId(r.get::<_, i64>(1)? as u64),
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let pending: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM ledger_tx t
+             WHERE t.id IN (SELECT tx FROM ledger_postings WHERE book = ?1) AND t.epoch IS NULL",
+            [book.to_string()],
+            |r| r.get(0),
+        )?;
+        Ok(SealedEntries {
+            sealed,
+            pending: pending as u64,
+        })
     }
 }
 
