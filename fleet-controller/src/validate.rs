@@ -144,41 +144,50 @@ pub fn freivalds(
                 .sum()
         })
         .collect();
+    // All rounds at once: R is n × rounds (row-major), so every inner loop runs along the
+    // rounds, contiguous and free of a sum's order (the compiler vectorises it).
+    let t_r = rounds as usize;
     let mut rng = SplitMix(seed);
-    let mut r = vec![0f64; n];
-    let mut br = vec![0f64; k];
-    for round in 0..rounds {
-        for x in r.iter_mut() {
-            *x = if rng.next() & 1 == 0 { 1.0 } else { -1.0 };
-        }
-        for (p, out) in br.iter_mut().enumerate() {
-            *out = b[p * n..(p + 1) * n]
-                .iter()
-                .zip(&r)
-                .map(|(x, s)| f64::from(*x) * s)
-                .sum();
-        }
-        for i in 0..m {
-            let expected: f64 = a[i * k..(i + 1) * k]
-                .iter()
-                .zip(&br)
-                .map(|(x, y)| f64::from(*x) * y)
-                .sum();
-            let got: f64 = c[i * n..(i + 1) * n]
-                .iter()
-                .zip(&r)
-                .map(|(x, s)| f64::from(*x) * s)
-                .sum();
-            let tolerance = gamma * t[i] + slack * (t[i] + c_abs[i]) + subnormal;
-            if (got - expected).abs() > tolerance {
-                return Err(FreivaldsError::Wrong {
-                    round,
-                    row: i as u32,
-                    got,
-                    expected,
-                    tolerance,
-                });
+    let r: Vec<f64> = (0..n * t_r)
+        .map(|_| if rng.next() & 1 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    // B·R (k × rounds), A·(B·R) and C·R (m × rounds).
+    let mut br = vec![0f64; k * t_r];
+    for p in 0..k {
+        let out = &mut br[p * t_r..(p + 1) * t_r];
+        for (j, x) in b[p * n..(p + 1) * n].iter().enumerate() {
+            let x = f64::from(*x);
+            for (o, s) in out.iter_mut().zip(&r[j * t_r..(j + 1) * t_r]) {
+                *o += x * s;
             }
+        }
+    }
+    let mut expected = vec![0f64; t_r];
+    let mut got = vec![0f64; t_r];
+    for i in 0..m {
+        expected.iter_mut().for_each(|v| *v = 0.0);
+        got.iter_mut().for_each(|v| *v = 0.0);
+        for (p, x) in a[i * k..(i + 1) * k].iter().enumerate() {
+            let x = f64::from(*x);
+            for (o, y) in expected.iter_mut().zip(&br[p * t_r..(p + 1) * t_r]) {
+                *o += x * y;
+            }
+        }
+        for (j, x) in c[i * n..(i + 1) * n].iter().enumerate() {
+            let x = f64::from(*x);
+            for (o, s) in got.iter_mut().zip(&r[j * t_r..(j + 1) * t_r]) {
+                *o += x * s;
+            }
+        }
+        let tolerance = gamma * t[i] + slack * (t[i] + c_abs[i]) + subnormal;
+        if let Some(round) = (0..t_r).find(|&q| (got[q] - expected[q]).abs() > tolerance) {
+            return Err(FreivaldsError::Wrong {
+                round: round as u32,
+                row: i as u32,
+                got: got[round],
+                expected: expected[round],
+                tolerance,
+            });
         }
     }
     Ok(())

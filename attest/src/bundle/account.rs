@@ -14,8 +14,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
-use super::verify::{check_anchors, check_inclusion};
-use super::{Check, EpochProof, Evidence, MAX_BUNDLE_LEN, VerifyError, VerifyOptions, fail};
+use super::anchors::{check_anchors, check_inclusion};
+use super::{Check, EpochProof, Evidence, VerifyError, VerifyOptions, fail};
 use crate::envelope::{Envelope, Kind};
 use crate::msg::LedgerEntry;
 use crate::units::EpochId;
@@ -61,6 +61,7 @@ impl AccountProof {
     /// Decodes JSON (the only encoding), bounded.
     #[cfg(feature = "std")]
     pub fn decode(bytes: &[u8]) -> Result<AccountProof, VerifyError> {
+        use super::MAX_BUNDLE_LEN;
         if bytes.len() > MAX_BUNDLE_LEN {
             return fail(
                 Check::Format,

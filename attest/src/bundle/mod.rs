@@ -25,6 +25,7 @@ use crate::msg::Statement;
 use crate::units::{EpochId, TimestampMs};
 
 mod account;
+mod anchors;
 mod verify;
 pub use account::{ACCOUNT_FORMAT, AccountProof, AccountReport, verify_account};
 pub use verify::verify;

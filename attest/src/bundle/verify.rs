@@ -6,19 +6,19 @@ use alloc::format;
 use alloc::string::ToString;
 use alloc::vec::Vec;
 
+use super::anchors::{check_anchors, check_inclusion};
 use super::{
-    AnchorRef, BUNDLE_FORMAT, Blob, Check, DatasetUse, EpochProof, MAX_BUNDLE_DATASETS,
-    ProofBundle, Report, VerifyError, VerifyOptions, fail,
+    BUNDLE_FORMAT, Check, DatasetUse, MAX_BUNDLE_DATASETS, ProofBundle, Report, VerifyError,
+    VerifyOptions, fail,
 };
 use crate::account::{StatementInput, compute_statement};
 use crate::chain::{ChainPolicy, ChainVerifier, Outcome};
 use crate::envelope::{Envelope, Verified};
 use crate::hash::Hash32;
-use crate::id::{DeviceId, PublicKey};
+use crate::id::DeviceId;
 use crate::intensity::{Dataset, Figure, RegionTable, bundled_digest};
-use crate::merkle::leaf_hash;
-use crate::msg::{AnchorEntry, ChainMessage, Hello, Statement, hello_at};
-use crate::units::{EpochId, TimestampMs};
+use crate::msg::{ChainMessage, Hello, Statement, hello_at};
+use crate::units::TimestampMs;
 
 struct Item {
     index: usize,
@@ -378,112 +378,6 @@ fn verify_signatures(
         Check::Signature,
         "batch verification failed but no single signature did",
     )
-}
-
-/// Checks every piece of evidence against its epoch's tree head (each epoch listed once).
-pub(super) fn check_inclusion(
-    evidence: &[super::Evidence],
-    epochs_in: &[EpochProof],
-) -> Result<(), VerifyError> {
-    let mut epochs: BTreeMap<EpochId, &EpochProof> = BTreeMap::new();
-    for ep in epochs_in {
-        if epochs.insert(ep.epoch, ep).is_some() {
-            return fail(Check::Format, format!("epoch {} listed twice", ep.epoch));
-        }
-    }
-    let mut checkers: BTreeMap<EpochId, crate::merkle::InclusionChecker> = epochs
-        .iter()
-        .map(|(id, ep)| (*id, crate::merkle::InclusionChecker::new(ep.head)))
-        .collect();
-    for (index, ev) in evidence.iter().enumerate() {
-        let Some(checker) = checkers.get_mut(&ev.epoch) else {
-            return fail(
-                Check::Inclusion,
-                format!("evidence #{index}: epoch {} is not in the bundle", ev.epoch),
-            );
-        };
-        checker
-            .verify(&leaf_hash(&ev.envelope.0), &ev.proof)
-            .or_else(|e| {
-                fail(
-                    Check::Inclusion,
-                    format!("evidence #{index} in epoch {}: {e}", ev.epoch),
-                )
-            })?;
-    }
-
-    Ok(())
-}
-
-/// Checks every epoch's anchor against the pinned trust; true when some are on an EVM
-/// chain and were only checked offline.
-pub(super) fn check_anchors(
-    epochs: &[EpochProof],
-    opts: &VerifyOptions,
-) -> Result<bool, VerifyError> {
-    let mut onchain_unchecked = false;
-    for ep in epochs {
-        match &ep.anchor {
-            AnchorRef::Local {
-                entry,
-                controller_key,
-            } => check_local_anchor(ep, entry, controller_key, &opts.trust.controller_key)?,
-            AnchorRef::Evm {
-                chain_id, contract, ..
-            } => {
-                let pinned = opts.trust.evm.as_ref();
-                if pinned.is_none_or(|p| p.chain_id != *chain_id || p.contract != *contract) {
-                    return fail(
-                        Check::Anchor,
-                        format!(
-                            "UNPINNED: epoch {} is anchored on chain {chain_id} at {contract}, \
-                             but the pinned EVM anchor is {}",
-                            ep.epoch,
-                            pinned.map_or("none".into(), |p| format!(
-                                "chain {} at {}",
-                                p.chain_id, p.contract
-                            ))
-                        ),
-                    );
-                }
-                onchain_unchecked = true;
-            }
-        }
-    }
-
-    Ok(onchain_unchecked)
-}
-
-fn check_local_anchor(
-    ep: &EpochProof,
-    entry: &Blob,
-    key: &PublicKey,
-    pinned: &PublicKey,
-) -> Result<(), VerifyError> {
-    let e = ep.epoch;
-    if let Some(p) = Some(pinned).filter(|p| *p != key) {
-        return fail(
-            Check::Anchor,
-            format!("epoch {e}: anchor signed by {key}, not the trusted controller {p}"),
-        );
-    }
-    let env = Envelope::decode(&entry.0)
-        .or_else(|err| fail(Check::Anchor, format!("epoch {e}: {err}")))?;
-    env.verify(key)
-        .or_else(|err| fail(Check::Anchor, format!("epoch {e}: anchor entry {err}")))?;
-    let a: AnchorEntry = env
-        .open()
-        .or_else(|err| fail(Check::Anchor, format!("epoch {e}: {err}")))?;
-    if a.epoch != ep.epoch || a.root != ep.head.root || a.tree_size != ep.head.size {
-        return fail(
-            Check::Anchor,
-            format!(
-                "epoch {e}: anchor entry records epoch {} root {} size {}, bundle says root {} size {}",
-                a.epoch, a.root, a.tree_size, ep.head.root, ep.head.size
-            ),
-        );
-    }
-    Ok(())
 }
 
 fn compare(stated: &Statement, computed: &Statement) -> Result<(), VerifyError> {
