@@ -79,9 +79,17 @@ impl AccountKind {
     /// The scopes this kind's tokens may carry, and get when none are named.
     pub fn allowed(self) -> Scopes {
         match self {
-            AccountKind::Buyer => Scopes::of(&[Scope::Read, Scope::Submit]),
-            AccountKind::Provider => Scopes::of(&[Scope::Read]),
+            AccountKind::Buyer | AccountKind::Provider => Scopes::of(&[Scope::Read, Scope::Submit]),
             AccountKind::Operator => Scopes::of(&[Scope::Read, Scope::Submit, Scope::Operate]),
+        }
+    }
+
+    /// The scopes of a token made without asking for any: a provider's is `read` only (the
+    /// token its agents carry); one with `submit` (staking, buying) must be asked for.
+    pub fn default_scopes(self) -> Scopes {
+        match self {
+            AccountKind::Provider => Scopes::of(&[Scope::Read]),
+            other => other.allowed(),
         }
     }
 }
@@ -336,7 +344,7 @@ fn check_name(name: &str) -> Result<(), AccountError> {
 /// hold when `None`.
 pub fn scopes_for(kind: AccountKind, asked: Option<&[String]>) -> Result<Scopes, AccountError> {
     let Some(asked) = asked else {
-        return Ok(kind.allowed());
+        return Ok(kind.default_scopes());
     };
     let scopes =
         Scopes::parse(asked.iter().map(String::as_str)).map_err(AccountError::UnknownScope)?;

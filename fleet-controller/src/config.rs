@@ -68,6 +68,18 @@ pub struct MarketConfig {
     /// The platform's fee on each payout, parts per million of the price (50000: 5 %).
     #[serde(default = "default_fee_ppm")]
     pub fee_ppm: u32,
+    /// The share of a provider's stake taken for a proven wrong result, parts per million
+    /// (half to the wronged buyer, half to the platform).
+    #[serde(default = "default_slash_ppm")]
+    pub slash_ppm: u32,
+    /// The least stake a device's provider must hold for the device to get work,
+    /// micro-credits (0: none needed).
+    #[serde(default)]
+    pub min_stake: u64,
+}
+
+const fn default_slash_ppm() -> u32 {
+    100_000
 }
 
 const fn default_fee_ppm() -> u32 {
@@ -108,6 +120,8 @@ impl Default for MarketConfig {
             progress_grace_ms: default_progress_grace(),
             solar_forecast_csv: None,
             fee_ppm: default_fee_ppm(),
+            slash_ppm: default_slash_ppm(),
+            min_stake: 0,
         }
     }
 }

@@ -35,6 +35,8 @@ pub enum Book {
     Fees,
     /// Payouts for devices without a provider.
     Unclaimed,
+    /// A provider's stake: held against wrong results, slashed when one is proven.
+    Stake(AccountId),
 }
 
 impl Book {
@@ -53,6 +55,9 @@ impl Book {
                 if let Some(n) = s.strip_prefix("wallet:") {
                     return n.parse().ok().map(|n| Book::Wallet(AccountId(n)));
                 }
+                if let Some(n) = s.strip_prefix("stake:") {
+                    return n.parse().ok().map(|n| Book::Stake(AccountId(n)));
+                }
                 let hex = s.strip_prefix("escrow:")?;
                 attest::hex::decode_array(hex)
                     .ok()
@@ -70,6 +75,7 @@ impl fmt::Display for Book {
             Book::Escrow(j) => write!(f, "escrow:{j}"),
             Book::Fees => f.write_str("fees"),
             Book::Unclaimed => f.write_str("unclaimed"),
+            Book::Stake(a) => write!(f, "stake:{}", a.0),
         }
     }
 }
@@ -85,6 +91,11 @@ pub enum TxKind {
     Payout,
     /// A job that did not finish: its escrow back to its buyer.
     Refund,
+    /// Credits moved between a provider's wallet and its stake.
+    Stake,
+    /// A share of a provider's stake taken for a proven wrong result: to the wronged buyer
+    /// and the platform.
+    Slash,
 }
 
 impl TxKind {
@@ -95,6 +106,8 @@ impl TxKind {
             TxKind::Escrow => "escrow",
             TxKind::Payout => "payout",
             TxKind::Refund => "refund",
+            TxKind::Stake => "stake",
+            TxKind::Slash => "slash",
         }
     }
 
@@ -105,6 +118,8 @@ impl TxKind {
             TxKind::Escrow,
             TxKind::Payout,
             TxKind::Refund,
+            TxKind::Stake,
+            TxKind::Slash,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -239,6 +254,70 @@ pub fn escrow(buyer: AccountId, job: JobId, micro: u64) -> Result<LedgerTx, Ledg
             },
         ],
     )
+}
+
+/// `micro` credits from a provider's wallet into its stake (negative: back out).
+pub fn stake(provider: AccountId, micro: i64) -> Result<LedgerTx, LedgerError> {
+    if micro == 0 {
+        return Err(LedgerError::NotPositive("a stake"));
+    }
+    LedgerTx::new(
+        TxKind::Stake,
+        None,
+        if micro > 0 {
+            "staked"
+        } else {
+            "stake withdrawn"
+        },
+        vec![
+            Posting {
+                book: Book::Wallet(provider),
+                amount: -micro,
+            },
+            Posting {
+                book: Book::Stake(provider),
+                amount: micro,
+            },
+        ],
+    )
+}
+
+/// The slash for a proven wrong result of `job`: `share_ppm` of the provider's stake
+/// `staked` (rounded down), half (rounded up) to the wronged buyer, the rest to the
+/// platform. `None` when there is nothing to take.
+pub fn slash(
+    provider: AccountId,
+    staked: i64,
+    share_ppm: u32,
+    buyer: AccountId,
+    job: JobId,
+    memo: &str,
+) -> Result<Option<LedgerTx>, LedgerError> {
+    let take = fee_of(staked.max(0) as u64, share_ppm) as i64;
+    if take == 0 {
+        return Ok(None);
+    }
+    let to_buyer = (take + 1) / 2;
+    LedgerTx::new(
+        TxKind::Slash,
+        Some(job),
+        memo,
+        vec![
+            Posting {
+                book: Book::Stake(provider),
+                amount: -take,
+            },
+            Posting {
+                book: Book::Wallet(buyer),
+                amount: to_buyer,
+            },
+            Posting {
+                book: Book::Fees,
+                amount: take - to_buyer,
+            },
+        ],
+    )
+    .map(Some)
 }
 
 /// What a done job pays.

@@ -393,6 +393,8 @@ fn spawn_dispatch(
             default_run_ms: m.default_run_ms,
             progress_grace_ms: m.progress_grace_ms,
             fee_ppm: m.fee_ppm,
+            slash_ppm: m.slash_ppm,
+            min_stake: m.min_stake,
             ..Default::default()
         },
     )

@@ -958,6 +958,44 @@ fn a_rig_returning_a_wrong_product_is_caught_and_the_honest_rig_is_paid() {
         r.json()["token"]["secret"].as_str().unwrap().to_string()
     };
     let (liar_p, honest_p) = (provider("liar-rigs"), provider("honest-rigs"));
+    // The liar's provider has staked a million micro-credits (issued by the operator).
+    let accounts = call(api, "GET", "/api/v1/accounts", &operator, b"").json();
+    let liar_account = accounts
+        .as_array()
+        .or_else(|| accounts["accounts"].as_array())
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "liar-rigs")
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    credit(api, &operator, liar_account, 1_000_000);
+    // Staking takes a token with `submit`, asked for (the agents' token reads only).
+    let r = call(
+        api,
+        "POST",
+        &format!("/api/v1/accounts/{liar_account}/tokens"),
+        &operator,
+        br#"{"scopes": ["read", "submit"], "label": "owner"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let owner = r.json()["token"]["secret"].as_str().unwrap().to_string();
+    let r = call(
+        api,
+        "POST",
+        "/api/v1/account/stake",
+        &liar_p,
+        br#"{"amount": 1000000}"#,
+    );
+    assert_eq!(r.status, 403, "the agents' token cannot stake");
+    let r = call(
+        api,
+        "POST",
+        "/api/v1/account/stake",
+        &owner,
+        br#"{"amount": 1000000}"#,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let hours = (now() % 86_400_000) as f64 / 3_600_000.0;
     let noon_lon = ((12.0 - hours) * 15.0 + 540.0) % 360.0 - 180.0;
     let start = |name: &str, token: &str, seed: u64, env: &[(&str, &str)]| {
@@ -1048,7 +1086,12 @@ fn a_rig_returning_a_wrong_product_is_caught_and_the_honest_rig_is_paid() {
         .iter()
         .map(|f| {
             let text = std::fs::read_to_string(tmp.path().join(f)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            let tail: Vec<&str> = text
+                .lines()
+                .rev()
+                .filter(|l| !l.contains("epoch anchored"))
+                .take(40)
+                .collect();
             format!(
                 "--- {f}\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -1115,6 +1158,10 @@ fn a_rig_returning_a_wrong_product_is_caught_and_the_honest_rig_is_paid() {
     };
     assert_eq!(balance(&liar_p), 0);
     assert!(balance(&honest_p) > 0);
+    // Its stake was slashed by a tenth for the wrong result: half to the buyer, half to the
+    // platform.
+    let liar_b = call(api, "GET", "/api/v1/account/balance", &liar_p, b"").json();
+    assert_eq!(liar_b["staked"], 900_000, "{liar_b}");
     use fleet_controller::store::ledger::LedgerStore;
     let id = fleet_controller::jobs::parse_job_id(&job).unwrap();
     let kinds: Vec<&str> = store
@@ -1123,7 +1170,15 @@ fn a_rig_returning_a_wrong_product_is_caught_and_the_honest_rig_is_paid() {
         .iter()
         .map(|t| t.kind)
         .collect();
-    assert_eq!(kinds, ["escrow", "payout"]);
+    assert_eq!(kinds, ["escrow", "slash", "payout"]);
+    let slash = &store.job_transactions(id).unwrap()[1];
+    assert!(slash.memo.contains("a wrong result"), "{slash:?}");
+    assert!(
+        slash
+            .postings
+            .contains(&(format!("stake:{liar_account}"), -100_000)),
+        "{slash:?}"
+    );
     // The evidence is kept, and the market lists the liar far below the honest rig.
     use fleet_controller::store::marks::MarkStore;
     let marks = store.device_marks(liar, 0).unwrap();

@@ -282,9 +282,9 @@ pub(super) fn read_token(path: &Path) -> Result<String, String> {
 
 /// Uploads a completed job's outputs to the controller (`PUT {api}/api/v1/jobs/{job}/
 /// outputs/{i}`, the provider's token), off the agent's task: the controller takes them
-/// once it has the job's receipt (until then it answers 409, and this tries again every
-/// 2 s for five minutes) and keeps them only if together they hash to the receipt's
-/// `output_hash`.
+/// once it has the job's receipt (until then it answers 409) and keeps them only if
+/// together they hash to the receipt's `output_hash`. A 409, a 5xx or no answer is tried
+/// again every 2 s for five minutes.
 pub(super) fn upload_outputs(
     blob_url: &str,
     token_file: Option<&Path>,
@@ -319,9 +319,15 @@ pub(super) fn upload_outputs(
                         r = r.header("Authorization", &format!("Bearer {t}"));
                     }
                     let status = r.send(&o[..]).map(|resp| resp.status().as_u16());
+                    // 409: the controller does not have the receipt yet; 5xx or no answer:
+                    // it is busy or away. Both pass: tried again. Any other answer is final.
+                    let again = match &status {
+                        Ok(409) | Ok(500..=599) | Err(_) => std::time::Instant::now() < deadline,
+                        _ => false,
+                    };
                     match status {
                         Ok(200) => break,
-                        Ok(409) if std::time::Instant::now() < deadline => {
+                        _ if again => {
                             std::thread::sleep(Duration::from_secs(2));
                         }
                         other => {

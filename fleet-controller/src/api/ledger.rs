@@ -27,6 +27,7 @@ pub(super) async fn balance(
             "account": caller.account,
             "available": st.balance(Book::Wallet(caller.account))?,
             "escrowed": st.escrowed(caller.account)?,
+            "staked": st.balance(Book::Stake(caller.account))?,
         })))
     })
     .await
@@ -76,6 +77,53 @@ pub(super) async fn statement(
             Json(serde_json::to_value(&proof).map_err(|e| AppError::Internal(e.to_string()))?),
         )
             .into_response())
+    })
+    .await
+}
+
+/// Body of a stake.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StakeBody {
+    /// Micro-credits from the wallet into the stake; negative: back out of it.
+    amount: i64,
+}
+
+/// `POST /api/v1/account/stake`: a provider moves credits between its wallet and its stake
+/// (held against wrong results: a proven one takes `market.slash_ppm` of it). Withdrawing
+/// waits until none of its devices holds a job.
+pub(super) async fn stake(
+    State(s): State<ApiState>,
+    auth: Auth,
+    ApiJson(b): ApiJson<StakeBody>,
+) -> Result<Json<Value>, AppError> {
+    use crate::store::jobs::JobStore;
+    let caller = auth.require(Scope::Submit)?;
+    if caller.kind != crate::accounts::AccountKind::Provider {
+        return Err(AppError::BadBody("only a provider stakes".into()));
+    }
+    blocking(move || {
+        let mut st = s.store.get()?;
+        if b.amount < 0 {
+            for job in st.open_jobs()? {
+                if let Some(l) = st.job_lease(job.id)?
+                    && st.device_provider(l.device)? == Some(caller.account)
+                {
+                    return Err(AppError::IllegalState(format!(
+                        "job {} runs on your device {}: the stake is withdrawn once it ends",
+                        job.id, l.device
+                    )));
+                }
+            }
+        }
+        let tx = crate::ledger::stake(caller.account, b.amount)
+            .map_err(|e| AppError::BadBody(e.to_string()))?;
+        st.post(&tx, crate::runtime::now_ms())?;
+        Ok(Json(json!({
+            "account": caller.account,
+            "available": st.balance(Book::Wallet(caller.account))?,
+            "staked": st.balance(Book::Stake(caller.account))?,
+        })))
     })
     .await
 }

@@ -548,6 +548,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/account/balance", get(ledger::balance))
         .route("/api/v1/account/ledger", get(ledger::history))
         .route("/api/v1/account/statement", get(ledger::statement))
+        .route("/api/v1/account/stake", post(ledger::stake))
         .route("/api/v1/accounts/{id}/credits", post(ledger::deposit))
         .route("/api/v1/accounts", get(admin::list).post(admin::create))
         .route("/api/v1/accounts/{id}/tokens", post(admin::create_token))

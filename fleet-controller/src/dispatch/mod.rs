@@ -48,12 +48,13 @@ use crate::market::{
 use crate::reputation::MarkKind;
 use crate::store::accounts::AccountStore;
 use crate::store::jobs::{JobLease, JobRecord, JobStore};
+use crate::store::ledger::LedgerStore;
 use crate::store::marks::MarkStore;
 use crate::store::{Store, StoreError};
 
 /// What dispatch needs of the store.
-pub trait DispatchStore: Store + JobStore + AccountStore + MarkStore {}
-impl<S: Store + JobStore + AccountStore + MarkStore> DispatchStore for S {}
+pub trait DispatchStore: Store + JobStore + AccountStore + MarkStore + LedgerStore {}
+impl<S: Store + JobStore + AccountStore + MarkStore + LedgerStore> DispatchStore for S {}
 
 /// Dispatch settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,10 @@ pub struct DispatchConfig {
     pub progress_grace_ms: u64,
     /// The platform's fee on each payout, parts per million.
     pub fee_ppm: u32,
+    /// The share of a provider's stake taken for a proven wrong result, ppm.
+    pub slash_ppm: u32,
+    /// The least stake a device's provider must hold for the device to get work (0: none).
+    pub min_stake: u64,
 }
 
 impl Default for DispatchConfig {
@@ -82,6 +87,8 @@ impl Default for DispatchConfig {
             command_lifetime_ms: 10 * 60_000,
             progress_grace_ms: 5 * 60_000,
             fee_ppm: 50_000,
+            slash_ppm: 100_000,
+            min_stake: 0,
         }
     }
 }
@@ -256,6 +263,7 @@ impl Dispatcher {
                     .get(&p.job)
                     .is_some_and(|d| d.contains(&p.device))
                     || self.reputation(store, p.device, now)? < crate::reputation::MIN_SCORE
+                    || !self.staked_enough(store, p.device)?
                 {
                     self.scheduler.admission_refused(p.job, p.device);
                     return Ok(());
@@ -454,6 +462,22 @@ impl Dispatcher {
             flexible: job.order.flexible(),
             submitted: TimestampMs(job.created_ms),
         }
+    }
+
+    /// Whether the device's provider holds the stake `min_stake` asks for.
+    fn staked_enough<S: DispatchStore>(
+        &self,
+        store: &S,
+        device: DeviceId,
+    ) -> Result<bool, StoreError> {
+        if self.cfg.min_stake == 0 {
+            return Ok(true);
+        }
+        let staked = match store.device_provider(device)? {
+            Some(p) => store.balance(crate::ledger::Book::Stake(p))?,
+            None => 0,
+        };
+        Ok(staked >= 0 && staked as u64 >= self.cfg.min_stake)
     }
 
     /// A device's reputation now ([`crate::reputation::device_score`]).

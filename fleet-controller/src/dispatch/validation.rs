@@ -126,6 +126,7 @@ impl Dispatcher {
                         now,
                     )?;
                     tracing::warn!(job = %job.id, device = %lease.device, error = %e, "a wrong result");
+                    self.slash(store, job, lease.device, &e.to_string(), now)?;
                     store.clear_job_outputs(job.id)?;
                     let why = format!("{at}: its result is wrong ({e}); placed again elsewhere");
                     self.again_elsewhere(store, job, lease.device, now, &why)?;
@@ -153,6 +154,36 @@ impl Dispatcher {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Takes `slash_ppm` of the stake of the provider that runs `device` for a wrong result
+    /// of `job`: half to its buyer, half to the platform (nothing without a provider or a
+    /// stake).
+    fn slash<S: DispatchStore>(
+        &self,
+        store: &mut S,
+        job: &JobRecord,
+        device: attest::DeviceId,
+        found: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let Some(provider) = store.device_provider(device)? else {
+            return Ok(());
+        };
+        let staked = store.balance(crate::ledger::Book::Stake(provider))?;
+        let memo = format!("a wrong result on {device}: {found}");
+        if let Some(tx) = crate::ledger::slash(
+            provider,
+            staked,
+            self.cfg.slash_ppm,
+            job.owner,
+            job.id,
+            &memo,
+        )? {
+            let n = store.post(&tx, now)?;
+            tracing::warn!(job = %job.id, %device, provider = provider.0, tx = n, "stake slashed");
         }
         Ok(())
     }

@@ -123,7 +123,9 @@ impl Store for SqliteStore {
         now_ms: u64,
         initial: DeviceState,
     ) -> Result<DeviceRow, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO devices (id, public_key, state, hello, first_seen_ms, last_seen_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5)
@@ -163,7 +165,9 @@ impl Store for SqliteStore {
         timestamp_ms: u64,
         hello: &[u8],
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let insert = "INSERT INTO hellos (device, timestamp_ms, envelope) VALUES (?1, ?2, ?3)
                       ON CONFLICT (device, timestamp_ms) DO NOTHING";
         let has_history: bool = tx.query_row(
@@ -194,7 +198,9 @@ impl Store for SqliteStore {
     }
 
     fn mark_seen(&mut self, ids: &[DeviceId], now_ms: u64) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut st = tx.prepare_cached(
                 "UPDATE devices SET last_seen_ms = max(last_seen_ms, ?2) WHERE id = ?1",
@@ -217,7 +223,9 @@ impl Store for SqliteStore {
     }
 
     fn expire_pending(&mut self, before_ms: u64) -> Result<Vec<DeviceId>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let ids: Vec<Vec<u8>> = {
             let mut st =
                 tx.prepare("SELECT id FROM devices WHERE state = 'pending' AND last_seen_ms < ?1")?;
@@ -274,7 +282,9 @@ impl Store for SqliteStore {
         now_ms: u64,
     ) -> Result<InsertReport, StoreError> {
         let mut report = InsertReport::default();
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut touch = tx.prepare_cached(
                 "UPDATE devices SET last_seen_ms = max(last_seen_ms, ?2) WHERE id = ?1",
@@ -369,7 +379,9 @@ impl Store for SqliteStore {
         leaves: &[(DeviceId, SeqNo)],
         ledger: &[(u64, Vec<u8>)],
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute(
             &format!("INSERT INTO epochs ({EPOCH_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
             params![
@@ -461,7 +473,9 @@ impl Store for SqliteStore {
     }
 
     fn put_evm_anchor(&mut self, r: &EvmAnchorRow) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let confirmed: Option<Option<i64>> = tx
             .query_row(
                 "SELECT block_number FROM evm_anchors WHERE epoch = ?1",

@@ -14,8 +14,8 @@ pub fn balance(api: &Api, out: Output) -> Result<()> {
     let v = api.json("/api/v1/account/balance", true)?;
     print(out, &v, |v| {
         format!(
-            "available {} micro-credits, {} held in escrow",
-            v["available"], v["escrowed"]
+            "available {} micro-credits, {} held in escrow, {} staked",
+            v["available"], v["escrowed"], v["staked"]
         )
     });
     Ok(())
@@ -90,6 +90,19 @@ pub fn credit(api: &Api, out: Output, account: u64, amount: u64, memo: &str) -> 
         format!(
             "account {account}: {} micro-credits available",
             v["available"]
+        )
+    });
+    Ok(())
+}
+
+/// `fleetctl stake` (a provider's token).
+pub fn stake(api: &Api, out: Output, amount: i64) -> Result<()> {
+    let body = json!({ "amount": amount }).to_string().into_bytes();
+    let v = api.send("POST", "/api/v1/account/stake", body)?;
+    print(out, &v, |v| {
+        format!(
+            "{} micro-credits staked, {} available",
+            v["staked"], v["available"]
         )
     });
     Ok(())

@@ -153,6 +153,12 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Move credits into your stake (a provider; negative: withdraw, once none of your
+    /// devices holds a job). A proven wrong result takes a share of it.
+    Stake {
+        #[arg(allow_negative_numbers = true)]
+        amount: i64,
+    },
     /// Issue credits to an account, paid for outside the platform (operator).
     Credit {
         /// The account's number (`fleetctl account` shows yours).
@@ -492,6 +498,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Completions { .. } => unreachable!("answered above"),
         Cmd::Balance => ledger::balance(&api, out)?,
+        Cmd::Stake { amount } => ledger::stake(&api, out, amount)?,
         Cmd::History { limit } => ledger::history(&api, out, limit)?,
         Cmd::Statement {
             controller_key,

@@ -59,7 +59,9 @@ impl AccountStore for SqliteStore {
         a: &NewAccount,
         token: &NewToken,
     ) -> Result<Option<(AccountRow, TokenId)>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "INSERT INTO accounts (kind, name, quota_bytes, created_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (name) DO NOTHING",
@@ -125,7 +127,9 @@ impl AccountStore for SqliteStore {
         account: AccountId,
         token: &NewToken,
     ) -> Result<Option<TokenId>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let exists: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = ?1)",
             [to_i64(account.0)],

@@ -53,7 +53,9 @@ impl JobStore for SqliteStore {
     fn insert_job(&mut self, job: &NewJob, reason: &str) -> Result<(), StoreError> {
         let order = serde_json::to_string(&job.order)
             .map_err(|e| StoreError::Corrupt(format!("job {}: its order: {e}", job.id)))?;
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute(
             &format!(
                 "INSERT INTO jobs ({JOB_COLUMNS}, deadline_ms, flexible)
@@ -278,7 +280,9 @@ impl JobStore for SqliteStore {
     }
 
     fn apply_transition(&mut self, id: JobId, t: &Transition) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "UPDATE jobs SET state = ?3, updated_ms = max(updated_ms, ?4)
              WHERE id = ?1 AND state = ?2",
@@ -349,7 +353,9 @@ impl JobStore for SqliteStore {
     }
 
     fn put_job_output(&mut self, id: JobId, o: &JobOutput) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let known: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)",
             [&id.0[..]],

@@ -285,11 +285,18 @@ mod tests {
         Cancel {
             job: usize,
         },
+        Stake {
+            amount: i64,
+        },
+        Slash {
+            job: usize,
+            share_ppm: u32,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0..3usize, 1..5_000u64).prop_map(|(who, amount)| Op::Deposit { who, amount }),
+            (0..4usize, 1..5_000u64).prop_map(|(who, amount)| Op::Deposit { who, amount }),
             (0..3usize, 1..3_000u64).prop_map(|(who, escrow)| Op::Submit { who, escrow }),
             (0..8usize, 0..6_000u64, 0..200_000u32, any::<bool>()).prop_map(
                 |(job, price, fee_ppm, provider)| Op::Done {
@@ -301,6 +308,8 @@ mod tests {
             ),
             (0..8usize).prop_map(|job| Op::Fail { job }),
             (0..8usize).prop_map(|job| Op::Cancel { job }),
+            (-3_000..3_000i64).prop_map(|amount| Op::Stake { amount }),
+            (0..8usize, 0..1_000_000u32).prop_map(|(job, share_ppm)| Op::Slash { job, share_ppm }),
         ]
     }
 
@@ -359,7 +368,9 @@ mod tests {
                 let now = 1_000 + n as u64;
                 match op {
                     Op::Deposit { who, amount } => {
-                        s.post(&deposit(buyers[*who], *amount, "").unwrap(), now).unwrap();
+                        // The fourth is the provider (who may then stake).
+                        let to = buyers.get(*who).copied().unwrap_or(provider);
+                        s.post(&deposit(to, *amount, "").unwrap(), now).unwrap();
                         deposited += *amount as i64;
                     }
                     Op::Submit { who, escrow } => {
@@ -392,6 +403,22 @@ mod tests {
                         let t = JobState::Running.transition(JobState::Done, now, "done").unwrap()
                             .with_payout(Payout { provider: paid.then_some(provider), price: *price, fee_ppm: *fee_ppm });
                         prop_assert!(s.apply_transition(id, &t).unwrap());
+                    }
+                    Op::Stake { amount } => {
+                        // Refused (nothing stored) when the wallet or the stake cannot give it.
+                        let before = s.ledger_sum().unwrap();
+                        if let Ok(tx) = crate::ledger::stake(provider, *amount) {
+                            let _ = s.post(&tx, now);
+                        }
+                        prop_assert_eq!(s.ledger_sum().unwrap(), before);
+                    }
+                    Op::Slash { job, share_ppm } => {
+                        let Some(&(id, owner)) = jobs.get(*job) else { continue };
+                        let staked = s.balance(Book::Stake(provider)).unwrap();
+                        if let Some(tx) = crate::ledger::slash(provider, staked, *share_ppm, owner, id, "wrong").unwrap() {
+                            s.post(&tx, now).unwrap();
+                        }
+                        prop_assert!(s.balance(Book::Stake(provider)).unwrap() <= staked);
                     }
                     Op::Fail { job } | Op::Cancel { job } => {
                         let Some(&(id, _)) = jobs.get(*job) else { continue };
