@@ -76,6 +76,14 @@ pub struct MarketConfig {
     /// micro-credits (0: none needed).
     #[serde(default)]
     pub min_stake: u64,
+    /// How often an idle device gets a performance probe (a known-answer job), ms; also at
+    /// its first sight. 0: never.
+    #[serde(default = "default_probe_every")]
+    pub probe_every_ms: u64,
+}
+
+const fn default_probe_every() -> u64 {
+    6 * 3_600_000
 }
 
 const fn default_slash_ppm() -> u32 {
@@ -122,6 +130,7 @@ impl Default for MarketConfig {
             fee_ppm: default_fee_ppm(),
             slash_ppm: default_slash_ppm(),
             min_stake: 0,
+            probe_every_ms: default_probe_every(),
         }
     }
 }

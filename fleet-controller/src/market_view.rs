@@ -57,6 +57,9 @@ pub struct Listing {
     /// Its reputation, 0..1 ([`crate::reputation`]): 0.5 for a device never seen; below
     /// [`crate::reputation::MIN_SCORE`] it gets no work.
     pub reputation: f64,
+    /// What its latest right probe measured (throughput, energy an item, where it ran),
+    /// beside the GPU it claims; none before one.
+    pub measured: Option<crate::store::probes::ProbeResult>,
 }
 
 /// A market search.
@@ -105,7 +108,7 @@ pub fn runway_hours(site: &Site, stored_wh: f64, span_wh: f64, load_w: f64, now_
 }
 
 /// The approved devices matching `search`, sorted.
-pub fn view<S: Store + crate::store::marks::MarkStore>(
+pub fn view<S: Store + crate::store::marks::MarkStore + crate::store::probes::ProbeStore>(
     store: &S,
     search: &Search,
     now_ms: u64,
@@ -174,6 +177,7 @@ pub fn view<S: Store + crate::store::marks::MarkStore>(
             renewable_today: renewable_today(store, d.id, now_ms)?,
             runway_h: runway_hours(site, stored_wh, span_wh, load_w + search.job_load_w, now_ms),
             reputation: crate::reputation::device_score(store, d.id, now_ms)?,
+            measured: store.last_good_probe(d.id)?.and_then(|p| p.result),
         };
         if matches(&listing, search) {
             out.push(listing);

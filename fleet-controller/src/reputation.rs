@@ -5,11 +5,13 @@
 //! done with nothing to validate it by (`completed`), a result found wrong (`wrong`, with
 //! its evidence), a job failed or its deadline missed there (`failed`, `missed`), a job it
 //! stopped reporting on while online (`no_progress`), a lease lost to its silence
-//! (`silent`). Each counts with the weight `0.5^(age / HALF_LIFE)`:
+//! (`silent`), a GPU its hello claims that its probe did not run on (`misclaimed`). Each
+//! counts with the weight `0.5^(age / HALF_LIFE)`:
 //!
 //! ```text
 //! good  = Σ w · (1 for validated, 0.5 for completed)
-//! bad   = Σ w · (20 for wrong, 2 for silent, 1 for failed or no_progress, 0.5 for missed)
+//! bad   = Σ w · (20 for wrong, 5 for misclaimed, 2 for silent, 1 for failed or
+//!         no_progress, 0.5 for missed)
 //! score = (good + 1) / (good + bad + 2)
 //! ```
 //!
@@ -45,11 +47,13 @@ pub enum MarkKind {
     NoProgress,
     /// Silent past its lease's grace.
     Silent,
+    /// Its hello claims a GPU its probe did not run on.
+    Misclaimed,
 }
 
 impl MarkKind {
     /// Every kind.
-    pub const ALL: [MarkKind; 7] = [
+    pub const ALL: [MarkKind; 8] = [
         MarkKind::Validated,
         MarkKind::Completed,
         MarkKind::Wrong,
@@ -57,6 +61,7 @@ impl MarkKind {
         MarkKind::Missed,
         MarkKind::NoProgress,
         MarkKind::Silent,
+        MarkKind::Misclaimed,
     ];
 
     /// The name the store and the API use.
@@ -69,6 +74,7 @@ impl MarkKind {
             MarkKind::Missed => "missed",
             MarkKind::NoProgress => "no_progress",
             MarkKind::Silent => "silent",
+            MarkKind::Misclaimed => "misclaimed",
         }
     }
 
@@ -84,6 +90,7 @@ impl MarkKind {
             MarkKind::Completed => (0.5, 0.0),
             MarkKind::Wrong => (0.0, 20.0),
             MarkKind::Silent => (0.0, 2.0),
+            MarkKind::Misclaimed => (0.0, 5.0),
             MarkKind::Failed | MarkKind::NoProgress => (0.0, 1.0),
             MarkKind::Missed => (0.0, 0.5),
         }

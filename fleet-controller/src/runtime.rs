@@ -395,6 +395,7 @@ fn spawn_dispatch(
             fee_ppm: m.fee_ppm,
             slash_ppm: m.slash_ppm,
             min_stake: m.min_stake,
+            probe_every_ms: m.probe_every_ms,
             ..Default::default()
         },
     )

@@ -61,6 +61,8 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
     controller_cfg.epochs.interval_ms = 300;
     controller_cfg.api.listen = format!("127.0.0.1:{api}");
     controller_cfg.market.tick_ms = 200;
+    // No performance probes here: the test counts this device's receipts.
+    controller_cfg.market.probe_every_ms = 0;
     controller_cfg.write_toml(&ccfg).unwrap();
     let clog = std::fs::File::create(cdir.join("controller.log")).unwrap();
     let _controller = Proc(
@@ -563,6 +565,8 @@ fn market_with(
     cfg.epochs.interval_ms = 500;
     cfg.api.listen = format!("127.0.0.1:{api}");
     cfg.market.tick_ms = 200;
+    // No performance probes unless a test asks (they would take the rigs' first minutes).
+    cfg.market.probe_every_ms = 0;
     tune(&mut cfg);
     cfg.write_toml(&ccfg).unwrap();
     let log = std::fs::File::create(cdir.join("controller.log")).unwrap();

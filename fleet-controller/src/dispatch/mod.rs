@@ -27,6 +27,8 @@
 mod events;
 pub mod forecasts;
 mod offers;
+mod pay;
+pub mod probes;
 mod validation;
 
 pub use events::{EventEffect, parse_job_event};
@@ -35,7 +37,7 @@ use offers::{class_named, gpu_model};
 
 use std::collections::HashSet;
 
-use attest::msg::{Command, CommandBody, Hello, JobId, JobOutcome, JobReceipt};
+use attest::msg::{Command, CommandBody, JobId, JobOutcome, JobReceipt};
 use attest::topics::{self, Leaf};
 use attest::{DeviceId, Envelope, KeyPair, Milliwatts, TimestampMs};
 
@@ -47,14 +49,22 @@ use crate::market::{
 };
 use crate::reputation::MarkKind;
 use crate::store::accounts::AccountStore;
+use crate::store::blobs::BlobStore;
 use crate::store::jobs::{JobLease, JobRecord, JobStore};
 use crate::store::ledger::LedgerStore;
 use crate::store::marks::MarkStore;
+use crate::store::probes::ProbeStore;
 use crate::store::{Store, StoreError};
 
 /// What dispatch needs of the store.
-pub trait DispatchStore: Store + JobStore + AccountStore + MarkStore + LedgerStore {}
-impl<S: Store + JobStore + AccountStore + MarkStore + LedgerStore> DispatchStore for S {}
+pub trait DispatchStore:
+    Store + JobStore + AccountStore + MarkStore + LedgerStore + ProbeStore + BlobStore
+{
+}
+impl<S: Store + JobStore + AccountStore + MarkStore + LedgerStore + ProbeStore + BlobStore>
+    DispatchStore for S
+{
+}
 
 /// Dispatch settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +86,9 @@ pub struct DispatchConfig {
     pub slash_ppm: u32,
     /// The least stake a device's provider must hold for the device to get work (0: none).
     pub min_stake: u64,
+    /// How often an idle device gets a performance probe, ms (also at its first sight;
+    /// 0: never). Needs the blob store ([`Dispatcher::with_blob_dir`]).
+    pub probe_every_ms: u64,
 }
 
 impl Default for DispatchConfig {
@@ -89,6 +102,7 @@ impl Default for DispatchConfig {
             fee_ppm: 50_000,
             slash_ppm: 100_000,
             min_stake: 0,
+            probe_every_ms: 0,
         }
     }
 }
@@ -236,6 +250,10 @@ impl Dispatcher {
         for d in self.scheduler.tick(TimestampMs(now), &offers) {
             self.decided(store, d, now, &mut out)?;
         }
+        // 5. A probe, on a tick that sent nothing else (so no device gets two jobs at once).
+        if out.is_empty() {
+            self.send_probe(store, &offers, now, &mut out)?;
+        }
         Ok(out)
     }
 
@@ -344,6 +362,9 @@ impl Dispatcher {
         r: &JobReceipt,
         now: u64,
     ) -> Result<(), StoreError> {
+        if self.probe_receipt(store, job, lease.device, r, now)? {
+            return Ok(());
+        }
         let at = format!("receipt seq {} from {}", r.link.seq, lease.device);
         let mut state = job.state;
         // A receipt ends a job that is running: one still `scheduled` or `paused` (its
@@ -408,25 +429,6 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// What a job that ran on `device` for what its receipt `r` says pays.
-    fn payout<S: Store + AccountStore>(
-        &self,
-        store: &S,
-        device: DeviceId,
-        r: &JobReceipt,
-    ) -> Result<crate::ledger::Payout, StoreError> {
-        let price_per_hour = store
-            .device(device)?
-            .and_then(|d| Envelope::decode(&d.hello).ok()?.open::<Hello>().ok())
-            .map_or(0, |h| h.price_micro_per_gpu_hour);
-        let ran_ms = r.ended.0.saturating_sub(r.started.0);
-        Ok(crate::ledger::Payout {
-            provider: store.device_provider(device)?,
-            price: crate::ledger::price_of(price_per_hour, ran_ms),
-            fee_ppm: self.cfg.fee_ppm,
-        })
-    }
-
     /// What the scheduler is told of a job.
     fn request(&self, job: &JobRecord) -> JobRequest {
         let hw = job.order.hardware();
@@ -462,22 +464,6 @@ impl Dispatcher {
             flexible: job.order.flexible(),
             submitted: TimestampMs(job.created_ms),
         }
-    }
-
-    /// Whether the device's provider holds the stake `min_stake` asks for.
-    fn staked_enough<S: DispatchStore>(
-        &self,
-        store: &S,
-        device: DeviceId,
-    ) -> Result<bool, StoreError> {
-        if self.cfg.min_stake == 0 {
-            return Ok(true);
-        }
-        let staked = match store.device_provider(device)? {
-            Some(p) => store.balance(crate::ledger::Book::Stake(p))?,
-            None => 0,
-        };
-        Ok(staked >= 0 && staked as u64 >= self.cfg.min_stake)
     }
 
     /// A device's reputation now ([`crate::reputation::device_score`]).

@@ -126,7 +126,7 @@ impl Dispatcher {
                         now,
                     )?;
                     tracing::warn!(job = %job.id, device = %lease.device, error = %e, "a wrong result");
-                    self.slash(store, job, lease.device, &e.to_string(), now)?;
+                    self.slash_for(store, job, lease.device, &e.to_string(), now)?;
                     store.clear_job_outputs(job.id)?;
                     let why = format!("{at}: its result is wrong ({e}); placed again elsewhere");
                     self.again_elsewhere(store, job, lease.device, now, &why)?;
@@ -161,7 +161,7 @@ impl Dispatcher {
     /// Takes `slash_ppm` of the stake of the provider that runs `device` for a wrong result
     /// of `job`: half to its buyer, half to the platform (nothing without a provider or a
     /// stake).
-    fn slash<S: DispatchStore>(
+    pub(super) fn slash_for<S: DispatchStore>(
         &self,
         store: &mut S,
         job: &JobRecord,

@@ -176,6 +176,21 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE ledger_tx ADD COLUMN epoch INTEGER;
     ALTER TABLE ledger_tx ADD COLUMN leaf INTEGER;
     CREATE INDEX ledger_tx_epoch ON ledger_tx (epoch, leaf);",
+    // 12: performance probes: the known-answer job sent to a device, and what its receipt
+    // showed.
+    "CREATE TABLE probes (
+        job BLOB PRIMARY KEY,
+        device BLOB NOT NULL,
+        sent_ms INTEGER NOT NULL,
+        items INTEGER NOT NULL,
+        expected BLOB NOT NULL,
+        at_ms INTEGER,
+        right INTEGER,
+        items_per_s REAL,
+        mj_per_item REAL,
+        backend TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX probes_device ON probes (device, sent_ms);",
 ];
 
 /// The schema version this code writes.

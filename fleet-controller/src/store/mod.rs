@@ -22,6 +22,7 @@ pub mod ledger;
 pub mod marks;
 mod migrations;
 pub mod pool;
+pub mod probes;
 pub mod sqlite;
 
 use attest::msg::ChainMessage;

@@ -9,6 +9,7 @@ mod epochs;
 mod jobs;
 pub(crate) mod ledger;
 mod marks;
+mod probes;
 
 use epochs::{EPOCH_COLUMNS, EVM_COLUMNS, NOT_ON_CHAIN, epoch_row, evm_row, to_epoch, to_evm};
 

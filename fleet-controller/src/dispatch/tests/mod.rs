@@ -645,3 +645,118 @@ fn a_matrix_product_is_done_when_freivalds_check_holds_and_queued_elsewhere_when
         assert_eq!(state(&ing, job), Some(JobState::Queued));
     }
 }
+
+#[test]
+fn an_idle_providers_device_gets_a_probe_and_its_answer_is_judged() {
+    use crate::store::accounts::AccountStore;
+    use crate::store::marks::MarkStore;
+    use crate::store::probes::ProbeStore;
+    use sha2::Digest;
+    let noon = SAMPLE_START.0 + 12 * 3_600_000;
+    let dir = hil_tests::TempDir::new("dispatch-probe");
+    for right in [true, false] {
+        let blobs = dir.path().join(format!("blobs-{right}"));
+        std::fs::create_dir_all(&blobs).unwrap();
+        let (mut ing, mut dev, job, key) = fleet(noon);
+        let s = ing.store_mut();
+        // The buyer's job out of the way: the device is idle. A provider runs it.
+        let t = JobState::Queued
+            .transition(JobState::Cancelled, noon, "not now")
+            .unwrap();
+        s.apply_transition(job, &t).unwrap();
+        let provider = accounts::create(
+            s,
+            AccountKind::Provider,
+            "rigs",
+            1 << 20,
+            None,
+            "",
+            Token::from_secret([2; 32]),
+            1,
+        )
+        .unwrap()
+        .account
+        .id;
+        let id = dev.key.device_id();
+        s.set_device_provider(id, Some(provider), 1).unwrap();
+        let mut d = Dispatcher::new(
+            Scheduler::with_bundled_table(SchedulerConfig::default()).unwrap(),
+            key.clone(),
+            DispatchConfig {
+                probe_every_ms: 3_600_000,
+                ..DispatchConfig::default()
+            },
+        )
+        .with_blob_dir(blobs.clone());
+        let out = d.tick(ing.store_mut(), noon + 1_000).unwrap();
+        assert_eq!(out.len(), 1, "one probe");
+        let cmd: Command = Envelope::decode(&out[0].payload).unwrap().open().unwrap();
+        let CommandBody::RunJob(spec) = &cmd.body else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(cmd.device, id);
+        // Its input is in the blob store; the right answer is the items' hashes.
+        let input = std::fs::read(blobs.join(spec.inputs[0].to_hex())).unwrap();
+        let mut answer = sha2::Sha256::new();
+        for item in input.chunks(64) {
+            answer.update(sha2::Sha256::digest(item));
+        }
+        let answer = Hash32(answer.finalize().into());
+        assert_eq!(
+            ing.store().probe(spec.id).unwrap().unwrap().expected,
+            answer
+        );
+        // The device answers, in two seconds, on its CPU.
+        let r = JobReceipt {
+            link: dev.next_link(noon + 3_000),
+            job: spec.id,
+            outcome: JobOutcome::Completed,
+            output_hash: if right {
+                answer
+            } else {
+                Hash32::digest(b"wrong")
+            },
+            started: TimestampMs(noon + 1_000),
+            ended: TimestampMs(noon + 3_000),
+            start_counters: vec![],
+            end_counters: vec![],
+            chunks: 1,
+            pauses: 0,
+            backend: Backend::Cpu,
+            tier: TrustTier::HardwareMeter,
+        };
+        let env = dev.seal_chained(&r);
+        ing.handle(
+            &[(format!("{PREFIX}{id}/records"), env.into_bytes())],
+            noon + 3_000,
+        )
+        .unwrap();
+        assert!(
+            d.tick(ing.store_mut(), noon + 4_000).unwrap().is_empty(),
+            "no probe again within the hour"
+        );
+        let marks: Vec<MarkKind> = ing
+            .store()
+            .device_marks(id, 0)
+            .unwrap()
+            .iter()
+            .map(|m| m.kind)
+            .collect();
+        let probe = ing.store().probe(spec.id).unwrap().unwrap();
+        let result = probe.result.unwrap();
+        let state = ing.store().job(spec.id).unwrap().unwrap().state;
+        if right {
+            assert_eq!(state, JobState::Done);
+            assert!(result.right);
+            assert_eq!(result.items_per_s, 4_096.0);
+            assert_eq!(result.backend, "cpu");
+            assert_eq!(marks[0], MarkKind::Validated);
+            assert!(ing.store().last_good_probe(id).unwrap().is_some());
+        } else {
+            assert_eq!(state, JobState::Failed);
+            assert!(!result.right);
+            assert_eq!(marks, [MarkKind::Wrong]);
+            assert!(ing.store().last_good_probe(id).unwrap().is_none());
+        }
+    }
+}
