@@ -33,11 +33,15 @@ pub(super) async fn put(
     }
     let job = parse_job_id(&id).ok_or_else(|| AppError::UnknownJob(id.clone()))?;
     let pool = s.store.clone();
-    let (size, receipt_hash) = blocking(move || {
+    let checked = blocking(move || {
         let st = pool.get()?;
         let rec = st
             .job(job)?
             .ok_or_else(|| AppError::UnknownJob(job.to_string()))?;
+        // A probe's output is judged by its receipt's hash alone: nothing to keep.
+        if crate::store::probes::ProbeStore::probe(&*st, job)?.is_some() {
+            return Ok(None);
+        }
         if !matches!(rec.state, JobState::Done | JobState::Validating) {
             return Err(AppError::OutputRefused(format!(
                 "job {job} is {}: outputs are taken once its receipt says it completed",
@@ -68,9 +72,12 @@ pub(super) async fn put(
         }
         let r = crate::dispatch::receipt(&*st, lease.device, job, lease.start_ms)?
             .ok_or_else(|| AppError::OutputRefused(format!("no receipt of job {job}")))?;
-        Ok((size, r.output_hash))
+        Ok(Some((size, r.output_hash)))
     })
     .await?;
+    let Some((size, receipt_hash)) = checked else {
+        return Ok(Json(json!({"job": id, "index": index, "kept": false})));
+    };
     let (tmp, hash, len) = receive(&s.blobs, &format!("out-{id}-{index}"), body, |len| {
         (len > size)
             .then(|| AppError::OutputRefused(format!("output {index} is {size} bytes; more came")))

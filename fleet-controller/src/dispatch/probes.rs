@@ -109,8 +109,11 @@ impl Dispatcher {
             answer.update(sha2::Sha256::digest(item));
         }
         let expected = Hash32(answer.finalize().into());
-        std::fs::write(dir.join(hash.to_hex()), &input)
-            .map_err(|e| StoreError::Db(format!("writing a probe's input: {e}")))?;
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join(hash.to_hex()), &input))
+            .map_err(|e| {
+                StoreError::Db(format!("writing a probe's input in {}: {e}", dir.display()))
+            })?;
         store.grant_blob(owner, hash, input.len() as u64, now)?;
         let req = serde_json::from_value(json!({
             "workload": {"builtin": {"kernel": "sha256_batch", "params": [
@@ -264,6 +267,13 @@ impl Dispatcher {
             from = JobState::Running;
         }
         move_to(store, job.id, from, to, now, &reason)?;
+        // Its input is no use any more: given up, and its file removed once nothing holds it.
+        if let (Some(input), Some(dir)) = (job.order.inputs().first(), self.blob_dir.as_ref()) {
+            store.release_blob(job.owner, *input)?;
+            if !store.blob_held(*input)? {
+                let _ = std::fs::remove_file(dir.join(input.to_hex()));
+            }
+        }
         Ok(true)
     }
 }

@@ -742,6 +742,10 @@ fn an_idle_providers_device_gets_a_probe_and_its_answer_is_judged() {
             .iter()
             .map(|m| m.kind)
             .collect();
+        assert!(
+            !blobs.join(spec.inputs[0].to_hex()).exists(),
+            "the probe's input is removed once it is judged"
+        );
         let probe = ing.store().probe(spec.id).unwrap().unwrap();
         let result = probe.result.unwrap();
         let state = ing.store().job(spec.id).unwrap().unwrap().state;
