@@ -476,12 +476,21 @@ fn run(cli: Cli) -> Result<()> {
             let v = api.json(&format!("/api/v1/market?{}", q.join("&")), false)?;
             print(out, &v, |v| {
                 let mut t = format!(
-                    "{:<34} {:<22} {:>7} {:>9} {:>6} {:>6} {:>8}",
-                    "device", "gpu", "price", "renewable", "batt", "online", "runway"
+                    "{:<34} {:<22} {:>7} {:>9} {:>6} {:>6} {:>8} {:>5} {:>16}",
+                    "device",
+                    "gpu",
+                    "price",
+                    "renewable",
+                    "batt",
+                    "online",
+                    "runway",
+                    "rep",
+                    "measured"
                 );
                 for d in v.as_array().into_iter().flatten() {
+                    let measured = &d["measured"];
                     t.push_str(&format!(
-                        "\n{:<34} {:<22} {:>7} {:>8.0}% {:>6} {:>6} {:>7.1}h",
+                        "\n{:<34} {:<22} {:>7} {:>8.0}% {:>6} {:>6} {:>7.1}h {:>5.2} {:>16}",
                         d["device"].as_str().unwrap_or("?"),
                         d["gpu"].as_str().unwrap_or("(cpu)"),
                         d["price_micro_per_gpu_hour"],
@@ -491,6 +500,13 @@ fn run(cli: Cli) -> Result<()> {
                             .map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
                         if d["online"] == true { "yes" } else { "no" },
                         d["runway_h"].as_f64().unwrap_or(0.0),
+                        d["reputation"].as_f64().unwrap_or(0.0),
+                        measured["items_per_s"]
+                            .as_f64()
+                            .map_or("-".into(), |r| format!(
+                                "{r:.0}/s {}",
+                                measured["backend"].as_str().unwrap_or("?")
+                            )),
                     ));
                 }
                 t
