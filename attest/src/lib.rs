@@ -54,6 +54,7 @@ pub mod intensity;
 #[cfg(feature = "std")]
 pub mod keyfile;
 pub mod live;
+pub mod mandelbrot;
 pub mod merkle;
 pub mod msg;
 pub mod plausibility;

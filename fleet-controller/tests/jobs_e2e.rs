@@ -237,7 +237,11 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
                 .collect::<Vec<_>>()
         })
     });
-    assert_eq!(states, vec!["queued", "scheduled", "running", "done"]);
+    // A hash batch is checked (sampled digests recomputed) once its output is uploaded.
+    assert_eq!(
+        states,
+        vec!["queued", "scheduled", "running", "validating", "done"]
+    );
     // The agent's job events reached dispatch (its `started` and `finished` at least,
     // whichever came first of them and the receipt), and none was refused.
     let metrics = wait_for("the job events counted", Duration::from_secs(20), || {
@@ -274,15 +278,19 @@ fn a_job_runs_from_the_controllers_blob_store_and_its_receipt_is_stored_and_prov
         .filter_map(|l| l.split_whitespace().nth(1))
         .filter(|s| *s != "progress")
         .collect();
-    assert_eq!(logged, ["queued", "scheduled", "running", "done"], "{text}");
+    assert_eq!(
+        logged,
+        ["queued", "scheduled", "running", "validating", "done"],
+        "{text}"
+    );
     let events: Vec<serde_json::Value> = logs(true)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .filter(|v: &serde_json::Value| v.get("event").is_some())
         .collect();
-    assert_eq!(events.len(), 4);
-    assert_eq!(events[3]["event"]["state"], "done");
-    assert_eq!(events[3]["event"]["seq"], 3);
+    assert_eq!(events.len(), 5);
+    assert_eq!(events[4]["event"]["state"], "done");
+    assert_eq!(events[4]["event"]["seq"], 4);
     // The agent uploaded the output; the controller kept it because it hashes to what the
     // receipt says, and the buyer downloads it.
     let results = wait_for("the job's output", Duration::from_secs(30), || {
@@ -895,6 +903,7 @@ fn a_job_whose_rig_dies_past_the_grace_runs_again_elsewhere_and_finishes_once() 
             "queued",
             "scheduled",
             "running",
+            "validating",
             "done"
         ],
         "{done}"

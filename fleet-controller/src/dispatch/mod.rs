@@ -391,7 +391,7 @@ impl Dispatcher {
                     JobOutcome::Completed if self.validates(job) => (
                         JobState::Validating,
                         format!(
-                            "{at}: completed, output {}; its result is checked (Freivalds) once uploaded",
+                            "{at}: completed, output {}; its result is checked once uploaded",
                             r.output_hash
                         ),
                     ),

@@ -1,9 +1,10 @@
 //! Results checked before they are paid for.
 //!
-//! A completed `matmul_f32` job waits in `validating` for its outputs (the agent uploads
-//! them, hash-checked against its receipt). Once they are in, dispatch checks the product
-//! with Freivalds' method ([`crate::validate`]) against the buyer's inputs in the blob
-//! store, with vectors drawn from the operating system's randomness now:
+//! A completed built-in job waits in `validating` for its outputs (the agent uploads them,
+//! hash-checked against its receipt). Once they are in, dispatch checks them against the
+//! buyer's inputs in the blob store ([`crate::validate`]), with randomness drawn from the
+//! operating system now: a matrix product by Freivalds' method, a `sha256_batch` or a
+//! `mandelbrot` by recomputing [`SAMPLE_CHECKS`] items drawn at random:
 //! - it holds: the job is `done` and paid (the device marked `validated`);
 //! - it is wrong: the device is marked `wrong` with the evidence (its receipt, the output
 //!   hashes, what the check found), the outputs are forgotten, and the job is queued again,
@@ -12,7 +13,7 @@
 //! - the outputs do not come within the progress grace: the device is marked `failed` and
 //!   the job queued again elsewhere.
 //!
-//! Other workloads are done on their receipts (redundant runs and spot checks: not yet).
+//! PTX workloads, which the controller cannot run, are done on their receipts.
 
 use attest::msg::Workload;
 use serde_json::json;
@@ -22,29 +23,98 @@ use crate::jobs::JobState;
 use crate::reputation::MarkKind;
 use crate::store::StoreError;
 use crate::store::jobs::JobRecord;
-use crate::validate::{FREIVALDS_ROUNDS, freivalds};
+use crate::validate::{
+    FREIVALDS_ROUNDS, MandelbrotFrame, SAMPLE_CHECKS, freivalds, sample_mandelbrot, sample_sha256,
+};
 
-/// A matrix product's dimensions, if the job is one.
-fn matmul_dims(job: &JobRecord) -> Option<(usize, usize, usize)> {
+/// How a completed job's result is checked.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    /// Freivalds' method over the product's dimensions (m, n, k).
+    Freivalds((usize, usize, usize)),
+    /// Sampled digests of a batch of `count` items of `item_len` bytes.
+    Sha256((u64, u64)),
+    /// Sampled pixels of a frame.
+    Mandelbrot(MandelbrotFrame),
+}
+
+/// How `job`'s result is checked, if it is a built-in the controller can check.
+fn check_for(job: &JobRecord) -> Option<Check> {
     let Workload::Builtin { kernel, params } = job.order.workload() else {
         return None;
     };
-    if kernel != "matmul_f32" {
-        return None;
+    let get = |name: &str| params.iter().find(|p| p.name == name).map(|p| p.value);
+    let u = |name: &str| get(name).and_then(|v| u32::try_from(v).ok());
+    match kernel.as_str() {
+        "matmul_f32" => {
+            let d = |name: &str| get(name).and_then(|v| usize::try_from(v).ok());
+            Some(Check::Freivalds((d("m")?, d("n")?, d("k")?)))
+        }
+        "sha256_batch" => {
+            let d = |name: &str| get(name).and_then(|v| u64::try_from(v).ok());
+            Some(Check::Sha256((d("count")?, d("item_len")?)))
+        }
+        "mandelbrot" => Some(Check::Mandelbrot(MandelbrotFrame {
+            width: u("width")?,
+            height: u("height")?,
+            x0: get("x0")?,
+            y0: get("y0")?,
+            step: get("step")?,
+            max_iter: u("max_iter")?,
+        })),
+        _ => None,
     }
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|p| p.name == name)
-            .and_then(|p| usize::try_from(p.value).ok())
-    };
-    Some((get("m")?, get("n")?, get("k")?))
+}
+
+/// What checking a result found.
+enum Finding {
+    /// It holds: how it was checked.
+    Holds(String),
+    /// It is wrong: the check's name and what it found.
+    Wrong(&'static str, String),
+    /// It cannot be checked: why.
+    Unverifiable(String),
+}
+
+impl Check {
+    /// The inputs (by position) the check reads besides the output.
+    fn inputs(&self) -> &'static [usize] {
+        match self {
+            Check::Freivalds(_) => &[0, 1],
+            Check::Sha256(_) => &[0],
+            Check::Mandelbrot(_) => &[],
+        }
+    }
+
+    fn run(&self, inputs: &[Vec<u8>], output: &[u8], seed: u64) -> Finding {
+        match *self {
+            Check::Freivalds(dims) => {
+                match freivalds(dims, &inputs[0], &inputs[1], output, FREIVALDS_ROUNDS, seed) {
+                    Ok(()) => Finding::Holds(format!("Freivalds, {FREIVALDS_ROUNDS} rounds")),
+                    Err(e) if e.is_wrong() => Finding::Wrong("freivalds", e.to_string()),
+                    Err(e) => Finding::Unverifiable(e.to_string()),
+                }
+            }
+            Check::Sha256(shape) => {
+                match sample_sha256(shape, &inputs[0], output, SAMPLE_CHECKS, seed) {
+                    Ok(n) => Finding::Holds(format!("{n} sampled digests recomputed")),
+                    Err(e) => Finding::Wrong("sampled", e.to_string()),
+                }
+            }
+            Check::Mandelbrot(frame) => {
+                match sample_mandelbrot(&frame, output, SAMPLE_CHECKS, seed) {
+                    Ok(n) => Finding::Holds(format!("{n} sampled pixels recomputed")),
+                    Err(e) => Finding::Wrong("sampled", e.to_string()),
+                }
+            }
+        }
+    }
 }
 
 impl Dispatcher {
     /// Whether a completed `job` is validated before it is done.
     pub(super) fn validates(&self, job: &JobRecord) -> bool {
-        self.blob_dir.is_some() && matmul_dims(job).is_some()
+        self.blob_dir.is_some() && check_for(job).is_some()
     }
 
     /// Validates the results of the jobs waiting in `validating` whose outputs are in.
@@ -79,7 +149,7 @@ impl Dispatcher {
                 }
                 continue;
             }
-            let Some(dims) = matmul_dims(job) else {
+            let Some(check) = check_for(job) else {
                 continue;
             };
             let Some(r) = super::receipt(&*store, lease.device, job.id, lease.start_ms)? else {
@@ -89,33 +159,41 @@ impl Dispatcher {
                 let dir = self.blob_dir.as_ref().ok_or("no blob store")?;
                 std::fs::read(dir.join(h.to_hex())).map_err(|e| format!("blob {h}: {e}"))
             };
-            let inputs = job.order.inputs();
-            let (a, b, c) = match (read(inputs[0]), read(inputs[1]), read(outputs[0].hash)) {
-                (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-                (a, b, c) => {
+            let blobs: Result<Vec<Vec<u8>>, String> = check
+                .inputs()
+                .iter()
+                .map(|&i| read(job.order.inputs()[i]))
+                .chain([read(outputs[0].hash)])
+                .collect();
+            let mut blobs = match blobs {
+                Ok(b) => b,
+                Err(e) => {
                     // Tried again next tick (a blob being placed, a disk hiccup).
-                    let e = [a.err(), b.err(), c.err()].into_iter().flatten().next();
-                    tracing::warn!(job = %job.id, error = ?e, "result not validated yet");
+                    tracing::warn!(job = %job.id, error = %e, "result not validated yet");
                     continue;
                 }
             };
+            let output = blobs.pop().unwrap_or_default();
             let mut seed = [0u8; 8];
             if let Err(e) = getrandom::fill(&mut seed) {
-                tracing::error!(error = %e, "no randomness for Freivalds' check; tried next tick");
+                tracing::error!(error = %e, "no randomness for a result check; tried next tick");
                 continue;
             }
-            let checked = freivalds(dims, &a, &b, &c, FREIVALDS_ROUNDS, u64::from_le_bytes(seed));
+            let finding = check.run(&blobs, &output, u64::from_le_bytes(seed));
             let at = format!("receipt seq {} from {}", r.link.seq, lease.device);
-            match checked {
-                Err(e) if e.is_wrong() => {
+            match finding {
+                Finding::Wrong(how, found) => {
                     let evidence = json!({
                         "job": job.id.to_string(),
                         "receipt_seq": r.link.seq.0,
                         "output_hash": r.output_hash.to_hex(),
                         "outputs": outputs.iter().map(|o| o.hash.to_hex()).collect::<Vec<_>>(),
-                        "check": "freivalds",
-                        "rounds": FREIVALDS_ROUNDS,
-                        "found": e.to_string(),
+                        "check": how,
+                        "rounds": match check {
+                            Check::Freivalds(_) => FREIVALDS_ROUNDS,
+                            _ => SAMPLE_CHECKS,
+                        },
+                        "found": found,
                     });
                     mark(
                         store,
@@ -125,20 +203,21 @@ impl Dispatcher {
                         &evidence.to_string(),
                         now,
                     )?;
-                    tracing::warn!(job = %job.id, device = %lease.device, error = %e, "a wrong result");
-                    self.slash_for(store, job, lease.device, &e.to_string(), now)?;
+                    tracing::warn!(job = %job.id, device = %lease.device, error = %found, "a wrong result");
+                    self.slash_for(store, job, lease.device, &found, now)?;
                     store.clear_job_outputs(job.id)?;
-                    let why = format!("{at}: its result is wrong ({e}); placed again elsewhere");
+                    let why =
+                        format!("{at}: its result is wrong ({found}); placed again elsewhere");
                     self.again_elsewhere(store, job, lease.device, now, &why)?;
                 }
-                checked => {
-                    let reason = match &checked {
-                        Ok(()) => {
-                            format!("{at}: result validated (Freivalds, {FREIVALDS_ROUNDS} rounds)")
+                finding => {
+                    let reason = match &finding {
+                        Finding::Holds(how) => format!("{at}: result validated ({how})"),
+                        Finding::Unverifiable(e) | Finding::Wrong(_, e) => {
+                            format!("{at}: result not validated ({e})")
                         }
-                        Err(e) => format!("{at}: result not validated ({e})"),
                     };
-                    if checked.is_ok() {
+                    if matches!(finding, Finding::Holds(_)) {
                         mark(
                             store,
                             lease.device,

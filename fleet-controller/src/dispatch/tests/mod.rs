@@ -548,9 +548,23 @@ fn run_matmul(
     blobs: &std::path::Path,
     t: u64,
 ) -> Option<JobState> {
+    let bytes: Vec<u8> = c.iter().flat_map(|x| x.to_le_bytes()).collect();
+    run_uploaded(ing, d, dev, job, bytes, blobs, t)
+}
+
+/// Runs `job` on `dev`'s rig: placed, a completed receipt for `bytes`, which are then
+/// uploaded into `blobs`; returns the job's state after the next tick.
+fn run_uploaded(
+    ing: &mut Ingest<SqliteStore>,
+    d: &mut Dispatcher,
+    dev: &mut SampleDevice,
+    job: JobId,
+    bytes: Vec<u8>,
+    blobs: &std::path::Path,
+    t: u64,
+) -> Option<JobState> {
     let out = d.tick(ing.store_mut(), t).unwrap();
     assert_eq!(out.len(), 1, "one RunJob");
-    let bytes: Vec<u8> = c.iter().flat_map(|x| x.to_le_bytes()).collect();
     let h = Hash32::digest(&bytes);
     let id = dev.key.device_id();
     let r = JobReceipt {
@@ -644,6 +658,53 @@ fn a_matrix_product_is_done_when_freivalds_check_holds_and_queued_elsewhere_when
         }
         assert_eq!(state(&ing, job), Some(JobState::Queued));
     }
+}
+
+#[test]
+fn a_hash_batch_is_done_when_its_sampled_digests_hold_and_queued_elsewhere_when_not() {
+    use crate::store::marks::MarkStore;
+    use sha2::Digest;
+    let noon = SAMPLE_START.0 + 12 * 3_600_000;
+    let dir = hil_tests::TempDir::new("dispatch-sample");
+    for wrong in [false, true] {
+        let blobs = dir.path().join(format!("blobs-{wrong}"));
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::write(blobs.join(Hash32::digest(b"abc").to_hex()), b"abc").unwrap();
+        let (mut ing, mut dev, job, key) = fleet(noon);
+        let mut d = dispatcher(&key).with_blob_dir(blobs.clone());
+        let mut out = sha2::Sha256::digest(b"abc").to_vec();
+        if wrong {
+            out[31] ^= 0x80;
+        }
+        let got = run_uploaded(&mut ing, &mut d, &mut dev, job, out, &blobs, noon + 1_000);
+        let id = dev.key.device_id();
+        let marks = ing.store().device_marks(id, 0).unwrap();
+        let history = ing.store().job_history(job).unwrap();
+        let last = history.last().unwrap();
+        if !wrong {
+            assert_eq!(got, Some(JobState::Done), "{history:?}");
+            assert!(
+                last.reason.contains("64 sampled digests recomputed"),
+                "{last:?}"
+            );
+            continue;
+        }
+        assert_eq!(got, Some(JobState::Queued), "{history:?}");
+        assert_eq!(d.excluded_for(job), [id]);
+        let m = marks.iter().find(|m| m.kind == MarkKind::Wrong).unwrap();
+        let ev: serde_json::Value = serde_json::from_str(&m.detail).unwrap();
+        assert_eq!(ev["check"], "sampled");
+        let found = ev["found"].as_str().unwrap();
+        assert!(found.starts_with("item 0: the output holds"), "{ev}");
+        assert!(
+            found.ends_with(&hex_of(&sha2::Sha256::digest(b"abc"))),
+            "{ev}"
+        );
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]

@@ -22,6 +22,13 @@
 //!
 //! A product with a non-finite input or output cannot be bounded this way: it is reported
 //! as unverifiable, not as wrong.
+//!
+//! **Sampled recomputation** of per-item kernels (`sha256_batch`, `mandelbrot`): see
+//! [`sample`].
+
+mod sample;
+
+pub use sample::{MandelbrotFrame, SAMPLE_CHECKS, SampleError, sample_mandelbrot, sample_sha256};
 
 /// Little-endian `f32`s from bytes (a trailing partial value is ignored).
 fn f32s(bytes: &[u8]) -> Vec<f32> {
@@ -78,10 +85,10 @@ impl FreivaldsError {
 
 /// A small, fast generator for the ±1 vectors (SplitMix64): the seed comes from the
 /// operating system, so the device cannot know the vectors.
-struct SplitMix(u64);
+pub(crate) struct SplitMix(pub(crate) u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
