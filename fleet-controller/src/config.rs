@@ -31,6 +31,9 @@ pub struct ControllerConfig {
     /// The market: scheduling and dispatch of submitted jobs.
     #[serde(default)]
     pub market: MarketConfig,
+    /// Settlement of providers' earnings on chain (off when absent).
+    #[serde(default)]
+    pub settlement: Option<crate::settlement::SettlementConfig>,
 }
 
 /// `[market]`: the scheduler and dispatch.
@@ -503,6 +506,7 @@ impl ControllerConfig {
             accounting: AccountingConfig::default(),
             api: ApiConfig::default(),
             market: MarketConfig::default(),
+            settlement: None,
         }
     }
 
@@ -582,6 +586,9 @@ impl ControllerConfig {
         }
         if self.broker.password.is_some() && self.broker.username.is_none() {
             anyhow::bail!("config key `broker.password`: needs broker.username");
+        }
+        if let Some(s) = &self.settlement {
+            s.validate(self.epochs.evm.as_ref())?;
         }
         self.accounting.validate()
     }

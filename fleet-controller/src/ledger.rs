@@ -7,7 +7,8 @@
 //! - `wallet:{account}`: what an account may spend (a buyer) or has earned (a provider);
 //! - `escrow:{job}`: a job's price ceiling, held from its submission to its end;
 //! - `fees`: the platform's share of each payout;
-//! - `unclaimed`: payouts for devices no provider is set for, until an operator moves them.
+//! - `unclaimed`: payouts for devices no provider is set for, until an operator moves them;
+//! - `settled`: providers' earnings paid out on chain (settlement rounds, [`crate::settlement`]).
 //!
 //! Every transaction's postings sum to zero, so all balances together always sum to zero;
 //! no balance but the issuer's may go below zero (a transaction that would make one is
@@ -37,6 +38,8 @@ pub enum Book {
     Unclaimed,
     /// A provider's stake: held against wrong results, slashed when one is proven.
     Stake(AccountId),
+    /// Credits paid out on chain (settlement rounds): what left the ledger as tokens.
+    Settled,
 }
 
 impl Book {
@@ -51,6 +54,7 @@ impl Book {
             "issuer" => Some(Book::Issuer),
             "fees" => Some(Book::Fees),
             "unclaimed" => Some(Book::Unclaimed),
+            "settled" => Some(Book::Settled),
             _ => {
                 if let Some(n) = s.strip_prefix("wallet:") {
                     return n.parse().ok().map(|n| Book::Wallet(AccountId(n)));
@@ -76,6 +80,7 @@ impl fmt::Display for Book {
             Book::Fees => f.write_str("fees"),
             Book::Unclaimed => f.write_str("unclaimed"),
             Book::Stake(a) => write!(f, "stake:{}", a.0),
+            Book::Settled => f.write_str("settled"),
         }
     }
 }
@@ -96,6 +101,8 @@ pub enum TxKind {
     /// A share of a provider's stake taken for a proven wrong result: to the wronged buyer
     /// and the platform.
     Slash,
+    /// A provider's earnings paid out on chain in a settlement round.
+    Settlement,
 }
 
 impl TxKind {
@@ -108,6 +115,7 @@ impl TxKind {
             TxKind::Refund => "refund",
             TxKind::Stake => "stake",
             TxKind::Slash => "slash",
+            TxKind::Settlement => "settlement",
         }
     }
 
@@ -120,6 +128,7 @@ impl TxKind {
             TxKind::Refund,
             TxKind::Stake,
             TxKind::Slash,
+            TxKind::Settlement,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -251,6 +260,35 @@ pub fn escrow(buyer: AccountId, job: JobId, micro: u64) -> Result<LedgerTx, Ledg
             Posting {
                 book: Book::Escrow(job),
                 amount: a,
+            },
+        ],
+    )
+}
+
+/// A provider's earnings `micro` paid out on chain in settlement round `round` to
+/// `address`: out of its wallet into `settled`.
+pub fn settlement(
+    provider: AccountId,
+    micro: u64,
+    round: u64,
+    address: &str,
+) -> Result<LedgerTx, LedgerError> {
+    let amount = i64::try_from(micro).map_err(|_| LedgerError::NotPositive("a settlement"))?;
+    if amount == 0 {
+        return Err(LedgerError::NotPositive("a settlement"));
+    }
+    LedgerTx::new(
+        TxKind::Settlement,
+        None,
+        &format!("settlement round {round} to {address}"),
+        vec![
+            Posting {
+                book: Book::Wallet(provider),
+                amount: -amount,
+            },
+            Posting {
+                book: Book::Settled,
+                amount,
             },
         ],
     )

@@ -46,6 +46,7 @@ pub mod market_view;
 pub mod queue;
 pub mod reputation;
 pub mod runtime;
+pub mod settlement;
 pub mod store;
 pub mod validate;
 

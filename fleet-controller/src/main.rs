@@ -6,6 +6,8 @@
 //! - `fleet-controller --config FILE approve|revoke ID`.
 //! - `fleet-controller --config FILE bundle --device ID --out FILE`: a proof bundle.
 //! - `fleet-controller deploy-anchor --rpc URL --key-file FILE`: deploy the anchor contract.
+//! - `fleet-controller deploy-settlement --rpc URL --key-file FILE [--token ADDR | --mint N]`:
+//!   deploy the settlement contract (for an existing ERC-20, or with a new demo token).
 //! - `fleet-controller --config FILE account create --kind operator --name ops`: an account
 //!   and its first API token, printed once (how the first operator is made); `account
 //!   token --name N` another token; `account list`.
@@ -52,6 +54,24 @@ enum Cmd {
         /// File holding the sender's secp256k1 private key (hex).
         #[arg(long)]
         key_file: PathBuf,
+    },
+    /// Deploy the settlement contract from the treasury key in KEY_FILE (needs no config
+    /// file), paying in the ERC-20 at TOKEN, or in a new demo token (`HeliostatCredit`, 6
+    /// decimals) with MINT units minted to the treasury; prints the contract address for
+    /// `settlement.contract`, then the token's.
+    DeploySettlement {
+        /// The node's JSON-RPC URL.
+        #[arg(long)]
+        rpc: String,
+        /// File holding the treasury's secp256k1 private key (hex, mode 0600).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// An existing ERC-20 to pay in (`0x` + 40 hex digits).
+        #[arg(long, conflicts_with = "mint")]
+        token: Option<String>,
+        /// Units of a new demo token minted to the treasury.
+        #[arg(long, default_value_t = 0)]
+        mint: u64,
     },
     /// API accounts and tokens (the first operator is made here).
     Account {
@@ -149,9 +169,39 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
         eprintln!("deployed the anchor contract at {addr:#x} (gas {gas})");
         return Ok(());
     }
+    if let Cmd::DeploySettlement {
+        rpc,
+        key_file,
+        token,
+        mint,
+    } = &cli.cmd
+    {
+        let token = token
+            .as_deref()
+            .map(fleet_controller::anchor::evm::parse_address)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (s, t, token_gas, gas) = rt.block_on(
+            fleet_controller::settlement::chain::SettlementChain::deploy(
+                rpc, key_file, token, *mint,
+            ),
+        )?;
+        println!("{s:#x}");
+        println!("{t:#x}");
+        match token_gas {
+            Some(g) => eprintln!(
+                "deployed the demo token at {t:#x} (gas {g}, {mint} units to the treasury) and the settlement contract at {s:#x} (gas {gas})"
+            ),
+            None => eprintln!("deployed the settlement contract at {s:#x} for {t:#x} (gas {gas})"),
+        }
+        return Ok(());
+    }
     let cfg = ControllerConfig::load(&cli.config)?;
     match cli.cmd {
-        Cmd::DeployAnchor { .. } => unreachable!("handled above"),
+        Cmd::DeployAnchor { .. } | Cmd::DeploySettlement { .. } => unreachable!("handled above"),
         Cmd::Run => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -224,10 +224,25 @@ pub async fn run_with_api_listener(
             stop_rx.clone(),
         )?);
     }
+    if let Some(s) = cfg.settlement.clone() {
+        let evm = cfg
+            .epochs
+            .evm
+            .clone()
+            .context("settlement needs epochs.evm")?;
+        parts.push(crate::settlement::spawn(
+            s,
+            evm,
+            cfg.db_path(),
+            stop_rx.clone(),
+        )?);
+    }
     if api.is_some() || !cfg.api.listen.is_empty() {
         let state = crate::api::ApiState {
             limits: crate::api::ApiLimits::from(&cfg.api),
             escrow_run_ms: cfg.market.default_run_ms,
+            settlement_contract: cfg.settlement.as_ref().map(|s| s.contract.clone()),
+            settlement_min_micro: cfg.settlement.as_ref().map(|s| s.min_micro),
             ..crate::api::ApiState::new(
                 std::sync::Arc::new(crate::store::pool::SqlitePool::new(cfg.db_path())),
                 cfg.data_dir.join("status.json"),

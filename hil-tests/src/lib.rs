@@ -279,6 +279,13 @@ pub fn assert_chain_from_genesis<'a>(
 /// 10,000 ETH on every fresh anvil): only ever for local test chains.
 pub const ANVIL_KEY: &str = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
+/// Anvil's second and third development accounts' well-known keys (funded the same way):
+/// a settlement treasury and a claimant beside the anchor's [`ANVIL_KEY`].
+pub const ANVIL_KEYS_MORE: [&str; 2] = [
+    "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+];
+
 /// A real local EVM node: Foundry's anvil, from the npm package
 /// `@foundry-rs/anvil-linux-amd64` that `scripts/setup` installs into `tools/`. Each
 /// transaction is mined at once (automine); killed on drop.
@@ -354,9 +361,14 @@ impl Anvil {
 
     /// Writes [`ANVIL_KEY`] to a key file (mode 0600) and returns its path.
     pub fn key_file(dir: &Path) -> PathBuf {
+        Self::write_key(dir, "evm.key", ANVIL_KEY)
+    }
+
+    /// Writes development key `key` to `dir/name` (mode 0600) and returns its path.
+    pub fn write_key(dir: &Path, name: &str, key: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
-        let p = dir.join("evm.key");
-        std::fs::write(&p, ANVIL_KEY).expect("writing evm.key");
+        let p = dir.join(name);
+        std::fs::write(&p, key).unwrap_or_else(|e| panic!("writing {}: {e}", p.display()));
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         p
     }

@@ -45,6 +45,7 @@ mod error;
 mod jobs;
 mod ledger;
 mod outputs;
+mod settlement;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -90,6 +91,10 @@ pub struct ApiState {
     /// How long a job that states no `max_duration_ms` is held in escrow for, ms
     /// (`market.default_run_ms`): its escrow is its price ceiling over this long.
     pub escrow_run_ms: u64,
+    /// The settlement contract (`settlement.contract`), shown beside payouts.
+    pub settlement_contract: Option<String>,
+    /// `settlement.min_micro`; `None` when settlement is off.
+    pub settlement_min_micro: Option<u64>,
 }
 
 impl ApiState {
@@ -111,6 +116,8 @@ impl ApiState {
             limits: ApiLimits::default(),
             blob_lock: Arc::new(Mutex::new(())),
             escrow_run_ms: crate::config::MarketConfig::default().default_run_ms,
+            settlement_contract: None,
+            settlement_min_micro: None,
         }
     }
 }
@@ -549,6 +556,15 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/account/ledger", get(ledger::history))
         .route("/api/v1/account/statement", get(ledger::statement))
         .route("/api/v1/account/stake", post(ledger::stake))
+        .route(
+            "/api/v1/account/payout-address",
+            put(settlement::set_address),
+        )
+        .route("/api/v1/account/settlements", get(settlement::mine))
+        .route(
+            "/api/v1/settlements",
+            get(settlement::rounds).post(settlement::settle_now),
+        )
         .route("/api/v1/accounts/{id}/credits", post(ledger::deposit))
         .route("/api/v1/accounts", get(admin::list).post(admin::create))
         .route("/api/v1/accounts/{id}/tokens", post(admin::create_token))

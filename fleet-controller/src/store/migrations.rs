@@ -191,6 +191,34 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         backend TEXT
     ) WITHOUT ROWID;
     CREATE INDEX probes_device ON probes (device, sent_ms);",
+    // 13: settlement on chain: providers' payout addresses, rounds (root, total, where
+    // published) and their lines.
+    "CREATE TABLE payout_addresses (
+        account INTEGER PRIMARY KEY,
+        address TEXT NOT NULL,
+        set_ms INTEGER NOT NULL
+    );
+    CREATE TABLE settlement_rounds (
+        round INTEGER PRIMARY KEY,
+        root BLOB NOT NULL,
+        total INTEGER NOT NULL,
+        lines INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        published_ms INTEGER,
+        tx BLOB,
+        block INTEGER,
+        gas INTEGER
+    );
+    CREATE TABLE settlement_lines (
+        round INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        account INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        amount INTEGER NOT NULL,
+        ledger_tx INTEGER NOT NULL,
+        PRIMARY KEY (round, idx)
+    ) WITHOUT ROWID;
+    CREATE INDEX settlement_lines_account ON settlement_lines (account, round);",
 ];
 
 /// The schema version this code writes.
