@@ -83,6 +83,15 @@ pub struct MarketConfig {
     /// its first sight. 0: never.
     #[serde(default = "default_probe_every")]
     pub probe_every_ms: u64,
+    /// The share of PTX jobs (which the controller cannot recompute) run a second time on
+    /// another provider's device and compared by output hash, parts per million (250000:
+    /// one in four; see BENCHMARKS.md, "Result validation: detection against cost").
+    #[serde(default = "default_spot_check_ppm")]
+    pub spot_check_ppm: u32,
+}
+
+const fn default_spot_check_ppm() -> u32 {
+    250_000
 }
 
 const fn default_probe_every() -> u64 {
@@ -132,6 +141,7 @@ impl Default for MarketConfig {
             solar_forecast_csv: None,
             fee_ppm: default_fee_ppm(),
             slash_ppm: default_slash_ppm(),
+            spot_check_ppm: default_spot_check_ppm(),
             min_stake: 0,
             probe_every_ms: default_probe_every(),
         }

@@ -374,50 +374,47 @@ pub fn fee_of(price: u64, fee_ppm: u32) -> u64 {
     (u128::from(price) * u128::from(fee_ppm.min(1_000_000)) / 1_000_000) as u64
 }
 
-/// Empties a job's escrow of `held` micro-credits at its end: with a payout, the price
-/// (at most `held`) less the fee to the provider, the fee to the platform and the rest back
-/// to the buyer; without one, all of it back to the buyer. `None` when nothing is held.
+/// Empties a job's escrow of `held` micro-credits at its end: each payout in turn (its
+/// price, at most what is still held, less the fee to the provider, the fee to the
+/// platform), then the rest back to the buyer; without payouts, all of it back to the buyer.
+/// A job that ran several times (redundancy, a spot check) pays each run that agreed.
+/// `None` when nothing is held.
 pub fn settle(
     buyer: AccountId,
     job: JobId,
     held: i64,
-    payout: Option<Payout>,
+    payouts: &[Payout],
     memo: &str,
 ) -> Result<Option<LedgerTx>, LedgerError> {
     if held <= 0 {
         return Ok(None);
     }
-    let held_u = held as u64;
-    let mut postings = vec![Posting {
-        book: Book::Escrow(job),
-        amount: -held,
-    }];
-    let kind = match payout {
-        Some(p) => {
-            let price = p.price.min(held_u);
-            let fee = fee_of(price, p.fee_ppm);
-            postings.push(Posting {
-                book: p.provider.map_or(Book::Unclaimed, Book::Wallet),
-                amount: (price - fee) as i64,
-            });
-            postings.push(Posting {
-                book: Book::Fees,
-                amount: fee as i64,
-            });
-            postings.push(Posting {
-                book: Book::Wallet(buyer),
-                amount: (held_u - price) as i64,
-            });
-            TxKind::Payout
-        }
-        None => {
-            postings.push(Posting {
-                book: Book::Wallet(buyer),
-                amount: held,
-            });
-            TxKind::Refund
-        }
+    let mut rest = held as u64;
+    let mut lines: Vec<(Book, i64)> = vec![(Book::Escrow(job), -held)];
+    let mut add = |book: Book, amount: u64| match lines.iter_mut().find(|(b, _)| *b == book) {
+        Some((_, a)) => *a += amount as i64,
+        None => lines.push((book, amount as i64)),
     };
+    for p in payouts {
+        let price = p.price.min(rest);
+        let fee = fee_of(price, p.fee_ppm);
+        add(
+            p.provider.map_or(Book::Unclaimed, Book::Wallet),
+            price - fee,
+        );
+        add(Book::Fees, fee);
+        rest -= price;
+    }
+    add(Book::Wallet(buyer), rest);
+    let kind = if payouts.is_empty() {
+        TxKind::Refund
+    } else {
+        TxKind::Payout
+    };
+    let postings = lines
+        .into_iter()
+        .map(|(book, amount)| Posting { book, amount })
+        .collect();
     LedgerTx::new(kind, Some(job), memo, postings).map(Some)
 }
 
@@ -498,11 +495,11 @@ mod tests {
             buyer,
             job,
             1_000,
-            Some(Payout {
+            &[Payout {
                 provider: Some(provider),
                 price: 400,
                 fee_ppm: 50_000,
-            }),
+            }],
             "done",
         )
         .unwrap()
@@ -522,11 +519,11 @@ mod tests {
             buyer,
             job,
             100,
-            Some(Payout {
+            &[Payout {
                 provider: None,
                 price: 400,
                 fee_ppm: 0,
-            }),
+            }],
             "done",
         )
         .unwrap()
@@ -538,7 +535,34 @@ mod tests {
                 amount: 100
             }
         );
-        let r = settle(buyer, job, 100, None, "failed").unwrap().unwrap();
+        // Two runs paid (redundancy): each its price, one fee line; the second is capped at
+        // what is still held (nothing is left for the buyer: no posting of zero).
+        let other = AccountId(3);
+        let pay = |provider, price| Payout {
+            provider: Some(provider),
+            price,
+            fee_ppm: 100_000,
+        };
+        let tx = settle(
+            buyer,
+            job,
+            1_000,
+            &[pay(provider, 600), pay(other, 600)],
+            "done",
+        )
+        .unwrap()
+        .unwrap();
+        let got: Vec<(Book, i64)> = tx.postings().iter().map(|p| (p.book, p.amount)).collect();
+        assert_eq!(
+            got,
+            [
+                (Book::Escrow(job), -1_000),
+                (Book::Wallet(provider), 540),
+                (Book::Fees, 100),
+                (Book::Wallet(other), 360),
+            ]
+        );
+        let r = settle(buyer, job, 100, &[], "failed").unwrap().unwrap();
         assert_eq!(r.kind(), TxKind::Refund);
         assert_eq!(
             r.postings()[1],
@@ -547,7 +571,7 @@ mod tests {
                 amount: 100
             }
         );
-        assert_eq!(settle(buyer, job, 0, None, "x").unwrap(), None);
+        assert_eq!(settle(buyer, job, 0, &[], "x").unwrap(), None);
     }
 
     #[test]

@@ -243,6 +243,7 @@ pub async fn run_with_api_listener(
             escrow_run_ms: cfg.market.default_run_ms,
             settlement_contract: cfg.settlement.as_ref().map(|s| s.contract.clone()),
             settlement_min_micro: cfg.settlement.as_ref().map(|s| s.min_micro),
+            spot_check_ppm: cfg.market.spot_check_ppm,
             ..crate::api::ApiState::new(
                 std::sync::Arc::new(crate::store::pool::SqlitePool::new(cfg.db_path())),
                 cfg.data_dir.join("status.json"),
@@ -411,6 +412,7 @@ fn spawn_dispatch(
             slash_ppm: m.slash_ppm,
             min_stake: m.min_stake,
             probe_every_ms: m.probe_every_ms,
+            spot_check_ppm: m.spot_check_ppm,
             ..Default::default()
         },
     )

@@ -150,7 +150,16 @@ pub(super) async fn submit(
             0 => s.escrow_run_ms,
             ms => ms,
         };
-        let escrow = crate::ledger::ceiling(order.max_price_micro_per_gpu_hour(), run_ms);
+        // A job that may run on several devices holds the ceiling of each run it may pay:
+        // its redundancy and one more (a tie), or two for a PTX job that may be spot-checked
+        // (runs past these are paid only as far as the escrow goes; the rest is refunded).
+        let runs = match (order.redundancy(), order.workload()) {
+            (r, _) if r >= 2 => u64::from(r) + 1,
+            (_, Workload::Ptx { .. }) if s.spot_check_ppm > 0 => 2,
+            _ => 1,
+        };
+        let escrow = crate::ledger::ceiling(order.max_price_micro_per_gpu_hour(), run_ms)
+            .saturating_mul(runs);
         let job = NewJob {
             id,
             owner,

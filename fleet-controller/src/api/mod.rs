@@ -95,6 +95,8 @@ pub struct ApiState {
     pub settlement_contract: Option<String>,
     /// `settlement.min_micro`; `None` when settlement is off.
     pub settlement_min_micro: Option<u64>,
+    /// `market.spot_check_ppm`: a PTX job may run twice, so twice its ceiling is held.
+    pub spot_check_ppm: u32,
 }
 
 impl ApiState {
@@ -118,6 +120,7 @@ impl ApiState {
             escrow_run_ms: crate::config::MarketConfig::default().default_run_ms,
             settlement_contract: None,
             settlement_min_micro: None,
+            spot_check_ppm: crate::config::MarketConfig::default().spot_check_ppm,
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod forecasts;
 mod offers;
 mod pay;
 pub mod probes;
+mod replicas;
 mod validation;
 
 pub use events::{EventEffect, parse_job_event};
@@ -54,15 +55,17 @@ use crate::store::jobs::{JobLease, JobRecord, JobStore};
 use crate::store::ledger::LedgerStore;
 use crate::store::marks::MarkStore;
 use crate::store::probes::ProbeStore;
+use crate::store::runs::RunStore;
 use crate::store::{Store, StoreError};
 
 /// What dispatch needs of the store.
 pub trait DispatchStore:
-    Store + JobStore + AccountStore + MarkStore + LedgerStore + ProbeStore + BlobStore
+    Store + JobStore + AccountStore + MarkStore + LedgerStore + ProbeStore + BlobStore + RunStore
 {
 }
-impl<S: Store + JobStore + AccountStore + MarkStore + LedgerStore + ProbeStore + BlobStore>
-    DispatchStore for S
+impl<
+    S: Store + JobStore + AccountStore + MarkStore + LedgerStore + ProbeStore + BlobStore + RunStore,
+> DispatchStore for S
 {
 }
 
@@ -89,6 +92,9 @@ pub struct DispatchConfig {
     /// How often an idle device gets a performance probe, ms (also at its first sight;
     /// 0: never). Needs the blob store ([`Dispatcher::with_blob_dir`]).
     pub probe_every_ms: u64,
+    /// The share of PTX jobs (which the controller cannot check) run a second time on
+    /// another provider's device and compared by output hash, ppm.
+    pub spot_check_ppm: u32,
 }
 
 impl Default for DispatchConfig {
@@ -103,6 +109,7 @@ impl Default for DispatchConfig {
             slash_ppm: 100_000,
             min_stake: 0,
             probe_every_ms: 0,
+            spot_check_ppm: 250_000,
         }
     }
 }
@@ -282,6 +289,7 @@ impl Dispatcher {
                     .is_some_and(|d| d.contains(&p.device))
                     || self.reputation(store, p.device, now)? < crate::reputation::MIN_SCORE
                     || !self.staked_enough(store, p.device)?
+                    || self.ran_there_before(store, &job, p.device)?
                 {
                     self.scheduler.admission_refused(p.job, p.device);
                     return Ok(());
@@ -387,6 +395,11 @@ impl Dispatcher {
                 // The lease stays: it says where the job ran (its proof is that device's).
                 self.scheduler.job_finished(job.id);
                 self.known.remove(&job.id);
+                if matches!(outcome, JobOutcome::Completed)
+                    && self.replicated(store, job, state, lease, r, now)?
+                {
+                    return Ok(());
+                }
                 let (to, reason) = match outcome {
                     JobOutcome::Completed if self.validates(job) => (
                         JobState::Validating,

@@ -123,7 +123,7 @@ impl JobState {
             to,
             at_ms,
             reason,
-            payout: None,
+            payouts: Vec::new(),
         })
     }
 }
@@ -152,7 +152,7 @@ pub struct Transition {
     to: JobState,
     at_ms: u64,
     reason: String,
-    payout: Option<crate::ledger::Payout>,
+    payouts: Vec<crate::ledger::Payout>,
 }
 
 impl Transition {
@@ -172,13 +172,14 @@ impl Transition {
     pub fn reason(&self) -> &str {
         &self.reason
     }
-    /// What the job pays when this move makes it `done` (none: its escrow is refunded).
-    pub fn payout(&self) -> Option<crate::ledger::Payout> {
-        self.payout
+    /// What the job pays when this move makes it `done`, one payout a run that counted
+    /// (none: its escrow is refunded).
+    pub fn payouts(&self) -> &[crate::ledger::Payout] {
+        &self.payouts
     }
-    /// This move, paying `payout` out of the job's escrow when it makes the job `done`.
+    /// This move, also paying `payout` out of the job's escrow when it makes the job `done`.
     pub fn with_payout(mut self, payout: crate::ledger::Payout) -> Transition {
-        self.payout = Some(payout);
+        self.payouts.push(payout);
         self
     }
 }

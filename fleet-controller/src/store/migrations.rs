@@ -219,6 +219,22 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (round, idx)
     ) WITHOUT ROWID;
     CREATE INDEX settlement_lines_account ON settlement_lines (account, round);",
+    // 14: the runs of a job that runs more than once (redundancy, spot checks): where each
+    // ran, what its receipt said, what it is to be paid.
+    "CREATE TABLE job_runs (
+        job BLOB NOT NULL,
+        run INTEGER NOT NULL,
+        device BLOB NOT NULL,
+        start_ms INTEGER NOT NULL,
+        receipt_seq INTEGER NOT NULL,
+        output_hash BLOB NOT NULL,
+        provider INTEGER,
+        price INTEGER NOT NULL,
+        needed INTEGER NOT NULL,
+        why TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        PRIMARY KEY (job, run)
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this code writes.

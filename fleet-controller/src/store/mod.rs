@@ -23,6 +23,7 @@ pub mod marks;
 mod migrations;
 pub mod pool;
 pub mod probes;
+pub mod runs;
 pub mod settlement;
 pub mod sqlite;
 

@@ -10,6 +10,7 @@ mod jobs;
 pub(crate) mod ledger;
 mod marks;
 mod probes;
+mod runs;
 mod settlement;
 
 use epochs::{EPOCH_COLUMNS, EVM_COLUMNS, NOT_ON_CHAIN, epoch_row, evm_row, to_epoch, to_evm};

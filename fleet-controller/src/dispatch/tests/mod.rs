@@ -12,6 +12,8 @@ use crate::ingest::{Ingest, IngestConfig, PREFIX};
 use crate::market::SchedulerConfig;
 use crate::store::blobs::BlobStore;
 use crate::store::jobs::NewJob;
+
+mod replicas;
 use crate::store::sqlite::SqliteStore;
 
 /// A store with one approved sample device that has sent records up to `t` (ms), and a

@@ -307,14 +307,14 @@ impl JobStore for SqliteStore {
                     r.get(0)
                 })?;
             let held = super::ledger::balance_in(&tx, crate::ledger::Book::Escrow(id))?;
-            let payout = if t.to() == JobState::Done {
-                t.payout()
+            let payouts = if t.to() == JobState::Done {
+                t.payouts()
             } else {
-                None
+                &[]
             };
             let memo = format!("job {}: {}", t.to(), t.reason());
             if let Some(settle) =
-                crate::ledger::settle(AccountId(owner as u64), id, held, payout, &memo)?
+                crate::ledger::settle(AccountId(owner as u64), id, held, payouts, &memo)?
             {
                 super::ledger::post_in(&tx, &settle, t.at_ms())?;
             }
