@@ -36,9 +36,15 @@ pub(super) async fn set_address(
     let address = parse_address(&b.address).map_err(AppError::BadBody)?;
     let text = format!("{address:#x}");
     blocking(move || {
-        s.store
-            .get()?
-            .set_payout_address(caller.account, &text, crate::runtime::now_ms())?;
+        let taken =
+            s.store
+                .get()?
+                .set_payout_address(caller.account, &text, crate::runtime::now_ms())?;
+        if taken.is_some() {
+            return Err(AppError::IllegalState(format!(
+                "{text} is another provider's payout address (a round pays an address once)"
+            )));
+        }
         Ok(Json(json!({"account": caller.account, "address": text})))
     })
     .await

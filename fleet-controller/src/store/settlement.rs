@@ -55,13 +55,15 @@ pub struct RoundLine {
 
 /// The settlement part of the store.
 pub trait SettlementStore {
-    /// Sets (or replaces) a provider's payout address.
+    /// Sets (or replaces) a provider's payout address; `Some(other)` (nothing changed) when
+    /// another account has it: the contract pays an address once a round, so two providers
+    /// sharing one would leave one's payout unclaimable.
     fn set_payout_address(
         &mut self,
         account: AccountId,
         address: &str,
         now: u64,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Option<AccountId>, StoreError>;
     /// A provider's payout address.
     fn payout_address(&self, account: AccountId) -> Result<Option<String>, StoreError>;
     /// Makes the next round, in one database transaction: every provider with a payout

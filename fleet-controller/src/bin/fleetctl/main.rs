@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod api;
 mod ledger;
 mod logs;
+mod settlement;
 
 use api::Api;
 use logs::follow;
@@ -159,6 +160,18 @@ enum Cmd {
         #[arg(allow_negative_numbers = true)]
         amount: i64,
     },
+    /// Where your earnings are paid on chain (a provider): an address, `0x` and 40 hex
+    /// digits; registering one opts you into the settlement rounds.
+    PayoutAddress { address: String },
+    /// Your payouts on chain, newest first: round, amount, address, published or not. With
+    /// `--output json`, each with its round's root and the proof a wallet sends to
+    /// `claim(round, account, amount, proof)`.
+    Settlements,
+    /// Make a settlement round now (operator): every provider due is paid out of the
+    /// ledger; the controller's settlement loop publishes the round on chain.
+    Settle,
+    /// The settlement rounds, newest first, and where each was published (operator).
+    Rounds,
     /// Issue credits to an account, paid for outside the platform (operator).
     Credit {
         /// The account's number (`fleetctl account` shows yours).
@@ -525,6 +538,10 @@ fn run(cli: Cli) -> Result<()> {
             amount,
             memo,
         } => ledger::credit(&api, out, account, amount, &memo)?,
+        Cmd::PayoutAddress { address } => settlement::set_address(&api, out, &address)?,
+        Cmd::Settlements => settlement::payouts(&api, out)?,
+        Cmd::Settle => settlement::settle(&api, out)?,
+        Cmd::Rounds => settlement::rounds(&api, out)?,
         Cmd::Devices => {
             let v = api.json("/api/v1/devices", false)?;
             print(out, &v, |v| {

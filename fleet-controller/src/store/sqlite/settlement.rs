@@ -50,13 +50,27 @@ impl SettlementStore for SqliteStore {
         account: AccountId,
         address: &str,
         now: u64,
-    ) -> Result<(), StoreError> {
-        self.conn.execute(
+    ) -> Result<Option<AccountId>, StoreError> {
+        let db = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let other: Option<i64> = db
+            .query_row(
+                "SELECT account FROM payout_addresses WHERE lower(address) = lower(?1) AND account != ?2",
+                params![address, to_i64(account.0)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(o) = other {
+            return Ok(Some(AccountId(o as u64)));
+        }
+        db.execute(
             "INSERT INTO payout_addresses (account, address, set_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT (account) DO UPDATE SET address = ?2, set_ms = ?3",
             params![to_i64(account.0), address, to_i64(now)],
         )?;
-        Ok(())
+        db.commit()?;
+        Ok(None)
     }
 
     fn payout_address(&self, account: AccountId) -> Result<Option<String>, StoreError> {
@@ -205,8 +219,20 @@ mod tests {
                 .unwrap();
         }
         // Account 3 has no payout address: not paid; account 2 is under the minimum.
-        s.set_payout_address(AccountId(1), &addr(0xa1), 1).unwrap();
-        s.set_payout_address(AccountId(2), &addr(0xa2), 1).unwrap();
+        assert_eq!(
+            s.set_payout_address(AccountId(1), &addr(0xa1), 1).unwrap(),
+            None
+        );
+        assert_eq!(
+            s.set_payout_address(AccountId(2), &addr(0xa2), 1).unwrap(),
+            None
+        );
+        // One address, one provider.
+        assert_eq!(
+            s.set_payout_address(AccountId(3), &addr(0xa1), 1).unwrap(),
+            Some(AccountId(1))
+        );
+        assert_eq!(s.payout_address(AccountId(3)).unwrap(), None);
         let r = s.settle_round(1_000, 10).unwrap().unwrap();
         assert_eq!((r.round, r.total, r.lines), (1, 5_000_000, 1));
         assert_eq!(s.balance(Book::Wallet(AccountId(1))).unwrap(), 0);
