@@ -58,6 +58,9 @@ pub enum Kind {
     /// One transaction of the controller's ledger (controller-signed), a leaf of the
     /// anchored epochs.
     LedgerEntry = 9,
+    /// An energy attribute certificate retired for a job's hour (controller-signed), a leaf
+    /// of the anchored epochs.
+    Retirement = 10,
 }
 
 /// Who signs a kind of message.
@@ -71,7 +74,7 @@ pub enum Signer {
 
 impl Kind {
     /// Every kind, in byte order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Hello,
         Kind::MeterRecord,
         Kind::JobReceipt,
@@ -81,6 +84,7 @@ impl Kind {
         Kind::AnchorEntry,
         Kind::Statement,
         Kind::LedgerEntry,
+        Kind::Retirement,
     ];
 
     /// The kind for a byte, if known.
@@ -94,9 +98,12 @@ impl Kind {
             Kind::Hello | Kind::MeterRecord | Kind::JobReceipt | Kind::ChainRestart => {
                 Signer::Device
             }
-            Kind::Command | Kind::Ack | Kind::AnchorEntry | Kind::Statement | Kind::LedgerEntry => {
-                Signer::Controller
-            }
+            Kind::Command
+            | Kind::Ack
+            | Kind::AnchorEntry
+            | Kind::Statement
+            | Kind::LedgerEntry
+            | Kind::Retirement => Signer::Controller,
         }
     }
 
@@ -121,6 +128,7 @@ impl fmt::Display for Kind {
             Kind::AnchorEntry => "anchor_entry",
             Kind::Statement => "statement",
             Kind::LedgerEntry => "ledger_entry",
+            Kind::Retirement => "retirement",
         };
         f.write_str(s)
     }

@@ -42,6 +42,7 @@ pub mod batch;
 pub mod bundle;
 pub mod carbon;
 pub mod chain;
+pub mod coverage;
 #[cfg(feature = "std")]
 pub mod durable;
 pub mod envelope;

@@ -13,8 +13,9 @@ use crate::id::KeyPair;
 use crate::intensity::{Figure, RegionTable, bundled_digest};
 use crate::merkle::MerkleTree;
 use crate::msg::{
-    AnchorEntry, ChainMessage, ChannelInfo, ChannelKind, ChannelReading, Gpu, Hardware, Hello,
-    Link, MeterRecord, Site, Statement, Subject, TrustTier,
+    AnchorEntry, Backend, ChainMessage, ChannelInfo, ChannelKind, ChannelReading, CounterSnapshot,
+    Gpu, Hardware, Hello, JobId, JobOutcome, JobReceipt, Link, MeterRecord, Site, Statement,
+    Subject, TrustTier,
 };
 use crate::units::{ChannelId, EpochId, Millijoules, Milliwatts, SeqNo, TimestampMs};
 use crate::writer::{ChainHead, Chained};
@@ -59,6 +60,12 @@ impl SampleDevice {
             last_t: None,
             unmetered: Vec::new(),
         }
+    }
+
+    /// The same device with its battery at its reserve: it draws from the grid at night.
+    pub fn at_reserve(mut self) -> SampleDevice {
+        self.battery_mj = self.capacity_mj / 5;
+        self
     }
 
     /// The device's signed hello.
@@ -316,7 +323,26 @@ pub fn bundle_with_statement(
     epoch: EpochId,
     statement: &Statement,
 ) -> ProofBundle {
-    let tree = MerkleTree::from_leaves(&chain.iter().map(|e| e.as_bytes()).collect::<Vec<_>>());
+    bundle_with_retirements(hello, chain, controller, epoch, statement, &[])
+}
+
+/// [`bundle_with_statement`] with `retirements` (controller-signed `Retirement` envelopes)
+/// as leaves of the same epoch after the chain, and carried.
+pub fn bundle_with_retirements(
+    hello: &Envelope,
+    chain: &[Envelope],
+    controller: &KeyPair,
+    epoch: EpochId,
+    statement: &Statement,
+    retirements: &[Envelope],
+) -> ProofBundle {
+    let tree = MerkleTree::from_leaves(
+        &chain
+            .iter()
+            .chain(retirements)
+            .map(|e| e.as_bytes())
+            .collect::<Vec<_>>(),
+    );
     let head = tree.head();
     let entry = AnchorEntry {
         index: epoch.0,
@@ -340,6 +366,17 @@ pub fn bundle_with_statement(
                 proof: tree.inclusion_proof(i as u64).expect("index in range"),
             })
             .collect(),
+        retirements: retirements
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Evidence {
+                envelope: Blob(e.as_bytes().to_vec()),
+                epoch,
+                proof: tree
+                    .inclusion_proof((chain.len() + i) as u64)
+                    .expect("index in range"),
+            })
+            .collect(),
         epochs: alloc::vec![EpochProof {
             epoch,
             head,
@@ -348,5 +385,57 @@ pub fn bundle_with_statement(
                 controller_key: controller.public(),
             },
         }],
+    }
+}
+
+/// A job's chain: an hour of sample records with a job from record 2 to record 12 (its
+/// receipt's GPU counters taken from those records, `inflate` mJ added to the end counter),
+/// then one more record. The device's battery is at its reserve: the night runs on the grid.
+pub fn job_chain(inflate: u64) -> (Envelope, Vec<Envelope>, MeterRecord, MeterRecord) {
+    job_chain_on(inflate, 5)
+}
+
+/// [`job_chain`] with the receipt's counters those of sample channel `channel` (4: the
+/// device's whole load, which draws from the grid at night; 5: the GPU).
+pub fn job_chain_on(
+    inflate: u64,
+    channel: usize,
+) -> (Envelope, Vec<Envelope>, MeterRecord, MeterRecord) {
+    let mut dev = SampleDevice::new(1).at_reserve();
+    let hello = dev.hello();
+    let mut chain: Vec<Envelope> = dev.chain(13, 300_000);
+    let first: MeterRecord = chain[2].open().expect("sample record");
+    let last: MeterRecord = chain[12].open().expect("sample record");
+    let snap = |r: &MeterRecord, add: u64| {
+        alloc::vec![CounterSnapshot {
+            channel: ChannelId(channel as u8),
+            kind: SAMPLE_CHANNELS[channel],
+            energy: Millijoules(r.channels[channel].energy.0 + add),
+        }]
+    };
+    let receipt = JobReceipt {
+        link: dev.next_link(last.link.timestamp.0),
+        job: JobId([7; 16]),
+        outcome: JobOutcome::Completed,
+        output_hash: Hash32::digest(b"output"),
+        started: first.link.timestamp,
+        ended: last.link.timestamp,
+        start_counters: snap(&first, 0),
+        end_counters: snap(&last, inflate),
+        chunks: 40,
+        pauses: 0,
+        backend: Backend::Cpu,
+        tier: TrustTier::HardwareMeter,
+    };
+    chain.push(dev.seal_chained(&receipt));
+    chain.push(dev.record_at(SAMPLE_START.0 + 13 * 300_000));
+    (hello, chain, first, last)
+}
+
+/// The subject of [`job_chain`]'s job.
+pub fn job_subject() -> Subject {
+    Subject::Job {
+        device: SampleDevice::new(1).key.device_id(),
+        job: JobId([7; 16]),
     }
 }

@@ -8,12 +8,9 @@ use attest::bundle::{
 };
 use attest::carbon::{BatteryState, HourInput, match_hours, share_ppm, totals};
 use attest::intensity::{Dataset, bundled_digest};
-use attest::msg::{
-    AnchorEntry, Backend, ChainMessage, ChannelKind, CounterSnapshot, JobId, JobOutcome,
-    JobReceipt, MeterRecord, Statement, Subject, TrustTier,
-};
+use attest::msg::{AnchorEntry, ChainMessage, MeterRecord, Statement, Subject, TrustTier};
 use attest::sample::{self, SAMPLE_START, SampleDevice};
-use attest::{ChannelId, Envelope, EpochId, Hash32, KeyPair, Millijoules, TimestampMs};
+use attest::{Envelope, EpochId, Hash32, KeyPair, Millijoules, TimestampMs};
 
 fn controller() -> KeyPair {
     KeyPair::from_seed(&[0xc0; 32])
@@ -646,45 +643,12 @@ fn a_bundle_without_the_devices_hello_or_with_a_bad_format_is_refused() {
     );
 }
 
-/// An hour of sample records with a job from record 2 to record 12 (its receipt's counters
-/// taken from those records, `inflate` mJ added to the end counter), then one more record.
 fn job_chain(inflate: u64) -> (Envelope, Vec<Envelope>, MeterRecord, MeterRecord) {
-    let mut dev = SampleDevice::new(1);
-    let hello = dev.hello();
-    let mut chain: Vec<Envelope> = dev.chain(13, 300_000);
-    let first: MeterRecord = chain[2].open().unwrap();
-    let last: MeterRecord = chain[12].open().unwrap();
-    let snap = |r: &MeterRecord, add: u64| {
-        vec![CounterSnapshot {
-            channel: ChannelId(5),
-            kind: ChannelKind::Gpu,
-            energy: Millijoules(r.channels[5].energy.0 + add),
-        }]
-    };
-    let receipt = JobReceipt {
-        link: dev.next_link(last.link.timestamp.0),
-        job: JobId([7; 16]),
-        outcome: JobOutcome::Completed,
-        output_hash: Hash32::digest(b"output"),
-        started: first.link.timestamp,
-        ended: last.link.timestamp,
-        start_counters: snap(&first, 0),
-        end_counters: snap(&last, inflate),
-        chunks: 40,
-        pauses: 0,
-        backend: Backend::Cpu,
-        tier: TrustTier::HardwareMeter,
-    };
-    chain.push(dev.seal_chained(&receipt));
-    chain.push(dev.record_at(SAMPLE_START.0 + 13 * 300_000));
-    (hello, chain, first, last)
+    sample::job_chain(inflate)
 }
 
 fn job_subject() -> Subject {
-    Subject::Job {
-        device: SampleDevice::new(1).key.device_id(),
-        job: JobId([7; 16]),
-    }
+    sample::job_subject()
 }
 
 #[test]

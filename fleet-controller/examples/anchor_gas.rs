@@ -54,7 +54,7 @@ fn main() {
             .into_bytes(),
             anchor_index: n as u64,
         };
-        store.commit_epoch(&row, &[], &[]).unwrap();
+        store.commit_epoch(&row, &[], &[], &[]).unwrap();
     }
     let done = rt.block_on(async {
         let a = EvmAnchor::connect(&cfg).await.unwrap();

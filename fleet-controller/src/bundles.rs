@@ -16,6 +16,7 @@ use attest::{DeviceId, Envelope, EpochId, KeyPair, SeqNo};
 use crate::accounting::{counted_period, statement_for, stored_hellos};
 use crate::anchor::{Anchor, EvmContract, LocalLog};
 use crate::intensity::IntensityResolver;
+use crate::store::certificates::CertificateStore;
 use crate::store::{Store, StoreError};
 
 /// Why a bundle could not be made.
@@ -71,19 +72,91 @@ pub fn device_period<S: Store>(
 
 /// The bundle for one job on `device`: its receipt, the records from the one sealed when
 /// the job started to the receipt (so the job's share of the sun, the battery and the grid
-/// is taken over the job's own hours), and everything a device-period bundle carries. Every
-/// message up to the receipt must be anchored.
-pub fn job<S: Store>(
+/// is taken over the job's own hours), everything a device-period bundle carries, and the
+/// certificates retired for the job there whose epochs have closed. Every message up to
+/// the receipt must be anchored.
+pub fn job<S: Store + CertificateStore>(
     store: &S,
     controller: &KeyPair,
     device: DeviceId,
     job: JobId,
     intensity: &IntensityResolver,
 ) -> Result<ProofBundle, BundleError> {
+    let receipt = job_receipt(store, device, job)?;
+    let subject = Subject::Job { device, job };
+    let mut bundle = period(
+        store,
+        controller,
+        subject,
+        receipt.started.0,
+        receipt.link.timestamp.0,
+        intensity,
+        false,
+    )?;
+    let mut trees: BTreeMap<EpochId, MerkleTree> = BTreeMap::new();
+    for (envelope, epoch, leaf) in store.sealed_retirements(job, device)?.sealed {
+        if let std::collections::btree_map::Entry::Vacant(slot) = trees.entry(epoch) {
+            let (tree, proof) = epoch_tree(store, controller, epoch)?;
+            if !bundle.epochs.iter().any(|e| e.epoch == epoch) {
+                bundle.epochs.push(proof);
+            }
+            slot.insert(tree);
+        }
+        let proof = trees[&epoch].inclusion_proof(leaf).map_err(|e| {
+            StoreError::Corrupt(format!("retirement leaf {leaf} of epoch {epoch}: {e}"))
+        })?;
+        bundle.retirements.push(Evidence {
+            envelope: Blob(envelope),
+            epoch,
+            proof,
+        });
+    }
+    Ok(bundle)
+}
+
+/// A job's statement on `device` from its stored messages, anchored or not (what a
+/// retirement is checked against), with the device's hellos.
+pub fn job_statement<S: Store>(
+    store: &S,
+    device: DeviceId,
+    job: JobId,
+    intensity: &IntensityResolver,
+) -> Result<(attest::msg::Statement, Vec<attest::msg::Hello>), BundleError> {
+    let receipt = job_receipt(store, device, job)?;
+    let mut items = store.items_between(device, 0, receipt.link.timestamp.0)?;
+    let (from, end) =
+        counted_period(&items, receipt.started.0).ok_or(BundleError::NotCounted(device))?;
+    items.truncate(end);
+    let chain = items
+        .iter()
+        .map(|it| {
+            let env =
+                Envelope::decode(&it.envelope).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            ChainMessage::open(&env).map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let hellos = stored_hellos(store, device)?;
+    let made = statement_for(
+        Subject::Job { device, job },
+        &hellos,
+        &chain,
+        from,
+        intensity,
+    )
+    .map_err(|e| BundleError::Statement(e.to_string()))?;
+    Ok((made.statement, hellos))
+}
+
+/// The receipt of `job` from `device` (its last, should there be more).
+fn job_receipt<S: Store>(
+    store: &S,
+    device: DeviceId,
+    job: JobId,
+) -> Result<JobReceipt, BundleError> {
     store
         .device(device)?
         .ok_or(BundleError::UnknownDevice(device))?;
-    let receipt = store
+    store
         .items_between(device, 0, u64::MAX / 2)?
         .into_iter()
         .rev()
@@ -92,17 +165,7 @@ pub fn job<S: Store>(
             let r: JobReceipt = Envelope::decode(&it.envelope).ok()?.open().ok()?;
             (r.job == job).then_some(r)
         })
-        .ok_or(BundleError::NoReceipt { device, job })?;
-    let subject = Subject::Job { device, job };
-    period(
-        store,
-        controller,
-        subject,
-        receipt.started.0,
-        receipt.link.timestamp.0,
-        intensity,
-        false,
-    )
+        .ok_or(BundleError::NoReceipt { device, job })
 }
 
 fn period<S: Store>(
@@ -164,6 +227,7 @@ fn period<S: Store>(
         datasets: made.datasets,
         evidence,
         epochs,
+        retirements: Vec::new(),
     })
 }
 

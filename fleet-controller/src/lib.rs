@@ -34,6 +34,7 @@ pub mod accounts;
 pub mod anchor;
 pub mod api;
 pub mod bundles;
+pub mod certificates;
 pub mod config;
 pub mod crash;
 pub mod dispatch;

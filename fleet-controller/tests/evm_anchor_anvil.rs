@@ -98,6 +98,7 @@ fn store_with_epoch(path: &Path, epoch: EpochId, root: Hash32, size: u64) -> Sql
             },
             &[],
             &[],
+            &[],
         )
         .unwrap();
     store

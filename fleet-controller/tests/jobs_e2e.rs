@@ -639,6 +639,36 @@ fn rig_env(
     soc: f64,
     env: &[(&str, &str)],
 ) -> Proc {
+    rig_with(
+        dir,
+        lon,
+        sun_w,
+        broker,
+        api,
+        ckey,
+        provider,
+        seed,
+        soc,
+        env,
+        |_| {},
+    )
+}
+
+/// [`rig_env`] with the agent's configuration adjusted by `tune`.
+#[allow(clippy::too_many_arguments)]
+fn rig_with(
+    dir: &std::path::Path,
+    lon: f64,
+    sun_w: u32,
+    broker: u16,
+    api: u16,
+    ckey: &attest::KeyPair,
+    provider: &str,
+    seed: u64,
+    soc: f64,
+    env: &[(&str, &str)],
+    tune: impl FnOnce(&mut AgentConfig),
+) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     let trace = dir.join("sun.csv");
     std::fs::write(&trace, format!("0,{sun_w}\n86399,{sun_w}\n")).unwrap();
@@ -674,6 +704,7 @@ fn rig_env(
     let token = dir.join("provider.token");
     std::fs::write(&token, provider).unwrap();
     cfg.jobs.blob_token_file = Some(token);
+    tune(&mut cfg);
     let path = dir.join("agent.toml");
     cfg.write_toml(&path).unwrap();
     let bin = workspace_binary(CONTROLLER, "heliostat-agent", "heliostat-agent");
@@ -964,35 +995,8 @@ fn a_rig_returning_a_wrong_product_is_caught_and_the_honest_rig_is_paid() {
     let tmp = TempDir::new("market-liar");
     let broker = Mosquitto::start();
     let (api, ckey, buyer, _, _controller, operator) = market_ops(tmp.path(), broker.port, |_| {});
-    let provider = |name: &str| -> String {
-        let body = serde_json::json!({"kind": "provider", "name": name}).to_string();
-        let r = call(api, "POST", "/api/v1/accounts", &operator, body.as_bytes());
-        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-        r.json()["token"]["secret"].as_str().unwrap().to_string()
-    };
-    let (liar_p, honest_p) = (provider("liar-rigs"), provider("honest-rigs"));
-    // The liar's provider has staked a million micro-credits (issued by the operator).
-    let accounts = call(api, "GET", "/api/v1/accounts", &operator, b"").json();
-    let liar_account = accounts
-        .as_array()
-        .or_else(|| accounts["accounts"].as_array())
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "liar-rigs")
-        .unwrap()["id"]
-        .as_u64()
-        .unwrap();
-    credit(api, &operator, liar_account, 1_000_000);
-    // Staking takes a token with `submit`, asked for (the agents' token reads only).
-    let r = call(
-        api,
-        "POST",
-        &format!("/api/v1/accounts/{liar_account}/tokens"),
-        &operator,
-        br#"{"scopes": ["read", "submit"], "label": "owner"}"#,
-    );
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let owner = r.json()["token"]["secret"].as_str().unwrap().to_string();
+    let (liar_p, liar_account) = provider_account(api, &operator, "liar-rigs");
+    let (honest_p, _) = provider_account(api, &operator, "honest-rigs");
     let r = call(
         api,
         "POST",
@@ -1001,14 +1005,8 @@ fn a_rig_returning_a_wrong_product_is_caught_and_the_honest_rig_is_paid() {
         br#"{"amount": 1000000}"#,
     );
     assert_eq!(r.status, 403, "the agents' token cannot stake");
-    let r = call(
-        api,
-        "POST",
-        "/api/v1/account/stake",
-        &owner,
-        br#"{"amount": 1000000}"#,
-    );
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The liar's provider has staked a million micro-credits (issued by the operator).
+    stake(api, &operator, liar_account, 1_000_000);
     let hours = (now() % 86_400_000) as f64 / 3_600_000.0;
     let noon_lon = ((12.0 - hours) * 15.0 + 540.0) % 360.0 - 180.0;
     let start = |name: &str, token: &str, seed: u64, env: &[(&str, &str)]| {
@@ -1025,25 +1023,8 @@ fn a_rig_returning_a_wrong_product_is_caught_and_the_honest_rig_is_paid() {
             env,
         )
     };
-    let key_of = |name: &str| {
-        let data = tmp.path().join(name).join("data");
-        wait_for("the rig's key", Duration::from_secs(20), || {
-            data.join("device.key")
-                .exists()
-                .then(|| hil_tests::agent_key(&data).device_id())
-        })
-    };
-    let assign = |device: attest::DeviceId, name: &str| {
-        let body = serde_json::json!({ "provider": name }).to_string();
-        let r = call(
-            api,
-            "POST",
-            &format!("/api/v1/devices/{device}/provider"),
-            &operator,
-            body.as_bytes(),
-        );
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    };
+    let key_of = |name: &str| rig_key(&tmp.path().join(name));
+    let assign = |device: attest::DeviceId, name: &str| assign(api, &operator, device, name);
     let _liar = start("liar", &liar_p, 1, &[("HELIOSTAT_WORKER_FAULT", "corrupt")]);
     let liar = key_of("liar");
     assign(liar, "liar-rigs");
@@ -1217,4 +1198,473 @@ fn a_rig_returning_a_wrong_product_is_caught_and_the_honest_rig_is_paid() {
         "{market}"
     );
     assert!(rep(honest) > 0.5, "{market}");
+}
+
+/// A certificate of the Kenyan grid (the rigs' region) as a registry issues it.
+fn certificate(id: &str, hour: u64, region: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "scheme": "granular",
+        "start": hour * 3_600_000,
+        "end": (hour + 1) * 3_600_000,
+        "source": "hydro",
+        "technology": "run-of-river",
+        "producer": "KE-HYDRO-0007",
+        "region": region,
+        "volume_wh": 1,
+        "issuer": "Test granular registry",
+    })
+}
+
+/// A rig at midnight with its battery at its reserve and a grid allowance runs a job on
+/// grid energy. Its buyer covers the job's emissions with a granular certificate of the
+/// job's hour and region: the retirement covers what the job emitted in that hour (never
+/// more); the same certificate again, one of another hour or region, or a second one for a
+/// covered hour are refused with their reasons. The job's proof carries the signed
+/// retirement, anchored; `attest verify` checks it and reports measured and covered apart,
+/// the SCI unchanged.
+#[test]
+fn a_jobs_grid_emissions_are_covered_by_a_certificate_retired_once_and_its_proof_shows_both() {
+    let tmp = TempDir::new("certificates-e2e");
+    let broker = Mosquitto::start();
+    let (api, ckey, buyer, provider, _controller, operator) =
+        market_ops(tmp.path(), broker.port, |_| {});
+    let hours = (now() % 86_400_000) as f64 / 3_600_000.0;
+    let noon_lon = ((12.0 - hours) * 15.0 + 540.0) % 360.0 - 180.0;
+    let night_lon = (noon_lon + 360.0) % 360.0 - 180.0;
+    let _rig = rig_with(
+        &tmp.path().join("night"),
+        night_lon,
+        0,
+        broker.port,
+        api,
+        &ckey,
+        &provider,
+        3,
+        0.2,
+        &[],
+        |cfg| {
+            // A rig whose GPU draws 300 W from the grid.
+            cfg.jobs.simulated_gpu_w = 300.0;
+            cfg.jobs.grid_allowance_w = 400.0;
+        },
+    );
+    let store = SqliteStore::open(&tmp.path().join("controller/data/controller.db")).unwrap();
+    wait_for("the rig and its records", Duration::from_secs(30), || {
+        let devices = store.devices().unwrap();
+        (devices.len() == 1 && store.count_items(devices[0].id).unwrap_or(0) >= 3).then_some(())
+    });
+    let rig_id = hil_tests::agent_key(&tmp.path().join("night/data")).device_id();
+    // A Mandelbrot tile inside the set: every point runs to `max_iter`, some seconds of
+    // work, so the job's share of the grid's emissions is whole milligrams.
+    let q = |x: f64| (x * (1u64 << 56) as f64) as i64;
+    let tile = serde_json::json!({
+        "workload": {"builtin": {"kernel": "mandelbrot", "params": [
+            {"name": "width", "value": 256}, {"name": "height", "value": 256},
+            {"name": "x0", "value": q(-0.5)}, {"name": "y0", "value": q(-0.3)},
+            {"name": "step", "value": q(1.0 / 512.0)}, {"name": "max_iter", "value": 8_000},
+        ]}},
+        "inputs": [],
+        "deadline_ms": now() + 12 * 3_600_000,
+        "max_price_micro_per_gpu_hour": 1_000_000,
+        "flexible": false,
+    });
+    let r = call(
+        api,
+        "POST",
+        "/api/v1/jobs",
+        &buyer,
+        tile.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let job = r.json()["id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    wait_for("the job done", Duration::from_secs(180), || {
+        let v = call(api, "GET", &format!("/api/v1/jobs/{job}"), &buyer, b"").json();
+        (v["state"] == "done").then_some(())
+    });
+
+    // Its emissions, measured, before any certificate.
+    let e = call(
+        api,
+        "GET",
+        &format!("/api/v1/jobs/{job}/emissions"),
+        &buyer,
+        b"",
+    )
+    .json();
+    assert_eq!(e["device"], rig_id.to_string(), "{e}");
+    let measured = e["coverage"]["measured_mg"].as_u64().unwrap();
+    eprintln!("job done in {:?}: {e}", started.elapsed());
+    assert!(measured > 0, "the job ran on the grid: {e}");
+    let line = e["coverage"]["hours"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|h| h["measured_mg"].as_u64())
+        .unwrap()
+        .clone();
+    let hour = line["hour"].as_u64().unwrap();
+    let in_hour = line["measured_mg"].as_u64().unwrap();
+    assert_eq!(e["coverage"]["granular_mg"], 0);
+
+    // The operator imports the buyer's certificates: this hour's, the next hour's and a
+    // Tanzanian one. An id imported twice is refused, and so is a malformed one.
+    let me = call(api, "GET", "/api/v1/account", &buyer, b"").json();
+    let account = me["id"].as_u64().unwrap();
+    let certs = serde_json::json!({
+        "account": account,
+        "certificates": [
+            certificate("GC-KE-1", hour, "KE"),
+            certificate("GC-KE-2", hour, "KE"),
+            certificate("GC-KE-LATER", hour + 1, "KE"),
+            certificate("GC-TZ-1", hour, "TZ"),
+        ],
+    });
+    let r = call(
+        api,
+        "POST",
+        "/api/v1/certificates",
+        &operator,
+        certs.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["imported"], 4);
+    let again = serde_json::json!({"account": account, "certificates": [certificate("GC-KE-1", hour, "KE")]});
+    let r = call(
+        api,
+        "POST",
+        "/api/v1/certificates",
+        &operator,
+        again.to_string().as_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.json()["reason"].clone()),
+        (409, "certificate_exists".into())
+    );
+    let mut bad = certificate("GC-KE-BAD", hour, "KE");
+    bad["end"] = serde_json::json!((hour + 2) * 3_600_000);
+    let bad = serde_json::json!({"account": account, "certificates": [bad]});
+    let r = call(
+        api,
+        "POST",
+        "/api/v1/certificates",
+        &operator,
+        bad.to_string().as_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.json()["reason"].clone()),
+        (422, "bad_certificate".into())
+    );
+    // A buyer cannot import its own.
+    let r = call(
+        api,
+        "POST",
+        "/api/v1/certificates",
+        &buyer,
+        certs.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 403);
+
+    let retire = |cert: &str, hour: u64| {
+        let body = serde_json::json!({"certificate": cert, "hour": hour}).to_string();
+        call(
+            api,
+            "POST",
+            &format!("/api/v1/jobs/{job}/retirements"),
+            &buyer,
+            body.as_bytes(),
+        )
+    };
+    let r = retire("GC-KE-1", hour);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let covered = r.json()["covered_mg"].as_u64().unwrap();
+    // 1 Wh at Kenya's intensity is more than a small job's share of the hour: it covers
+    // all of the hour and no more.
+    assert_eq!(covered, in_hour);
+    for (cert, hour, status, reason) in [
+        ("GC-KE-1", hour, 409, "already_retired"),
+        ("GC-KE-LATER", hour, 422, "wrong_hour"),
+        ("GC-TZ-1", hour, 422, "wrong_region"),
+        ("GC-KE-2", hour, 422, "covered_already"),
+        ("GC-NONE", hour, 404, "unknown_certificate"),
+    ] {
+        let r = retire(cert, hour);
+        let v = r.json();
+        assert_eq!(
+            (r.status, v["reason"].as_str().unwrap()),
+            (status, reason),
+            "{cert}: {v}"
+        );
+    }
+    let held = call(api, "GET", "/api/v1/certificates", &buyer, b"").json();
+    let retired: Vec<&str> = held["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| !c["retired"].is_null())
+        .map(|c| c["certificate"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(retired, ["GC-KE-1"]);
+
+    // Measured and covered, apart.
+    let e = call(
+        api,
+        "GET",
+        &format!("/api/v1/jobs/{job}/emissions"),
+        &buyer,
+        b"",
+    )
+    .json();
+    assert_eq!(e["coverage"]["measured_mg"].as_u64(), Some(measured));
+    assert_eq!(e["coverage"]["granular_mg"].as_u64(), Some(covered));
+    assert_eq!(e["retirements"].as_array().unwrap().len(), 1);
+
+    // The job's proof, once the retirement's epoch closed: verified offline, retirement
+    // leaf included; SCI is the measured one.
+    let path = format!("/api/v1/devices/{rig_id}/jobs/{job}/bundle");
+    let bundle = wait_for(
+        "the proof with its retirement",
+        Duration::from_secs(30),
+        || {
+            let r = http_with(api, "GET", &path, &[], None);
+            let b = attest::bundle::ProofBundle::decode(&r.body).ok()?;
+            (b.retirements.len() == 1).then_some(b)
+        },
+    );
+    let report = attest::bundle::verify(
+        &bundle,
+        &attest::bundle::VerifyOptions::pinned(ckey.public(), attest::TimestampMs(now())),
+    )
+    .unwrap();
+    let c = report.coverage.unwrap();
+    assert_eq!(
+        (c.measured_mg, c.granular_mg, c.rec_mg),
+        (measured, covered, 0)
+    );
+    let sci = report.statement.sci.unwrap();
+    assert_eq!(sci.operational_mg, measured, "never netted");
+    // The same with the CLI verifier, which says both.
+    let file = tmp.path().join("covered.bundle");
+    std::fs::write(&file, bundle.to_json()).unwrap();
+    let out = std::process::Command::new(workspace_binary(CONTROLLER, "attest", "attest"))
+        .arg("verify")
+        .arg(&file)
+        .args(["--controller-key", &ckey.public().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 retired"), "{text}");
+}
+
+/// A provider account made by the operator: its agents' token (scope `read`) and its number.
+fn provider_account(api: u16, operator: &str, name: &str) -> (String, u64) {
+    let body = serde_json::json!({"kind": "provider", "name": name}).to_string();
+    let r = call(api, "POST", "/api/v1/accounts", operator, body.as_bytes());
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    (
+        v["token"]["secret"].as_str().unwrap().to_string(),
+        v["id"].as_u64().unwrap(),
+    )
+}
+
+/// Provider `account` stakes `amount` micro-credits the operator issues it (staking takes a
+/// token with `submit`, asked for: the agents' token reads only).
+fn stake(api: u16, operator: &str, account: u64, amount: u64) {
+    credit(api, operator, account, amount);
+    let r = call(
+        api,
+        "POST",
+        &format!("/api/v1/accounts/{account}/tokens"),
+        operator,
+        br#"{"scopes": ["read", "submit"], "label": "owner"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let owner = r.json()["token"]["secret"].as_str().unwrap().to_string();
+    let body = serde_json::json!({ "amount": amount }).to_string();
+    let r = call(
+        api,
+        "POST",
+        "/api/v1/account/stake",
+        &owner,
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// The device id of the rig in `dir`, once its agent made its key.
+fn rig_key(dir: &std::path::Path) -> attest::DeviceId {
+    let data = dir.join("data");
+    wait_for("the rig's key", Duration::from_secs(20), || {
+        data.join("device.key")
+            .exists()
+            .then(|| hil_tests::agent_key(&data).device_id())
+    })
+}
+
+/// The operator says which provider runs `device`.
+fn assign(api: u16, operator: &str, device: attest::DeviceId, provider: &str) {
+    let body = serde_json::json!({ "provider": provider }).to_string();
+    let r = call(
+        api,
+        "POST",
+        &format!("/api/v1/devices/{device}/provider"),
+        operator,
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// A job with redundancy 2 runs on a lying rig (a test fault corrupts its output) and an
+/// honest one, of different providers: their receipts' output hashes differ, a tie, so it
+/// waits for a third provider's rig; once one joins, the two honest runs are the majority.
+/// The liar is marked wrong with every run as evidence and its stake slashed; both honest
+/// providers are paid, each its run, out of the one escrow; the ledger sums to zero.
+#[test]
+fn a_lying_rig_is_outvoted_by_redundant_runs_and_slashed_and_the_honest_runs_are_paid() {
+    let tmp = TempDir::new("market-redundancy");
+    let broker = Mosquitto::start();
+    let (api, ckey, buyer, _, _controller, operator) = market_ops(tmp.path(), broker.port, |_| {});
+    let (liar_p, liar_account) = provider_account(api, &operator, "liar-rigs");
+    let (first_p, _) = provider_account(api, &operator, "first-rigs");
+    let (second_p, _) = provider_account(api, &operator, "second-rigs");
+    stake(api, &operator, liar_account, 1_000_000);
+    let hours = (now() % 86_400_000) as f64 / 3_600_000.0;
+    let noon_lon = ((12.0 - hours) * 15.0 + 540.0) % 360.0 - 180.0;
+    let start = |name: &str, token: &str, seed: u64, env: &[(&str, &str)]| {
+        let dir = tmp.path().join(name);
+        let rig = rig_env(
+            &dir,
+            noon_lon,
+            350,
+            broker.port,
+            api,
+            &ckey,
+            token,
+            seed,
+            0.9,
+            env,
+        );
+        let device = rig_key(&dir);
+        assign(api, &operator, device, name);
+        (rig, device)
+    };
+    let (_liar, liar) = start(
+        "liar-rigs",
+        &liar_p,
+        1,
+        &[("HELIOSTAT_WORKER_FAULT", "corrupt")],
+    );
+    let (_first, first) = start("first-rigs", &first_p, 2, &[]);
+    let store = SqliteStore::open(&tmp.path().join("controller/data/controller.db")).unwrap();
+    wait_for("both rigs' records", Duration::from_secs(30), || {
+        [liar, first]
+            .iter()
+            .all(|d| store.count_items(*d).unwrap_or(0) >= 3)
+            .then_some(())
+    });
+    // A batch of 64 hashes, asked to run twice.
+    let input: Vec<u8> = (0..64 * 64).map(|i| (i * 13 % 251) as u8).collect();
+    let hash = Hash32::digest(&input);
+    let r = call(
+        api,
+        "PUT",
+        &format!("/api/v1/blobs/{}", hash.to_hex()),
+        &buyer,
+        &input,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let order = serde_json::json!({
+        "workload": heliostat_agent_workload(64),
+        "inputs": [hash],
+        "deadline_ms": now() + 3_600_000,
+        "max_price_micro_per_gpu_hour": 1_000_000,
+        "redundancy": 2,
+    });
+    let r = call(
+        api,
+        "POST",
+        "/api/v1/jobs",
+        &buyer,
+        order.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let job = r.json()["id"].as_str().unwrap().to_string();
+    let id = fleet_controller::jobs::parse_job_id(&job).unwrap();
+    let get = || call(api, "GET", &format!("/api/v1/jobs/{job}"), &buyer, b"").json();
+    use fleet_controller::store::runs::RunStore;
+    // Both rigs ran it and disagree: a tie, and no third provider yet.
+    let tie = wait_for("the tie", Duration::from_secs(90), || {
+        let v = get();
+        let said = v["history"].as_array()?.iter().any(|h| {
+            h["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("no output has a majority"))
+        });
+        said.then_some(v)
+    });
+    let runs = store.job_runs(id).unwrap();
+    assert_eq!(runs.len(), 2, "{tie}");
+    assert_ne!(runs[0].output_hash, runs[1].output_hash);
+    let mut ran: Vec<_> = runs.iter().map(|r| r.device).collect();
+    ran.sort();
+    let mut both = vec![liar, first];
+    both.sort();
+    assert_eq!(ran, both);
+    assert_ne!(tie["state"], "done", "{tie}");
+
+    let (_second, second) = start("second-rigs", &second_p, 3, &[]);
+    let done = wait_for("the job done", Duration::from_secs(120), || {
+        let v = get();
+        assert!(
+            !["failed", "expired", "cancelled"].contains(&v["state"].as_str().unwrap()),
+            "{v}"
+        );
+        (v["state"] == "done").then_some(v)
+    });
+    assert_eq!(done["device"], second.to_string(), "{done}");
+    let runs = store.job_runs(id).unwrap();
+    assert_eq!(runs.len(), 3);
+    // The liar: marked wrong with the evidence, slashed; the honest providers: each paid.
+    use fleet_controller::store::marks::MarkStore;
+    let marks = store.device_marks(liar, 0).unwrap();
+    let wrong = marks
+        .iter()
+        .find(|m| m.kind == fleet_controller::reputation::MarkKind::Wrong)
+        .expect("a wrong mark");
+    for r in &runs {
+        assert!(
+            wrong.detail.contains(&r.output_hash.to_hex()),
+            "{}",
+            wrong.detail
+        );
+    }
+    let balance = |token: &str| call(api, "GET", "/api/v1/account/balance", token, b"").json();
+    assert_eq!(balance(&liar_p)["available"], 0);
+    assert!(balance(&liar_p)["staked"].as_i64().unwrap() < 1_000_000);
+    assert!(balance(&first_p)["available"].as_i64().unwrap() > 0);
+    assert!(balance(&second_p)["available"].as_i64().unwrap() > 0);
+    use fleet_controller::store::ledger::LedgerStore;
+    let kinds: Vec<&str> = store
+        .job_transactions(id)
+        .unwrap()
+        .iter()
+        .map(|t| t.kind)
+        .collect();
+    assert!(
+        kinds.contains(&"slash") && kinds.contains(&"payout"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "payout").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(store.ledger_sum().unwrap(), 0);
 }

@@ -365,6 +365,16 @@ fn verify(path: &Path, args: VerifyArgs) -> Result<ExitCode> {
                 sci.embodied_mg as f64 / 1000.0
             );
         }
+        if let Some(c) = &report.coverage {
+            // Side by side, never netted: the SCI above is the measured one.
+            println!(
+                "  certificates: {} retired; of the job's {:.3} g CO2e measured, {:.3} g covered by granular certificates of the same hour, {:.3} g by yearly RECs (not netted into SCI)",
+                c.certificates.len(),
+                c.measured_mg as f64 / 1000.0,
+                c.granular_mg as f64 / 1000.0,
+                c.rec_mg as f64 / 1000.0
+            );
+        }
         for (epoch, head, anchor) in &report.anchors {
             match anchor {
                 AnchorRef::Local { controller_key, .. } => {

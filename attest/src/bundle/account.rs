@@ -138,7 +138,7 @@ pub fn verify_account(
         };
         lines.push((line.seq, line.amount, line.balance, entry.id));
     }
-    check_inclusion(&p.entries, &p.epochs)?;
+    check_inclusion("entry", &p.entries, &p.epochs)?;
     let onchain_unchecked = check_anchors(&p.epochs, opts)?;
     // The book's postings: all of them from its first, each balance following from the one
     // before.

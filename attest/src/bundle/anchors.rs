@@ -13,6 +13,7 @@ use crate::units::EpochId;
 
 /// Checks every piece of evidence against its epoch's tree head (each epoch listed once).
 pub(super) fn check_inclusion(
+    what: &str,
     evidence: &[Evidence],
     epochs_in: &[EpochProof],
 ) -> Result<(), VerifyError> {
@@ -30,7 +31,7 @@ pub(super) fn check_inclusion(
         let Some(checker) = checkers.get_mut(&ev.epoch) else {
             return fail(
                 Check::Inclusion,
-                format!("evidence #{index}: epoch {} is not in the bundle", ev.epoch),
+                format!("{what} #{index}: epoch {} is not in the bundle", ev.epoch),
             );
         };
         checker
@@ -38,7 +39,7 @@ pub(super) fn check_inclusion(
             .or_else(|e| {
                 fail(
                     Check::Inclusion,
-                    format!("evidence #{index} in epoch {}: {e}", ev.epoch),
+                    format!("{what} #{index} in epoch {}: {e}", ev.epoch),
                 )
             })?;
     }

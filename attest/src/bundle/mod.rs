@@ -32,8 +32,12 @@ pub use verify::verify;
 
 /// The bundle format version this crate writes and reads. Version 2: the statement is a
 /// controller-signed envelope, intensity datasets are named and carried, and the subject's
-/// evidence starts at its chain's start.
-pub const BUNDLE_FORMAT: u8 = 2;
+/// evidence starts at its chain's start. Version 3: a job's bundle carries the certificates
+/// retired for it.
+pub const BUNDLE_FORMAT: u8 = 3;
+
+/// At most this many retirements in one bundle.
+pub const MAX_BUNDLE_RETIREMENTS: usize = 4096;
 
 /// At most this many datasets carried in one bundle.
 pub const MAX_BUNDLE_DATASETS: usize = 64;
@@ -104,6 +108,10 @@ pub struct ProofBundle {
     pub evidence: Vec<Evidence>,
     /// The epochs those proofs lead to, with their anchors.
     pub epochs: Vec<EpochProof>,
+    /// For a job: the controller-signed `Retirement`s of certificates covering its
+    /// emissions, with their inclusion proofs (in the same epochs' trees).
+    #[serde(default)]
+    pub retirements: Vec<Evidence>,
 }
 
 /// One signed chain message and where it sits in an epoch's tree.
@@ -186,6 +194,9 @@ pub enum Check {
     /// A statement of account: entries balanced, the book's postings complete and its
     /// balances consistent.
     Ledger,
+    /// Retired certificates: signed by the controller, anchored, for this job, and each
+    /// matching the job's region and hour ([`crate::coverage`]).
+    Retirement,
 }
 
 impl fmt::Display for Check {
@@ -205,6 +216,7 @@ impl fmt::Display for Check {
             Check::Tier => "tier",
             Check::Job => "job",
             Check::Ledger => "ledger",
+            Check::Retirement => "retirement",
         };
         f.write_str(s)
     }
@@ -303,6 +315,8 @@ pub struct Report {
     /// Whether some anchors are on an EVM chain and were only checked offline
     /// (the CLI's `--rpc` checks them).
     pub onchain_unchecked: bool,
+    /// For a job: its measured emissions and what retired certificates cover, apart.
+    pub coverage: Option<crate::coverage::Coverage>,
 }
 
 impl ProofBundle {

@@ -8,16 +8,17 @@ use alloc::vec::Vec;
 
 use super::anchors::{check_anchors, check_inclusion};
 use super::{
-    BUNDLE_FORMAT, Check, DatasetUse, MAX_BUNDLE_DATASETS, ProofBundle, Report, VerifyError,
-    VerifyOptions, fail,
+    BUNDLE_FORMAT, Check, DatasetUse, MAX_BUNDLE_DATASETS, MAX_BUNDLE_RETIREMENTS, ProofBundle,
+    Report, VerifyError, VerifyOptions, fail,
 };
 use crate::account::{StatementInput, compute_statement};
 use crate::chain::{ChainPolicy, ChainVerifier, Outcome};
+use crate::coverage::Coverage;
 use crate::envelope::{Envelope, Verified};
 use crate::hash::Hash32;
 use crate::id::DeviceId;
 use crate::intensity::{Dataset, Figure, RegionTable, bundled_digest};
-use crate::msg::{ChainMessage, Hello, Statement, hello_at};
+use crate::msg::{ChainMessage, Hello, Retirement, Statement, hello_at};
 use crate::units::TimestampMs;
 
 struct Item {
@@ -40,6 +41,15 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
     }
     if bundle.evidence.is_empty() {
         return fail(Check::Format, "the bundle holds no evidence");
+    }
+    if bundle.retirements.len() > MAX_BUNDLE_RETIREMENTS {
+        return fail(
+            Check::Format,
+            format!(
+                "{} retirements, at most {MAX_BUNDLE_RETIREMENTS}",
+                bundle.retirements.len()
+            ),
+        );
     }
     if bundle.datasets.len() > MAX_BUNDLE_DATASETS {
         return fail(
@@ -203,7 +213,8 @@ fn checks_after_signatures(
     }
 
     // Inclusion proofs, then anchors.
-    check_inclusion(&bundle.evidence, &bundle.epochs)?;
+    check_inclusion("evidence", &bundle.evidence, &bundle.epochs)?;
+    check_inclusion("retirement", &bundle.retirements, &bundle.epochs)?;
     let onchain_unchecked = check_anchors(&bundle.epochs, opts)?;
 
     // Intensities, each against its named dataset.
@@ -234,6 +245,7 @@ fn checks_after_signatures(
         Err(e) => return fail(Check::Job, e.to_string()),
     };
     compare(stated, &computed)?;
+    let coverage = check_retirements(bundle, opts, &computed, subject_hellos)?;
 
     Ok(Report {
         statement: computed,
@@ -246,7 +258,49 @@ fn checks_after_signatures(
             .map(|e| (e.epoch, e.head, e.anchor.clone()))
             .collect(),
         onchain_unchecked,
+        coverage,
     })
+}
+
+/// Each retirement: signed by the pinned controller, for this job, and applied in order
+/// by the rules of [`crate::coverage`] to the recomputed statement (its inclusion in an
+/// anchored epoch is checked with the evidence's). A job's coverage, even with none.
+fn check_retirements(
+    bundle: &ProofBundle,
+    opts: &VerifyOptions,
+    statement: &Statement,
+    hellos: &[Hello],
+) -> Result<Option<Coverage>, VerifyError> {
+    if statement.job.is_none() {
+        if !bundle.retirements.is_empty() {
+            return fail(
+                Check::Retirement,
+                "a device-period bundle carries retirements: certificates cover a job's emissions",
+            );
+        }
+        return Ok(None);
+    }
+    let mut retirements = Vec::with_capacity(bundle.retirements.len());
+    for (i, ev) in bundle.retirements.iter().enumerate() {
+        let env = Envelope::decode(&ev.envelope.0)
+            .or_else(|e| fail(Check::Retirement, format!("retirement #{i}: {e}")))?;
+        env.verify(&opts.trust.controller_key).or_else(|e| {
+            fail(
+                Check::Retirement,
+                format!(
+                    "retirement #{i}: {e} under the pinned controller key {}",
+                    opts.trust.controller_key
+                ),
+            )
+        })?;
+        let r: Retirement = env
+            .open()
+            .or_else(|e| fail(Check::Retirement, format!("retirement #{i}: {e}")))?;
+        retirements.push(r);
+    }
+    crate::coverage::cover(statement, hellos, &retirements)
+        .map(Some)
+        .or_else(|e| fail(Check::Retirement, e.to_string()))
 }
 
 /// Each stated hour's figure, looked up in the dataset the hour names (the bundled table,

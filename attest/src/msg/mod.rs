@@ -12,6 +12,7 @@ mod job;
 mod ledger;
 mod meter;
 mod restart;
+mod retirement;
 mod statement;
 
 pub use ack::Ack;
@@ -22,6 +23,7 @@ pub use job::{Backend, JobId, JobLimits, JobOutcome, JobReceipt, JobSpec, Param,
 pub use ledger::{LedgerEntry, LedgerPosting, MAX_POSTINGS};
 pub use meter::{ChannelReading, MeterRecord, Unmetered};
 pub use restart::{ChainRestart, RestartReason};
+pub use retirement::{Certificate, CertificateScheme, Retirement};
 pub use statement::{Flag, FlagCode, JobAccount, Statement, Subject};
 
 use serde::{Deserialize, Serialize};
@@ -143,6 +145,7 @@ pub enum AnyMessage {
     AnchorEntry(AnchorEntry),
     Statement(Statement),
     LedgerEntry(LedgerEntry),
+    Retirement(Retirement),
 }
 
 impl AnyMessage {
@@ -158,6 +161,7 @@ impl AnyMessage {
             Kind::AnchorEntry => AnyMessage::AnchorEntry(env.open()?),
             Kind::Statement => AnyMessage::Statement(env.open()?),
             Kind::LedgerEntry => AnyMessage::LedgerEntry(env.open()?),
+            Kind::Retirement => AnyMessage::Retirement(env.open()?),
         })
     }
 

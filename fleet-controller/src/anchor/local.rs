@@ -6,11 +6,12 @@
 use attest::msg::AnchorEntry;
 use attest::{Envelope, EpochId, Hash32, KeyPair, SeqNo, TimestampMs};
 
+use crate::store::certificates::CertificateStore;
 use crate::store::ledger::LedgerStore;
 use crate::store::{EpochRow, Store, StoreError};
 
 /// Closes the next epoch over every unanchored stored message; `None` when there is none.
-pub fn close_epoch<S: Store + LedgerStore>(
+pub fn close_epoch<S: Store + LedgerStore + CertificateStore>(
     store: &mut S,
     key: &KeyPair,
     now_ms: u64,
@@ -23,13 +24,21 @@ pub fn close_epoch<S: Store + LedgerStore>(
         .iter()
         .map(|entry| (entry.id, Envelope::seal(entry, key).into_bytes()))
         .collect();
-    if items.is_empty() && ledger.is_empty() {
+    // Certificates retired since, signed now: leaves after the ledger's, so that a job's
+    // bundle proves each.
+    let retired: Vec<(u64, Vec<u8>)> = store
+        .unsealed_retirements()?
+        .iter()
+        .map(|r| (r.id, Envelope::seal(r, key).into_bytes()))
+        .collect();
+    if items.is_empty() && ledger.is_empty() && retired.is_empty() {
         return Ok(None);
     }
     let leaves: Vec<&[u8]> = items
         .iter()
         .map(|(_, _, e)| e.as_slice())
         .chain(ledger.iter().map(|(_, e)| e.as_slice()))
+        .chain(retired.iter().map(|(_, e)| e.as_slice()))
         .collect();
     let head = attest::merkle::TreeHead::from_leaf_hashes(
         &leaves
@@ -60,7 +69,7 @@ pub fn close_epoch<S: Store + LedgerStore>(
         anchor_index: index,
     };
     let placed: Vec<(attest::DeviceId, SeqNo)> = items.iter().map(|(d, s, _)| (*d, *s)).collect();
-    store.commit_epoch(&row, &placed, &ledger)?;
+    store.commit_epoch(&row, &placed, &ledger, &retired)?;
     crate::crash::point("epoch-closed");
     tracing::info!(epoch = epoch.0, leaves = head.size, root = %head.root, "epoch anchored (local log)");
     Ok(Some(row))

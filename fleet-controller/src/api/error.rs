@@ -10,9 +10,11 @@ use serde_json::json;
 use crate::accounting::HoursError;
 use crate::accounts::{AccountError, Scope};
 use crate::bundles::BundleError;
+use crate::certificates::{ImportError, RetireFailure};
 use crate::jobs::SubmitError;
 use crate::ledger::LedgerError;
 use crate::store::StoreError;
+use crate::store::certificates::RetireError;
 use attest::DeviceId;
 
 /// Every error the API returns.
@@ -117,6 +119,12 @@ pub enum AppError {
     /// A path segment that is not what the route takes (an account or token number).
     #[error("{0}")]
     BadPath(String),
+    /// A certificate import refused whole.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// A certificate retirement refused.
+    #[error(transparent)]
+    Retire(#[from] RetireFailure),
 }
 
 impl AppError {
@@ -173,7 +181,51 @@ impl AppError {
             },
             AppError::UnknownToken(_) => (StatusCode::NOT_FOUND, "unknown_token"),
             AppError::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_path"),
+            AppError::Import(e) => import_reason(e),
+            AppError::Retire(e) => retire_reason(e),
         }
+    }
+}
+
+fn import_reason(e: &ImportError) -> (StatusCode, &'static str) {
+    match e {
+        ImportError::Count(_) | ImportError::Repeated(_) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "bad_import")
+        }
+        ImportError::Malformed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "bad_certificate"),
+        ImportError::Duplicate(_) => (StatusCode::CONFLICT, "certificate_exists"),
+        ImportError::UnknownAccount(_) => (StatusCode::NOT_FOUND, "unknown_account"),
+        ImportError::NotABuyer(_) => (StatusCode::UNPROCESSABLE_ENTITY, "not_a_buyer"),
+        ImportError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+    }
+}
+
+fn retire_reason(e: &RetireFailure) -> (StatusCode, &'static str) {
+    use attest::coverage::CoverageError as C;
+    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+    match e {
+        RetireFailure::UnknownJob(_) => (StatusCode::NOT_FOUND, "unknown_job"),
+        RetireFailure::NotDone { .. } => (StatusCode::CONFLICT, "job_not_done"),
+        RetireFailure::NotRunThere { .. } => (unprocessable, "not_run_there"),
+        RetireFailure::Statement(BundleError::Store(_)) | RetireFailure::Store(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+        }
+        RetireFailure::Statement(_) => (StatusCode::CONFLICT, "nothing_to_prove"),
+        RetireFailure::Refused(RetireError::UnknownCertificate(_)) => {
+            (StatusCode::NOT_FOUND, "unknown_certificate")
+        }
+        RetireFailure::Refused(RetireError::AlreadyRetired { .. })
+        | RetireFailure::Refused(RetireError::Coverage(C::AlreadyRetired(_))) => {
+            (StatusCode::CONFLICT, "already_retired")
+        }
+        RetireFailure::Refused(RetireError::Coverage(c)) => match c {
+            C::WrongHour { .. } => (unprocessable, "wrong_hour"),
+            C::WrongRegion { .. } => (unprocessable, "wrong_region"),
+            C::NoEmissions(_) => (unprocessable, "no_emissions"),
+            C::Covered { .. } => (unprocessable, "covered_already"),
+            C::Certificate(_) => (unprocessable, "bad_certificate"),
+            _ => (unprocessable, "coverage_refused"),
+        },
     }
 }
 

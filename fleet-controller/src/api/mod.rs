@@ -41,10 +41,12 @@
 mod admin;
 mod auth;
 mod blobs;
+mod certificates;
 mod error;
 mod jobs;
 mod ledger;
 mod outputs;
+mod proofs;
 mod settlement;
 
 use std::path::PathBuf;
@@ -377,14 +379,6 @@ async fn metrics(State(s): State<ApiState>) -> Result<Response, AppError> {
     .await
 }
 
-/// Query of the bundle route.
-#[derive(Debug, Deserialize)]
-pub struct BundleQuery {
-    from: Option<u64>,
-    to: Option<u64>,
-    format: Option<String>,
-}
-
 /// Query of the accounting route.
 #[derive(Debug, Deserialize)]
 pub struct PeriodQuery {
@@ -476,60 +470,6 @@ async fn fleet_hours(
     .await
 }
 
-async fn bundle(
-    State(s): State<ApiState>,
-    Path(id): Path<String>,
-    ApiQuery(q): ApiQuery<BundleQuery>,
-) -> Result<Response, AppError> {
-    let id = parse_id(&id)?;
-    blocking(move || {
-        let store = s.store.get()?;
-        let b = crate::bundles::device_period(
-            &*store,
-            &s.controller,
-            id,
-            q.from.unwrap_or(0),
-            q.to.unwrap_or(u64::MAX / 2),
-            &s.intensity,
-            q.to.is_none(),
-        )?;
-        Ok(match q.format.as_deref() {
-            Some("postcard") => (
-                [(header::CONTENT_TYPE, "application/octet-stream")],
-                b.to_postcard(),
-            )
-                .into_response(),
-            _ => ([(header::CONTENT_TYPE, "application/json")], b.to_json()).into_response(),
-        })
-    })
-    .await
-}
-
-/// The proof bundle of one job: its receipt and the device's records over the job's hours.
-async fn job_bundle(
-    State(s): State<ApiState>,
-    Path((id, job)): Path<(String, String)>,
-    ApiQuery(q): ApiQuery<BundleQuery>,
-) -> Result<Response, AppError> {
-    let id = parse_id(&id)?;
-    let job = attest::hex::decode_array::<16>(&job)
-        .map(attest::msg::JobId)
-        .map_err(|e| AppError::BadJobId(format!("{job}: {e}")))?;
-    blocking(move || {
-        let store = s.store.get()?;
-        let b = crate::bundles::job(&*store, &s.controller, id, job, &s.intensity)?;
-        Ok(match q.format.as_deref() {
-            Some("postcard") => (
-                [(header::CONTENT_TYPE, "application/octet-stream")],
-                b.to_postcard(),
-            )
-                .into_response(),
-            _ => ([(header::CONTENT_TYPE, "application/json")], b.to_json()).into_response(),
-        })
-    })
-    .await
-}
-
 async fn not_found() -> AppError {
     AppError::NoRoute
 }
@@ -545,8 +485,11 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{id}", get(device))
-        .route("/api/v1/devices/{id}/bundle", get(bundle))
-        .route("/api/v1/devices/{id}/jobs/{job}/bundle", get(job_bundle))
+        .route("/api/v1/devices/{id}/bundle", get(proofs::bundle))
+        .route(
+            "/api/v1/devices/{id}/jobs/{job}/bundle",
+            get(proofs::job_bundle),
+        )
         .route("/api/v1/devices/{id}/hours", get(hours))
         .route("/api/v1/devices/{id}/approve", post(admin::approve))
         .route("/api/v1/devices/{id}/revoke", post(admin::revoke))
@@ -584,6 +527,18 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/jobs/{id}/events", get(jobs::events))
         .route("/api/v1/jobs/{id}/results", get(jobs::results))
         .route("/api/v1/jobs/{id}/outputs/{index}", put(outputs::put))
+        .route(
+            "/api/v1/jobs/{id}/retirements",
+            post(certificates::retire_certificate),
+        )
+        .route(
+            "/api/v1/jobs/{id}/emissions",
+            get(certificates::job_emissions),
+        )
+        .route(
+            "/api/v1/certificates",
+            get(certificates::list).post(certificates::import_certificates),
+        )
         // Every body an extractor reads (the JSON routes) is bounded; the blob upload
         // streams its own body against `max_blob_bytes` and the quota.
         .layer(DefaultBodyLimit::max(body_limit))

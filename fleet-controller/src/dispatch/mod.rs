@@ -128,6 +128,8 @@ pub struct Dispatcher {
     blob_dir: Option<std::path::PathBuf>,
     /// Devices a job must not go to again (they returned a wrong result for it).
     excluded: std::collections::HashMap<JobId, HashSet<DeviceId>>,
+    /// When each device's next performance probe is due (drawn at random: [`probes`]).
+    probe_due: std::collections::HashMap<DeviceId, u64>,
 }
 
 impl Dispatcher {
@@ -144,6 +146,7 @@ impl Dispatcher {
             forecast_devices: HashSet::new(),
             blob_dir: None,
             excluded: std::collections::HashMap::new(),
+            probe_due: std::collections::HashMap::new(),
         }
     }
 

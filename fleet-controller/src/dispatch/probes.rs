@@ -1,5 +1,8 @@
 //! Performance probes: known-answer jobs the controller sends an idle device that a
-//! provider runs, at its first sight and then every `probe_every_ms`. A probe is an ordinary `sha256_batch` job of
+//! provider runs, at its first sight and then at random times, `probe_every_ms` apart on
+//! average (each interval drawn uniformly from half to one and a half of it, from the
+//! operating system's randomness, so a device cannot time its honesty; after a controller
+//! restart the first is due `probe_every_ms` after the last). A probe is an ordinary `sha256_batch` job of
 //! random items (the device cannot tell it from a buyer's), owned by the platform's probe
 //! account, placed directly on its device and unpaid. Its receipt says whether the device
 //! computes right (its output against the answer the controller computed), how fast
@@ -30,6 +33,16 @@ pub const PROBE_ITEMS: usize = 8_192;
 pub const PROBE_ITEM_LEN: usize = 64;
 /// The account that owns the probes.
 pub const PROBE_ACCOUNT: &str = "heliostat-probes";
+
+/// An interval drawn uniformly from `[every / 2, 3 every / 2)` (`every` without
+/// randomness).
+fn jittered(every: u64) -> u64 {
+    let mut b = [0u8; 8];
+    match getrandom::fill(&mut b) {
+        Ok(()) if every > 0 => every / 2 + u64::from_le_bytes(b) % every,
+        _ => every,
+    }
+}
 
 impl Dispatcher {
     /// The probe account, made on first use (its token is never shown: nobody logs in).
@@ -86,7 +99,8 @@ impl Dispatcher {
             let due = store.last_probe(o.device)?.is_none_or(|p| {
                 // One at a time: a probe without a result is in flight for an hour.
                 let in_flight = p.result.is_none() && now < p.sent_ms + 3_600_000;
-                !in_flight && now >= p.sent_ms + every
+                let due_at = self.probe_due.get(&o.device).copied();
+                !in_flight && now >= due_at.unwrap_or(p.sent_ms + every)
             });
             // Devices on the market only: a provider runs them.
             if due
@@ -166,6 +180,7 @@ impl Dispatcher {
             expected,
             result: None,
         })?;
+        self.probe_due.insert(device, now + jittered(every));
         tracing::info!(%device, job = %id, "performance probe sent");
         Ok(())
     }
@@ -275,5 +290,21 @@ impl Dispatcher {
             }
         }
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::jittered;
+
+    #[test]
+    fn probe_intervals_are_drawn_around_the_configured_one() {
+        let draws: Vec<u64> = (0..2_000).map(|_| jittered(1_000)).collect();
+        assert!(draws.iter().all(|d| (500..1_500).contains(d)), "{draws:?}");
+        let mean = draws.iter().sum::<u64>() / draws.len() as u64;
+        assert!((950..1_050).contains(&mean), "mean {mean}");
+        // Spread over the range, not one value: a device cannot predict the next.
+        assert!(draws.iter().any(|d| *d < 600) && draws.iter().any(|d| *d >= 1_400));
+        assert_eq!(jittered(0), 0);
     }
 }

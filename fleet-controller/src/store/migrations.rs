@@ -235,6 +235,38 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL,
         PRIMARY KEY (job, run)
     ) WITHOUT ROWID;",
+    // 15: energy attribute certificates buyers hold, and their retirements (each once, for
+    // one job's hour), signed into the epochs like the ledger's entries.
+    "CREATE TABLE certificates (
+        id TEXT PRIMARY KEY,
+        scheme TEXT NOT NULL CHECK (scheme IN ('granular', 'rec')),
+        start_ms INTEGER NOT NULL,
+        end_ms INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        technology TEXT NOT NULL,
+        producer TEXT NOT NULL,
+        region TEXT NOT NULL,
+        volume_wh INTEGER NOT NULL CHECK (volume_wh > 0),
+        issuer TEXT NOT NULL,
+        account INTEGER NOT NULL REFERENCES accounts (id),
+        imported_ms INTEGER NOT NULL
+    );
+    CREATE INDEX certificates_account ON certificates (account);
+    CREATE TABLE retirements (
+        id INTEGER PRIMARY KEY,
+        certificate TEXT NOT NULL UNIQUE REFERENCES certificates (id),
+        job BLOB NOT NULL,
+        device BLOB NOT NULL,
+        hour INTEGER NOT NULL,
+        account INTEGER NOT NULL REFERENCES accounts (id),
+        covered_mg INTEGER NOT NULL,
+        at_ms INTEGER NOT NULL,
+        envelope BLOB,
+        epoch INTEGER,
+        leaf INTEGER
+    );
+    CREATE INDEX retirements_job ON retirements (job, device);
+    CREATE INDEX retirements_epoch ON retirements (epoch);",
 ];
 
 /// The schema version this code writes.

@@ -17,6 +17,7 @@
 
 pub mod accounts;
 pub mod blobs;
+pub mod certificates;
 pub mod jobs;
 pub mod ledger;
 pub mod marks;
@@ -282,12 +283,14 @@ pub trait Store {
     fn unplaced(&self) -> Result<Vec<(DeviceId, SeqNo, Vec<u8>)>, StoreError>;
     /// Closes an epoch in one transaction: its row, its anchor entry, the leaf index of
     /// each message `(device, seq)` in order, then of each ledger transaction `(id, signed
-    /// entry)` after them. Refuses an epoch number already used.
+    /// entry)` after them, then of each certificate retirement `(id, signed retirement)`.
+    /// Refuses an epoch number already used.
     fn commit_epoch(
         &mut self,
         epoch: &EpochRow,
         leaves: &[(DeviceId, SeqNo)],
         ledger: &[(u64, Vec<u8>)],
+        retirements: &[(u64, Vec<u8>)],
     ) -> Result<(), StoreError>;
     /// The last closed epoch.
     fn last_epoch(&self) -> Result<Option<EpochRow>, StoreError>;

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod blobs;
+mod certificates;
 mod epochs;
 mod jobs;
 pub(crate) mod ledger;
@@ -381,6 +382,7 @@ impl Store for SqliteStore {
         e: &EpochRow,
         leaves: &[(DeviceId, SeqNo)],
         ledger: &[(u64, Vec<u8>)],
+        retirements: &[(u64, Vec<u8>)],
     ) -> Result<(), StoreError> {
         let tx = self
             .conn
@@ -421,6 +423,18 @@ impl Store for SqliteStore {
                     )));
                 }
             }
+            let mut seal = tx.prepare_cached(
+                "UPDATE retirements SET envelope = ?2, epoch = ?3, leaf = ?4 WHERE id = ?1 AND epoch IS NULL",
+            )?;
+            for (i, (id, envelope)) in retirements.iter().enumerate() {
+                let leaf = (leaves.len() + ledger.len() + i) as i64;
+                let n = seal.execute(params![to_i64(*id), envelope, to_i64(e.epoch.0), leaf])?;
+                if n != 1 {
+                    return Err(StoreError::Corrupt(format!(
+                        "retirement {id} is missing or already in an epoch"
+                    )));
+                }
+            }
         }
         tx.commit()?;
         Ok(())
@@ -454,7 +468,8 @@ impl Store for SqliteStore {
         let mut st = self.conn.prepare_cached(
             "SELECT envelope FROM (
                  SELECT envelope, leaf_index AS leaf FROM chain_items WHERE epoch = ?1
-                 UNION ALL SELECT envelope, leaf FROM ledger_tx WHERE epoch = ?1)
+                 UNION ALL SELECT envelope, leaf FROM ledger_tx WHERE epoch = ?1
+                 UNION ALL SELECT envelope, leaf FROM retirements WHERE epoch = ?1)
              ORDER BY leaf",
         )?;
         let rows = st
@@ -676,7 +691,7 @@ mod tests {
             anchor_entry: vec![1, 2, 3],
             anchor_index: 0,
         };
-        s.commit_epoch(&e, &[], &[]).unwrap();
+        s.commit_epoch(&e, &[], &[], &[]).unwrap();
         assert_eq!(s.epochs_not_on_chain().unwrap(), vec![e.clone()]);
         assert_eq!(s.count_epochs_not_on_chain().unwrap(), 1);
         let mut a = EvmAnchorRow {

@@ -13,8 +13,10 @@ use attest::Hash32;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod api;
+mod certificates;
 mod ledger;
 mod logs;
+mod market;
 mod settlement;
 
 use api::Api;
@@ -116,26 +118,7 @@ enum Cmd {
         out: PathBuf,
     },
     /// The market: devices' offers with their state now and energy runway.
-    Market {
-        /// Only GPUs whose model contains this (`orin`, `h100`).
-        #[arg(long)]
-        gpu: Option<String>,
-        /// At least this much GPU memory, MiB.
-        #[arg(long)]
-        vram_min_mib: Option<u32>,
-        /// At least this renewable share now, 0..1.
-        #[arg(long)]
-        renewable_now_min: Option<f64>,
-        /// Only devices online now.
-        #[arg(long)]
-        online: bool,
-        /// price, renewable or runway.
-        #[arg(long)]
-        sort: Option<String>,
-        /// The load the runway is for, W (on top of the rig's own).
-        #[arg(long, default_value_t = 60.0)]
-        load_w: f64,
-    },
+    Market(market::MarketArgs),
     /// The fleet's devices.
     Devices,
     /// Your credits: available, and held in escrow by your open jobs (micro-credits).
@@ -172,6 +155,38 @@ enum Cmd {
     Settle,
     /// The settlement rounds, newest first, and where each was published (operator).
     Rounds,
+    /// The energy attribute certificates you hold (an operator: `--account N`, or all),
+    /// each with its retirement once retired.
+    Certificates {
+        #[arg(long)]
+        account: Option<u64>,
+    },
+    /// Import certificates bought on a registry into a buyer's holding (operator): FILE
+    /// holds a JSON array of them (docs/controller.md, "Certificates").
+    ImportCertificates {
+        file: PathBuf,
+        #[arg(long)]
+        account: u64,
+    },
+    /// Retire a certificate you hold for one hour of your done job: it covers the job's
+    /// emissions in that hour (never more), always shown apart from the measured ones.
+    Retire {
+        job: String,
+        certificate: String,
+        /// Hours since the Unix epoch, UTC (`fleetctl emissions JOB` lists the job's).
+        #[arg(long)]
+        hour: u64,
+        /// The device whose run it covers (a job that ran on several).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// A done job's emissions: measured, and the part retired certificates cover, hour by
+    /// hour.
+    Emissions {
+        job: String,
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Issue credits to an account, paid for outside the platform (operator).
     Credit {
         /// The account's number (`fleetctl account` shows yours).
@@ -462,69 +477,7 @@ fn run(cli: Cli) -> Result<()> {
                 t
             });
         }
-        Cmd::Market {
-            gpu,
-            vram_min_mib,
-            renewable_now_min,
-            online,
-            sort,
-            load_w,
-        } => {
-            let mut q = vec![format!("load_w={load_w}")];
-            if let Some(g) = gpu {
-                q.push(format!("gpu={g}"));
-            }
-            if let Some(v) = vram_min_mib {
-                q.push(format!("vram_min_mib={v}"));
-            }
-            if let Some(r) = renewable_now_min {
-                q.push(format!("renewable_now_min={r}"));
-            }
-            if online {
-                q.push("online=true".into());
-            }
-            if let Some(s) = sort {
-                q.push(format!("sort={s}"));
-            }
-            let v = api.json(&format!("/api/v1/market?{}", q.join("&")), false)?;
-            print(out, &v, |v| {
-                let mut t = format!(
-                    "{:<34} {:<22} {:>7} {:>9} {:>6} {:>6} {:>8} {:>5} {:>16}",
-                    "device",
-                    "gpu",
-                    "price",
-                    "renewable",
-                    "batt",
-                    "online",
-                    "runway",
-                    "rep",
-                    "measured"
-                );
-                for d in v.as_array().into_iter().flatten() {
-                    let measured = &d["measured"];
-                    t.push_str(&format!(
-                        "\n{:<34} {:<22} {:>7} {:>8.0}% {:>6} {:>6} {:>7.1}h {:>5.2} {:>16}",
-                        d["device"].as_str().unwrap_or("?"),
-                        d["gpu"].as_str().unwrap_or("(cpu)"),
-                        d["price_micro_per_gpu_hour"],
-                        d["renewable_now"].as_f64().unwrap_or(0.0) * 100.0,
-                        d["battery"]
-                            .as_f64()
-                            .map_or("-".into(), |b| format!("{:.0}%", b * 100.0)),
-                        if d["online"] == true { "yes" } else { "no" },
-                        d["runway_h"].as_f64().unwrap_or(0.0),
-                        d["reputation"].as_f64().unwrap_or(0.0),
-                        measured["items_per_s"]
-                            .as_f64()
-                            .map_or("-".into(), |r| format!(
-                                "{r:.0}/s {}",
-                                measured["backend"].as_str().unwrap_or("?")
-                            )),
-                    ));
-                }
-                t
-            });
-        }
+        Cmd::Market(args) => market::show(&api, out, &args)?,
         Cmd::Completions { .. } => unreachable!("answered above"),
         Cmd::Balance => ledger::balance(&api, out)?,
         Cmd::Stake { amount } => ledger::stake(&api, out, amount)?,
@@ -542,6 +495,19 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Settlements => settlement::payouts(&api, out)?,
         Cmd::Settle => settlement::settle(&api, out)?,
         Cmd::Rounds => settlement::rounds(&api, out)?,
+        Cmd::Certificates { account } => certificates::list(&api, out, account)?,
+        Cmd::ImportCertificates { file, account } => {
+            certificates::import(&api, out, &file, account)?
+        }
+        Cmd::Retire {
+            job,
+            certificate,
+            hour,
+            device,
+        } => certificates::retire(&api, out, &job, &certificate, hour, device.as_deref())?,
+        Cmd::Emissions { job, device } => {
+            certificates::emissions(&api, out, &job, device.as_deref())?
+        }
         Cmd::Devices => {
             let v = api.json("/api/v1/devices", false)?;
             print(out, &v, |v| {
