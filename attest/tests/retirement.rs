@@ -74,6 +74,21 @@ fn granular(id: &str, hour: u64, region: &str, wh: u64) -> Certificate {
     }
 }
 
+/// A 1 Wh granular certificate of the job's first hour with emissions, and what it covers
+/// there.
+fn first(j: &Job) -> (Certificate, u64) {
+    let c = granular("GC-DE-1", j.hour, "DE", 1);
+    let covered = coverage::covers(
+        &j.statement,
+        std::slice::from_ref(&j.hello_msg),
+        &[],
+        &c,
+        j.hour,
+    )
+    .unwrap();
+    (c, covered)
+}
+
 fn retirement(
     j: &Job,
     id: u64,
@@ -117,15 +132,7 @@ fn refused(b: &ProofBundle) -> (Check, String) {
 fn a_jobs_retirements_verify_and_show_measured_and_covered_apart() {
     let j = job();
     // 1 Wh at the hour's intensity: less than the job's emissions in the hour.
-    let c = granular("GC-DE-1", j.hour, "DE", 1);
-    let covered = coverage::covers(
-        &j.statement,
-        std::slice::from_ref(&j.hello_msg),
-        &[],
-        &c,
-        j.hour,
-    )
-    .unwrap();
+    let (c, covered) = first(&j);
     assert!(
         covered > 0 && covered < j.measured,
         "{covered} of {}",
@@ -153,15 +160,7 @@ fn a_jobs_retirements_verify_and_show_measured_and_covered_apart() {
 #[test]
 fn a_retirement_signed_by_another_key_or_misstated_is_refused() {
     let j = job();
-    let c = granular("GC-DE-1", j.hour, "DE", 1);
-    let covered = coverage::covers(
-        &j.statement,
-        std::slice::from_ref(&j.hello_msg),
-        &[],
-        &c,
-        j.hour,
-    )
-    .unwrap();
+    let (c, covered) = first(&j);
     let r = retirement(&j, 1, c, j.hour, covered);
     let (check, why) = refused(&bundle(
         &j,
@@ -181,8 +180,7 @@ fn a_retirement_signed_by_another_key_or_misstated_is_refused() {
 fn a_retirement_for_the_wrong_hour_or_region_or_twice_is_refused_with_the_reason() {
     let j = job();
     let hellos = [j.hello_msg.clone()];
-    let c = granular("GC-DE-1", j.hour, "DE", 1);
-    let covered = coverage::covers(&j.statement, &hellos, &[], &c, j.hour).unwrap();
+    let (c, covered) = first(&j);
     // Produced in the hour after the one it is retired for.
     let late = granular("GC-DE-2", j.hour + 1, "DE", 1);
     let e = coverage::covers(&j.statement, &hellos, &[], &late, j.hour).unwrap_err();
@@ -218,15 +216,7 @@ fn a_retirement_for_the_wrong_hour_or_region_or_twice_is_refused_with_the_reason
 #[test]
 fn a_retirement_not_in_the_anchored_tree_fails_inclusion() {
     let j = job();
-    let c = granular("GC-DE-1", j.hour, "DE", 1);
-    let covered = coverage::covers(
-        &j.statement,
-        std::slice::from_ref(&j.hello_msg),
-        &[],
-        &c,
-        j.hour,
-    )
-    .unwrap();
+    let (c, covered) = first(&j);
     let mut b = bundle(
         &j,
         &[retirement(&j, 1, c.clone(), j.hour, covered)],

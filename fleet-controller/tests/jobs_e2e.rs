@@ -622,24 +622,7 @@ fn rig(
     seed: u64,
     soc: f64,
 ) -> Proc {
-    rig_env(dir, lon, sun_w, broker, api, ckey, provider, seed, soc, &[])
-}
-
-/// [`rig`] with extra environment variables for its agent (a test fault).
-#[allow(clippy::too_many_arguments)]
-fn rig_env(
-    dir: &std::path::Path,
-    lon: f64,
-    sun_w: u32,
-    broker: u16,
-    api: u16,
-    ckey: &attest::KeyPair,
-    provider: &str,
-    seed: u64,
-    soc: f64,
-    env: &[(&str, &str)],
-) -> Proc {
-    rig_with(
+    rig_env(
         dir,
         lon,
         sun_w,
@@ -649,14 +632,15 @@ fn rig_env(
         provider,
         seed,
         soc,
-        env,
+        &[],
         |_| {},
     )
 }
 
-/// [`rig_env`] with the agent's configuration adjusted by `tune`.
+/// [`rig`] with extra environment variables for its agent (a test fault) and its
+/// configuration adjusted by `tune`.
 #[allow(clippy::too_many_arguments)]
-fn rig_with(
+fn rig_env(
     dir: &std::path::Path,
     lon: f64,
     sun_w: u32,
@@ -753,9 +737,7 @@ fn a_flexible_job_submitted_at_night_runs_at_a_sunlit_site_and_its_proof_says_so
     let broker = Mosquitto::start();
     let (api, ckey, buyer, provider, _controller) = market(tmp.path(), broker.port);
     // The longitude where it is solar noon now (and the one where it is midnight).
-    let hours = (now() % 86_400_000) as f64 / 3_600_000.0;
-    let noon_lon = ((12.0 - hours) * 15.0 + 540.0) % 360.0 - 180.0;
-    let night_lon = (noon_lon + 360.0) % 360.0 - 180.0;
+    let (noon_lon, night_lon) = noon_and_midnight();
     let _sunny = rig(
         &tmp.path().join("sunny"),
         noon_lon,
@@ -833,6 +815,13 @@ fn a_flexible_job_submitted_at_night_runs_at_a_sunlit_site_and_its_proof_says_so
     });
 }
 
+/// The longitudes where it is solar noon now and where it is midnight.
+fn noon_and_midnight() -> (f64, f64) {
+    let hours = (now() % 86_400_000) as f64 / 3_600_000.0;
+    let noon = ((12.0 - hours) * 15.0 + 540.0) % 360.0 - 180.0;
+    (noon, (noon + 360.0) % 360.0 - 180.0)
+}
+
 /// A rig dies (kill -9) while it runs a job and stays gone: past the lease grace the
 /// controller cancels the job there and places it on another rig, where it runs to the
 /// end once: one receipt in all, one output, the history saying why it moved.
@@ -844,8 +833,7 @@ fn a_job_whose_rig_dies_past_the_grace_runs_again_elsewhere_and_finishes_once() 
         c.market.online_within_ms = 1_500;
         c.market.lease_grace_ms = 3_000;
     });
-    let hours = (now() % 86_400_000) as f64 / 3_600_000.0;
-    let noon_lon = ((12.0 - hours) * 15.0 + 540.0) % 360.0 - 180.0;
+    let (noon_lon, _) = noon_and_midnight();
     let rig_at = |name: &str, seed: u64| {
         rig(
             &tmp.path().join(name),
@@ -1007,8 +995,7 @@ fn a_rig_returning_a_wrong_product_is_caught_and_the_honest_rig_is_paid() {
     assert_eq!(r.status, 403, "the agents' token cannot stake");
     // The liar's provider has staked a million micro-credits (issued by the operator).
     stake(api, &operator, liar_account, 1_000_000);
-    let hours = (now() % 86_400_000) as f64 / 3_600_000.0;
-    let noon_lon = ((12.0 - hours) * 15.0 + 540.0) % 360.0 - 180.0;
+    let (noon_lon, _) = noon_and_midnight();
     let start = |name: &str, token: &str, seed: u64, env: &[(&str, &str)]| {
         rig_env(
             &tmp.path().join(name),
@@ -1021,6 +1008,7 @@ fn a_rig_returning_a_wrong_product_is_caught_and_the_honest_rig_is_paid() {
             seed,
             0.9,
             env,
+            |_| {},
         )
     };
     let key_of = |name: &str| rig_key(&tmp.path().join(name));
@@ -1229,10 +1217,8 @@ fn a_jobs_grid_emissions_are_covered_by_a_certificate_retired_once_and_its_proof
     let broker = Mosquitto::start();
     let (api, ckey, buyer, provider, _controller, operator) =
         market_ops(tmp.path(), broker.port, |_| {});
-    let hours = (now() % 86_400_000) as f64 / 3_600_000.0;
-    let noon_lon = ((12.0 - hours) * 15.0 + 540.0) % 360.0 - 180.0;
-    let night_lon = (noon_lon + 360.0) % 360.0 - 180.0;
-    let _rig = rig_with(
+    let (_, night_lon) = noon_and_midnight();
+    let _rig = rig_env(
         &tmp.path().join("night"),
         night_lon,
         0,
@@ -1535,8 +1521,7 @@ fn a_lying_rig_is_outvoted_by_redundant_runs_and_slashed_and_the_honest_runs_are
     let (first_p, _) = provider_account(api, &operator, "first-rigs");
     let (second_p, _) = provider_account(api, &operator, "second-rigs");
     stake(api, &operator, liar_account, 1_000_000);
-    let hours = (now() % 86_400_000) as f64 / 3_600_000.0;
-    let noon_lon = ((12.0 - hours) * 15.0 + 540.0) % 360.0 - 180.0;
+    let (noon_lon, _) = noon_and_midnight();
     let start = |name: &str, token: &str, seed: u64, env: &[(&str, &str)]| {
         let dir = tmp.path().join(name);
         let rig = rig_env(
@@ -1550,6 +1535,7 @@ fn a_lying_rig_is_outvoted_by_redundant_runs_and_slashed_and_the_honest_runs_are
             seed,
             0.9,
             env,
+            |_| {},
         );
         let device = rig_key(&dir);
         assign(api, &operator, device, name);

@@ -16,6 +16,18 @@ pub struct BundleQuery {
     format: Option<String>,
 }
 
+/// A bundle in the format asked: postcard, or JSON.
+fn respond(b: &attest::bundle::ProofBundle, format: Option<&str>) -> Response {
+    match format {
+        Some("postcard") => (
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            b.to_postcard(),
+        )
+            .into_response(),
+        _ => ([(header::CONTENT_TYPE, "application/json")], b.to_json()).into_response(),
+    }
+}
+
 /// A device-period's proof bundle (JSON, or postcard with `format=postcard`).
 pub(super) async fn bundle(
     State(s): State<ApiState>,
@@ -34,14 +46,7 @@ pub(super) async fn bundle(
             &s.intensity,
             q.to.is_none(),
         )?;
-        Ok(match q.format.as_deref() {
-            Some("postcard") => (
-                [(header::CONTENT_TYPE, "application/octet-stream")],
-                b.to_postcard(),
-            )
-                .into_response(),
-            _ => ([(header::CONTENT_TYPE, "application/json")], b.to_json()).into_response(),
-        })
+        Ok(respond(&b, q.format.as_deref()))
     })
     .await
 }
@@ -59,14 +64,7 @@ pub(super) async fn job_bundle(
     blocking(move || {
         let store = s.store.get()?;
         let b = crate::bundles::job(&*store, &s.controller, id, job, &s.intensity)?;
-        Ok(match q.format.as_deref() {
-            Some("postcard") => (
-                [(header::CONTENT_TYPE, "application/octet-stream")],
-                b.to_postcard(),
-            )
-                .into_response(),
-            _ => ([(header::CONTENT_TYPE, "application/json")], b.to_json()).into_response(),
-        })
+        Ok(respond(&b, q.format.as_deref()))
     })
     .await
 }

@@ -1,7 +1,7 @@
 //! [`CertificateStore`] on SQLite (tables of migration 15).
 
 use attest::msg::{Certificate, CertificateScheme, JobId, Retirement};
-use attest::{DeviceId, EpochId, TimestampMs};
+use attest::{DeviceId, TimestampMs};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{SqliteStore, to_i64};
@@ -239,28 +239,12 @@ impl CertificateStore for SqliteStore {
         job: JobId,
         device: DeviceId,
     ) -> Result<SealedEntries, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT envelope, epoch, leaf FROM retirements
-             WHERE job = ?1 AND device = ?2 AND epoch IS NOT NULL ORDER BY id",
-        )?;
-        let sealed = st
-            .query_map(params![&job.0[..], &device.0[..]], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    EpochId(r.get::<_, i64>(1)? as u64),
-                    r.get::<_, i64>(2)? as u64,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        let pending: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM retirements WHERE job = ?1 AND device = ?2 AND epoch IS NULL",
-            params![&job.0[..], &device.0[..]],
-            |r| r.get(0),
-        )?;
-        Ok(SealedEntries {
-            sealed,
-            pending: pending as u64,
-        })
+        super::ledger::sealed_entries(
+            &self.conn,
+            "retirements",
+            "job = ?1 AND device = ?2",
+            &[&&job.0[..], &&device.0[..]],
+        )
     }
 }
 

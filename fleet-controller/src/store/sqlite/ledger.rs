@@ -220,31 +220,45 @@ impl LedgerStore for SqliteStore {
     }
 
     fn sealed_entries_of(&self, book: Book) -> Result<SealedEntries, StoreError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT t.envelope, t.epoch, t.leaf FROM ledger_tx t
-             WHERE t.id IN (SELECT tx FROM ledger_postings WHERE book = ?1)
-             AND t.epoch IS NOT NULL ORDER BY t.id",
-        )?;
-        let sealed = st
-            .query_map([book.to_string()], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    attest::EpochId(r.get::<_, i64>(1)? as u64),
-                    r.get::<_, i64>(2)? as u64,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        let pending: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM ledger_tx t
-             WHERE t.id IN (SELECT tx FROM ledger_postings WHERE book = ?1) AND t.epoch IS NULL",
-            [book.to_string()],
-            |r| r.get(0),
-        )?;
-        Ok(SealedEntries {
-            sealed,
-            pending: pending as u64,
-        })
+        sealed_entries(
+            &self.conn,
+            "ledger_tx",
+            "id IN (SELECT tx FROM ledger_postings WHERE book = ?1)",
+            &[&book.to_string()],
+        )
     }
+}
+
+/// The controller-signed leaves of `table` (`id`, `envelope`, `epoch`, `leaf`) that
+/// `filter` selects, in `id` order, with how many of them no epoch holds yet.
+pub(super) fn sealed_entries(
+    conn: &rusqlite::Connection,
+    table: &str,
+    filter: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<SealedEntries, StoreError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT envelope, epoch, leaf FROM {table}
+         WHERE ({filter}) AND epoch IS NOT NULL ORDER BY id"
+    ))?;
+    let sealed = st
+        .query_map(args, |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                attest::EpochId(r.get::<_, i64>(1)? as u64),
+                r.get::<_, i64>(2)? as u64,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let pending: i64 = conn.query_row(
+        &format!("SELECT COUNT(*) FROM {table} WHERE ({filter}) AND epoch IS NULL"),
+        args,
+        |r| r.get(0),
+    )?;
+    Ok(SealedEntries {
+        sealed,
+        pending: pending as u64,
+    })
 }
 
 #[cfg(test)]
