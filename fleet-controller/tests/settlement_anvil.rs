@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use alloy::primitives::{Address, B256};
 use fleet_controller::config::{BrokerConfig, ControllerConfig, EvmConfig};
 use fleet_controller::settlement::SettlementConfig;
-use fleet_controller::settlement::chain::SettlementChain;
+use fleet_controller::settlement::chain::{SettlementChain, SettlementError};
 use hil_tests::{ANVIL_KEYS_MORE, Anvil, Mosquitto, Proc, TempDir, free_port, http_with};
 use serde_json::Value;
 
@@ -448,4 +448,38 @@ fn fleetctl_sets_a_payout_address_settles_lists_rounds_and_prints_a_proof_that_c
         rt.block_on(claimant.token_balance(a1)).unwrap().to::<u64>(),
         4_000_000
     );
+}
+
+/// While the network asks more per gas than the cap, a round is not sent (nothing is spent
+/// and the contract holds nothing for it); under the cap it is published.
+#[test]
+fn a_round_waits_while_gas_costs_more_than_the_cap() {
+    let tmp = TempDir::new("settlement-fee-cap");
+    let anvil = Anvil::start();
+    let treasury_key = Anvil::write_key(tmp.path(), "treasury.key", ANVIL_KEYS_MORE[0]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (contract, _, _, _) =
+            SettlementChain::deploy(&anvil.url(), &treasury_key, None, 1_000_000)
+                .await
+                .unwrap();
+        let url = anvil.url();
+        let connect = || SettlementChain::connect(&url, &treasury_key, contract, None);
+        let root = B256::from([0x5a; 32]);
+        // Anvil asks about a gwei; a cap of 0 refuses.
+        let capped = connect().await.unwrap().with_fee_cap(0);
+        let err = capped.publish(1, root, 500).await.unwrap_err();
+        assert!(
+            matches!(err, SettlementError::FeeAboveCap { cap_gwei: 0, asked_gwei } if asked_gwei >= 1),
+            "{err}"
+        );
+        let (on_chain, _, _) = capped.round(1).await.unwrap();
+        assert_eq!(on_chain, B256::ZERO);
+        let open = connect().await.unwrap().with_fee_cap(100);
+        assert!(open.publish(1, root, 500).await.unwrap().is_some());
+        assert_eq!(open.round(1).await.unwrap().0, root);
+    });
 }

@@ -91,6 +91,10 @@ pub enum SettlementError {
         held: U256,
         needed: u64,
     },
+    /// The network asks more per gas than the configured cap (`epochs.evm.max_fee_gwei`):
+    /// nothing is sent; the round waits for a cheaper moment.
+    #[error("the network asks {asked_gwei} gwei per gas, above the cap of {cap_gwei}")]
+    FeeAboveCap { asked_gwei: u64, cap_gwei: u64 },
 }
 
 impl SettlementError {
@@ -103,6 +107,7 @@ impl SettlementError {
             SettlementError::Reverted { .. } => "reverted",
             SettlementError::Conflict { .. } => "conflict",
             SettlementError::TreasuryShort { .. } => "treasury_short",
+            SettlementError::FeeAboveCap { .. } => "fee_above_cap",
         }
     }
 }
@@ -139,6 +144,8 @@ pub struct SettlementChain {
     provider: DynProvider,
     from: Address,
     contract: Address,
+    /// The most a transaction may pay per gas, gwei.
+    max_fee_gwei: u64,
 }
 
 impl SettlementChain {
@@ -176,7 +183,33 @@ impl SettlementChain {
             provider,
             from,
             contract,
+            max_fee_gwei: u64::MAX,
         })
+    }
+
+    /// The same connection, refusing to send while the network asks more than `gwei` per
+    /// gas (the anchor's cap, `epochs.evm.max_fee_gwei`).
+    pub fn with_fee_cap(mut self, gwei: u64) -> SettlementChain {
+        self.max_fee_gwei = gwei;
+        self
+    }
+
+    /// Refuses while the network's fee is above the cap.
+    async fn check_fee(&self) -> Result<(), SettlementError> {
+        let fees = self
+            .provider
+            .estimate_eip1559_fees()
+            .await
+            .map_err(transport_err)?;
+        let cap_wei = u128::from(self.max_fee_gwei).saturating_mul(1_000_000_000);
+        if fees.max_fee_per_gas > cap_wei {
+            return Err(SettlementError::FeeAboveCap {
+                asked_gwei: u64::try_from(fees.max_fee_per_gas.div_ceil(1_000_000_000))
+                    .unwrap_or(u64::MAX),
+                cap_gwei: self.max_fee_gwei,
+            });
+        }
+        Ok(())
     }
 
     /// The sender's address.
@@ -239,6 +272,7 @@ impl SettlementChain {
                 local: root,
             });
         }
+        self.check_fee().await?;
         let token = Erc20::new(self.token().await?, self.provider.clone());
         let held = token.balanceOf(self.from).call().await.map_err(rpc_err)?;
         if held < U256::from(total) {

@@ -155,7 +155,8 @@ async fn run(
                         contract,
                         Some(evm.chain_id),
                     )
-                    .await?,
+                    .await?
+                    .with_fee_cap(evm.max_fee_gwei),
                 );
             }
             let c = chain.as_ref().expect("connected above");
