@@ -35,6 +35,10 @@ pub struct AgentConfig {
     /// Jobs and the power governor.
     #[serde(default)]
     pub jobs: JobsConfig,
+    /// The device image's build, one line (a device image writes it; absent on a machine
+    /// where the agent was installed by hand): reported with the agent's version.
+    #[serde(default = "default_image_release")]
+    pub image_release_file: PathBuf,
 }
 
 /// `[jobs]`: running compute jobs inside the power budget.
@@ -353,6 +357,9 @@ impl Default for OutboxConfig {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/heliostat")
 }
+fn default_image_release() -> PathBuf {
+    PathBuf::from("/etc/heliostat/image-release")
+}
 const fn default_sample_ms() -> u64 {
     1_000
 }
@@ -389,6 +396,7 @@ impl AgentConfig {
             link,
             sources,
             jobs: JobsConfig::default(),
+            image_release_file: default_image_release(),
         }
     }
 

@@ -4,6 +4,11 @@
 //!   `/etc/heliostat/agent.toml`).
 //! - `heliostat-agent id [--config PATH]`: print the device id (creating the key if needed).
 //! - `heliostat-agent status [--config PATH]`: sources, last reading, outbox depth, link state.
+//! - `heliostat-agent check [--config PATH]`: checks the configuration and exits.
+//!
+//! A configuration that cannot be read or is not valid exits 78 (`EX_CONFIG`): the systemd
+//! unit does not restart the agent for it (`RestartPreventExitStatus=78`); other failures
+//! exit 2.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -32,6 +37,8 @@ enum Cmd {
     Id,
     /// Print the running agent's status.
     Status,
+    /// Check the configuration (exit 0, or 78 naming what is wrong) and exit.
+    Check,
     /// Run one job for the agent, on stdin and stdout (started by the agent itself; holds no
     /// key and reads no configuration).
     #[command(hide = true)]
@@ -81,7 +88,14 @@ fn main() -> ExitCode {
         let code = heliostat_agent::jobs::worker::serve(std::io::stdin(), std::io::stdout());
         return ExitCode::from(code as u8);
     }
-    match main_inner(cli) {
+    let cfg = match AgentConfig::load(&cli.config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("heliostat-agent: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    match main_inner(cli.cmd, cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("heliostat-agent: {e:#}");
@@ -90,9 +104,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn main_inner(cli: Cli) -> anyhow::Result<()> {
-    let cfg = AgentConfig::load(&cli.config)?;
-    match cli.cmd {
+/// sysexits(3)'s "configuration error".
+const EX_CONFIG: u8 = 78;
+
+fn main_inner(cmd: Cmd, cfg: AgentConfig) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Check => {
+            println!(
+                "configuration ok: device data in {}",
+                cfg.data_dir.display()
+            );
+            Ok(())
+        }
         Cmd::Id => {
             let (key, _) =
                 heliostat_agent::identity::load_or_create(&runtime::key_path(&cfg.data_dir))?;

@@ -10,6 +10,9 @@ use serde::Serialize;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
     pub device_id: String,
+    /// The version the hello reports: the agent's, with the device image's build on an
+    /// image ([`crate::reported_version`]).
+    pub version: String,
     pub sources: Vec<SourceStatus>,
     pub last_record: Option<serde_json::Value>,
     pub outbox: OutboxStatus,

@@ -226,10 +226,18 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             for d in ingest.store().devices()? {
                 let n = ingest.store().count_items(d.id)?;
+                let hello: Option<attest::msg::Hello> = attest::Envelope::decode(&d.hello)
+                    .ok()
+                    .and_then(|e| e.open().ok());
+                let version = match hello.as_ref().map(|h| h.version_parts()) {
+                    Some((v, Some(image))) => format!("agent {v} image {image}"),
+                    Some((v, None)) => format!("agent {v}"),
+                    None => "agent ?".into(),
+                };
                 // A closed pipe (`| head`) ends the listing quietly.
                 if writeln!(
                     out,
-                    "{}\t{}\t{n} messages\tlast seen {} ms",
+                    "{}\t{}\t{n} messages\tlast seen {} ms\t{version}",
                     d.id,
                     d.state.as_str(),
                     d.last_seen_ms

@@ -199,6 +199,14 @@ fn agent_config(dir: &Path, port: u16, key: &str, seed: u64) -> PathBuf {
         sample_interval_ms: 20,
         record_interval_ms: 100,
     };
+    // As a device image would say which build it is.
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("image-release"),
+        format!("heliostat-test {seed}\n"),
+    )
+    .unwrap();
+    cfg.image_release_file = dir.join("image-release");
     let p = dir.join("agent.toml");
     cfg.write_toml(&p).unwrap();
     p
@@ -355,6 +363,21 @@ fn every_produced_record_is_stored_once_through_controller_agent_and_broker_cras
             .iter()
             .all(|d| d["state"] == "approved"),
         "{body}"
+    );
+    // Each with the agent's version and its image's build, from its hello.
+    let mut images: Vec<&str> = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["agent_version"], env!("CARGO_PKG_VERSION"), "{d}");
+            d["image"].as_str().unwrap()
+        })
+        .collect();
+    images.sort();
+    assert!(
+        images.iter().all(|i| i.starts_with("heliostat-test-")) && images[0] != images[1],
+        "{images:?}"
     );
     // The fleet view sums both devices' hours, charged at the operator's hourly figure.
     let (status_line, body) = http_get(

@@ -163,6 +163,7 @@ impl Agent {
         let inbox = Inbox::new(cfg.controller_key(), key.device_id(), nonces);
         let status = Status {
             device_id: key.device_id().to_string(),
+            version: crate::reported_version(&cfg.image_release_file),
             sources: status_sources,
             jobs: jobs.status(&cfg),
             link: LinkStatus {
@@ -176,7 +177,7 @@ impl Agent {
             std::path::Path::new("/"),
             cfg.jobs.enabled && cfg.jobs.prefer_gpu,
         );
-        tracing::info!(device = %key.device_id(), pending = outbox.depth(), board = %offer.board, gpus = offer.gpus.len(), cpu = %offer.cpu_model, "agent started");
+        tracing::info!(device = %key.device_id(), version = %status.version, pending = outbox.depth(), board = %offer.board, gpus = offer.gpus.len(), cpu = %offer.cpu_model, "agent started");
         let mut agent = Agent {
             cfg,
             key,
@@ -204,7 +205,7 @@ impl Agent {
             device: self.key.device_id(),
             public_key: self.key.public(),
             timestamp: TimestampMs(now),
-            agent_version: crate::VERSION.to_string(),
+            agent_version: self.status.version.clone(),
             hardware: Hardware {
                 board: self.offer.board.clone(),
                 gpus: self.offer.gpus.clone(),
@@ -287,7 +288,7 @@ impl Agent {
     pub(super) fn online(&self) -> Online {
         let o = &self.status.outbox;
         Online {
-            agent: crate::VERSION.to_string(),
+            agent: self.status.version.clone(),
             next_seq: Some(self.meter.state().head.next_seq),
             outbox_depth: Some(o.depth as u64),
             outbox_blocked: o.blocked.clone(),
@@ -395,7 +396,7 @@ impl Agent {
             self.hello(now).into_bytes(),
         );
         let online = DeviceStatus::Online(Online {
-            agent: crate::VERSION.to_string(),
+            agent: self.status.version.clone(),
             ..Online::default()
         });
         if let Ok(text) = serde_json::to_string(&online) {

@@ -48,6 +48,14 @@ enum LinkEvent {
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let mut agent = Agent::start(cfg, now_ms())?;
+    // Under systemd (Type=notify): ready once the outbox, chain and sources are open; the
+    // meter loop feeds the watchdog.
+    let mut service = crate::systemd::Notifier::from_env();
+    service.notify(&format!(
+        "READY=1\nSTATUS=device {}, agent {}",
+        agent.key.device_id(),
+        agent.status.version
+    ));
     let opts = mqtt::options(&agent.cfg, &agent.key.device_id(), &agent.topics)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
     let (tx, mut rx) = mpsc::channel::<LinkEvent>(1024);
@@ -85,6 +93,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
             _ = &mut shutdown => break,
             _ = sample.tick() => {
                 let now = now_ms();
+                service.tick(now);
                 if agent.tick_meter(now) {
                     agent.publish_status(&client);
                 }
@@ -106,6 +115,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
             },
         }
     }
+    service.notify("STOPPING=1");
     let _ = client.try_disconnect();
     Ok(())
 }

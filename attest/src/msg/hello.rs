@@ -150,6 +150,15 @@ pub fn hello_at(hellos: &[Hello], t: crate::units::TimestampMs) -> Option<&Hello
 }
 
 impl Hello {
+    /// The agent's version and, on a device image, the image's build: `agent_version` split
+    /// at its semver build metadata (`0.1.0+heliostat-arm64.20261130.1`).
+    pub fn version_parts(&self) -> (&str, Option<&str>) {
+        match self.agent_version.split_once('+') {
+            Some((version, build)) => (version, Some(build)),
+            None => (&self.agent_version, None),
+        }
+    }
+
     /// The trust tier of a channel, if the hello declares it.
     pub fn channel_tier(&self, channel: ChannelId) -> Option<TrustTier> {
         self.channels

@@ -169,9 +169,12 @@ fn parse_id(s: &str) -> Result<DeviceId, AppError> {
 
 fn device_json(store: &SqliteStore, d: &crate::store::DeviceRow) -> Result<Value, AppError> {
     let hello: Option<Hello> = Envelope::decode(&d.hello).ok().and_then(|e| e.open().ok());
+    let version = hello.as_ref().map(|h| h.version_parts());
     Ok(json!({
         "id": d.id.to_string(),
         "state": d.state.as_str(),
+        "agent_version": version.map(|v| v.0),
+        "image": version.and_then(|v| v.1),
         "first_seen_ms": d.first_seen_ms,
         "last_seen_ms": d.last_seen_ms,
         "messages": store.count_items(d.id)?,

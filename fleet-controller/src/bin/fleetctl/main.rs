@@ -517,10 +517,14 @@ fn run(cli: Cli) -> Result<()> {
                         a.iter()
                             .map(|d| {
                                 format!(
-                                    "{}  {:<8}  last seen {}",
+                                    "{}  {:<8}  last seen {}  agent {}{}",
                                     d["id"].as_str().unwrap_or("?"),
                                     d["state"].as_str().unwrap_or("?"),
-                                    d["last_seen_ms"]
+                                    d["last_seen_ms"],
+                                    d["agent_version"].as_str().unwrap_or("?"),
+                                    d["image"]
+                                        .as_str()
+                                        .map_or(String::new(), |i| format!(" image {i}")),
                                 )
                             })
                             .collect::<Vec<_>>()
