@@ -36,6 +36,7 @@ pub mod meter;
 pub mod nonces;
 pub mod outbox;
 pub mod power;
+pub mod provision;
 pub mod runtime;
 pub mod sender;
 pub mod site;

@@ -39,6 +39,16 @@ enum Cmd {
     Status,
     /// Check the configuration (exit 0, or 78 naming what is wrong) and exit.
     Check,
+    /// Provision this device from a provisioning file (first boot): writes the
+    /// configuration (to --config), makes the device key, redeems the enrollment token, and
+    /// erases the secrets from the file (docs/agent.md, "Provisioning").
+    Provision {
+        /// The provisioning file.
+        file: PathBuf,
+        /// The user the agent runs as: it owns the key and reads the configuration.
+        #[arg(long)]
+        owner: Option<String>,
+    },
     /// Run one job for the agent, on stdin and stdout (started by the agent itself; holds no
     /// key and reads no configuration).
     #[command(hide = true)]
@@ -88,6 +98,9 @@ fn main() -> ExitCode {
         let code = heliostat_agent::jobs::worker::serve(std::io::stdin(), std::io::stdout());
         return ExitCode::from(code as u8);
     }
+    if let Cmd::Provision { file, owner } = &cli.cmd {
+        return provision(file, &cli.config, owner.as_deref());
+    }
     let cfg = match AgentConfig::load(&cli.config) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -107,6 +120,38 @@ fn main() -> ExitCode {
 /// sysexits(3)'s "configuration error".
 const EX_CONFIG: u8 = 78;
 
+/// `heliostat-agent provision`: says what it did, or why not with a sysexits code.
+fn provision(file: &std::path::Path, config: &std::path::Path, owner: Option<&str>) -> ExitCode {
+    use heliostat_agent::provision::{Owner, provision};
+    let owner = match owner.map(|name| (name, Owner::lookup(name))) {
+        None => None,
+        Some((_, Some(o))) => Some(o),
+        Some((name, None)) => {
+            eprintln!("heliostat-agent: provision: no user {name} in /etc/passwd");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    match provision(file, config, owner, runtime::now_ms()) {
+        Ok(p) => {
+            tracing::info!(device = %p.device, enrollment = ?p.enrollment, config = %config.display(), "provisioned");
+            println!(
+                "provisioned {} ({}); configuration in {}",
+                p.device,
+                p.enrollment
+                    .as_deref()
+                    .unwrap_or("no enrollment token: an operator approves it"),
+                config.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "provisioning failed");
+            eprintln!("heliostat-agent: provision: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
 fn main_inner(cmd: Cmd, cfg: AgentConfig) -> anyhow::Result<()> {
     match cmd {
         Cmd::Check => {
@@ -122,7 +167,9 @@ fn main_inner(cmd: Cmd, cfg: AgentConfig) -> anyhow::Result<()> {
             println!("{}", key.device_id());
             Ok(())
         }
-        Cmd::Worker => unreachable!("served before the configuration is read"),
+        Cmd::Worker | Cmd::Provision { .. } => {
+            unreachable!("served before the configuration is read")
+        }
         Cmd::Status => {
             let path = runtime::status_path(&cfg.data_dir);
             let text = std::fs::read_to_string(&path)

@@ -200,33 +200,14 @@ impl Agent {
 
     /// The device's signed hello at `now`.
     pub fn hello(&self, now: u64) -> Envelope {
-        let s = &self.cfg.site;
-        let hello = Hello {
-            device: self.key.device_id(),
-            public_key: self.key.public(),
-            timestamp: TimestampMs(now),
-            agent_version: self.status.version.clone(),
-            hardware: Hardware {
-                board: self.offer.board.clone(),
-                gpus: self.offer.gpus.clone(),
-                cpu_model: self.offer.cpu_model.clone(),
-                cpu_cores: self.offer.cpu_cores,
-                embodied_g_co2e: (s.embodied_kg_co2e.max(0.0) * 1_000.0).round() as u64,
-                expected_life_hours: (s.expected_life_years.max(0.0) * 8_766.0).round() as u32,
-                max_draw_w: s.max_draw_w,
-            },
-            site: Site {
-                lat_microdeg: (s.lat * 1e6).round() as i32,
-                lon_microdeg: (s.lon * 1e6).round() as i32,
-                panel_watts_peak: s.panel_watts_peak,
-                battery_wh: s.battery_wh,
-                battery_reserve_wh: s.battery_reserve_wh,
-                grid_region: s.grid_region.clone(),
-            },
-            channels: self.channel_infos.clone(),
-            price_micro_per_gpu_hour: s.price_micro_per_gpu_hour,
-        };
-        Envelope::seal(&hello, &self.key)
+        signed_hello(
+            &self.cfg,
+            &self.key,
+            &self.status.version,
+            &self.offer,
+            &self.channel_infos,
+            now,
+        )
     }
 
     /// Samples every source and, on a record boundary, seals and stores a record; returns
@@ -471,4 +452,44 @@ impl Agent {
             self.record(now);
         }
     }
+}
+
+/// A hello signed with `key` at `now`: the site, price and embodied emissions from `cfg`,
+/// the hardware from `offer`, the channels given (the agent's own, or none for the one
+/// a first-boot provisioning signs to prove its key).
+pub fn signed_hello(
+    cfg: &AgentConfig,
+    key: &KeyPair,
+    version: &str,
+    offer: &crate::hardware::Offer,
+    channels: &[ChannelInfo],
+    now: u64,
+) -> Envelope {
+    let s = &cfg.site;
+    let hello = Hello {
+        device: key.device_id(),
+        public_key: key.public(),
+        timestamp: TimestampMs(now),
+        agent_version: version.to_string(),
+        hardware: Hardware {
+            board: offer.board.clone(),
+            gpus: offer.gpus.clone(),
+            cpu_model: offer.cpu_model.clone(),
+            cpu_cores: offer.cpu_cores,
+            embodied_g_co2e: (s.embodied_kg_co2e.max(0.0) * 1_000.0).round() as u64,
+            expected_life_hours: (s.expected_life_years.max(0.0) * 8_766.0).round() as u32,
+            max_draw_w: s.max_draw_w,
+        },
+        site: Site {
+            lat_microdeg: (s.lat * 1e6).round() as i32,
+            lon_microdeg: (s.lon * 1e6).round() as i32,
+            panel_watts_peak: s.panel_watts_peak,
+            battery_wh: s.battery_wh,
+            battery_reserve_wh: s.battery_reserve_wh,
+            grid_region: s.grid_region.clone(),
+        },
+        channels: channels.to_vec(),
+        price_micro_per_gpu_hour: s.price_micro_per_gpu_hour,
+    };
+    Envelope::seal(&hello, key)
 }

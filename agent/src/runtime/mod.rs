@@ -34,7 +34,7 @@ use attest::msg::MeterRecord;
 use rumqttc::{AsyncClient, Event, Packet};
 use tokio::sync::mpsc;
 
-pub use self::agent::Agent;
+pub use self::agent::{Agent, signed_hello};
 pub use self::files::{key_path, status_path};
 pub use self::mqtt::Topics;
 pub use crate::clock::now_ms;

@@ -15,6 +15,7 @@ use crate::jobs::SubmitError;
 use crate::ledger::LedgerError;
 use crate::store::StoreError;
 use crate::store::certificates::RetireError;
+use crate::store::enrollment::EnrollError;
 use attest::DeviceId;
 
 /// Every error the API returns.
@@ -125,6 +126,12 @@ pub enum AppError {
     /// A certificate retirement refused.
     #[error(transparent)]
     Retire(#[from] RetireFailure),
+    /// An enrollment token that enrols nothing.
+    #[error(transparent)]
+    Enroll(#[from] EnrollError),
+    /// A redemption's hello that does not prove the device's key.
+    #[error("hello: {0}")]
+    BadHello(String),
 }
 
 impl AppError {
@@ -183,6 +190,13 @@ impl AppError {
             AppError::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_path"),
             AppError::Import(e) => import_reason(e),
             AppError::Retire(e) => retire_reason(e),
+            AppError::Enroll(EnrollError::BadToken) => {
+                (StatusCode::UNAUTHORIZED, "bad_enrollment_token")
+            }
+            AppError::Enroll(EnrollError::DeviceRevoked(_)) => {
+                (StatusCode::CONFLICT, "device_revoked")
+            }
+            AppError::BadHello(_) => (StatusCode::BAD_REQUEST, "bad_hello"),
         }
     }
 }

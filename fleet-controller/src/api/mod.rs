@@ -42,6 +42,7 @@ mod admin;
 mod auth;
 mod blobs;
 mod certificates;
+mod enrollment;
 mod error;
 mod jobs;
 mod ledger;
@@ -518,6 +519,15 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/accounts", get(admin::list).post(admin::create))
         .route("/api/v1/accounts/{id}/tokens", post(admin::create_token))
         .route("/api/v1/tokens/{id}/revoke", post(admin::revoke_token))
+        .route(
+            "/api/v1/enrollment-tokens",
+            get(enrollment::list).post(enrollment::create),
+        )
+        .route(
+            "/api/v1/enrollment-tokens/{id}/revoke",
+            post(enrollment::revoke),
+        )
+        .route("/api/v1/enrollments", post(enrollment::enroll))
         .route("/api/v1/blobs", get(blobs::list))
         .route(
             "/api/v1/blobs/{sha256}",

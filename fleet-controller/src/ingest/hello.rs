@@ -53,7 +53,11 @@ impl<S: Store> Ingest<S> {
                     return Ok(());
                 }
                 let e = &self.cfg.enrollment;
-                let preapproved = e.auto_approve || e.approved.contains(&hello.device);
+                // Approved by configuration, or (a new device's first hello) enrolled with
+                // a token by its provisioning.
+                let preapproved = e.auto_approve
+                    || e.approved.contains(&hello.device)
+                    || (known.is_none() && self.store.take_enrollment(hello.device)?);
                 let initial = if preapproved {
                     DeviceState::Approved
                 } else {

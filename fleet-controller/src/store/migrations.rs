@@ -267,6 +267,23 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX retirements_job ON retirements (job, device);
     CREATE INDEX retirements_epoch ON retirements (epoch);",
+    // 16: enrollment tokens (a device's provisioning redeems one to be approved) and the
+    // enrollments they made (`waiting` until an unknown device's first hello takes it).
+    "CREATE TABLE enrollment_tokens (
+        id INTEGER PRIMARY KEY,
+        hash BLOB NOT NULL UNIQUE,
+        label TEXT NOT NULL,
+        uses_left INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        revoked_ms INTEGER
+    );
+    CREATE TABLE enrollments (
+        device BLOB PRIMARY KEY,
+        token INTEGER NOT NULL REFERENCES enrollment_tokens (id),
+        at_ms INTEGER NOT NULL,
+        waiting INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this code writes.

@@ -18,6 +18,7 @@
 pub mod accounts;
 pub mod blobs;
 pub mod certificates;
+pub mod enrollment;
 pub mod jobs;
 pub mod ledger;
 pub mod marks;
@@ -230,6 +231,9 @@ pub trait Store {
     fn mark_seen(&mut self, ids: &[DeviceId], now_ms: u64) -> Result<(), StoreError>;
     /// How many devices are pending.
     fn count_pending(&self) -> Result<u64, StoreError>;
+    /// Takes a new device's enrollment by token, waiting for its first hello: true once
+    /// (the hello then registers it approved), false when there is none.
+    fn take_enrollment(&mut self, id: DeviceId) -> Result<bool, StoreError>;
     /// Forgets pending devices last seen before `before_ms`, with their hellos and their
     /// messages (never anchored: epochs take no message of a pending device); returns them.
     fn expire_pending(&mut self, before_ms: u64) -> Result<Vec<DeviceId>, StoreError>;

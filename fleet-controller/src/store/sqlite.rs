@@ -6,17 +6,17 @@
 mod accounts;
 mod blobs;
 mod certificates;
+mod enrollment;
 mod epochs;
 mod jobs;
 pub(crate) mod ledger;
 mod marks;
+mod open;
 mod probes;
 mod runs;
 mod settlement;
 
 use epochs::{EPOCH_COLUMNS, EVM_COLUMNS, NOT_ON_CHAIN, epoch_row, evm_row, to_epoch, to_evm};
-
-use std::path::Path;
 
 use attest::{DeviceId, EpochId, PublicKey, SeqNo};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -53,37 +53,6 @@ fn to_i64(v: u64) -> i64 {
 }
 
 impl SqliteStore {
-    /// Opens (creating) the database at `path` and migrates it.
-    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        Self::init(Connection::open(path)?)
-    }
-
-    /// A private in-memory database (tests).
-    pub fn in_memory() -> Result<SqliteStore, StoreError> {
-        Self::init(Connection::open_in_memory()?)
-    }
-
-    fn init(conn: Connection) -> Result<SqliteStore, StoreError> {
-        let mut s = Self::configure(conn)?;
-        s.migrate()?;
-        Ok(s)
-    }
-
-    /// Opens the database at `path` with this backend's settings, without migrating it (a
-    /// pool's later connections: the first one migrated).
-    pub(crate) fn open_configured(path: &Path) -> Result<SqliteStore, StoreError> {
-        Self::configure(Connection::open(path)?)
-    }
-
-    fn configure(conn: Connection) -> Result<SqliteStore, StoreError> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a commit is on disk when it returns (the ack to the device follows it).
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(SqliteStore { conn })
-    }
-
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawDevice> {
         Ok((
             r.get(0)?,
@@ -215,6 +184,10 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn take_enrollment(&mut self, id: DeviceId) -> Result<bool, StoreError> {
+        enrollment::take(&self.conn, id)
     }
 
     fn count_pending(&self) -> Result<u64, StoreError> {
