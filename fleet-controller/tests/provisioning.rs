@@ -245,3 +245,155 @@ fn a_bad_provisioning_file_or_an_unreachable_controller_stops_with_its_reason() 
     assert_eq!(code, Some(75));
     assert_eq!(hil_tests::agent_key(&dir.join("data")).device_id(), first);
 }
+
+/// The arm64 image (built by `images/arm64/build` if `target/image` has none) booted in
+/// QEMU with a provisioning file on its boot partition: its first boot provisions it,
+/// the controller on this machine's loopback (reached only through QEMU's forwards: no
+/// traffic leaves the machine) approves it by its token and stores its signed records.
+/// Then the power is cut mid-stream (QEMU killed) and it boots again: its chain goes on
+/// from genesis with nothing lost.
+#[test]
+fn image_boots_in_qemu_provisions_itself_and_survives_a_power_cut() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let built = repo.join("target/image/heliostat-arm64.img");
+    if !built.exists() {
+        let st = Command::new(repo.join("images/arm64/build"))
+            .args(["--out", repo.join("target/image").to_str().unwrap()])
+            .status()
+            .expect("running images/arm64/build (as root, with mmdebstrap: scripts/setup)");
+        assert!(st.success(), "images/arm64/build failed");
+    }
+    let tmp = TempDir::new("image-boot");
+    let broker = Mosquitto::start();
+    let (api, ckey, db, operator, _controller) = controller(tmp.path(), broker.port);
+    let (st, made) = call(
+        api,
+        "POST",
+        "/api/v1/enrollment-tokens",
+        &operator,
+        br#"{"label": "QEMU rig"}"#,
+    );
+    assert_eq!(st, 201, "{made}");
+    let token = made["secret"].as_str().unwrap();
+
+    // The device's disk, with the operator's provisioning file on its boot partition
+    // (the FAT file system 1 MiB in).
+    let disk = tmp.path().join("disk.img");
+    let cp = Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(&built)
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let file = tmp.path().join("heliostat-provision.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[provision]\napi_url = \"http://10.0.2.100:8080\"\nenrollment_token = \"{token}\"\n\
+             [site]\nlat = -1.29\nlon = 36.82\ngrid_region = \"KE\"\n\
+             [meter]\nsample_interval_ms = 250\nrecord_interval_ms = 1000\n\
+             [link]\nhost = \"10.0.2.100\"\nport = 1883\ncontroller_key = \"{ckey}\"\n\
+             [[source]]\ntype = \"simulator\"\n"
+        ),
+    )
+    .unwrap();
+    let put = Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(format!("{}@@1048576", disk.display()))
+        .arg(&file)
+        .arg("::/heliostat-provision.toml")
+        .status()
+        .expect("mcopy (mtools)");
+    assert!(put.success());
+
+    let boot = |n: u32| -> Proc {
+        let console = std::fs::File::create(tmp.path().join(format!("console-{n}.log"))).unwrap();
+        Proc(
+            Command::new("qemu-system-aarch64")
+                .args([
+                    "-M",
+                    "virt",
+                    "-cpu",
+                    "cortex-a57",
+                    "-smp",
+                    "2",
+                    "-m",
+                    "1024",
+                ])
+                .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+                .args(["-bios", "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"])
+                .arg("-drive")
+                .arg(format!("file={},if=virtio,format=raw", disk.display()))
+                // Only the broker and the API, on this machine's loopback, are reachable.
+                .arg("-netdev")
+                .arg(format!(
+                    "user,id=n0,restrict=on,\
+                     guestfwd=tcp:10.0.2.100:1883-cmd:nc 127.0.0.1 {},\
+                     guestfwd=tcp:10.0.2.100:8080-cmd:nc 127.0.0.1 {api}",
+                    broker.port
+                ))
+                .args(["-device", "virtio-net-pci,netdev=n0"])
+                .stdin(std::process::Stdio::null())
+                .stdout(console)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("qemu-system-aarch64 (qemu-system-arm)"),
+        )
+    };
+    let store = SqliteStore::open(&db).unwrap();
+    let console = |n: u32| {
+        let text = std::fs::read_to_string(tmp.path().join(format!("console-{n}.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    };
+    let started = Instant::now();
+    let vm = boot(1);
+    let device = {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let approved = store.devices().unwrap().into_iter().find(|d| {
+                d.state == fleet_controller::store::DeviceState::Approved
+                    && store.count_items(d.id).unwrap_or(0) >= 5
+            });
+            if let Some(d) = approved {
+                break d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no approved device with records after 300 s; console:\n{}",
+                console(1)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    eprintln!(
+        "first boot to 5 stored records: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // The power is cut mid-stream.
+    drop(vm);
+    let before = store.count_items(device.id).unwrap();
+    let _vm = boot(2);
+    wait_for(
+        "records after the power cut",
+        Duration::from_secs(300),
+        || (store.count_items(device.id).unwrap_or(0) >= before + 5).then_some(()),
+    );
+    // One chain from genesis, every message in it: nothing lost, nothing forked.
+    let items = store.items_between(device.id, 0, u64::MAX / 2).unwrap();
+    assert!(items.len() as u64 >= before + 5);
+    for (i, it) in items.iter().enumerate() {
+        assert_eq!(it.seq.0, i as u64, "a gap in the stored chain at {i}");
+    }
+    hil_tests::assert_chain_from_genesis(
+        &device.public_key,
+        items.iter().map(|it| (it.seq, it.envelope.as_slice())),
+    );
+    let listed = http_with(api, "GET", "/api/v1/devices", &[], None);
+    let v: Value = serde_json::from_slice(&listed.body).unwrap();
+    let image = v[0]["image"].as_str().unwrap_or_default();
+    assert!(image.starts_with("heliostat-arm64."), "{v}");
+}
