@@ -308,7 +308,7 @@ fn image_boots_in_qemu_provisions_itself_and_survives_a_power_cut() {
         .expect("mcopy (mtools)");
     assert!(put.success());
 
-    let boot = |n: u32| -> Proc {
+    let boot_disk = |n: u32, disk: &Path, extra: &[String]| -> Proc {
         let console = std::fs::File::create(tmp.path().join(format!("console-{n}.log"))).unwrap();
         Proc(
             Command::new("qemu-system-aarch64")
@@ -326,6 +326,7 @@ fn image_boots_in_qemu_provisions_itself_and_survives_a_power_cut() {
                 .args(["-bios", "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"])
                 .arg("-drive")
                 .arg(format!("file={},if=virtio,format=raw", disk.display()))
+                .args(extra)
                 // Only the broker and the API, on this machine's loopback, are reachable.
                 .arg("-netdev")
                 .arg(format!(
@@ -342,6 +343,7 @@ fn image_boots_in_qemu_provisions_itself_and_survives_a_power_cut() {
                 .expect("qemu-system-aarch64 (qemu-system-arm)"),
         )
     };
+    let boot = |n: u32| boot_disk(n, &disk, &[]);
     let store = SqliteStore::open(&db).unwrap();
     let console = |n: u32| {
         let text = std::fs::read_to_string(tmp.path().join(format!("console-{n}.log")))
@@ -376,7 +378,7 @@ fn image_boots_in_qemu_provisions_itself_and_survives_a_power_cut() {
     // The power is cut mid-stream.
     drop(vm);
     let before = store.count_items(device.id).unwrap();
-    let _vm = boot(2);
+    let vm2 = boot(2);
     wait_for(
         "records after the power cut",
         Duration::from_secs(300),
@@ -396,4 +398,58 @@ fn image_boots_in_qemu_provisions_itself_and_survives_a_power_cut() {
     let v: Value = serde_json::from_slice(&listed.body).unwrap();
     let image = v[0]["image"].as_str().unwrap_or_default();
     assert!(image.starts_with("heliostat-arm64."), "{v}");
+    drop(vm2);
+
+    // A second device, provisioned from a USB stick labelled HSPROVISION (its boot
+    // partition holds no file), with a token of its own.
+    let (st, made) = call(
+        api,
+        "POST",
+        "/api/v1/enrollment-tokens",
+        &operator,
+        br#"{"label": "QEMU rig 2"}"#,
+    );
+    assert_eq!(st, 201, "{made}");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(token, made["secret"].as_str().unwrap());
+    std::fs::write(&file, text).unwrap();
+    let stick = tmp.path().join("stick.img");
+    let run = |cmd: &mut Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
+    run(Command::new("truncate").args(["-s", "16M"]).arg(&stick));
+    run(Command::new("mkfs.vfat")
+        .args(["-n", "HSPROVISION"])
+        .arg(&stick));
+    run(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(&stick)
+        .arg(&file)
+        .arg("::/heliostat-provision.toml"));
+    let disk2 = tmp.path().join("disk2.img");
+    run(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&built)
+        .arg(&disk2));
+    let usb = [
+        "-device".to_string(),
+        "qemu-xhci,id=xhci".to_string(),
+        "-drive".to_string(),
+        format!("if=none,id=stick,format=raw,file={}", stick.display()),
+        "-device".to_string(),
+        "usb-storage,bus=xhci.0,drive=stick".to_string(),
+    ];
+    let _vm3 = boot_disk(3, &disk2, &usb);
+    let second = wait_for(
+        "the USB-provisioned device",
+        Duration::from_secs(300),
+        || {
+            store.devices().unwrap().into_iter().find(|d| {
+                d.id != device.id
+                    && d.state == fleet_controller::store::DeviceState::Approved
+                    && store.count_items(d.id).unwrap_or(0) >= 3
+            })
+        },
+    );
+    assert_ne!(second.public_key, device.public_key);
 }
