@@ -197,7 +197,7 @@ fn a_bad_provisioning_file_or_an_unreachable_controller_stops_with_its_reason() 
 
     // A missing [link]: nothing written.
     let dir = tmp.path().join("no-link");
-    let file = provisioning(&dir, 1883, &key, &section);
+    let file = provisioning(&dir, dead, &key, &section);
     let text = std::fs::read_to_string(&file).unwrap();
     let cut = text.replace("[link]", "[unused]");
     std::fs::write(&file, cut).unwrap();
@@ -216,7 +216,7 @@ fn a_bad_provisioning_file_or_an_unreachable_controller_stops_with_its_reason() 
 
     // A controller key that is not one: named, nothing written.
     let dir = tmp.path().join("bad-key");
-    let file = provisioning(&dir, 1883, "not-a-key", &section);
+    let file = provisioning(&dir, dead, "not-a-key", &section);
     let config = dir.join("etc/agent.toml");
     let (code, _, stderr) = provision(&agent, &config, &file);
     assert_eq!(code, Some(78), "{stderr}");
@@ -225,7 +225,7 @@ fn a_bad_provisioning_file_or_an_unreachable_controller_stops_with_its_reason() 
 
     // A token without the API to redeem it at.
     let dir = tmp.path().join("no-api");
-    let file = provisioning(&dir, 1883, &key, &format!("enrollment_token = \"{token}\""));
+    let file = provisioning(&dir, dead, &key, &format!("enrollment_token = \"{token}\""));
     let (code, _, stderr) = provision(&agent, &dir.join("etc/agent.toml"), &file);
     assert_eq!(code, Some(78), "{stderr}");
     assert!(stderr.contains("api_url"), "{stderr}");
@@ -233,7 +233,7 @@ fn a_bad_provisioning_file_or_an_unreachable_controller_stops_with_its_reason() 
     // The controller cannot be reached: try again later (75), the token kept; the
     // configuration and key are whole, and a retry keeps the same key.
     let dir = tmp.path().join("unreachable");
-    let file = provisioning(&dir, 1883, &key, &section);
+    let file = provisioning(&dir, dead, &key, &section);
     let config = dir.join("etc/agent.toml");
     let (code, _, stderr) = provision(&agent, &config, &file);
     assert_eq!(code, Some(75), "{stderr}");
