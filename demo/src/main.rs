@@ -319,6 +319,33 @@ fn run(args: Args) -> Result<()> {
         .context("the demo provider's account")?
         .id;
     let now = fleet_controller::runtime::now_ms();
+    // Console logins for the operator and the buyer: fresh passwords at each start (a
+    // password set ends the account's earlier sessions), printed and kept beside the tokens.
+    let mut logins = Vec::new();
+    for name in ["demo-operator", "demo-buyer"] {
+        use fleet_controller::store::console::ConsoleStore;
+        let id = provisioning
+            .account_by_name(name)?
+            .with_context(|| format!("the account {name}"))?
+            .id;
+        let mut secret = [0u8; 12];
+        getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+        let password = attest::hex::encode(&secret);
+        provisioning.set_password(
+            id,
+            &fleet_controller::console::hash_password(&password)?,
+            now,
+        )?;
+        logins.push((name, password));
+    }
+    write_secret(
+        &data.join("console.logins"),
+        &logins
+            .iter()
+            .map(|(n, p)| format!("{n} {p}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )?;
     // The demo buyer's credits, topped up at each start: its jobs' ceilings are held in
     // escrow from them.
     {
@@ -389,6 +416,10 @@ fn run(args: Args) -> Result<()> {
     }
 
     println!("Heliostat demo running");
+    println!("  web console            http://127.0.0.1:{api_port}/");
+    for (name, password) in &logins {
+        println!("  console login          {name} / {password}");
+    }
     println!("  embedded MQTT broker   127.0.0.1:{broker_port}");
     println!("  controller database    {}", db.display());
     println!("  HTTP API               http://127.0.0.1:{api_port}/api/v1/devices");
@@ -431,7 +462,7 @@ fn run(args: Args) -> Result<()> {
         "  curl -H 'Authorization: Bearer {}' http://127.0.0.1:{api_port}/api/v1/account",
         buyer.0
     );
-    println!("(Ctrl-C stops it; the web console comes with the controller issue.)");
+    println!("(Ctrl-C stops it.)");
 
     // The buyer's stream of jobs, through the HTTP API.
     if args.jobs_every_s > 0 {

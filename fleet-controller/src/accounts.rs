@@ -257,6 +257,11 @@ impl Token {
         TokenHash(attest::Hash32::digest(&self.0).0)
     }
 
+    /// Its secret bytes (a console session's cookie carries them as hex).
+    pub fn secret(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The token as its holder uses it (`hst_...`): printed once, never logged.
     pub fn reveal(&self) -> String {
         format!("{TOKEN_PREFIX}{}", attest::hex::encode(&self.0))

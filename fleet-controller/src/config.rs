@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod console;
 mod market;
 
+pub use console::ConsoleConfig;
 pub use market::MarketConfig;
 
 /// The whole file.
@@ -32,6 +34,9 @@ pub struct ControllerConfig {
     /// The HTTP API.
     #[serde(default)]
     pub api: ApiConfig,
+    /// The web console.
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// The market: scheduling and dispatch of submitted jobs.
     #[serde(default)]
     pub market: MarketConfig,
@@ -407,6 +412,7 @@ impl ControllerConfig {
             epochs: EpochConfig::default(),
             accounting: AccountingConfig::default(),
             api: ApiConfig::default(),
+            console: ConsoleConfig::default(),
             market: MarketConfig::default(),
             settlement: None,
         }

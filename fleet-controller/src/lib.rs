@@ -36,6 +36,7 @@ pub mod api;
 pub mod bundles;
 pub mod certificates;
 pub mod config;
+pub mod console;
 pub mod crash;
 pub mod dispatch;
 pub mod ingest;

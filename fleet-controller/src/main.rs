@@ -135,6 +135,13 @@ enum AccountCmd {
         #[arg(long, default_value = "")]
         label: String,
     },
+    /// Set an account's web console password (10 to 1024 bytes), read from the first line
+    /// of stdin; ends the account's console sessions.
+    Password {
+        /// The account's name.
+        #[arg(long)]
+        name: String,
+    },
     /// List accounts and their tokens (never the secrets).
     List,
 }
@@ -370,6 +377,18 @@ fn account(cfg: &ControllerConfig, cmd: AccountCmd) -> anyhow::Result<()> {
                 a.id,
                 scopes.to_stored()
             );
+        }
+        AccountCmd::Password { name } => {
+            use fleet_controller::store::console::ConsoleStore;
+            let a = store
+                .account_by_name(&name)?
+                .ok_or_else(|| anyhow::anyhow!("no account named {name}"))?;
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            let phc =
+                fleet_controller::console::hash_password(line.trim_end_matches(['\r', '\n']))?;
+            store.set_password(a.id, &phc, now)?;
+            eprintln!("account {} ({name}): console password set", a.id);
         }
         AccountCmd::List => {
             for a in store.accounts()? {

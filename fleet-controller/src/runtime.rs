@@ -244,6 +244,7 @@ pub async fn run_with_api_listener(
             settlement_contract: cfg.settlement.as_ref().map(|s| s.contract.clone()),
             settlement_min_micro: cfg.settlement.as_ref().map(|s| s.min_micro),
             spot_check_ppm: cfg.market.spot_check_ppm,
+            console: std::sync::Arc::new(crate::console::Console::new(&cfg.console)),
             ..crate::api::ApiState::new(
                 std::sync::Arc::new(crate::store::pool::SqlitePool::new(cfg.db_path())),
                 cfg.data_dir.join("status.json"),
@@ -269,7 +270,13 @@ pub async fn run_with_api_listener(
         let mut stopped = stop_rx.clone();
         api_task = Some(tokio::spawn(async move {
             let serve =
-                axum::serve(listener, crate::api::app(state)).with_graceful_shutdown(async move {
+                // The client's address reaches the console's login limiter.
+                axum::serve(
+                    listener,
+                    crate::api::app(state)
+                        .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 });
             if let Err(e) = serve.await {

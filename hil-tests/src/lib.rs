@@ -4,6 +4,7 @@
 //! Services the machine may lack are found through [`require`], which fails with a clear
 //! message naming the package (`scripts/setup` installs them, so CI skips nothing).
 
+pub mod browser;
 pub mod collector;
 
 use std::net::{TcpListener, TcpStream};

@@ -215,7 +215,7 @@ async fn set_state(s: ApiState, id: String, state: DeviceState) -> Result<Json<V
 }
 
 /// `POST /api/v1/devices/{id}/approve`: the device's records count from now on.
-pub(super) async fn approve(
+pub(crate) async fn approve(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -225,7 +225,7 @@ pub(super) async fn approve(
 }
 
 /// `POST /api/v1/devices/{id}/revoke`: the device's records are kept apart, never counted.
-pub(super) async fn revoke(
+pub(crate) async fn revoke(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,

@@ -134,7 +134,7 @@ pub(super) fn place(dir: &FsPath, tmp: &Incoming, hex: &str) -> Result<bool, App
 
 /// `PUT /api/v1/blobs/{sha256}`: streams the body to disk under its hash (see the module
 /// comment). Idempotent: a blob the account owns already is not read again.
-pub(super) async fn put(
+pub(crate) async fn put(
     State(s): State<ApiState>,
     auth: Auth,
     Path(name): Path<String>,
@@ -219,7 +219,7 @@ pub(super) async fn put(
 
 /// `GET /api/v1/blobs/{sha256}`: the blob, streamed from its file, to a caller that may
 /// read it.
-pub(super) async fn get(
+pub(crate) async fn get(
     State(s): State<ApiState>,
     auth: Auth,
     Path(name): Path<String>,

@@ -78,7 +78,7 @@ pub struct EventsQuery {
 /// `GET /api/v1/jobs/{id}/events`: the job's history after `after` and its latest
 /// progress, waiting up to `wait_ms` when there is nothing new (a long poll: `fleetctl
 /// logs` follows a job with it and resumes where it was after a lost connection).
-pub(super) async fn events(
+pub(crate) async fn events(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -123,7 +123,7 @@ pub(super) async fn events(
 }
 
 /// `POST /api/v1/jobs`: checks and stores a job (`queued`); 201 with the job.
-pub(super) async fn submit(
+pub(crate) async fn submit(
     State(s): State<ApiState>,
     auth: Auth,
     ApiJson(req): ApiJson<JobRequest>,
@@ -188,7 +188,7 @@ pub struct ListQuery {
 }
 
 /// `GET /api/v1/jobs`: the caller's jobs, newest first.
-pub(super) async fn list(
+pub(crate) async fn list(
     State(s): State<ApiState>,
     auth: Auth,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -203,7 +203,7 @@ pub(super) async fn list(
 }
 
 /// `GET /api/v1/jobs/{id}`: one of the caller's jobs with its state history.
-pub(super) async fn show(
+pub(crate) async fn show(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -222,7 +222,7 @@ pub(super) async fn show(
 
 /// `POST /api/v1/jobs/{id}/cancel`: cancels one of the caller's jobs, if its state allows
 /// (not once it is validating or finished: 409 `illegal_state`).
-pub(super) async fn cancel(
+pub(crate) async fn cancel(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,
@@ -261,7 +261,7 @@ pub(super) async fn cancel(
 
 /// `GET /api/v1/jobs/{id}/results`: the job's outputs by hash, each downloadable from
 /// `GET /api/v1/blobs/{sha256}` with a token of the same account.
-pub(super) async fn results(
+pub(crate) async fn results(
     State(s): State<ApiState>,
     auth: Auth,
     Path(id): Path<String>,

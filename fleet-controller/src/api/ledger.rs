@@ -16,7 +16,7 @@ use crate::store::ledger::LedgerStore;
 
 /// `GET /api/v1/account/balance`: what the caller may spend (or has earned) and what its
 /// open jobs hold in escrow, micro-credits.
-pub(super) async fn balance(
+pub(crate) async fn balance(
     State(s): State<ApiState>,
     auth: Auth,
 ) -> Result<Json<Value>, AppError> {
@@ -43,7 +43,7 @@ pub struct HistoryQuery {
 
 /// `GET /api/v1/account/ledger`: the transactions that touch the caller's wallet or its
 /// jobs' escrows, newest first, each with all its postings.
-pub(super) async fn history(
+pub(crate) async fn history(
     State(s): State<ApiState>,
     auth: Auth,
     ApiQuery(q): ApiQuery<HistoryQuery>,

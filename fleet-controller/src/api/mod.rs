@@ -38,14 +38,14 @@
 //! | `POST /api/v1/tokens/{id}/revoke` | operate | revoke a token |
 //! | `POST /api/v1/devices/{id}/approve`, `/revoke` | operate | a device's state |
 
-mod admin;
+pub(crate) mod admin;
 mod auth;
-mod blobs;
+pub(crate) mod blobs;
 mod certificates;
 mod enrollment;
 mod error;
-mod jobs;
-mod ledger;
+pub(crate) mod jobs;
+pub(crate) mod ledger;
 mod outputs;
 mod proofs;
 mod settlement;
@@ -100,6 +100,8 @@ pub struct ApiState {
     pub settlement_min_micro: Option<u64>,
     /// `market.spot_check_ppm`: a PTX job may run twice, so twice its ceiling is held.
     pub spot_check_ppm: u32,
+    /// The web console's settings, login limiter and counts.
+    pub console: Arc<crate::console::Console>,
 }
 
 impl ApiState {
@@ -124,6 +126,7 @@ impl ApiState {
             settlement_contract: None,
             settlement_min_micro: None,
             spot_check_ppm: crate::config::MarketConfig::default().spot_check_ppm,
+            console: Arc::new(crate::console::Console::default()),
         }
     }
 }
@@ -252,7 +255,7 @@ async fn market(
     .await
 }
 
-async fn epochs(State(s): State<ApiState>) -> Result<Json<Value>, AppError> {
+pub(crate) async fn epochs(State(s): State<ApiState>) -> Result<Json<Value>, AppError> {
     blocking(move || {
         let store = s.store.get()?;
         let mut out = Vec::new();
@@ -485,6 +488,11 @@ async fn method_not_allowed() -> AppError {
 /// The API router.
 pub fn app(state: ApiState) -> Router {
     let body_limit = state.limits.max_body_bytes;
+    let console = if state.console.enabled {
+        crate::console::routes(state.console.max_upload_bytes)
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/devices", get(devices))
@@ -552,8 +560,10 @@ pub fn app(state: ApiState) -> Router {
             "/api/v1/certificates",
             get(certificates::list).post(certificates::import_certificates),
         )
-        // Every body an extractor reads (the JSON routes) is bounded; the blob upload
-        // streams its own body against `max_blob_bytes` and the quota.
+        // Every body an extractor reads (the JSON routes, the console's forms) is bounded;
+        // the blob upload streams its own body against `max_blob_bytes` and the quota, and
+        // the console's job form has `console.max_upload_bytes`.
+        .merge(console)
         .layer(DefaultBodyLimit::max(body_limit))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

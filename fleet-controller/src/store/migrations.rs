@@ -284,6 +284,21 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         at_ms INTEGER NOT NULL,
         waiting INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 17: the web console: accounts' passwords (argon2id, PHC strings) and login sessions
+    // (kept as SHA-256 of the cookie's secret, with the CSRF token of their forms).
+    "CREATE TABLE passwords (
+        account INTEGER PRIMARY KEY REFERENCES accounts (id),
+        phc TEXT NOT NULL,
+        set_ms INTEGER NOT NULL
+    );
+    CREATE TABLE console_sessions (
+        hash BLOB PRIMARY KEY,
+        account INTEGER NOT NULL REFERENCES accounts (id),
+        csrf BLOB NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX console_sessions_expiry ON console_sessions (expires_ms);",
 ];
 
 /// The schema version this code writes.

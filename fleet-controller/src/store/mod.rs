@@ -18,6 +18,7 @@
 pub mod accounts;
 pub mod blobs;
 pub mod certificates;
+pub mod console;
 pub mod enrollment;
 pub mod jobs;
 pub mod ledger;

@@ -6,6 +6,7 @@
 mod accounts;
 mod blobs;
 mod certificates;
+mod console;
 mod enrollment;
 mod epochs;
 mod jobs;

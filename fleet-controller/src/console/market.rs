@@ -1,0 +1,211 @@
+//! The market (offers, filtered and sorted), the evidence (epochs, roots, anchors) and the
+//! viewer's ledger (balances, escrow, history).
+
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use maud::html;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::page::{self, Nav};
+use super::session::Viewer;
+use crate::api::{ApiQuery, ApiState, Auth};
+use crate::market_view::{Listing, Search};
+
+fn credits(micro: i64) -> String {
+    format!("{:.6}", micro as f64 / 1e6)
+}
+
+/// The market page's query (the API's, as a form).
+#[derive(Debug, Default, Deserialize)]
+pub struct MarketQuery {
+    gpu: Option<String>,
+    vram_min_mib: Option<String>,
+    renewable_now_min: Option<String>,
+    online: Option<String>,
+    sort: Option<String>,
+}
+
+/// `GET /market`: the approved devices' offers, as a buyer looks for one.
+pub async fn market(
+    State(s): State<ApiState>,
+    viewer: Viewer,
+    Query(q): Query<MarketQuery>,
+) -> Response {
+    let search = Search {
+        gpu: q.gpu.clone().filter(|g| !g.trim().is_empty()),
+        vram_min_mib: q
+            .vram_min_mib
+            .as_deref()
+            .and_then(|v| v.trim().parse().ok()),
+        renewable_now_min: q
+            .renewable_now_min
+            .as_deref()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|p| p / 100.0),
+        online_only: q.online.as_deref() == Some("on"),
+        job_load_w: 60.0,
+        sort: q
+            .sort
+            .clone()
+            .filter(|s| ["price", "renewable", "runway"].contains(&s.as_str())),
+    };
+    let pool = s.store.clone();
+    let made =
+        tokio::task::spawn_blocking(move || -> Result<Vec<Listing>, crate::api::AppError> {
+            let st = pool.get()?;
+            Ok(crate::market_view::view(
+                &*st,
+                &search,
+                crate::runtime::now_ms(),
+                60_000,
+            )?)
+        })
+        .await;
+    let offers = match made {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            return page::problem(&viewer, Nav::Market, "Market", &e.to_string()).into_response();
+        }
+        Err(e) => {
+            return page::problem(&viewer, Nav::Market, "Market", &e.to_string()).into_response();
+        }
+    };
+    let body = html! {
+        h1 { "Market" }
+        form.filters method="get" action="/market" role="search" {
+            label for="gpu" { "GPU contains" }
+            input #gpu type="search" name="gpu" value=(q.gpu.clone().unwrap_or_default()) placeholder="orin, 4090";
+            label for="vram" { "Least GPU memory (MiB)" }
+            input #vram type="number" name="vram_min_mib" min="0" value=(q.vram_min_mib.clone().unwrap_or_default());
+            label for="ren" { "Least renewable now (%)" }
+            input #ren type="number" name="renewable_now_min" min="0" max="100" value=(q.renewable_now_min.clone().unwrap_or_default());
+            label for="online" { "Online only" }
+            input #online type="checkbox" name="online" value="on" checked[q.online.as_deref() == Some("on")];
+            label for="sort" { "Sort by" }
+            select #sort name="sort" {
+                @for (v, l) in [("", "device"), ("price", "price per hour"), ("renewable", "renewable share now"), ("runway", "energy runway")] {
+                    option value=(v) selected[q.sort.as_deref().unwrap_or("") == v] { (l) }
+                }
+            }
+            button type="submit" { "Search" }
+        }
+        table.market {
+            caption { (offers.len()) " offers. Runway: how long the rig could run a 60 W job on its battery and forecast sun." }
+            thead { tr {
+                th scope="col" { "Device" } th scope="col" { "GPU" } th scope="col" { "CUDA" } th scope="col" { "Price / GPU-hour" }
+                th scope="col" { "Region" } th scope="col" { "Online" } th scope="col" { "Renewable now" } th scope="col" { "Runway" }
+                th scope="col" { "Reputation" } th scope="col" { "Measured" }
+            } }
+            tbody {
+                @for o in &offers {
+                    tr {
+                        td { a href={"/devices/" (o.device)} { code { (o.device) } } br; small { (o.board) } }
+                        td { (o.gpu.clone().unwrap_or_else(|| "CPU only".into())) }
+                        td { (o.cuda.clone().unwrap_or_else(|| "–".into())) }
+                        td.num { (credits(o.price_micro_per_gpu_hour as i64)) }
+                        td { (o.region) }
+                        td { (if o.online { "yes" } else { "no" }) }
+                        td.num { (format!("{:.0} %", o.renewable_now * 100.0)) }
+                        td.num { (format!("{:.1} h", o.runway_h)) }
+                        td.num { (format!("{:.2}", o.reputation)) }
+                        td { @if let Some(m) = &o.measured { (json!(m).to_string()) } @else { "–" } }
+                    }
+                }
+            }
+        }
+    };
+    page::page("Market", &viewer, Nav::Market, body).into_response()
+}
+
+/// `GET /evidence`: closed epochs with their roots and anchors, newest first.
+pub async fn evidence(State(s): State<ApiState>, viewer: Viewer) -> Response {
+    let epochs = match crate::api::epochs(State(s)).await {
+        Ok(e) => e.0,
+        Err(e) => {
+            return page::problem(&viewer, Nav::Evidence, "Evidence", &e.to_string())
+                .into_response();
+        }
+    };
+    let empty = Vec::new();
+    let list = epochs.as_array().unwrap_or(&empty);
+    let body = html! {
+        h1 { "Evidence" }
+        p {
+            "Every stored record, ledger entry and certificate retirement is a leaf of one epoch's Merkle tree; each epoch's root is signed into the controller's local anchor log and, where configured, written on an EVM chain. A proof bundle (from a device's or a job's page) carries the records, their inclusion proofs and these anchors; "
+            code { "attest verify" } " checks one offline against the controller's key."
+        }
+        table.epochs {
+            caption { (list.len()) " epochs closed (the latest 200 shown, newest first)" }
+            thead { tr { th scope="col" { "Epoch" } th scope="col" { "Leaves" } th scope="col" { "Root" } th scope="col" { "Closed" } th scope="col" { "Local anchor" } th scope="col" { "On chain" } } }
+            tbody {
+                @for e in list.iter().rev().take(200) {
+                    tr {
+                        td.num { (e["epoch"]) }
+                        td.num { (e["tree_size"]) }
+                        td { code.hash { (e["root"].as_str().unwrap_or_default()) } }
+                        td { (super::when(e["closed_ms"].as_u64().unwrap_or(0))) }
+                        td { "#" (e["anchor"]["index"]) }
+                        td {
+                            @if e["evm"].is_null() { "–" } @else {
+                                "chain " (e["evm"]["chain_id"]) ", tx " code.hash { (e["evm"]["tx_hash"].as_str().unwrap_or_default()) }
+                                @if let Some(b) = e["evm"]["block_number"].as_u64() { ", block " (b) } @else { " (unconfirmed)" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page::page("Evidence", &viewer, Nav::Evidence, body).into_response()
+}
+
+/// `GET /ledger`: the viewer's balances and its latest transactions.
+pub async fn ledger(State(s): State<ApiState>, viewer: Viewer) -> Response {
+    let balance = crate::api::ledger::balance(State(s.clone()), Auth(viewer.caller)).await;
+    let history = match serde_json::from_value(json!({"limit": 200})) {
+        Ok(q) => crate::api::ledger::history(State(s), Auth(viewer.caller), ApiQuery(q)).await,
+        Err(e) => Err(crate::api::AppError::Internal(e.to_string())),
+    };
+    let (balance, history) = match (balance, history) {
+        (Ok(b), Ok(h)) => (b.0, h.0),
+        (Err(e), _) | (_, Err(e)) => {
+            return page::problem(&viewer, Nav::Ledger, "Ledger", &e.to_string()).into_response();
+        }
+    };
+    let empty = Vec::new();
+    let txs = history["transactions"].as_array().unwrap_or(&empty);
+    let body = html! {
+        h1 { "Ledger" }
+        dl.facts {
+            dt { "Available" } dd #available { (credits(balance["available"].as_i64().unwrap_or(0))) " credits" }
+            dt { "In escrow" } dd { (credits(balance["escrowed"].as_i64().unwrap_or(0))) " credits" }
+            dt { "Staked" } dd { (credits(balance["staked"].as_i64().unwrap_or(0))) " credits" }
+        }
+        p { a href="/api/v1/account/statement" { "Statement of account" } " (JSON; needs an API token; " code { "attest verify-account" } " checks it offline)." }
+        table.ledger {
+            caption { "Transactions touching your wallet or your jobs' escrow, newest first" }
+            thead { tr { th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "Kind" } th scope="col" { "Job" } th scope="col" { "Postings (credits)" } th scope="col" { "Memo" } } }
+            tbody {
+                @for t in txs {
+                    tr {
+                        td.num { (t["id"]) }
+                        td { (super::when(t["at_ms"].as_u64().unwrap_or(0))) }
+                        td { (t["kind"].as_str().unwrap_or_default()) }
+                        td { @if let Some(j) = t["job"].as_str() { a href={"/jobs/" (j)} { code { (&j[..j.len().min(8)]) } } } @else { "–" } }
+                        td {
+                            ul.postings {
+                                @for p in t["postings"].as_array().into_iter().flatten() {
+                                    li { (p[0].as_str().unwrap_or_default()) ": " (credits(p[1].as_i64().unwrap_or(0))) }
+                                }
+                            }
+                        }
+                        td { (t["memo"].as_str().unwrap_or_default()) }
+                    }
+                }
+            }
+        }
+        @if txs.is_empty() { p { "No transactions yet." } }
+    };
+    page::page("Ledger", &viewer, Nav::Ledger, body).into_response()
+}
