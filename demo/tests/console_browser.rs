@@ -35,7 +35,14 @@ struct Started {
 
 fn start_demo(dir: &std::path::Path) -> (Demo, Started) {
     let mut child = Command::new(DEMO)
-        .args(["--data-dir", dir.to_str().unwrap(), "--port", "0", "--api-port", "0"])
+        .args([
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--port",
+            "0",
+            "--api-port",
+            "0",
+        ])
         .args(["--agents", "3", "--record-ms", "1000", "--epoch-ms", "3000"])
         .args(["--jobs-every-s", "0", "--run-for-s", "600"])
         .env_remove("RUST_LOG")
@@ -68,7 +75,9 @@ fn start_demo(dir: &std::path::Path) -> (Demo, Started) {
         }
     }
     assert!(
-        started.url.starts_with("http://127.0.0.1:") && started.logins.len() == 2 && started.key.len() == 64,
+        started.url.starts_with("http://127.0.0.1:")
+            && started.logins.len() == 2
+            && started.key.len() == 64,
         "the demo did not print its console, logins and key:\n{}",
         seen.join("\n")
     );
@@ -78,7 +87,11 @@ fn start_demo(dir: &std::path::Path) -> (Demo, Started) {
 fn shots_dir() -> PathBuf {
     // `target/console-screenshots`, beside the test binaries.
     let exe = PathBuf::from(DEMO);
-    exe.parent().unwrap().parent().unwrap().join("console-screenshots")
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("console-screenshots")
 }
 
 fn log_in(b: &Browser, url: &str, name: &str, password: &str) {
@@ -107,31 +120,53 @@ fn unlabelled(b: &Browser) -> Vec<String> {
 fn the_console_in_a_real_browser_logs_in_shows_the_fleet_runs_a_job_and_proves_it() {
     let tmp = TempDir::new("console-browser");
     let (_demo, s) = start_demo(tmp.path());
-    let (buyer, buyer_pw) = s.logins.iter().find(|l| l.0 == "demo-buyer").cloned().unwrap();
-    let (operator, operator_pw) = s.logins.iter().find(|l| l.0 == "demo-operator").cloned().unwrap();
+    let (buyer, buyer_pw) = s
+        .logins
+        .iter()
+        .find(|l| l.0 == "demo-buyer")
+        .cloned()
+        .unwrap();
+    let (operator, operator_pw) = s
+        .logins
+        .iter()
+        .find(|l| l.0 == "demo-operator")
+        .cloned()
+        .unwrap();
     let b = Browser::start(&shots_dir());
 
     // The root URL is the console, behind its login.
     b.go(&format!("{}/", s.url));
     assert!(b.url().contains("/login?next=/"), "{}", b.url());
-    assert!(unlabelled(&b).is_empty(), "unlabelled: {:?}", unlabelled(&b));
+    assert!(
+        unlabelled(&b).is_empty(),
+        "unlabelled: {:?}",
+        unlabelled(&b)
+    );
     b.screenshot("01-login");
 
     // A wrong password is refused, and says so.
     log_in(&b, &s.url, &buyer, "not the password at all");
-    b.wait_until("the refusal", Duration::from_secs(10), |b| b.find("p.error").is_some());
+    b.wait_until("the refusal", Duration::from_secs(10), |b| {
+        b.find("p.error").is_some()
+    });
     assert!(b.url().ends_with("/login"), "{}", b.url());
     assert_eq!(b.text(&b.el("p.error")), "Wrong account name or password.");
     assert!(b.find("table.fleet").is_none());
 
     // The buyer logs in and sees the demo's fleet, all three devices, live.
     log_in(&b, &s.url, &buyer, &buyer_pw);
-    b.wait_until("the fleet table", Duration::from_secs(10), |b| b.find("table.fleet").is_some());
+    b.wait_until("the fleet table", Duration::from_secs(10), |b| {
+        b.find("table.fleet").is_some()
+    });
     assert_eq!(b.text(&b.el("#who")), "demo-buyer (buyer)");
     b.wait_until("three devices, online", Duration::from_secs(30), |b| {
         b.all("table.fleet tbody tr").len() == 3 && b.all("td.online").len() == 3
     });
-    assert!(unlabelled(&b).is_empty(), "unlabelled: {:?}", unlabelled(&b));
+    assert!(
+        unlabelled(&b).is_empty(),
+        "unlabelled: {:?}",
+        unlabelled(&b)
+    );
     b.screenshot("02-fleet");
 
     // A device's page draws its power chart from its signed records.
@@ -146,42 +181,81 @@ fn the_console_in_a_real_browser_logs_in_shows_the_fleet_runs_a_job_and_proves_i
         b.go(&b.url());
         false
     });
-    assert!(b.url().ends_with(&format!("/devices/{device}")), "{}", b.url());
+    assert!(
+        b.url().ends_with(&format!("/devices/{device}")),
+        "{}",
+        b.url()
+    );
     let chart = b.el("svg.chart");
-    assert!(b.text(&b.el("svg.chart title")).contains("Power by channel") || b.attr(&chart, "aria-labelledby").is_some());
+    assert!(
+        b.text(&b.el("svg.chart title"))
+            .contains("Power by channel")
+            || b.attr(&chart, "aria-labelledby").is_some()
+    );
     assert!(b.all("svg.chart path.s-load").len() == 1, "no load line");
-    assert!(unlabelled(&b).is_empty(), "unlabelled: {:?}", unlabelled(&b));
+    assert!(
+        unlabelled(&b).is_empty(),
+        "unlabelled: {:?}",
+        unlabelled(&b)
+    );
     b.screenshot("03-device");
 
     // A job through the form, with an input file: 100 items of 64 bytes.
     let input = tmp.path().join("items.bin");
-    std::fs::write(&input, (0..6400u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        &input,
+        (0..6400u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     b.go(&format!("{}/jobs", s.url));
-    assert!(unlabelled(&b).is_empty(), "unlabelled: {:?}", unlabelled(&b));
+    assert!(
+        unlabelled(&b).is_empty(),
+        "unlabelled: {:?}",
+        unlabelled(&b)
+    );
     b.type_into(&b.el("#params"), "count=100 item_len=64");
     b.attach(&b.el("#input"), &input);
     b.type_into(&b.el("#deadline_h"), "2");
     b.click(&b.el("section.submit button[type=submit]"));
-    b.wait_until("the job's page", Duration::from_secs(15), |b| b.find("#job-facts").is_some());
+    b.wait_until("the job's page", Duration::from_secs(15), |b| {
+        b.find("#job-facts").is_some()
+    });
     let job = b.url().rsplit('/').next().unwrap().to_string();
     assert_eq!(job.len(), 32, "{}", b.url());
     b.screenshot("04-job-submitted");
 
     // It finishes while the page watches (server-sent events; the page reloads at the end).
     b.wait_until("the job to be done", Duration::from_secs(180), |b| {
-        b.find("[data-col=state]").is_some_and(|e| b.text(&e) == "done") && b.find("#carbon-h").is_some()
+        b.find("[data-col=state]")
+            .is_some_and(|e| b.text(&e) == "done")
+            && b.find("#carbon-h").is_some()
     });
-    let events: Vec<String> = b.all("#job-events li .state").iter().map(|e| b.text(e)).collect();
-    assert_eq!(events, ["queued", "scheduled", "running", "validating", "done"]);
-    assert!(b.text(&b.el("dl.facts")).contains("chunks") || b.find("a[href*='/outputs/0']").is_some());
+    let events: Vec<String> = b
+        .all("#job-events li .state")
+        .iter()
+        .map(|e| b.text(e))
+        .collect();
+    assert_eq!(
+        events,
+        ["queued", "scheduled", "running", "validating", "done"]
+    );
+    assert!(
+        b.text(&b.el("dl.facts")).contains("chunks") || b.find("a[href*='/outputs/0']").is_some()
+    );
     b.screenshot("05-job-done");
 
     // Its output downloads, and its proof verifies offline against the controller's key.
-    let http: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let proof = format!(
         "{}{}",
         s.url,
-        b.attr(&b.el("a[href*='/bundle']"), "href").expect("a proof link")
+        b.attr(&b.el("a[href*='/bundle']"), "href")
+            .expect("a proof link")
     );
     let bundle = tmp.path().join("job.bundle.json");
     let mut fetched = false;
@@ -203,16 +277,30 @@ fn the_console_in_a_real_browser_logs_in_shows_the_fleet_runs_a_job_and_proves_i
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&v.stdout);
-    assert!(v.status.success(), "{report}\n{}", String::from_utf8_lossy(&v.stderr));
-    assert!(report.contains(&job), "the verified bundle is not the job's: {report}");
+    assert!(
+        v.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    assert!(
+        report.contains(&job),
+        "the verified bundle is not the job's: {report}"
+    );
 
     // Another account does not see it: not in its list, and its page is "no such job".
     b.click(&b.el("form.who button"));
-    b.wait_until("the login page", Duration::from_secs(10), |b| b.url().ends_with("/login"));
+    b.wait_until("the login page", Duration::from_secs(10), |b| {
+        b.url().ends_with("/login")
+    });
     log_in(&b, &s.url, &operator, &operator_pw);
-    b.wait_until("the operator's fleet", Duration::from_secs(10), |b| b.find("table.fleet").is_some());
+    b.wait_until("the operator's fleet", Duration::from_secs(10), |b| {
+        b.find("table.fleet").is_some()
+    });
     b.go(&format!("{}/jobs", s.url));
-    assert!(!b.source().contains(&job), "the operator's job list shows the buyer's job");
+    assert!(
+        !b.source().contains(&job),
+        "the operator's job list shows the buyer's job"
+    );
     b.go(&format!("{}/jobs/{job}", s.url));
     assert_eq!(b.text(&b.el("main h1")), "No such job");
     b.screenshot("06-other-account");
@@ -226,7 +314,10 @@ fn the_console_in_a_real_browser_logs_in_shows_the_fleet_runs_a_job_and_proves_i
         .body_mut()
         .read_to_string()
         .unwrap();
-    assert!(page.contains(&device) && page.contains("<table class=\"fleet\""), "{page}");
+    assert!(
+        page.contains(&device) && page.contains("<table class=\"fleet\""),
+        "{page}"
+    );
 }
 
 /// Logs in over plain HTTP and returns the session cookie (`name=value`).

@@ -95,12 +95,18 @@ impl Browser {
         let mut r = match (method, body) {
             ("GET", _) => self.http.get(&url).call(),
             ("DELETE", _) => self.http.delete(&url).call(),
-            (_, b) => self.http.post(&url).send_json(b.unwrap_or_else(|| json!({}))),
+            (_, b) => self
+                .http
+                .post(&url)
+                .send_json(b.unwrap_or_else(|| json!({}))),
         }
         .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
         let status = r.status();
         let v: Value = r.body_mut().read_json().unwrap_or(Value::Null);
-        assert!(status.is_success(), "WebDriver {method} {path}: {status} {v}");
+        assert!(
+            status.is_success(),
+            "WebDriver {method} {path}: {status} {v}"
+        );
         v["value"].clone()
     }
 
@@ -111,12 +117,18 @@ impl Browser {
 
     /// The page's URL now.
     pub fn url(&self) -> String {
-        self.call("GET", "/url", None).as_str().unwrap_or_default().to_string()
+        self.call("GET", "/url", None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// The page's HTML now.
     pub fn source(&self) -> String {
-        self.call("GET", "/source", None).as_str().unwrap_or_default().to_string()
+        self.call("GET", "/source", None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// The first element matching a CSS selector, if any.
@@ -133,7 +145,10 @@ impl Browser {
             return v["value"][ELEMENT].as_str().map(|s| Element(s.to_string()));
         }
         // "no such element" is an answer; anything else is the driver failing.
-        assert_eq!(v["value"]["error"], "no such element", "WebDriver find {css}: {status} {v}");
+        assert_eq!(
+            v["value"]["error"], "no such element",
+            "WebDriver find {css}: {status} {v}"
+        );
         None
     }
 
@@ -145,18 +160,26 @@ impl Browser {
 
     /// Every element matching a CSS selector.
     pub fn all(&self, css: &str) -> Vec<Element> {
-        self.call("POST", "/elements", Some(json!({"using": "css selector", "value": css})))
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e[ELEMENT].as_str().map(|s| Element(s.to_string())))
-            .collect()
+        self.call(
+            "POST",
+            "/elements",
+            Some(json!({"using": "css selector", "value": css})),
+        )
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e[ELEMENT].as_str().map(|s| Element(s.to_string())))
+        .collect()
     }
 
     /// Types into an element (a file input takes a path).
     pub fn type_into(&self, e: &Element, text: &str) {
         self.call("POST", &format!("/element/{}/clear", e.0), None);
-        self.call("POST", &format!("/element/{}/value", e.0), Some(json!({"text": text})));
+        self.call(
+            "POST",
+            &format!("/element/{}/value", e.0),
+            Some(json!({"text": text})),
+        );
     }
 
     /// Sets a file input's file.
@@ -190,7 +213,11 @@ impl Browser {
 
     /// Runs a script in the page and returns what it returns.
     pub fn script(&self, js: &str) -> Value {
-        self.call("POST", "/execute/sync", Some(json!({"script": js, "args": []})))
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": js, "args": []})),
+        )
     }
 
     /// Waits until `check` says yes, or panics with `what` and the page after `limit`.
@@ -202,7 +229,11 @@ impl Browser {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        panic!("timed out waiting for {what} on {}:\n{}", self.url(), self.source());
+        panic!(
+            "timed out waiting for {what} on {}:\n{}",
+            self.url(),
+            self.source()
+        );
     }
 
     /// Saves a PNG of the window as `{name}.png` in [`Browser::shots`]; its path.

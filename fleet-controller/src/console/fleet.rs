@@ -216,10 +216,15 @@ pub async fn fleet(
     let all = match tokio::task::spawn_blocking(move || rows(&pool, &v2, now)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            return page::problem(&viewer, Nav::Fleet, "Fleet", &e.to_string()).into_response();
+            return page::failed(&viewer, Nav::Fleet, "Fleet", e);
         }
         Err(e) => {
-            return page::problem(&viewer, Nav::Fleet, "Fleet", &e.to_string()).into_response();
+            return page::failed(
+                &viewer,
+                Nav::Fleet,
+                "Fleet",
+                crate::api::AppError::Internal(e.to_string()),
+            );
         }
     };
     let total = all.len();
@@ -453,10 +458,10 @@ pub async fn device(
         )
         .into_response();
     };
-    let hours = match q.hours {
-        Some(h @ (6 | 24 | 72 | 168)) => h,
-        _ => 24,
-    };
+    let hours = q
+        .hours
+        .filter(|h| [6, 24, 72, 168].contains(h))
+        .unwrap_or(24);
     let days = q.days.unwrap_or(7).clamp(1, 31);
     let now = crate::runtime::now_ms();
     let from = now.saturating_sub(hours * 3_600_000);
@@ -497,10 +502,15 @@ pub async fn device(
     let (dev, hello, count, last, power, statement, row) = match made {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
-            return page::problem(&viewer, Nav::Fleet, "Device", &e.to_string()).into_response();
+            return page::failed(&viewer, Nav::Fleet, "Device", e);
         }
         Err(e) => {
-            return page::problem(&viewer, Nav::Fleet, "Device", &e.to_string()).into_response();
+            return page::failed(
+                &viewer,
+                Nav::Fleet,
+                "Device",
+                crate::api::AppError::Internal(e.to_string()),
+            );
         }
     };
     let hours_lines = statement
@@ -660,7 +670,7 @@ async fn set_state(
     approve: bool,
 ) -> Response {
     if let Err(r) = same_origin(&headers).and_then(|()| viewer.check_csrf(csrf)) {
-        return r;
+        return r.into_response();
     }
     let auth = Auth(viewer.caller);
     let done = if approve {
@@ -670,7 +680,7 @@ async fn set_state(
     };
     match done {
         Ok(_) => Redirect::to(&format!("/devices/{id}")).into_response(),
-        Err(e) => page::problem(&viewer, Nav::Fleet, "Not done", &e.to_string()).into_response(),
+        Err(e) => page::failed(&viewer, Nav::Fleet, "Not done", e),
     }
 }
 

@@ -71,7 +71,7 @@ async fn list_page(s: ApiState, viewer: Viewer, error: Option<String>) -> Respon
     };
     let jobs = match jobs {
         Ok(j) => j.0,
-        Err(e) => return page::problem(&viewer, Nav::Jobs, "Jobs", &e.to_string()).into_response(),
+        Err(e) => return page::failed(&viewer, Nav::Jobs, "Jobs", e),
     };
     let empty = Vec::new();
     let jobs = jobs.as_array().unwrap_or(&empty);
@@ -239,14 +239,14 @@ pub async fn submit(
     mp: Multipart,
 ) -> Response {
     if let Err(r) = same_origin(&headers) {
-        return r;
+        return r.into_response();
     }
     let posted = match read_form(mp, s.console.max_upload_bytes).await {
         Ok(p) => p,
         Err(e) => return list_page(s, viewer, Some(e)).await,
     };
     if let Err(r) = viewer.check_csrf(&posted.csrf) {
-        return r;
+        return r.into_response();
     }
     let mut hashes = Vec::new();
     for bytes in &posted.inputs {
@@ -390,7 +390,9 @@ pub async fn show(State(s): State<ApiState>, viewer: Viewer, Path(id): Path<Stri
             dt { "Workload" } dd { (job["workload"].as_str().unwrap_or_default()) }
             dt { "Device" } dd { @if let Some(d) = &device { a href={"/devices/" (d)} { code { (d) } } } @else { "not placed yet" } }
             dt { "Progress" } dd data-col="progress" {
-                @if let (Some(done), Some(all)) = (progress["chunks_done"].as_u64(), progress["chunks"].as_u64()) {
+                @if state == "done" || state == "validating" {
+                    "all chunks run"
+                } @else if let (Some(done), Some(all)) = (progress["chunks_done"].as_u64(), progress["chunks"].as_u64()) {
                     progress max=(all) value=(done) { (done) " of " (all) } " " (done) " of " (all) " chunks"
                     @if progress["paused"].as_bool() == Some(true) { " (paused by the power governor)" }
                 } @else { "–" }
@@ -534,13 +536,11 @@ pub async fn cancel(
     axum::Form(f): axum::Form<CsrfForm>,
 ) -> Response {
     if let Err(r) = same_origin(&headers).and_then(|()| viewer.check_csrf(&f.csrf)) {
-        return r;
+        return r.into_response();
     }
     match crate::api::jobs::cancel(State(s), Auth(viewer.caller), Path(id.clone())).await {
         Ok(_) => Redirect::to(&format!("/jobs/{id}")).into_response(),
-        Err(e) => {
-            page::problem(&viewer, Nav::Jobs, "Not cancelled", &e.to_string()).into_response()
-        }
+        Err(e) => page::failed(&viewer, Nav::Jobs, "Not cancelled", e),
     }
 }
 

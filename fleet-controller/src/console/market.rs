@@ -65,10 +65,15 @@ pub async fn market(
     let offers = match made {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => {
-            return page::problem(&viewer, Nav::Market, "Market", &e.to_string()).into_response();
+            return page::failed(&viewer, Nav::Market, "Market", e);
         }
         Err(e) => {
-            return page::problem(&viewer, Nav::Market, "Market", &e.to_string()).into_response();
+            return page::failed(
+                &viewer,
+                Nav::Market,
+                "Market",
+                crate::api::AppError::Internal(e.to_string()),
+            );
         }
     };
     let body = html! {
@@ -123,8 +128,12 @@ pub async fn evidence(State(s): State<ApiState>, viewer: Viewer) -> Response {
     let epochs = match crate::api::epochs(State(s)).await {
         Ok(e) => e.0,
         Err(e) => {
-            return page::problem(&viewer, Nav::Evidence, "Evidence", &e.to_string())
-                .into_response();
+            return page::failed(
+                &viewer,
+                Nav::Evidence,
+                "Evidence",
+                crate::api::AppError::Internal(e.to_string()),
+            );
         }
     };
     let empty = Vec::new();
@@ -170,7 +179,7 @@ pub async fn ledger(State(s): State<ApiState>, viewer: Viewer) -> Response {
     let (balance, history) = match (balance, history) {
         (Ok(b), Ok(h)) => (b.0, h.0),
         (Err(e), _) | (_, Err(e)) => {
-            return page::problem(&viewer, Nav::Ledger, "Ledger", &e.to_string()).into_response();
+            return page::failed(&viewer, Nav::Ledger, "Ledger", e);
         }
     };
     let empty = Vec::new();

@@ -202,3 +202,6 @@ pub fn routes(max_upload: usize) -> Router<ApiState> {
         .route("/console/console.js", get(js))
         .layer(axum::middleware::map_response(security_headers))
 }
+
+#[cfg(test)]
+mod tests;

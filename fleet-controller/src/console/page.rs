@@ -99,3 +99,16 @@ pub fn problem(viewer: &Viewer, active: Nav, title: &str, why: &str) -> Markup {
         html! { h1 { (title) } p.error role="alert" { (why) } },
     )
 }
+
+/// The page for an error of the API's handlers, with the status the API gives it.
+pub fn failed(
+    viewer: &Viewer,
+    active: Nav,
+    title: &str,
+    e: crate::api::AppError,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let why = e.to_string();
+    let status = e.into_response().status();
+    (status, problem(viewer, active, title, &why)).into_response()
+}

@@ -168,11 +168,11 @@ impl Viewer {
     }
 
     /// A 403 unless `posted` is this session's CSRF token.
-    pub fn check_csrf(&self, posted: &str) -> Result<(), Response> {
+    pub fn check_csrf(&self, posted: &str) -> Result<(), Refused> {
         if self.csrf_ok(posted) {
             Ok(())
         } else {
-            Err(forbidden(
+            Err(Refused(
                 "The form is out of date or was not sent by this console. Go back, reload and try again.",
             ))
         }
@@ -184,12 +184,18 @@ impl Viewer {
     }
 }
 
-fn forbidden(why: &str) -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        page::bare("Refused", html! { h1 { "Refused" } p { (why) } }),
-    )
-        .into_response()
+/// A request refused before it did anything (another site's, a stale form): a 403 page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused(pub &'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::FORBIDDEN,
+            page::bare("Refused", html! { h1 { "Refused" } p { (self.0) } }),
+        )
+            .into_response()
+    }
 }
 
 fn cookie_value(headers: &HeaderMap) -> Option<Token> {
@@ -206,7 +212,7 @@ fn cookie_value(headers: &HeaderMap) -> Option<Token> {
 
 /// Refuses a request whose `Origin` names another site than the one it was sent to (a
 /// browser sends `Origin` with every POST; a form on another site cannot post here).
-pub fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
+pub fn same_origin(headers: &HeaderMap) -> Result<(), Refused> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
@@ -219,7 +225,7 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
     if host.is_some() && origin_host == host {
         Ok(())
     } else {
-        Err(forbidden("This request came from another site."))
+        Err(Refused("This request came from another site."))
     }
 }
 
@@ -318,7 +324,7 @@ pub async fn login(
     axum::Form(f): axum::Form<LoginForm>,
 ) -> Response {
     if let Err(r) = same_origin(&headers) {
-        return r;
+        return r.into_response();
     }
     let console: &Console = &s.console;
     let addr = ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
@@ -424,7 +430,7 @@ pub async fn logout(
     axum::Form(f): axum::Form<CsrfForm>,
 ) -> Response {
     if let Err(r) = same_origin(&headers).and_then(|()| viewer.check_csrf(&f.csrf)) {
-        return r;
+        return r.into_response();
     }
     if let Some(token) = cookie_value(&headers) {
         let hash = token.hash();
