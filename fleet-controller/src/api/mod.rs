@@ -15,7 +15,7 @@
 //! | `GET /api/v1/devices/{id}/jobs/{job}/bundle?format=json\|postcard` | a job's proof bundle (its receipt, the records over its hours) |
 //! | `GET /api/v1/devices/{id}/hours?from=MS&to=MS` | hour-by-hour energy by source, renewable share, emissions |
 //! | `GET /api/v1/fleet/hours?from=MS&to=MS` | the approved devices' hours summed per hour, with the device count (at most 31 days) |
-//! | `GET /metrics` | Prometheus text: stored, rejected by reason, devices by state, epochs closed, epochs not on chain |
+//! | `GET /metrics` | Prometheus text (`metrics.rs`): ingest, devices, fleet power, epochs, jobs, console logins |
 //! | `GET /api/v1/epochs` | closed epochs with their roots, local anchor entries and EVM anchors (tx, block, gas) |
 //!
 //! With a token (`Authorization: Bearer hst_...`; `auth.rs`), each route naming the scope
@@ -46,6 +46,7 @@ mod enrollment;
 mod error;
 pub(crate) mod jobs;
 pub(crate) mod ledger;
+mod metrics;
 mod outputs;
 mod proofs;
 mod settlement;
@@ -56,8 +57,6 @@ use std::sync::{Arc, Mutex};
 use attest::msg::Hello;
 use attest::{DeviceId, Envelope, EpochId, KeyPair};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -301,91 +300,6 @@ async fn status(State(s): State<ApiState>) -> Result<Json<Value>, AppError> {
     .await
 }
 
-/// Prometheus text exposition of what the controller counts: messages stored and rejected
-/// by reason (since the process started, from `status.json`), devices by state, epochs
-/// closed and epochs not yet confirmed on an EVM chain.
-async fn metrics(State(s): State<ApiState>) -> Result<Response, AppError> {
-    blocking(move || {
-        use std::fmt::Write;
-        let status: Value = std::fs::read(&s.status)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_else(|| json!({}));
-        let store = s.store.get()?;
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, rows: &[(String, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, v) in rows {
-                let _ = writeln!(out, "{name}{labels} {v}");
-            }
-        };
-        metric(
-            "heliostat_ingest_stored_total",
-            "counter",
-            "Chain messages stored since the controller started.",
-            &[(String::new(), status["stored"].as_u64().unwrap_or(0))],
-        );
-        let rejected: Vec<(String, u64)> = status["rejected"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (format!("{{reason=\"{k}\"}}"), v.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        metric(
-            "heliostat_ingest_rejected_total",
-            "counter",
-            "Messages rejected since the controller started, by reason.",
-            &rejected,
-        );
-        let devices = store.devices()?;
-        let by_state: Vec<(String, u64)> = ["pending", "approved", "revoked"]
-            .iter()
-            .map(|st| {
-                (
-                    format!("{{state=\"{st}\"}}"),
-                    devices.iter().filter(|d| d.state.as_str() == *st).count() as u64,
-                )
-            })
-            .collect();
-        metric("heliostat_devices", "gauge", "Devices by state.", &by_state);
-        let closed = store.last_epoch()?.map_or(0, |e| e.epoch.next().0);
-        metric(
-            "heliostat_epochs_closed",
-            "gauge",
-            "Epochs closed and anchored in the local log.",
-            &[(String::new(), closed)],
-        );
-        metric(
-            "heliostat_epochs_not_on_chain",
-            "gauge",
-            "Closed epochs without a confirmed EVM anchor (all of them when anchoring is local).",
-            &[(String::new(), store.count_epochs_not_on_chain()?)],
-        );
-        let dispatch: Value = std::fs::read(s.status.with_file_name("dispatch.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_else(|| json!({}));
-        let events: Vec<(String, u64)> = dispatch["job_events"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (format!("{{effect=\"{k}\"}}"), v.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        metric(
-            "heliostat_job_events_total",
-            "counter",
-            "Devices' job events taken by dispatch, by effect (moved a job, recorded progress, ignored, malformed).",
-            &events,
-        );
-        Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
-    })
-    .await
-}
-
 /// Query of the accounting route.
 #[derive(Debug, Deserialize)]
 pub struct PeriodQuery {
@@ -508,7 +422,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/devices/{id}/provider", post(admin::set_provider))
         .route("/api/v1/fleet/hours", get(fleet_hours))
         .route("/api/v1/epochs", get(epochs))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/api/v1/account", get(admin::whoami))
         .route("/api/v1/account/balance", get(ledger::balance))
         .route("/api/v1/account/ledger", get(ledger::history))
@@ -696,7 +610,7 @@ mod tests {
         for line in [
             "heliostat_devices{state=\"approved\"} 1",
             "heliostat_devices{state=\"pending\"} 0",
-            "heliostat_epochs_closed 1",
+            "heliostat_epochs_closed_total 1",
             "heliostat_epochs_not_on_chain 1",
             "# TYPE heliostat_ingest_stored_total counter",
         ] {
@@ -969,7 +883,7 @@ mod tests {
         let status = r.status();
         let ctype = r
             .headers()
-            .get(header::CONTENT_TYPE)
+            .get(axum::http::header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap().to_string());
         let body = to_bytes(r.into_body(), 1 << 24).await.unwrap();
         let v = serde_json::from_slice(&body).unwrap_or_else(|_| {
