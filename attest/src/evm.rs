@@ -1,4 +1,6 @@
-//! The on-chain anchor check used by `attest verify --rpc URL`.
+//! The on-chain anchor check: `attest verify --rpc URL` sends its requests over HTTP; the
+//! in-browser verifier (`attest/wasm`) has the browser send them. Both judge the answers
+//! with [`check_answers`].
 //!
 //! The anchor contract (built by the controller, source under `fleet-controller/`) exposes
 //!
@@ -79,37 +81,6 @@ pub enum EvmError {
     },
 }
 
-fn rpc(url: &str, method: &'static str, params: Value) -> Result<Value, EvmError> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
-    let err = |detail: String| EvmError::Rpc { method, detail };
-    let mut resp = ureq::post(url)
-        .header("content-type", "application/json")
-        .send(body.as_bytes())
-        .map_err(|e| err(format!("{e}")))?;
-    let text = resp
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| err(format!("{e}")))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| err(format!("bad JSON: {e}")))?;
-    if let Some(e) = v.get("error") {
-        return Err(err(format!("node error: {e}")));
-    }
-    v.get("result")
-        .cloned()
-        .ok_or_else(|| err("no result".into()))
-}
-
-fn hex_u64(v: &Value, method: &'static str) -> Result<u64, EvmError> {
-    let s = v.as_str().ok_or(EvmError::Rpc {
-        method,
-        detail: "expected a hex quantity".into(),
-    })?;
-    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| EvmError::Rpc {
-        method,
-        detail: format!("bad quantity {s}: {e}"),
-    })
-}
-
 /// Decodes `getAnchor`'s ABI return value.
 pub fn decode_get_anchor(data: &[u8]) -> Option<OnChainAnchor> {
     if data.len() != 96 {
@@ -130,9 +101,56 @@ pub fn decode_get_anchor(data: &[u8]) -> Option<OnChainAnchor> {
     })
 }
 
-/// Checks one EVM anchor against a node.
-pub fn check_anchor(
-    url: &str,
+/// The three JSON-RPC requests that check one anchor, as `(method, params)`, in order:
+/// `eth_chainId`, `eth_getTransactionReceipt(tx)`, `eth_call getAnchor(epoch)`. Whoever
+/// sends them (this crate's CLI over HTTP, a browser's `fetch`) hands the results to
+/// [`check_answers`], which alone judges them.
+pub fn anchor_requests(
+    epoch: EpochId,
+    contract: &Address,
+    tx_hash: &Hash32,
+) -> [(&'static str, Value); 3] {
+    [
+        ("eth_chainId", json!([])),
+        (
+            "eth_getTransactionReceipt",
+            json!([format!("0x{}", tx_hash.to_hex())]),
+        ),
+        (
+            "eth_call",
+            json!([{"to": format!("{contract}"), "data": format!("0x{}", crate::hex::encode(&get_anchor_calldata(epoch)))}, "latest"]),
+        ),
+    ]
+}
+
+fn hex_u64(v: &Value, method: &'static str) -> Result<u64, EvmError> {
+    let s = v.as_str().ok_or(EvmError::Rpc {
+        method,
+        detail: "expected a hex quantity".into(),
+    })?;
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| EvmError::Rpc {
+        method,
+        detail: format!("bad quantity {s}: {e}"),
+    })
+}
+
+/// What the node answered to [`anchor_requests`], in the same order (each the JSON-RPC
+/// `result`).
+pub struct Answers<'a> {
+    /// `eth_chainId`.
+    pub chain_id: &'a Value,
+    /// `eth_getTransactionReceipt`.
+    pub receipt: &'a Value,
+    /// `eth_call getAnchor`.
+    pub call: &'a Value,
+}
+
+/// Judges a node's answers about one EVM anchor: right chain; the anchoring transaction
+/// succeeded, in the stated block, to the stated contract; the contract records the
+/// bundle's root and size for the epoch.
+#[allow(clippy::too_many_arguments)]
+pub fn check_answers(
+    answers: &Answers<'_>,
     epoch: EpochId,
     head: &TreeHead,
     chain_id: u64,
@@ -140,15 +158,14 @@ pub fn check_anchor(
     tx_hash: &Hash32,
     block_number: u64,
 ) -> Result<OnChainAnchor, EvmError> {
-    let got = hex_u64(&rpc(url, "eth_chainId", json!([]))?, "eth_chainId")?;
+    let got = hex_u64(answers.chain_id, "eth_chainId")?;
     if got != chain_id {
         return Err(EvmError::WrongChain {
             expected: chain_id,
             got,
         });
     }
-    let tx = format!("0x{}", tx_hash.to_hex());
-    let receipt = rpc(url, "eth_getTransactionReceipt", json!([tx]))?;
+    let receipt = answers.receipt;
     let terr = |detail: String| EvmError::Transaction {
         tx: *tx_hash,
         detail,
@@ -178,11 +195,11 @@ pub fn check_anchor(
             "went to {to}, not the anchor contract {contract}"
         )));
     }
-    let call = json!([{"to": format!("{contract}"), "data": format!("0x{}", crate::hex::encode(&get_anchor_calldata(epoch)))}, "latest"]);
-    let out = rpc(url, "eth_call", call)?;
-    let data = crate::hex::decode(out.as_str().unwrap_or_default()).map_err(|e| EvmError::Rpc {
-        method: "eth_call",
-        detail: format!("bad hex: {e}"),
+    let data = crate::hex::decode(answers.call.as_str().unwrap_or_default()).map_err(|e| {
+        EvmError::Rpc {
+            method: "eth_call",
+            detail: format!("bad hex: {e}"),
+        }
     })?;
     let a = decode_get_anchor(&data).ok_or(EvmError::Rpc {
         method: "eth_call",
@@ -198,6 +215,57 @@ pub fn check_anchor(
         });
     }
     Ok(a)
+}
+
+#[cfg(feature = "cli")]
+fn rpc(url: &str, method: &'static str, params: &Value) -> Result<Value, EvmError> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).to_string();
+    let err = |detail: String| EvmError::Rpc { method, detail };
+    let mut resp = ureq::post(url)
+        .header("content-type", "application/json")
+        .send(body.as_bytes())
+        .map_err(|e| err(format!("{e}")))?;
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| err(format!("{e}")))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| err(format!("bad JSON: {e}")))?;
+    if let Some(e) = v.get("error") {
+        return Err(err(format!("node error: {e}")));
+    }
+    v.get("result")
+        .cloned()
+        .ok_or_else(|| err("no result".into()))
+}
+
+/// Checks one EVM anchor against a node at `url` (JSON-RPC over HTTP).
+#[cfg(feature = "cli")]
+pub fn check_anchor(
+    url: &str,
+    epoch: EpochId,
+    head: &TreeHead,
+    chain_id: u64,
+    contract: &Address,
+    tx_hash: &Hash32,
+    block_number: u64,
+) -> Result<OnChainAnchor, EvmError> {
+    let [a, b, c] = anchor_requests(epoch, contract, tx_hash);
+    let chain = rpc(url, a.0, &a.1)?;
+    let receipt = rpc(url, b.0, &b.1)?;
+    let call = rpc(url, c.0, &c.1)?;
+    check_answers(
+        &Answers {
+            chain_id: &chain,
+            receipt: &receipt,
+            call: &call,
+        },
+        epoch,
+        head,
+        chain_id,
+        contract,
+        tx_hash,
+        block_number,
+    )
 }
 
 #[cfg(test)]
@@ -217,6 +285,64 @@ mod tests {
         assert_eq!(d.len(), 36);
         assert_eq!(&d[..4], &get_anchor_selector());
         assert_eq!(&d[34..], &[1, 2]);
+    }
+
+    #[test]
+    fn answers_are_judged_whoever_fetched_them() {
+        let contract = Address([0xab; 20]);
+        let tx = Hash32([3; 32]);
+        let head = TreeHead {
+            size: 5,
+            root: Hash32([7; 32]),
+        };
+        let reqs = anchor_requests(EpochId(2), &contract, &tx);
+        assert_eq!(
+            reqs.clone().map(|r| r.0),
+            ["eth_chainId", "eth_getTransactionReceipt", "eth_call"]
+        );
+        assert_eq!(reqs[2].1[0]["to"], format!("{contract}"));
+        let mut word = [0u8; 96];
+        word[..32].copy_from_slice(&[7; 32]);
+        word[63] = 5;
+        word[95] = 9;
+        let call = Value::String(format!("0x{}", crate::hex::encode(&word)));
+        let receipt = json!({"status": "0x1", "blockNumber": "0x9", "to": format!("{contract}")});
+        let chain = json!("0x7a69");
+        let judge = |chain: &Value, receipt: &Value, call: &Value| {
+            check_answers(
+                &Answers {
+                    chain_id: chain,
+                    receipt,
+                    call,
+                },
+                EpochId(2),
+                &head,
+                31337,
+                &contract,
+                &tx,
+                9,
+            )
+        };
+        assert_eq!(judge(&chain, &receipt, &call).unwrap().block_number, 9);
+        assert!(matches!(
+            judge(&json!("0x1"), &receipt, &call),
+            Err(EvmError::WrongChain { got: 1, .. })
+        ));
+        let failed = json!({"status": "0x0", "blockNumber": "0x9", "to": format!("{contract}")});
+        assert!(matches!(
+            judge(&chain, &failed, &call),
+            Err(EvmError::Transaction { .. })
+        ));
+        assert!(matches!(
+            judge(&chain, &Value::Null, &call),
+            Err(EvmError::Transaction { .. })
+        ));
+        word[0] = 8;
+        let other_root = Value::String(format!("0x{}", crate::hex::encode(&word)));
+        assert!(matches!(
+            judge(&chain, &receipt, &other_root),
+            Err(EvmError::RootMismatch { .. })
+        ));
     }
 
     #[test]

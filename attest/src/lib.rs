@@ -46,7 +46,7 @@ pub mod coverage;
 #[cfg(feature = "std")]
 pub mod durable;
 pub mod envelope;
-#[cfg(feature = "cli")]
+#[cfg(feature = "evm")]
 pub mod evm;
 pub mod hash;
 pub mod hex;

@@ -287,7 +287,39 @@ fn the_console_in_a_real_browser_logs_in_shows_the_fleet_runs_a_job_and_proves_i
         "the verified bundle is not the job's: {report}"
     );
 
+    // The same proof, checked in the browser by the verifier compiled to WebAssembly: with
+    // the controller's key it verifies; with another key pinned it does not.
+    b.go(&format!("{}/jobs/{job}", s.url));
+    b.click(&b.el("#verify-here"));
+    b.wait_until("the verify page", Duration::from_secs(10), |b| {
+        b.find("#verify-form").is_some()
+    });
+    assert!(
+        unlabelled(&b).is_empty(),
+        "unlabelled: {:?}",
+        unlabelled(&b)
+    );
+    b.type_into(&b.el("#controller-key"), &s.key);
+    b.click(&b.el("#verify-button"));
+    b.wait_until("the browser's verdict", Duration::from_secs(30), |b| {
+        b.find("#verify-verdict").is_some()
+    });
+    let verdict = b.text(&b.el("#verify-result"));
+    assert!(verdict.starts_with("Verified"), "{verdict}");
+    assert!(
+        verdict.contains("meter records") && verdict.contains("job energy"),
+        "{verdict}"
+    );
+    b.screenshot("06-verified-in-browser");
+    b.type_into(&b.el("#controller-key"), &"5b".repeat(32));
+    b.click(&b.el("#verify-button"));
+    b.wait_until("the refusal", Duration::from_secs(30), |b| {
+        b.find("#verify-verdict")
+            .is_some_and(|e| b.text(&e) == "Not verified")
+    });
+
     // Another account does not see it: not in its list, and its page is "no such job".
+    b.go(&format!("{}/jobs", s.url));
     b.click(&b.el("form.who button"));
     b.wait_until("the login page", Duration::from_secs(10), |b| {
         b.url().ends_with("/login")
@@ -303,7 +335,7 @@ fn the_console_in_a_real_browser_logs_in_shows_the_fleet_runs_a_job_and_proves_i
     );
     b.go(&format!("{}/jobs/{job}", s.url));
     assert_eq!(b.text(&b.el("main h1")), "No such job");
-    b.screenshot("06-other-account");
+    b.screenshot("07-other-account");
 
     // Pages read without JavaScript: the fleet is in the HTML the server sends.
     let page = http

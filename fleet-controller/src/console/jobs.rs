@@ -325,6 +325,8 @@ fn statement_section(st: &attest::msg::Statement, device: &str, job: &str) -> Ma
             }
             p {
                 a.button href={"/api/v1/devices/" (device) "/jobs/" (job) "/bundle"} download={"job-" (job) ".bundle.json"} { "Download the proof bundle" }
+                " "
+                a.button #verify-here href={"/verify?bundle=/api/v1/devices/" (device) "/jobs/" (job) "/bundle"} { "Verify it in this browser" }
                 " Check it offline: " code { "attest verify job.bundle.json --controller-key KEY" }
                 " (a bundle is ready once the epoch holding the job's receipt is closed)."
             }

@@ -142,7 +142,8 @@ pub async fn evidence(State(s): State<ApiState>, viewer: Viewer) -> Response {
         h1 { "Evidence" }
         p {
             "Every stored record, ledger entry and certificate retirement is a leaf of one epoch's Merkle tree; each epoch's root is signed into the controller's local anchor log and, where configured, written on an EVM chain. A proof bundle (from a device's or a job's page) carries the records, their inclusion proofs and these anchors; "
-            code { "attest verify" } " checks one offline against the controller's key."
+            code { "attest verify" } " checks one offline against the controller's key, and "
+            a href="/verify" { "this browser can too" } "."
         }
         table.epochs {
             caption { (list.len()) " epochs closed (the latest 200 shown, newest first)" }

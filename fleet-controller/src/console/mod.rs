@@ -20,6 +20,7 @@
 //! | `GET /jobs/{id}/outputs/{index}` | an output's bytes |
 //! | `GET /evidence` | epochs, roots, local and on-chain anchors (`market.rs`) |
 //! | `GET /ledger` | the viewer's balance, escrow and history (`market.rs`) |
+//! | `GET /verify` | (public) verify a proof bundle in the browser, in WebAssembly (`verify.rs`) |
 
 mod charts;
 mod fleet;
@@ -27,6 +28,7 @@ mod jobs;
 mod market;
 mod page;
 pub mod session;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -124,6 +126,7 @@ pub(crate) fn url_encode(s: &str) -> String {
 
 const CSS: &str = include_str!("assets/console.css");
 const JS: &str = include_str!("assets/console.js");
+const VERIFY_JS: &str = include_str!("assets/verify.js");
 
 async fn css() -> Response {
     (
@@ -147,18 +150,33 @@ async fn js() -> Response {
         .into_response()
 }
 
+async fn verify_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        VERIFY_JS,
+    )
+        .into_response()
+}
+
 /// Headers every console answer carries: a content security policy that allows only this
 /// site's own script and style (no inline script, no framing), no sniffing, no referrer
 /// beyond this site, and no caching of pages that show an account's data.
 async fn security_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+    if h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        // A page with its own policy (the verifier's) keeps it.
+    } else {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
              object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
-        ),
-    );
+            ),
+        );
+    }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -200,6 +218,9 @@ pub fn routes(max_upload: usize) -> Router<ApiState> {
         .route("/ledger", get(market::ledger))
         .route("/console/console.css", get(css))
         .route("/console/console.js", get(js))
+        .route("/console/verify.js", get(verify_js))
+        .route("/console/verifier.wasm", get(verify::wasm))
+        .route("/verify", get(verify::page))
         .layer(axum::middleware::map_response(security_headers))
 }
 

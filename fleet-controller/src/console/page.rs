@@ -29,7 +29,7 @@ const SECTIONS: [(Nav, &str, &str); 5] = [
     (Nav::Ledger, "/ledger", "Ledger"),
 ];
 
-fn head(title: &str) -> Markup {
+fn head(title: &str, scripts: &[&str]) -> Markup {
     html! {
         head {
             meta charset="utf-8";
@@ -37,16 +37,22 @@ fn head(title: &str) -> Markup {
             title { (title) " · Heliostat" }
             link rel="stylesheet" href="/console/console.css";
             script src="/console/console.js" defer {}
+            @for s in scripts { script src=(s) defer {} }
         }
     }
 }
 
 /// A page without navigation (login, errors).
 pub fn bare(title: &str, body: Markup) -> Markup {
+    bare_with(title, body, &[])
+}
+
+/// A page without navigation that loads more scripts of the console's own.
+pub fn bare_with(title: &str, body: Markup, scripts: &[&str]) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            (head(title))
+            (head(title, scripts))
             body { (body) }
         }
     }
@@ -57,7 +63,7 @@ pub fn page(title: &str, viewer: &Viewer, active: Nav, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            (head(title))
+            (head(title, &[]))
             body {
                 header.top {
                     a.brand href="/" { "☀ Heliostat" }
