@@ -10,7 +10,6 @@
 //! unit does not restart the agent for it (`RestartPreventExitStatus=78`); other failures
 //! exit 2.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,10 +57,8 @@ enum Cmd {
 /// Logs to stderr at `RUST_LOG` (`warn`, or `info,heliostat_agent::power=debug`; `info`
 /// when unset or unreadable), in colour only for a person at a terminal: a log file or
 /// journald gets plain text.
-fn init_logging() {
+fn init_logging(worker: bool) -> heliostat_telemetry::Telemetry {
     use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
     let default = || Targets::new().with_default(tracing::Level::INFO);
     let (filter, bad) = match std::env::var("RUST_LOG") {
         Ok(text) => match text.parse::<Targets>() {
@@ -75,22 +72,22 @@ fn init_logging() {
         },
         Err(_) => (default(), None),
     };
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
-        .with(filter)
-        .init();
+    // Spans go out over OTLP when the OTEL_* variables say so (docs/agent.md), from the
+    // agent itself, never from its job worker.
+    let telemetry = if worker {
+        heliostat_telemetry::logs_only(Box::new(filter))
+    } else {
+        heliostat_telemetry::init("heliostat-agent", Box::new(filter))
+    };
     if let Some(why) = bad {
         tracing::warn!("{why}");
     }
+    telemetry
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let _telemetry = init_logging(matches!(cli.cmd, Cmd::Worker));
     if let Cmd::Worker = cli.cmd {
         // Before any configuration or key is read: the worker gets only the job, and ends
         // with the agent.

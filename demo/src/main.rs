@@ -252,20 +252,16 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // rumqttd logs every client that disconnects (cleanly or not) as an ERROR from
-            // its router and its connection tasks ("no-connection id N is already gone",
-            // "router-drop"): off by default here, RUST_LOG shows them. The demo checks the
-            // broker's port itself and stops, named, when it cannot listen.
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                "warn,heliostat_demo=info,rumqttd::router::routing=off,rumqttd::server::broker=off"
-                    .into()
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // rumqttd logs every client that disconnects (cleanly or not) as an ERROR from its
+    // router and its connection tasks ("no-connection id N is already gone", "router-drop"):
+    // off by default here, RUST_LOG shows them. The demo checks the broker's port itself and
+    // stops, named, when it cannot listen. Spans go out over OTLP when OTEL_* says so.
+    let _telemetry = heliostat_telemetry::init(
+        "heliostat-demo",
+        heliostat_telemetry::env_filter(
+            "warn,heliostat_demo=info,rumqttd::router::routing=off,rumqttd::server::broker=off",
+        ),
+    );
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data = std::fs::canonicalize(&args.data_dir)?;

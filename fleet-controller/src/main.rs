@@ -148,13 +148,11 @@ enum AccountCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Spans go out over OTLP when the OTEL_* variables say so (README, "Telemetry").
+    let _telemetry = heliostat_telemetry::init(
+        "heliostat-controller",
+        heliostat_telemetry::env_filter("info"),
+    );
     match inner(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -558,6 +558,16 @@ fn market_with(
     broker: u16,
     tune: impl FnOnce(&mut ControllerConfig),
 ) -> (u16, attest::KeyPair, String, String, Proc) {
+    market_env(tmp, broker, &[], tune)
+}
+
+/// [`market_with`], the controller run with extra environment variables.
+fn market_env(
+    tmp: &std::path::Path,
+    broker: u16,
+    env: &[(&str, &str)],
+    tune: impl FnOnce(&mut ControllerConfig),
+) -> (u16, attest::KeyPair, String, String, Proc) {
     let api = free_port();
     let cdir = tmp.join("controller");
     std::fs::create_dir_all(&cdir).unwrap();
@@ -581,6 +591,7 @@ fn market_with(
     let proc = Proc(
         std::process::Command::new(CONTROLLER)
             .args(["--config", ccfg.to_str().unwrap(), "run"])
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -1653,4 +1664,104 @@ fn a_lying_rig_is_outvoted_by_redundant_runs_and_slashed_and_the_honest_runs_are
         "{kinds:?}"
     );
     assert_eq!(store.ledger_sum().unwrap(), 0);
+}
+
+/// One trace spans a job's life across two processes, exported over OTLP/HTTP to a receiver
+/// that decodes the official protobuf: the controller's submit, schedule, dispatch, receipt,
+/// validation and settlement, and the agent's run, all under the trace whose id is the job's
+/// id and the root span derived from it.
+#[test]
+fn one_trace_spans_a_jobs_life_across_the_controller_and_its_agent_over_otlp() {
+    let otlp = hil_tests::otlp::OtlpReceiver::start();
+    let endpoint = otlp.endpoint();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ];
+    let tmp = TempDir::new("otlp-e2e");
+    let broker = Mosquitto::start();
+    let (api, ckey, buyer, provider, _controller) =
+        market_env(tmp.path(), broker.port, &env, |_| {});
+    let (noon_lon, _) = noon_and_midnight();
+    let _rig = rig_env(
+        &tmp.path().join("rig"),
+        noon_lon,
+        350,
+        broker.port,
+        api,
+        &ckey,
+        &provider,
+        1,
+        0.5,
+        &env,
+        |_| {},
+    );
+    let job = submit(api, &buyer, 500, false, 1);
+    wait_for("the job done", Duration::from_secs(90), || {
+        let v = call(api, "GET", &format!("/api/v1/jobs/{job}"), &buyer, b"").json();
+        (v["state"] == "done").then_some(())
+    });
+    let trace: Vec<u8> = attest::hex::decode(&job).unwrap();
+    let want = [
+        ("heliostat-controller", "job.submit"),
+        ("heliostat-controller", "job.schedule"),
+        ("heliostat-controller", "job.dispatch"),
+        ("heliostat-controller", "job.event"),
+        ("heliostat-controller", "job.receipt"),
+        ("heliostat-controller", "job.validate"),
+        ("heliostat-controller", "job.settle"),
+        ("heliostat-agent", "job.run"),
+        ("heliostat-agent", "job.receipt"),
+    ];
+    let spans = wait_for(
+        "the job's spans from both processes",
+        Duration::from_secs(30),
+        || {
+            let spans: Vec<_> = otlp
+                .spans()
+                .into_iter()
+                .filter(|s| s.trace_id == trace)
+                .collect();
+            want.iter()
+                .all(|(svc, name)| spans.iter().any(|s| s.service == *svc && s.name == *name))
+                .then_some(spans)
+        },
+    );
+    // Every span of the trace hangs from the job's root or from another span of the trace.
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&trace);
+    let root = heliostat_telemetry::job_root_span(&id).to_bytes().to_vec();
+    for s in &spans {
+        assert!(
+            s.parent_span_id == root || spans.iter().any(|p| p.span_id == s.parent_span_id),
+            "{s:?} hangs from nothing in the trace"
+        );
+        assert!(
+            s.attributes.iter().any(|(k, v)| k == "job" && *v == job),
+            "{s:?} does not name the job"
+        );
+    }
+    // The agent's receipt is a child of its run.
+    let run = spans
+        .iter()
+        .find(|s| s.service == "heliostat-agent" && s.name == "job.run")
+        .unwrap();
+    let receipt = spans
+        .iter()
+        .find(|s| s.service == "heliostat-agent" && s.name == "job.receipt")
+        .unwrap();
+    assert_eq!(receipt.parent_span_id, run.span_id);
+    assert!(
+        run.attributes
+            .iter()
+            .any(|(k, v)| k == "outcome" && v.contains("Completed")),
+        "{run:?}"
+    );
+    // Ingest and anchoring are traced too (not in the job's trace).
+    let all = otlp.spans();
+    assert!(
+        all.iter()
+            .any(|s| s.name == "ingest.batch" && s.service == "heliostat-controller")
+    );
+    assert!(all.iter().any(|s| s.name == "anchor.epoch"));
 }

@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod collector;
+pub mod otlp;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -51,6 +51,9 @@ pub(super) struct Jobs {
     /// How jobs run in a worker process (`jobs.isolate`), or why they cannot (every job is
     /// then refused with the reason: a buyer's code never runs as root).
     worker: Option<Result<crate::jobs::worker::WorkerCommand, String>>,
+    /// Each job's `job.run` span, from its `RunJob` to its receipt, in the job's trace
+    /// (`heliostat_telemetry::job_context`): exported when it ends, if spans are.
+    run_spans: std::collections::HashMap<JobId, tracing::Span>,
 }
 
 impl Jobs {
@@ -108,6 +111,7 @@ impl Jobs {
             simulated,
             prepared_tx,
             prepared_rx,
+            run_spans: std::collections::HashMap::new(),
         }
     }
 
@@ -200,6 +204,14 @@ impl Agent {
         if let attest::msg::JobOutcome::Refused(why) = &order.outcome {
             tracing::warn!(job = %order.job, reason = %why, "job refused");
         }
+        let run = self.jobs.run_spans.remove(&order.job).unwrap_or_else(|| {
+            let span =
+                tracing::info_span!("job.run", job = %order.job, outcome = tracing::field::Empty);
+            heliostat_telemetry::in_job(&span, &order.job.0);
+            span
+        });
+        run.record("outcome", tracing::field::debug(&order.outcome));
+        let _receipt = tracing::info_span!(parent: &run, "job.receipt", job = %order.job).entered();
         self.force_record(now);
         let end_counters = self.meter.snapshot(&crate::jobs::RECEIPT_KINDS);
         let start_counters = if order.start_counters.is_empty() {
@@ -255,6 +267,9 @@ impl Agent {
 
     /// A verified `RunJob`: refused at once, or marked and prepared on a thread of its own.
     pub(super) fn start_job(&mut self, spec: JobSpec, now: u64) {
+        let span = tracing::info_span!("job.run", job = %spec.id, outcome = tracing::field::Empty);
+        heliostat_telemetry::in_job(&span, &spec.id.0);
+        self.jobs.run_spans.insert(spec.id, span);
         let marker = match self.jobs.desk.run_job(&spec, now) {
             Intake::Prepare(m) => m,
             Intake::Refuse(refusal) => return self.store_receipt(refusal, now),

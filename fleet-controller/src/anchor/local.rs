@@ -16,6 +16,7 @@ pub fn close_epoch<S: Store + LedgerStore + CertificateStore>(
     key: &KeyPair,
     now_ms: u64,
 ) -> Result<Option<EpochRow>, StoreError> {
+    let _span = tracing::info_span!("anchor.epoch").entered();
     let items = store.unplaced()?;
     // The ledger's transactions since the last epoch, signed now: leaves after the chain
     // messages, so that a statement of account verifies offline.

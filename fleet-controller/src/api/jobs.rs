@@ -144,6 +144,11 @@ pub(crate) async fn submit(
         let now = crate::runtime::now_ms();
         let order = validate(req, now, &owned)?;
         let id = new_job_id().map_err(|e| AppError::Internal(format!("random source: {e}")))?;
+        let _span = crate::jobs::traced(
+            tracing::info_span!("job.submit", job = %id, account = owner.0),
+            id,
+        )
+        .entered();
         // Its price ceiling over its run time, held from the buyer's wallet with the job
         // (402 `insufficient_credits` when it cannot be, nothing stored).
         let run_ms = match order.job_spec(id).limits.max_duration_ms {

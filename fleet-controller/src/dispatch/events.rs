@@ -83,6 +83,11 @@ impl Dispatcher {
             }
             _ => return Ok(EventEffect::Ignored),
         };
+        let _span = crate::jobs::traced(
+            tracing::info_span!("job.event", job = %job, device = %device, state = want.as_ref().map(|w| w.0.as_str())),
+            job,
+        )
+        .entered();
         let Some(rec) = store.job(job)? else {
             return Ok(EventEffect::Ignored);
         };

@@ -284,6 +284,11 @@ impl Dispatcher {
                     self.known.remove(&p.job);
                     return Ok(());
                 };
+                let _span = crate::jobs::traced(
+                    tracing::info_span!("job.schedule", job = %p.job, device = %p.device),
+                    p.job,
+                )
+                .entered();
                 // Never again where it came back wrong, nor where the reputation is too
                 // low for any work.
                 if self
@@ -308,7 +313,13 @@ impl Dispatcher {
                 }
                 let nonce = self.next_nonce(now);
                 let spec = job.order.job_spec(job.id);
-                out.push(self.signed(p.device, CommandBody::RunJob(spec), now, nonce));
+                let dispatch = crate::jobs::traced(
+                    tracing::info_span!("job.dispatch", job = %job.id, device = %p.device, nonce),
+                    job.id,
+                );
+                dispatch.in_scope(|| {
+                    out.push(self.signed(p.device, CommandBody::RunJob(spec), now, nonce));
+                });
                 store.put_job_lease(
                     job.id,
                     &JobLease {
@@ -376,6 +387,11 @@ impl Dispatcher {
         if self.probe_receipt(store, job, lease.device, r, now)? {
             return Ok(());
         }
+        let _span = crate::jobs::traced(
+            tracing::info_span!("job.receipt", job = %job.id, device = %lease.device, outcome = ?r.outcome),
+            job.id,
+        )
+        .entered();
         let at = format!("receipt seq {} from {}", r.link.seq, lease.device);
         let mut state = job.state;
         // A receipt ends a job that is running: one still `scheduled` or `paused` (its

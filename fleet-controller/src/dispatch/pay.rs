@@ -20,6 +20,11 @@ impl Dispatcher {
             .and_then(|d| Envelope::decode(&d.hello).ok()?.open::<Hello>().ok())
             .map_or(0, |h| h.price_micro_per_gpu_hour);
         let ran_ms = r.ended.0.saturating_sub(r.started.0);
+        let _span = crate::jobs::traced(
+            tracing::info_span!("job.settle", job = %r.job, device = %device, ran_ms, price_micro_per_hour = price_per_hour),
+            r.job,
+        )
+        .entered();
         Ok(crate::ledger::Payout {
             provider: store.device_provider(device)?,
             price: crate::ledger::price_of(price_per_hour, ran_ms),

@@ -128,6 +128,11 @@ impl Dispatcher {
             let Some(lease) = store.job_lease(job.id)? else {
                 continue;
             };
+            let _span = crate::jobs::traced(
+                tracing::info_span!("job.validate", job = %job.id, device = %lease.device),
+                job.id,
+            )
+            .entered();
             let outputs = store.job_outputs(job.id)?;
             if outputs.len() < job.order.output_sizes().len() {
                 let grace = self.cfg.progress_grace_ms;

@@ -282,6 +282,11 @@ impl<S: Store> Ingest<S> {
         prepared: Prepared,
         now: u64,
     ) -> Result<Vec<Outgoing>, StoreError> {
+        let _span = tracing::info_span!(
+            "ingest.batch",
+            messages = prepared.checked.len() + prepared.unchecked.len() + prepared.hellos.len()
+        )
+        .entered();
         let Prepared {
             hellos,
             early,

@@ -234,6 +234,13 @@ impl JobOrder {
     }
 }
 
+/// `span`, made a span of job `id`'s trace (one trace per job across the controller and
+/// its device: `heliostat_telemetry::job_context`).
+pub fn traced(span: tracing::Span, id: JobId) -> tracing::Span {
+    heliostat_telemetry::in_job(&span, &id.0);
+    span
+}
+
 /// A new job id: 16 bytes from the operating system's random source (ids are not
 /// guessable, so a job's existence does not leak through them).
 pub fn new_job_id() -> Result<JobId, getrandom::Error> {
