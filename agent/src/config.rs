@@ -39,6 +39,9 @@ pub struct AgentConfig {
     /// where the agent was installed by hand): reported with the agent's version.
     #[serde(default = "default_image_release")]
     pub image_release_file: PathBuf,
+    /// Home Assistant MQTT discovery on the owner's broker (off when absent).
+    #[serde(default)]
+    pub home_assistant: Option<crate::home_assistant::HomeAssistantConfig>,
 }
 
 /// `[jobs]`: running compute jobs inside the power budget.
@@ -397,6 +400,7 @@ impl AgentConfig {
             sources,
             jobs: JobsConfig::default(),
             image_release_file: default_image_release(),
+            home_assistant: None,
         }
     }
 
@@ -462,6 +466,11 @@ impl AgentConfig {
                 "site.battery_reserve_wh",
                 "must not exceed site.battery_wh".into(),
             );
+        }
+        if let Some(ha) = &self.home_assistant
+            && let Err(reason) = ha.validate()
+        {
+            return bad("home_assistant", reason);
         }
         let j = &self.jobs;
         if !(j.power_w > 0.0 && j.power_w.is_finite()) {

@@ -28,6 +28,7 @@ pub mod config;
 pub mod config_error;
 pub mod governor;
 pub mod hardware;
+pub mod home_assistant;
 pub mod identity;
 pub mod inbox;
 pub mod jobs;

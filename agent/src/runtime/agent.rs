@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result};
 use attest::live::{DeviceStatus, Online};
-use attest::msg::{ChannelInfo, CommandBody, Hardware, Hello, RestartReason, Site};
+use attest::msg::{ChannelInfo, CommandBody, Hardware, Hello, MeterRecord, RestartReason, Site};
 use attest::{Envelope, KeyPair, SeqNo, TimestampMs};
 use rumqttc::{AsyncClient, QoS};
 
@@ -52,6 +52,8 @@ pub struct Agent {
     /// is also retained, so a controller that subscribes later gets it from the broker; the
     /// repeat covers brokers that lost it (a restart without persistence).
     hello_due: Option<u64>,
+    /// The last record stored in the outbox (what Home Assistant is shown).
+    pub(super) last_record: Option<MeterRecord>,
 }
 
 impl Agent {
@@ -192,6 +194,7 @@ impl Agent {
             last_record_slot: 0,
             inbox,
             hello_due: None,
+            last_record: None,
             jobs,
         };
         agent.close_interrupted_job(now);
@@ -291,6 +294,7 @@ impl Agent {
                     tracing::info!("outbox accepts records again");
                 }
                 self.status.last_record = serde_json::to_value(&rec).ok();
+                self.last_record = Some(rec);
             }
             Err(e) => {
                 let why = match &e {

@@ -56,6 +56,16 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
         agent.key.device_id(),
         agent.status.version
     ));
+    // Home Assistant discovery on the owner's broker: fed each record once it is stored.
+    let (ha_tx, ha_rx) = tokio::sync::watch::channel(None);
+    if let Some(ha) = agent.cfg.home_assistant.clone() {
+        let dev = crate::home_assistant::DeviceInfo {
+            id: agent.key.device_id(),
+            board: agent.offer.board.clone(),
+            version: agent.status.version.clone(),
+        };
+        tokio::spawn(crate::home_assistant::run(ha, dev, ha_rx));
+    }
     let opts = mqtt::options(&agent.cfg, &agent.key.device_id(), &agent.topics)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
     let (tx, mut rx) = mpsc::channel::<LinkEvent>(1024);
@@ -96,6 +106,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
                 service.tick(now);
                 if agent.tick_meter(now) {
                     agent.publish_status(&client);
+                    if agent.cfg.home_assistant.is_some() {
+                        let _ = ha_tx.send(agent.last_record.clone());
+                    }
                 }
                 agent.publish_jobs(&client, now);
             }
