@@ -58,7 +58,8 @@ fn start_demo(dir: &std::path::Path) -> (Demo, Started) {
         key: String::new(),
     };
     let mut seen = Vec::new();
-    for line in out.lines() {
+    let mut lines = out.lines();
+    for line in lines.by_ref() {
         let line = line.expect("the demo's output");
         let t = line.trim();
         if let Some(u) = t.strip_prefix("web console") {
@@ -74,6 +75,8 @@ fn start_demo(dir: &std::path::Path) -> (Demo, Started) {
             break;
         }
     }
+    // The demo prints a status line every 10 s: keep reading, or it dies of a broken pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     assert!(
         started.url.starts_with("http://127.0.0.1:")
             && started.logins.len() == 2

@@ -61,7 +61,8 @@ fn prometheus_scrapes_the_controller_and_answers_with_its_numbers() {
     let out = BufReader::new(demo.stdout.take().unwrap());
     let _demo = Killed(demo);
     let mut target = None;
-    for line in out.lines() {
+    let mut lines = out.lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(u) = line.trim().strip_prefix("web console") {
             target = Some(
@@ -73,6 +74,8 @@ fn prometheus_scrapes_the_controller_and_answers_with_its_numbers() {
             break;
         }
     }
+    // The demo prints a status line every 10 s: keep reading, or it dies of a broken pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     let target = target.expect("the demo printed its address");
 
     // The README's scrape configuration, with this test's target and a fast interval.

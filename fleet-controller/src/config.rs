@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod alerts;
 mod console;
 mod market;
 
@@ -37,6 +38,9 @@ pub struct ControllerConfig {
     /// The web console.
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Alert rules and their webhook.
+    #[serde(default)]
+    pub alerts: alerts::AlertsConfig,
     /// The market: scheduling and dispatch of submitted jobs.
     #[serde(default)]
     pub market: MarketConfig,
@@ -413,6 +417,7 @@ impl ControllerConfig {
             accounting: AccountingConfig::default(),
             api: ApiConfig::default(),
             console: ConsoleConfig::default(),
+            alerts: alerts::AlertsConfig::default(),
             market: MarketConfig::default(),
             settlement: None,
         }
@@ -443,6 +448,9 @@ impl ControllerConfig {
 
     /// The rules between keys.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.alerts
+            .validate()
+            .map_err(|e| anyhow::anyhow!("config key `{e}"))?;
         for id in &self.enrollment.approved {
             attest::DeviceId::parse(id)
                 .map_err(|e| anyhow::anyhow!("config key `enrollment.approved`: {id}: {e}"))?;

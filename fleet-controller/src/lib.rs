@@ -31,6 +31,7 @@
 
 pub mod accounting;
 pub mod accounts;
+pub mod alerts;
 pub mod anchor;
 pub mod api;
 pub mod bundles;

@@ -224,6 +224,13 @@ pub async fn run_with_api_listener(
             stop_rx.clone(),
         )?);
     }
+    if cfg.alerts.enabled {
+        parts.push(crate::alerts::spawn(
+            cfg.alerts.clone(),
+            cfg.db_path(),
+            stop_rx.clone(),
+        )?);
+    }
     if let Some(s) = cfg.settlement.clone() {
         let evm = cfg
             .epochs
@@ -244,7 +251,10 @@ pub async fn run_with_api_listener(
             settlement_contract: cfg.settlement.as_ref().map(|s| s.contract.clone()),
             settlement_min_micro: cfg.settlement.as_ref().map(|s| s.min_micro),
             spot_check_ppm: cfg.market.spot_check_ppm,
-            console: std::sync::Arc::new(crate::console::Console::new(&cfg.console)),
+            console: std::sync::Arc::new(
+                crate::console::Console::new(&cfg.console)
+                    .with_alert_rules(cfg.alerts.rules.iter().map(|r| r.name.clone()).collect()),
+            ),
             ..crate::api::ApiState::new(
                 std::sync::Arc::new(crate::store::pool::SqlitePool::new(cfg.db_path())),
                 cfg.data_dir.join("status.json"),

@@ -1765,3 +1765,137 @@ fn one_trace_spans_a_jobs_life_across_the_controller_and_its_agent_over_otlp() {
     );
     assert!(all.iter().any(|s| s.name == "anchor.epoch"));
 }
+
+/// Alerts through the real parts: a rig whose battery sits below the rule's level fires
+/// `battery low` after the rule's delay; the webhook is down at first, so the firing waits
+/// and is delivered once the receiver is back; a silence keeps the rig's `device offline`
+/// (it is killed) from being sent, though it is recorded.
+#[test]
+fn a_low_battery_alert_reaches_the_webhook_once_it_is_back_and_a_silenced_one_never_does() {
+    use fleet_controller::config::alerts::{AlertKind, AlertRule};
+    let sink = hil_tests::sink::HttpSink::start();
+    sink.answer("503 Service Unavailable");
+    let tmp = TempDir::new("alerts-e2e");
+    let broker = Mosquitto::start();
+    let webhook = sink.url("/hook");
+    let (api, ckey, _buyer, provider, _controller, operator) =
+        market_ops(tmp.path(), broker.port, |c| {
+            c.alerts.every_ms = 200;
+            c.alerts.webhook_url = Some(webhook.clone());
+            c.alerts.rules = vec![
+                AlertRule {
+                    name: "battery low".into(),
+                    kind: AlertKind::LowBattery,
+                    threshold: 0.4,
+                    clear: Some(0.5),
+                    for_s: 1,
+                },
+                AlertRule {
+                    name: "device offline".into(),
+                    kind: AlertKind::Offline,
+                    threshold: 3.0,
+                    clear: Some(1.0),
+                    for_s: 0,
+                },
+            ];
+        });
+    let (_, night_lon) = noon_and_midnight();
+    let mut rig = rig(
+        &tmp.path().join("rig"),
+        night_lon,
+        0,
+        broker.port,
+        api,
+        &ckey,
+        &provider,
+        4,
+        0.3,
+    );
+    let device = rig_key(&tmp.path().join("rig"));
+    let alerts = || call(api, "GET", "/api/v1/alerts", &operator, b"").json();
+    // Fired (after its second of delay), tried, not taken.
+    let fired = wait_for(
+        "the battery alert tried at the webhook",
+        Duration::from_secs(60),
+        || {
+            let v = alerts();
+            v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| {
+                    e["rule"] == "battery low"
+                        && e["status"] == "firing"
+                        && e["attempts"].as_u64() >= Some(1)
+                })
+                .cloned()
+        },
+    );
+    assert_eq!(fired["subject"], format!("device:{device}"));
+    assert!(fired["delivered_ms"].is_null(), "{fired}");
+    assert!(fired["value"].as_f64().unwrap() <= 0.4, "{fired}");
+    assert!(sink.received().is_empty());
+    assert!(
+        alerts()["states"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["rule"] == "battery low" && s["state"] == "firing")
+    );
+    // The receiver is back: delivered once, with its id.
+    sink.answer("200 OK");
+    let got = wait_for("the webhook's delivery", Duration::from_secs(30), || {
+        let r = sink.received();
+        (!r.is_empty()).then_some(r)
+    });
+    let body: serde_json::Value = serde_json::from_slice(&got[0].1).unwrap();
+    assert_eq!(got[0].0, "/hook");
+    assert_eq!(
+        (
+            body["status"].as_str(),
+            body["rule"].as_str(),
+            body["kind"].as_str()
+        ),
+        (Some("firing"), Some("battery low"), Some("low_battery"))
+    );
+    assert_eq!(body["id"], fired["id"]);
+    // Silence the rig's offline alert, then kill it: recorded as silenced, never sent.
+    let silence = serde_json::json!({"rule": "device offline", "subject": format!("device:{device}"), "hours": 1, "reason": "moving the rig"});
+    let r = call(
+        api,
+        "POST",
+        "/api/v1/alerts/silences",
+        &operator,
+        silence.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    rig.kill9();
+    wait_for(
+        "the silenced offline alert",
+        Duration::from_secs(30),
+        || {
+            alerts()["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| {
+                    e["rule"] == "device offline"
+                        && e["status"] == "firing"
+                        && e["silenced"] == true
+                })
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let sent: Vec<serde_json::Value> = sink
+        .received()
+        .iter()
+        .map(|(_, b)| serde_json::from_slice(b).unwrap())
+        .collect();
+    assert!(
+        sent.iter().all(|e| e["rule"] != "device offline"),
+        "{sent:?}"
+    );
+    // A buyer's token cannot read alerts.
+    assert_eq!(call(api, "GET", "/api/v1/alerts", &_buyer, b"").status, 403);
+}

@@ -3,7 +3,6 @@
 //! definitions (`opentelemetry-proto`) and keeps the spans, with the `service.name` of the
 //! resource that sent them.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
@@ -73,55 +72,19 @@ impl OtlpReceiver {
 }
 
 fn serve(conn: TcpStream, spans: &Mutex<Vec<ReceivedSpan>>, requests: &Mutex<u64>) {
-    let mut out = conn.try_clone().expect("a second handle on the connection");
-    let mut r = BufReader::new(conn);
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
+    crate::sink::serve_requests(conn, |path, body| {
+        if path != "/v1/traces" {
+            return "404 Not Found";
         }
-        let path = line
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_default()
-            .to_string();
-        let mut len = 0usize;
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
+        match ExportTraceServiceRequest::decode(body) {
+            Ok(req) => {
+                *requests.lock().unwrap() += 1;
+                spans.lock().unwrap().extend(flatten(req));
+                "200 OK"
             }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                len = v.trim().parse().unwrap_or(0);
-            }
+            Err(_) => "400 Bad Request",
         }
-        let mut body = vec![0u8; len];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
-        let status = if path == "/v1/traces" {
-            match ExportTraceServiceRequest::decode(&body[..]) {
-                Ok(req) => {
-                    *requests.lock().unwrap() += 1;
-                    spans.lock().unwrap().extend(flatten(req));
-                    "200 OK"
-                }
-                Err(_) => "400 Bad Request",
-            }
-        } else {
-            "404 Not Found"
-        };
-        let _ = write!(
-            out,
-            "HTTP/1.1 {status}\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n"
-        );
-    }
+    });
 }
 
 fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {

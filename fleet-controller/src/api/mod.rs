@@ -37,8 +37,10 @@
 //! | `POST /api/v1/accounts/{id}/tokens` | operate | another token for an account |
 //! | `POST /api/v1/tokens/{id}/revoke` | operate | revoke a token |
 //! | `POST /api/v1/devices/{id}/approve`, `/revoke` | operate | a device's state |
+//! | `GET /api/v1/alerts`, `POST /api/v1/alerts/silences[/{id}/end]` | operate | alerts and silences (`alerts.rs`) |
 
 pub(crate) mod admin;
+pub(crate) mod alerts;
 mod auth;
 pub(crate) mod blobs;
 mod certificates;
@@ -456,6 +458,12 @@ pub fn app(state: ApiState) -> Router {
             get(blobs::get).put(blobs::put).delete(blobs::delete),
         )
         .route("/api/v1/market", get(market))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/silences", post(alerts::silence))
+        .route(
+            "/api/v1/alerts/silences/{id}/end",
+            post(alerts::end_silence),
+        )
         .route("/api/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/api/v1/jobs/{id}", get(jobs::show))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))

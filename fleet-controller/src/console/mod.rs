@@ -10,7 +10,7 @@
 //! | `GET /login`, `POST /login`, `POST /logout` | a session (`session.rs`) |
 //! | `GET /` | the fleet: every device, live power, battery, renewable share today, job (`fleet.rs`) |
 //! | `GET /events/fleet` | the fleet table's live cells (server-sent events) |
-//! | `GET /devices/{id}` | power by channel, state of charge, daily energy, chain, reputation |
+//! | `GET /devices/{id}` | power by channel, state of charge, daily energy, chain, reputation (`device.rs`) |
 //! | `GET /devices/{id}/power.csv` | the power history behind the chart |
 //! | `POST /devices/{id}/approve`, `/revoke` | (operators) a device's state |
 //! | `GET /market` | offers, filtered and sorted (`market.rs`) |
@@ -20,9 +20,12 @@
 //! | `GET /jobs/{id}/outputs/{index}` | an output's bytes |
 //! | `GET /evidence` | epochs, roots, local and on-chain anchors (`market.rs`) |
 //! | `GET /ledger` | the viewer's balance, escrow and history (`market.rs`) |
+//! | `GET /alerts`, `POST /alerts/silences[/{id}/end]` | (operators) alerts, their delivery, silences (`alerts.rs`) |
 //! | `GET /verify` | (public) verify a proof bundle in the browser, in WebAssembly (`verify.rs`) |
 
+mod alerts;
 mod charts;
+mod device;
 mod fleet;
 mod jobs;
 mod market;
@@ -57,6 +60,8 @@ pub struct Console {
     pub secure_cookies: bool,
     /// Largest file the job form takes.
     pub max_upload_bytes: usize,
+    /// The alert rules' names (for the silence form).
+    pub alert_rules: Vec<String>,
     logins: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -69,8 +74,15 @@ impl Console {
             session_hours: cfg.session_hours.max(1),
             secure_cookies: cfg.secure_cookies,
             max_upload_bytes: cfg.max_upload_bytes,
+            alert_rules: Vec::new(),
             logins: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The console, its silence form offering `rules`.
+    pub fn with_alert_rules(mut self, rules: Vec<String>) -> Console {
+        self.alert_rules = rules;
+        self
     }
 
     /// Counts a login attempt by outcome (`ok`, `refused`, `limited`).
@@ -201,8 +213,8 @@ pub fn routes(max_upload: usize) -> Router<ApiState> {
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
         .route("/events/fleet", get(fleet::fleet_events))
-        .route("/devices/{id}", get(fleet::device))
-        .route("/devices/{id}/power.csv", get(fleet::power_csv))
+        .route("/devices/{id}", get(device::device))
+        .route("/devices/{id}/power.csv", get(device::power_csv))
         .route("/devices/{id}/approve", post(fleet::approve))
         .route("/devices/{id}/revoke", post(fleet::revoke))
         .route("/market", get(market::market))
@@ -215,6 +227,9 @@ pub fn routes(max_upload: usize) -> Router<ApiState> {
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/jobs/{id}/outputs/{index}", get(jobs::output))
         .route("/evidence", get(market::evidence))
+        .route("/alerts", get(alerts::alerts))
+        .route("/alerts/silences", post(alerts::silence))
+        .route("/alerts/silences/{id}/end", post(alerts::end_silence))
         .route("/ledger", get(market::ledger))
         .route("/console/console.css", get(css))
         .route("/console/console.js", get(js))

@@ -19,6 +19,8 @@ pub enum Nav {
     Evidence,
     /// Balances and history.
     Ledger,
+    /// Alerts (operators).
+    Alerts,
 }
 
 const SECTIONS: [(Nav, &str, &str); 5] = [
@@ -69,7 +71,7 @@ pub fn page(title: &str, viewer: &Viewer, active: Nav, body: Markup) -> Markup {
                     a.brand href="/" { "☀ Heliostat" }
                     nav aria-label="Sections" {
                         ul {
-                            @for (nav, href, label) in SECTIONS {
+                            @for (nav, href, label) in SECTIONS.iter().copied().chain(viewer.operator().then_some((Nav::Alerts, "/alerts", "Alerts"))) {
                                 li {
                                     @if nav == active {
                                         a href=(href) aria-current="page" { (label) }

@@ -269,6 +269,23 @@ async fn operators_act_on_devices_buyers_do_not_and_nobody_sees_anothers_job() {
         send(&s, get(&format!("/jobs/{}", "ab".repeat(16)), Some(&alice))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(page.contains("No such job"));
+    // Alerts are the operators': a buyer gets the API's 403, an operator the page and the
+    // silence form.
+    let (status, _, _) = send(&s, get("/alerts", Some(&alice))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let olga = login(&s, "olga", &PASSWORD.replace(' ', "+"))
+        .await
+        .unwrap();
+    let (status, _, page) = send(&s, get("/alerts", Some(&olga))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("All clear.") && page.contains(r#"<label for="silence-reason">"#),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"href="/alerts""#),
+        "the operator's navigation names alerts"
+    );
     // The fleet page and the evidence page render for an empty fleet.
     for path in ["/", "/evidence", "/market", "/ledger"] {
         let (status, _, page) = send(&s, get(path, Some(&alice))).await;

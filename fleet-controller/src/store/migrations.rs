@@ -299,6 +299,46 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         expires_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX console_sessions_expiry ON console_sessions (expires_ms);",
+    // 18: alerts: each rule's state per subject (a device, a job) while it is pending or
+    // firing, every firing and resolution (the webhook's outbox and the history), and
+    // silences.
+    "CREATE TABLE alert_states (
+        rule TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'firing')),
+        value REAL NOT NULL,
+        since_ms INTEGER NOT NULL,
+        PRIMARY KEY (rule, subject)
+    ) WITHOUT ROWID;
+    CREATE TABLE alert_events (
+        id INTEGER PRIMARY KEY,
+        rule TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('firing', 'resolved')),
+        value REAL NOT NULL,
+        threshold REAL NOT NULL,
+        detail TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        silenced INTEGER NOT NULL,
+        delivered_ms INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    );
+    CREATE INDEX alert_events_undelivered ON alert_events (delivered_ms, silenced);
+    CREATE TABLE alert_silences (
+        id INTEGER PRIMARY KEY,
+        rule TEXT,
+        subject TEXT,
+        until_ms INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        account INTEGER,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE alert_marks (
+        name TEXT PRIMARY KEY,
+        at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this code writes.

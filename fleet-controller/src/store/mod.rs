@@ -16,6 +16,7 @@
 //! state history, the blobs they name). [`sqlite`] implements them all.
 
 pub mod accounts;
+pub mod alerts;
 pub mod blobs;
 pub mod certificates;
 pub mod console;

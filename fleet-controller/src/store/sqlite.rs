@@ -4,6 +4,7 @@
 //! `sqlite/jobs.rs`.
 
 mod accounts;
+mod alerts;
 mod blobs;
 mod certificates;
 mod console;
