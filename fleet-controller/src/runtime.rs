@@ -122,6 +122,13 @@ pub async fn run_with_api_listener(
         .name("ingest-sig".into())
         .spawn(move || {
             let mut keys: HashMap<DeviceId, PublicKey> = HashMap::new();
+            // OpenTelemetry (a no-op unless OTEL_* exports): decoding and signature
+            // checking time per batch.
+            let verify_time = heliostat_telemetry::meter()
+                .f64_histogram("heliostat.ingest.verify.duration")
+                .with_unit("s")
+                .with_description("Decoding and signature checking of one ingest batch")
+                .build();
             loop {
                 let first = match in_rx.recv_timeout(Duration::from_millis(1_000)) {
                     Recv::Message(m) => m,
@@ -142,6 +149,7 @@ pub async fn run_with_api_listener(
                         Recv::Timeout | Recv::Closed => break,
                     }
                 }
+                let started = Instant::now();
                 let prepared = prepare(&batch, |id| {
                     if let Some(k) = keys.get(&id) {
                         return Some(*k);
@@ -150,6 +158,7 @@ pub async fn run_with_api_listener(
                     keys.insert(id, k);
                     Some(k)
                 });
+                verify_time.record(started.elapsed().as_secs_f64(), &[]);
                 if prep_tx.send((prepared, in_rx.shed())).is_err() {
                     return;
                 }
@@ -157,6 +166,16 @@ pub async fn run_with_api_listener(
         })?;
     let ingest_thread = std::thread::Builder::new().name("ingest".into()).spawn(move || {
         let mut next_epoch = now_ms() + epoch_every;
+        let meter = heliostat_telemetry::meter();
+        let stored_total = meter
+            .u64_counter("heliostat.ingest.stored")
+            .with_description("Chain messages stored")
+            .build();
+        let rejected_total = meter
+            .u64_counter("heliostat.ingest.rejected")
+            .with_description("Messages rejected, by reason")
+            .build();
+        let (mut stored_before, mut rejected_before) = (0u64, HashMap::<String, u64>::new());
         loop {
             // Wake for the epoch timer even when no message comes.
             let wait_ms = next_epoch.saturating_sub(now_ms()).clamp(1, 1_000);
@@ -185,6 +204,15 @@ pub async fn run_with_api_listener(
                 }
                 // Nothing of the batch was acknowledged; the agents send it again.
                 Err(e) => tracing::error!(error = %e, messages, "storing a batch failed"),
+            }
+            stored_total.add(ingest.stored - stored_before, &[]);
+            stored_before = ingest.stored;
+            for (reason, n) in &ingest.rejected {
+                let before = rejected_before.entry(reason.to_string()).or_default();
+                if *n > *before {
+                    rejected_total.add(*n - *before, &[heliostat_telemetry::Attribute::new("reason", reason.to_string())]);
+                    *before = *n;
+                }
             }
             let status = IngestStatus {
                 stored: ingest.stored,

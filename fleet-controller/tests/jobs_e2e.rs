@@ -1677,6 +1677,7 @@ fn one_trace_spans_a_jobs_life_across_the_controller_and_its_agent_over_otlp() {
     let env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
     ];
     let tmp = TempDir::new("otlp-e2e");
     let broker = Mosquitto::start();
@@ -1756,6 +1757,35 @@ fn one_trace_spans_a_jobs_life_across_the_controller_and_its_agent_over_otlp() {
             .iter()
             .any(|(k, v)| k == "outcome" && v.contains("Completed")),
         "{run:?}"
+    );
+    // Metrics the same way: the controller's ingest counter and verify time, the agent's
+    // outbox depth and power by source.
+    let points = wait_for(
+        "metrics from both processes",
+        Duration::from_secs(30),
+        || {
+            let p = otlp.points();
+            let has = |svc: &str, name: &str| p.iter().any(|x| x.service == svc && x.name == name);
+            (has("heliostat-controller", "heliostat.ingest.stored")
+                && has("heliostat-controller", "heliostat.ingest.verify.duration")
+                && has("heliostat-agent", "heliostat.agent.outbox.depth")
+                && has("heliostat-agent", "heliostat.agent.power"))
+            .then_some(p)
+        },
+    );
+    let stored = points
+        .iter()
+        .filter(|p| p.name == "heliostat.ingest.stored")
+        .map(|p| p.value)
+        .fold(0.0, f64::max);
+    assert!(stored >= 3.0, "{stored}");
+    assert!(
+        points.iter().any(|p| p.name == "heliostat.agent.power"
+            && p.attributes
+                .iter()
+                .any(|(k, v)| k == "source" && v == "solar")
+            && p.value > 0.0),
+        "no solar power point"
     );
     // Ingest and anchoring are traced too (not in the job's trace).
     let all = otlp.spans();

@@ -1,13 +1,16 @@
-//! An OTLP/HTTP trace receiver for tests: it accepts `POST /v1/traces` (protobuf, as the
-//! OpenTelemetry exporters send it), decodes each request with the official protobuf
-//! definitions (`opentelemetry-proto`) and keeps the spans, with the `service.name` of the
-//! resource that sent them.
+//! An OTLP/HTTP receiver for tests: it accepts `POST /v1/traces` and `POST /v1/metrics`
+//! (protobuf, as the OpenTelemetry exporters send them), decodes each request with the
+//! official protobuf definitions (`opentelemetry-proto`) and keeps the spans and the metric
+//! points, with the `service.name` of the resource that sent them.
 
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as Number;
 use prost::Message as _;
 
 /// One span as received.
@@ -27,10 +30,24 @@ pub struct ReceivedSpan {
     pub attributes: Vec<(String, String)>,
 }
 
+/// One metric data point as received (sums and gauges; a histogram's count).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedPoint {
+    /// The `service.name` of its resource.
+    pub service: String,
+    /// The metric's name.
+    pub name: String,
+    /// Its value.
+    pub value: f64,
+    /// Its attributes, as text.
+    pub attributes: Vec<(String, String)>,
+}
+
 /// A receiver on a free port of 127.0.0.1.
 pub struct OtlpReceiver {
     port: u16,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    points: Arc<Mutex<Vec<ReceivedPoint>>>,
     requests: Arc<Mutex<u64>>,
 }
 
@@ -40,17 +57,19 @@ impl OtlpReceiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a port for the OTLP receiver");
         let port = listener.local_addr().expect("its address").port();
         let spans = Arc::new(Mutex::new(Vec::new()));
+        let points = Arc::new(Mutex::new(Vec::new()));
         let requests = Arc::new(Mutex::new(0));
-        let (s, r) = (spans.clone(), requests.clone());
+        let (s, p, r) = (spans.clone(), points.clone(), requests.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (s, r) = (s.clone(), r.clone());
-                std::thread::spawn(move || serve(conn, &s, &r));
+                let (s, p, r) = (s.clone(), p.clone(), r.clone());
+                std::thread::spawn(move || serve(conn, &s, &p, &r));
             }
         });
         OtlpReceiver {
             port,
             spans,
+            points,
             requests,
         }
     }
@@ -65,26 +84,89 @@ impl OtlpReceiver {
         self.spans.lock().unwrap().clone()
     }
 
+    /// Every metric point received so far.
+    pub fn points(&self) -> Vec<ReceivedPoint> {
+        self.points.lock().unwrap().clone()
+    }
+
     /// Export requests received so far.
     pub fn requests(&self) -> u64 {
         *self.requests.lock().unwrap()
     }
 }
 
-fn serve(conn: TcpStream, spans: &Mutex<Vec<ReceivedSpan>>, requests: &Mutex<u64>) {
+fn serve(
+    conn: TcpStream,
+    spans: &Mutex<Vec<ReceivedSpan>>,
+    points: &Mutex<Vec<ReceivedPoint>>,
+    requests: &Mutex<u64>,
+) {
     crate::sink::serve_requests(conn, |path, body| {
-        if path != "/v1/traces" {
-            return "404 Not Found";
-        }
-        match ExportTraceServiceRequest::decode(body) {
-            Ok(req) => {
-                *requests.lock().unwrap() += 1;
-                spans.lock().unwrap().extend(flatten(req));
-                "200 OK"
-            }
-            Err(_) => "400 Bad Request",
+        let ok = match path {
+            "/v1/traces" => ExportTraceServiceRequest::decode(body)
+                .map(|req| spans.lock().unwrap().extend(flatten(req)))
+                .is_ok(),
+            "/v1/metrics" => ExportMetricsServiceRequest::decode(body)
+                .map(|req| points.lock().unwrap().extend(flatten_metrics(req)))
+                .is_ok(),
+            _ => return "404 Not Found",
+        };
+        if ok {
+            *requests.lock().unwrap() += 1;
+            "200 OK"
+        } else {
+            "400 Bad Request"
         }
     });
+}
+
+fn flatten_metrics(req: ExportMetricsServiceRequest) -> Vec<ReceivedPoint> {
+    let mut out = Vec::new();
+    for rm in req.resource_metrics {
+        let service = rm
+            .resource
+            .as_ref()
+            .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+            .map(|a| text(&a.value))
+            .unwrap_or_default();
+        for sm in rm.scope_metrics {
+            for m in sm.metrics {
+                let mut push =
+                    |value: f64, attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue]| {
+                        out.push(ReceivedPoint {
+                            service: service.clone(),
+                            name: m.name.clone(),
+                            value,
+                            attributes: attrs
+                                .iter()
+                                .map(|a| (a.key.clone(), text(&a.value)))
+                                .collect(),
+                        })
+                    };
+                let number = |v: &Option<Number>| match v {
+                    Some(Number::AsDouble(d)) => *d,
+                    Some(Number::AsInt(i)) => *i as f64,
+                    None => 0.0,
+                };
+                match &m.data {
+                    Some(Data::Sum(s)) => s
+                        .data_points
+                        .iter()
+                        .for_each(|p| push(number(&p.value), &p.attributes)),
+                    Some(Data::Gauge(g)) => g
+                        .data_points
+                        .iter()
+                        .for_each(|p| push(number(&p.value), &p.attributes)),
+                    Some(Data::Histogram(h)) => h
+                        .data_points
+                        .iter()
+                        .for_each(|p| push(p.count as f64, &p.attributes)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
 }
 
 fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {

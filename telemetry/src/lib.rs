@@ -10,6 +10,9 @@
 //! - `OTEL_SERVICE_NAME` overrides the service's name; `OTEL_EXPORTER_OTLP_HEADERS` and
 //!   `..._TIMEOUT` are read by the exporter as the specification says.
 //!
+//! Metrics go the same way (`/v1/metrics`, every `OTEL_METRIC_EXPORT_INTERVAL` ms, 60 s by
+//! default): instruments made from [`meter`] cost nothing when export is off.
+//!
 //! A collector that is down costs nothing but a logged export error: spans are batched on
 //! their own thread and dropped when its queue is full, never blocking the work.
 //!
@@ -27,6 +30,7 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, Tra
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
@@ -37,6 +41,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 #[must_use = "dropping it flushes and stops the span export"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Telemetry {
@@ -52,8 +57,20 @@ impl Drop for Telemetry {
             let _ = p.force_flush();
             let _ = p.shutdown_with_timeout(Duration::from_secs(5));
         }
+        if let Some(m) = self.meters.take() {
+            let _ = m.force_flush();
+            let _ = m.shutdown();
+        }
     }
 }
+
+/// The meter instruments are made from (a no-op one when export is off).
+pub fn meter() -> opentelemetry::metrics::Meter {
+    opentelemetry::global::meter("heliostat")
+}
+
+pub use opentelemetry::KeyValue as Attribute;
+pub use opentelemetry::metrics::{Counter, Gauge, Histogram};
 
 /// Whether the environment asks for span export.
 pub fn export_requested() -> bool {
@@ -130,34 +147,68 @@ fn install(service: &'static str, filter: Filter, export: bool) -> Telemetry {
         .with(fmt)
         .with(otel)
         .try_init();
+    let meters = provider
+        .as_ref()
+        .and_then(|_| match meter_provider(service) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "OpenTelemetry metrics export is off");
+                None
+            }
+        });
     if let Some(p) = &provider {
         opentelemetry::global::set_tracer_provider(p.clone());
         tracing::info!(service, "exporting spans over OTLP/HTTP");
     }
-    Telemetry { provider }
+    if let Some(m) = &meters {
+        opentelemetry::global::set_meter_provider(m.clone());
+    }
+    Telemetry { provider, meters }
+}
+
+fn http() -> UreqClient {
+    UreqClient(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into(),
+    )
+}
+
+fn resource(service: &'static str) -> Resource {
+    let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
+    Resource::builder()
+        .with_service_name(name)
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build()
 }
 
 fn provider(service: &'static str) -> Result<SdkTracerProvider, String> {
     use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
-    let http: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-        .with_http_client(UreqClient(http))
+        .with_http_client(http())
         .build()
         .map_err(|e| e.to_string())?;
-    let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
-    let resource = Resource::builder()
-        .with_service_name(name)
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-        .build();
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(resource)
+        .with_resource(resource(service))
+        .build())
+}
+
+fn meter_provider(service: &'static str) -> Result<SdkMeterProvider, String> {
+    use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_http_client(http())
+        .build()
+        .map_err(|e| e.to_string())?;
+    Ok(SdkMeterProvider::builder()
+        .with_periodic_exporter(exporter)
+        .with_resource(resource(service))
         .build())
 }
 

@@ -92,6 +92,22 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
             }
         }
     });
+    // OpenTelemetry metrics (no-ops unless OTEL_* exports): the outbox's depth, power by
+    // source and records made, after every record.
+    let meter = heliostat_telemetry::meter();
+    let outbox_depth = meter
+        .u64_gauge("heliostat.agent.outbox.depth")
+        .with_description("Records in the outbox not yet acknowledged")
+        .build();
+    let power = meter
+        .f64_gauge("heliostat.agent.power")
+        .with_unit("W")
+        .with_description("Mean power over the last record, by source")
+        .build();
+    let records = meter
+        .u64_counter("heliostat.agent.records")
+        .with_description("Signed meter records made")
+        .build();
     let mut sample =
         tokio::time::interval(Duration::from_millis(agent.cfg.meter.sample_interval_ms));
     sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -106,6 +122,14 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
                 service.tick(now);
                 if agent.tick_meter(now) {
                     agent.publish_status(&client);
+                    outbox_depth.record(agent.status.outbox.depth as u64, &[]);
+                    if let Some(r) = &agent.last_record {
+                        records.add(1, &[]);
+                        for c in &r.channels {
+                            let kind = serde_json::to_value(c.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+                            power.record(c.power.0 as f64 / 1000.0, &[heliostat_telemetry::Attribute::new("source", kind)]);
+                        }
+                    }
                     if agent.cfg.home_assistant.is_some() {
                         let _ = ha_tx.send(agent.last_record.clone());
                     }
