@@ -331,6 +331,24 @@ fn the_console_in_a_real_browser_logs_in_shows_the_fleet_runs_a_job_and_proves_i
     b.wait_until("the operator's fleet", Duration::from_secs(10), |b| {
         b.find("table.fleet").is_some()
     });
+    // The operator tags two devices in one bulk action and filters the fleet by the tag.
+    let boxes = b.all("table.fleet input[name=device]");
+    assert_eq!(boxes.len(), 3, "an operator selects devices");
+    b.click(&boxes[0]);
+    b.click(&boxes[1]);
+    b.type_into(&b.el("#bulk-tag"), "site-test");
+    b.click(&b.el("#bulk div.actions button"));
+    b.wait_until("the tags", Duration::from_secs(10), |b| {
+        b.all("a.tag").len() == 2
+    });
+    b.go(&format!("{}/?tag=site-test", s.url));
+    assert_eq!(b.all("table.fleet tbody tr").len(), 2);
+    assert!(
+        unlabelled(&b).is_empty(),
+        "unlabelled: {:?}",
+        unlabelled(&b)
+    );
+    b.screenshot("07-operator-tags");
     b.go(&format!("{}/jobs", s.url));
     assert!(
         !b.source().contains(&job),
@@ -338,7 +356,7 @@ fn the_console_in_a_real_browser_logs_in_shows_the_fleet_runs_a_job_and_proves_i
     );
     b.go(&format!("{}/jobs/{job}", s.url));
     assert_eq!(b.text(&b.el("main h1")), "No such job");
-    b.screenshot("07-other-account");
+    b.screenshot("08-other-account");
 
     // Pages read without JavaScript: the fleet is in the HTML the server sends.
     let page = http

@@ -279,3 +279,75 @@ pub(super) async fn set_provider(
     })
     .await
 }
+
+/// A bulk action on devices.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkBody {
+    /// The devices.
+    pub devices: Vec<String>,
+    /// `approve`, `revoke`, `tag` or `untag`.
+    pub action: String,
+    /// The tag (`tag`, `untag`).
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+/// Most devices one bulk action takes.
+pub const MAX_BULK: usize = 1_000;
+
+/// `POST /api/v1/devices/bulk` (scope `operate`): one action on many devices; how many it
+/// changed and which it could not (unknown ids).
+pub(crate) async fn bulk(
+    State(s): State<ApiState>,
+    auth: Auth,
+    ApiJson(b): ApiJson<BulkBody>,
+) -> Result<Json<Value>, AppError> {
+    use crate::store::tags::{TagStore, valid_tag};
+    let caller = auth.require(Scope::Operate)?;
+    if b.devices.is_empty() || b.devices.len() > MAX_BULK {
+        return Err(AppError::BadQuery(format!("devices: 1 to {MAX_BULK}")));
+    }
+    let ids = b
+        .devices
+        .iter()
+        .map(|d| parse_id(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tag = match (b.action.as_str(), b.tag.as_deref().map(str::trim)) {
+        ("tag" | "untag", Some(t)) if valid_tag(t) => Some(t.to_string()),
+        ("tag" | "untag", t) => {
+            return Err(AppError::BadQuery(format!(
+                "tag {t:?}: 1 to 32 of a-z 0-9 - _ ."
+            )));
+        }
+        ("approve" | "revoke", _) => None,
+        (other, _) => {
+            return Err(AppError::BadQuery(format!(
+                "action {other:?}: approve, revoke, tag or untag"
+            )));
+        }
+    };
+    blocking(move || {
+        let mut st = s.store.get()?;
+        let (changed, unknown) = match (b.action.as_str(), tag) {
+            ("tag", Some(t)) => (st.add_tag(&ids, &t)?, Vec::new()),
+            ("untag", Some(t)) => (st.remove_tag(&ids, &t)?, Vec::new()),
+            (action, _) => {
+                let state = if action == "approve" { DeviceState::Approved } else { DeviceState::Revoked };
+                let mut n = 0;
+                let mut unknown = Vec::new();
+                for id in &ids {
+                    if st.set_state(*id, state)? {
+                        n += 1;
+                    } else {
+                        unknown.push(id.to_string());
+                    }
+                }
+                (n, unknown)
+            }
+        };
+        tracing::info!(account = caller.account.0, action = %b.action, devices = ids.len(), changed, "bulk device action");
+        Ok(Json(json!({"action": b.action, "changed": changed, "unknown": unknown})))
+    })
+    .await
+}

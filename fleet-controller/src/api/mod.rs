@@ -37,6 +37,7 @@
 //! | `POST /api/v1/accounts/{id}/tokens` | operate | another token for an account |
 //! | `POST /api/v1/tokens/{id}/revoke` | operate | revoke a token |
 //! | `POST /api/v1/devices/{id}/approve`, `/revoke` | operate | a device's state |
+//! | `POST /api/v1/devices/bulk` | operate | `{devices, action: approve\|revoke\|tag\|untag, tag?}` on many devices |
 //! | `GET /api/v1/alerts`, `POST /api/v1/alerts/silences[/{id}/end]` | operate | alerts and silences (`alerts.rs`) |
 
 pub(crate) mod admin;
@@ -172,7 +173,11 @@ fn parse_id(s: &str) -> Result<DeviceId, AppError> {
     DeviceId::parse(s).map_err(|e| AppError::BadDeviceId(format!("{s}: {e}")))
 }
 
-fn device_json(store: &SqliteStore, d: &crate::store::DeviceRow) -> Result<Value, AppError> {
+fn device_json(
+    store: &SqliteStore,
+    d: &crate::store::DeviceRow,
+    tags: &std::collections::BTreeMap<DeviceId, Vec<String>>,
+) -> Result<Value, AppError> {
     let hello: Option<Hello> = Envelope::decode(&d.hello).ok().and_then(|e| e.open().ok());
     let version = hello.as_ref().map(|h| h.version_parts());
     Ok(json!({
@@ -186,16 +191,18 @@ fn device_json(store: &SqliteStore, d: &crate::store::DeviceRow) -> Result<Value
         "site": hello.as_ref().map(|h| &h.site),
         "channels": hello.as_ref().map(|h| &h.channels),
         "hardware": hello.as_ref().map(|h| &h.hardware),
+        "tags": tags.get(&d.id).cloned().unwrap_or_default(),
     }))
 }
 
 async fn devices(State(s): State<ApiState>) -> Result<Json<Value>, AppError> {
     blocking(move || {
         let store = s.store.get()?;
+        let tags = crate::store::tags::TagStore::all_tags(&*store)?;
         let list = store
             .devices()?
             .iter()
-            .map(|d| device_json(&store, d))
+            .map(|d| device_json(&store, d, &tags))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Json(Value::Array(list)))
     })
@@ -210,7 +217,8 @@ async fn device(
     blocking(move || {
         let store = s.store.get()?;
         let d = store.device(id)?.ok_or(AppError::UnknownDevice(id))?;
-        Ok(Json(device_json(&store, &d)?))
+        let tags = crate::store::tags::TagStore::all_tags(&*store)?;
+        Ok(Json(device_json(&store, &d, &tags)?))
     })
     .await
 }
@@ -419,6 +427,7 @@ pub fn app(state: ApiState) -> Router {
             get(proofs::job_bundle),
         )
         .route("/api/v1/devices/{id}/hours", get(hours))
+        .route("/api/v1/devices/bulk", post(admin::bulk))
         .route("/api/v1/devices/{id}/approve", post(admin::approve))
         .route("/api/v1/devices/{id}/revoke", post(admin::revoke))
         .route("/api/v1/devices/{id}/provider", post(admin::set_provider))

@@ -44,6 +44,7 @@ pub(super) struct Row {
     pub(super) reputation: Option<f64>,
     pub(super) job: Option<String>,
     pub(super) last_seen_ms: u64,
+    pub(super) tags: Vec<String>,
 }
 
 pub(super) fn pct(v: Option<f64>) -> String {
@@ -97,6 +98,7 @@ pub(super) fn rows(
         job_load_w: 60.0,
         ..Search::default()
     };
+    let mut tags = crate::store::tags::TagStore::all_tags(&*st)?;
     let listings: HashMap<String, Listing> =
         crate::market_view::view(&*st, &search, now, ONLINE_MS)?
             .into_iter()
@@ -142,6 +144,7 @@ pub(super) fn rows(
             runway_h: l.map(|l| l.runway_h),
             reputation: l.map(|l| l.reputation),
             job: running.remove(&d.id),
+            tags: tags.remove(&d.id).unwrap_or_default(),
             last_seen_ms: d.last_seen_ms,
             id,
         });
@@ -156,6 +159,8 @@ pub struct FleetQuery {
     q: Option<String>,
     /// Only this state (`pending`, `approved`, `revoked`) or `online`/`offline`.
     show: Option<String>,
+    /// Only devices with this tag.
+    tag: Option<String>,
     /// The column to sort by.
     sort: Option<String>,
     /// `desc` for descending.
@@ -240,6 +245,13 @@ pub async fn fleet(
                 || [&r.id, &r.region, &r.board, &r.agent]
                     .iter()
                     .any(|f| f.to_ascii_lowercase().contains(&text))
+                || r.tags.iter().any(|t| t.contains(&text))
+        })
+        .filter(|r| {
+            q.tag
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .is_none_or(|t| r.tags.iter().any(|x| x == t))
         })
         .filter(|r| match q.show.as_deref() {
             None | Some("") | Some("all") => true,
@@ -270,13 +282,17 @@ pub async fn fleet(
                     option value=(v) selected[q.show.as_deref() == Some(v)] { (l) }
                 }
             }
+            label for="tag" { "Tag" }
+            input #tag type="text" name="tag" value=(q.tag.clone().unwrap_or_default()) size="12";
             @if let Some(sort) = &q.sort { input type="hidden" name="sort" value=(sort); }
             @if let Some(dir) = &q.dir { input type="hidden" name="dir" value=(dir); }
             button type="submit" { "Filter" }
         }
+        form #bulk method="post" action="/fleet/bulk" {
         table.fleet data-live="/events/fleet" {
             caption { "Devices (" (shown.len()) " shown). Power is the mean over each device's last record; live." }
             thead { tr {
+                @if viewer.operator() { th scope="col" { span.visually-hidden { "Select" } } }
                 @for (key, label, sortable) in COLUMNS {
                     th scope="col" aria-sort=[(q.sort.as_deref() == Some(key)).then(|| if q.dir.as_deref() == Some("desc") { "descending" } else { "ascending" })] {
                         @if sortable { a href=(sort_link(&q, key)) { (label) } } @else { (label) }
@@ -286,7 +302,13 @@ pub async fn fleet(
             tbody {
                 @for r in &shown {
                     tr data-device=(r.id) {
-                        td { a href={"/devices/" (r.id)} { code { (r.id) } } br; small { (r.board) " · " (r.agent) } }
+                        @if viewer.operator() {
+                            td { input type="checkbox" name="device" value=(r.id) aria-label={"Select " (r.id)}; }
+                        }
+                        td {
+                            a href={"/devices/" (r.id)} { code { (r.id) } } br; small { (r.board) " · " (r.agent) }
+                            @for t in &r.tags { " " a.tag href={"/?tag=" (super::url_encode(t))} { (t) } }
+                        }
                         td { span class={"state " (r.state)} { (r.state) } }
                         @for (col, text) in r.cells(now).into_iter().take(1) {
                             td data-col=(col) class=(if r.online { "online" } else { "offline" }) { (text) }
@@ -298,6 +320,22 @@ pub async fn fleet(
                     }
                 }
             }
+        }
+        @if viewer.operator() && !shown.is_empty() {
+            div.actions {
+                input type="hidden" name="csrf" value=(viewer.csrf);
+                label for="bulk-action" { "With the selected devices" }
+                select #bulk-action name="action" {
+                    option value="tag" { "add the tag" }
+                    option value="untag" { "remove the tag" }
+                    option value="approve" { "approve" }
+                    option value="revoke" { "revoke" }
+                }
+                label for="bulk-tag" { "Tag" }
+                input #bulk-tag type="text" name="tag" size="14" placeholder="site-nairobi";
+                button type="submit" { "Apply" }
+            }
+        }
         }
         @if shown.is_empty() { p { "No device matches." } }
     };
@@ -377,4 +415,102 @@ pub async fn revoke(
     axum::Form(f): axum::Form<CsrfForm>,
 ) -> Response {
     set_state(s, viewer, headers, id, &f.csrf, false).await
+}
+
+/// Decodes an `application/x-www-form-urlencoded` body into its pairs, keeping repeated
+/// names (`device=a&device=b`), which serde's form decoding cannot.
+fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => {
+                    match std::str::from_utf8(&b[i + 1..i + 3])
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    {
+                        Some(v) => {
+                            out.push(v);
+                            i += 2;
+                        }
+                        None => out.push(b'%'),
+                    }
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// `POST /fleet/bulk` (operators): one action on the selected devices, through the API's
+/// bulk route.
+pub async fn bulk(
+    State(s): State<ApiState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let pairs = form_pairs(&body);
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if let Err(r) =
+        same_origin(&headers).and_then(|()| viewer.check_csrf(&get("csrf").unwrap_or_default()))
+    {
+        return r.into_response();
+    }
+    let devices: Vec<String> = pairs
+        .iter()
+        .filter(|(n, _)| n == "device")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if devices.is_empty() {
+        return page::problem(
+            &viewer,
+            Nav::Fleet,
+            "Nothing done",
+            "Select at least one device.",
+        )
+        .into_response();
+    }
+    let b = crate::api::admin::BulkBody {
+        devices,
+        action: get("action").unwrap_or_default(),
+        tag: get("tag").filter(|t| !t.trim().is_empty()),
+    };
+    match crate::api::admin::bulk(State(s), Auth(viewer.caller), crate::api::ApiJson(b)).await {
+        Ok(_) => Redirect::to("/").into_response(),
+        Err(e) => page::failed(&viewer, Nav::Fleet, "Nothing done", e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_form_fields_are_kept_and_decoded() {
+        let p = form_pairs(b"csrf=ab&device=hs-1&device=hs-2&tag=site+nairobi%2D3&x=%zz");
+        assert_eq!(
+            p,
+            [
+                ("csrf".to_string(), "ab".to_string()),
+                ("device".into(), "hs-1".into()),
+                ("device".into(), "hs-2".into()),
+                ("tag".into(), "site nairobi-3".into()),
+                ("x".into(), "%zz".into()),
+            ]
+        );
+    }
 }

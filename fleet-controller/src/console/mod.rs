@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `GET /login`, `POST /login`, `POST /logout` | a session (`session.rs`) |
 //! | `GET /` | the fleet: every device, live power, battery, renewable share today, job (`fleet.rs`) |
+//! | `POST /fleet/bulk` | (operators) approve, revoke, tag or untag the selected devices |
 //! | `GET /events/fleet` | the fleet table's live cells (server-sent events) |
 //! | `GET /devices/{id}` | power by channel, state of charge, daily energy, chain, reputation (`device.rs`) |
 //! | `GET /devices/{id}/power.csv` | the power history behind the chart |
@@ -215,6 +216,7 @@ pub fn routes(max_upload: usize) -> Router<ApiState> {
         .route("/events/fleet", get(fleet::fleet_events))
         .route("/devices/{id}", get(device::device))
         .route("/devices/{id}/power.csv", get(device::power_csv))
+        .route("/fleet/bulk", post(fleet::bulk))
         .route("/devices/{id}/approve", post(fleet::approve))
         .route("/devices/{id}/revoke", post(fleet::revoke))
         .route("/market", get(market::market))

@@ -286,6 +286,17 @@ async fn operators_act_on_devices_buyers_do_not_and_nobody_sees_anothers_job() {
         page.contains(r#"href="/alerts""#),
         "the operator's navigation names alerts"
     );
+    // Bulk actions are the operators': a buyer's are refused by the API they go through.
+    let (status, _, _) = send(
+        &s,
+        form(
+            "/fleet/bulk",
+            &format!("csrf={csrf}&device={id}&action=tag&tag=x"),
+            Some(&alice),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     // The fleet page and the evidence page render for an empty fleet.
     for path in ["/", "/evidence", "/market", "/ledger"] {
         let (status, _, page) = send(&s, get(path, Some(&alice))).await;

@@ -339,6 +339,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         at_ms INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 19: operators' tags on devices (the fleet list filters by them; bulk actions set them).
+    "CREATE TABLE device_tags (
+        device BLOB NOT NULL,
+        tag TEXT NOT NULL,
+        PRIMARY KEY (device, tag)
+    ) WITHOUT ROWID;
+    CREATE INDEX device_tags_tag ON device_tags (tag);",
 ];
 
 /// The schema version this code writes.

@@ -30,6 +30,7 @@ pub mod probes;
 pub mod runs;
 pub mod settlement;
 pub mod sqlite;
+pub mod tags;
 
 use attest::msg::ChainMessage;
 use attest::{DeviceId, EpochId, Hash32, PublicKey, SeqNo, Verified};

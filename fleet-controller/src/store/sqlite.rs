@@ -17,6 +17,7 @@ mod open;
 mod probes;
 mod runs;
 mod settlement;
+mod tags;
 
 use epochs::{EPOCH_COLUMNS, EVM_COLUMNS, NOT_ON_CHAIN, epoch_row, evm_row, to_epoch, to_evm};
 
