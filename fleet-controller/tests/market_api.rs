@@ -918,3 +918,61 @@ fn a_job_escrows_its_ceiling_from_the_buyers_credits_and_a_cancel_refunds_it() {
     assert_eq!(kinds, ["refund", "escrow", "deposit", "deposit"]);
     assert_eq!(h["transactions"][3]["memo"], "wire 7");
 }
+
+/// A buyer's jobs come a page at a time, newest first: `X-Next-Cursor` names the next
+/// page's `before` until the last page, which has none; every job comes once. Another
+/// account's job id is no cursor (an empty page), and a bad one is a 400.
+#[test]
+fn job_listings_page_with_a_cursor_and_every_job_comes_once() {
+    let api = Api::start("market-pages");
+    let alice = api.account("buyer", "alice", json!({}));
+    let bob = api.account("buyer", "bob", json!({}));
+    let input = [5u8; 32];
+    assert_eq!(api.put_blob(&alice, &input).status, 200);
+    let mut made = Vec::new();
+    for _ in 0..5 {
+        let job = api.post("/api/v1/jobs", &alice, &sha_job(&input, 2)).json();
+        made.push(job["id"].as_str().unwrap().to_string());
+    }
+    let cursor = |r: &hil_tests::HttpResponse| {
+        r.headers.iter().find_map(|h| {
+            h.to_ascii_lowercase()
+                .strip_prefix("x-next-cursor:")
+                .map(|v| v.trim().to_string())
+        })
+    };
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/jobs?limit=2".to_string();
+    let mut pages = 0;
+    loop {
+        let r = api.get(&path, Some(&alice));
+        assert_eq!(r.status, 200);
+        pages += 1;
+        let ids: Vec<String> = r
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect();
+        seen.extend(ids);
+        match cursor(&r) {
+            Some(c) => path = format!("/api/v1/jobs?limit=2&before={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3, "2 + 2 + 1");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 5, "{seen:?}");
+    made.sort();
+    assert_eq!(sorted, made);
+    // Bob cannot page from Alice's job; a cursor that is no job id is refused.
+    let r = api.get(&format!("/api/v1/jobs?before={}", seen[0]), Some(&bob));
+    assert_eq!(r.json(), json!([]));
+    assert_eq!(
+        reason(&api.get("/api/v1/jobs?before=zz", Some(&alice))),
+        (400, "bad_job_id".into())
+    );
+}

@@ -190,19 +190,36 @@ pub(crate) async fn submit(
 pub struct ListQuery {
     /// Most jobs returned, newest first (default 100, at most [`MAX_LIST`]).
     limit: Option<usize>,
+    /// A cursor: only jobs older than this one (the previous page's `X-Next-Cursor`).
+    before: Option<String>,
 }
 
-/// `GET /api/v1/jobs`: the caller's jobs, newest first.
+/// The response header that carries the cursor of the next page (absent on the last).
+pub const NEXT_CURSOR: &str = "x-next-cursor";
+
+/// `GET /api/v1/jobs`: the caller's jobs, newest first, a page at a time (`limit`,
+/// `before`; `X-Next-Cursor` names the next page's `before`).
 pub(crate) async fn list(
     State(s): State<ApiState>,
     auth: Auth,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<(axum::http::HeaderMap, Json<Value>), AppError> {
     let caller = auth.require(Scope::Read)?;
-    let limit = q.limit.unwrap_or(100).min(MAX_LIST);
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
+    let before = q.before.as_deref().map(job_id).transpose()?;
     blocking(move || {
-        let jobs = s.store.get()?.jobs_of(caller.account, limit)?;
-        Ok(Json(Value::Array(jobs.iter().map(summary).collect())))
+        let jobs = s.store.get()?.jobs_of_page(caller.account, limit, before)?;
+        let mut headers = axum::http::HeaderMap::new();
+        if jobs.len() == limit
+            && let Some(last) = jobs.last()
+            && let Ok(v) = last.id.to_string().parse()
+        {
+            headers.insert(NEXT_CURSOR, v);
+        }
+        Ok((
+            headers,
+            Json(Value::Array(jobs.iter().map(summary).collect())),
+        ))
     })
     .await
 }

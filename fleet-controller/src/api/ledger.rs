@@ -39,6 +39,9 @@ pub(crate) async fn balance(
 pub struct HistoryQuery {
     /// Most transactions, newest first (default 100, at most 1000).
     limit: Option<usize>,
+    /// A cursor: only transactions numbered below this (the previous page's
+    /// `X-Next-Cursor`).
+    before: Option<u64>,
 }
 
 /// `GET /api/v1/account/ledger`: the transactions that touch the caller's wallet or its
@@ -47,13 +50,24 @@ pub(crate) async fn history(
     State(s): State<ApiState>,
     auth: Auth,
     ApiQuery(q): ApiQuery<HistoryQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<(axum::http::HeaderMap, Json<Value>), AppError> {
     let caller = auth.require(Scope::Read)?;
-    let limit = q.limit.unwrap_or(100).min(1_000);
+    let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
+    let before = q.before.unwrap_or(i64::MAX as u64);
     blocking(move || {
-        let rows = s.store.get()?.account_history(caller.account, limit)?;
-        Ok(Json(
-            json!({"account": caller.account, "transactions": rows}),
+        let rows = s
+            .store
+            .get()?
+            .account_history_before(caller.account, limit, before)?;
+        let mut headers = axum::http::HeaderMap::new();
+        if rows.len() == limit
+            && let Some(last) = rows.last()
+        {
+            headers.insert(super::jobs::NEXT_CURSOR, last.id.into());
+        }
+        Ok((
+            headers,
+            Json(json!({"account": caller.account, "transactions": rows})),
         ))
     })
     .await

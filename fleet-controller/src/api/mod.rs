@@ -16,6 +16,7 @@
 //! | `GET /api/v1/devices/{id}/hours?from=MS&to=MS` | hour-by-hour energy by source, renewable share, emissions |
 //! | `GET /api/v1/fleet/hours?from=MS&to=MS` | the approved devices' hours summed per hour, with the device count (at most 31 days) |
 //! | `GET /metrics` | Prometheus text (`metrics.rs`): ingest, devices, fleet power, epochs, jobs, console logins |
+//! | `GET /api/v1/openapi.json` | this API as OpenAPI 3.1 (`openapi.rs`) |
 //! | `GET /api/v1/epochs` | closed epochs with their roots, local anchor entries and EVM anchors (tx, block, gas) |
 //!
 //! With a token (`Authorization: Bearer hst_...`; `auth.rs`), each route naming the scope
@@ -50,6 +51,7 @@ mod error;
 pub(crate) mod jobs;
 pub(crate) mod ledger;
 mod metrics;
+pub mod openapi;
 mod outputs;
 mod proofs;
 mod settlement;
@@ -434,6 +436,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/fleet/hours", get(fleet_hours))
         .route("/api/v1/epochs", get(epochs))
         .route("/metrics", get(metrics::metrics))
+        .route("/api/v1/openapi.json", get(openapi::openapi))
         .route("/api/v1/account", get(admin::whoami))
         .route("/api/v1/account/balance", get(ledger::balance))
         .route("/api/v1/account/ledger", get(ledger::history))

@@ -70,7 +70,7 @@ async fn list_page(s: ApiState, viewer: Viewer, error: Option<String>) -> Respon
         Err(e) => Err(AppError::Internal(e.to_string())),
     };
     let jobs = match jobs {
-        Ok(j) => j.0,
+        Ok(j) => j.1.0,
         Err(e) => return page::failed(&viewer, Nav::Jobs, "Jobs", e),
     };
     let empty = Vec::new();

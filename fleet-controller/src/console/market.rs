@@ -178,7 +178,7 @@ pub async fn ledger(State(s): State<ApiState>, viewer: Viewer) -> Response {
         Err(e) => Err(crate::api::AppError::Internal(e.to_string())),
     };
     let (balance, history) = match (balance, history) {
-        (Ok(b), Ok(h)) => (b.0, h.0),
+        (Ok(b), Ok(h)) => (b.0, h.1.0),
         (Err(e), _) | (_, Err(e)) => {
             return page::failed(&viewer, Nav::Ledger, "Ledger", e);
         }

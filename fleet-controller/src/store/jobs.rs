@@ -112,6 +112,14 @@ pub trait JobStore {
     fn job_of(&self, owner: AccountId, id: JobId) -> Result<Option<JobRecord>, StoreError>;
     /// `owner`'s jobs, newest first, at most `limit`.
     fn jobs_of(&self, owner: AccountId, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
+    /// A page of an owner's jobs, newest first: those older than job `before` (in the same
+    /// order) when it is given.
+    fn jobs_of_page(
+        &self,
+        owner: AccountId,
+        limit: usize,
+        before: Option<JobId>,
+    ) -> Result<Vec<JobRecord>, StoreError>;
     /// A job's history, oldest first.
     fn job_history(&self, id: JobId) -> Result<Vec<JobEvent>, StoreError>;
     /// A job, whoever's (for dispatch and providers' uploads; never for a buyer's read).

@@ -41,6 +41,13 @@ pub trait LedgerStore {
     fn ledger_sum(&self) -> Result<i128, StoreError>;
     /// The transactions that touch `account`'s wallet or its jobs' escrows, newest first.
     fn account_history(&self, account: AccountId, limit: usize) -> Result<Vec<TxRow>, StoreError>;
+    /// A page of [`LedgerStore::account_history`]: transactions numbered below `before`.
+    fn account_history_before(
+        &self,
+        account: AccountId,
+        limit: usize,
+        before: u64,
+    ) -> Result<Vec<TxRow>, StoreError>;
     /// What `account`'s open jobs hold in escrow.
     fn escrowed(&self, account: AccountId) -> Result<i64, StoreError>;
     /// A job's transactions, oldest first.

@@ -110,7 +110,10 @@ pub fn progress_bar(p: &Value) -> String {
 /// Follows a job until it reaches a final state (or `limit` passes): its state changes
 /// and a progress bar on stderr (redrawn in place on a terminal). Returns the job.
 pub fn follow(api: &Api, id: &str, limit: Duration) -> Result<Value> {
-    let tty = std::io::stderr().is_terminal();
+    // Escape codes redraw the bar in place only for a person at a terminal that wants them.
+    let tty = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none()
+        && std::env::var("TERM").map_or(true, |t| t != "dumb");
     let mut bar = false;
     let last = stream(api, id, true, limit, |item| {
         let mut err = std::io::stderr().lock();

@@ -242,12 +242,38 @@ impl JobStore for SqliteStore {
     }
 
     fn jobs_of(&self, owner: AccountId, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        self.jobs_of_page(owner, limit, None)
+    }
+
+    fn jobs_of_page(
+        &self,
+        owner: AccountId,
+        limit: usize,
+        before: Option<JobId>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        // The cursor is a job of the same owner; an unknown one starts nowhere (empty page).
+        let (created, id): (i64, Vec<u8>) = match before {
+            None => (i64::MAX, Vec::new()),
+            Some(b) => match self
+                .conn
+                .query_row(
+                    "SELECT created_ms FROM jobs WHERE id = ?1 AND owner = ?2",
+                    params![&b.0[..], to_i64(owner.0)],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?
+            {
+                Some(c) => (c, b.0.to_vec()),
+                None => return Ok(Vec::new()),
+            },
+        };
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE owner = ?1
-             ORDER BY created_ms DESC, id LIMIT ?2"
+               AND (created_ms < ?2 OR (created_ms = ?2 AND id > ?3))
+             ORDER BY created_ms DESC, id LIMIT ?4"
         ))?;
         let rows = st
-            .query_map(params![to_i64(owner.0), limit as i64], job_row)?
+            .query_map(params![to_i64(owner.0), created, id, limit as i64], job_row)?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter().map(to_job).collect()
     }

@@ -136,13 +136,28 @@ impl LedgerStore for SqliteStore {
     }
 
     fn account_history(&self, account: AccountId, limit: usize) -> Result<Vec<TxRow>, StoreError> {
+        self.account_history_before(account, limit, i64::MAX as u64)
+    }
+
+    fn account_history_before(
+        &self,
+        account: AccountId,
+        limit: usize,
+        before: u64,
+    ) -> Result<Vec<TxRow>, StoreError> {
         let wallet = Book::Wallet(account).to_string();
         self.tx_rows(
             "id IN (SELECT p.tx FROM ledger_postings p WHERE p.book = ?1
                     UNION SELECT t.id FROM ledger_tx t JOIN jobs j ON j.id = t.job
                           WHERE j.owner = ?2)
+               AND id < ?4
              ORDER BY id DESC LIMIT ?3",
-            &[&wallet, &to_i64(account.0), &(limit as i64)],
+            &[
+                &wallet,
+                &to_i64(account.0),
+                &(limit as i64),
+                &to_i64(before),
+            ],
         )
     }
 
