@@ -218,6 +218,19 @@ fn the_console_in_a_real_browser_logs_in_shows_the_fleet_runs_a_job_and_proves_i
         "unlabelled: {:?}",
         unlabelled(&b)
     );
+    // Its price and carbon first, at each online offer.
+    b.click(&b.el("section.estimate button[type=submit]"));
+    b.wait_until("the estimate", Duration::from_secs(10), |b| {
+        b.find("#estimate").is_some()
+    });
+    let rows = b.all("#estimate tbody tr");
+    assert_eq!(rows.len(), 3, "an estimate at each of the demo's rigs");
+    assert!(b.text(&rows[0]).contains(" g"), "{}", b.text(&rows[0]));
+    assert!(
+        unlabelled(&b).is_empty(),
+        "unlabelled: {:?}",
+        unlabelled(&b)
+    );
     b.type_into(&b.el("#params"), "count=100 item_len=64");
     b.attach(&b.el("#input"), &input);
     b.type_into(&b.el("#deadline_h"), "2");

@@ -40,6 +40,7 @@ pub mod config;
 pub mod console;
 pub mod crash;
 pub mod dispatch;
+pub mod estimate;
 pub mod ingest;
 pub mod intensity;
 pub mod jobs;

@@ -279,6 +279,7 @@ pub async fn run_with_api_listener(
             settlement_contract: cfg.settlement.as_ref().map(|s| s.contract.clone()),
             settlement_min_micro: cfg.settlement.as_ref().map(|s| s.min_micro),
             spot_check_ppm: cfg.market.spot_check_ppm,
+            job_power_w: f64::from(cfg.market.job_power_w),
             console: std::sync::Arc::new(
                 crate::console::Console::new(&cfg.console)
                     .with_alert_rules(cfg.alerts.rules.iter().map(|r| r.name.clone()).collect()),

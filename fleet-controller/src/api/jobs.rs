@@ -316,3 +316,56 @@ pub(crate) async fn results(
     })
     .await
 }
+
+/// What an estimate asks: the job's price ceiling, run time and hardware needs (the rest of
+/// a job request is taken and ignored, so a submit body can be sent as is).
+#[derive(Debug, Deserialize)]
+pub struct EstimateBody {
+    /// The buyer's ceiling, micro-credits per GPU-hour.
+    pub max_price_micro_per_gpu_hour: u64,
+    /// The run time, ms (`market.default_run_ms` when 0 or absent).
+    #[serde(default)]
+    pub max_duration_ms: u64,
+    /// Hardware needs.
+    #[serde(default)]
+    pub hardware: crate::jobs::HardwareRequest,
+}
+
+/// `POST /api/v1/jobs/estimate`: the job's price and carbon at each online offer that fits
+/// it, cleanest first (an estimate: see [`crate::estimate`]).
+pub(crate) async fn estimate(
+    State(s): State<ApiState>,
+    auth: Auth,
+    ApiJson(b): ApiJson<EstimateBody>,
+) -> Result<Json<Value>, AppError> {
+    auth.require(Scope::Read)?;
+    let run_ms = match b.max_duration_ms {
+        0 => s.escrow_run_ms,
+        ms => ms,
+    };
+    let search = crate::market_view::Search {
+        gpu: b.hardware.gpu_class.clone(),
+        vram_min_mib: b.hardware.min_vram_mib,
+        online_only: true,
+        job_load_w: s.job_power_w,
+        ..Default::default()
+    };
+    blocking(move || {
+        let st = s.store.get()?;
+        let now = crate::runtime::now_ms();
+        let offers = crate::market_view::view(&*st, &search, now, 60_000)?;
+        let job = crate::estimate::Job {
+            run_h: run_ms as f64 / 3_600_000.0,
+            power_w: s.job_power_w,
+            max_price_micro_per_gpu_hour: b.max_price_micro_per_gpu_hour,
+        };
+        let est = crate::estimate::estimate(&offers, job, &s.intensity, now);
+        Ok(Json(json!({
+            "run_ms": run_ms,
+            "power_w": s.job_power_w,
+            "offers": est,
+            "note": "an estimate at each offer now; the scheduler places the job with its own forecasts, and its carbon statement is what counts",
+        })))
+    })
+    .await
+}

@@ -30,6 +30,7 @@
 //! | `GET /api/v1/blobs/{sha256}` | read | a blob the caller owns, an output of its jobs, or (provider) an input of an open job |
 //! | `DELETE /api/v1/blobs/{sha256}` | submit | give a blob up (its bytes go back to the quota) |
 //! | `POST /api/v1/jobs` | submit | submit a job (`jobs.rs`) |
+//! | `POST /api/v1/jobs/estimate` | read | price and carbon at each fitting offer before submitting (`crate::estimate`) |
 //! | `GET /api/v1/jobs` | read | the caller's jobs, newest first |
 //! | `GET /api/v1/jobs/{id}` | read | a job, its order, its device spec and its state history |
 //! | `POST /api/v1/jobs/{id}/cancel` | submit | cancel it (until it is validating) |
@@ -106,6 +107,8 @@ pub struct ApiState {
     pub spot_check_ppm: u32,
     /// The web console's settings, login limiter and counts.
     pub console: Arc<crate::console::Console>,
+    /// What a job is assumed to draw, W (`market.job_power_w`): estimates use it.
+    pub job_power_w: f64,
 }
 
 impl ApiState {
@@ -131,6 +134,7 @@ impl ApiState {
             settlement_min_micro: None,
             spot_check_ppm: crate::config::MarketConfig::default().spot_check_ppm,
             console: Arc::new(crate::console::Console::default()),
+            job_power_w: f64::from(crate::config::MarketConfig::default().job_power_w),
         }
     }
 }
@@ -477,6 +481,7 @@ pub fn app(state: ApiState) -> Router {
             post(alerts::end_silence),
         )
         .route("/api/v1/jobs", get(jobs::list).post(jobs::submit))
+        .route("/api/v1/jobs/estimate", post(jobs::estimate))
         .route("/api/v1/jobs/{id}", get(jobs::show))
         .route("/api/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/v1/jobs/{id}/events", get(jobs::events))

@@ -364,6 +364,17 @@ pub const OPS: &[Op] = &[
         ),
         ..op("post", "/api/v1/jobs", Scope("submit"), "Submit a job")
     },
+    Op {
+        body: Some(
+            "{max_price_micro_per_gpu_hour, max_duration_ms?, hardware?} (a job request as submitted is accepted)",
+        ),
+        ..op(
+            "post",
+            "/api/v1/jobs/estimate",
+            Scope("read"),
+            "Price and carbon at each fitting online offer, before submitting",
+        )
+    },
     op(
         "get",
         "/api/v1/jobs/{id}",

@@ -63,7 +63,73 @@ fn job_form(viewer: &Viewer, error: Option<&str>) -> Markup {
     }
 }
 
+/// The estimate form's query on the jobs page.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct EstimateQuery {
+    /// Price ceiling, credits per GPU-hour.
+    est_price: Option<f64>,
+    /// Run time, hours.
+    est_hours: Option<f64>,
+}
+
+fn estimate_section(v: Option<&Value>, q: &EstimateQuery) -> Markup {
+    html! {
+        section.estimate aria-labelledby="estimate-h" {
+            h2 #estimate-h { "Price and carbon before you submit" }
+            form.filters method="get" action="/jobs" {
+                label for="est_price" { "Ceiling (credits per GPU-hour)" }
+                input #est_price type="number" name="est_price" min="0" step="0.000001" value=(q.est_price.unwrap_or(1.0));
+                label for="est_hours" { "Run time (hours)" }
+                input #est_hours type="number" name="est_hours" min="0.01" step="0.01" value=(q.est_hours.unwrap_or(1.0));
+                button type="submit" { "Estimate" }
+            }
+            @if let Some(v) = v {
+                table.estimate #estimate {
+                    caption { "At each online offer now, cleanest first: " (v["note"].as_str().unwrap_or_default()) }
+                    thead { tr { th scope="col" { "Device" } th scope="col" { "Region" } th scope="col" { "Price" } th scope="col" { "Energy" } th scope="col" { "From sun and battery" } th scope="col" { "CO₂e" } } }
+                    tbody {
+                        @for o in v["offers"].as_array().into_iter().flatten() {
+                            tr {
+                                td { a href={"/devices/" (o["device"].as_str().unwrap_or_default())} { code { (o["device"].as_str().unwrap_or_default()) } } }
+                                td { (o["region"].as_str().unwrap_or_default()) }
+                                td.num { (format!("{:.6}", o["price_micro"].as_f64().unwrap_or(0.0) / 1e6)) " credits" }
+                                td.num { (format!("{:.1} Wh", o["energy_wh"].as_f64().unwrap_or(0.0))) }
+                                td.num { (format!("{:.0} %", o["renewable"].as_f64().unwrap_or(0.0) * 100.0)) }
+                                td.num { (format!("{:.2} g", o["co2e_g"].as_f64().unwrap_or(0.0))) }
+                            }
+                        }
+                    }
+                }
+                @if v["offers"].as_array().is_none_or(|o| o.is_empty()) { p { "No online offer within that ceiling." } }
+            }
+        }
+    }
+}
+
 async fn list_page(s: ApiState, viewer: Viewer, error: Option<String>) -> Response {
+    list_page_with(s, viewer, error, EstimateQuery::default()).await
+}
+
+async fn list_page_with(
+    s: ApiState,
+    viewer: Viewer,
+    error: Option<String>,
+    eq: EstimateQuery,
+) -> Response {
+    let estimate = match (eq.est_price, eq.est_hours) {
+        (Some(p), Some(h)) if p >= 0.0 && h > 0.0 && p.is_finite() && h.is_finite() => {
+            let body = crate::api::jobs::EstimateBody {
+                max_price_micro_per_gpu_hour: (p * 1e6).round() as u64,
+                max_duration_ms: (h * 3_600_000.0) as u64,
+                hardware: Default::default(),
+            };
+            crate::api::jobs::estimate(State(s.clone()), Auth(viewer.caller), ApiJson(body))
+                .await
+                .ok()
+                .map(|j| j.0)
+        }
+        _ => None,
+    };
     let q = serde_json::from_value(json!({"limit": 200})).map(ApiQuery);
     let jobs = match q {
         Ok(q) => crate::api::jobs::list(State(s), Auth(viewer.caller), q).await,
@@ -94,6 +160,7 @@ async fn list_page(s: ApiState, viewer: Viewer, error: Option<String>) -> Respon
             }
         }
         @if jobs.is_empty() { p { "No jobs yet." } }
+        (estimate_section(estimate.as_ref(), &eq))
         @if viewer.caller.scopes.has(crate::accounts::Scope::Submit) { (job_form(&viewer, error.as_deref())) }
     };
     let status = if error.is_some() {
@@ -105,8 +172,12 @@ async fn list_page(s: ApiState, viewer: Viewer, error: Option<String>) -> Respon
 }
 
 /// `GET /jobs`.
-pub async fn list(State(s): State<ApiState>, viewer: Viewer) -> Response {
-    list_page(s, viewer, None).await
+pub async fn list(
+    State(s): State<ApiState>,
+    viewer: Viewer,
+    Query(q): Query<EstimateQuery>,
+) -> Response {
+    list_page_with(s, viewer, None, q).await
 }
 
 /// The job form's fields as read from the multipart body.
