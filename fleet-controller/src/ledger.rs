@@ -165,6 +165,19 @@ pub enum LedgerError {
     /// An amount past what the ledger holds (2^63 - 1 micro-credits).
     #[error("{0}: the amount is too large")]
     TooLarge(&'static str),
+    /// The buyer's spend cap would be passed: what its jobs escrowed over the last 24 h
+    /// and this one's ceiling are more than the cap.
+    #[error(
+        "the spend cap is {cap} micro-credits a day; {spent} are held by jobs of the last 24 h and this one needs {needed}"
+    )]
+    SpendCap {
+        /// The cap.
+        cap: u64,
+        /// Escrowed over the last 24 h.
+        spent: u64,
+        /// This job's ceiling.
+        needed: u64,
+    },
     /// A balance would go below zero.
     #[error("{book} holds {available} micro-credits; {needed} are needed")]
     Insufficient {

@@ -976,3 +976,72 @@ fn job_listings_page_with_a_cursor_and_every_job_comes_once() {
         (400, "bad_job_id".into())
     );
 }
+
+/// A buyer's own spend cap: a job whose ceiling would take its escrow over the last 24 h
+/// past the cap is refused (402 `spend_cap`) and holds nothing; without the cap it goes.
+#[test]
+fn a_spend_cap_refuses_the_job_that_would_pass_it_and_holds_nothing() {
+    let api = Api::start("market-cap");
+    let r = api.post(
+        "/api/v1/accounts",
+        &api.operator,
+        &json!({"kind": "buyer", "name": "capped"}),
+    );
+    assert_eq!(r.status, 201);
+    let v = r.json();
+    let (id, buyer) = (
+        v["id"].as_u64().unwrap(),
+        v["token"]["secret"].as_str().unwrap().to_string(),
+    );
+    let r = api.post(
+        &format!("/api/v1/accounts/{id}/credits"),
+        &api.operator,
+        &json!({"amount": 1_000_000, "memo": "wire"}),
+    );
+    assert_eq!(r.status, 201);
+    let input = [4u8; 16];
+    assert_eq!(api.put_blob(&buyer, &input).status, 200);
+    // Each job holds 5000 (its ceiling over the default minute); a cap of 8000 takes one.
+    let r = api.call(
+        "PUT",
+        "/api/v1/account/spend-cap",
+        Some(&buyer),
+        Some(json!({"daily_micro": 8_000}).to_string().as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        api.get("/api/v1/account/balance", Some(&buyer)).json()["spend_cap_micro_per_day"],
+        8_000
+    );
+    assert_eq!(
+        api.post("/api/v1/jobs", &buyer, &sha_job(&input, 1)).status,
+        201
+    );
+    let r = api.post("/api/v1/jobs", &buyer, &sha_job(&input, 1));
+    assert_eq!(reason(&r), (402, "spend_cap".into()));
+    let b = api.get("/api/v1/account/balance", Some(&buyer)).json();
+    assert_eq!(
+        (b["available"].clone(), b["escrowed"].clone()),
+        (json!(995_000), json!(5_000))
+    );
+    assert_eq!(
+        api.get("/api/v1/jobs", Some(&buyer))
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // The cap lifted: the same job goes.
+    let r = api.call(
+        "PUT",
+        "/api/v1/account/spend-cap",
+        Some(&buyer),
+        Some(json!({"daily_micro": null}).to_string().as_bytes()),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        api.post("/api/v1/jobs", &buyer, &sha_job(&input, 1)).status,
+        201
+    );
+}

@@ -149,6 +149,9 @@ impl AppError {
             AppError::Store(StoreError::Ledger(LedgerError::Insufficient { .. })) => {
                 (StatusCode::PAYMENT_REQUIRED, "insufficient_credits")
             }
+            AppError::Store(StoreError::Ledger(LedgerError::SpendCap { .. })) => {
+                (StatusCode::PAYMENT_REQUIRED, "spend_cap")
+            }
             AppError::Store(StoreError::Ledger(_)) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "ledger_refused")
             }

@@ -28,6 +28,7 @@ pub(crate) async fn balance(
             "available": st.balance(Book::Wallet(caller.account))?,
             "escrowed": st.escrowed(caller.account)?,
             "staked": st.balance(Book::Stake(caller.account))?,
+            "spend_cap_micro_per_day": crate::store::accounts::AccountStore::spend_cap(&*st, caller.account)?,
         })))
     })
     .await
@@ -189,6 +190,40 @@ pub(super) async fn deposit(
                 "account": account,
                 "available": st.balance(Book::Wallet(account))?,
             })),
+        ))
+    })
+    .await
+}
+
+/// A spend cap to set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpendCapBody {
+    /// Most micro-credits the caller's jobs may hold in escrow over any 24 hours; `null`
+    /// removes the cap.
+    pub daily_micro: Option<u64>,
+}
+
+/// `PUT /api/v1/account/spend-cap` (scope `submit`): the caller's own spend cap. A job whose
+/// ceiling would pass it is refused at submission (402 `spend_cap`), nothing held.
+pub(crate) async fn set_spend_cap(
+    State(s): State<ApiState>,
+    auth: Auth,
+    super::ApiJson(b): super::ApiJson<SpendCapBody>,
+) -> Result<Json<Value>, AppError> {
+    let caller = auth.require(Scope::Submit)?;
+    if b.daily_micro.is_some_and(|c| c > i64::MAX as u64) {
+        return Err(AppError::BadQuery("daily_micro is too large".into()));
+    }
+    blocking(move || {
+        crate::store::accounts::AccountStore::set_spend_cap(
+            &mut *s.store.get()?,
+            caller.account,
+            b.daily_micro,
+        )?;
+        tracing::info!(account = caller.account.0, cap = ?b.daily_micro, "spend cap set");
+        Ok(Json(
+            json!({"account": caller.account, "spend_cap_micro_per_day": b.daily_micro}),
         ))
     })
     .await

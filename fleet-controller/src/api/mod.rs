@@ -24,6 +24,7 @@
 //!
 //! | route | scope | what |
 //! |---|---|---|
+//! | `PUT /api/v1/account/spend-cap` | submit | `{daily_micro}`: the most the caller's jobs may escrow over 24 h (`null`: none) |
 //! | `GET /api/v1/account` | any | the caller's account, token scopes, blob usage (`admin.rs`) |
 //! | `GET /api/v1/blobs` | read | the caller's blobs and quota (`blobs.rs`) |
 //! | `PUT /api/v1/blobs/{sha256}` | submit | upload, streamed and hash-checked, within the quota |
@@ -446,6 +447,7 @@ pub fn app(state: ApiState) -> Router {
         .route("/api/v1/account/ledger", get(ledger::history))
         .route("/api/v1/account/statement", get(ledger::statement))
         .route("/api/v1/account/stake", post(ledger::stake))
+        .route("/api/v1/account/spend-cap", put(ledger::set_spend_cap))
         .route(
             "/api/v1/account/payout-address",
             put(settlement::set_address),

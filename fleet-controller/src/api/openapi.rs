@@ -189,6 +189,15 @@ pub const OPS: &[Op] = &[
         )
     },
     Op {
+        body: Some("{daily_micro: n or null}"),
+        ..op(
+            "put",
+            "/api/v1/account/spend-cap",
+            Scope("submit"),
+            "The caller's spend cap: the most its jobs may escrow over 24 h",
+        )
+    },
+    Op {
         body: Some("{address: 0x...}"),
         ..op(
             "put",

@@ -191,6 +191,17 @@ pub async fn ledger(State(s): State<ApiState>, viewer: Viewer) -> Response {
             dt { "Available" } dd #available { (credits(balance["available"].as_i64().unwrap_or(0))) " credits" }
             dt { "In escrow" } dd { (credits(balance["escrowed"].as_i64().unwrap_or(0))) " credits" }
             dt { "Staked" } dd { (credits(balance["staked"].as_i64().unwrap_or(0))) " credits" }
+            dt { "Spend cap" } dd #spend-cap {
+                @if let Some(c) = balance["spend_cap_micro_per_day"].as_i64() { (credits(c)) " credits a day" } @else { "none" }
+            }
+        }
+        @if viewer.caller.scopes.has(crate::accounts::Scope::Submit) {
+            form.filters method="post" action="/ledger/spend-cap" {
+                input type="hidden" name="csrf" value=(viewer.csrf);
+                label for="cap" { "Most my jobs may hold in 24 h (credits; empty: no cap)" }
+                input #cap type="number" name="credits" min="0" step="0.000001";
+                button type="submit" { "Set" }
+            }
         }
         p { a href="/api/v1/account/statement" { "Statement of account" } " (JSON; needs an API token; " code { "attest verify-account" } " checks it offline)." }
         table.ledger {
@@ -218,4 +229,51 @@ pub async fn ledger(State(s): State<ApiState>, viewer: Viewer) -> Response {
         @if txs.is_empty() { p { "No transactions yet." } }
     };
     page::page("Ledger", &viewer, Nav::Ledger, body).into_response()
+}
+
+/// The spend cap form.
+#[derive(Debug, Deserialize)]
+pub struct CapForm {
+    csrf: String,
+    credits: String,
+}
+
+/// `POST /ledger/spend-cap`: the viewer's own spend cap, through the API.
+pub async fn spend_cap(
+    State(s): State<ApiState>,
+    viewer: Viewer,
+    headers: axum::http::HeaderMap,
+    axum::Form(f): axum::Form<CapForm>,
+) -> Response {
+    use axum::response::Redirect;
+    if let Err(r) = super::session::same_origin(&headers).and_then(|()| viewer.check_csrf(&f.csrf))
+    {
+        return r.into_response();
+    }
+    let daily_micro = match f.credits.trim() {
+        "" => None,
+        t => match t.parse::<f64>() {
+            Ok(c) if c >= 0.0 && c.is_finite() => Some((c * 1e6).round() as u64),
+            _ => {
+                return page::problem(
+                    &viewer,
+                    Nav::Ledger,
+                    "Not set",
+                    "The cap is a number of credits.",
+                )
+                .into_response();
+            }
+        },
+    };
+    let body = crate::api::ledger::SpendCapBody { daily_micro };
+    match crate::api::ledger::set_spend_cap(
+        State(s),
+        Auth(viewer.caller),
+        crate::api::ApiJson(body),
+    )
+    .await
+    {
+        Ok(_) => Redirect::to("/ledger").into_response(),
+        Err(e) => page::failed(&viewer, Nav::Ledger, "Not set", e),
+    }
 }

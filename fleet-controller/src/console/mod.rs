@@ -20,7 +20,7 @@
 //! | `GET /jobs/{id}/live` | its events (server-sent events, resumed with `Last-Event-ID`) |
 //! | `GET /jobs/{id}/outputs/{index}` | an output's bytes |
 //! | `GET /evidence` | epochs, roots, local and on-chain anchors (`market.rs`) |
-//! | `GET /ledger` | the viewer's balance, escrow and history (`market.rs`) |
+//! | `GET /ledger`, `POST /ledger/spend-cap` | the viewer's balance, escrow, history and spend cap (`market.rs`) |
 //! | `GET /alerts`, `POST /alerts/silences[/{id}/end]` | (operators) alerts, their delivery, silences (`alerts.rs`) |
 //! | `GET /verify` | (public) verify a proof bundle in the browser, in WebAssembly (`verify.rs`) |
 
@@ -233,6 +233,7 @@ pub fn routes(max_upload: usize) -> Router<ApiState> {
         .route("/alerts/silences", post(alerts::silence))
         .route("/alerts/silences/{id}/end", post(alerts::end_silence))
         .route("/ledger", get(market::ledger))
+        .route("/ledger/spend-cap", post(market::spend_cap))
         .route("/console/console.css", get(css))
         .route("/console/console.js", get(js))
         .route("/console/verify.js", get(verify_js))

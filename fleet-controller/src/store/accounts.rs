@@ -103,6 +103,11 @@ pub trait AccountStore {
         provider: Option<AccountId>,
         now_ms: u64,
     ) -> Result<(), StoreError>;
+    /// Sets (or clears) an account's spend cap, micro-credits of escrow per 24 h; false when
+    /// the account is unknown.
+    fn set_spend_cap(&mut self, account: AccountId, cap: Option<u64>) -> Result<bool, StoreError>;
+    /// An account's spend cap.
+    fn spend_cap(&self, account: AccountId) -> Result<Option<u64>, StoreError>;
     /// The provider that runs `device`, if one is set.
     fn device_provider(&self, device: attest::DeviceId) -> Result<Option<AccountId>, StoreError>;
 }

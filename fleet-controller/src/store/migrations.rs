@@ -346,6 +346,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (device, tag)
     ) WITHOUT ROWID;
     CREATE INDEX device_tags_tag ON device_tags (tag);",
+    // 20: a buyer's spend cap: the most micro-credits its jobs may hold in escrow over any
+    // 24 hours (none: no cap). Checked in the transaction that stores a job.
+    "ALTER TABLE accounts ADD COLUMN spend_cap_micro INTEGER;
+    CREATE INDEX ledger_tx_kind_at ON ledger_tx (kind, at_ms);",
 ];
 
 /// The schema version this code writes.

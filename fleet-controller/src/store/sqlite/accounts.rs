@@ -54,6 +54,26 @@ impl SqliteStore {
 }
 
 impl AccountStore for SqliteStore {
+    fn set_spend_cap(&mut self, account: AccountId, cap: Option<u64>) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "UPDATE accounts SET spend_cap_micro = ?2 WHERE id = ?1",
+            params![to_i64(account.0), cap.map(to_i64)],
+        )? == 1)
+    }
+
+    fn spend_cap(&self, account: AccountId) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT spend_cap_micro FROM accounts WHERE id = ?1",
+                [to_i64(account.0)],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()?
+            .flatten()
+            .map(|v| v.max(0) as u64))
+    }
+
     fn create_account(
         &mut self,
         a: &NewAccount,

@@ -75,6 +75,29 @@ impl JobStore for SqliteStore {
             params![&job.id.0[..], to_i64(job.created_ms), reason],
         )?;
         if job.escrow > 0 {
+            let cap: Option<i64> = tx.query_row(
+                "SELECT spend_cap_micro FROM accounts WHERE id = ?1",
+                [to_i64(job.owner.0)],
+                |r| r.get(0),
+            )?;
+            if let Some(cap) = cap {
+                let wallet = crate::ledger::Book::Wallet(job.owner).to_string();
+                let spent: i64 = tx.query_row(
+                    "SELECT COALESCE(SUM(-p.amount), 0) FROM ledger_tx t
+                     JOIN ledger_postings p ON p.tx = t.id
+                     WHERE t.kind = 'escrow' AND t.at_ms > ?1 AND p.book = ?2",
+                    params![to_i64(job.created_ms.saturating_sub(86_400_000)), wallet],
+                    |r| r.get(0),
+                )?;
+                if spent.max(0) as u64 + job.escrow > cap.max(0) as u64 {
+                    return Err(crate::ledger::LedgerError::SpendCap {
+                        cap: cap.max(0) as u64,
+                        spent: spent.max(0) as u64,
+                        needed: job.escrow,
+                    }
+                    .into());
+                }
+            }
             let hold = crate::ledger::escrow(job.owner, job.id, job.escrow)?;
             super::ledger::post_in(&tx, &hold, job.created_ms)?;
         }
