@@ -42,6 +42,9 @@ pub struct AgentConfig {
     /// Home Assistant MQTT discovery on the owner's broker (off when absent).
     #[serde(default)]
     pub home_assistant: Option<crate::home_assistant::HomeAssistantConfig>,
+    /// Where to serve Prometheus metrics (`127.0.0.1:9101`; off when absent).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 /// `[jobs]`: running compute jobs inside the power budget.
@@ -401,6 +404,7 @@ impl AgentConfig {
             jobs: JobsConfig::default(),
             image_release_file: default_image_release(),
             home_assistant: None,
+            metrics_listen: None,
         }
     }
 
@@ -471,6 +475,14 @@ impl AgentConfig {
             && let Err(reason) = ha.validate()
         {
             return bad("home_assistant", reason);
+        }
+        if let Some(m) = &self.metrics_listen
+            && m.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad(
+                "metrics_listen",
+                format!("{m:?} is not an address and port"),
+            );
         }
         let j = &self.jobs;
         if !(j.power_w > 0.0 && j.power_w.is_finite()) {

@@ -34,6 +34,7 @@ pub mod inbox;
 pub mod jobs;
 pub mod levers;
 pub mod meter;
+pub mod metrics;
 pub mod nonces;
 pub mod outbox;
 pub mod power;

@@ -66,6 +66,16 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
         };
         tokio::spawn(crate::home_assistant::run(ha, dev, ha_rx));
     }
+    // The owner's Prometheus endpoint, when asked for: a port that cannot be had stops the
+    // start, naming it.
+    let exposition = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    if let Some(addr) = agent.cfg.metrics_listen.clone() {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("metrics_listen {addr}: {e}"))?;
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+        tokio::spawn(crate::metrics::serve(listener, exposition.clone()));
+    }
     let opts = mqtt::options(&agent.cfg, &agent.key.device_id(), &agent.topics)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
     let (tx, mut rx) = mpsc::channel::<LinkEvent>(1024);
@@ -122,6 +132,11 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
                 service.tick(now);
                 if agent.tick_meter(now) {
                     agent.publish_status(&client);
+                    if agent.cfg.metrics_listen.is_some()
+                        && let Ok(mut t) = exposition.lock()
+                    {
+                        *t = crate::metrics::render(&agent.status, agent.last_record.as_ref());
+                    }
                     outbox_depth.record(agent.status.outbox.depth as u64, &[]);
                     if let Some(r) = &agent.last_record {
                         records.add(1, &[]);
