@@ -201,6 +201,16 @@ fn the_console_in_a_real_browser_logs_in_shows_the_fleet_runs_a_job_and_proves_i
         "unlabelled: {:?}",
         unlabelled(&b)
     );
+    // The power flow now: sun, battery and grid into the load, in watts.
+    let load = b.text(&b.el("figure.flow [data-flow-leg=load]"));
+    assert!(
+        load.ends_with(" W")
+            && load
+                .trim_end_matches(" W")
+                .parse::<f64>()
+                .is_ok_and(|w| w > 0.0),
+        "{load}"
+    );
     b.screenshot("03-device");
 
     // A job through the form, with an input file: 100 items of 64 bytes.

@@ -47,6 +47,110 @@ const KINDS: [(ChannelKind, &str, &str); 5] = [
     ),
 ];
 
+/// Power now through each leg of the rig, W, from its latest record: sun in, battery out (in
+/// when negative), grid in, load out, and the battery's state of charge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Flow {
+    solar: f64,
+    battery: f64,
+    grid: f64,
+    load: f64,
+    soc: Option<f64>,
+    at_ms: u64,
+}
+
+fn flow_of(r: &MeterRecord) -> Flow {
+    let mut f = Flow {
+        at_ms: r.link.timestamp.0,
+        ..Flow::default()
+    };
+    for c in &r.channels {
+        let w = c.power.0 as f64 / 1000.0;
+        match c.kind {
+            ChannelKind::Solar => f.solar += w,
+            ChannelKind::BatteryDischarge => f.battery += w,
+            ChannelKind::BatteryCharge => f.battery -= w,
+            ChannelKind::GridImport => f.grid += w,
+            ChannelKind::Load => f.load += w,
+            _ => {}
+        }
+        if let Some(p) = c.soc_permille {
+            f.soc = Some(f64::from(p) / 10.0);
+        }
+    }
+    f
+}
+
+fn latest_flow(pool: &Arc<SqlitePool>, id: DeviceId) -> Result<Option<Flow>, AppError> {
+    let st = pool.get()?;
+    Ok(st
+        .last_item(id)?
+        .and_then(|(_, env)| Envelope::decode(&env).ok()?.open::<MeterRecord>().ok())
+        .map(|r| flow_of(&r)))
+}
+
+/// The power-flow diagram: the sun, the battery and the grid feeding the load, each leg's
+/// width following its power now. Live: `console.js` updates the numbers from
+/// `/devices/{id}/flow` (server-sent events).
+fn flow_svg(f: &Flow, id: &str) -> maud::Markup {
+    let width = |w: f64| (1.5 + w.abs().sqrt() * 0.8).min(14.0);
+    let soc = f.soc.map_or("–".to_string(), |s| format!("{s:.0} %"));
+    let battery_label = if f.battery >= 0.0 { "out" } else { "in" };
+    html! {
+        figure.flow data-flow=(format!("/devices/{id}/flow")) {
+            svg.flow viewBox="0 0 600 220" role="img" aria-labelledby="flow-title" {
+                title #flow-title { "Power now: sun, battery and grid feeding the load" }
+                line.leg.s-solar x1="110" y1="50" x2="300" y2="110" stroke-width=(format!("{:.1}", width(f.solar))) {}
+                line.leg.s-battery x1="110" y1="170" x2="300" y2="110" stroke-width=(format!("{:.1}", width(f.battery))) {}
+                line.leg.s-grid x1="490" y1="170" x2="300" y2="110" stroke-width=(format!("{:.1}", width(f.grid))) {}
+                line.leg.s-load x1="300" y1="110" x2="490" y2="50" stroke-width=(format!("{:.1}", width(f.load))) {}
+                circle.node cx="300" cy="110" r="8" {}
+                text.node x="20" y="45" { "☀ Sun" }
+                text.value x="20" y="65" data-flow-leg="solar" { (format!("{:.0} W", f.solar)) }
+                text.node x="20" y="165" { "Battery " tspan data-flow-leg="soc" { (soc) } }
+                text.value x="20" y="185" data-flow-leg="battery" { (format!("{:.0} W {battery_label}", f.battery.abs())) }
+                text.node x="500" y="45" { "Load" }
+                text.value x="500" y="65" data-flow-leg="load" { (format!("{:.0} W", f.load)) }
+                text.node x="500" y="165" { "Grid" }
+                text.value x="500" y="185" data-flow-leg="grid" { (format!("{:.0} W", f.grid)) }
+            }
+        }
+    }
+}
+
+/// `GET /devices/{id}/flow`: the device's power flow after each new record (server-sent
+/// events, `event: flow`).
+pub async fn flow_events(
+    State(s): State<ApiState>,
+    _viewer: Viewer,
+    Path(id): Path<String>,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use std::convert::Infallible;
+    let Ok(id) = DeviceId::parse(&id) else {
+        return (axum::http::StatusCode::NOT_FOUND, "no such device").into_response();
+    };
+    let stream =
+        futures_util::stream::unfold((s.store.clone(), 0u64), move |(pool, last)| async move {
+            loop {
+                let p = pool.clone();
+                let f = tokio::task::spawn_blocking(move || latest_flow(&p, id)).await;
+                if let Ok(Ok(Some(f))) = f
+                    && f.at_ms != last
+                {
+                    let e = Event::default()
+                        .event("flow")
+                        .data(serde_json::json!(f).to_string());
+                    return Some((Ok::<_, Infallible>(e), (pool, f.at_ms)));
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
 fn records(
     pool: &Arc<SqlitePool>,
     id: DeviceId,
@@ -170,6 +274,7 @@ pub async fn device(
         let last = st.last_item(id)?.map(|(seq, _)| seq.0);
         drop(st);
         let recs = records(&pool, id, from, now)?;
+        let flow = latest_flow(&pool, id)?;
         let st = pool.get()?;
         let statement =
             crate::accounting::device_hours(&*st, &dev, &intensity, prev_day * 86_400_000, now)
@@ -182,13 +287,13 @@ pub async fn device(
             hello,
             count,
             last,
-            power(&recs, from, now),
+            (power(&recs, from, now), flow),
             statement,
             row,
         ))
     })
     .await;
-    let (dev, hello, count, last, power, statement, row) = match made {
+    let (dev, hello, count, last, (power, flow), statement, row) = match made {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             return page::failed(&viewer, Nav::Fleet, "Device", e);
@@ -258,6 +363,8 @@ pub async fn device(
                 }
             }
         }
+        h2 { "Power now" }
+        @if let Some(f) = &flow { (flow_svg(f, &ids)) } @else { p { "No record yet." } }
         h2 { "Power" }
         nav.range aria-label="Chart span" {
             @for h in [6u64, 24, 72, 168] {

@@ -13,6 +13,7 @@
 //! | `GET /events/fleet` | the fleet table's live cells (server-sent events) |
 //! | `GET /devices/{id}` | power by channel, state of charge, daily energy, chain, reputation (`device.rs`) |
 //! | `GET /devices/{id}/power.csv` | the power history behind the chart |
+//! | `GET /devices/{id}/flow` | its power flow after each record (server-sent events) |
 //! | `POST /devices/{id}/approve`, `/revoke` | (operators) a device's state |
 //! | `GET /market` | offers, filtered and sorted (`market.rs`) |
 //! | `GET /jobs`, `POST /jobs` | the viewer's jobs and the form that submits one (`jobs.rs`) |
@@ -216,6 +217,7 @@ pub fn routes(max_upload: usize) -> Router<ApiState> {
         .route("/events/fleet", get(fleet::fleet_events))
         .route("/devices/{id}", get(device::device))
         .route("/devices/{id}/power.csv", get(device::power_csv))
+        .route("/devices/{id}/flow", get(device::flow_events))
         .route("/fleet/bulk", post(fleet::bulk))
         .route("/devices/{id}/approve", post(fleet::approve))
         .route("/devices/{id}/revoke", post(fleet::revoke))

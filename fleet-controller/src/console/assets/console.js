@@ -60,8 +60,31 @@ function liveJob(facts) {
   });
 }
 
+function liveFlow(fig) {
+  const src = new EventSource(fig.dataset.flow);
+  const width = (w) => Math.min(14, 1.5 + Math.sqrt(Math.abs(w)) * 0.8).toFixed(1);
+  src.addEventListener("flow", (ev) => {
+    const f = JSON.parse(ev.data);
+    const set = (leg, text) => {
+      const el = fig.querySelector(`[data-flow-leg="${leg}"]`);
+      if (el) el.textContent = text;
+    };
+    set("solar", `${f.solar.toFixed(0)} W`);
+    set("load", `${f.load.toFixed(0)} W`);
+    set("grid", `${f.grid.toFixed(0)} W`);
+    set("battery", `${Math.abs(f.battery).toFixed(0)} W ${f.battery >= 0 ? "out" : "in"}`);
+    if (f.soc !== null) set("soc", `${f.soc.toFixed(0)} %`);
+    for (const [cls, w] of [["s-solar", f.solar], ["s-battery", f.battery], ["s-grid", f.grid], ["s-load", f.load]]) {
+      const line = fig.querySelector(`line.${cls}`);
+      if (line) line.setAttribute("stroke-width", width(w));
+    }
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   if (!window.EventSource) return;
+  const flow = document.querySelector("figure.flow[data-flow]");
+  if (flow) liveFlow(flow);
   const table = document.querySelector("table[data-live]");
   if (table) liveFleet(table);
   const facts = document.querySelector("#job-facts[data-live]");
