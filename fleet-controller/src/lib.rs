@@ -47,6 +47,7 @@ pub mod jobs;
 pub mod ledger;
 pub mod market;
 pub mod market_view;
+pub mod offer_query;
 pub mod queue;
 pub mod reputation;
 pub mod runtime;

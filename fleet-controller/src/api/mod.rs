@@ -240,6 +240,9 @@ pub struct MarketQuery {
     online: Option<bool>,
     sort: Option<String>,
     load_w: Option<f64>,
+    /// The search language (`crate::offer_query`): `gpu:orin price<=0.5 runway>=4 ...`;
+    /// with it, the other fields are not read.
+    q: Option<String>,
 }
 
 /// `GET /api/v1/market`: the approved devices' offers with their live state and runway.
@@ -254,19 +257,30 @@ async fn market(
             "sort={sort}: price, renewable or runway"
         )));
     }
-    let search = crate::market_view::Search {
-        gpu: q.gpu,
-        vram_min_mib: q.vram_min_mib,
-        renewable_now_min: q.renewable_now_min,
-        online_only: q.online.unwrap_or(false),
-        job_load_w: q.load_w.unwrap_or(60.0).max(0.0),
-        sort: q.sort,
+    let load_w = q.load_w.unwrap_or(60.0).max(0.0);
+    let query = match q.q.as_deref() {
+        Some(text) => {
+            let mut parsed = crate::offer_query::parse(text).map_err(AppError::BadQuery)?;
+            parsed.search.job_load_w = load_w;
+            parsed
+        }
+        None => crate::offer_query::OfferQuery {
+            search: crate::market_view::Search {
+                gpu: q.gpu,
+                vram_min_mib: q.vram_min_mib,
+                renewable_now_min: q.renewable_now_min,
+                online_only: q.online.unwrap_or(false),
+                job_load_w: load_w,
+                sort: q.sort,
+            },
+            ..Default::default()
+        },
     };
     blocking(move || {
         let store = s.store.get()?;
         let listings =
-            crate::market_view::view(&*store, &search, crate::runtime::now_ms(), 60_000)?;
-        Ok(Json(json!(listings)))
+            crate::market_view::view(&*store, &query.search, crate::runtime::now_ms(), 60_000)?;
+        Ok(Json(json!(query.apply(listings))))
     })
     .await
 }

@@ -323,6 +323,10 @@ pub const OPS: &[Op] = &[
             ("online", "true: online only"),
             ("sort", "price, renewable or runway"),
             ("load_w", "the job's draw for the runway"),
+            (
+                "q",
+                "the search language: gpu:orin vram>=8000 cuda>=8.7 price<=0.5 renewable>=80 runway>=4 reputation>=0.6 region:DE online sort:price (the other fields then unread)",
+            ),
         ],
         ..op(
             "get",

@@ -10,20 +10,16 @@ use serde_json::json;
 use super::page::{self, Nav};
 use super::session::Viewer;
 use crate::api::{ApiQuery, ApiState, Auth};
-use crate::market_view::{Listing, Search};
+use crate::market_view::Listing;
 
 fn credits(micro: i64) -> String {
     format!("{:.6}", micro as f64 / 1e6)
 }
 
-/// The market page's query (the API's, as a form).
+/// The market page's query: the search language of [`crate::offer_query`].
 #[derive(Debug, Default, Deserialize)]
 pub struct MarketQuery {
-    gpu: Option<String>,
-    vram_min_mib: Option<String>,
-    renewable_now_min: Option<String>,
-    online: Option<String>,
-    sort: Option<String>,
+    q: Option<String>,
 }
 
 /// `GET /market`: the approved devices' offers, as a buyer looks for one.
@@ -32,41 +28,23 @@ pub async fn market(
     viewer: Viewer,
     Query(q): Query<MarketQuery>,
 ) -> Response {
-    let search = Search {
-        gpu: q.gpu.clone().filter(|g| !g.trim().is_empty()),
-        vram_min_mib: q
-            .vram_min_mib
-            .as_deref()
-            .and_then(|v| v.trim().parse().ok()),
-        renewable_now_min: q
-            .renewable_now_min
-            .as_deref()
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|p| p / 100.0),
-        online_only: q.online.as_deref() == Some("on"),
-        job_load_w: 60.0,
-        sort: q
-            .sort
-            .clone()
-            .filter(|s| ["price", "renewable", "runway"].contains(&s.as_str())),
-    };
+    let text = q.q.clone().unwrap_or_default();
+    let parsed = crate::offer_query::parse(&text);
     let pool = s.store.clone();
+    let query = parsed.clone().unwrap_or_default();
     let made =
         tokio::task::spawn_blocking(move || -> Result<Vec<Listing>, crate::api::AppError> {
             let st = pool.get()?;
-            Ok(crate::market_view::view(
-                &*st,
-                &search,
-                crate::runtime::now_ms(),
-                60_000,
-            )?)
+            let mut search = query.search.clone();
+            search.job_load_w = 60.0;
+            let listings =
+                crate::market_view::view(&*st, &search, crate::runtime::now_ms(), 60_000)?;
+            Ok(query.apply(listings))
         })
         .await;
     let offers = match made {
         Ok(Ok(o)) => o,
-        Ok(Err(e)) => {
-            return page::failed(&viewer, Nav::Market, "Market", e);
-        }
+        Ok(Err(e)) => return page::failed(&viewer, Nav::Market, "Market", e),
         Err(e) => {
             return page::failed(
                 &viewer,
@@ -79,22 +57,16 @@ pub async fn market(
     let body = html! {
         h1 { "Market" }
         form.filters method="get" action="/market" role="search" {
-            label for="gpu" { "GPU contains" }
-            input #gpu type="search" name="gpu" value=(q.gpu.clone().unwrap_or_default()) placeholder="orin, 4090";
-            label for="vram" { "Least GPU memory (MiB)" }
-            input #vram type="number" name="vram_min_mib" min="0" value=(q.vram_min_mib.clone().unwrap_or_default());
-            label for="ren" { "Least renewable now (%)" }
-            input #ren type="number" name="renewable_now_min" min="0" max="100" value=(q.renewable_now_min.clone().unwrap_or_default());
-            label for="online" { "Online only" }
-            input #online type="checkbox" name="online" value="on" checked[q.online.as_deref() == Some("on")];
-            label for="sort" { "Sort by" }
-            select #sort name="sort" {
-                @for (v, l) in [("", "device"), ("price", "price per hour"), ("renewable", "renewable share now"), ("runway", "energy runway")] {
-                    option value=(v) selected[q.sort.as_deref().unwrap_or("") == v] { (l) }
-                }
-            }
+            label for="offer-q" { "Search" }
+            input #offer-q type="search" name="q" value=(text) size="60" placeholder="gpu:orin price<=0.5 renewable>=80 runway>=4 online sort:price" aria-describedby="offer-q-help";
             button type="submit" { "Search" }
         }
+        p.note #offer-q-help {
+            "Terms, all of which an offer meets: " code { "gpu:orin" } ", " code { "vram>=8000" } " (MiB), " code { "cuda>=8.7" } ", "
+            code { "price<=0.5" } " (credits per GPU-hour), " code { "renewable>=80" } " (% now), " code { "runway>=4" } " (hours on battery and sun), "
+            code { "reputation>=0.6" } ", " code { "region:DE" } ", " code { "online" } ", " code { "sort:price" } " (or renewable, runway, reputation)."
+        }
+        @if let Err(e) = &parsed { p.error role="alert" { (e) } }
         table.market {
             caption { (offers.len()) " offers. Runway: how long the rig could run a 60 W job on its battery and forecast sun." }
             thead { tr {

@@ -297,6 +297,16 @@ async fn operators_act_on_devices_buyers_do_not_and_nobody_sees_anothers_job() {
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // The market's search language: a term it does not know is named, on the page and by
+    // the API (400 `bad_query`).
+    let (status, _, page) = send(&s, get("/market?q=gpu%3Aorin+cheap", Some(&alice))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("is not a search term"), "{page}");
+    let (status, _, body) = send(&s, get("/api/v1/market?q=cheap", None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("bad_query"), "{body}");
+    let (status, _, body) = send(&s, get("/api/v1/market?q=price%3C%3D0.5+online", None)).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "[]"));
     // The fleet page and the evidence page render for an empty fleet.
     for path in ["/", "/evidence", "/market", "/ledger"] {
         let (status, _, page) = send(&s, get(path, Some(&alice))).await;
