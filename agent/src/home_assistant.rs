@@ -291,6 +291,8 @@ pub async fn run(
         }
     });
     let mut announced = false;
+    // One state per signed record: a reconnection announces again but repeats no state.
+    let mut last_seq = None;
     loop {
         tokio::select! {
             c = conn_rx.recv() => {
@@ -314,9 +316,12 @@ pub async fn run(
                 .await;
             announced = true;
         }
-        let _ = client
-            .publish(&t.state, QoS::AtMostOnce, false, state(&rec).to_string())
-            .await;
+        if last_seq != Some(rec.link.seq) {
+            last_seq = Some(rec.link.seq);
+            let _ = client
+                .publish(&t.state, QoS::AtMostOnce, false, state(&rec).to_string())
+                .await;
+        }
     }
 }
 
