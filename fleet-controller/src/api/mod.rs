@@ -285,12 +285,40 @@ async fn market(
     .await
 }
 
-pub(crate) async fn epochs(State(s): State<ApiState>) -> Result<Json<Value>, AppError> {
+/// Query of the epochs listing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpochsQuery {
+    /// Only epochs numbered above this (the previous page's `X-Next-Cursor`).
+    pub after: Option<u64>,
+    /// Most epochs (default and at most 1000).
+    pub limit: Option<usize>,
+    /// The newest `limit` epochs instead of the oldest after `after`.
+    pub newest: Option<bool>,
+}
+
+/// `GET /api/v1/epochs`: closed epochs, oldest first, a page at a time; `X-Next-Cursor`
+/// names the next page's `after` while more are closed.
+pub(crate) async fn epochs(
+    State(s): State<ApiState>,
+    ApiQuery(q): ApiQuery<EpochsQuery>,
+) -> Result<(axum::http::HeaderMap, Json<Value>), AppError> {
+    let limit = q.limit.unwrap_or(1_000).clamp(1, 1_000) as u64;
     blocking(move || {
         let store = s.store.get()?;
         let mut out = Vec::new();
         let last = store.last_epoch()?.map_or(0, |e| e.epoch.next().0);
-        for n in (0..last).map(EpochId) {
+        let first = if q.newest == Some(true) {
+            last.saturating_sub(limit)
+        } else {
+            q.after.map_or(0, |a| a.saturating_add(1))
+        };
+        let end = first.saturating_add(limit).min(last);
+        let mut headers = axum::http::HeaderMap::new();
+        if end < last && q.newest != Some(true) && end > 0 {
+            headers.insert(jobs::NEXT_CURSOR, (end - 1).into());
+        }
+        for n in (first..end).map(EpochId) {
             if let Some(e) = store.epoch(n)? {
                 out.push(json!({
                     "epoch": e.epoch,
@@ -315,7 +343,7 @@ pub(crate) async fn epochs(State(s): State<ApiState>) -> Result<Json<Value>, App
                 }));
             }
         }
-        Ok(Json(Value::Array(out)))
+        Ok((headers, Json(Value::Array(out))))
     })
     .await
 }

@@ -138,12 +138,22 @@ pub const OPS: &[Op] = &[
             "The approved devices' hours summed per hour (at most 31 days)",
         )
     },
-    op(
-        "get",
-        "/api/v1/epochs",
-        Public,
-        "Closed epochs with their roots, local anchors and EVM anchors",
-    ),
+    Op {
+        query: &[
+            (
+                "after",
+                "cursor: epochs numbered above this (the X-Next-Cursor of the previous page)",
+            ),
+            ("limit", "most epochs (default and at most 1000)"),
+            ("newest", "true: the newest `limit` epochs"),
+        ],
+        ..op(
+            "get",
+            "/api/v1/epochs",
+            Public,
+            "Closed epochs, oldest first, with their roots, local anchors and EVM anchors",
+        )
+    },
     op("get", "/metrics", Public, "Prometheus text exposition"),
     op("get", "/api/v1/openapi.json", Public, "This document"),
     op(

@@ -346,6 +346,20 @@ pub async fn device(
                 dt { "Site" } dd { (format!("{:.2}°, {:.2}°", f64::from(h.site.lat_microdeg) / 1e6, f64::from(h.site.lon_microdeg) / 1e6)) ", region " (h.site.grid_region) ", " (h.site.panel_watts_peak) " Wp, " (h.site.battery_wh) " Wh battery" }
             }
             dt { "Chain" } dd { (count) " messages stored" @if let Some(l) = last { ", latest #" (l) } }
+            dt { "Plausibility" } dd #flags {
+                @match statement.as_ref().map(|s| &s.statement.flags) {
+                    None => { "no counted records in the period" }
+                    Some(f) if f.is_empty() => { "no flag raised over the last " (2 * days) " days" }
+                    Some(f) => {
+                        (f.len()) " flags over the last " (2 * days) " days (they lower the trust tier, never the energy):"
+                        ul.flags {
+                            @for flag in f.iter().take(10) {
+                                li { code { (format!("{:?}", flag.code)) } " at record #" (flag.seq.0) ": " (flag.detail) }
+                            }
+                        }
+                    }
+                }
+            }
         }
         @if viewer.operator() {
             div.actions {

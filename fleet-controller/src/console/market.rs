@@ -97,8 +97,13 @@ pub async fn market(
 
 /// `GET /evidence`: closed epochs with their roots and anchors, newest first.
 pub async fn evidence(State(s): State<ApiState>, viewer: Viewer) -> Response {
-    let epochs = match crate::api::epochs(State(s)).await {
-        Ok(e) => e.0,
+    let q = crate::api::EpochsQuery {
+        limit: Some(200),
+        newest: Some(true),
+        ..Default::default()
+    };
+    let epochs = match crate::api::epochs(State(s), ApiQuery(q)).await {
+        Ok(e) => e.1.0,
         Err(e) => {
             return page::failed(
                 &viewer,
@@ -118,7 +123,7 @@ pub async fn evidence(State(s): State<ApiState>, viewer: Viewer) -> Response {
             a href="/verify" { "this browser can too" } "."
         }
         table.epochs {
-            caption { (list.len()) " epochs closed (the latest 200 shown, newest first)" }
+            caption { "The latest " (list.len()) " closed epochs, newest first (all of them: " code { "GET /api/v1/epochs" } ")" }
             thead { tr { th scope="col" { "Epoch" } th scope="col" { "Leaves" } th scope="col" { "Root" } th scope="col" { "Closed" } th scope="col" { "Local anchor" } th scope="col" { "On chain" } } }
             tbody {
                 @for e in list.iter().rev().take(200) {
