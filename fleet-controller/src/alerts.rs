@@ -452,6 +452,100 @@ mod tests {
         assert!(!s.covers("offline", "device:a", 50));
     }
 
+    /// A failed job fires its rule once, from the first evaluation on (history before it is
+    /// not re-announced), into the webhook's outbox; a silence on it keeps it from delivery.
+    #[test]
+    fn a_failed_job_fires_once_and_a_silenced_one_is_kept_from_the_webhook() {
+        use crate::store::blobs::BlobStore;
+        use crate::store::jobs::{JobStore, NewJob};
+        use crate::store::sqlite::SqliteStore;
+        let mut st = SqliteStore::in_memory().unwrap();
+        let owner = crate::accounts::create(
+            &mut st,
+            crate::accounts::AccountKind::Buyer,
+            "alice",
+            1 << 20,
+            None,
+            "",
+            crate::accounts::Token::from_secret([1; 32]),
+            1,
+        )
+        .unwrap()
+        .account
+        .id;
+        let input = attest::Hash32::digest(b"abc");
+        st.grant_blob(owner, input, 3, 50).unwrap();
+        let req = serde_json::from_value(serde_json::json!({
+            "workload": {"builtin": {"kernel": "sha256_batch",
+                "params": [{"name": "count", "value": 1}, {"name": "item_len", "value": 3}]}},
+            "inputs": [input], "deadline_ms": 10_000_000, "max_price_micro_per_gpu_hour": 1,
+        }))
+        .unwrap();
+        let order = crate::jobs::validate(req, 100, &HashMap::from([(input, 3)])).unwrap();
+        let fail = |st: &mut SqliteStore, id: attest::msg::JobId, at: u64| {
+            st.insert_job(
+                &NewJob {
+                    id,
+                    owner,
+                    order: order.clone(),
+                    created_ms: at - 10,
+                    escrow: 0,
+                },
+                "accepted",
+            )
+            .unwrap();
+            let rec = st.job_of(owner, id).unwrap().unwrap();
+            let t = rec
+                .state
+                .transition(crate::jobs::JobState::Failed, at, "wrong output")
+                .unwrap();
+            assert!(st.apply_transition(id, &t).unwrap());
+        };
+        let cfg = AlertsConfig {
+            rules: vec![AlertRule {
+                name: "job failed".into(),
+                kind: AlertKind::JobFailed,
+                threshold: 0.0,
+                clear: None,
+                for_s: 0,
+            }],
+            ..AlertsConfig::default()
+        };
+        fail(&mut st, attest::msg::JobId([1; 16]), 1_000);
+        // The first evaluation marks where it starts: the old failure is history.
+        assert!(evaluate(&mut st, &cfg, 2_000).unwrap().is_empty());
+        fail(&mut st, attest::msg::JobId([2; 16]), 3_000);
+        let c = evaluate(&mut st, &cfg, 4_000).unwrap();
+        assert_eq!(c.len(), 1);
+        let e = c[0].event.as_ref().unwrap();
+        assert_eq!(
+            (e.status.as_str(), e.subject.as_str()),
+            ("firing", "job:02020202020202020202020202020202")
+        );
+        assert!(e.detail.contains("wrong output"), "{}", e.detail);
+        // Once only.
+        assert!(evaluate(&mut st, &cfg, 5_000).unwrap().is_empty());
+        assert_eq!(st.undelivered_alerts(10).unwrap().len(), 1);
+        // A silenced failure is recorded, not queued for the webhook.
+        st.add_silence(
+            &Silence {
+                id: 0,
+                rule: Some("job failed".into()),
+                subject: None,
+                until_ms: 100_000,
+                reason: "drill".into(),
+            },
+            None,
+            5_000,
+        )
+        .unwrap();
+        fail(&mut st, attest::msg::JobId([3; 16]), 6_000);
+        let c = evaluate(&mut st, &cfg, 7_000).unwrap();
+        assert!(c[0].event.as_ref().unwrap().silenced);
+        assert_eq!(st.undelivered_alerts(10).unwrap().len(), 1);
+        assert_eq!(st.alert_events(10).unwrap().len(), 2);
+    }
+
     #[test]
     fn rules_are_checked() {
         let mut c = AlertsConfig::default();
