@@ -12,7 +12,7 @@
 //! | `reputation>=0.6` | at least this reputation, 0..1 |
 //! | `region:DE` | in this grid region |
 //! | `online` | heard from within the last minute |
-//! | `sort:price` | cheapest first (`renewable`, `runway`, `reputation`: most first) |
+//! | `sort:price` | cheapest first (`renewable`, `runway`, `reputation`, `performance`: most first; performance is the latest right probe's items per second) |
 //!
 //! A term it does not know is an error naming it, never ignored.
 
@@ -35,6 +35,8 @@ pub struct OfferQuery {
     pub region: Option<String>,
     /// Sort by reputation (the view sorts by the rest).
     pub by_reputation: bool,
+    /// Sort by measured throughput (the latest right probe's items per second).
+    pub by_performance: bool,
 }
 
 fn number(term: &str, v: &str) -> Result<f64, String> {
@@ -82,9 +84,10 @@ pub fn parse(q: &str) -> Result<OfferQuery, String> {
             match v {
                 "price" | "renewable" | "runway" => out.search.sort = Some(v.to_string()),
                 "reputation" => out.by_reputation = true,
+                "performance" => out.by_performance = true,
                 _ => {
                     return Err(format!(
-                        "{term:?}: sort by price, renewable, runway or reputation"
+                        "{term:?}: sort by price, renewable, runway, reputation or performance"
                     ));
                 }
             }
@@ -121,6 +124,15 @@ impl OfferQuery {
         let mut out: Vec<Listing> = listings.into_iter().filter(|l| self.admits(l)).collect();
         if self.by_reputation {
             out.sort_by(|a, b| b.reputation.total_cmp(&a.reputation));
+        }
+        if self.by_performance {
+            let speed = |l: &Listing| {
+                l.measured
+                    .as_ref()
+                    .filter(|m| m.right)
+                    .map_or(-1.0, |m| m.items_per_s)
+            };
+            out.sort_by(|a, b| speed(b).total_cmp(&speed(a)));
         }
         out
     }
@@ -187,5 +199,25 @@ mod tests {
         assert!(!parse("cuda>=9.0").unwrap().admits(&l));
         assert!(!parse("runway>=5.1").unwrap().admits(&l));
         assert!(!parse("region:DE").unwrap().admits(&l));
+        // Measured speed sorts; a wrong or missing probe comes last.
+        let probed = |d: &str, speed: f64, right: bool| Listing {
+            device: d.into(),
+            measured: Some(crate::store::probes::ProbeResult {
+                at_ms: 0,
+                right,
+                items_per_s: speed,
+                mj_per_item: None,
+                backend: "cpu".into(),
+            }),
+            ..l.clone()
+        };
+        let sorted = parse("sort:performance").unwrap().apply(vec![
+            probed("slow", 10.0, true),
+            l.clone(),
+            probed("liar", 1e9, false),
+            probed("fast", 99.0, true),
+        ]);
+        let order: Vec<&str> = sorted.iter().map(|x| x.device.as_str()).collect();
+        assert_eq!(&order[..2], ["fast", "slow"]);
     }
 }

@@ -416,7 +416,7 @@ pub async fn device(
                 tr { th scope="row" { "The " (days) " before" } td.num { (format!("{e_before:.2} kWh")) } td.num { (share(r_before, e_before)) } }
             }
         }
-        p { a href={"/api/v1/devices/" (ids) "/hours?from=" (first_day * 86_400_000) "&to=" (now)} { "These hours as JSON" } " · " a href={"/api/v1/devices/" (ids) "/bundle?from=" (first_day * 86_400_000) "&to=" (now)} { "Proof bundle of the period" } }
+        p { a href={"/api/v1/devices/" (ids) "/hours?from=" (first_day * 86_400_000) "&to=" (now)} { "These hours as JSON" } " · " a href={"/devices/" (ids) "/hours.csv?days=" (days)} download { "as CSV" } " · " a href={"/api/v1/devices/" (ids) "/bundle?from=" (first_day * 86_400_000) "&to=" (now)} { "Proof bundle of the period" } }
     };
     page::page(&format!("Device {ids}"), &viewer, Nav::Fleet, body).into_response()
 }

@@ -159,7 +159,7 @@ async fn list_page_with(
                 }
             }
         }
-        @if jobs.is_empty() { p { "No jobs yet." } }
+        @if jobs.is_empty() { p { "No jobs yet." } } @else { p { a href="/jobs.csv" download { "These jobs as CSV" } } }
         (estimate_section(estimate.as_ref(), &eq))
         @if viewer.caller.scopes.has(crate::accounts::Scope::Submit) { (job_form(&viewer, error.as_deref())) }
     };

@@ -64,7 +64,7 @@ pub async fn market(
         p.note #offer-q-help {
             "Terms, all of which an offer meets: " code { "gpu:orin" } ", " code { "vram>=8000" } " (MiB), " code { "cuda>=8.7" } ", "
             code { "price<=0.5" } " (credits per GPU-hour), " code { "renewable>=80" } " (% now), " code { "runway>=4" } " (hours on battery and sun), "
-            code { "reputation>=0.6" } ", " code { "region:DE" } ", " code { "online" } ", " code { "sort:price" } " (or renewable, runway, reputation)."
+            code { "reputation>=0.6" } ", " code { "region:DE" } ", " code { "online" } ", " code { "sort:price" } " (or renewable, runway, reputation, performance)."
         }
         @if let Err(e) = &parsed { p.error role="alert" { (e) } }
         table.market {
@@ -180,7 +180,7 @@ pub async fn ledger(State(s): State<ApiState>, viewer: Viewer) -> Response {
                 button type="submit" { "Set" }
             }
         }
-        p { a href="/api/v1/account/statement" { "Statement of account" } " (JSON; needs an API token; " code { "attest verify-account" } " checks it offline)." }
+        p { a href="/ledger.csv" download { "This history as CSV" } " · " a href="/api/v1/account/statement" { "Statement of account" } " (JSON; needs an API token; " code { "attest verify-account" } " checks it offline)." }
         table.ledger {
             caption { "Transactions touching your wallet or your jobs' escrow, newest first" }
             thead { tr { th scope="col" { "#" } th scope="col" { "When" } th scope="col" { "Kind" } th scope="col" { "Job" } th scope="col" { "Postings (credits)" } th scope="col" { "Memo" } } }

@@ -23,10 +23,12 @@
 //! | `GET /evidence` | epochs, roots, local and on-chain anchors (`market.rs`) |
 //! | `GET /ledger`, `POST /ledger/spend-cap` | the viewer's balance, escrow, history and spend cap (`market.rs`) |
 //! | `GET /alerts`, `POST /alerts/silences[/{id}/end]` | (operators) alerts, their delivery, silences (`alerts.rs`) |
+//! | `GET /ledger.csv`, `/jobs.csv`, `/devices/{id}/hours.csv` | the histories as CSV (`csv.rs`) |
 //! | `GET /verify` | (public) verify a proof bundle in the browser, in WebAssembly (`verify.rs`) |
 
 mod alerts;
 mod charts;
+mod csv;
 mod device;
 mod fleet;
 mod jobs;
@@ -235,6 +237,9 @@ pub fn routes(max_upload: usize) -> Router<ApiState> {
         .route("/alerts/silences", post(alerts::silence))
         .route("/alerts/silences/{id}/end", post(alerts::end_silence))
         .route("/ledger", get(market::ledger))
+        .route("/ledger.csv", get(csv::ledger))
+        .route("/jobs.csv", get(csv::jobs))
+        .route("/devices/{id}/hours.csv", get(csv::hours))
         .route("/ledger/spend-cap", post(market::spend_cap))
         .route("/console/console.css", get(css))
         .route("/console/console.js", get(js))

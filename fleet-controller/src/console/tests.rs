@@ -307,6 +307,20 @@ async fn operators_act_on_devices_buyers_do_not_and_nobody_sees_anothers_job() {
     assert!(body.contains("bad_query"), "{body}");
     let (status, _, body) = send(&s, get("/api/v1/market?q=price%3C%3D0.5+online", None)).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "[]"));
+    // Histories as CSV: the viewer's, with their header line.
+    for (path, head) in [("/ledger.csv", "tx,at_ms,"), ("/jobs.csv", "job,workload,")] {
+        let (status, headers, body) = send(&s, get(path, Some(&alice))).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/csv")
+        );
+        assert!(body.starts_with(head), "{path}: {body}");
+    }
+    let (status, _, _) = send(&s, get(&format!("/devices/{id}/hours.csv"), Some(&alice))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     // The fleet page and the evidence page render for an empty fleet.
     for path in ["/", "/evidence", "/market", "/ledger"] {
         let (status, _, page) = send(&s, get(path, Some(&alice))).await;
