@@ -34,6 +34,10 @@ pub struct IngestStatus {
     pub stored: u64,
     /// Rejections by reason since start.
     pub rejected: std::collections::BTreeMap<String, u64>,
+    /// Rejections by device and reason since start (devices that had any).
+    #[serde(default)]
+    pub rejected_by_device:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
     /// Messages that came after a missing one and were held for it (not rejections).
     pub held_out_of_order: u64,
     /// Messages shed by the full ingest queue since start (sent again by their agents).
@@ -217,6 +221,11 @@ pub async fn run_with_api_listener(
             let status = IngestStatus {
                 stored: ingest.stored,
                 rejected: ingest.rejected.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                rejected_by_device: ingest
+                    .rejected_by_device
+                    .iter()
+                    .map(|(d, c)| (d.to_string(), c.iter().map(|(k, v)| (k.to_string(), *v)).collect()))
+                    .collect(),
                 held_out_of_order: ingest.held_out_of_order,
                 shed,
                 shed_bytes,

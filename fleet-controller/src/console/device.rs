@@ -307,6 +307,20 @@ pub async fn device(
             );
         }
     };
+    // Its rejections since the controller started, from the ingest's status file.
+    let rejects: Vec<(String, u64)> = std::fs::read(&s.status)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v["rejected_by_device"][id.to_string()]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                        .collect()
+                })
+        })
+        .unwrap_or_default();
     let hours_lines = statement
         .as_ref()
         .map(|s| s.statement.hours.clone())
@@ -346,6 +360,12 @@ pub async fn device(
                 dt { "Site" } dd { (format!("{:.2}°, {:.2}°", f64::from(h.site.lat_microdeg) / 1e6, f64::from(h.site.lon_microdeg) / 1e6)) ", region " (h.site.grid_region) ", " (h.site.panel_watts_peak) " Wp, " (h.site.battery_wh) " Wh battery" }
             }
             dt { "Chain" } dd { (count) " messages stored" @if let Some(l) = last { ", latest #" (l) } }
+            dt { "Rejected" } dd #rejects {
+                @if rejects.is_empty() { "nothing since the controller started" } @else {
+                    @for (i, (reason, n)) in rejects.iter().enumerate() { @if i > 0 { ", " } (n) " " code { (reason) } }
+                    " since the controller started"
+                }
+            }
             dt { "Plausibility" } dd #flags {
                 @match statement.as_ref().map(|s| &s.statement.flags) {
                     None => { "no counted records in the period" }

@@ -107,6 +107,9 @@ impl IngestConfig {
 /// Rejections counted by reason.
 pub type Counters = BTreeMap<&'static str, u64>;
 
+/// Most devices whose rejections are counted one by one.
+pub const MAX_REJECTING_DEVICES: usize = 10_000;
+
 /// The ingest state.
 pub struct Ingest<S: Store> {
     store: S,
@@ -115,6 +118,9 @@ pub struct Ingest<S: Store> {
     chains: HashMap<DeviceId, ChainVerifier>,
     /// Rejections by reason.
     pub rejected: Counters,
+    /// Rejections by device and reason, for the first [`MAX_REJECTING_DEVICES`] devices
+    /// that had any (the rest count in `rejected` only): the console shows a device's.
+    pub rejected_by_device: HashMap<DeviceId, Counters>,
     /// Messages stored since start.
     pub stored: u64,
     /// Messages that came after a missing one and were held for it, since start.
@@ -179,6 +185,7 @@ impl<S: Store> Ingest<S> {
             cfg,
             chains: HashMap::new(),
             rejected: Counters::new(),
+            rejected_by_device: HashMap::new(),
             stored: 0,
             held_out_of_order: 0,
             logged: HashMap::new(),
@@ -207,6 +214,17 @@ impl<S: Store> Ingest<S> {
 
     fn reject(&mut self, device: Option<DeviceId>, reason: &'static str, detail: &str, now: u64) {
         *self.rejected.entry(reason).or_default() += 1;
+        if let Some(d) = device
+            && (self.rejected_by_device.contains_key(&d)
+                || self.rejected_by_device.len() < MAX_REJECTING_DEVICES)
+        {
+            *self
+                .rejected_by_device
+                .entry(d)
+                .or_default()
+                .entry(reason)
+                .or_default() += 1;
+        }
         let last = self.logged.entry((device, reason)).or_insert(0);
         if *last == 0 || now.saturating_sub(*last) >= 60_000 {
             *last = now.max(1);
@@ -728,6 +746,11 @@ mod tests {
         ing.handle(&[(topic(&good, "records"), fork.into_bytes())], NOW)
             .unwrap();
         assert_eq!(ing.rejected.get("fork"), Some(&1));
+        // Counted against the device too (the console shows a device's rejects).
+        assert_eq!(
+            ing.rejected_by_device[&good.key.device_id()].get("fork"),
+            Some(&1)
+        );
         let out = ing
             .handle(
                 &[(topic(&good, "records"), chain[1].as_bytes().to_vec())],
