@@ -215,14 +215,18 @@ fn meter_provider(service: &'static str) -> Result<SdkMeterProvider, String> {
 /// The span id every span of job `job` names as its parent: the job's trace's root,
 /// derived from the job id (never zero).
 pub fn job_root_span(job: &[u8; 16]) -> SpanId {
-    let mut b = [0u8; 8];
-    for (i, x) in job.iter().enumerate() {
-        b[i % 8] ^= x.rotate_left(i as u32);
+    // splitmix64's finaliser over both halves: every bit of the id moves every bit of the
+    // span id (a plain fold would map many ids, all equal bytes for one, to the same span).
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
-    if b == [0; 8] {
-        b[7] = 1;
-    }
-    SpanId::from_bytes(b)
+    let (a, b) = job.split_at(8);
+    let a = u64::from_le_bytes(a.try_into().unwrap_or_default());
+    let b = u64::from_le_bytes(b.try_into().unwrap_or_default());
+    let x = mix(a ^ mix(b ^ 0x6865_6c69_6f73_7461)).max(1);
+    SpanId::from_bytes(x.to_be_bytes())
 }
 
 /// The trace of job `job`: trace id = the job id, parent = [`job_root_span`], sampled.
@@ -267,6 +271,13 @@ mod tests {
         assert_ne!(job_root_span(&job), SpanId::INVALID);
         assert_ne!(job_root_span(&[0; 16]), SpanId::INVALID);
         assert_ne!(job_root_span(&[1; 16]), job_root_span(&[2; 16]));
+        // Ids one bit apart, in either half, get other span ids.
+        let mut other = job;
+        other[15] ^= 1;
+        assert_ne!(job_root_span(&job), job_root_span(&other));
+        other = job;
+        other[0] ^= 0x80;
+        assert_ne!(job_root_span(&job), job_root_span(&other));
     }
 
     #[test]
