@@ -27,6 +27,7 @@
 //! | `GET /verify` | (public) verify a proof bundle in the browser, in WebAssembly (`verify.rs`) |
 
 mod alerts;
+mod carbon;
 mod charts;
 mod csv;
 mod device;
