@@ -83,9 +83,16 @@ fn flow_of(r: &MeterRecord) -> Flow {
 
 fn latest_flow(pool: &Arc<SqlitePool>, id: DeviceId) -> Result<Option<Flow>, AppError> {
     let st = pool.get()?;
+    let Some((seq, _)) = st.last_item(id)? else {
+        return Ok(None);
+    };
+    // The last message may be a receipt or a restart: the latest meter record among the
+    // last few is the power now.
     Ok(st
-        .last_item(id)?
-        .and_then(|(_, env)| Envelope::decode(&env).ok()?.open::<MeterRecord>().ok())
+        .items(id, attest::SeqNo(seq.0.saturating_sub(16)), seq)?
+        .iter()
+        .rev()
+        .find_map(|(_, env)| Envelope::decode(env).ok()?.open::<MeterRecord>().ok())
         .map(|r| flow_of(&r)))
 }
 
