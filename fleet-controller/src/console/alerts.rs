@@ -8,7 +8,7 @@ use maud::html;
 use serde::Deserialize;
 
 use super::page::{self, Nav};
-use super::session::{CsrfForm, Viewer, same_origin};
+use super::session::{CsrfForm, Viewer};
 use super::when;
 use crate::api::{ApiJson, ApiState, Auth};
 
@@ -131,7 +131,7 @@ pub async fn silence(
     headers: HeaderMap,
     axum::Form(f): axum::Form<SilenceForm>,
 ) -> Response {
-    if let Err(r) = same_origin(&headers).and_then(|()| viewer.check_csrf(&f.csrf)) {
+    if let Err(r) = viewer.check_form(&headers, &f.csrf) {
         return r.into_response();
     }
     let body = crate::api::alerts::SilenceBody {
@@ -154,7 +154,7 @@ pub async fn end_silence(
     Path(id): Path<u64>,
     axum::Form(f): axum::Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = same_origin(&headers).and_then(|()| viewer.check_csrf(&f.csrf)) {
+    if let Err(r) = viewer.check_form(&headers, &f.csrf) {
         return r.into_response();
     }
     match crate::api::alerts::end_silence(State(s), Auth(viewer.caller), Path(id)).await {

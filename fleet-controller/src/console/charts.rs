@@ -94,26 +94,7 @@ pub fn lines(title: &str, unit: &str, from: u64, to: u64, series: &[Series]) -> 
     let hi = (hi / step).ceil() * step;
     let x = |t: u64| LEFT + (t.saturating_sub(from) as f64 / span as f64) * (W - LEFT - RIGHT);
     let y = |v: f64| TOP + (hi - v) / (hi - lo) * (H - TOP - BOTTOM);
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-labelledby="c-{id}"><title id="c-{id}">{t}</title>"#,
-        id = title_id(title),
-        t = maud::html! { (title) }.into_string(),
-    );
-    let mut v = lo;
-    while v <= hi + step / 2.0 {
-        let yy = y(v);
-        let _ = write!(
-            svg,
-            r#"<line class="grid" x1="{LEFT}" x2="{x2}" y1="{yy:.1}" y2="{yy:.1}"/><text class="tick" x="{tx}" y="{ty:.1}" text-anchor="end">{label}</text>"#,
-            x2 = W - RIGHT,
-            tx = LEFT - 6.0,
-            ty = yy + 4.0,
-            label = fmt_value(v),
-        );
-        v += step;
-    }
+    let mut svg = frame(title, unit, lo, hi, step);
     for i in 0..=4u64 {
         let t = from + span * i / 4;
         let anchor = match i {
@@ -129,12 +110,6 @@ pub fn lines(title: &str, unit: &str, from: u64, to: u64, series: &[Series]) -> 
             fmt_time(t, span)
         );
     }
-    let _ = write!(
-        svg,
-        r#"<text class="unit" x="4" y="{:.1}">{}</text>"#,
-        TOP + 8.0,
-        maud::html! { (unit) }.into_string()
-    );
     for s in series {
         if s.points.is_empty() {
             continue;
@@ -181,32 +156,7 @@ pub fn stacked_bars(
     let n = bars.len().max(1) as f64;
     let slot = (W - LEFT - RIGHT) / n;
     let bar_w = (slot * 0.7).max(1.0);
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-labelledby="c-{id}"><title id="c-{id}">{t}</title>"#,
-        id = title_id(title),
-        t = maud::html! { (title) }.into_string(),
-    );
-    let mut v = 0.0;
-    while v <= hi + step / 2.0 {
-        let yy = y(v);
-        let _ = write!(
-            svg,
-            r#"<line class="grid" x1="{LEFT}" x2="{x2}" y1="{yy:.1}" y2="{yy:.1}"/><text class="tick" x="{tx}" y="{ty:.1}" text-anchor="end">{label}</text>"#,
-            x2 = W - RIGHT,
-            tx = LEFT - 6.0,
-            ty = yy + 4.0,
-            label = fmt_value(v),
-        );
-        v += step;
-    }
-    let _ = write!(
-        svg,
-        r#"<text class="unit" x="4" y="{:.1}">{}</text>"#,
-        TOP + 8.0,
-        maud::html! { (unit) }.into_string()
-    );
+    let mut svg = frame(title, unit, 0.0, hi, step);
     for (i, (label, parts)) in bars.iter().enumerate() {
         let x0 = LEFT + slot * i as f64 + (slot - bar_w) / 2.0;
         let mut base = 0.0;
@@ -242,6 +192,39 @@ pub fn stacked_bars(
             }
         }
     }
+}
+
+/// The chart's opening: the SVG element with its title, the value grid from `lo` to `hi`
+/// every `step` with its labels, and the unit.
+fn frame(title: &str, unit: &str, lo: f64, hi: f64, step: f64) -> String {
+    let y = |v: f64| TOP + (hi - v) / (hi - lo) * (H - TOP - BOTTOM);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-labelledby="c-{id}"><title id="c-{id}">{t}</title>"#,
+        id = title_id(title),
+        t = maud::html! { (title) }.into_string(),
+    );
+    let mut v = lo;
+    while v <= hi + step / 2.0 {
+        let yy = y(v);
+        let _ = write!(
+            svg,
+            r#"<line class="grid" x1="{LEFT}" x2="{x2}" y1="{yy:.1}" y2="{yy:.1}"/><text class="tick" x="{tx}" y="{ty:.1}" text-anchor="end">{label}</text>"#,
+            x2 = W - RIGHT,
+            tx = LEFT - 6.0,
+            ty = yy + 4.0,
+            label = fmt_value(v),
+        );
+        v += step;
+    }
+    let _ = write!(
+        svg,
+        r#"<text class="unit" x="4" y="{:.1}">{}</text>"#,
+        TOP + 8.0,
+        maud::html! { (unit) }.into_string()
+    );
+    svg
 }
 
 fn title_id(title: &str) -> String {

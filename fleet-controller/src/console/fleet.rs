@@ -16,7 +16,7 @@ use maud::html;
 use serde::{Deserialize, Serialize};
 
 use super::page::{self, Nav};
-use super::session::{CsrfForm, Viewer, same_origin};
+use super::session::{CsrfForm, Viewer};
 use crate::api::{ApiState, AppError, Auth};
 use crate::market_view::{Listing, Search};
 use crate::store::Store;
@@ -380,7 +380,7 @@ async fn set_state(
     csrf: &str,
     approve: bool,
 ) -> Response {
-    if let Err(r) = same_origin(&headers).and_then(|()| viewer.check_csrf(csrf)) {
+    if let Err(r) = viewer.check_form(&headers, csrf) {
         return r.into_response();
     }
     let auth = Auth(viewer.caller);
@@ -465,9 +465,7 @@ pub async fn bulk(
 ) -> Response {
     let pairs = form_pairs(&body);
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    if let Err(r) =
-        same_origin(&headers).and_then(|()| viewer.check_csrf(&get("csrf").unwrap_or_default()))
-    {
+    if let Err(r) = viewer.check_form(&headers, &get("csrf").unwrap_or_default()) {
         return r.into_response();
     }
     let devices: Vec<String> = pairs

@@ -515,7 +515,7 @@ pub async fn cancel(
     Path(id): Path<String>,
     axum::Form(f): axum::Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = same_origin(&headers).and_then(|()| viewer.check_csrf(&f.csrf)) {
+    if let Err(r) = viewer.check_form(&headers, &f.csrf) {
         return r.into_response();
     }
     match crate::api::jobs::cancel(State(s), Auth(viewer.caller), Path(id.clone())).await {

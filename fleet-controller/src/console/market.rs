@@ -223,8 +223,7 @@ pub async fn spend_cap(
     axum::Form(f): axum::Form<CapForm>,
 ) -> Response {
     use axum::response::Redirect;
-    if let Err(r) = super::session::same_origin(&headers).and_then(|()| viewer.check_csrf(&f.csrf))
-    {
+    if let Err(r) = viewer.check_form(&headers, &f.csrf) {
         return r.into_response();
     }
     let daily_micro = match f.credits.trim() {

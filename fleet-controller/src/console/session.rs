@@ -178,6 +178,12 @@ impl Viewer {
         }
     }
 
+    /// A form post's two checks: it comes from this site (`Origin`) and carries this
+    /// session's CSRF token.
+    pub fn check_form(&self, headers: &HeaderMap, posted: &str) -> Result<(), Refused> {
+        same_origin(headers).and_then(|()| self.check_csrf(posted))
+    }
+
     /// Whether this is an operator.
     pub fn operator(&self) -> bool {
         self.caller.kind == AccountKind::Operator
@@ -429,7 +435,7 @@ pub async fn logout(
     headers: HeaderMap,
     axum::Form(f): axum::Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = same_origin(&headers).and_then(|()| viewer.check_csrf(&f.csrf)) {
+    if let Err(r) = viewer.check_form(&headers, &f.csrf) {
         return r.into_response();
     }
     if let Some(token) = cookie_value(&headers) {
