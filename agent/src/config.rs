@@ -239,9 +239,13 @@ pub struct LinkConfig {
     /// Username, when the broker wants one.
     #[serde(default)]
     pub username: Option<String>,
-    /// Password for `username`.
+    /// Password for `username`. Sent only over TLS unless `insecure_plaintext_password`.
     #[serde(default)]
     pub password: Option<String>,
+    /// Allow the password over plain TCP (a broker on the same host or a trusted LAN):
+    /// without it, a password and no `tls_ca_file` is a configuration error.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_plaintext_password: bool,
     /// TLS: a CA bundle (PEM) turns TLS on.
     #[serde(default)]
     pub tls_ca_file: Option<PathBuf>,
@@ -275,6 +279,7 @@ impl LinkConfig {
             controller_key: controller_key.to_string(),
             username: None,
             password: None,
+            insecure_plaintext_password: false,
             tls_ca_file: None,
             tls_client_cert: None,
             tls_client_key: None,
@@ -554,6 +559,14 @@ impl AgentConfig {
         }
         if l.password.is_some() && l.username.is_none() {
             return bad("link.password", "needs link.username".into());
+        }
+        if l.password.is_some() && l.tls_ca_file.is_none() && !l.insecure_plaintext_password {
+            return bad(
+                "link.password",
+                "would be sent in clear over plain TCP: set link.tls_ca_file (TLS), or \
+                 link.insecure_plaintext_password = true for a broker on a trusted network"
+                    .into(),
+            );
         }
         if l.tls_client_cert.is_some() != l.tls_client_key.is_some() {
             return bad(

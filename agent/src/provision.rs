@@ -13,7 +13,10 @@
 //! 3. the device key is made on the device (kept if it exists: provisioning again keeps the
 //!    device's identity);
 //! 4. the token is redeemed with a hello signed by that key;
-//! 5. the secrets (`enrollment_token`, `client_key_pem`, the MQTT password) are erased from
+//! 5. the broker login the controller issued with the enrollment (username = device id,
+//!    a password) replaces the file's in the configuration, when the link has TLS (or
+//!    `insecure_plaintext_password`);
+//! 6. the secrets (`enrollment_token`, `client_key_pem`, the MQTT password) are erased from
 //!    the provisioning file, which then names the device enrolled.
 //!
 //! A failure says what and exits with a sysexits code: 78 for a bad file, 75 when the
@@ -263,7 +266,27 @@ pub fn provision(
     let device = key.device_id();
 
     let enrollment = match (&section.api_url, &section.enrollment_token) {
-        (Some(url), Some(token)) => Some(redeem(url, token, &cfg, &key, now_ms)?),
+        (Some(url), Some(token)) => {
+            let (state, login) = redeem(url, token, &cfg, &key, now_ms)?;
+            // The broker login the controller issued replaces the file's: written only
+            // where it would not travel in clear.
+            if let Some((user, password)) = login {
+                if cfg.link.tls_ca_file.is_some() || cfg.link.insecure_plaintext_password {
+                    cfg.link.username = Some(user);
+                    cfg.link.password = Some(password);
+                    let text = cfg.to_toml().map_err(|e| ProvisionError::Invalid {
+                        path: file.into(),
+                        cause: e,
+                    })?;
+                    write_atomic(config_path, text.as_bytes(), 0o640, owner)?;
+                } else {
+                    eprintln!(
+                        "heliostat-agent: the controller issued a broker login, not stored: the link has no TLS (set [provision] ca_pem or link.tls_ca_file)"
+                    );
+                }
+            }
+            Some(state)
+        }
         _ => None,
     };
 
@@ -298,14 +321,14 @@ pub fn provision(
 }
 
 /// Redeems the token at the controller with a hello signed now; the controller's word
-/// for the device's state.
+/// for the device's state, and the broker login it issued (username, password), if any.
 fn redeem(
     url: &str,
     token: &str,
     cfg: &AgentConfig,
     key: &attest::KeyPair,
     now_ms: u64,
-) -> Result<String, ProvisionError> {
+) -> Result<(String, Option<(String, String)>), ProvisionError> {
     let offer = crate::hardware::discover(Path::new("/"), false);
     let hello = crate::runtime::signed_hello(
         cfg,
@@ -357,5 +380,15 @@ fn redeem(
             message: answer["message"].as_str().unwrap_or("").into(),
         });
     }
-    Ok(answer["state"].as_str().unwrap_or("enrolled").to_string())
+    let login = match (
+        answer["broker"]["username"].as_str(),
+        answer["broker"]["password"].as_str(),
+    ) {
+        (Some(u), Some(p)) => Some((u.to_string(), p.to_string())),
+        _ => None,
+    };
+    Ok((
+        answer["state"].as_str().unwrap_or("enrolled").to_string(),
+        login,
+    ))
 }

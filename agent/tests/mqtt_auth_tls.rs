@@ -82,6 +82,7 @@ fn username_and_password_let_the_agent_in_and_a_wrong_password_does_not() {
         LinkConfig {
             username: Some("rig-17".into()),
             password: Some("wrong".into()),
+            insecure_plaintext_password: true,
             ..link(port)
         },
     );
@@ -91,6 +92,7 @@ fn username_and_password_let_the_agent_in_and_a_wrong_password_does_not() {
         LinkConfig {
             username: Some("rig-17".into()),
             password: Some("s3cret".into()),
+            insecure_plaintext_password: true,
             ..link(port)
         },
     );
@@ -233,4 +235,51 @@ fn tls_with_client_certificates_connects_and_a_foreign_ca_is_refused() {
     assert_eq!(seen, vec![id], "only the well-configured agent got through");
     let log = std::fs::read_to_string(wrong_log).unwrap();
     assert!(log.contains("connection down"), "{log}");
+    assert!(
+        log.contains("TLS: 127.0.0.1") && log.contains("certificate"),
+        "the refused agent names the TLS failure:\n{log}"
+    );
+}
+
+#[test]
+fn a_password_over_plain_tcp_is_refused_by_the_agent_before_it_connects() {
+    let port = free_port();
+    let _broker = Mosquitto::start_config(
+        port,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
+        ),
+    );
+    let collector = Collector::start(port, controller(), true);
+    let dir = TempDir::new("plain-password");
+    let (mut agent, log) = agent(
+        dir.path(),
+        LinkConfig {
+            username: Some("rig-17".into()),
+            password: Some("s3cret-never-sent".into()),
+            ..link(port)
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = agent.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the agent kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "refused configuration, failed start");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        log.contains("link.password") && log.contains("in clear"),
+        "the agent names the key:\n{log}"
+    );
+    assert!(
+        !log.contains("s3cret-never-sent"),
+        "the secret is not logged"
+    );
+    assert!(
+        collector.got.lock().unwrap().devices.is_empty(),
+        "nothing reached the broker"
+    );
 }

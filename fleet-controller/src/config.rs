@@ -267,9 +267,22 @@ pub struct BrokerConfig {
     /// Username.
     #[serde(default)]
     pub username: Option<String>,
-    /// Password.
+    /// Password. Sent only over TLS unless `insecure_plaintext_password`.
     #[serde(default)]
     pub password: Option<String>,
+    /// Allow the password over plain TCP (a broker on the same host).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_plaintext_password: bool,
+    /// TLS: the CA bundle (PEM) that signs the broker's certificate turns TLS on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// TLS client certificate (PEM), with `tls_client_key`: the controller's identity at a
+    /// broker that asks for certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// TLS client key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_key: Option<PathBuf>,
     /// Shared-subscription group: controllers in one group split the devices' messages.
     #[serde(default = "default_group")]
     pub share_group: String,
@@ -283,6 +296,10 @@ impl BrokerConfig {
             port: default_port(),
             username: None,
             password: None,
+            insecure_plaintext_password: false,
+            tls_ca_file: None,
+            tls_client_cert: None,
+            tls_client_key: None,
             share_group: default_group(),
         }
     }
@@ -503,6 +520,22 @@ impl ControllerConfig {
         if self.broker.password.is_some() && self.broker.username.is_none() {
             anyhow::bail!("config key `broker.password`: needs broker.username");
         }
+        let b = &self.broker;
+        if b.password.is_some() && b.tls_ca_file.is_none() && !b.insecure_plaintext_password {
+            anyhow::bail!(
+                "config key `broker.password`: would be sent in clear over plain TCP: set \
+                 broker.tls_ca_file (TLS), or broker.insecure_plaintext_password = true for a \
+                 broker on this host"
+            );
+        }
+        if b.tls_client_cert.is_some() != b.tls_client_key.is_some() {
+            anyhow::bail!(
+                "config key `broker.tls_client_cert`: set both tls_client_cert and tls_client_key, or neither"
+            );
+        }
+        if b.tls_client_cert.is_some() && b.tls_ca_file.is_none() {
+            anyhow::bail!("config key `broker.tls_ca_file`: client certificates need TLS");
+        }
         if let Some(s) = &self.settlement {
             s.validate(self.epochs.evm.as_ref())?;
         }
@@ -564,6 +597,26 @@ mod tests {
     }
 
     #[test]
+    fn a_broker_password_needs_tls_unless_plain_tcp_is_allowed() {
+        let mut b = BrokerConfig {
+            username: Some("controller".into()),
+            password: Some("s3cret".into()),
+            ..BrokerConfig::new("127.0.0.1")
+        };
+        let check = |b: &BrokerConfig| ControllerConfig::new("/tmp/x", b.clone()).validate();
+        let e = check(&b).unwrap_err().to_string();
+        assert!(e.contains("broker.password") && e.contains("in clear"), "{e}");
+        assert!(!e.contains("s3cret"));
+        b.insecure_plaintext_password = true;
+        check(&b).unwrap();
+        b.insecure_plaintext_password = false;
+        b.tls_ca_file = Some("/etc/ca.pem".into());
+        check(&b).unwrap();
+        b.tls_client_cert = Some("/etc/c.pem".into());
+        assert!(check(&b).unwrap_err().to_string().contains("tls_client_key"));
+    }
+
+    #[test]
     fn a_built_config_round_trips_through_a_toml_file_to_an_equal_value() {
         let mut cfg = ControllerConfig::new(
             "/tmp/controller-data",
@@ -571,6 +624,9 @@ mod tests {
                 port: 18_830,
                 username: Some("controller".into()),
                 password: Some("s3cret".into()),
+                tls_ca_file: Some("/etc/heliostat/broker-ca.pem".into()),
+                tls_client_cert: Some("/etc/heliostat/controller.pem".into()),
+                tls_client_key: Some("/etc/heliostat/controller.key".into()),
                 share_group: String::new(),
                 ..BrokerConfig::new("127.0.0.1")
             },

@@ -34,6 +34,7 @@ pub mod accounts;
 pub mod alerts;
 pub mod anchor;
 pub mod api;
+pub mod broker_perimeter;
 pub mod bundles;
 pub mod certificates;
 pub mod config;

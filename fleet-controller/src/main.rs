@@ -4,6 +4,8 @@
 //! - `fleet-controller --config FILE key`: the controller's public key (give it to agents).
 //! - `fleet-controller --config FILE devices`: every device with its state.
 //! - `fleet-controller --config FILE approve|revoke ID`.
+//! - `fleet-controller --config FILE broker-files --out DIR [--ca F --cert F --key F]`:
+//!   Mosquitto's password, ACL and configuration files from the device list.
 //! - `fleet-controller --config FILE bundle --device ID --out FILE`: a proof bundle.
 //! - `fleet-controller deploy-anchor --rpc URL --key-file FILE`: deploy the anchor contract.
 //! - `fleet-controller deploy-settlement --rpc URL --key-file FILE [--token ADDR | --mint N]`:
@@ -72,6 +74,37 @@ enum Cmd {
         /// Units of a new demo token minted to the treasury.
         #[arg(long, default_value_t = 0)]
         mint: u64,
+    },
+    /// Write Mosquitto's perimeter into OUT from the device list (docs/security.md): the
+    /// password file (approved devices' broker passwords, as hashes), the ACL file, and with
+    /// --ca/--cert/--key a `mosquitto.conf`. Run again after approving or revoking a device,
+    /// then reload Mosquitto (SIGHUP): a revoked device's connection is dropped.
+    BrokerFiles {
+        /// The folder to write `passwd`, `acl` (and `mosquitto.conf`) into.
+        #[arg(long)]
+        out: PathBuf,
+        /// The controller's username at the broker: the common name of its client
+        /// certificate (default: broker.username, else `heliostat-controller`).
+        #[arg(long)]
+        controller_user: Option<String>,
+        /// CA file (PEM) for the listeners and the controller's certificate.
+        #[arg(long, requires_all = ["cert", "key"])]
+        ca: Option<PathBuf>,
+        /// The broker's certificate (PEM).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// The broker's key (PEM).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The devices' listener port.
+        #[arg(long, default_value_t = 8883)]
+        device_port: u16,
+        /// The controller's listener port.
+        #[arg(long, default_value_t = 8884)]
+        controller_port: u16,
+        /// The address both listeners bind to (default: every address).
+        #[arg(long, default_value = "")]
+        bind: String,
     },
     /// API accounts and tokens (the first operator is made here).
     Account {
@@ -252,6 +285,52 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
                     break;
                 }
             }
+            Ok(())
+        }
+        Cmd::BrokerFiles {
+            out,
+            controller_user,
+            ca,
+            cert,
+            key,
+            device_port,
+            controller_port,
+            bind,
+        } => {
+            use fleet_controller::broker_perimeter as bp;
+            use fleet_controller::store::broker::BrokerStore;
+            let ingest = fleet_controller::runtime::open(&cfg)?;
+            let devices = ingest.store().broker_credentials()?;
+            let user = controller_user
+                .or_else(|| cfg.broker.username.clone())
+                .unwrap_or_else(|| "heliostat-controller".into());
+            let controller_hash = match &cfg.broker.password {
+                Some(p) => Some(bp::mosquitto_hash(p)?),
+                None => None,
+            };
+            let passwd = bp::password_file(
+                &devices,
+                controller_hash.as_deref().map(|h| (user.as_str(), h)),
+            );
+            // Readable by the broker's group (chown root:mosquitto), never by others.
+            bp::write_file(&out, "passwd", &passwd, 0o640)?;
+            bp::write_file(&out, "acl", &bp::acl_file(&user), 0o640)?;
+            if let (Some(ca), Some(cert), Some(key)) = (ca, cert, key) {
+                let l = bp::Listeners {
+                    device_port,
+                    controller_port,
+                    bind,
+                    ca,
+                    cert,
+                    key,
+                };
+                bp::write_file(&out, "mosquitto.conf", &bp::mosquitto_conf(&out, &l), 0o644)?;
+            }
+            eprintln!(
+                "wrote the broker's files for {} devices and the controller ({user}) into {}: reload Mosquitto",
+                devices.len(),
+                out.display()
+            );
             Ok(())
         }
         Cmd::Approve { id } | Cmd::Revoke { id } if attest::DeviceId::parse(&id).is_err() => {

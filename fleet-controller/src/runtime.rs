@@ -333,16 +333,8 @@ pub async fn run_with_api_listener(
         }));
     }
     let b = &cfg.broker;
-    let mut o = MqttOptions::new(
-        format!("heliostat-controller-{}", std::process::id()),
-        &b.host,
-        b.port,
-    );
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_max_packet_size(4 << 20, 4 << 20);
-    if let Some(u) = &b.username {
-        o.set_credentials(u, b.password.clone().unwrap_or_default());
-    }
+    let (o, tls) = mqtt_options(b)?;
+    let tls_error = tls.as_ref().map(|t| t.last_error());
     let (client, mut events) = AsyncClient::new(o, 1024);
     // An empty group means a plain subscription (one controller, or a broker without
     // shared subscriptions).
@@ -398,13 +390,15 @@ pub async fn run_with_api_listener(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "broker connection down; retrying");
+                    let tls = tls_error.as_ref().and_then(|l| l.get()).unwrap_or_default();
+                    tracing::warn!(error = %e, tls, "broker connection down; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             },
         }
     }
     queue.close();
+    drop(tls);
     let _ = stop_tx.send(true);
     if let Some(t) = api_task {
         let _ = t.await;
@@ -546,4 +540,38 @@ fn write_json(path: &std::path::Path, value: &impl Serialize) {
             let _ = std::fs::rename(&tmp, path);
         }
     }
+}
+
+/// The MQTT client options from `[broker]`: credentials, and TLS when a CA file is set
+/// (rumqttc then talks to the returned bridge, which makes every connection a TLS one with
+/// the controller's client certificate if there is one).
+fn mqtt_options(
+    b: &crate::config::BrokerConfig,
+) -> anyhow::Result<(MqttOptions, Option<heliostat_mqtt_tls::Bridge>)> {
+    let client_id = format!("heliostat-controller-{}", std::process::id());
+    let bridge = match &b.tls_ca_file {
+        Some(ca) => {
+            let files = heliostat_mqtt_tls::ClientFiles {
+                ca: ca.clone(),
+                cert_and_key: b.tls_client_cert.clone().zip(b.tls_client_key.clone()),
+            };
+            let config = heliostat_mqtt_tls::client_config(&files)?;
+            Some(heliostat_mqtt_tls::Bridge::start(&b.host, b.port, config)?)
+        }
+        None => None,
+    };
+    let mut o = match &bridge {
+        Some(t) => {
+            let mut o = MqttOptions::new(client_id, t.socket().to_string_lossy(), 0);
+            o.set_transport(rumqttc::Transport::Unix);
+            o
+        }
+        None => MqttOptions::new(client_id, &b.host, b.port),
+    };
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(4 << 20, 4 << 20);
+    if let Some(u) = &b.username {
+        o.set_credentials(u, b.password.clone().unwrap_or_default());
+    }
+    Ok((o, bridge))
 }

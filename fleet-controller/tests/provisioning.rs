@@ -90,7 +90,7 @@ fn provisioning(dir: &Path, broker: u16, controller_key: &str, provision: &str) 
          [site]\nlat = -1.29\nlon = 36.82\ngrid_region = \"KE\"\n\
          [meter]\nsample_interval_ms = 50\nrecord_interval_ms = 200\n\
          [link]\nhost = \"127.0.0.1\"\nport = {broker}\ncontroller_key = \"{controller_key}\"\n\
-         username = \"rig\"\npassword = \"s3cret-mqtt\"\n\
+         username = \"rig\"\npassword = \"s3cret-mqtt\"\ninsecure_plaintext_password = true\n\
          [[source]]\ntype = \"simulator\"\n",
         data = dir.join("data").display(),
     );
@@ -151,7 +151,16 @@ fn a_provisioned_device_enrols_with_its_token_and_its_records_count_without_a_cl
     );
     assert!(left.contains(&id.to_string()), "{left}");
     let written = std::fs::read_to_string(&config).unwrap();
-    assert!(written.contains("s3cret-mqtt") && !written.contains("enrollment_token"));
+    assert!(!written.contains("enrollment_token"), "{written}");
+    // The broker login is the one the controller issued (username = the device id), not the
+    // file's; the controller keeps only its hash.
+    let link: toml::Table = toml::from_str::<toml::Table>(&written).unwrap()["link"]
+        .as_table()
+        .unwrap()
+        .clone();
+    assert_eq!(link["username"].as_str(), Some(id.to_string().as_str()));
+    let password = link["password"].as_str().unwrap().to_string();
+    assert_eq!(password.len(), 64, "{password}");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
@@ -175,6 +184,18 @@ fn a_provisioned_device_enrols_with_its_token_and_its_records_count_without_a_cl
                 .then_some(())
         },
     );
+    // Approved: its broker login is one the broker's password file will hold.
+    {
+        use fleet_controller::store::broker::BrokerStore;
+        let hashes = store.broker_credentials().unwrap();
+        assert_eq!(hashes.len(), 1, "{hashes:?}");
+        assert_eq!(hashes[0].0, id);
+        assert!(fleet_controller::broker_perimeter::hash_matches(
+            &password,
+            &hashes[0].1
+        ));
+        assert!(!hashes[0].1.contains(&password));
+    }
 
     // A second device with the used-up token: refused, its token kept for a retry (the
     // configuration it wrote is whole: it would run as a pending device).

@@ -76,8 +76,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
         tokio::spawn(crate::metrics::serve(listener, exposition.clone()));
     }
-    let opts = mqtt::options(&agent.cfg, &agent.key.device_id(), &agent.topics)?;
+    let (opts, tls) = mqtt::options(&agent.cfg, &agent.key.device_id(), &agent.topics)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
+    let tls_error = tls.as_ref().map(|b| b.last_error());
     let (tx, mut rx) = mpsc::channel::<LinkEvent>(1024);
     // The jitter's seed is the only randomness: the clock's low bits differ between devices.
     let mut backoff = mqtt::Backoff::new(agent.cfg.link.backoff_max_ms, now_ms());
@@ -93,7 +94,12 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
                     }
                 }
                 Err(e) => {
-                    if tx.send(LinkEvent::Down(e.to_string())).await.is_err() {
+                    // Behind the TLS bridge, rumqttc sees only a closed socket: say why.
+                    let why = match tls_error.as_ref().and_then(|l| l.get()) {
+                        Some(tls) => format!("{e} (TLS: {tls})"),
+                        None => e.to_string(),
+                    };
+                    if tx.send(LinkEvent::Down(why)).await.is_err() {
                         return;
                     }
                     let wait = backoff.next_wait_ms();

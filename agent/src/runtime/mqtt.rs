@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use rumqttc::{LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use anyhow::Result;
+use heliostat_mqtt_tls::{Bridge, ClientFiles};
+use rumqttc::{LastWill, MqttOptions, QoS, Transport};
 
 use crate::config::AgentConfig;
 
@@ -36,10 +37,35 @@ impl Topics {
 }
 
 /// The client options from `[link]`: a retained `offline` last will on the status topic,
-/// credentials, and TLS when a CA file is set.
-pub fn options(cfg: &AgentConfig, id: &attest::DeviceId, topics: &Topics) -> Result<MqttOptions> {
+/// credentials, and TLS when a CA file is set. With TLS, rumqttc talks to the returned
+/// [`Bridge`] (keep it as long as the client), which makes each connection a TLS one to
+/// the broker. Must run inside the tokio runtime.
+pub fn options(
+    cfg: &AgentConfig,
+    id: &attest::DeviceId,
+    topics: &Topics,
+) -> Result<(MqttOptions, Option<Bridge>)> {
     let l = &cfg.link;
-    let mut o = MqttOptions::new(format!("heliostat-agent-{id}"), &l.host, l.port);
+    let client_id = format!("heliostat-agent-{id}");
+    let bridge = match &l.tls_ca_file {
+        Some(ca) => {
+            let files = ClientFiles {
+                ca: ca.clone(),
+                cert_and_key: l.tls_client_cert.clone().zip(l.tls_client_key.clone()),
+            };
+            let config = heliostat_mqtt_tls::client_config(&files)?;
+            Some(Bridge::start(&l.host, l.port, config)?)
+        }
+        None => None,
+    };
+    let mut o = match &bridge {
+        Some(b) => {
+            let mut o = MqttOptions::new(client_id, b.socket().to_string_lossy(), 0);
+            o.set_transport(Transport::Unix);
+            o
+        }
+        None => MqttOptions::new(client_id, &l.host, l.port),
+    };
     o.set_keep_alive(Duration::from_secs(l.keepalive_s));
     o.set_clean_session(true);
     o.set_max_packet_size(
@@ -57,23 +83,7 @@ pub fn options(cfg: &AgentConfig, id: &attest::DeviceId, topics: &Topics) -> Res
     if let Some(u) = &l.username {
         o.set_credentials(u, l.password.clone().unwrap_or_default());
     }
-    if let Some(ca) = &l.tls_ca_file {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-        let client_auth = match (&l.tls_client_cert, &l.tls_client_key) {
-            (Some(c), Some(k)) => Some((
-                std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
-                std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
-            )),
-            _ => None,
-        };
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth,
-        }));
-    }
-    Ok(o)
+    Ok((o, bridge))
 }
 
 /// Reconnection backoff: starts at 100 ms, doubles up to a maximum, each wait drawn from

@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 use super::auth::Auth;
 use super::{ApiJson, ApiState, AppError, blocking};
 use crate::accounts::{Scope, Token};
+use crate::broker_perimeter;
+use crate::store::broker::BrokerStore;
 use crate::store::enrollment::{EnrollError, Enrolled, EnrollmentStore};
 
 /// Most enrollments one token allows.
@@ -150,16 +152,27 @@ pub(super) async fn enroll(
     let device = proven_device(&b.hello, now)?;
     let token = Token::parse(b.token.trim()).ok_or(AppError::Enroll(EnrollError::BadToken))?;
     blocking(move || {
-        let done = s.store.get()?.enroll(token.hash(), device, now)??;
+        let mut store = s.store.get()?;
+        let done = store.enroll(token.hash(), device, now)??;
         let (status, state) = match done {
             Enrolled::Approved => (StatusCode::CREATED, "approved"),
             Enrolled::Preapproved => (StatusCode::CREATED, "preapproved"),
             Enrolled::Already => (StatusCode::OK, "enrolled"),
         };
+        // The device's broker login, shown this once (a retry gets a new one; the old one
+        // stops working when the broker's files are written again).
+        let internal = |e: std::io::Error| AppError::Internal(format!("random source: {e}"));
+        let password = broker_perimeter::new_password().map_err(internal)?;
+        let hash = broker_perimeter::mosquitto_hash(&password).map_err(internal)?;
+        store.set_broker_credential(device, &hash, now)?;
         tracing::info!(%device, state, "device enrolled with a token");
         Ok((
             status,
-            Json(json!({"device": device.to_string(), "state": state})),
+            Json(json!({
+                "device": device.to_string(),
+                "state": state,
+                "broker": {"username": device.to_string(), "password": password},
+            })),
         ))
     })
     .await

@@ -350,6 +350,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     // 24 hours (none: no cap). Checked in the transaction that stores a job.
     "ALTER TABLE accounts ADD COLUMN spend_cap_micro INTEGER;
     CREATE INDEX ledger_tx_kind_at ON ledger_tx (kind, at_ms);",
+    // 21: each device's broker password, issued at enrollment, kept as Mosquitto's hash
+    // (the password itself is shown to the device once).
+    "CREATE TABLE broker_credentials (
+        device BLOB PRIMARY KEY,
+        hash TEXT NOT NULL,
+        issued_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this code writes.

@@ -18,6 +18,7 @@
 pub mod accounts;
 pub mod alerts;
 pub mod blobs;
+pub mod broker;
 pub mod certificates;
 pub mod console;
 pub mod enrollment;

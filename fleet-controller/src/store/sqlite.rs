@@ -6,6 +6,7 @@
 mod accounts;
 mod alerts;
 mod blobs;
+mod broker;
 mod certificates;
 mod console;
 mod enrollment;
