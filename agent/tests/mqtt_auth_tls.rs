@@ -3,7 +3,7 @@
 //! broker certificate from another CA must keep the agent out (and say why in its log).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use heliostat_agent::config::{AgentConfig, LinkConfig, MeterConfig, SiteConfig};
@@ -115,85 +115,12 @@ fn username_and_password_let_the_agent_in_and_a_wrong_password_does_not() {
     );
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, made by openssl.
-fn make_pki(dir: &Path, name: &str) {
-    let openssl = require("openssl", "openssl");
-    let run = |args: &[&str]| {
-        let ok = Command::new(&openssl)
-            .current_dir(dir)
-            .args(args)
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(ok.success(), "openssl {args:?}");
-    };
-    let ca = format!("{name}-ca");
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        &format!("{ca}.key"),
-        "-out",
-        &format!("{ca}.pem"),
-        "-days",
-        "2",
-        "-subj",
-        &format!("/CN={ca}"),
-    ]);
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    for who in ["server", "client"] {
-        let base = format!("{name}-{who}");
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &format!("{base}.key"),
-            "-out",
-            &format!("{base}.csr"),
-            "-subj",
-            &format!("/CN={who}"),
-        ]);
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{base}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &format!("{base}.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ]);
-    }
-    // Mosquitto started as root drops to its own user: let it read the test's files.
-    use std::os::unix::fs::PermissionsExt;
-    for e in std::fs::read_dir(dir).unwrap() {
-        let _ = std::fs::set_permissions(e.unwrap().path(), std::fs::Permissions::from_mode(0o644));
-    }
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
-}
-
 #[test]
 fn tls_with_client_certificates_connects_and_a_foreign_ca_is_refused() {
     let tmp = TempDir::new("tls");
     let d = tmp.path();
-    make_pki(d, "good");
-    make_pki(d, "other");
+    hil_tests::pki::make(d, "good", &["client"]);
+    hil_tests::pki::make(d, "other", &["client"]);
     let (port, open) = (free_port(), free_port());
     let _broker = Mosquitto::start_config(
         port,

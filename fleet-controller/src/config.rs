@@ -283,6 +283,10 @@ pub struct BrokerConfig {
     /// TLS client key (PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_client_key: Option<PathBuf>,
+    /// The broker runs Mosquitto's dynamic security plugin as `broker-files` wrote it: the
+    /// controller adds enrolled devices and removes revoked ones while it runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dynsec: bool,
     /// Shared-subscription group: controllers in one group split the devices' messages.
     #[serde(default = "default_group")]
     pub share_group: String,
@@ -300,6 +304,7 @@ impl BrokerConfig {
             tls_ca_file: None,
             tls_client_cert: None,
             tls_client_key: None,
+            dynsec: false,
             share_group: default_group(),
         }
     }
@@ -605,7 +610,10 @@ mod tests {
         };
         let check = |b: &BrokerConfig| ControllerConfig::new("/tmp/x", b.clone()).validate();
         let e = check(&b).unwrap_err().to_string();
-        assert!(e.contains("broker.password") && e.contains("in clear"), "{e}");
+        assert!(
+            e.contains("broker.password") && e.contains("in clear"),
+            "{e}"
+        );
         assert!(!e.contains("s3cret"));
         b.insecure_plaintext_password = true;
         check(&b).unwrap();
@@ -613,7 +621,12 @@ mod tests {
         b.tls_ca_file = Some("/etc/ca.pem".into());
         check(&b).unwrap();
         b.tls_client_cert = Some("/etc/c.pem".into());
-        assert!(check(&b).unwrap_err().to_string().contains("tls_client_key"));
+        assert!(
+            check(&b)
+                .unwrap_err()
+                .to_string()
+                .contains("tls_client_key")
+        );
     }
 
     #[test]

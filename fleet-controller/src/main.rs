@@ -5,7 +5,7 @@
 //! - `fleet-controller --config FILE devices`: every device with its state.
 //! - `fleet-controller --config FILE approve|revoke ID`.
 //! - `fleet-controller --config FILE broker-files --out DIR [--ca F --cert F --key F]`:
-//!   Mosquitto's password, ACL and configuration files from the device list.
+//!   Mosquitto's dynamic security file and configuration from the device list.
 //! - `fleet-controller --config FILE bundle --device ID --out FILE`: a proof bundle.
 //! - `fleet-controller deploy-anchor --rpc URL --key-file FILE`: deploy the anchor contract.
 //! - `fleet-controller deploy-settlement --rpc URL --key-file FILE [--token ADDR | --mint N]`:
@@ -76,11 +76,12 @@ enum Cmd {
         mint: u64,
     },
     /// Write Mosquitto's perimeter into OUT from the device list (docs/security.md): the
-    /// password file (approved devices' broker passwords, as hashes), the ACL file, and with
-    /// --ca/--cert/--key a `mosquitto.conf`. Run again after approving or revoking a device,
-    /// then reload Mosquitto (SIGHUP): a revoked device's connection is dropped.
+    /// dynamic security plugin's `dynamic-security.json` (every enrolled device not revoked,
+    /// the controller) and, with --ca/--cert/--key, a `mosquitto.conf`. For a first start or
+    /// a rebuild, with the broker stopped: while it runs, the controller (`broker.dynsec`)
+    /// adds and removes devices itself.
     BrokerFiles {
-        /// The folder to write `passwd`, `acl` (and `mosquitto.conf`) into.
+        /// The folder to write into.
         #[arg(long)]
         out: PathBuf,
         /// The controller's username at the broker: the common name of its client
@@ -105,6 +106,9 @@ enum Cmd {
         /// The address both listeners bind to (default: every address).
         #[arg(long, default_value = "")]
         bind: String,
+        /// The plugin (default: where Debian puts `mosquitto_dynamic_security.so`).
+        #[arg(long)]
+        plugin: Option<PathBuf>,
     },
     /// API accounts and tokens (the first operator is made here).
     Account {
@@ -296,6 +300,7 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
             device_port,
             controller_port,
             bind,
+            plugin,
         } => {
             use fleet_controller::broker_perimeter as bp;
             use fleet_controller::store::broker::BrokerStore;
@@ -304,18 +309,20 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
             let user = controller_user
                 .or_else(|| cfg.broker.username.clone())
                 .unwrap_or_else(|| "heliostat-controller".into());
-            let controller_hash = match &cfg.broker.password {
-                Some(p) => Some(bp::mosquitto_hash(p)?),
-                None => None,
-            };
-            let passwd = bp::password_file(
-                &devices,
-                controller_hash.as_deref().map(|h| (user.as_str(), h)),
-            );
-            // Readable by the broker's group (chown root:mosquitto), never by others.
-            bp::write_file(&out, "passwd", &passwd, 0o640)?;
-            bp::write_file(&out, "acl", &bp::acl_file(&user), 0o640)?;
+            let config = bp::dynsec_config(&devices, &user, &cfg.broker.share_group);
+            // The broker rewrites it on every change: its user must own it (docs/security.md).
+            bp::write_file(
+                &out,
+                "dynamic-security.json",
+                &serde_json::to_string_pretty(&config)?,
+                0o600,
+            )?;
             if let (Some(ca), Some(cert), Some(key)) = (ca, cert, key) {
+                let plugin = plugin.or_else(bp::find_dynsec_plugin).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "mosquitto_dynamic_security.so not found: install mosquitto or name it with --plugin"
+                    )
+                })?;
                 let l = bp::Listeners {
                     device_port,
                     controller_port,
@@ -323,11 +330,12 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
                     ca,
                     cert,
                     key,
+                    plugin,
                 };
                 bp::write_file(&out, "mosquitto.conf", &bp::mosquitto_conf(&out, &l), 0o644)?;
             }
             eprintln!(
-                "wrote the broker's files for {} devices and the controller ({user}) into {}: reload Mosquitto",
+                "wrote the broker's files for {} devices and the controller ({user}) into {}",
                 devices.len(),
                 out.display()
             );

@@ -103,6 +103,11 @@ pub async fn run_with_api_listener(
     let in_rx = queue.clone();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let dispatch_tx = out_tx.clone();
+    // The broker's dynamic security plugin (`broker.dynsec`): enrolled devices' logins go
+    // there from the API, revoked devices' leave it from the sync thread; each (re)connection
+    // makes the thread say every revocation again.
+    let broker_tx = cfg.broker.dynsec.then(|| out_tx.clone());
+    let broker_generation = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (batch_max, batch_max_bytes, wait) = (
         cfg.ingest.batch_max,
         cfg.ingest.batch_max_bytes,
@@ -248,6 +253,14 @@ pub async fn run_with_api_listener(
             stop_rx.clone(),
         )?);
     }
+    if let Some(tx) = broker_tx.clone() {
+        parts.push(spawn_broker_sync(
+            cfg.db_path(),
+            tx,
+            broker_generation.clone(),
+            stop_rx.clone(),
+        )?);
+    }
     let mut api_task = None;
     if cfg.epochs.anchor == crate::config::AnchorBackend::Evm {
         let evm = cfg
@@ -289,6 +302,7 @@ pub async fn run_with_api_listener(
             settlement_min_micro: cfg.settlement.as_ref().map(|s| s.min_micro),
             spot_check_ppm: cfg.market.spot_check_ppm,
             job_power_w: f64::from(cfg.market.job_power_w),
+            broker_cmd: broker_tx.clone(),
             console: std::sync::Arc::new(
                 crate::console::Console::new(&cfg.console)
                     .with_alert_rules(cfg.alerts.rules.iter().map(|r| r.name.clone()).collect()),
@@ -371,9 +385,19 @@ pub async fn run_with_api_listener(
                     for t in &topics {
                         client.subscribe(t, QoS::AtLeastOnce).await?;
                     }
+                    if b.dynsec {
+                        client
+                            .subscribe(crate::broker_perimeter::DYNSEC_RESPONSE, QoS::AtLeastOnce)
+                            .await?;
+                        broker_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     tracing::info!(broker = %format!("{}:{}", b.host, b.port), "controller connected");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if p.topic == crate::broker_perimeter::DYNSEC_RESPONSE {
+                        crate::broker_perimeter::log_responses(&p.payload);
+                        continue;
+                    }
                     if let Some((device, attest::topics::Leaf::Jobs)) = attest::topics::parse(&p.topic) {
                         // Never waits either: a full channel drops the event (counted by
                         // dispatch as `shed` is not: the next report repeats it).
@@ -574,4 +598,48 @@ fn mqtt_options(
         o.set_credentials(u, b.password.clone().unwrap_or_default());
     }
     Ok((o, bridge))
+}
+
+/// The thread that removes revoked devices from the broker's dynamic security plugin: every
+/// second it reads which revoked devices had a broker login and sends their removal once per
+/// connection (`generation` counts connections; removing twice is harmless).
+fn spawn_broker_sync(
+    db: std::path::PathBuf,
+    tx: mpsc::UnboundedSender<Outgoing>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<()>> {
+    use crate::store::broker::BrokerStore;
+    let store = SqliteStore::open(&db)?;
+    Ok(std::thread::Builder::new()
+        .name("broker-sync".into())
+        .spawn(move || {
+            let mut sent: std::collections::HashSet<DeviceId> = Default::default();
+            let mut seen = 0;
+            while !*stop.borrow() {
+                let now = generation.load(std::sync::atomic::Ordering::SeqCst);
+                if now != seen {
+                    sent.clear();
+                    seen = now;
+                }
+                match store.revoked_broker_logins() {
+                    Ok(revoked) => {
+                        for d in revoked {
+                            if !sent.insert(d) {
+                                continue;
+                            }
+                            tracing::info!(device = %d, "removing a revoked device from the broker");
+                            let commands = crate::broker_perimeter::revoke_commands(&d);
+                            let _ = tx.send(Outgoing {
+                                topic: crate::broker_perimeter::DYNSEC_TOPIC.into(),
+                                payload: commands.to_string().into_bytes(),
+                                retain: false,
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading revoked devices"),
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })?)
 }

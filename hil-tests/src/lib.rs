@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod collector;
 pub mod otlp;
+pub mod pki;
 pub mod sink;
 
 use std::net::{TcpListener, TcpStream};

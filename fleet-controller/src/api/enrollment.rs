@@ -165,6 +165,14 @@ pub(super) async fn enroll(
         let password = broker_perimeter::new_password().map_err(internal)?;
         let hash = broker_perimeter::mosquitto_hash(&password).map_err(internal)?;
         store.set_broker_credential(device, &hash, now)?;
+        if let Some(tx) = &s.broker_cmd {
+            let commands = broker_perimeter::enrol_commands(&device, &password);
+            let _ = tx.send(crate::ingest::Outgoing {
+                topic: broker_perimeter::DYNSEC_TOPIC.into(),
+                payload: commands.to_string().into_bytes(),
+                retain: false,
+            });
+        }
         tracing::info!(%device, state, "device enrolled with a token");
         Ok((
             status,

@@ -110,6 +110,9 @@ pub struct ApiState {
     pub console: Arc<crate::console::Console>,
     /// What a job is assumed to draw, W (`market.job_power_w`): estimates use it.
     pub job_power_w: f64,
+    /// Commands to the broker's dynamic security plugin (`broker.dynsec`): an enrolled
+    /// device's login goes there.
+    pub broker_cmd: Option<tokio::sync::mpsc::UnboundedSender<crate::ingest::Outgoing>>,
 }
 
 impl ApiState {
@@ -136,6 +139,7 @@ impl ApiState {
             spot_check_ppm: crate::config::MarketConfig::default().spot_check_ppm,
             console: Arc::new(crate::console::Console::default()),
             job_power_w: f64::from(crate::config::MarketConfig::default().job_power_w),
+            broker_cmd: None,
         }
     }
 }

@@ -14,7 +14,9 @@ pub trait BrokerStore {
         hash: &str,
         now_ms: u64,
     ) -> Result<(), StoreError>;
-    /// The hashes of approved devices, by device: revoked and pending devices have none
-    /// at the broker.
+    /// The hashes of every device that has one and is not revoked (enrolled devices may not
+    /// have said hello yet), by device.
     fn broker_credentials(&self) -> Result<Vec<(DeviceId, String)>, StoreError>;
+    /// Revoked devices that were given a broker login: the broker must not know them.
+    fn revoked_broker_logins(&self) -> Result<Vec<DeviceId>, StoreError>;
 }

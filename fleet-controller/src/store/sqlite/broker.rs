@@ -25,8 +25,8 @@ impl BrokerStore for SqliteStore {
     fn broker_credentials(&self) -> Result<Vec<(DeviceId, String)>, StoreError> {
         let mut st = self.conn.prepare_cached(
             "SELECT c.device, c.hash FROM broker_credentials c
-             JOIN devices d ON d.id = c.device
-             WHERE d.state = 'approved' ORDER BY c.device",
+             LEFT JOIN devices d ON d.id = c.device
+             WHERE d.state IS NULL OR d.state != 'revoked' ORDER BY c.device",
         )?;
         let rows = st.query_map([], |r| {
             Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
@@ -34,10 +34,27 @@ impl BrokerStore for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (d, hash) = row?;
-            let d = <[u8; 16]>::try_from(d.as_slice())
-                .map_err(|_| StoreError::Corrupt("broker_credentials.device length".into()))?;
-            out.push((DeviceId(d), hash));
+            out.push((device(&d)?, hash));
         }
         Ok(out)
     }
+
+    fn revoked_broker_logins(&self) -> Result<Vec<DeviceId>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT c.device FROM broker_credentials c
+             JOIN devices d ON d.id = c.device WHERE d.state = 'revoked' ORDER BY c.device",
+        )?;
+        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(device(&row?)?);
+        }
+        Ok(out)
+    }
+}
+
+fn device(bytes: &[u8]) -> Result<DeviceId, StoreError> {
+    <[u8; 16]>::try_from(bytes)
+        .map(DeviceId)
+        .map_err(|_| StoreError::Corrupt("broker_credentials.device length".into()))
 }
