@@ -65,6 +65,16 @@ pub struct ApiConfig {
     /// Blob quota of an account made without one, bytes.
     #[serde(default = "default_quota_bytes")]
     pub default_quota_bytes: u64,
+    /// Requests per second one API token may make on average (uploads included).
+    #[serde(default = "default_token_rate")]
+    pub token_rate_per_s: f64,
+    /// Requests one API token may make at once above its rate.
+    #[serde(default = "default_token_burst")]
+    pub token_burst: u32,
+    /// Missing or bad tokens from one address within a minute before it must wait out the
+    /// minute.
+    #[serde(default = "default_auth_failures")]
+    pub auth_failures_per_min: u32,
 }
 
 impl Default for ApiConfig {
@@ -74,8 +84,21 @@ impl Default for ApiConfig {
             max_blob_bytes: default_max_blob_bytes(),
             max_body_bytes: default_max_body_bytes(),
             default_quota_bytes: default_quota_bytes(),
+            token_rate_per_s: default_token_rate(),
+            token_burst: default_token_burst(),
+            auth_failures_per_min: default_auth_failures(),
         }
     }
+}
+
+const fn default_token_rate() -> f64 {
+    50.0
+}
+const fn default_token_burst() -> u32 {
+    200
+}
+const fn default_auth_failures() -> u32 {
+    30
 }
 
 fn default_listen() -> String {
@@ -481,6 +504,15 @@ impl ControllerConfig {
             anyhow::bail!(
                 "config key `api.listen`: {} is not an address:port",
                 self.api.listen
+            );
+        }
+        if !(self.api.token_rate_per_s.is_finite() && self.api.token_rate_per_s > 0.0)
+            || self.api.token_burst == 0
+            || self.api.auth_failures_per_min == 0
+        {
+            anyhow::bail!(
+                "config key `api.token_rate_per_s`: token_rate_per_s, token_burst and \
+                 auth_failures_per_min must be above zero"
             );
         }
         if self.api.max_body_bytes < MIN_BODY_BYTES {

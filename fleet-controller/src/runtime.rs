@@ -303,6 +303,7 @@ pub async fn run_with_api_listener(
             spot_check_ppm: cfg.market.spot_check_ppm,
             job_power_w: f64::from(cfg.market.job_power_w),
             broker_cmd: broker_tx.clone(),
+            guard: std::sync::Arc::new(crate::api::guard::Guard::from(&cfg.api)),
             console: std::sync::Arc::new(
                 crate::console::Console::new(&cfg.console)
                     .with_alert_rules(cfg.alerts.rules.iter().map(|r| r.name.clone()).collect()),

@@ -351,3 +351,34 @@ pub(crate) async fn bulk(
     })
     .await
 }
+
+/// Query of `GET /api/v1/audit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Entries numbered below this one (the `next` of the page before).
+    before: Option<u64>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/audit`: operator actions, newest first; `next` pages back.
+pub(crate) async fn audit(
+    State(s): State<ApiState>,
+    auth: Auth,
+    super::ApiQuery(q): super::ApiQuery<AuditQuery>,
+) -> Result<Json<Value>, AppError> {
+    auth.require(Scope::Operate)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    blocking(move || {
+        use crate::store::audit::AuditStore;
+        let rows = s.store.get()?.audit_before(q.before, limit)?;
+        let next = (rows.len() == limit).then(|| rows.last().map(|(id, _)| *id)).flatten();
+        let entries: Vec<Value> = rows
+            .into_iter()
+            .map(|(id, e)| json!({"id": id, "at_ms": e.at_ms, "account": e.account, "token": e.token, "method": e.method, "path": e.path, "status": e.status}))
+            .collect();
+        Ok(Json(json!({"entries": entries, "next": next})))
+    })
+    .await
+}

@@ -30,6 +30,35 @@ impl axum::extract::FromRequestParts<ApiState> for Auth {
         parts: &mut axum::http::request::Parts,
         state: &ApiState,
     ) -> Result<Self, AppError> {
+        // The address that guesses tokens waits (api/guard.rs), whatever it sends now.
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let now = std::time::Instant::now();
+        state.guard.check_address(ip, now)?;
+        let caller = match Self::caller(parts, state).await {
+            Ok(c) => c,
+            Err(e @ (AppError::MissingToken | AppError::BadToken)) => {
+                state.guard.failed(ip, now);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        state.guard.take(caller.token, now)?;
+        if let Some(slot) = parts.extensions.get::<super::guard::AuditSlot>() {
+            slot.set(caller);
+        }
+        Ok(Auth(caller))
+    }
+}
+
+impl Auth {
+    /// The caller the `Authorization` header names.
+    async fn caller(
+        parts: &axum::http::request::Parts,
+        state: &ApiState,
+    ) -> Result<Caller, AppError> {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -44,6 +73,6 @@ impl axum::extract::FromRequestParts<ApiState> for Auth {
         let hash = token.hash();
         let pool = state.store.clone();
         let caller = blocking(move || Ok(pool.get()?.caller(&hash)?)).await?;
-        caller.map(Auth).ok_or(AppError::BadToken)
+        caller.ok_or(AppError::BadToken)
     }
 }

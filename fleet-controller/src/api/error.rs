@@ -82,6 +82,12 @@ pub enum AppError {
     /// A token that is malformed, unknown or revoked (which one is not said).
     #[error("the token is not valid (malformed, unknown or revoked)")]
     BadToken,
+    /// Held back by a rate limit (api/guard.rs).
+    #[error("{}", match .0 {
+        super::guard::Held::RateLimited(s) => format!("this token is over its request rate: retry in {s} s"),
+        super::guard::Held::TooManyFailures(s) => format!("too many bad tokens from this address: retry in {s} s"),
+    })]
+    Held(super::guard::Held),
     /// A valid token without the scope the route needs.
     #[error("this route needs a token with the {} scope", .0.as_str())]
     MissingScope(Scope),
@@ -167,6 +173,12 @@ impl AppError {
             AppError::MissingToken => (StatusCode::UNAUTHORIZED, "missing_token"),
             AppError::BadToken => (StatusCode::UNAUTHORIZED, "bad_token"),
             AppError::MissingScope(_) => (StatusCode::FORBIDDEN, "missing_scope"),
+            AppError::Held(super::guard::Held::RateLimited(_)) => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+            }
+            AppError::Held(super::guard::Held::TooManyFailures(_)) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_failures")
+            }
             AppError::QuotaExceeded(_) => (StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded"),
             AppError::HashMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "hash_mismatch"),
             AppError::BlobInUse(_) => (StatusCode::CONFLICT, "blob_in_use"),
@@ -250,6 +262,12 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, reason) = self.reason();
         let body = Json(json!({"reason": reason, "message": self.to_string()}));
+        if let AppError::Held(
+            super::guard::Held::RateLimited(s) | super::guard::Held::TooManyFailures(s),
+        ) = self
+        {
+            return (status, [(header::RETRY_AFTER, s.to_string())], body).into_response();
+        }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 6750 section 3: a 401 names the scheme it wants.
             return (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
@@ -316,5 +334,11 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
         serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| AppError::BadJson(e.to_string()))
+    }
+}
+
+impl From<super::guard::Held> for AppError {
+    fn from(h: super::guard::Held) -> Self {
+        AppError::Held(h)
     }
 }

@@ -42,6 +42,7 @@
 //! | `POST /api/v1/devices/{id}/approve`, `/revoke` | operate | a device's state |
 //! | `POST /api/v1/devices/bulk` | operate | `{devices, action: approve\|revoke\|tag\|untag, tag?}` on many devices |
 //! | `GET /api/v1/alerts`, `POST /api/v1/alerts/silences[/{id}/end]` | operate | alerts and silences (`alerts.rs`) |
+//! | `GET /api/v1/audit?before=&limit=` | operate | the audit log of operator actions, newest first (`guard.rs`) |
 
 pub(crate) mod admin;
 pub(crate) mod alerts;
@@ -50,6 +51,7 @@ pub(crate) mod blobs;
 mod certificates;
 mod enrollment;
 mod error;
+pub mod guard;
 pub(crate) mod jobs;
 pub(crate) mod ledger;
 mod metrics;
@@ -113,6 +115,8 @@ pub struct ApiState {
     /// Commands to the broker's dynamic security plugin (`broker.dynsec`): an enrolled
     /// device's login goes there.
     pub broker_cmd: Option<tokio::sync::mpsc::UnboundedSender<crate::ingest::Outgoing>>,
+    /// Rate limits on token use and failed authentication (`[api]`).
+    pub guard: Arc<guard::Guard>,
 }
 
 impl ApiState {
@@ -140,6 +144,7 @@ impl ApiState {
             console: Arc::new(crate::console::Console::default()),
             job_power_w: f64::from(crate::config::MarketConfig::default().job_power_w),
             broker_cmd: None,
+            guard: Arc::new(guard::Guard::from(&crate::config::ApiConfig::default())),
         }
     }
 }
@@ -505,6 +510,7 @@ pub fn app(state: ApiState) -> Router {
         )
         .route("/api/v1/accounts/{id}/credits", post(ledger::deposit))
         .route("/api/v1/accounts", get(admin::list).post(admin::create))
+        .route("/api/v1/audit", get(admin::audit))
         .route("/api/v1/accounts/{id}/tokens", post(admin::create_token))
         .route("/api/v1/tokens/{id}/revoke", post(admin::revoke_token))
         .route(
@@ -554,6 +560,12 @@ pub fn app(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Operator actions are recorded; every answer carries the security headers.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::audit,
+        ))
+        .layer(axum::middleware::map_response(guard::security_headers))
         .with_state(state)
 }
 

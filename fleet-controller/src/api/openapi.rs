@@ -345,6 +345,21 @@ pub const OPS: &[Op] = &[
             "The approved devices' offers with live power, runway, reputation",
         )
     },
+    Op {
+        query: &[
+            (
+                "before",
+                "entries numbered below this one (the next of the page before)",
+            ),
+            ("limit", "most entries (default 100, at most 1000)"),
+        ],
+        ..op(
+            "get",
+            "/api/v1/audit",
+            Scope("operate"),
+            "The audit log of operator actions, newest first",
+        )
+    },
     op(
         "get",
         "/api/v1/alerts",

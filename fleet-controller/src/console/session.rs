@@ -261,13 +261,17 @@ impl FromRequestParts<ApiState> for Viewer {
         let Some(row) = row else {
             return Err(to_login());
         };
+        let caller = Caller {
+            account: row.account,
+            kind: row.kind,
+            scopes: row.kind.allowed(),
+            token: TokenId(0),
+        };
+        if let Some(slot) = parts.extensions.get::<crate::api::guard::AuditSlot>() {
+            slot.set(caller);
+        }
         Ok(Viewer {
-            caller: Caller {
-                account: row.account,
-                kind: row.kind,
-                scopes: row.kind.allowed(),
-                token: TokenId(0),
-            },
+            caller,
             name: row.name,
             csrf: attest::hex::encode(&row.csrf),
         })

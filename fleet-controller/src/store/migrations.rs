@@ -357,6 +357,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         hash TEXT NOT NULL,
         issued_ms INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 22: the audit log of operator actions (api/guard.rs).
+    "CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        account INTEGER NOT NULL,
+        token INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        status INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this code writes.

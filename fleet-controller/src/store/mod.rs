@@ -17,6 +17,7 @@
 
 pub mod accounts;
 pub mod alerts;
+pub mod audit;
 pub mod blobs;
 pub mod broker;
 pub mod certificates;

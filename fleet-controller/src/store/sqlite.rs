@@ -5,6 +5,7 @@
 
 mod accounts;
 mod alerts;
+mod audit;
 mod blobs;
 mod broker;
 mod certificates;
