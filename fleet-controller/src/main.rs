@@ -257,8 +257,7 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
             }))
         }
         Cmd::Key => {
-            std::fs::create_dir_all(&cfg.data_dir)?;
-            let (key, _) = attest::keyfile::load_or_create(&cfg.key_path())?;
+            let key = fleet_controller::runtime::controller_key(&cfg)?;
             println!("{}", key.public());
             Ok(())
         }
@@ -354,7 +353,7 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
         } => {
             let id = attest::DeviceId::parse(&device)?;
             let ingest = fleet_controller::runtime::open(&cfg)?;
-            let (key, _) = attest::keyfile::load_or_create(&cfg.key_path())?;
+            let key = fleet_controller::runtime::controller_key(&cfg)?;
             let intensity =
                 fleet_controller::intensity::IntensityResolver::from_config(&cfg.accounting)?;
             let b = match job {
