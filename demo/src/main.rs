@@ -17,6 +17,7 @@ use heliostat_agent::config::{AgentConfig, FsyncPolicy, LinkConfig, MeterConfig,
 use heliostat_agent::power::SourceConfig;
 use heliostat_agent::power::simulator::SimulatorConfig;
 
+mod broker;
 mod buyer;
 
 #[derive(Parser)]
@@ -73,60 +74,12 @@ fn bind_local(port: u16, what: &str) -> Result<std::net::TcpListener> {
     })
 }
 
-/// Starts the embedded broker on `port`, which the caller found free, and returns once it
-/// listens (the port can no longer be bound), without connecting to it.
-fn start_broker(port: u16) -> Result<()> {
-    let connections = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 60_000,
-        max_payload_size: 2 << 20,
-        max_inflight_count: 200,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: true,
-    };
-    let listener = rumqttd::ServerSettings {
-        name: "v4-1".into(),
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections,
-    };
-    let cfg = rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: 10_010,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 100 << 20,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some([("1".to_string(), listener)].into()),
-        ..Default::default()
-    };
-    let mut broker = rumqttd::Broker::new(cfg);
-    std::thread::Builder::new()
-        .name("broker".into())
-        .spawn(move || {
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded broker stopped");
-            }
-        })?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the embedded broker did not listen on 127.0.0.1:{port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 /// The controller's configuration, also written to `dir/controller.toml` for the
 /// `fleet-controller --config` commands the demo prints.
 fn controller_config(
     dir: &Path,
     port: u16,
+    password: &str,
     epoch_ms: u64,
     api_port: u16,
 ) -> Result<(PathBuf, ControllerConfig)> {
@@ -134,6 +87,10 @@ fn controller_config(
         dir.join("controller"),
         BrokerConfig {
             port,
+            username: Some(broker::CONTROLLER_USER.into()),
+            password: Some(password.into()),
+            // The embedded broker listens on loopback only.
+            insecure_plaintext_password: true,
             // One controller: no shared subscription.
             share_group: String::new(),
             ..BrokerConfig::new("127.0.0.1")
@@ -272,8 +229,16 @@ fn run(args: Args) -> Result<()> {
         .port();
     let api = bind_local(args.api_port, "the HTTP API")?;
     let api_port = api.local_addr()?.port();
-    start_broker(broker_port)?;
-    let (ccfg_path, ccfg) = controller_config(&data, broker_port, args.epoch_ms, api_port)?;
+    let broker_logins = broker::Logins::default();
+    broker::start(broker_port, broker_logins.clone())?;
+    let controller_login = broker_logins.add(broker::CONTROLLER_USER)?;
+    let (ccfg_path, ccfg) = controller_config(
+        &data,
+        broker_port,
+        &controller_login,
+        args.epoch_ms,
+        api_port,
+    )?;
     std::fs::create_dir_all(&ccfg.data_dir)?;
     let (ckey, _) = attest::keyfile::load_or_create(&ccfg.key_path())?;
     let ckey_hex = ckey.public().to_string();
@@ -383,7 +348,7 @@ fn run(args: Args) -> Result<()> {
     }));
     let mut ids = Vec::new();
     for i in 0..args.agents {
-        let cfg = agent_config(
+        let mut cfg = agent_config(
             &data,
             i,
             broker_port,
@@ -397,6 +362,11 @@ fn run(args: Args) -> Result<()> {
         let (key, _) = heliostat_agent::identity::load_or_create(&key_file)
             .with_context(|| format!("agent {i}'s key"))?;
         ids.push((SITES[i % SITES.len()].0, key.device_id()));
+        // Its own login at the embedded broker (loopback only: no TLS there).
+        let user = key.device_id().to_string();
+        cfg.link.password = Some(broker_logins.add(&user)?);
+        cfg.link.username = Some(user);
+        cfg.link.insecure_plaintext_password = true;
         // Each rig is the demo provider's: only its token serves the jobs placed there.
         provisioning.set_device_provider(key.device_id(), Some(provider_id), now)?;
         let rx = stop_rx.clone();

@@ -683,15 +683,26 @@ mod key_tests {
         let path = dir.join("controller.key");
         let seed = "11".repeat(32);
         let from_env = key_from(Some(seed.clone()), &path).unwrap();
-        assert_eq!(from_env.public(), attest::KeyPair::from_seed(&[0x11; 32]).public());
-        assert!(!path.exists(), "no file made when the environment holds the key");
+        assert_eq!(
+            from_env.public(),
+            attest::KeyPair::from_seed(&[0x11; 32]).public()
+        );
+        assert!(
+            !path.exists(),
+            "no file made when the environment holds the key"
+        );
         let e = key_from(Some("xyz".into()), &path).unwrap_err().to_string();
         assert!(e.contains(KEY_ENV) && !e.contains("xyz"), "{e}");
         let made = key_from(None, &path).unwrap();
         assert_eq!(key_from(None, &path).unwrap().public(), made.public());
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(key_from(None, &path).unwrap_err().to_string().contains("chmod 600"));
+        assert!(
+            key_from(None, &path)
+                .unwrap_err()
+                .to_string()
+                .contains("chmod 600")
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }
