@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -19,6 +19,12 @@ use crate::ingest::{Enrollment, Ingest, IngestConfig, Outgoing, Prepared, prepar
 use crate::queue::Recv;
 use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
+
+mod broker_link;
+mod key;
+
+use broker_link::{mqtt_options, spawn_broker_sync};
+pub use key::{KEY_ENV, controller_key};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -46,34 +52,6 @@ pub struct IngestStatus {
     pub shed_bytes: u64,
     /// When this was written.
     pub updated_ms: u64,
-}
-
-/// The environment variable that may hold the controller's key (its 32-byte seed, 64 hex
-/// digits): for a secret manager or systemd's credentials instead of the key file.
-pub const KEY_ENV: &str = "HELIOSTAT_CONTROLLER_KEY";
-
-/// The controller's key: from [`KEY_ENV`] when set, else the key file (made on first use,
-/// refused when group or others may read it).
-pub fn controller_key(cfg: &ControllerConfig) -> Result<attest::KeyPair> {
-    key_from(std::env::var(KEY_ENV).ok(), &cfg.key_path())
-}
-
-fn key_from(env: Option<String>, path: &std::path::Path) -> Result<attest::KeyPair> {
-    match env {
-        Some(hex) => {
-            let seed = attest::hex::decode_array::<32>(hex.trim()).map_err(|_| {
-                anyhow::anyhow!("{KEY_ENV} must be the key's 32-byte seed in hex (64 digits)")
-            })?;
-            Ok(attest::KeyPair::from_seed(&seed))
-        }
-        None => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-            Ok(attest::keyfile::load_or_create(path)?.0)
-        }
-    }
 }
 
 /// Opens the store and the key as configured.
@@ -592,117 +570,5 @@ fn write_json(path: &std::path::Path, value: &impl Serialize) {
         if std::fs::write(&tmp, b).is_ok() {
             let _ = std::fs::rename(&tmp, path);
         }
-    }
-}
-
-/// The MQTT client options from `[broker]`: credentials, and TLS when a CA file is set
-/// (rumqttc then talks to the returned bridge, which makes every connection a TLS one with
-/// the controller's client certificate if there is one).
-fn mqtt_options(
-    b: &crate::config::BrokerConfig,
-) -> anyhow::Result<(MqttOptions, Option<heliostat_mqtt_tls::Bridge>)> {
-    let client_id = format!("heliostat-controller-{}", std::process::id());
-    let bridge = match &b.tls_ca_file {
-        Some(ca) => {
-            let files = heliostat_mqtt_tls::ClientFiles {
-                ca: ca.clone(),
-                cert_and_key: b.tls_client_cert.clone().zip(b.tls_client_key.clone()),
-            };
-            let config = heliostat_mqtt_tls::client_config(&files)?;
-            Some(heliostat_mqtt_tls::Bridge::start(&b.host, b.port, config)?)
-        }
-        None => None,
-    };
-    let mut o = match &bridge {
-        Some(t) => {
-            let mut o = MqttOptions::new(client_id, t.socket().to_string_lossy(), 0);
-            o.set_transport(rumqttc::Transport::Unix);
-            o
-        }
-        None => MqttOptions::new(client_id, &b.host, b.port),
-    };
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_max_packet_size(4 << 20, 4 << 20);
-    if let Some(u) = &b.username {
-        o.set_credentials(u, b.password.clone().unwrap_or_default());
-    }
-    Ok((o, bridge))
-}
-
-/// The thread that removes revoked devices from the broker's dynamic security plugin: every
-/// second it reads which revoked devices had a broker login and sends their removal once per
-/// connection (`generation` counts connections; removing twice is harmless).
-fn spawn_broker_sync(
-    db: std::path::PathBuf,
-    tx: mpsc::UnboundedSender<Outgoing>,
-    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<std::thread::JoinHandle<()>> {
-    use crate::store::broker::BrokerStore;
-    let store = SqliteStore::open(&db)?;
-    Ok(std::thread::Builder::new()
-        .name("broker-sync".into())
-        .spawn(move || {
-            let mut sent: std::collections::HashSet<DeviceId> = Default::default();
-            let mut seen = 0;
-            while !*stop.borrow() {
-                let now = generation.load(std::sync::atomic::Ordering::SeqCst);
-                if now != seen {
-                    sent.clear();
-                    seen = now;
-                }
-                match store.revoked_broker_logins() {
-                    Ok(revoked) => {
-                        for d in revoked {
-                            if !sent.insert(d) {
-                                continue;
-                            }
-                            tracing::info!(device = %d, "removing a revoked device from the broker");
-                            let commands = crate::broker_perimeter::revoke_commands(&d);
-                            let _ = tx.send(Outgoing {
-                                topic: crate::broker_perimeter::DYNSEC_TOPIC.into(),
-                                payload: commands.to_string().into_bytes(),
-                                retain: false,
-                            });
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "reading revoked devices"),
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        })?)
-}
-
-#[cfg(test)]
-mod key_tests {
-    use super::*;
-
-    #[test]
-    fn the_key_comes_from_the_environment_when_set_else_from_a_private_file() {
-        let dir = std::env::temp_dir().join(format!("controller-key-{}", std::process::id()));
-        let path = dir.join("controller.key");
-        let seed = "11".repeat(32);
-        let from_env = key_from(Some(seed.clone()), &path).unwrap();
-        assert_eq!(
-            from_env.public(),
-            attest::KeyPair::from_seed(&[0x11; 32]).public()
-        );
-        assert!(
-            !path.exists(),
-            "no file made when the environment holds the key"
-        );
-        let e = key_from(Some("xyz".into()), &path).unwrap_err().to_string();
-        assert!(e.contains(KEY_ENV) && !e.contains("xyz"), "{e}");
-        let made = key_from(None, &path).unwrap();
-        assert_eq!(key_from(None, &path).unwrap().public(), made.public());
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(
-            key_from(None, &path)
-                .unwrap_err()
-                .to_string()
-                .contains("chmod 600")
-        );
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -18,38 +18,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleet_controller::config::{BrokerConfig, ControllerConfig};
 use fleet_controller::store::Store;
 use fleet_controller::store::sqlite::SqliteStore;
+use hil_tests::api_call as call;
 use hil_tests::{
-    Mosquitto, Proc, TempDir, free_port, http_with, require, spawn_agent, workspace_binary,
+    Mosquitto, TempDir, create_account, free_port, require, spawn_agent, spawn_controller,
+    wait_for, workspace_binary,
 };
-use serde_json::Value;
 
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_fleet-controller");
 const CONTROLLER_CN: &str = "heliostat-controller";
-
-fn call(port: u16, method: &str, path: &str, token: &str, body: &[u8]) -> (u16, Value) {
-    let auth = format!("Bearer {token}");
-    let r = http_with(port, method, path, &[("Authorization", &auth)], Some(body));
-    (
-        r.status,
-        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-    )
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// A device's broker login as provisioning wrote it into its configuration.
 struct Login {
@@ -154,21 +135,9 @@ fn the_broker_holds_each_device_to_its_own_topics_and_cuts_a_revoked_one_off() {
     assert!(hil_tests::wait_for_port(cp, Duration::from_secs(10)));
 
     let clog = cdir.join("controller.log");
-    let _controller = Proc(
-        Command::new(CONTROLLER)
-            .args(["--config", ccfg.to_str().unwrap(), "run"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&clog).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _controller = spawn_controller(CONTROLLER, &ccfg, &clog);
     assert!(hil_tests::wait_for_port(api, Duration::from_secs(20)));
-    let out = Command::new(CONTROLLER)
-        .args(["--config", ccfg.to_str().unwrap()])
-        .args(["account", "create", "--kind", "operator", "--name", "ops"])
-        .output()
-        .unwrap();
-    let operator = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let operator = create_account(CONTROLLER, &ccfg, "operator", "ops");
     let (key, _) = attest::keyfile::load_or_create(&cdir.join("data/controller.key")).unwrap();
     let ckey = key.public().to_string();
     let (st, made) = call(

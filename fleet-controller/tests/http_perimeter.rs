@@ -3,11 +3,10 @@
 //! audit log (and nothing else), a token over its rate held back with `Retry-After`, and an
 //! address that guesses tokens made to wait even with a good one.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleet_controller::config::{BrokerConfig, ControllerConfig};
-use hil_tests::{Mosquitto, Proc, TempDir, free_port, http_with};
+use hil_tests::{Mosquitto, TempDir, create_account, free_port, http_with, spawn_controller};
 
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_fleet-controller");
 
@@ -30,29 +29,10 @@ fn headers_scopes_audit_and_rate_limits_hold_at_the_api() {
     let ccfg = tmp.path().join("controller.toml");
     cfg.write_toml(&ccfg).unwrap();
     let log = tmp.path().join("controller.log");
-    let _controller = Proc(
-        Command::new(CONTROLLER)
-            .args(["--config", ccfg.to_str().unwrap(), "run"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _controller = spawn_controller(CONTROLLER, &ccfg, &log);
     assert!(hil_tests::wait_for_port(api, Duration::from_secs(20)));
-    let token = |kind: &str, name: &str| {
-        let out = Command::new(CONTROLLER)
-            .args(["--config", ccfg.to_str().unwrap()])
-            .args(["account", "create", "--kind", kind, "--name", name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
-    let (operator, buyer) = (token("operator", "ops"), token("buyer", "acme"));
+    let operator = create_account(CONTROLLER, &ccfg, "operator", "ops");
+    let buyer = create_account(CONTROLLER, &ccfg, "buyer", "acme");
     let call = |token: &str, method: &str, path: &str, body: Option<&[u8]>| {
         let auth = format!("Bearer {token}");
         http_with(api, method, path, &[("Authorization", &auth)], body)

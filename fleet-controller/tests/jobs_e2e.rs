@@ -19,7 +19,9 @@ use fleet_controller::store::sqlite::SqliteStore;
 use heliostat_agent::config::{AgentConfig, LinkConfig, MeterConfig, SiteConfig};
 use heliostat_agent::power::SourceConfig;
 use heliostat_agent::power::simulator::SimulatorConfig;
-use hil_tests::{Mosquitto, Proc, TempDir, free_port, http_with, spawn_agent, workspace_binary};
+use hil_tests::{
+    Mosquitto, Proc, TempDir, free_port, http_with, spawn_agent, wait_for, workspace_binary,
+};
 use sha2::Digest;
 
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_fleet-controller");
@@ -29,17 +31,6 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

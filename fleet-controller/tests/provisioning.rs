@@ -13,30 +13,14 @@ use std::time::{Duration, Instant};
 use fleet_controller::config::{BrokerConfig, ControllerConfig};
 use fleet_controller::store::Store;
 use fleet_controller::store::sqlite::SqliteStore;
-use hil_tests::{Mosquitto, Proc, TempDir, free_port, http_with, spawn_agent, workspace_binary};
+use hil_tests::api_call as call;
+use hil_tests::{
+    Mosquitto, Proc, TempDir, create_account, free_port, http_with, spawn_agent, spawn_controller,
+    wait_for, workspace_binary,
+};
 use serde_json::Value;
 
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_fleet-controller");
-
-fn call(port: u16, method: &str, path: &str, token: &str, body: &[u8]) -> (u16, Value) {
-    let auth = format!("Bearer {token}");
-    let r = http_with(port, method, path, &[("Authorization", &auth)], Some(body));
-    (
-        r.status,
-        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-    )
-}
-
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// A controller without auto-approval: its API port, its key (hex), its database, the
 /// operator's token.
@@ -55,22 +39,9 @@ fn controller(dir: &Path, broker: u16) -> (u16, String, PathBuf, String, Proc) {
     cfg.api.listen = format!("127.0.0.1:{api}");
     let ccfg = cdir.join("controller.toml");
     cfg.write_toml(&ccfg).unwrap();
-    let log = std::fs::File::create(cdir.join("controller.log")).unwrap();
-    let proc = Proc(
-        Command::new(CONTROLLER)
-            .args(["--config", ccfg.to_str().unwrap(), "run"])
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let proc = spawn_controller(CONTROLLER, &ccfg, &cdir.join("controller.log"));
     assert!(hil_tests::wait_for_port(api, Duration::from_secs(20)));
-    let out = Command::new(CONTROLLER)
-        .args(["--config", ccfg.to_str().unwrap()])
-        .args(["account", "create", "--kind", "operator", "--name", "ops"])
-        .output()
-        .unwrap();
-    let operator = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let operator = create_account(CONTROLLER, &ccfg, "operator", "ops");
     let (key, _) = attest::keyfile::load_or_create(&cdir.join("data/controller.key")).unwrap();
     (
         api,

@@ -442,6 +442,70 @@ impl HttpResponse {
     }
 }
 
+/// Waits up to `timeout` for `f` to give a value (polling every 100 ms); the test fails
+/// naming `what` otherwise.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An API request with `Authorization: Bearer {token}`: the status and the body as JSON
+/// (`Null` when it is not JSON).
+pub fn api_call(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {token}");
+    let r = http_with(port, method, path, &[("Authorization", &auth)], Some(body));
+    (
+        r.status,
+        serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Starts `CONTROLLER --config CONFIG run`, its log (stderr) in `log`.
+pub fn spawn_controller(controller: &str, config: &Path, log: &Path) -> Proc {
+    Proc(
+        Command::new(controller)
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("creating the controller log"))
+            .spawn()
+            .expect("starting the controller"),
+    )
+}
+
+/// `CONTROLLER --config CONFIG account create --kind KIND --name NAME`: the account's
+/// first API token.
+pub fn create_account(controller: &str, config: &Path, kind: &str, name: &str) -> String {
+    let out = Command::new(controller)
+        .arg("--config")
+        .arg(config)
+        .args(["account", "create", "--kind", kind, "--name", name])
+        .output()
+        .expect("running the controller's account command");
+    assert!(
+        out.status.success(),
+        "account create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("a token is text")
+        .trim()
+        .to_string()
+}
+
 /// One HTTP/1.1 request with extra header lines (`("Authorization", "Bearer ...")`). With
 /// `body` the request carries it and its `Content-Length` (unless `headers` names one: a
 /// test may declare a length and send no body, to see what a server does before reading
