@@ -165,6 +165,16 @@ impl Inbox {
         }
     }
 
+    /// The controller key it believes.
+    pub fn controller(&self) -> PublicKey {
+        self.controller
+    }
+
+    /// From now on it believes `key` only (the controller's key rotated).
+    pub fn set_controller(&mut self, key: PublicKey) {
+        self.controller = key;
+    }
+
     /// The nonce window, to be saved after every accepted command.
     pub fn nonces(&self) -> Option<&NonceWindow> {
         self.nonces.as_ref()

@@ -61,6 +61,9 @@ pub enum Kind {
     /// An energy attribute certificate retired for a job's hour (controller-signed), a leaf
     /// of the anchored epochs.
     Retirement = 10,
+    /// The controller hands its role to a new key (signed by the old key, and again by
+    /// the new one).
+    KeyRotation = 11,
 }
 
 /// Who signs a kind of message.
@@ -74,7 +77,7 @@ pub enum Signer {
 
 impl Kind {
     /// Every kind, in byte order.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Hello,
         Kind::MeterRecord,
         Kind::JobReceipt,
@@ -85,6 +88,7 @@ impl Kind {
         Kind::Statement,
         Kind::LedgerEntry,
         Kind::Retirement,
+        Kind::KeyRotation,
     ];
 
     /// The kind for a byte, if known.
@@ -103,7 +107,8 @@ impl Kind {
             | Kind::AnchorEntry
             | Kind::Statement
             | Kind::LedgerEntry
-            | Kind::Retirement => Signer::Controller,
+            | Kind::Retirement
+            | Kind::KeyRotation => Signer::Controller,
         }
     }
 
@@ -128,6 +133,7 @@ impl fmt::Display for Kind {
             Kind::AnchorEntry => "anchor_entry",
             Kind::Statement => "statement",
             Kind::LedgerEntry => "ledger_entry",
+            Kind::KeyRotation => "key_rotation",
             Kind::Retirement => "retirement",
         };
         f.write_str(s)

@@ -54,6 +54,7 @@ pub mod id;
 pub mod intensity;
 #[cfg(feature = "std")]
 pub mod keyfile;
+pub mod keys;
 pub mod live;
 pub mod mandelbrot;
 pub mod merkle;

@@ -385,6 +385,7 @@ pub fn bundle_with_retirements(
                 controller_key: controller.public(),
             },
         }],
+        key_rotations: Vec::new(),
     }
 }
 

@@ -12,6 +12,9 @@ use crate::id::DeviceId;
 /// Every device topic starts with this.
 pub const PREFIX: &str = "heliostat/v1/dev/";
 
+/// The controller's key rotations (retained; `crate::keys`): every device reads it.
+pub const CONTROLLER_KEYS: &str = "heliostat/v1/controller/keys";
+
 /// The last part of a device topic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Leaf {

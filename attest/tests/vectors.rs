@@ -146,6 +146,12 @@ fn make_messages() -> Value {
         covered_mg: 13_680,
         at: TimestampMs(SAMPLE_START.0 + 86_400_000),
     };
+    // The controller hands over to a successor (this copy sealed by the old key).
+    let rotation = attest::msg::KeyRotation {
+        from: ctl.public(),
+        to: KeyPair::from_seed(&[0x23; 32]).public(),
+        at: TimestampMs(SAMPLE_START.0 + 2 * 86_400_000),
+    };
     json!([
         vector("hello", &dev.key, &hello),
         vector("meter_record_seq0", &dev.key, &r0),
@@ -158,6 +164,7 @@ fn make_messages() -> Value {
         vector("statement_job", &ctl, &Envelope::seal(&statement, &ctl)),
         vector("ledger_entry", &ctl, &Envelope::seal(&entry, &ctl)),
         vector("retirement", &ctl, &Envelope::seal(&retirement, &ctl)),
+        vector("key_rotation", &ctl, &Envelope::seal(&rotation, &ctl)),
     ])
 }
 
@@ -345,4 +352,30 @@ fn the_shipped_bundles_verify_and_cover_solar_grid_charging_a_restart_a_job_and_
         .filter(|ev| Envelope::decode(&ev.envelope.0).unwrap().kind() == attest::Kind::ChainRestart)
         .count();
     assert_eq!(restarts, 1);
+}
+
+#[test]
+fn bundles_of_the_format_before_key_rotations_still_verify() {
+    // bundle-v3.*: the shipped bundle as format 3 wrote it (no key rotations).
+    let now = TimestampMs(SAMPLE_START.0 + 400 * 86_400_000);
+    for name in ["bundle-v3.json", "bundle-v3.postcard"] {
+        let bytes = std::fs::read(dir().join(name)).unwrap();
+        let b = ProofBundle::decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(b.format, 3, "{name}");
+        assert!(b.key_rotations.is_empty());
+        let key = PublicKey(
+            attest::hex::decode_array(
+                serde_json::from_slice::<Value>(
+                    &std::fs::read(dir().join("bundle-v3.json")).unwrap(),
+                )
+                .unwrap()["epochs"][0]["anchor"]["local"]["controller_key"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap(),
+        );
+        let mut opts = attest::bundle::VerifyOptions::pinned(key, now);
+        opts.any_dataset = true;
+        attest::bundle::verify(&b, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
 }

@@ -84,7 +84,7 @@ fn acl(kind: &str, topic: String) -> Value {
 }
 
 /// A device's rights: publish to its own `hello`, `records`, `status` and `jobs`; subscribe
-/// to and receive its own `cmd` and `ack`. Literal topics: the plugin of Mosquitto 2.0 has
+/// to and receive its own `cmd` and `ack`, and the controller's key rotations. Literal topics: the plugin of Mosquitto 2.0 has
 /// no `%u` substitution, so every device has a role of its own.
 fn device_acls(device: &DeviceId) -> Vec<Value> {
     let own = |leaf| attest::topics::device(device, leaf);
@@ -96,6 +96,14 @@ fn device_acls(device: &DeviceId) -> Vec<Value> {
         acls.push(acl("subscribeLiteral", own(l)));
         acls.push(acl("publishClientReceive", own(l)));
     }
+    acls.push(acl(
+        "subscribeLiteral",
+        attest::topics::CONTROLLER_KEYS.into(),
+    ));
+    acls.push(acl(
+        "publishClientReceive",
+        attest::topics::CONTROLLER_KEYS.into(),
+    ));
     acls
 }
 
@@ -118,6 +126,10 @@ fn controller_acls(share_group: &str) -> Vec<Value> {
     for l in [Leaf::Cmd, Leaf::Ack] {
         acls.push(acl("publishClientSend", attest::topics::every_device(l)));
     }
+    acls.push(acl(
+        "publishClientSend",
+        attest::topics::CONTROLLER_KEYS.into(),
+    ));
     acls.push(acl("publishClientSend", DYNSEC_TOPIC.into()));
     acls.push(acl("subscribeLiteral", DYNSEC_RESPONSE.into()));
     acls.push(acl("publishClientReceive", DYNSEC_RESPONSE.into()));
@@ -353,11 +365,10 @@ mod tests {
         assert_eq!(cfg["defaultACLAccess"]["publishClientSend"], false);
         let device_role = &cfg["roles"][1]["acls"];
         assert!(
-            device_role
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|acl| acl["topic"].as_str().unwrap().contains(&a.to_string())),
+            device_role.as_array().unwrap().iter().all(|acl| {
+                let t = acl["topic"].as_str().unwrap();
+                t.contains(&a.to_string()) || t == attest::topics::CONTROLLER_KEYS
+            }),
             "{device_role}"
         );
         // A hash of another scheme is left out rather than written wrong.

@@ -228,6 +228,7 @@ fn period<S: Store>(
         evidence,
         epochs,
         retirements: Vec::new(),
+        key_rotations: store.key_rotations()?,
     })
 }
 
@@ -254,9 +255,13 @@ pub(crate) fn epoch_tree<S: Store>(
         ))
         .into());
     }
-    let local = LocalLog {
-        controller: controller.public(),
-    };
+    let mut keys = vec![controller.public()];
+    for link in store.key_rotations()?.iter().rev() {
+        if let Ok(r) = link.rotation() {
+            keys.push(r.from);
+        }
+    }
+    let local = LocalLog { keys };
     let anchor = match EvmContract.cite(store, &row)? {
         Some(a) => a,
         None => local

@@ -43,6 +43,12 @@ enum Cmd {
     Key,
     /// List devices.
     Devices,
+    /// Rotate the controller's key, with the controller stopped (docs/security.md, "Keys"):
+    /// a new key takes over from now on, the rotation signed by both keys is stored (devices
+    /// follow it from the broker when the controller starts again, bundles carry it), and the
+    /// old key file is kept as `controller.key.retired-<its public key>`. Prints the new
+    /// public key.
+    RotateKey,
     /// Approve a device: its records count from now on.
     Approve { id: String },
     /// Revoke a device: its records are kept apart, never counted.
@@ -340,6 +346,11 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::RotateKey => {
+            let new = rotate_key(&cfg)?;
+            println!("{new}");
+            Ok(())
+        }
         Cmd::Approve { id } | Cmd::Revoke { id } if attest::DeviceId::parse(&id).is_err() => {
             anyhow::bail!("{id}: {}", attest::DeviceId::parse(&id).unwrap_err())
         }
@@ -500,4 +511,47 @@ fn account(cfg: &ControllerConfig, cmd: AccountCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `rotate-key` (see [`Cmd::RotateKey`]), in an order a crash at any point leaves
+/// recoverable: the new key is written beside the old (`controller.key.new`), then the
+/// rotation is stored, then the old file is set aside and the new one takes its name. A
+/// controller started between the last two steps refuses to run, saying so.
+fn rotate_key(cfg: &ControllerConfig) -> anyhow::Result<attest::PublicKey> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    anyhow::ensure!(
+        std::env::var_os(fleet_controller::runtime::KEY_ENV).is_none(),
+        "{} is set: rotate with the key file, then put the new seed in your secret store",
+        fleet_controller::runtime::KEY_ENV
+    );
+    let path = cfg.key_path();
+    let old = fleet_controller::runtime::controller_key(cfg)?;
+    let new = attest::KeyPair::generate().map_err(|e| anyhow::anyhow!("random source: {e}"))?;
+    let staged = path.with_extension("key.new");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&staged)?;
+    f.write_all(attest::hex::encode(&new.seed()).as_bytes())?;
+    f.sync_all()?;
+    let at = attest::units::TimestampMs(fleet_controller::runtime::now_ms());
+    let link = attest::keys::KeyLink::new(&old, &new, at);
+    let mut store = fleet_controller::store::sqlite::SqliteStore::open(&cfg.db_path())?;
+    store.add_key_rotation(&link, at.0)?;
+    let retired = path.with_extension(format!("key.retired-{}", old.public()));
+    std::fs::rename(&path, &retired)?;
+    std::fs::rename(&staged, &path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    eprintln!(
+        "the controller key is now {} (was {}, kept as {}); start the controller: devices follow",
+        new.public(),
+        old.public(),
+        retired.display()
+    );
+    Ok(new.public())
 }

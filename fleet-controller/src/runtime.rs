@@ -104,6 +104,18 @@ pub async fn run_with_api_listener(
         &cfg.accounting,
     )?);
     let mut ingest = open(&cfg)?;
+    // The key rotations devices follow (retained on every connection): the key in use must
+    // be the newest of them (docs/security.md, "Keys").
+    let key_links = ingest.store().key_rotations()?;
+    let key_links_msg = (!key_links.is_empty()).then(|| attest::keys::encode_links(&key_links));
+    let history = attest::keys::KeyHistory::from_links(ingest.key().public(), &key_links)
+        .map_err(|e| anyhow::anyhow!("the controller's key rotations: {e}"))?;
+    anyhow::ensure!(
+        history.newest() == ingest.key().public(),
+        "the controller key {} is not the newest of its rotations ({}): finish `fleet-controller rotate-key`",
+        ingest.key().public(),
+        history.newest()
+    );
     let status_path = cfg.data_dir.join("status.json");
     let queue = crate::queue::ByteQueue::new(cfg.ingest.queue_max_bytes);
     let in_rx = queue.clone();
@@ -397,6 +409,11 @@ pub async fn run_with_api_listener(
                             .subscribe(crate::broker_perimeter::DYNSEC_RESPONSE, QoS::AtLeastOnce)
                             .await?;
                         broker_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    if let Some(m) = &key_links_msg {
+                        client
+                            .publish(attest::topics::CONTROLLER_KEYS, QoS::AtLeastOnce, true, m.clone())
+                            .await?;
                     }
                     tracing::info!(broker = %format!("{}:{}", b.host, b.port), "controller connected");
                 }

@@ -162,7 +162,8 @@ impl Agent {
                 None
             }
         };
-        let inbox = Inbox::new(cfg.controller_key(), key.device_id(), nonces);
+        let controller = files::controller_key(&data, cfg.controller_key());
+        let inbox = Inbox::new(controller, key.device_id(), nonces);
         let status = Status {
             device_id: key.device_id().to_string(),
             version: crate::reported_version(&cfg.image_release_file),
@@ -374,6 +375,7 @@ impl Agent {
         self.queue.on_disconnect();
         let _ = client.try_subscribe(&self.topics.ack, QoS::AtLeastOnce);
         let _ = client.try_subscribe(&self.topics.cmd, QoS::AtLeastOnce);
+        let _ = client.try_subscribe(&self.topics.keys, QoS::AtLeastOnce);
         let _ = client.try_publish(
             &self.topics.hello,
             QoS::AtLeastOnce,
@@ -414,6 +416,29 @@ impl Agent {
                 self.status.link.acks_rejected += 1;
                 tracing::warn!(reason = %why, "ack rejected");
             }
+        }
+    }
+
+    /// The controller's retained key rotations: followed from the key believed now (never
+    /// back, never onto a fork), saved durably, then believed.
+    pub(super) fn on_key_links(&mut self, payload: &[u8]) {
+        let current = self.inbox.controller();
+        let newest = attest::keys::decode_links(payload)
+            .and_then(|links| attest::keys::KeyHistory::from_links(current, &links))
+            .map(|h| h.newest());
+        match newest {
+            Ok(k) if k == current => {}
+            Ok(k) => {
+                if let Err(e) =
+                    files::write_durable(&files::key_links_path(&self.cfg.data_dir), payload)
+                {
+                    tracing::error!(error = %e, "saving the controller's key rotation failed; not followed");
+                    return;
+                }
+                self.inbox.set_controller(k);
+                tracing::info!(from = %current, to = %k, "controller key rotated: only the new key is believed");
+            }
+            Err(e) => tracing::warn!(error = %e, "controller key rotation refused"),
         }
     }
 

@@ -22,6 +22,10 @@ pub fn state_path(data: &Path) -> PathBuf {
 pub fn nonces_path(data: &Path) -> PathBuf {
     data.join("command-nonces.json")
 }
+/// The controller's key rotations the agent followed (postcard, `attest::keys`).
+pub fn key_links_path(data: &Path) -> PathBuf {
+    data.join("controller-keys.bin")
+}
 /// Written when a job starts, removed when its receipt is stored: a restart finds it.
 pub fn running_job_path(data: &Path) -> PathBuf {
     data.join("running-job.json")
@@ -98,6 +102,24 @@ pub fn load_nonces(data: &Path, now: u64) -> Result<NonceWindow, String> {
 pub fn save_nonces(data: &Path, w: &NonceWindow) -> std::io::Result<()> {
     let b = serde_json::to_vec(w).map_err(std::io::Error::other)?;
     write_durable(&nonces_path(data), &b)
+}
+
+/// The controller's key now: `root` (the provisioned key) followed along the rotations
+/// saved in `data` (`attest::keys`); `root` when there are none, or when they do not
+/// check (said in the log).
+pub fn controller_key(data: &Path, root: attest::PublicKey) -> attest::PublicKey {
+    let Ok(bytes) = std::fs::read(key_links_path(data)) else {
+        return root;
+    };
+    match attest::keys::decode_links(&bytes)
+        .and_then(|links| attest::keys::KeyHistory::from_links(root, &links))
+    {
+        Ok(h) => h.newest(),
+        Err(e) => {
+            tracing::error!(error = %e, "the saved controller key rotations do not check: using the provisioned key");
+            root
+        }
+    }
 }
 
 /// Writes the running-job marker durably.

@@ -165,6 +165,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
                         agent.on_ack(&p.payload);
                     } else if p.topic == agent.topics.cmd {
                         agent.on_command(&p.payload, now_ms());
+                    } else if p.topic == agent.topics.keys {
+                        agent.on_key_links(&p.payload);
                     }
                 }
                 Some(LinkEvent::Mqtt(_)) => {}

@@ -19,6 +19,8 @@ pub struct Topics {
     pub cmd: String,
     /// Job progress events (JSON, not retained; receipts go through `records`).
     pub jobs: String,
+    /// The controller's key rotations (retained, the whole line; `attest::keys`).
+    pub keys: String,
 }
 
 impl Topics {
@@ -32,6 +34,7 @@ impl Topics {
             ack: device(id, Leaf::Ack),
             cmd: device(id, Leaf::Cmd),
             jobs: device(id, Leaf::Jobs),
+            keys: attest::topics::CONTROLLER_KEYS.into(),
         }
     }
 }

@@ -139,7 +139,9 @@ pub fn verify_account(
         lines.push((line.seq, line.amount, line.balance, entry.id));
     }
     check_inclusion("entry", &p.entries, &p.epochs)?;
-    let onchain_unchecked = check_anchors(&p.epochs, opts)?;
+    // Statements of account do not carry key rotations (yet): one key signs them.
+    let keys = crate::keys::KeyHistory::single(opts.trust.controller_key);
+    let onchain_unchecked = check_anchors(&p.epochs, opts, &keys)?;
     // The book's postings: all of them from its first, each balance following from the one
     // before.
     lines.sort_by_key(|l| l.0);

@@ -7,6 +7,7 @@ use alloc::format;
 use super::{AnchorRef, Blob, Check, EpochProof, Evidence, VerifyError, VerifyOptions, fail};
 use crate::envelope::Envelope;
 use crate::id::PublicKey;
+use crate::keys::KeyHistory;
 use crate::merkle::leaf_hash;
 use crate::msg::AnchorEntry;
 use crate::units::EpochId;
@@ -47,11 +48,13 @@ pub(super) fn check_inclusion(
     Ok(())
 }
 
-/// Checks every epoch's anchor against the pinned trust; true when some are on an EVM
-/// chain and were only checked offline.
+/// Checks every epoch's anchor against the pinned trust (a local entry must be signed by
+/// the controller key of its time in `keys`); true when some are on an EVM chain and were
+/// only checked offline.
 pub(super) fn check_anchors(
     epochs: &[EpochProof],
     opts: &VerifyOptions,
+    keys: &KeyHistory,
 ) -> Result<bool, VerifyError> {
     let mut onchain_unchecked = false;
     for ep in epochs {
@@ -59,7 +62,7 @@ pub(super) fn check_anchors(
             AnchorRef::Local {
                 entry,
                 controller_key,
-            } => check_local_anchor(ep, entry, controller_key, &opts.trust.controller_key)?,
+            } => check_local_anchor(ep, entry, controller_key, keys)?,
             AnchorRef::Evm {
                 chain_id, contract, ..
             } => {
@@ -90,22 +93,25 @@ fn check_local_anchor(
     ep: &EpochProof,
     entry: &Blob,
     key: &PublicKey,
-    pinned: &PublicKey,
+    keys: &KeyHistory,
 ) -> Result<(), VerifyError> {
     let e = ep.epoch;
-    if let Some(p) = Some(pinned).filter(|p| *p != key) {
-        return fail(
-            Check::Anchor,
-            format!("epoch {e}: anchor signed by {key}, not the trusted controller {p}"),
-        );
-    }
     let env = Envelope::decode(&entry.0)
         .or_else(|err| fail(Check::Anchor, format!("epoch {e}: {err}")))?;
-    env.verify(key)
-        .or_else(|err| fail(Check::Anchor, format!("epoch {e}: anchor entry {err}")))?;
     let a: AnchorEntry = env
         .open()
         .or_else(|err| fail(Check::Anchor, format!("epoch {e}: {err}")))?;
+    let trusted = keys.key_at(a.timestamp);
+    if *key != trusted {
+        return fail(
+            Check::Anchor,
+            format!(
+                "epoch {e}: anchor signed by {key}, not the trusted controller key of its time {trusted}"
+            ),
+        );
+    }
+    env.verify(key)
+        .or_else(|err| fail(Check::Anchor, format!("epoch {e}: anchor entry {err}")))?;
     if a.epoch != ep.epoch || a.root != ep.head.root || a.tree_size != ep.head.size {
         return fail(
             Check::Anchor,

@@ -33,8 +33,12 @@ pub use verify::verify;
 /// The bundle format version this crate writes and reads. Version 2: the statement is a
 /// controller-signed envelope, intensity datasets are named and carried, and the subject's
 /// evidence starts at its chain's start. Version 3: a job's bundle carries the certificates
-/// retired for it.
-pub const BUNDLE_FORMAT: u8 = 3;
+/// retired for it. Version 4: the controller's key rotations ride along, so that a bundle
+/// whose evidence spans a rotation verifies under either key (`crate::keys`).
+pub const BUNDLE_FORMAT: u8 = 4;
+
+/// The oldest bundle format this crate still reads (3: the same without key rotations).
+pub const OLDEST_BUNDLE_FORMAT: u8 = 3;
 
 /// At most this many retirements in one bundle.
 pub const MAX_BUNDLE_RETIREMENTS: usize = 4096;
@@ -112,6 +116,10 @@ pub struct ProofBundle {
     /// emissions, with their inclusion proofs (in the same epochs' trees).
     #[serde(default)]
     pub retirements: Vec<Evidence>,
+    /// Every rotation of the controller's key up to the bundle's making, so that each
+    /// controller signature is checked against the key of its time (`crate::keys`).
+    #[serde(default)]
+    pub key_rotations: Vec<crate::keys::KeyLink>,
 }
 
 /// One signed chain message and where it sits in an epoch's tree.
@@ -242,7 +250,8 @@ fn fail<T>(check: Check, detail: impl Into<String>) -> Result<T, VerifyError> {
 /// What the verifier trusts, pinned by its user (never taken from the bundle).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Trust {
-    /// The controller key that must sign the statement and every local anchor entry.
+    /// The controller key that must sign the statement and every local anchor entry (or,
+    /// where the bundle carries rotations, any key of its line, each for its own time).
     pub controller_key: PublicKey,
     /// The chain and contract EVM anchors must name; `None` refuses every EVM anchor.
     pub evm: Option<EvmPin>,
@@ -364,6 +373,22 @@ impl ProofBundle {
                 return fail(Check::Format, "JSON bundles need the std feature");
             }
         } else {
+            return Self::decode_postcard(bytes).or_else(|e| {
+                if bytes.first() != Some(&OLDEST_BUNDLE_FORMAT) {
+                    return Err(e);
+                }
+                // Format 3 as written then ends before `key_rotations`: read it as having
+                // none (postcard writes an empty list as one zero byte).
+                let mut v = bytes.to_vec();
+                v.push(0);
+                Self::decode_postcard(&v)
+            });
+        };
+        Ok(b)
+    }
+
+    fn decode_postcard(bytes: &[u8]) -> Result<ProofBundle, VerifyError> {
+        {
             let (b, rest) = postcard::take_from_bytes(bytes)
                 .or_else(|e| fail(Check::Format, format!("postcard bundle: {e}")))?;
             if !rest.is_empty() {
@@ -372,9 +397,8 @@ impl ProofBundle {
                     format!("{} trailing bytes after the bundle", rest.len()),
                 );
             }
-            b
-        };
-        Ok(b)
+            Ok(b)
+        }
     }
 }
 

@@ -8,8 +8,8 @@ use alloc::vec::Vec;
 
 use super::anchors::{check_anchors, check_inclusion};
 use super::{
-    BUNDLE_FORMAT, Check, DatasetUse, MAX_BUNDLE_DATASETS, MAX_BUNDLE_RETIREMENTS, ProofBundle,
-    Report, VerifyError, VerifyOptions, fail,
+    BUNDLE_FORMAT, Check, DatasetUse, MAX_BUNDLE_DATASETS, MAX_BUNDLE_RETIREMENTS,
+    OLDEST_BUNDLE_FORMAT, ProofBundle, Report, VerifyError, VerifyOptions, fail,
 };
 use crate::account::{StatementInput, compute_statement};
 use crate::chain::{ChainPolicy, ChainVerifier, Outcome};
@@ -18,6 +18,7 @@ use crate::envelope::{Envelope, Verified};
 use crate::hash::Hash32;
 use crate::id::DeviceId;
 use crate::intensity::{Dataset, Figure, RegionTable, bundled_digest};
+use crate::keys::KeyHistory;
 use crate::msg::{ChainMessage, Hello, Retirement, Statement, hello_at};
 use crate::units::TimestampMs;
 
@@ -30,11 +31,12 @@ struct Item {
 /// Verifies a bundle offline. See the module documentation for what is checked.
 pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, VerifyError> {
     // Format.
-    if bundle.format != BUNDLE_FORMAT {
+    let old_format = bundle.format == OLDEST_BUNDLE_FORMAT && bundle.key_rotations.is_empty();
+    if bundle.format != BUNDLE_FORMAT && !old_format {
         return fail(
             Check::Format,
             format!(
-                "bundle format {} (this verifier reads {BUNDLE_FORMAT})",
+                "bundle format {} (this verifier reads {OLDEST_BUNDLE_FORMAT} to {BUNDLE_FORMAT})",
                 bundle.format
             ),
         );
@@ -61,20 +63,23 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
         );
     }
 
-    // The statement, signed by the pinned controller.
+    // The controller's keys: the pinned one, and the line of rotations it is part of.
+    let keys = KeyHistory::from_links(opts.trust.controller_key, &bundle.key_rotations)
+        .or_else(|e| fail(Check::Statement, format!("controller keys: {e}")))?;
+
+    // The statement, signed by the newest controller key (it was made last).
     let statement_env = Envelope::decode(&bundle.statement.0)
         .or_else(|e| fail(Check::Statement, format!("statement: {e}")))?;
-    statement_env
-        .verify(&opts.trust.controller_key)
-        .or_else(|e| {
-            fail(
-                Check::Statement,
-                format!(
-                    "statement: {e} under the pinned controller key {}",
-                    opts.trust.controller_key
-                ),
-            )
-        })?;
+    statement_env.verify(&keys.newest()).or_else(|e| {
+        fail(
+            Check::Statement,
+            format!(
+                "statement: {e} under the controller key {} (pinned {})",
+                keys.newest(),
+                opts.trust.controller_key
+            ),
+        )
+    })?;
     let stated: Statement = statement_env
         .open()
         .or_else(|e| fail(Check::Statement, format!("statement: {e}")))?;
@@ -144,7 +149,15 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
     // Signatures, in one batch (split over the cores with std); on failure, one by one to
     // name the bad one.
     verify_signatures(&items, &hellos)?;
-    checks_after_signatures(bundle, opts, &stated, &items, &hellos, &subject_hellos)
+    checks_after_signatures(
+        bundle,
+        opts,
+        &keys,
+        &stated,
+        &items,
+        &hellos,
+        &subject_hellos,
+    )
 }
 
 /// Chain, inclusion, anchor, intensity and recomputation checks (everything after
@@ -152,6 +165,7 @@ pub fn verify(bundle: &ProofBundle, opts: &VerifyOptions) -> Result<Report, Veri
 fn checks_after_signatures(
     bundle: &ProofBundle,
     opts: &VerifyOptions,
+    keys: &KeyHistory,
     stated: &Statement,
     items: &[Item],
     hellos: &BTreeMap<DeviceId, Vec<Hello>>,
@@ -215,7 +229,7 @@ fn checks_after_signatures(
     // Inclusion proofs, then anchors.
     check_inclusion("evidence", &bundle.evidence, &bundle.epochs)?;
     check_inclusion("retirement", &bundle.retirements, &bundle.epochs)?;
-    let onchain_unchecked = check_anchors(&bundle.epochs, opts)?;
+    let onchain_unchecked = check_anchors(&bundle.epochs, opts, keys)?;
 
     // Intensities, each against its named dataset.
     let (figures, datasets) = check_intensities(bundle, opts, stated, subject_hellos)?;
@@ -245,7 +259,7 @@ fn checks_after_signatures(
         Err(e) => return fail(Check::Job, e.to_string()),
     };
     compare(stated, &computed)?;
-    let coverage = check_retirements(bundle, opts, &computed, subject_hellos)?;
+    let coverage = check_retirements(bundle, keys, &computed, subject_hellos)?;
 
     Ok(Report {
         statement: computed,
@@ -262,12 +276,12 @@ fn checks_after_signatures(
     })
 }
 
-/// Each retirement: signed by the pinned controller, for this job, and applied in order
+/// Each retirement: signed by the controller key of its time, for this job, and applied in order
 /// by the rules of [`crate::coverage`] to the recomputed statement (its inclusion in an
 /// anchored epoch is checked with the evidence's). A job's coverage, even with none.
 fn check_retirements(
     bundle: &ProofBundle,
-    opts: &VerifyOptions,
+    keys: &KeyHistory,
     statement: &Statement,
     hellos: &[Hello],
 ) -> Result<Option<Coverage>, VerifyError> {
@@ -284,18 +298,16 @@ fn check_retirements(
     for (i, ev) in bundle.retirements.iter().enumerate() {
         let env = Envelope::decode(&ev.envelope.0)
             .or_else(|e| fail(Check::Retirement, format!("retirement #{i}: {e}")))?;
-        env.verify(&opts.trust.controller_key).or_else(|e| {
-            fail(
-                Check::Retirement,
-                format!(
-                    "retirement #{i}: {e} under the pinned controller key {}",
-                    opts.trust.controller_key
-                ),
-            )
-        })?;
         let r: Retirement = env
             .open()
             .or_else(|e| fail(Check::Retirement, format!("retirement #{i}: {e}")))?;
+        let key = keys.key_at(r.at);
+        env.verify(&key).or_else(|e| {
+            fail(
+                Check::Retirement,
+                format!("retirement #{i}: {e} under the controller key of its time {key}"),
+            )
+        })?;
         retirements.push(r);
     }
     crate::coverage::cover(statement, hellos, &retirements)

@@ -13,6 +13,7 @@ mod ledger;
 mod meter;
 mod restart;
 mod retirement;
+mod rotation;
 mod statement;
 
 pub use ack::Ack;
@@ -24,6 +25,7 @@ pub use ledger::{LedgerEntry, LedgerPosting, MAX_POSTINGS};
 pub use meter::{ChannelReading, MeterRecord, Unmetered};
 pub use restart::{ChainRestart, RestartReason};
 pub use retirement::{Certificate, CertificateScheme, Retirement};
+pub use rotation::KeyRotation;
 pub use statement::{Flag, FlagCode, JobAccount, Statement, Subject};
 
 use serde::{Deserialize, Serialize};
@@ -146,6 +148,7 @@ pub enum AnyMessage {
     Statement(Statement),
     LedgerEntry(LedgerEntry),
     Retirement(Retirement),
+    KeyRotation(KeyRotation),
 }
 
 impl AnyMessage {
@@ -162,6 +165,7 @@ impl AnyMessage {
             Kind::Statement => AnyMessage::Statement(env.open()?),
             Kind::LedgerEntry => AnyMessage::LedgerEntry(env.open()?),
             Kind::Retirement => AnyMessage::Retirement(env.open()?),
+            Kind::KeyRotation => AnyMessage::KeyRotation(env.open()?),
         })
     }
 

@@ -22,15 +22,29 @@ pub trait Anchor {
 
 /// The local log: every closed epoch has its signed entry.
 pub struct LocalLog {
-    /// The controller key that signed the entries.
-    pub controller: PublicKey,
+    /// The controller's keys, newest first: each entry names the one that signed it (an
+    /// entry made before a rotation, the key of its time).
+    pub keys: Vec<PublicKey>,
 }
 
 impl Anchor for LocalLog {
     fn cite<S: Store>(&self, _: &S, epoch: &EpochRow) -> Result<Option<AnchorRef>, StoreError> {
+        let env = attest::Envelope::decode(&epoch.anchor_entry).map_err(|e| {
+            StoreError::Corrupt(format!("epoch {}'s anchor entry: {e}", epoch.epoch))
+        })?;
+        let signer = self
+            .keys
+            .iter()
+            .find(|k| env.verify(k).is_ok())
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "epoch {}'s anchor entry is signed by none of the controller's keys",
+                    epoch.epoch
+                ))
+            })?;
         Ok(Some(AnchorRef::Local {
             entry: Blob(epoch.anchor_entry.clone()),
-            controller_key: self.controller,
+            controller_key: *signer,
         }))
     }
 }

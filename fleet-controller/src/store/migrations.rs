@@ -367,6 +367,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         path TEXT NOT NULL,
         status INTEGER NOT NULL
     );",
+    // 23: the rotations of the controller's key (attest::keys::KeyLink, postcard), which
+    // bundles carry and devices follow.
+    "CREATE TABLE key_rotations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        link BLOB NOT NULL
+    );",
 ];
 
 /// The schema version this code writes.

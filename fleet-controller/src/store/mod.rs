@@ -286,6 +286,14 @@ pub trait Store {
     ) -> Result<Vec<(SeqNo, Vec<u8>)>, StoreError>;
     /// How many messages are stored for a device.
     fn count_items(&self, id: DeviceId) -> Result<u64, StoreError>;
+    /// The rotations of the controller's key, oldest first (`attest::keys`).
+    fn key_rotations(&self) -> Result<Vec<attest::keys::KeyLink>, StoreError>;
+    /// Records a rotation of the controller's key.
+    fn add_key_rotation(
+        &mut self,
+        link: &attest::keys::KeyLink,
+        at_ms: u64,
+    ) -> Result<(), StoreError>;
     /// Stored messages not yet in any epoch, as (device, seq, envelope), in leaf order:
     /// counted or not, but none of a device still pending (it may be forgotten; once approved
     /// or revoked, its earlier messages are anchored too).

@@ -568,6 +568,33 @@ impl Store for SqliteStore {
             |r| r.get::<_, i64>(0),
         )? as u64)
     }
+
+    fn key_rotations(&self) -> Result<Vec<attest::keys::KeyLink>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT link FROM key_rotations ORDER BY at_ms, id")?;
+        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(
+                attest::keys::KeyLink::decode(&row?)
+                    .map_err(|e| StoreError::Corrupt(format!("key_rotations.link: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn add_key_rotation(
+        &mut self,
+        link: &attest::keys::KeyLink,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO key_rotations (at_ms, link) VALUES (?1, ?2)",
+            params![at_ms as i64, link.encode()],
+        )?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
