@@ -80,6 +80,7 @@ fn controller_config(
     dir: &Path,
     port: u16,
     password: &str,
+    ca: &Path,
     epoch_ms: u64,
     api_port: u16,
 ) -> Result<(PathBuf, ControllerConfig)> {
@@ -89,8 +90,7 @@ fn controller_config(
             port,
             username: Some(broker::CONTROLLER_USER.into()),
             password: Some(password.into()),
-            // The embedded broker listens on loopback only.
-            insecure_plaintext_password: true,
+            tls_ca_file: Some(ca.into()),
             // One controller: no shared subscription.
             share_group: String::new(),
             ..BrokerConfig::new("127.0.0.1")
@@ -224,18 +224,24 @@ fn run(args: Args) -> Result<()> {
     let data = std::fs::canonicalize(&args.data_dir)?;
     // Both ports first, so that a taken one stops the demo here, named, before anything
     // says it runs.
-    let broker_port = bind_local(args.port, "the embedded MQTT broker")?
-        .local_addr()?
-        .port();
+    // The broker's port takes TLS (the front below); rumqttd listens on a loopback port of
+    // its own behind it.
+    let front = bind_local(args.port, "the embedded MQTT broker")?;
+    let broker_port = front.local_addr()?.port();
     let api = bind_local(args.api_port, "the HTTP API")?;
     let api_port = api.local_addr()?.port();
+    let inner_port = bind_local(0, "the embedded broker (inside)")?
+        .local_addr()?
+        .port();
+    let pki = broker::make_pki(&data.join("pki"))?;
     let broker_logins = broker::Logins::default();
-    broker::start(broker_port, broker_logins.clone())?;
+    broker::start(inner_port, broker_logins.clone())?;
     let controller_login = broker_logins.add(broker::CONTROLLER_USER)?;
     let (ccfg_path, ccfg) = controller_config(
         &data,
         broker_port,
         &controller_login,
+        &pki.ca,
         args.epoch_ms,
         api_port,
     )?;
@@ -335,6 +341,16 @@ fn run(args: Args) -> Result<()> {
     // A part that stops (the controller, an agent) stops the demo, non-zero, naming why.
     let (failed_tx, failed_rx) = std::sync::mpsc::channel::<String>();
     let mut parts = Vec::new();
+    // The broker's TLS front, before any client connects.
+    let tls = heliostat_mqtt_tls::server_config(&pki.cert, &pki.key, None)?;
+    front.set_nonblocking(true)?;
+    let inner = std::net::SocketAddr::from(([127, 0, 0, 1], inner_port));
+    let front_task = rt.spawn(async move {
+        match tokio::net::TcpListener::from_std(front) {
+            Ok(l) => heliostat_mqtt_tls::terminate(l, tls, inner).await,
+            Err(e) => tracing::error!(error = %e, "the broker's TLS front"),
+        }
+    });
     parts.push(rt.spawn({
         let rx = stop_rx.clone();
         let failed = failed_tx.clone();
@@ -362,11 +378,11 @@ fn run(args: Args) -> Result<()> {
         let (key, _) = heliostat_agent::identity::load_or_create(&key_file)
             .with_context(|| format!("agent {i}'s key"))?;
         ids.push((SITES[i % SITES.len()].0, key.device_id()));
-        // Its own login at the embedded broker (loopback only: no TLS there).
+        // Its own login at the embedded broker, over TLS.
         let user = key.device_id().to_string();
         cfg.link.password = Some(broker_logins.add(&user)?);
         cfg.link.username = Some(user);
-        cfg.link.insecure_plaintext_password = true;
+        cfg.link.tls_ca_file = Some(pki.ca.clone());
         // Each rig is the demo provider's: only its token serves the jobs placed there.
         provisioning.set_device_provider(key.device_id(), Some(provider_id), now)?;
         let rx = stop_rx.clone();
@@ -386,7 +402,10 @@ fn run(args: Args) -> Result<()> {
     for (name, password) in &logins {
         println!("  console login          {name} / {password}");
     }
-    println!("  embedded MQTT broker   127.0.0.1:{broker_port}");
+    println!(
+        "  embedded MQTT broker   127.0.0.1:{broker_port} (TLS; CA {})",
+        pki.ca.display()
+    );
     println!("  controller database    {}", db.display());
     println!("  HTTP API               http://127.0.0.1:{api_port}/api/v1/devices");
     println!("  controller public key  {ckey_hex}");
@@ -525,6 +544,7 @@ fn run(args: Args) -> Result<()> {
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
     });
+    front_task.abort();
     rt.shutdown_timeout(Duration::from_secs(3));
     if let Some(why) = failure {
         anyhow::bail!("{why}");
