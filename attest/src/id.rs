@@ -210,10 +210,24 @@ impl<'de> Deserialize<'de> for PublicKey {
 
 /// An ed25519 key pair: a device's or the controller's signing identity.
 ///
-/// The secret never appears in `Debug` output.
+/// The secret is either here (a seed) or held elsewhere, by a token that signs on request
+/// ([`KeyPair::external`]: the controller's key in a PKCS#11 token). The secret never
+/// appears in `Debug` output.
 #[derive(Clone)]
 pub struct KeyPair {
-    signing: SigningKey,
+    inner: Secret,
+}
+
+/// Signs a message with a secret held elsewhere.
+pub type ExternalSigner = alloc::sync::Arc<dyn Fn(&[u8]) -> [u8; 64] + Send + Sync>;
+
+#[derive(Clone)]
+enum Secret {
+    Seed(SigningKey),
+    External {
+        public: PublicKey,
+        sign: ExternalSigner,
+    },
 }
 
 /// A device's key pair.
@@ -223,7 +237,22 @@ impl KeyPair {
     /// Builds a key pair from its 32-byte secret seed.
     pub fn from_seed(seed: &[u8; 32]) -> KeyPair {
         KeyPair {
-            signing: SigningKey::from_bytes(seed),
+            inner: Secret::Seed(SigningKey::from_bytes(seed)),
+        }
+    }
+
+    /// A key pair whose secret is held elsewhere: `sign` returns the ed25519 signature of a
+    /// message under the secret of `public` (the caller checks one before trusting it).
+    pub fn external(public: PublicKey, sign: ExternalSigner) -> KeyPair {
+        KeyPair {
+            inner: Secret::External { public, sign },
+        }
+    }
+
+    fn seeded(&self) -> Option<&SigningKey> {
+        match &self.inner {
+            Secret::Seed(k) => Some(k),
+            Secret::External { .. } => None,
         }
     }
 
@@ -235,14 +264,18 @@ impl KeyPair {
         Ok(KeyPair::from_seed(&seed))
     }
 
-    /// The 32-byte secret seed (store it with file mode 0600; never log it).
-    pub fn seed(&self) -> [u8; 32] {
-        self.signing.to_bytes()
+    /// The 32-byte secret seed (store it with file mode 0600; never log it); `None` when the
+    /// secret is held elsewhere.
+    pub fn seed(&self) -> Option<[u8; 32]> {
+        self.seeded().map(|k| k.to_bytes())
     }
 
     /// The public key.
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.signing.verifying_key().to_bytes())
+        match &self.inner {
+            Secret::Seed(k) => PublicKey(k.verifying_key().to_bytes()),
+            Secret::External { public, .. } => *public,
+        }
     }
 
     /// The device id of this key.
@@ -252,7 +285,10 @@ impl KeyPair {
 
     /// Signs `msg` (ed25519, deterministic).
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
-        self.signing.sign(msg).to_bytes()
+        match &self.inner {
+            Secret::Seed(k) => k.sign(msg).to_bytes(),
+            Secret::External { sign, .. } => sign(msg),
+        }
     }
 
     /// For regression tests of the signature checks only: a signature of `msg` whose `R`
@@ -264,7 +300,10 @@ impl KeyPair {
         use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
         use curve25519_dalek::scalar::Scalar;
         use sha2::{Digest, Sha512};
-        let a = self.signing.to_scalar();
+        let a = self
+            .seeded()
+            .expect("a test helper for seeded keys")
+            .to_scalar();
         let r = Scalar::from_bytes_mod_order_wide(&Sha512::digest(msg).into());
         let big_r = (ED25519_BASEPOINT_POINT * r + EIGHT_TORSION[1]).compress();
         let mut h = Sha512::new();

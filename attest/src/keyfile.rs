@@ -95,7 +95,11 @@ fn create(path: &Path) -> Result<(KeyPair, bool), IdentityError> {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        writeln!(f, "{}", crate::hex::encode(&key.seed()))?;
+        writeln!(
+            f,
+            "{}",
+            crate::hex::encode(&key.seed().expect("a key made from a seed"))
+        )?;
         f.sync_all()
     })();
     if let Err(e) = written {

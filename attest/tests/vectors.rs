@@ -24,7 +24,7 @@ fn vector(name: &str, key: &KeyPair, env: &Envelope) -> Value {
     json!({
         "name": name,
         "kind": env.kind().to_string(),
-        "signer_seed": attest::hex::encode(&key.seed()),
+        "signer_seed": attest::hex::encode(&key.seed().unwrap()),
         "signer_public_key": key.public().to_string(),
         "envelope_hex": attest::hex::encode(env.as_bytes()),
         "envelope_sha256": env.hash().to_hex(),

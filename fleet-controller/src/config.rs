@@ -47,6 +47,9 @@ pub struct ControllerConfig {
     /// Settlement of providers' earnings on chain (off when absent).
     #[serde(default)]
     pub settlement: Option<crate::settlement::SettlementConfig>,
+    /// The controller's key in a PKCS#11 token instead of `data_dir/controller.key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs11: Option<Pkcs11Config>,
 }
 
 /// The HTTP API.
@@ -278,6 +281,20 @@ const fn default_epoch_ms() -> u64 {
     3_600_000
 }
 
+/// The controller's key in a PKCS#11 token (`[pkcs11]`; docs/security.md, "Keys").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// The token's PKCS#11 module (`/usr/lib/softhsm/libsofthsm2.so`, a YubiHSM's...).
+    pub module: PathBuf,
+    /// The token's label.
+    pub token: String,
+    /// The label of the Ed25519 key pair (CKK_EC_EDWARDS) in it.
+    pub label: String,
+    /// A file whose first line is the user PIN (mode 0600).
+    pub pin_file: PathBuf,
+}
+
 /// An external MQTT broker (Mosquitto in tests and production).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -465,6 +482,7 @@ impl ControllerConfig {
             alerts: alerts::AlertsConfig::default(),
             market: MarketConfig::default(),
             settlement: None,
+            pkcs11: None,
         }
     }
 

@@ -364,7 +364,7 @@ fn inner(cli: Cli) -> anyhow::Result<()> {
         } => {
             let id = attest::DeviceId::parse(&device)?;
             let ingest = fleet_controller::runtime::open(&cfg)?;
-            let key = fleet_controller::runtime::controller_key(&cfg)?;
+            let key = ingest.key().clone();
             let intensity =
                 fleet_controller::intensity::IntensityResolver::from_config(&cfg.accounting)?;
             let b = match job {
@@ -525,6 +525,10 @@ fn rotate_key(cfg: &ControllerConfig) -> anyhow::Result<attest::PublicKey> {
         "{} is set: rotate with the key file, then put the new seed in your secret store",
         fleet_controller::runtime::KEY_ENV
     );
+    anyhow::ensure!(
+        cfg.pkcs11.is_none(),
+        "the key is in a PKCS#11 token ([pkcs11]): rotation inside a token is not supported"
+    );
     let path = cfg.key_path();
     let old = fleet_controller::runtime::controller_key(cfg)?;
     let new = attest::KeyPair::generate().map_err(|e| anyhow::anyhow!("random source: {e}"))?;
@@ -535,7 +539,9 @@ fn rotate_key(cfg: &ControllerConfig) -> anyhow::Result<attest::PublicKey> {
         .truncate(true)
         .mode(0o600)
         .open(&staged)?;
-    f.write_all(attest::hex::encode(&new.seed()).as_bytes())?;
+    f.write_all(
+        attest::hex::encode(&new.seed().expect("a generated key has its seed")).as_bytes(),
+    )?;
     f.sync_all()?;
     let at = attest::units::TimestampMs(fleet_controller::runtime::now_ms());
     let link = attest::keys::KeyLink::new(&old, &new, at);

@@ -22,6 +22,7 @@ use crate::store::sqlite::SqliteStore;
 
 mod broker_link;
 mod key;
+mod pkcs11;
 
 use broker_link::{mqtt_options, spawn_broker_sync};
 pub use key::{KEY_ENV, controller_key};

@@ -114,8 +114,12 @@ fn keygen(out: &Path) -> Result<()> {
     let mut f = opts
         .open(out)
         .with_context(|| format!("creating {}", out.display()))?;
-    writeln!(f, "{}", attest::hex::encode(&key.seed()))
-        .with_context(|| format!("writing {}", out.display()))?;
+    writeln!(
+        f,
+        "{}",
+        attest::hex::encode(&key.seed().expect("a generated key has its seed"))
+    )
+    .with_context(|| format!("writing {}", out.display()))?;
     f.sync_all()
         .with_context(|| format!("syncing {}", out.display()))?;
     println!(

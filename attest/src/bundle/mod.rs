@@ -362,43 +362,41 @@ impl ProofBundle {
             );
         }
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        let b: ProofBundle = if first == Some(&b'{') {
-            #[cfg(feature = "std")]
-            {
-                serde_json::from_slice(bytes)
-                    .or_else(|e| fail(Check::Format, format!("JSON bundle: {e}")))?
+        if first == Some(&b'{') {
+            return Self::decode_json(bytes);
+        }
+        Self::decode_postcard(bytes).or_else(|e| {
+            if bytes.first() != Some(&OLDEST_BUNDLE_FORMAT) {
+                return Err(e);
             }
-            #[cfg(not(feature = "std"))]
-            {
-                return fail(Check::Format, "JSON bundles need the std feature");
-            }
-        } else {
-            return Self::decode_postcard(bytes).or_else(|e| {
-                if bytes.first() != Some(&OLDEST_BUNDLE_FORMAT) {
-                    return Err(e);
-                }
-                // Format 3 as written then ends before `key_rotations`: read it as having
-                // none (postcard writes an empty list as one zero byte).
-                let mut v = bytes.to_vec();
-                v.push(0);
-                Self::decode_postcard(&v)
-            });
-        };
-        Ok(b)
+            // Format 3 as written then ends before `key_rotations`: read it as having none
+            // (postcard writes an empty list as one zero byte).
+            let mut v = bytes.to_vec();
+            v.push(0);
+            Self::decode_postcard(&v)
+        })
+    }
+
+    #[cfg(feature = "std")]
+    fn decode_json(bytes: &[u8]) -> Result<ProofBundle, VerifyError> {
+        serde_json::from_slice(bytes).or_else(|e| fail(Check::Format, format!("JSON bundle: {e}")))
+    }
+
+    #[cfg(not(feature = "std"))]
+    fn decode_json(_: &[u8]) -> Result<ProofBundle, VerifyError> {
+        fail(Check::Format, "JSON bundles need the std feature")
     }
 
     fn decode_postcard(bytes: &[u8]) -> Result<ProofBundle, VerifyError> {
-        {
-            let (b, rest) = postcard::take_from_bytes(bytes)
-                .or_else(|e| fail(Check::Format, format!("postcard bundle: {e}")))?;
-            if !rest.is_empty() {
-                return fail(
-                    Check::Format,
-                    format!("{} trailing bytes after the bundle", rest.len()),
-                );
-            }
-            Ok(b)
+        let (b, rest) = postcard::take_from_bytes(bytes)
+            .or_else(|e| fail(Check::Format, format!("postcard bundle: {e}")))?;
+        if !rest.is_empty() {
+            return fail(
+                Check::Format,
+                format!("{} trailing bytes after the bundle", rest.len()),
+            );
         }
+        Ok(b)
     }
 }
 

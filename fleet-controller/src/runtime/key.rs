@@ -8,10 +8,29 @@ use crate::config::ControllerConfig;
 /// digits): for a secret manager or systemd's credentials instead of the key file.
 pub const KEY_ENV: &str = "HELIOSTAT_CONTROLLER_KEY";
 
-/// The controller's key: from [`KEY_ENV`] when set, else the key file (made on first use,
-/// refused when group or others may read it).
+/// The controller's key: in a PKCS#11 token when `[pkcs11]` is set, else from [`KEY_ENV`]
+/// when set, else the key file (made on first use, refused when group or others may read
+/// it).
 pub fn controller_key(cfg: &ControllerConfig) -> Result<attest::KeyPair> {
+    if let Some(p) = &cfg.pkcs11 {
+        return super::pkcs11::key(p);
+    }
     key_from(std::env::var(KEY_ENV).ok(), &cfg.key_path())
+}
+
+/// The first line of a secret file, refused when group or others may read it.
+pub(super) fn read_secret_file(path: &std::path::Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    anyhow::ensure!(
+        mode & 0o077 == 0,
+        "{} has mode {mode:o}: it must not be readable by group or others (chmod 600)",
+        path.display()
+    );
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
 }
 
 fn key_from(env: Option<String>, path: &std::path::Path) -> Result<attest::KeyPair> {
