@@ -5,9 +5,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub mod alerts;
+mod broker;
 mod console;
 mod market;
 
+pub use broker::{BrokerConfig, Pkcs11Config};
 pub use console::ConsoleConfig;
 pub use market::MarketConfig;
 
@@ -281,75 +283,6 @@ const fn default_epoch_ms() -> u64 {
     3_600_000
 }
 
-/// The controller's key in a PKCS#11 token (`[pkcs11]`; docs/security.md, "Keys").
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pkcs11Config {
-    /// The token's PKCS#11 module (`/usr/lib/softhsm/libsofthsm2.so`, a YubiHSM's...).
-    pub module: PathBuf,
-    /// The token's label.
-    pub token: String,
-    /// The label of the Ed25519 key pair (CKK_EC_EDWARDS) in it.
-    pub label: String,
-    /// A file whose first line is the user PIN (mode 0600).
-    pub pin_file: PathBuf,
-}
-
-/// An external MQTT broker (Mosquitto in tests and production).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct BrokerConfig {
-    /// Host.
-    pub host: String,
-    /// Port.
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// Username.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password. Sent only over TLS unless `insecure_plaintext_password`.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// Allow the password over plain TCP (a broker on the same host).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub insecure_plaintext_password: bool,
-    /// TLS: the CA bundle (PEM) that signs the broker's certificate turns TLS on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_ca_file: Option<PathBuf>,
-    /// TLS client certificate (PEM), with `tls_client_key`: the controller's identity at a
-    /// broker that asks for certificates.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_client_cert: Option<PathBuf>,
-    /// TLS client key (PEM).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_client_key: Option<PathBuf>,
-    /// The broker runs Mosquitto's dynamic security plugin as `broker-files` wrote it: the
-    /// controller adds enrolled devices and removes revoked ones while it runs.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub dynsec: bool,
-    /// Shared-subscription group: controllers in one group split the devices' messages.
-    #[serde(default = "default_group")]
-    pub share_group: String,
-}
-
-impl BrokerConfig {
-    /// The broker at `host` on the default port, anonymous, in the default share group.
-    pub fn new(host: impl Into<String>) -> BrokerConfig {
-        BrokerConfig {
-            host: host.into(),
-            port: default_port(),
-            username: None,
-            password: None,
-            insecure_plaintext_password: false,
-            tls_ca_file: None,
-            tls_client_cert: None,
-            tls_client_key: None,
-            dynsec: false,
-            share_group: default_group(),
-        }
-    }
-}
-
 /// Enrollment.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -434,12 +367,6 @@ impl Default for IngestTuning {
 
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/heliostat-controller")
-}
-const fn default_port() -> u16 {
-    1883
-}
-fn default_group() -> String {
-    "heliostat-ingest".into()
 }
 /// The smallest `ingest.queue_max_bytes` accepted: one largest batch payload.
 pub const MIN_QUEUE_BYTES: usize = attest::batch::MAX_BATCH_LEN;
@@ -575,22 +502,7 @@ impl ControllerConfig {
         if self.broker.password.is_some() && self.broker.username.is_none() {
             anyhow::bail!("config key `broker.password`: needs broker.username");
         }
-        let b = &self.broker;
-        if b.password.is_some() && b.tls_ca_file.is_none() && !b.insecure_plaintext_password {
-            anyhow::bail!(
-                "config key `broker.password`: would be sent in clear over plain TCP: set \
-                 broker.tls_ca_file (TLS), or broker.insecure_plaintext_password = true for a \
-                 broker on this host"
-            );
-        }
-        if b.tls_client_cert.is_some() != b.tls_client_key.is_some() {
-            anyhow::bail!(
-                "config key `broker.tls_client_cert`: set both tls_client_cert and tls_client_key, or neither"
-            );
-        }
-        if b.tls_client_cert.is_some() && b.tls_ca_file.is_none() {
-            anyhow::bail!("config key `broker.tls_ca_file`: client certificates need TLS");
-        }
+        self.broker.validate()?;
         if let Some(s) = &self.settlement {
             s.validate(self.epochs.evm.as_ref())?;
         }

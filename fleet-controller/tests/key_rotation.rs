@@ -15,12 +15,10 @@ use attest::units::{SeqNo, TimestampMs};
 use fleet_controller::config::{BrokerConfig, ControllerConfig};
 use fleet_controller::store::Store;
 use fleet_controller::store::sqlite::SqliteStore;
-use heliostat_agent::config::{AgentConfig, LinkConfig, MeterConfig, SiteConfig};
-use heliostat_agent::power::SourceConfig;
-use heliostat_agent::power::simulator::SimulatorConfig;
-use hil_tests::{
-    Mosquitto, TempDir, free_port, spawn_agent, spawn_controller, wait_for, workspace_binary,
-};
+use hil_tests::{Mosquitto, TempDir, free_port, spawn_controller, wait_for, workspace_binary};
+
+mod support;
+use support::agent_status;
 
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_fleet-controller");
 
@@ -57,13 +55,6 @@ fn verify(bundle: &Path, key: &str) -> (bool, String) {
     )
 }
 
-fn status(data: &Path) -> serde_json::Value {
-    std::fs::read(data.join("status.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(serde_json::Value::Null)
-}
-
 #[test]
 fn after_a_rotation_devices_believe_only_the_new_key_and_bundles_on_both_sides_verify() {
     let tmp = TempDir::new("key-rotation");
@@ -87,42 +78,9 @@ fn after_a_rotation_devices_believe_only_the_new_key_and_bundles_on_both_sides_v
     let mut controller = spawn_controller(CONTROLLER, &ccfg, &clog);
 
     // One agent, provisioned with the old key.
-    let dev = tmp.path().join("rig");
-    let data = dev.join("data");
-    let mut acfg = AgentConfig::new(
-        data.clone(),
-        SiteConfig::new(-1.29, 36.82),
-        LinkConfig {
-            port: broker.port,
-            backoff_max_ms: 300,
-            resend_after_ms: 1_000,
-            ..LinkConfig::new(
-                "127.0.0.1",
-                &attest::PublicKey(attest::hex::decode_array(&old_key).unwrap()),
-            )
-        },
-        vec![SourceConfig::Simulator(SimulatorConfig::default())],
-    );
-    acfg.meter = MeterConfig {
-        sample_interval_ms: 50,
-        record_interval_ms: 100,
-    };
-    std::fs::create_dir_all(&dev).unwrap();
-    let aconf = dev.join("agent.toml");
-    acfg.write_toml(&aconf).unwrap();
-    let alog = dev.join("agent.log");
-    let _agent = spawn_agent(
-        workspace_binary(CONTROLLER, "heliostat-agent", "heliostat-agent")
-            .to_str()
-            .unwrap(),
-        &aconf,
-        &alog,
-    );
-    let id = wait_for("the agent's key", Duration::from_secs(10), || {
-        data.join("device.key")
-            .exists()
-            .then(|| hil_tests::agent_key(&data).device_id())
-    });
+    let agent =
+        support::simulated_agent(CONTROLLER, &tmp.path().join("rig"), broker.port, &old_key);
+    let (id, data, alog) = (agent.id, agent.data.clone(), agent.log.clone());
     let db = cdir.join("data/controller.db");
     let stored = || {
         SqliteStore::open(&db)
@@ -173,17 +131,17 @@ fn after_a_rotation_devices_believe_only_the_new_key_and_bundles_on_both_sides_v
         "records acknowledged under the new key",
         Duration::from_secs(20),
         || {
-            let s = status(&data);
+            let s = agent_status(&data);
             (stored() > after_rotation + 10
                 && s["outbox"]["depth"].as_u64().is_some_and(|d| d < 10))
             .then_some(())
         },
     );
     assert_eq!(
-        status(&data)["link"]["acks_rejected"],
+        agent_status(&data)["link"]["acks_rejected"],
         0,
         "{}",
-        status(&data)
+        agent_status(&data)
     );
     assert!(
         data.join("controller-keys.bin").exists(),
@@ -238,11 +196,11 @@ fn after_a_rotation_devices_believe_only_the_new_key_and_bundles_on_both_sides_v
     wait_for(
         "the old key's command refused",
         Duration::from_secs(10),
-        || (status(&data)["jobs"]["commands_rejected"]["bad_signature"] == 1).then_some(()),
+        || (agent_status(&data)["jobs"]["commands_rejected"]["bad_signature"] == 1).then_some(()),
     );
     publish(attest::Envelope::seal(&order(7_002), &new).into_bytes());
     std::thread::sleep(Duration::from_millis(1_000));
-    let s = status(&data);
+    let s = agent_status(&data);
     assert_eq!(
         s["link"]["commands_rejected"], 1,
         "the new key's command obeyed: {s}"

@@ -11,13 +11,11 @@ use std::time::Duration;
 use fleet_controller::config::{BrokerConfig, ControllerConfig, Pkcs11Config};
 use fleet_controller::store::Store;
 use fleet_controller::store::sqlite::SqliteStore;
-use heliostat_agent::config::{AgentConfig, LinkConfig, MeterConfig, SiteConfig};
-use heliostat_agent::power::SourceConfig;
-use heliostat_agent::power::simulator::SimulatorConfig;
 use hil_tests::{
-    Mosquitto, TempDir, free_port, require, spawn_agent, spawn_controller, wait_for,
-    workspace_binary,
+    Mosquitto, TempDir, free_port, require, spawn_controller, wait_for, workspace_binary,
 };
+
+mod support;
 
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_fleet-controller");
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -142,38 +140,8 @@ fn the_controller_signs_with_a_key_that_never_leaves_its_pkcs11_token() {
     // SAFETY: set before any thread of this test reads the environment.
     unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
     let _controller = spawn_controller(CONTROLLER, &ccfg, &cdir.join("controller.log"));
-    let dev = tmp.path().join("rig");
-    std::fs::create_dir_all(&dev).unwrap();
-    let data = dev.join("data");
-    let mut acfg = AgentConfig::new(
-        data.clone(),
-        SiteConfig::new(52.5, 13.4),
-        LinkConfig {
-            port: broker.port,
-            backoff_max_ms: 300,
-            ..LinkConfig::new(
-                "127.0.0.1",
-                &attest::PublicKey(attest::hex::decode_array(&public).unwrap()),
-            )
-        },
-        vec![SourceConfig::Simulator(SimulatorConfig::default())],
-    );
-    acfg.meter = MeterConfig {
-        sample_interval_ms: 50,
-        record_interval_ms: 100,
-    };
-    acfg.write_toml(&dev.join("agent.toml")).unwrap();
-    let agent_bin = workspace_binary(CONTROLLER, "heliostat-agent", "heliostat-agent");
-    let _agent = spawn_agent(
-        agent_bin.to_str().unwrap(),
-        &dev.join("agent.toml"),
-        &dev.join("agent.log"),
-    );
-    let id = wait_for("the agent's key", Duration::from_secs(10), || {
-        data.join("device.key")
-            .exists()
-            .then(|| hil_tests::agent_key(&data).device_id())
-    });
+    let agent = support::simulated_agent(CONTROLLER, &tmp.path().join("rig"), broker.port, &public);
+    let (id, data) = (agent.id, agent.data.clone());
     let db = cdir.join("data/controller.db");
     wait_for(
         "records stored and acknowledged under the token's key",
