@@ -80,6 +80,11 @@ pub struct ApiConfig {
     /// minute.
     #[serde(default = "default_auth_failures")]
     pub auth_failures_per_min: u32,
+    /// Behind a reverse proxy: a client's address (for the failure and login limits) is the
+    /// last `X-Forwarded-For` entry, which the proxy appends. Only with a proxy in front:
+    /// otherwise clients choose it.
+    #[serde(default)]
+    pub forwarded_for: bool,
 }
 
 impl Default for ApiConfig {
@@ -92,6 +97,7 @@ impl Default for ApiConfig {
             token_rate_per_s: default_token_rate(),
             token_burst: default_token_burst(),
             auth_failures_per_min: default_auth_failures(),
+            forwarded_for: false,
         }
     }
 }

@@ -106,6 +106,17 @@ fn headers_scopes_audit_and_rate_limits_hold_at_the_api() {
     let r = call(&buyer, "GET", "/api/v1/account", None);
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["reason"], "too_many_failures");
+    // A client cannot name another address: X-Forwarded-For counts only behind a proxy
+    // the operator trusts (api.forwarded_for).
+    let auth = format!("Bearer {buyer}");
+    let r = http_with(
+        api,
+        "GET",
+        "/api/v1/account",
+        &[("Authorization", &auth), ("X-Forwarded-For", "203.0.113.9")],
+        None,
+    );
+    assert_eq!(r.status, 429, "a spoofed address escaped the lock");
 
     let text = std::fs::read_to_string(&log).unwrap();
     for s in [&operator, &buyer, &secret] {

@@ -31,10 +31,7 @@ impl axum::extract::FromRequestParts<ApiState> for Auth {
         state: &ApiState,
     ) -> Result<Self, AppError> {
         // The address that guesses tokens waits (api/guard.rs), whatever it sends now.
-        let ip = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip());
+        let ip = state.guard.client_ip(&parts.extensions, &parts.headers);
         let now = std::time::Instant::now();
         state.guard.check_address(ip, now)?;
         let caller = match Self::caller(parts, state).await {

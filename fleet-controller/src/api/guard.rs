@@ -8,7 +8,8 @@
 //!   past it, 429 `rate_limited` with `Retry-After`. Uploads are requests like any other.
 //! - Failed authentication: a client address that sent `api.auth_failures_per_min` missing
 //!   or bad tokens within a minute gets 429 `too_many_failures` until the minute is over,
-//!   even with a good token (guessing tokens costs a minute per handful of guesses).
+//!   even with a good token (guessing tokens costs a minute per handful of guesses). Behind
+//!   a reverse proxy, `api.forwarded_for = true` takes the address the proxy saw.
 //! - Audit: every state-changing request (POST, PUT, PATCH, DELETE) made with a token or a
 //!   console session that holds the `operate` scope is recorded after it is answered:
 //!   when, which account and token, method, path (never the query or the body) and status.
@@ -44,6 +45,9 @@ pub enum Held {
 /// Rate limits and their counts.
 #[derive(Debug)]
 pub struct Guard {
+    /// Take the client's address from the last `X-Forwarded-For` entry (the reverse proxy's),
+    /// not from the connection (`api.forwarded_for`).
+    forwarded_for: bool,
     rate_per_s: f64,
     burst: f64,
     failures_per_min: u32,
@@ -61,6 +65,7 @@ impl Guard {
     /// Limits from `[api]`.
     pub fn new(rate_per_s: f64, burst: u32, failures_per_min: u32) -> Guard {
         Guard {
+            forwarded_for: false,
             rate_per_s,
             burst: f64::from(burst.max(1)),
             failures_per_min,
@@ -70,6 +75,27 @@ impl Guard {
             failure_limited: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
         }
+    }
+
+    /// The client's address: the connection's, or behind a trusted reverse proxy
+    /// (`api.forwarded_for`), the last `X-Forwarded-For` entry, which that proxy appended
+    /// (the earlier ones are whatever the client sent).
+    pub fn client_ip(
+        &self,
+        ext: &axum::http::Extensions,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<IpAddr> {
+        if self.forwarded_for {
+            return headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .next_back()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse().ok());
+        }
+        ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
     }
 
     /// Whether `ip` may try a token now.
@@ -123,7 +149,10 @@ impl Guard {
 
 impl From<&crate::config::ApiConfig> for Guard {
     fn from(c: &crate::config::ApiConfig) -> Self {
-        Guard::new(c.token_rate_per_s, c.token_burst, c.auth_failures_per_min)
+        Guard {
+            forwarded_for: c.forwarded_for,
+            ..Guard::new(c.token_rate_per_s, c.token_burst, c.auth_failures_per_min)
+        }
     }
 }
 
@@ -238,6 +267,34 @@ mod tests {
             Err(Held::RateLimited(1))
         );
         assert_eq!(g.rate_limited.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn the_client_address_comes_from_the_proxy_only_when_it_is_trusted() {
+        let mut ext = axum::http::Extensions::new();
+        ext.insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            5000,
+        ))));
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "198.51.100.1, 203.0.113.9".parse().unwrap(),
+        );
+        let direct = Guard::new(1.0, 1, 1);
+        assert_eq!(
+            direct.client_ip(&ext, &headers),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        let proxied = Guard {
+            forwarded_for: true,
+            ..Guard::new(1.0, 1, 1)
+        };
+        assert_eq!(
+            proxied.client_ip(&ext, &headers),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        assert_eq!(proxied.client_ip(&ext, &axum::http::HeaderMap::new()), None);
     }
 
     #[test]

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -337,7 +336,10 @@ pub async fn login(
         return r.into_response();
     }
     let console: &Console = &s.console;
-    let addr = ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let addr = s
+        .guard
+        .client_ip(&ext, &headers)
+        .map(|ip| SocketAddr::new(ip, 0));
     let next = safe_next(f.next.as_deref());
     if let Some(wait) = console.limiter.blocked(&f.name, addr, Instant::now()) {
         console.count_login("limited");
