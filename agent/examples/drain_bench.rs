@@ -3,7 +3,11 @@
 //! acknowledges, and times until every record has arrived. Prints the figure for
 //! BENCHMARKS.md.
 //!
-//! `cargo run --release -p heliostat-agent --example drain_bench [RECORDS]`
+//! `cargo run --release -p heliostat-agent --example drain_bench [RECORDS] [--tls]`
+//!
+//! `--tls`: the agent reaches Mosquitto over TLS through `heliostat-mqtt-tls` (certificates
+//! made by openssl for the run), the collector over a plain listener beside it: the cost of
+//! the TLS bridge on the drain.
 
 use std::time::{Duration, Instant};
 
@@ -18,14 +22,37 @@ use hil_tests::collector::Collector;
 use hil_tests::{Mosquitto, TempDir};
 
 fn main() {
-    let n: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(8_640);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let tls = args.iter().any(|a| a == "--tls");
+    let n: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(8_640);
     let tmp = TempDir::new("drain-bench");
     let data = tmp.path().join("data");
     let controller = KeyPair::from_seed(&[0xc0; 32]);
-    let broker = Mosquitto::start();
+    // With --tls: the agent's listener takes TLS, the collector's (the controller's side)
+    // stays plain.
+    let (broker, agent_port) = if tls {
+        let pki = tmp.path().join("pki");
+        std::fs::create_dir_all(&pki).unwrap();
+        hil_tests::pki::make(&pki, "bench", &[]);
+        let (open, secured) = (hil_tests::free_port(), hil_tests::free_port());
+        let broker = Mosquitto::start_config(
+            open,
+            format!(
+                "per_listener_settings true\nlistener {open} 127.0.0.1\nallow_anonymous true\n\
+                 listener {secured} 127.0.0.1\nallow_anonymous true\ncafile {d}/bench-ca.pem\n\
+                 certfile {d}/bench-server.pem\nkeyfile {d}/bench-server.key\n\
+                 persistence false\nmax_queued_messages 200000\nmax_inflight_messages 200\n\
+                 message_size_limit 0\nlog_dest none\n",
+                d = pki.display()
+            ),
+        );
+        assert!(hil_tests::wait_for_port(secured, Duration::from_secs(10)));
+        (broker, secured)
+    } else {
+        let broker = Mosquitto::start();
+        let port = broker.port;
+        (broker, port)
+    };
     let mut cfg = AgentConfig::new(
         &data,
         SiteConfig {
@@ -33,7 +60,8 @@ fn main() {
             ..SiteConfig::new(52.5, 13.4)
         },
         LinkConfig {
-            port: broker.port,
+            port: agent_port,
+            tls_ca_file: tls.then(|| tmp.path().join("pki/bench-ca.pem")),
             ..LinkConfig::new("127.0.0.1", &controller.public())
         },
         vec![SourceConfig::Simulator(SimulatorConfig::default())],
@@ -100,6 +128,14 @@ fn main() {
     .unwrap();
     let drain = t1.elapsed();
     let g = collector.got.lock().unwrap();
+    println!(
+        "link: {}",
+        if tls {
+            "TLS (heliostat-mqtt-tls bridge)"
+        } else {
+            "plain TCP"
+        }
+    );
     println!(
         "backlog: {n} records ({} bytes each on average)",
         g.records.values().map(|v| v.len()).sum::<usize>() / g.records.len()
