@@ -14,28 +14,7 @@ use heliostat_agent::config::{AgentConfig, LinkConfig, MeterConfig, SiteConfig};
 use heliostat_agent::power::SourceConfig;
 use heliostat_agent::power::simulator::SimulatorConfig;
 use hil_tests::collector::Collector;
-use hil_tests::{Mosquitto, TempDir};
-
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "mounting a tmpfs needs root (CI runs as root)");
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+use hil_tests::{Mosquitto, TempDir, Tmpfs};
 
 use hil_tests::test_controller as controller;
 

@@ -8,56 +8,11 @@ use std::time::{Duration, Instant};
 
 use heliostat_agent::power::PowerSource;
 use heliostat_agent::power::sunspec::{Measures, SunSpec, SunSpecConfig, meter_image};
-use tokio_modbus::prelude::{ExceptionCode, Request, Response};
-use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
 
-#[derive(Clone)]
-struct Simulator(Arc<Mutex<HashMap<u16, u16>>>);
-
-impl tokio_modbus::server::Service for Simulator {
-    type Request = Request<'static>;
-    type Response = Response;
-    type Exception = ExceptionCode;
-    type Future = std::future::Ready<Result<Response, ExceptionCode>>;
-
-    fn call(&self, req: Self::Request) -> Self::Future {
-        let regs = self.0.lock().unwrap();
-        std::future::ready(match req {
-            Request::ReadHoldingRegisters(addr, n) => (addr..addr.saturating_add(n))
-                .map(|a| {
-                    regs.get(&a)
-                        .copied()
-                        .ok_or(ExceptionCode::IllegalDataAddress)
-                })
-                .collect::<Result<Vec<u16>, _>>()
-                .map(Response::ReadHoldingRegisters),
-            _ => Err(ExceptionCode::IllegalFunction),
-        })
-    }
-}
-
-/// Serves `image` on a free loopback port from a thread of its own.
+/// Serves `image` on a free loopback port (the HIL harness's SunSpec simulator, fed a
+/// fixed register image).
 fn serve(image: Arc<Mutex<HashMap<u16, u16>>>) -> SocketAddr {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = std_listener.local_addr().unwrap();
-    std_listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            let service = Simulator(image);
-            let new_service = move |_| Ok(Some(service.clone()));
-            let on_connected = |stream, socket_addr| {
-                let new_service = new_service.clone();
-                async move { accept_tcp_connection(stream, socket_addr, new_service) }
-            };
-            let _ = Server::new(listener).serve(&on_connected, |_| {}).await;
-        });
-    });
-    addr
+    hil_tests::sim::sunspec::SunSpecSim::serve_image(image).address
 }
 
 fn config(address: SocketAddr) -> SunSpecConfig {

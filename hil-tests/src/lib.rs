@@ -8,6 +8,7 @@ pub mod browser;
 pub mod collector;
 pub mod otlp;
 pub mod pki;
+pub mod sim;
 pub mod sink;
 
 use std::net::{TcpListener, TcpStream};
@@ -121,6 +122,13 @@ impl Mosquitto {
     /// The broker's config directory (for password files and such).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Whether the broker process is alive.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Kills the broker at once (SIGKILL): whatever it held in memory is gone.
@@ -277,6 +285,44 @@ pub fn assert_chain_from_genesis<'a>(
             other => panic!("seq {seq}: {other:?}"),
         }
     }
+}
+
+/// A small tmpfs mounted for a test (root only, as CI runs), unmounted when dropped: a
+/// disk the test can fill.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`512k`, `4m`) at `at` (made if missing).
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("making the mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "mounting a tmpfs at {} needs root (CI runs as root)",
+            at.display()
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// One JSON-RPC call over HTTP (an EVM node's): the whole answer, or why there is none.
+pub fn json_rpc(url: &str, body: &serde_json::Value) -> Result<serde_json::Value, String> {
+    ureq::post(url)
+        .send_json(body)
+        .map_err(|e| format!("{url}: {e}"))?
+        .body_mut()
+        .read_json()
+        .map_err(|e| format!("{url}: {e}"))
 }
 
 /// The first of anvil's default development accounts (its well-known key, funded with

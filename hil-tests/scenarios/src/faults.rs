@@ -1,0 +1,169 @@
+//! The fault injector: one small vocabulary every scenario and the soak use, each fault a
+//! real act on a real process, link, clock or file.
+
+use std::fmt;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::fleet::Fleet;
+
+/// One fault (agents by index into the fleet).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// SIGKILL the broker (what it held in memory is gone), then start it again after `down`.
+    BrokerRestart { down: Duration },
+    /// SIGKILL the broker and leave it down.
+    BrokerKill,
+    /// Start a killed broker.
+    BrokerStart,
+    /// kill -9 an agent and start it again after `down`.
+    AgentKill9 { agent: usize, down: Duration },
+    /// SIGSTOP an agent.
+    AgentFreeze(usize),
+    /// SIGCONT a frozen agent.
+    AgentThaw(usize),
+    /// kill -9 the controller and start it again after `down`.
+    ControllerKill9 { down: Duration },
+    /// kill -9 the controller and start it with `HELIOSTAT_CRASH_AT=point`: it aborts
+    /// there (fleet_controller::crash), and is started again normally.
+    ControllerCrashAt(&'static str),
+    /// Cut an agent's link (netem loss 100%, both directions).
+    Partition(usize),
+    /// Restore an agent's link.
+    Heal(usize),
+    /// Degrade an agent's link with netem options (delay, loss, reordering).
+    Netem { agent: usize, options: Vec<String> },
+    /// Restart an agent with its clock `seconds` off (libfaketime); 0 puts it right.
+    ClockSkew { agent: usize, seconds: i64 },
+    /// With the agent killed: cut its newest outbox segment short and append torn bytes
+    /// (a power cut mid-write), then start it again.
+    CorruptOutboxTail { agent: usize, cut: u64 },
+    /// Fill the filesystem under an agent's data directory (a filler file until ENOSPC).
+    FillDisk(usize),
+    /// Remove the filler.
+    FreeDisk(usize),
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+/// The newest segment of an outbox directory.
+pub fn newest_segment(outbox: &Path) -> Option<PathBuf> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(outbox)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    segs.pop()
+}
+
+fn filler(data: &Path) -> PathBuf {
+    data.join("hil-filler")
+}
+
+impl Fleet {
+    /// Does `fault` and notes it.
+    pub fn inject(&mut self, fault: Fault) -> Result<()> {
+        self.event(fault.to_string());
+        let bins = self.bins.clone();
+        match fault {
+            Fault::BrokerRestart { down } => {
+                self.broker.kill();
+                std::thread::sleep(down);
+                self.broker.restart();
+            }
+            Fault::BrokerKill => self.broker.kill(),
+            Fault::BrokerStart => self.broker.restart(),
+            Fault::AgentKill9 { agent, down } => {
+                self.agents[agent].kill9();
+                std::thread::sleep(down);
+                self.agents[agent].start(&bins)?;
+            }
+            Fault::AgentFreeze(a) => self.agents[a].freeze(),
+            Fault::AgentThaw(a) => self.agents[a].thaw(),
+            Fault::ControllerKill9 { down } => {
+                if let Some(mut c) = self.controller.take() {
+                    c.kill9();
+                }
+                std::thread::sleep(down);
+                self.start_controller(None)?;
+            }
+            Fault::ControllerCrashAt(point) => {
+                if let Some(mut c) = self.controller.take() {
+                    c.kill9();
+                }
+                self.start_controller(Some(point))?;
+                let mut c = self.controller.take().expect("just started");
+                let status = crate::report::wait_exit(&mut c, Duration::from_secs(60))
+                    .with_context(|| format!("the controller never reached crash point {point}"))?;
+                use std::os::unix::process::ExitStatusExt;
+                anyhow::ensure!(
+                    status.signal() == Some(6),
+                    "the controller ended with {status}, not at crash point {point}"
+                );
+                self.event(format!("controller aborted at {point}"));
+                self.start_controller(None)?;
+            }
+            Fault::Partition(a) => {
+                self.netns_of(a)?.partition(true)?;
+                self.agents[a].degraded = true;
+            }
+            Fault::Heal(a) => {
+                self.netns_of(a)?.clear()?;
+                self.agents[a].degraded = false;
+            }
+            Fault::Netem { agent, options } => {
+                let opts: Vec<&str> = options.iter().map(String::as_str).collect();
+                self.netns_of(agent)?.netem(&opts)?;
+                self.agents[agent].degraded = true;
+            }
+            Fault::ClockSkew { agent, seconds } => {
+                let a = &mut self.agents[agent];
+                a.terminate(Duration::from_secs(10));
+                a.skew_s = seconds;
+                a.start(&bins)?;
+            }
+            Fault::CorruptOutboxTail { agent, cut } => {
+                let a = &mut self.agents[agent];
+                a.kill9();
+                let seg = newest_segment(&a.data.join("outbox"))
+                    .ok_or_else(|| anyhow!("{} has no outbox segment", a.name))?;
+                let mut f = std::fs::OpenOptions::new().write(true).open(&seg)?;
+                let len = f.metadata()?.len();
+                f.set_len(len.saturating_sub(cut))?;
+                f.seek(SeekFrom::End(0))?;
+                // The start of an entry whose body never reached the disk.
+                f.write_all(b"HSO1\x40\x00\x00\x00torn")?;
+                f.sync_all()?;
+                a.start(&bins)?;
+            }
+            Fault::FillDisk(a) => {
+                let path = filler(&self.agents[a].data);
+                let mut f = std::fs::File::create(&path)?;
+                let chunk = vec![0u8; 64 << 10];
+                while f.write_all(&chunk).is_ok() {}
+                let _ = f.sync_all();
+            }
+            Fault::FreeDisk(a) => {
+                let _ = std::fs::remove_file(filler(&self.agents[a].data));
+            }
+        }
+        Ok(())
+    }
+
+    fn netns_of(&self, a: usize) -> Result<&crate::netns::Netns> {
+        self.agents[a].netns.as_ref().ok_or_else(|| {
+            anyhow!(
+                "{} has no network namespace (FleetOptions::netns_agents)",
+                self.agents[a].name
+            )
+        })
+    }
+}
