@@ -4,7 +4,6 @@
 //! Needs root (to mount tmpfs), as CI has.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use attest::chain::{ChainPolicy, ChainVerifier, Outcome};

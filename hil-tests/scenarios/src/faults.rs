@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 
 use crate::fleet::Fleet;
+use crate::netns::Impairment;
 
 /// One fault (agents by index into the fleet).
 #[derive(Debug, Clone, PartialEq)]
@@ -30,12 +31,15 @@ pub enum Fault {
     /// kill -9 the controller and start it with `HELIOSTAT_CRASH_AT=point`: it aborts
     /// there (fleet_controller::crash), and is started again normally.
     ControllerCrashAt(&'static str),
-    /// Cut an agent's link (netem loss 100%, both directions).
+    /// Cut an agent's link (everything dropped, both directions).
     Partition(usize),
     /// Restore an agent's link.
     Heal(usize),
-    /// Degrade an agent's link with netem options (delay, loss, reordering).
-    Netem { agent: usize, options: Vec<String> },
+    /// Degrade an agent's link (loss, delay, reordering, rate: see `Netns::impair`).
+    Impair {
+        agent: usize,
+        impairment: Impairment,
+    },
     /// Restart an agent with its clock `seconds` off (libfaketime); 0 puts it right.
     ClockSkew { agent: usize, seconds: i64 },
     /// With the agent killed: cut its newest outbox segment short and append torn bytes
@@ -119,10 +123,10 @@ impl Fleet {
                 self.netns_of(a)?.clear()?;
                 self.agents[a].degraded = false;
             }
-            Fault::Netem { agent, options } => {
-                let opts: Vec<&str> = options.iter().map(String::as_str).collect();
-                self.netns_of(agent)?.netem(&opts)?;
+            Fault::Impair { agent, impairment } => {
+                let applied = self.netns_of(agent)?.impair(&impairment)?;
                 self.agents[agent].degraded = true;
+                self.event(format!("  applied: {applied}"));
             }
             Fault::ClockSkew { agent, seconds } => {
                 let a = &mut self.agents[agent];

@@ -274,7 +274,7 @@ impl Fleet {
         if brk == Some(crate::scenarios::Break::DeleteStoredRecord) {
             let db = rusqlite::Connection::open(self.controller_data().join("controller.db"))?;
             let gone = db.execute(
-                "DELETE FROM chain_items WHERE rowid = (SELECT rowid FROM chain_items WHERE seq = 3 LIMIT 1)",
+                "DELETE FROM chain_items WHERE seq = 3 AND device = (SELECT device FROM chain_items WHERE seq = 3 LIMIT 1)",
                 [],
             )?;
             self.event(format!("BREAK: deleted {gone} stored record"));
@@ -337,6 +337,7 @@ impl Fleet {
             let mut v =
                 ChainVerifier::new(&key, ChainPolicy::default()).map_err(|e| anyhow!("{e:?}"))?;
             let mut last_record = None;
+            let mut whole = true;
             for (seq, bytes) in &items {
                 let env = attest::Envelope::decode(bytes).map_err(|e| anyhow!("{e}"))?;
                 match v.feed(&env, TimestampMs(u64::MAX / 2)) {
@@ -344,6 +345,7 @@ impl Fleet {
                     other => {
                         r.chain_failures
                             .push(format!("{} seq {}: {other:?}", a.name, seq.0));
+                        whole = false;
                         break;
                     }
                 }
@@ -352,19 +354,24 @@ impl Fleet {
                 }
             }
             // Energy: the last stored record carries the device's counters.
-            if let Some(m) = last_record {
+            if let Some(m) = last_record.filter(|_| whole) {
                 r.energy_checked += 1;
+                let mut differ = Vec::new();
                 for c in &m.channels {
                     let kind = format!("{:?}", c.kind);
                     let device_mj = p.counters_uj.get(&c.channel.0).copied().unwrap_or(0) / 1000;
                     *r.energy_devices_mj.entry(kind.clone()).or_default() += device_mj;
                     *r.energy_controller_mj.entry(kind.clone()).or_default() += c.energy.0;
                     if device_mj != c.energy.0 {
-                        r.energy_mismatches.push(format!(
-                            "{} {kind}: device {device_mj} mJ, controller {} mJ",
-                            a.name, c.energy.0
+                        differ.push(format!(
+                            "{kind}: device {device_mj} mJ, controller {} mJ",
+                            c.energy.0
                         ));
                     }
+                }
+                if !differ.is_empty() {
+                    r.energy_mismatches
+                        .push(format!("{}: {}", a.name, differ.join("; ")));
                 }
             }
         }
@@ -415,10 +422,20 @@ impl Fleet {
                 ));
                 continue;
             }
-            let v = std::process::Command::new(&self.bins.attest)
-                .args(["verify", "--controller-key", &self.controller_key])
-                .arg(&out)
-                .output()?;
+            let mut verify = std::process::Command::new(&self.bins.attest);
+            verify.args(["verify", "--controller-key", &self.controller_key]);
+            if let (Some(anvil), Some(contract)) = (&self.anvil, &self.evm_contract) {
+                // Pinned to the chain and contract, and each root looked up on the node.
+                verify.args([
+                    "--chain-id",
+                    "31337",
+                    "--contract",
+                    contract,
+                    "--rpc",
+                    &anvil.url(),
+                ]);
+            }
+            let v = verify.arg(&out).output()?;
             if v.status.success() {
                 r.bundles_verified += 1;
             } else {

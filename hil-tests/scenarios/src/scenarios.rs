@@ -13,6 +13,7 @@ use fleet_controller::store::Store;
 
 use crate::faults::Fault;
 use crate::fleet::{Bins, Fleet, FleetOptions};
+use crate::netns::Impairment;
 use crate::report::{Report, until};
 use crate::rng::Rng;
 
@@ -182,6 +183,11 @@ fn partition(bins: Bins, rng: &mut Rng, length: Duration) -> Result<Fleet> {
         std::thread::sleep(Duration::from_secs(1).min(length));
     }
     let during = fleet.stored_counts();
+    for a in 0..2 {
+        let dropped = fleet.agents[a].netns.as_ref().map_or(0, |n| n.dropped());
+        ensure!(dropped > 0, "agent {a}'s cut link dropped nothing");
+        fleet.event(format!("agent {a}'s cut link dropped {dropped} packets"));
+    }
     ensure!(
         during[0] == cut_at[0] && during[1] == cut_at[1],
         "partitioned devices kept storing: {cut_at:?} -> {during:?}"
@@ -210,8 +216,9 @@ fn partition(bins: Bins, rng: &mut Rng, length: Duration) -> Result<Fleet> {
     Ok(fleet)
 }
 
-/// Bad links: one device's link delays, jitters and reorders, another's loses a tenth of
-/// its packets, while the broker restarts once.
+/// Bad links: one device loses a tenth of its packets each way, another a quarter and is
+/// capped at 64 kbit/s (delay and reordering too where the kernel has netem), while the
+/// broker restarts once.
 fn lossy_links(bins: Bins, rng: &mut Rng) -> Result<Fleet> {
     let opts = FleetOptions {
         agents: 3,
@@ -219,20 +226,34 @@ fn lossy_links(bins: Bins, rng: &mut Rng) -> Result<Fleet> {
         ..FleetOptions::default()
     };
     let mut fleet = Fleet::start("hil-lossy", bins, opts)?;
-    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    fleet.inject(Fault::Netem {
+    fleet.inject(Fault::Impair {
         agent: 0,
-        options: s(&["delay", "120ms", "60ms", "reorder", "25%", "50%"]),
+        impairment: Impairment {
+            loss_pct: 10,
+            delay_ms: 120,
+            jitter_ms: 60,
+            reorder_pct: 25,
+            rate_kbit: None,
+        },
     })?;
-    fleet.inject(Fault::Netem {
+    fleet.inject(Fault::Impair {
         agent: 1,
-        options: s(&["loss", "10%", "delay", "20ms"]),
+        impairment: Impairment {
+            loss_pct: 25,
+            rate_kbit: Some(64),
+            ..Impairment::default()
+        },
     })?;
     sleep_ms(rng, 3_000, 5_000);
     fleet.inject(Fault::BrokerRestart {
         down: Duration::from_millis(rng.range(200, 800)),
     })?;
     sleep_ms(rng, 3_000, 5_000);
+    for a in 0..2 {
+        let dropped = fleet.agents[a].netns.as_ref().map_or(0, |n| n.dropped());
+        ensure!(dropped > 0, "agent {a}'s link dropped nothing");
+        fleet.event(format!("agent {a}'s link dropped {dropped} packets"));
+    }
     Ok(fleet)
 }
 

@@ -13,6 +13,7 @@ use anyhow::Result;
 
 use crate::faults::Fault;
 use crate::fleet::{Bins, Fleet, FleetOptions};
+use crate::netns::Impairment;
 use crate::report::Report;
 use crate::rng::Rng;
 
@@ -111,12 +112,14 @@ pub fn run(bins: Bins, opts: &SoakOptions) -> Result<Report> {
                 undo.push((now + ms(2_000, 60_000, &mut rng), Undo::Heal(agent)));
             }
             7 if agent < opts.netns_agents => {
-                let delay = format!("{}ms", rng.range(10, 300));
-                let loss = format!("{}%", rng.range(0, 20));
-                let options = ["delay", &delay, "20ms", "loss", &loss, "reorder", "10%"]
-                    .map(String::from)
-                    .to_vec();
-                fleet.inject(Fault::Netem { agent, options })?;
+                let impairment = Impairment {
+                    loss_pct: rng.range(1, 30) as u32,
+                    delay_ms: rng.range(10, 300) as u32,
+                    jitter_ms: 20,
+                    reorder_pct: 10,
+                    rate_kbit: rng.chance(0.5).then_some(64),
+                };
+                fleet.inject(Fault::Impair { agent, impairment })?;
                 undo.push((now + ms(5_000, 30_000, &mut rng), Undo::Heal(agent)));
             }
             8 => {
