@@ -36,6 +36,19 @@ enum Cmd {
         #[arg(long = "break")]
         brk: Option<String>,
     },
+    /// The storage-fault campaign of the agent's outbox: the power cut after every disk
+    /// operation, truncations at every offset, bit flips, full disks.
+    Storage {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 1_200)]
+        appends: u64,
+        /// Random partial power cuts per crash point.
+        #[arg(long, default_value_t = 2)]
+        partial: u64,
+        #[arg(long, default_value_t = 2_000)]
+        flips: u64,
+    },
     /// Run the soak.
     Soak {
         #[arg(long, default_value_t = 50)]
@@ -84,6 +97,37 @@ fn main() -> ExitCode {
                 partition: Duration::from_secs(partition_s),
             };
             hil_scenarios::scenarios::run(&scenario, bins(), seed, timing, brk)
+        }
+        Cmd::Storage {
+            seed,
+            appends,
+            partial,
+            flips,
+        } => {
+            use heliostat_agent::outbox::campaign::{CampaignOptions, campaign};
+            let started = std::time::Instant::now();
+            let r = campaign(CampaignOptions {
+                seed,
+                appends,
+                partial,
+                flips,
+                ..CampaignOptions::default()
+            });
+            print!("{}", r.text());
+            println!(
+                "took                {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            for p in &r.problems {
+                println!("problem: {p}");
+            }
+            return if r.clean() {
+                println!("result              nothing lost, invented or altered");
+                ExitCode::SUCCESS
+            } else {
+                println!("result              FAILED");
+                ExitCode::from(1)
+            };
         }
         Cmd::Soak {
             agents,

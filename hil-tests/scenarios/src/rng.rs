@@ -1,29 +1,24 @@
-//! A small seeded generator (SplitMix64): the same seed gives the same faults at the same
-//! steps, so a failing run can be replayed.
+//! The scenarios' seeded choices: the same seed gives the same faults at the same steps, so
+//! a failing run can be replayed. (SplitMix64, the outbox campaign's generator.)
 
-/// SplitMix64.
+use heliostat_agent::outbox::power_cut::Mix;
+
+/// A seeded generator.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(Mix);
 
 impl Rng {
     pub fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(Mix(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `lo..hi` (`lo` when the range is empty).
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo {
-            return lo;
-        }
-        lo + self.next_u64() % (hi - lo)
+        self.0.range(lo, hi)
     }
 
     /// True with probability `p`.

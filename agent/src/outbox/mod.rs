@@ -36,15 +36,19 @@
 //! its cumulative counters, so the next record that fits carries all the energy.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use attest::SeqNo;
 use sha2::{Digest, Sha256};
 
 use crate::config::{FsyncPolicy, OutboxConfig};
+
+pub mod campaign;
+pub mod disk;
+pub mod power_cut;
+
+pub use disk::{Disk, RealDisk};
 
 const MAGIC: &[u8; 4] = b"HSO1";
 const HEADER: usize = 4 + 4 + 8 + 8;
@@ -121,9 +125,11 @@ struct Loc {
 pub struct Outbox {
     dir: PathBuf,
     cfg: OutboxConfig,
+    disk: Arc<dyn Disk>,
     segments: BTreeMap<SeqNo, Segment>,
     index: BTreeMap<SeqNo, Loc>,
-    active: Option<(SeqNo, File)>,
+    /// The segment appended to (its first sequence number).
+    active: Option<SeqNo>,
     acked: Option<SeqNo>,
     last_seq: Option<SeqNo>,
     pending_bytes: u64,
@@ -188,15 +194,30 @@ fn parse_at(buf: &[u8], at: usize) -> Option<(SeqNo, std::ops::Range<usize>, usi
 impl Outbox {
     /// Opens (creating if needed) and recovers the outbox in `dir`.
     pub fn open(dir: &Path, cfg: OutboxConfig) -> Result<Outbox, OutboxError> {
-        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        let _ = std::fs::remove_file(dir.join("ack.tmp"));
-        let acked = match std::fs::read_to_string(dir.join("ack")) {
-            Ok(t) => t.trim().parse::<u64>().ok().map(SeqNo),
+        Outbox::open_on(Arc::new(RealDisk::default()), dir, cfg)
+    }
+
+    /// [`Outbox::open`] on a disk of the caller's (a simulated one in tests).
+    pub fn open_on(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        cfg: OutboxConfig,
+    ) -> Result<Outbox, OutboxError> {
+        disk.create_dir_all(dir)
+            .map_err(io(format!("creating {}", dir.display())))?;
+        let _ = disk.remove(&dir.join("ack.tmp"));
+        let acked = match disk.read(&dir.join("ack")) {
+            Ok(t) => String::from_utf8_lossy(&t)
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .map(SeqNo),
             Err(_) => None,
         };
         let mut ob = Outbox {
             dir: dir.to_path_buf(),
             cfg,
+            disk: disk.clone(),
             segments: BTreeMap::new(),
             index: BTreeMap::new(),
             active: None,
@@ -206,11 +227,11 @@ impl Outbox {
             stats: OutboxStats::default(),
             crash_at: None,
         };
-        let mut names: Vec<(SeqNo, PathBuf)> = std::fs::read_dir(dir)
+        let mut names: Vec<(SeqNo, PathBuf)> = disk
+            .list(dir)
             .map_err(io(format!("listing {}", dir.display())))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let p = e.path();
+            .into_iter()
+            .filter_map(|p| {
                 let first = p
                     .file_name()?
                     .to_str()?
@@ -235,9 +256,9 @@ impl Outbox {
         path: PathBuf,
         last: bool,
     ) -> Result<(), OutboxError> {
-        let mut buf = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut buf))
+        let buf = self
+            .disk
+            .read(&path)
             .map_err(io(format!("reading {}", path.display())))?;
         let mut at = 0usize;
         let mut good_end = 0usize;
@@ -277,13 +298,11 @@ impl Outbox {
         if last && good_end < buf.len() && parse_at(&buf, good_end).is_none() {
             // A torn or damaged tail on the segment we append to: cut it so new entries
             // follow the last good one (its bytes are in quarantine).
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(io(format!("opening {}", path.display())))?;
-            f.set_len(good_end as u64)
+            self.disk
+                .set_len(&path, good_end as u64)
                 .map_err(io(format!("truncating {}", path.display())))?;
-            f.sync_all()
+            self.disk
+                .sync(&path)
                 .map_err(io(format!("syncing {}", path.display())))?;
             bytes = good_end as u64;
         }
@@ -305,7 +324,9 @@ impl Outbox {
         bytes: &[u8],
     ) -> Result<(), OutboxError> {
         let qdir = self.dir.join("quarantine");
-        std::fs::create_dir_all(&qdir).map_err(io("creating quarantine/"))?;
+        self.disk
+            .create_dir_all(&qdir)
+            .map_err(io("creating quarantine/"))?;
         let name = format!(
             "{}-{offset}.bad",
             segment
@@ -313,7 +334,8 @@ impl Outbox {
                 .and_then(|s| s.to_str())
                 .unwrap_or("segment")
         );
-        std::fs::write(qdir.join(&name), bytes)
+        self.disk
+            .write(&qdir.join(&name), bytes)
             .map_err(io(format!("writing quarantine/{name}")))?;
         self.stats.quarantined += 1;
         tracing::error!(segment = %segment.display(), offset, bytes = bytes.len(), "outbox: damaged entry quarantined");
@@ -352,9 +374,9 @@ impl Outbox {
             return Ok(None);
         };
         let seg = &self.segments[&loc.segment];
-        let f = File::open(&seg.path).map_err(io(format!("opening {}", seg.path.display())))?;
         let mut buf = vec![0u8; loc.len as usize];
-        f.read_exact_at(&mut buf, loc.offset)
+        self.disk
+            .read_at(&seg.path, loc.offset, &mut buf)
             .map_err(io(format!("reading {}", seg.path.display())))?;
         Ok(Some(buf))
     }
@@ -385,33 +407,34 @@ impl Outbox {
         }
         let rotate = match &self.active {
             None => true,
-            Some((first, _)) => self.segments[first].bytes >= self.cfg.segment_bytes,
+            Some(first) => self.segments[first].bytes >= self.cfg.segment_bytes,
         };
         if rotate {
             self.start_segment(seq)?;
         }
-        let (first, file) = self.active.as_mut().expect("active segment");
-        let first = *first;
+        let first = self.active.expect("active segment");
+        let path = self.segments[&first].path.clone();
         let start = self.segments[&first].bytes;
+        let disk = &self.disk;
         let result = (|| {
             if self.crash_at == Some(CrashPoint::MidAppend) {
-                file.write_all(&e[..e.len() / 2]).map_err(io("appending"))?;
+                disk.append(&path, &e[..e.len() / 2])
+                    .map_err(io("appending"))?;
                 return Err(OutboxError::Injected(CrashPoint::MidAppend));
             }
-            file.write_all(&e).map_err(io("appending"))?;
+            disk.append(&path, &e).map_err(io("appending"))?;
             if self.crash_at == Some(CrashPoint::BeforeFsync) {
                 return Err(OutboxError::Injected(CrashPoint::BeforeFsync));
             }
             if self.cfg.fsync == FsyncPolicy::Always {
-                file.sync_data().map_err(io("fsync"))?;
+                disk.sync(&path).map_err(io("fsync"))?;
             }
             Ok(())
         })();
         if let Err(err) = result {
             if !matches!(err, OutboxError::Injected(_)) {
                 // Leave no torn entry behind (ENOSPC mid-write): cut back to where we began.
-                let _ = file.set_len(start);
-                let _ = file.seek(SeekFrom::Start(start));
+                let _ = disk.set_len(&path, start);
                 self.stats.refused += 1;
             }
             return Err(err);
@@ -435,14 +458,14 @@ impl Outbox {
 
     fn start_segment(&mut self, first: SeqNo) -> Result<(), OutboxError> {
         let path = self.dir.join(format!("{:020}.seg", first.0));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
+        let bytes = self
+            .disk
+            .create(&path)
             .map_err(io(format!("creating {}", path.display())))?;
         self.fail(CrashPoint::BeforeDirFsync)?;
-        sync_dir(&self.dir).map_err(io("syncing the outbox directory"))?;
-        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(io("syncing the outbox directory"))?;
         self.segments.insert(
             first,
             Segment {
@@ -451,7 +474,7 @@ impl Outbox {
                 last_seq: None,
             },
         );
-        self.active = Some((first, file));
+        self.active = Some(first);
         Ok(())
     }
 
@@ -462,12 +485,17 @@ impl Outbox {
             return Ok(());
         }
         let tmp = self.dir.join("ack.tmp");
-        let mut f = File::create(&tmp).map_err(io("writing ack.tmp"))?;
-        writeln!(f, "{}", up_to.0).map_err(io("writing ack.tmp"))?;
-        f.sync_all().map_err(io("syncing ack.tmp"))?;
+        self.disk
+            .write(&tmp, format!("{}\n", up_to.0).as_bytes())
+            .map_err(io("writing ack.tmp"))?;
+        self.disk.sync(&tmp).map_err(io("syncing ack.tmp"))?;
         self.fail(CrashPoint::BeforeAckRename)?;
-        std::fs::rename(&tmp, self.dir.join("ack")).map_err(io("renaming ack"))?;
-        sync_dir(&self.dir).map_err(io("syncing the outbox directory"))?;
+        self.disk
+            .rename(&tmp, &self.dir.join("ack"))
+            .map_err(io("renaming ack"))?;
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(io("syncing the outbox directory"))?;
         self.acked = Some(up_to);
         let gone: Vec<SeqNo> = self.index.range(..=up_to).map(|(s, _)| *s).collect();
         for s in gone {
@@ -489,21 +517,22 @@ impl Outbox {
             .segments
             .iter()
             .filter(|(_, s)| s.last_seq.is_none_or(|l| l <= acked))
-            .filter(|(first, s)| {
-                s.last_seq.is_some() || self.active.as_ref().is_none_or(|(a, _)| a != *first)
-            })
+            .filter(|(first, s)| s.last_seq.is_some() || self.active != Some(**first))
             .map(|(f, _)| *f)
             .collect();
         for first in done {
-            if self.active.as_ref().is_some_and(|(a, _)| *a == first) {
+            if self.active == Some(first) {
                 self.active = None;
             }
             let seg = self.segments.remove(&first).expect("listed");
-            std::fs::remove_file(&seg.path)
+            self.disk
+                .remove(&seg.path)
                 .map_err(io(format!("deleting {}", seg.path.display())))?;
             self.stats.segments_deleted += 1;
         }
-        sync_dir(&self.dir).map_err(io("syncing the outbox directory"))
+        self.disk
+            .sync_dir(&self.dir)
+            .map_err(io("syncing the outbox directory"))
     }
 }
 
