@@ -32,6 +32,9 @@ enum Cmd {
         /// The partition scenario's partition, seconds.
         #[arg(long, default_value_t = 600)]
         partition_s: u64,
+        /// The controller crash campaign's kills.
+        #[arg(long, default_value_t = 100)]
+        controller_kills: u64,
         /// Break a property on purpose to see the run fail: `delete-record`.
         #[arg(long = "break")]
         brk: Option<String>,
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
             scenario,
             seed,
             partition_s,
+            controller_kills,
             brk,
         } => {
             let brk = match brk.as_deref() {
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
             };
             let timing = Timing {
                 partition: Duration::from_secs(partition_s),
+                controller_kills,
             };
             hil_scenarios::scenarios::run(&scenario, bins(), seed, timing, brk)
         }

@@ -23,12 +23,15 @@ pub struct Timing {
     /// The partition scenario's partition (the 10 minutes by default; the tests
     /// use a shorter one).
     pub partition: Duration,
+    /// The controller crash campaign's kills.
+    pub controller_kills: u64,
 }
 
 impl Default for Timing {
     fn default() -> Self {
         Timing {
             partition: Duration::from_secs(600),
+            controller_kills: 100,
         }
     }
 }
@@ -41,10 +44,11 @@ pub enum Break {
 }
 
 /// The scenarios, by name.
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "broker-restarts",
     "agent-crash-loop",
     "controller-crash-mid-epoch",
+    "controller-crash-campaign",
     "controller-crash-mid-anchor",
     "partition",
     "lossy-links",
@@ -66,6 +70,9 @@ pub fn run(
         "broker-restarts" => broker_restarts(bins, &mut rng)?,
         "agent-crash-loop" => agent_crash_loop(bins, &mut rng)?,
         "controller-crash-mid-epoch" => controller_crash_mid_epoch(bins, &mut rng)?,
+        "controller-crash-campaign" => {
+            controller_crash_campaign(bins, &mut rng, timing.controller_kills)?
+        }
         "controller-crash-mid-anchor" => controller_crash_mid_anchor(bins, &mut rng)?,
         "partition" => partition(bins, &mut rng, timing.partition)?,
         "lossy-links" => lossy_links(bins, &mut rng)?,
@@ -142,6 +149,31 @@ fn controller_crash_mid_epoch(bins: Bins, rng: &mut Rng) -> Result<Fleet> {
         fleet.inject(Fault::ControllerKill9 { down })?;
     }
     sleep_ms(rng, 1_000, 2_000);
+    Ok(fleet)
+}
+
+/// The controller's commit-then-ack crashed into again and again under load: each round
+/// picks (seeded) an abort right after a batch is committed and before its acks go out, an
+/// abort right after an epoch is committed, or a kill -9 at a random moment, `kills` times.
+fn controller_crash_campaign(bins: Bins, rng: &mut Rng, kills: u64) -> Result<Fleet> {
+    let opts = FleetOptions {
+        agents: 4,
+        epoch_ms: 500,
+        ..FleetOptions::default()
+    };
+    let mut fleet = Fleet::start("hil-controller-campaign", bins, opts)?;
+    for _ in 0..kills {
+        match rng.range(0, 3) {
+            0 => fleet.inject(Fault::ControllerCrashAt("ingest-committed"))?,
+            1 => fleet.inject(Fault::ControllerCrashAt("epoch-closed"))?,
+            _ => {
+                sleep_ms(rng, 50, 700);
+                let down = Duration::from_millis(rng.range(0, 300));
+                fleet.inject(Fault::ControllerKill9 { down })?;
+            }
+        }
+    }
+    sleep_ms(rng, 500, 1_000);
     Ok(fleet)
 }
 

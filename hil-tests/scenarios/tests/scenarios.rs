@@ -47,6 +47,19 @@ fn hil_controller_crash_mid_anchor() {
     scenario("controller-crash-mid-anchor", Timing::default());
 }
 
+/// 15 crashes of the controller's commit-then-ack (`hil run controller-crash-campaign` does
+/// 100 by default).
+#[test]
+fn hil_controller_crash_campaign() {
+    scenario(
+        "controller-crash-campaign",
+        Timing {
+            controller_kills: 15,
+            ..Timing::default()
+        },
+    );
+}
+
 /// The partition lasts 10 minutes (`hil run partition`); here 20 s, enough for
 /// keepalives to lapse and a backlog to build.
 #[test]
@@ -55,6 +68,7 @@ fn hil_partition_of_a_third_of_the_fleet() {
         "partition",
         Timing {
             partition: Duration::from_secs(20),
+            ..Timing::default()
         },
     );
 }
