@@ -361,7 +361,8 @@ fn clock_skew(bins: Bins, rng: &mut Rng) -> Result<Fleet> {
 /// A device that lies, with its own key and with others': a record forged under a stranger's
 /// key, a replay of a stored record, and a fork (a second, different record for a stored
 /// sequence number, signed with the device's real key). Each is refused and counted by
-/// reason; the device's chain stays as it was.
+/// reason; the device's chain stays as it was. Then a device whose own signed records carry
+/// an implausible counter jump: stored, and flagged in its proof bundle.
 fn lying_device(bins: Bins, rng: &mut Rng) -> Result<Fleet> {
     let mut fleet = Fleet::start(
         "hil-lying",
@@ -419,5 +420,67 @@ fn lying_device(bins: Bins, rng: &mut Rng) -> Result<Fleet> {
         kept.len() == 1 && kept[0].1 == bytes,
         "the stored record changed"
     );
+
+    // A device lying with its own key: its counter jumps by a megawatt-hour its power never
+    // explains. Signed and chained, so it is stored; flagged, so its statement says so, and
+    // the verifier recomputes the flag (it cannot be dropped).
+    let mut liar = attest::sample::SampleDevice::new(0x66);
+    let liar_id = liar.key.device_id();
+    let hello = liar.hello();
+    crate::publish(
+        fleet.broker.port,
+        &topic(&liar_id, Leaf::Hello),
+        hello.as_bytes(),
+        &dir,
+    )?;
+    let mut chain = liar.chain(3, 10_000);
+    liar.bump_counter(0, 3_600_000_000_000);
+    chain.push(liar.record_at(attest::sample::SAMPLE_START.0 + 30_000));
+    let batch = attest::batch::encode(chain.iter().map(|e| e.as_bytes()));
+    fleet.event("published a device's own records with a 1 MWh counter jump");
+    crate::publish(
+        fleet.broker.port,
+        &topic(&liar_id, Leaf::Records),
+        &batch,
+        &dir,
+    )?;
+    until(
+        "the liar's records to be stored and placed in an epoch",
+        Duration::from_secs(20),
+        || {
+            fleet.store().is_ok_and(|s| {
+                s.count_items(liar_id).unwrap_or(0) == 4 && s.unplaced().is_ok_and(|u| u.is_empty())
+            })
+        },
+    )?;
+    let out = dir.join("liar.json");
+    let id = liar_id.to_string();
+    let made = fleet.controller_cli(&[
+        "bundle",
+        "--device",
+        &id,
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ])?;
+    ensure!(
+        made.status.success(),
+        "bundle: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let verified = std::process::Command::new(&fleet.bins.attest)
+        .args(["verify", "--json", "--controller-key", &fleet.controller_key])
+        .arg(&out)
+        .output()?;
+    let report = String::from_utf8_lossy(&verified.stdout);
+    ensure!(
+        verified.status.success(),
+        "the flagged bundle does not verify: {report}"
+    );
+    ensure!(
+        report.contains("counter_jump") || report.contains("CounterJump"),
+        "the liar's verified bundle shows no counter_jump flag: {report}"
+    );
+    fleet.event("the liar's bundle carries counter_jump and verifies (the flag recomputed)");
     Ok(fleet)
 }
