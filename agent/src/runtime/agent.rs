@@ -131,8 +131,25 @@ impl Agent {
             meter.catch_up(&env);
             recovered = true;
         }
+        // Records sealed but neither acknowledged nor in the outbox any more were destroyed
+        // on the disk (fsynced bytes damaged: recovery quarantined them). The chain cannot
+        // bridge them: start a new one above everything used, saying why (their energy is
+        // reported unmetered, never invented).
+        let first_unacked = outbox.acked().and_then(SeqNo::next).unwrap_or(SeqNo(0));
+        let next = meter.state().head.next_seq;
+        let destroyed = destroyed_records(&outbox, first_unacked, next)?;
+        let (reason, recovered) = if destroyed > 0 && reason.is_none() {
+            tracing::error!(
+                destroyed,
+                next = next.0,
+                "outbox: unacknowledged records were destroyed on disk (see quarantine/); starting a new chain"
+            );
+            (Some(RestartReason::StateCorrupt), false)
+        } else {
+            (reason, recovered)
+        };
         if let (Some(reason), false) = (reason, recovered) {
-            let floor = outbox.acked().and_then(SeqNo::next).unwrap_or(SeqNo(0));
+            let floor = first_unacked.max(next);
             let env = meter.restart(reason.clone(), now, floor, &key);
             let seq = env
                 .open::<attest::msg::ChainRestart>()
@@ -521,4 +538,28 @@ pub fn signed_hello(
         price_micro_per_gpu_hour: s.price_micro_per_gpu_hour,
     };
     Envelope::seal(&hello, key)
+}
+
+/// How many unacknowledged records the outbox should hold and does not: the held sequence
+/// numbers must run on without a gap from the first unacknowledged one to the meter's next,
+/// except where a held `ChainRestart` jumps ahead.
+fn destroyed_records(outbox: &Outbox, first_unacked: SeqNo, next: SeqNo) -> Result<u64> {
+    let mut expected = first_unacked;
+    let mut missing = 0u64;
+    for s in outbox.pending().collect::<Vec<_>>() {
+        if s != expected {
+            let restart = outbox
+                .read(s)?
+                .and_then(|b| Envelope::decode(&b).ok())
+                .is_some_and(|e| e.open::<attest::msg::ChainRestart>().is_ok());
+            if !restart && s > expected {
+                missing += s.0 - expected.0;
+            }
+        }
+        expected = SeqNo(s.0 + 1);
+    }
+    if next > expected {
+        missing += next.0 - expected.0;
+    }
+    Ok(missing)
 }

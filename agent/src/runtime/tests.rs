@@ -179,6 +179,53 @@ fn lost_chain_state_restarts_the_chain_and_a_lagging_one_catches_up_from_the_out
     assert_eq!(r.reason, RestartReason::StateLost);
 }
 
+/// Unacknowledged records destroyed on disk (the outbox's last segment cut into fsynced
+/// entries, as media damage would): the chain cannot bridge them, so the next start seals
+/// a `ChainRestart` (state corrupt) above everything used, instead of leaving the controller
+/// waiting forever for records that no longer exist.
+#[test]
+fn records_destroyed_in_the_outbox_start_a_new_chain_instead_of_a_gap_forever() {
+    let dir = tmp("destroyed");
+    let cfg = || config(&dir, simulator());
+    let mut a = Agent::start(cfg(), now_ms()).unwrap();
+    let t = now_ms();
+    for i in 0..5 {
+        a.tick_meter(t + i * 10_000);
+    }
+    assert_eq!(a.meter.state().head.next_seq, SeqNo(5));
+    drop(a);
+    let outbox = dir.join("outbox");
+    let mut segs: Vec<_> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    let seg = segs.pop().unwrap();
+    let len = std::fs::metadata(&seg).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len(len - 40).unwrap(); // into the last record: it is gone
+    drop(f);
+    let a = Agent::start(cfg(), now_ms()).unwrap();
+    let last = a.outbox.last_seq().unwrap();
+    assert!(
+        last >= SeqNo(t),
+        "a new chain above everything used: {last:?}"
+    );
+    let env = Envelope::decode(&a.outbox.read(last).unwrap().unwrap()).unwrap();
+    let r: attest::msg::ChainRestart = env.open().unwrap();
+    assert_eq!(r.reason, RestartReason::StateCorrupt);
+    // The records before the damage are still there to be delivered.
+    assert_eq!(
+        a.outbox.pending().take(4).map(|s| s.0).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    drop(a);
+    // And a clean restart after that starts no further chain.
+    let a = Agent::start(cfg(), now_ms()).unwrap();
+    assert_eq!(a.outbox.last_seq(), Some(last));
+}
+
 #[test]
 fn only_acks_signed_by_the_pinned_controller_for_stored_records_delete_anything() {
     let dir = tmp("acks");

@@ -2,7 +2,7 @@
 //! real act on a real process, link, clock or file.
 
 use std::fmt;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,9 +42,15 @@ pub enum Fault {
     },
     /// Restart an agent with its clock `seconds` off (libfaketime); 0 puts it right.
     ClockSkew { agent: usize, seconds: i64 },
-    /// With the agent killed: cut its newest outbox segment short and append torn bytes
-    /// (a power cut mid-write), then start it again.
-    CorruptOutboxTail { agent: usize, cut: u64 },
+    /// A power cut mid-append: the agent killed, the start of an entry whose body never
+    /// reached the disk appended to its newest outbox segment, the agent started again.
+    /// Nothing it had stored may be lost.
+    TornOutboxTail(usize),
+    /// Media damage: the agent killed, the last `cut` bytes of its newest outbox segment
+    /// (fsynced records) destroyed, the agent started again. The records destroyed are
+    /// counted apart ([`crate::fleet::Device::destroyed`]); the agent must declare the loss
+    /// with a `ChainRestart` and go on.
+    DamageOutbox { agent: usize, cut: u64 },
     /// Fill the filesystem under an agent's data directory (a filler file until ENOSPC).
     FillDisk(usize),
     /// Remove the filler.
@@ -66,6 +72,13 @@ pub fn newest_segment(outbox: &Path) -> Option<PathBuf> {
         .collect();
     segs.sort();
     segs.pop()
+}
+
+/// The sequence numbers an outbox holds (opened as the agent opens it: recovery included).
+fn held(outbox: &Path) -> Result<std::collections::BTreeSet<u64>> {
+    let ob = heliostat_agent::outbox::Outbox::open(outbox, Default::default())
+        .map_err(|e| anyhow!("opening {}: {e}", outbox.display()))?;
+    Ok(ob.pending().map(|s| s.0).collect())
 }
 
 fn filler(data: &Path) -> PathBuf {
@@ -134,18 +147,32 @@ impl Fleet {
                 a.skew_s = seconds;
                 a.start(&bins)?;
             }
-            Fault::CorruptOutboxTail { agent, cut } => {
+            Fault::TornOutboxTail(agent) => {
                 let a = &mut self.agents[agent];
                 a.kill9();
-                let seg = newest_segment(&a.data.join("outbox"))
-                    .ok_or_else(|| anyhow!("{} has no outbox segment", a.name))?;
-                let mut f = std::fs::OpenOptions::new().write(true).open(&seg)?;
-                let len = f.metadata()?.len();
-                f.set_len(len.saturating_sub(cut))?;
-                f.seek(SeekFrom::End(0))?;
-                // The start of an entry whose body never reached the disk.
-                f.write_all(b"HSO1\x40\x00\x00\x00torn")?;
-                f.sync_all()?;
+                if let Some(seg) = newest_segment(&a.data.join("outbox")) {
+                    let mut f = std::fs::OpenOptions::new().append(true).open(&seg)?;
+                    f.write_all(b"HSO1\x40\x00\x00\x00torn")?;
+                    f.sync_all()?;
+                }
+                a.start(&bins)?;
+            }
+            Fault::DamageOutbox { agent, cut } => {
+                let a = &mut self.agents[agent];
+                a.kill9();
+                let outbox = a.data.join("outbox");
+                let before = held(&outbox)?;
+                if let Some(seg) = newest_segment(&outbox) {
+                    let f = std::fs::OpenOptions::new().write(true).open(&seg)?;
+                    let len = f.metadata()?.len();
+                    f.set_len(len.saturating_sub(cut))?;
+                    f.sync_all()?;
+                }
+                let after = held(&outbox)?;
+                let gone: Vec<u64> = before.difference(&after).copied().collect();
+                self.event(format!("  destroyed records {gone:?}"));
+                let a = &mut self.agents[agent];
+                a.destroyed.extend(gone);
                 a.start(&bins)?;
             }
             Fault::FillDisk(a) => {

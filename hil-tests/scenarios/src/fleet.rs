@@ -94,6 +94,8 @@ pub struct Device {
     pub frozen: bool,
     /// Its link cut or degraded (netem).
     pub degraded: bool,
+    /// Records destroyed by injected media damage (not counted as lost).
+    pub destroyed: std::collections::BTreeSet<u64>,
     /// Its own small disk (unmounted after the process is gone: fields drop in order).
     pub tmpfs: Option<hil_tests::Tmpfs>,
 }
@@ -369,6 +371,7 @@ impl Fleet {
             skew_s: 0,
             frozen: false,
             degraded: false,
+            destroyed: Default::default(),
         };
         dev.start(&self.bins)?;
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -463,6 +466,17 @@ impl Fleet {
         self.agents
             .iter()
             .map(|a| store.count_items(a.id).unwrap_or(0))
+            .collect()
+    }
+
+    /// The highest sequence number stored for each agent.
+    pub fn last_stored(&self) -> Vec<Option<u64>> {
+        let Ok(store) = self.store() else {
+            return vec![None; self.agents.len()];
+        };
+        self.agents
+            .iter()
+            .map(|a| store.last_item(a.id).ok().flatten().map(|(s, _)| s.0))
             .collect()
     }
 

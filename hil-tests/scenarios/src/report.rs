@@ -25,8 +25,11 @@ pub struct Report {
     pub produced: u64,
     /// Of those, stored at the controller (distinct sequence numbers).
     pub stored: u64,
-    /// Produced and not stored.
+    /// Produced and not stored (records destroyed by injected media damage apart).
     pub lost: u64,
+    /// Records destroyed on a device's disk by an injected fault (`DamageOutbox`): gone by
+    /// construction; the device must declare them with a `ChainRestart`.
+    pub destroyed: u64,
     /// Stored more than once (rows beyond one per sequence number).
     pub duplicated: u64,
     /// Rejections by reason over every controller run.
@@ -104,6 +107,13 @@ impl Report {
         let _ = writeln!(s, "produced      {}", self.produced);
         let _ = writeln!(s, "stored        {}", self.stored);
         let _ = writeln!(s, "lost          {}", self.lost);
+        if self.destroyed > 0 {
+            let _ = writeln!(
+                s,
+                "destroyed     {} (by injected media damage, declared by ChainRestart)",
+                self.destroyed
+            );
+        }
         let _ = writeln!(s, "duplicated    {}", self.duplicated);
         let rejected: Vec<String> = self
             .rejected
@@ -244,14 +254,16 @@ impl Fleet {
         }
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
-            let counts = self.stored_counts();
+            // Done when each device's last produced message is stored (the controller
+            // stores a chain in order; the count checks the rest).
+            let last = self.last_stored();
             let behind: Vec<String> = self
                 .agents
                 .iter()
-                .zip(&counts)
+                .zip(&last)
                 .zip(&made)
-                .filter(|((_, c), p)| **c < p.next_seq)
-                .map(|((a, c), p)| format!("{} {c}/{}", a.name, p.next_seq))
+                .filter(|((_, l), p)| p.next_seq > 0 && l.is_none_or(|l| l + 1 < p.next_seq))
+                .map(|((a, l), p)| format!("{} at {l:?} of {}", a.name, p.next_seq - 1))
                 .collect();
             if behind.is_empty() {
                 break;
@@ -321,7 +333,6 @@ impl Fleet {
             ..Report::default()
         };
         for (a, p) in self.agents.iter().zip(made) {
-            r.produced += p.next_seq;
             if p.next_seq == 0 {
                 continue;
             }
@@ -329,8 +340,24 @@ impl Fleet {
                 .items(a.id, SeqNo(0), SeqNo(p.next_seq - 1))
                 .map_err(|e| anyhow!("{e}"))?;
             let distinct: BTreeSet<u64> = items.iter().map(|(s, _)| s.0).collect();
+            // A ChainRestart jumps ahead: the numbers between the last one used before it
+            // (stored, or destroyed by injected damage) and it were never produced.
+            let used: BTreeSet<u64> = distinct.union(&a.destroyed).copied().collect();
+            let mut skipped = 0u64;
+            for (seq, bytes) in &items {
+                let restart = attest::Envelope::decode(bytes)
+                    .is_ok_and(|e| e.open::<attest::msg::ChainRestart>().is_ok());
+                if restart {
+                    let floor = used.range(..seq.0).next_back().map_or(0, |u| u + 1);
+                    skipped += seq.0 - floor;
+                }
+            }
+            let produced = p.next_seq - skipped;
+            let destroyed = a.destroyed.difference(&distinct).count() as u64;
+            r.produced += produced;
+            r.destroyed += destroyed;
             r.stored += distinct.len() as u64;
-            r.lost += p.next_seq - distinct.len() as u64;
+            r.lost += produced.saturating_sub(distinct.len() as u64 + destroyed);
             r.duplicated += items.len() as u64 - distinct.len() as u64;
             // The chain verifies from genesis under the device's key.
             let key = hil_tests::agent_key(&a.data).public();

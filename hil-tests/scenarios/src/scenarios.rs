@@ -44,7 +44,7 @@ pub enum Break {
 }
 
 /// The scenarios, by name.
-pub const SCENARIOS: [&str; 10] = [
+pub const SCENARIOS: [&str; 11] = [
     "broker-restarts",
     "agent-crash-loop",
     "controller-crash-mid-epoch",
@@ -53,6 +53,7 @@ pub const SCENARIOS: [&str; 10] = [
     "partition",
     "lossy-links",
     "disk-full",
+    "outbox-damage",
     "clock-skew",
     "lying-device",
 ];
@@ -77,6 +78,7 @@ pub fn run(
         "partition" => partition(bins, &mut rng, timing.partition)?,
         "lossy-links" => lossy_links(bins, &mut rng)?,
         "disk-full" => disk_full(bins, &mut rng)?,
+        "outbox-damage" => outbox_damage(bins, &mut rng)?,
         "clock-skew" => clock_skew(bins, &mut rng)?,
         "lying-device" => lying_device(bins, &mut rng)?,
         other => {
@@ -316,6 +318,45 @@ fn disk_full(bins: Bins, rng: &mut Rng) -> Result<Fleet> {
     Ok(fleet)
 }
 
+/// A power cut mid-append on one device (a torn entry at its outbox's tail: nothing it had
+/// stored may be lost) and media damage on another (fsynced records destroyed: the device
+/// must declare them with a `ChainRestart` and go on being stored, not stall on the gap).
+fn outbox_damage(bins: Bins, rng: &mut Rng) -> Result<Fleet> {
+    let opts = FleetOptions {
+        agents: 3,
+        ..FleetOptions::default()
+    };
+    let mut fleet = Fleet::start("hil-outbox-damage", bins, opts)?;
+    // Unacknowledged records to damage: the broker away for a while.
+    fleet.inject(Fault::BrokerKill)?;
+    sleep_ms(rng, 1_500, 2_500);
+    fleet.inject(Fault::TornOutboxTail(0))?;
+    fleet.inject(Fault::DamageOutbox {
+        agent: 1,
+        cut: rng.range(60, 200),
+    })?;
+    fleet.inject(Fault::BrokerStart)?;
+    ensure!(
+        !fleet.agents[1].destroyed.is_empty(),
+        "the damage destroyed no record"
+    );
+    // Its new chain starts above every number used (a ChainRestart's number is the clock
+    // in ms) and goes on being stored.
+    let restarted = |f: &Fleet| f.last_stored()[1].filter(|l| *l > 1_000_000_000_000);
+    until(
+        "the damaged device's ChainRestart to be stored",
+        Duration::from_secs(30),
+        || restarted(&fleet).is_some(),
+    )?;
+    let at = restarted(&fleet).unwrap_or(0);
+    until(
+        "the damaged device's new chain to go on",
+        Duration::from_secs(30),
+        || restarted(&fleet).is_some_and(|l| l > at + 10),
+    )?;
+    Ok(fleet)
+}
+
 /// A device's clock runs 15 s ahead, beyond the controller's 5 s window: its records are
 /// refused as `future_timestamp` (counted) and held by the device until their time comes,
 /// so they are stored late, never lost; the other devices are not held up.
@@ -469,7 +510,12 @@ fn lying_device(bins: Bins, rng: &mut Rng) -> Result<Fleet> {
         String::from_utf8_lossy(&made.stderr)
     );
     let verified = std::process::Command::new(&fleet.bins.attest)
-        .args(["verify", "--json", "--controller-key", &fleet.controller_key])
+        .args([
+            "verify",
+            "--json",
+            "--controller-key",
+            &fleet.controller_key,
+        ])
         .arg(&out)
         .output()?;
     let report = String::from_utf8_lossy(&verified.stdout);

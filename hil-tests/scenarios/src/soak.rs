@@ -122,9 +122,10 @@ pub fn run(bins: Bins, opts: &SoakOptions) -> Result<Report> {
                 fleet.inject(Fault::Impair { agent, impairment })?;
                 undo.push((now + ms(5_000, 30_000, &mut rng), Undo::Heal(agent)));
             }
+            8 if rng.chance(0.8) => fleet.inject(Fault::TornOutboxTail(agent))?,
             8 => {
                 let cut = rng.range(1, 200);
-                fleet.inject(Fault::CorruptOutboxTail { agent, cut })?;
+                fleet.inject(Fault::DamageOutbox { agent, cut })?;
             }
             _ => fleet.inject(Fault::AgentKill9 {
                 agent,

@@ -24,7 +24,7 @@ fn scenario(name: &str, timing: Timing) {
     if let Err(e) = report.check() {
         panic!("{name}: {e:#}");
     }
-    assert!(report.produced > 0 && report.stored == report.produced);
+    assert!(report.produced > 0 && report.stored + report.destroyed == report.produced);
 }
 
 #[test]
@@ -81,6 +81,11 @@ fn hil_lossy_links() {
 #[test]
 fn hil_disk_full_device() {
     scenario("disk-full", Timing::default());
+}
+
+#[test]
+fn hil_outbox_torn_and_damaged() {
+    scenario("outbox-damage", Timing::default());
 }
 
 #[test]
