@@ -61,6 +61,10 @@ pub struct FleetOptions {
     /// The first this many agents keep their data on a 2 MiB tmpfs of their own (a disk
     /// the injector can fill; needs root).
     pub tmpfs_agents: usize,
+    /// The last this many agents (none of them in a namespace) read simulated hardware over
+    /// the real interfaces (a charge controller on a pseudo-terminal, a SunSpec grid meter on
+    /// Modbus TCP, an AGX Orin's INA3221 hwmon tree), all from one plant per device.
+    pub hardware_agents: usize,
 }
 
 impl Default for FleetOptions {
@@ -74,7 +78,60 @@ impl Default for FleetOptions {
             evm: false,
             outbox_max_bytes: None,
             tmpfs_agents: 0,
+            hardware_agents: 0,
         }
+    }
+}
+
+/// A device's simulated hardware: a plant and the three simulators reading it.
+pub struct Hardware {
+    pub plant: hil_tests::sim::plant::SharedPlant,
+    pub vedirect: hil_tests::sim::vedirect::VeDirectSim,
+    pub meter: hil_tests::sim::sunspec::SunSpecSim,
+    pub jetson: hil_tests::sim::jetson::JetsonSim,
+    _clock: hil_tests::sim::plant::PlantClock,
+}
+
+impl Hardware {
+    /// A rig at noon (simulated time runs 60 times faster than real time) with its
+    /// simulators; the Jetson trees under `dir/sys`.
+    pub fn start(dir: &Path, seed: u64) -> Hardware {
+        use hil_tests::sim::{jetson, plant, sunspec, vedirect};
+        let mut p = plant::Plant::new(plant::PlantConfig::default(), 12.0 * 3_600.0);
+        p.set_cloud((seed % 5) as f64 * 0.15);
+        let plant = std::sync::Arc::new(std::sync::Mutex::new(p));
+        let clock = plant::PlantClock::start(plant.clone(), Duration::from_millis(100), 60.0);
+        Hardware {
+            vedirect: vedirect::VeDirectSim::start(plant.clone(), Duration::from_millis(200)),
+            meter: sunspec::SunSpecSim::start(plant.clone(), sunspec::Model::GridMeter, 40_000),
+            jetson: jetson::JetsonSim::start(
+                plant.clone(),
+                jetson::Board::AgxOrin,
+                &dir.join("sys"),
+                Duration::from_millis(200),
+            ),
+            plant,
+            _clock: clock,
+        }
+    }
+
+    /// The agent's sources for this hardware.
+    pub fn sources(&self) -> Vec<SourceConfig> {
+        use heliostat_agent::power::{hwmon, sunspec, vedirect};
+        vec![
+            SourceConfig::Vedirect(vedirect::VeDirectConfig::new(self.vedirect.path())),
+            SourceConfig::Sunspec(sunspec::SunSpecConfig {
+                address: self.meter.address,
+                unit_id: 1,
+                measures: sunspec::Measures::Grid,
+                poll_ms: 200,
+                timeout_ms: 1_000,
+            }),
+            SourceConfig::Hwmon(hwmon::HwmonConfig {
+                root: self.jetson.hwmon(),
+                ..hwmon::HwmonConfig::default()
+            }),
+        ]
     }
 }
 
@@ -96,6 +153,8 @@ pub struct Device {
     pub degraded: bool,
     /// Records destroyed by injected media damage (not counted as lost).
     pub destroyed: std::collections::BTreeSet<u64>,
+    /// Its simulated hardware, when it reads some (dropped after the process).
+    pub hardware: Option<Hardware>,
     /// Its own small disk (unmounted after the process is gone: fields drop in order).
     pub tmpfs: Option<hil_tests::Tmpfs>,
 }
@@ -342,11 +401,19 @@ impl Fleet {
                 keepalive_s: 5,
                 ..LinkConfig::new(host, &key)
             },
-            vec![SourceConfig::Simulator(SimulatorConfig {
+            vec![],
+        );
+        // The last `hardware_agents` read simulated hardware over the real interfaces; the
+        // others the agent's own simulator (cheaper for large fleets).
+        let hardware = (i + self.opts.hardware_agents >= self.opts.agents && netns.is_none())
+            .then(|| Hardware::start(&dir, i as u64));
+        cfg.sources = match &hardware {
+            Some(h) => h.sources(),
+            None => vec![SourceConfig::Simulator(SimulatorConfig {
                 seed: i as u64,
                 ..SimulatorConfig::default()
             })],
-        );
+        };
         cfg.meter = MeterConfig {
             sample_interval_ms: (self.opts.record_ms / 5).max(10),
             record_interval_ms: self.opts.record_ms,
@@ -359,6 +426,7 @@ impl Fleet {
         cfg.write_toml(&config)?;
         let tmpfs = (i < self.opts.tmpfs_agents).then(|| hil_tests::Tmpfs::mount(&data, "2m"));
         let mut dev = Device {
+            hardware,
             tmpfs,
             log: dir.join("agent.log"),
             name,

@@ -68,6 +68,9 @@ enum Cmd {
         /// Mean seconds between faults.
         #[arg(long, default_value_t = 5)]
         fault_every_s: u64,
+        /// Agents reading simulated hardware over VE.Direct, SunSpec and hwmon.
+        #[arg(long, default_value_t = 5)]
+        hardware_agents: usize,
     },
 }
 
@@ -141,6 +144,7 @@ fn main() -> ExitCode {
             seed,
             record_ms,
             fault_every_s,
+            hardware_agents,
         } => {
             let opts = SoakOptions {
                 agents,
@@ -149,6 +153,7 @@ fn main() -> ExitCode {
                 seed,
                 record_ms,
                 fault_every_s,
+                hardware_agents,
             };
             hil_scenarios::soak::run(bins(), &opts)
         }

@@ -113,6 +113,7 @@ fn broker_restarts(bins: Bins, rng: &mut Rng) -> Result<Fleet> {
         bins,
         FleetOptions {
             agents: 4,
+            hardware_agents: 2,
             ..FleetOptions::default()
         },
     )?;
@@ -203,6 +204,7 @@ fn partition(bins: Bins, rng: &mut Rng, length: Duration) -> Result<Fleet> {
     let opts = FleetOptions {
         agents: 6,
         netns_agents: 2,
+        hardware_agents: 2,
         ..FleetOptions::default()
     };
     let mut fleet = Fleet::start("hil-partition", bins, opts)?;

@@ -28,6 +28,8 @@ pub struct SoakOptions {
     pub record_ms: u64,
     /// Mean seconds between faults.
     pub fault_every_s: u64,
+    /// Agents reading simulated hardware over the real interfaces (`FleetOptions`).
+    pub hardware_agents: usize,
 }
 
 impl Default for SoakOptions {
@@ -39,6 +41,7 @@ impl Default for SoakOptions {
             seed: 1,
             record_ms: 100,
             fault_every_s: 5,
+            hardware_agents: 5,
         }
     }
 }
@@ -62,6 +65,7 @@ pub fn run(bins: Bins, opts: &SoakOptions) -> Result<Report> {
         netns_agents: opts.netns_agents.min(opts.agents),
         record_ms: opts.record_ms,
         epoch_ms: 2_000,
+        hardware_agents: opts.hardware_agents,
         ..FleetOptions::default()
     };
     let mut fleet = Fleet::start("hil-soak", bins, fleet_opts)?;

@@ -116,10 +116,14 @@ impl Board {
 }
 
 /// Replaces a file's content through a renamed temporary file (a reader never sees half).
-fn write(path: &Path, text: &str) {
+fn try_write(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
-    std::fs::rename(&tmp, path).unwrap();
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn write(path: &Path, text: &str) {
+    try_write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
 }
 
 /// Rail input voltage, millivolts (the INA3221s sit on the 5 V inputs).
@@ -127,33 +131,39 @@ const RAIL_MV: f64 = 5_000.0;
 
 /// Writes every rail's files for `st` under `root/hwmon`.
 pub fn write_rails(root: &Path, board: Board, st: &PlantState) {
+    try_write_rails(root, board, st)
+        .unwrap_or_else(|e| panic!("writing rails under {}: {e}", root.display()));
+}
+
+fn try_write_rails(root: &Path, board: Board, st: &PlantState) -> std::io::Result<()> {
     for (n, chip) in board.chips(st).iter().enumerate() {
         let dir = root.join("hwmon").join(format!("hwmon{}", n + 1));
         if !dir.exists() {
-            std::fs::create_dir_all(&dir).unwrap();
-            write(&dir.join("name"), "ina3221\n");
-            write(&dir.join("in7_label"), "sum of shunt voltages\n");
-            write(&dir.join("in7_input"), "0\n");
+            std::fs::create_dir_all(&dir)?;
+            try_write(&dir.join("name"), "ina3221\n")?;
+            try_write(&dir.join("in7_label"), "sum of shunt voltages\n")?;
+            try_write(&dir.join("in7_input"), "0\n")?;
         }
         for (i, (label, watts)) in chip.iter().enumerate() {
             let x = i + 1;
-            write(&dir.join(format!("in{x}_label")), &format!("{label}\n"));
+            try_write(&dir.join(format!("in{x}_label")), &format!("{label}\n"))?;
             let mv = if *label == "NC" { 0.0 } else { RAIL_MV };
             let ma = if mv > 0.0 {
                 watts / (mv / 1000.0) * 1000.0
             } else {
                 0.0
             };
-            write(
+            try_write(
                 &dir.join(format!("in{x}_input")),
                 &format!("{}\n", mv as u64),
-            );
-            write(
+            )?;
+            try_write(
                 &dir.join(format!("curr{x}_input")),
                 &format!("{}\n", ma.round() as u64),
-            );
+            )?;
         }
     }
+    Ok(())
 }
 
 /// A module's sysfs trees kept up to date from a plant until dropped.
@@ -192,13 +202,20 @@ impl JetsonSim {
                     .and_then(|t| t.trim().parse::<u64>().ok())
                     .unwrap_or(highest)
                     .min(highest);
-                write(&devfreq.join("cur_freq"), &format!("{cap}\n"));
                 let st = {
                     let mut p = plant.lock().unwrap();
                     p.set_gpu_clock(cap as f64 / highest as f64);
                     p.state().clone()
                 };
-                write_rails(&dir, board, &st);
+                // The tree's owner may remove it before stopping the simulator: stop then.
+                if !dir.exists() {
+                    return;
+                }
+                let written = try_write(&devfreq.join("cur_freq"), &format!("{cap}\n"))
+                    .and_then(|()| try_write_rails(&dir, board, &st));
+                if written.is_err() {
+                    return;
+                }
             }
         });
         JetsonSim {
