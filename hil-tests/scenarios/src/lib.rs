@@ -9,6 +9,7 @@ use std::process::Command;
 
 pub mod faults;
 pub mod fleet;
+pub mod hardware;
 pub mod netns;
 pub mod report;
 pub mod rng;

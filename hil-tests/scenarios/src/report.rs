@@ -449,20 +449,7 @@ impl Fleet {
                 ));
                 continue;
             }
-            let mut verify = std::process::Command::new(&self.bins.attest);
-            verify.args(["verify", "--controller-key", &self.controller_key]);
-            if let (Some(anvil), Some(contract)) = (&self.anvil, &self.evm_contract) {
-                // Pinned to the chain and contract, and each root looked up on the node.
-                verify.args([
-                    "--chain-id",
-                    "31337",
-                    "--contract",
-                    contract,
-                    "--rpc",
-                    &anvil.url(),
-                ]);
-            }
-            let v = verify.arg(&out).output()?;
+            let v = self.verify(&out, false)?;
             if v.status.success() {
                 r.bundles_verified += 1;
             } else {
@@ -475,6 +462,29 @@ impl Fleet {
             }
         }
         Ok(())
+    }
+}
+
+impl Fleet {
+    /// `attest verify` of a bundle pinned at the controller's key (and, on anvil, at the
+    /// chain and contract, each root looked up on the node); `--json` when asked.
+    pub fn verify(&self, bundle: &std::path::Path, json: bool) -> Result<std::process::Output> {
+        let mut verify = std::process::Command::new(&self.bins.attest);
+        verify.args(["verify", "--controller-key", &self.controller_key]);
+        if json {
+            verify.arg("--json");
+        }
+        if let (Some(anvil), Some(contract)) = (&self.anvil, &self.evm_contract) {
+            verify.args([
+                "--chain-id",
+                "31337",
+                "--contract",
+                contract,
+                "--rpc",
+                &anvil.url(),
+            ]);
+        }
+        Ok(verify.arg(bundle).output()?)
     }
 }
 

@@ -511,15 +511,7 @@ fn lying_device(bins: Bins, rng: &mut Rng) -> Result<Fleet> {
         "bundle: {}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let verified = std::process::Command::new(&fleet.bins.attest)
-        .args([
-            "verify",
-            "--json",
-            "--controller-key",
-            &fleet.controller_key,
-        ])
-        .arg(&out)
-        .output()?;
+    let verified = fleet.verify(&out, true)?;
     let report = String::from_utf8_lossy(&verified.stdout);
     ensure!(
         verified.status.success(),
