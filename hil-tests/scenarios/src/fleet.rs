@@ -342,7 +342,13 @@ impl Fleet {
         );
         let mut cfg = AgentConfig::new(
             data.clone(),
-            SiteConfig::new(-1.29 + i as f64 * 0.01, 36.82),
+            // Nairobi-ish sites with panels and a battery, so the simulator has sun to report.
+            SiteConfig {
+                panel_watts_peak: 300,
+                battery_wh: 1_000,
+                battery_reserve_wh: 200,
+                ..SiteConfig::new(-1.29 + i as f64 * 0.01, 36.82)
+            },
             LinkConfig {
                 port: self.broker.port,
                 backoff_max_ms: 500,
