@@ -239,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn energy_balances_over_a_day_with_clouds_a_busy_gpu_and_a_battery_that_fills_and_empties() {
+    fn energy_balances_over_a_day_of_clouds_and_a_battery_that_fills_and_empties_with_a_busy_gpu() {
         let mut plant = Plant::new(
             PlantConfig {
                 battery_wh: 300.0,
