@@ -541,6 +541,15 @@ impl EvmAnchor {
                     .await
                     .map_err(rpc_err)?;
                 if mined > row.nonce {
+                    // Mined between the two questions? Then the nonce is ours: look again.
+                    let again = self
+                        .provider
+                        .get_transaction_receipt(hash)
+                        .await
+                        .map_err(rpc_err)?;
+                    if again.is_some() {
+                        continue;
+                    }
                     store.drop_unconfirmed_evm_anchor(ep.epoch)?;
                     if let Some(found) = self.find_on_chain(ep).await? {
                         return self.take_found(store, found).await;
