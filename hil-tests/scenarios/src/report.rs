@@ -285,9 +285,11 @@ impl Fleet {
         self.wait_epochs_closed()?;
         if brk == Some(crate::scenarios::Break::DeleteStoredRecord) {
             let db = rusqlite::Connection::open(self.controller_data().join("controller.db"))?;
+            // Seq 3 of the first agent (not of a device the scenario made up on the side).
+            let device = self.agents[0].id.0.to_vec();
             let gone = db.execute(
-                "DELETE FROM chain_items WHERE seq = 3 AND device = (SELECT device FROM chain_items WHERE seq = 3 LIMIT 1)",
-                [],
+                "DELETE FROM chain_items WHERE seq = 3 AND device = ?1",
+                [device],
             )?;
             self.event(format!("BREAK: deleted {gone} stored record"));
         }
